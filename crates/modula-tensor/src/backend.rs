@@ -1,0 +1,254 @@
+//! The [`Backend`] trait: every numeric primitive modula's layers need.
+
+use crate::error::BackendError;
+use crate::ops::{AdamStep, BinaryOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d};
+
+/// Shape of a tensor: `[rows, cols]`.
+///
+/// Every tensor is a row-major matrix. Higher-rank data are flattened per example (images are
+/// NHWC rows, see [`Window2d`]), which keeps every kernel a matrix kernel.
+pub type Shape = [usize; 2];
+
+/// A compute backend: a value that owns its context (thread pool, device, queues) and executes
+/// tensor operations on device-resident tensors.
+///
+/// Design rules, chosen so that a GPU backend can implement the same trait:
+/// - tensors live on the device; [`Backend::upload`] and [`Backend::download`] are the only
+///   transfers, and downloads are where device failures surface;
+/// - index lists (`&[u32]`) are plain host slices, uploaded by the backend as it sees fit;
+/// - no operation requires floating-point atomics: scatter-adds with repeated indices must be
+///   computed by the backend deterministically (for example by sorting indices);
+/// - operations panic on contract violations (mismatched shapes, out-of-range indices), with
+///   the caller's location.
+///
+/// Outputs are fresh tensors unless the method takes `&mut`, in which case it updates in place.
+pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
+    /// A device-resident f32 matrix.
+    type Tensor: Send + Sync + std::fmt::Debug;
+
+    /// Human-readable name of the backend and its device.
+    fn name(&self) -> String;
+
+    /// Shape of a tensor.
+    fn shape(&self, t: &Self::Tensor) -> Shape;
+
+    /// Copies host data (row-major) into a new device tensor.
+    ///
+    /// # Panics
+    /// If `data.len() != shape[0] * shape[1]`.
+    fn upload(&self, shape: Shape, data: &[f32]) -> Self::Tensor;
+
+    /// Copies a tensor back to the host, row-major, waiting for pending work.
+    fn download(&self, t: &Self::Tensor) -> Result<Vec<f32>, BackendError>;
+
+    /// Waits until all submitted work has finished, reporting device failures.
+    fn synchronize(&self) -> Result<(), BackendError>;
+
+    /// A new tensor of zeros.
+    fn zeros(&self, shape: Shape) -> Self::Tensor;
+
+    /// Sets every element to `value`.
+    fn fill(&self, t: &mut Self::Tensor, value: f32);
+
+    /// A deep copy of `t` (tensors are not `Clone`, so that device handles never alias).
+    fn duplicate(&self, t: &Self::Tensor) -> Self::Tensor;
+
+    /// Reinterprets a tensor with a new shape of the same size, without copying.
+    ///
+    /// # Panics
+    /// If the element counts differ.
+    fn reshape(&self, t: Self::Tensor, shape: Shape) -> Self::Tensor;
+
+    /// General matrix product `C = alpha * op(A) * op(B) + beta * C`.
+    ///
+    /// With `beta == 0` the previous contents of `C` are ignored (even NaN).
+    ///
+    /// # Panics
+    /// If the shapes of `op(A)`, `op(B)` and `C` do not chain.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        alpha: f32,
+        a: &Self::Tensor,
+        trans_a: Transpose,
+        b: &Self::Tensor,
+        trans_b: Transpose,
+        beta: f32,
+        c: &mut Self::Tensor,
+    );
+
+    /// `op(x)` elementwise.
+    fn unary(&self, op: UnaryOp, x: &Self::Tensor) -> Self::Tensor;
+
+    /// Gradient of [`Backend::unary`]: `dx = dy * op'(x)`, given `y = op(x)`.
+    ///
+    /// # Panics
+    /// If the three shapes differ.
+    fn unary_backward(
+        &self,
+        op: UnaryOp,
+        x: &Self::Tensor,
+        y: &Self::Tensor,
+        dy: &Self::Tensor,
+    ) -> Self::Tensor;
+
+    /// `op(a, b)` elementwise.
+    ///
+    /// # Panics
+    /// If the shapes differ.
+    fn binary(&self, op: BinaryOp, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
+
+    /// Gradient of [`Backend::binary`]: `(da, db) = (dy * d/da, dy * d/db)`.
+    ///
+    /// # Panics
+    /// If the shapes differ.
+    fn binary_backward(
+        &self,
+        op: BinaryOp,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        dy: &Self::Tensor,
+    ) -> (Self::Tensor, Self::Tensor);
+
+    /// Broadcast row add: `x[i, :] += row[0, :]` for every row `i`.
+    ///
+    /// # Panics
+    /// If `row` is not `[1, cols(x)]`.
+    fn add_row(&self, x: &mut Self::Tensor, row: &Self::Tensor);
+
+    /// Per-row scaling: `x[i, :] *= s[i, 0]`.
+    ///
+    /// # Panics
+    /// If `s` is not `[rows(x), 1]`.
+    fn scale_rows(&self, x: &mut Self::Tensor, s: &Self::Tensor);
+
+    /// Row-wise dot products: `out[i, 0] = sum_j a[i, j] * b[i, j]`.
+    ///
+    /// # Panics
+    /// If the shapes differ.
+    fn row_dot(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
+
+    /// Reduces each row to one value: shape `[rows, 1]`.
+    fn reduce_rows(&self, op: ReduceOp, x: &Self::Tensor) -> Self::Tensor;
+
+    /// Reduces each column to one value: shape `[1, cols]`.
+    fn reduce_cols(&self, op: ReduceOp, x: &Self::Tensor) -> Self::Tensor;
+
+    /// Row-wise `log_softmax`, computed stably (max-shifted).
+    fn log_softmax_rows(&self, x: &Self::Tensor) -> Self::Tensor;
+
+    /// Gradient of [`Backend::log_softmax_rows`] given its output `y`:
+    /// `dx = dy - exp(y) * sum_j dy[i, j]`.
+    ///
+    /// # Panics
+    /// If the shapes differ.
+    fn log_softmax_rows_backward(&self, y: &Self::Tensor, dy: &Self::Tensor) -> Self::Tensor;
+
+    /// Gathers rows: `out[i, :] = x[idx[i], :]`.
+    ///
+    /// # Panics
+    /// If an index is out of range.
+    fn gather_rows(&self, x: &Self::Tensor, idx: &[u32]) -> Self::Tensor;
+
+    /// Scatter-add rows: `dst[idx[i], :] += src[i, :]`; repeated indices accumulate.
+    ///
+    /// # Panics
+    /// If `idx.len() != rows(src)`, the column counts differ or an index is out of range.
+    fn scatter_add_rows(&self, dst: &mut Self::Tensor, src: &Self::Tensor, idx: &[u32]);
+
+    /// Picks one column per row: `out[i, 0] = x[i, cols[i]]`.
+    ///
+    /// # Panics
+    /// If `cols.len() != rows(x)` or a column is out of range.
+    fn pick_cols(&self, x: &Self::Tensor, cols: &[u32]) -> Self::Tensor;
+
+    /// Adds one value per row at one column: `dst[i, cols[i]] += values[i, 0]`.
+    ///
+    /// # Panics
+    /// If `cols.len() != rows(dst)`, `values` is not `[rows(dst), 1]` or a column is out of range.
+    fn add_at_cols(&self, dst: &mut Self::Tensor, cols: &[u32], values: &Self::Tensor);
+
+    /// Copies a block of columns: `dst[:, dst_col..dst_col+width] = src[:, src_col..src_col+width]`
+    /// (with `accumulate`, adds instead of overwriting). Concatenation and slicing are built
+    /// from this.
+    ///
+    /// # Panics
+    /// If the row counts differ or a column range is out of bounds.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_cols(
+        &self,
+        src: &Self::Tensor,
+        src_col: usize,
+        dst: &mut Self::Tensor,
+        dst_col: usize,
+        width: usize,
+        accumulate: bool,
+    );
+
+    /// `y += alpha * x`.
+    ///
+    /// # Panics
+    /// If the shapes differ.
+    fn axpy(&self, alpha: f32, x: &Self::Tensor, y: &mut Self::Tensor);
+
+    /// `x *= alpha`.
+    fn scale(&self, x: &mut Self::Tensor, alpha: f32);
+
+    /// Unfolds NHWC images `[n, H*W*C]` into patches `[n*OH*OW, kh*kw*C]` (zeros where the
+    /// window covers padding); patch elements are ordered `(ky, kx, c)`.
+    ///
+    /// # Panics
+    /// If `x` is not `[n, window.in_len()]`.
+    fn im2col(&self, x: &Self::Tensor, window: &Window2d) -> Self::Tensor;
+
+    /// Adjoint of [`Backend::im2col`]: sums patch gradients back into an image gradient
+    /// `[n, H*W*C]`.
+    ///
+    /// # Panics
+    /// If `cols` is not `[n*OH*OW, window.patch_len()]`.
+    fn col2im(&self, cols: &Self::Tensor, window: &Window2d) -> Self::Tensor;
+
+    /// Max pooling of NHWC images `[n, H*W*C]` to `[n, OH*OW*C]`, per channel.
+    ///
+    /// # Panics
+    /// If `x` is not `[n, window.in_len()]` or the window has padding.
+    fn max_pool2d(&self, x: &Self::Tensor, window: &Window2d) -> Self::Tensor;
+
+    /// Gradient of [`Backend::max_pool2d`]: each output gradient goes to the first maximal
+    /// input of its window (windows may overlap; contributions add).
+    ///
+    /// # Panics
+    /// If the shapes do not match the window.
+    fn max_pool2d_backward(
+        &self,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        window: &Window2d,
+    ) -> Self::Tensor;
+
+    /// One Adam step in place over a parameter tensor and its moment estimates
+    /// (the elementwise rule is [`AdamStep::update`]).
+    ///
+    /// # Panics
+    /// If the four shapes differ.
+    fn adam_step(
+        &self,
+        param: &mut Self::Tensor,
+        grad: &Self::Tensor,
+        m: &mut Self::Tensor,
+        v: &mut Self::Tensor,
+        step: &AdamStep,
+    );
+
+    /// One SGD-with-momentum step in place (the elementwise rule is [`SgdStep::update`]).
+    ///
+    /// # Panics
+    /// If the three shapes differ.
+    fn sgd_step(
+        &self,
+        param: &mut Self::Tensor,
+        grad: &Self::Tensor,
+        velocity: &mut Self::Tensor,
+        step: &SgdStep,
+    );
+}

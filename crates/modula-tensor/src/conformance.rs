@@ -1,0 +1,539 @@
+//! A conformance suite generic over [`Backend`]: every backend runs the same checks against
+//! the [`Reference`] oracle on seeded random inputs.
+//!
+//! ```
+//! use modula_tensor::{conformance, Cpu};
+//! let failures = conformance::run_all(&Cpu::with_threads(1), &conformance::Tolerance::default());
+//! assert!(failures.is_empty(), "{failures:#?}");
+//! ```
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::backend::{Backend, Shape};
+use crate::ops::{AdamStep, BinaryOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d};
+use crate::reference::Reference;
+
+/// Allowed deviation from the reference: `|got - want| <= abs + rel * |want|`.
+#[derive(Clone, Copy, Debug)]
+pub struct Tolerance {
+    /// Absolute part.
+    pub abs: f32,
+    /// Relative part.
+    pub rel: f32,
+}
+
+impl Default for Tolerance {
+    /// Tight enough to catch indexing bugs, loose enough for reordered f32 sums.
+    fn default() -> Self {
+        Tolerance {
+            abs: 1e-4,
+            rel: 1e-4,
+        }
+    }
+}
+
+/// One named check of the suite.
+pub struct Check<B: Backend> {
+    /// The operation family under test.
+    pub name: &'static str,
+    /// Runs the check; `Err` describes the first mismatch.
+    pub run: fn(&B, &Tolerance) -> Result<(), String>,
+}
+
+/// Every check of the suite.
+pub fn checks<B: Backend>() -> Vec<Check<B>> {
+    vec![
+        Check {
+            name: "upload_download",
+            run: upload_download::<B>,
+        },
+        Check {
+            name: "matmul",
+            run: matmul::<B>,
+        },
+        Check {
+            name: "unary",
+            run: unary::<B>,
+        },
+        Check {
+            name: "binary",
+            run: binary::<B>,
+        },
+        Check {
+            name: "broadcast",
+            run: broadcast::<B>,
+        },
+        Check {
+            name: "reduce",
+            run: reduce::<B>,
+        },
+        Check {
+            name: "log_softmax",
+            run: log_softmax::<B>,
+        },
+        Check {
+            name: "indexing",
+            run: indexing::<B>,
+        },
+        Check {
+            name: "copy_cols",
+            run: copy_cols::<B>,
+        },
+        Check {
+            name: "axpy_scale_fill",
+            run: axpy_scale_fill::<B>,
+        },
+        Check {
+            name: "conv_windows",
+            run: conv_windows::<B>,
+        },
+        Check {
+            name: "optimisers",
+            run: optimisers::<B>,
+        },
+    ]
+}
+
+/// Runs every check and returns the failures as `(name, message)`; empty means conformant.
+pub fn run_all<B: Backend>(backend: &B, tol: &Tolerance) -> Vec<(&'static str, String)> {
+    checks::<B>()
+        .into_iter()
+        .filter_map(|c| (c.run)(backend, tol).err().map(|e| (c.name, e)))
+        .collect()
+}
+
+/// Random values in `[-1, 1)`.
+fn values(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+/// A pair of the same random tensor on the backend under test and on the reference.
+struct Pair<B: Backend> {
+    got: B::Tensor,
+    want: ndarray::Array2<f32>,
+}
+
+fn pair<B: Backend>(b: &B, shape: Shape, data: &[f32]) -> Pair<B> {
+    Pair {
+        got: b.upload(shape, data),
+        want: Reference.upload(shape, data),
+    }
+}
+
+fn random_pair<B: Backend>(b: &B, rng: &mut ChaCha8Rng, shape: Shape) -> Pair<B> {
+    let data = values(rng, shape[0] * shape[1]);
+    pair(b, shape, &data)
+}
+
+/// Compares a backend tensor with the reference result.
+fn compare<B: Backend>(
+    b: &B,
+    what: &str,
+    got: &B::Tensor,
+    want: &ndarray::Array2<f32>,
+    tol: &Tolerance,
+) -> Result<(), String> {
+    let shape = b.shape(got);
+    if shape != [want.nrows(), want.ncols()] {
+        return Err(format!(
+            "{what}: shape {shape:?}, reference {:?}",
+            want.dim()
+        ));
+    }
+    let got = b
+        .download(got)
+        .map_err(|e| format!("{what}: download failed: {e}"))?;
+    for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+        let ok =
+            (g - w).abs() <= tol.abs + tol.rel * w.abs() || (g.is_nan() && w.is_nan()) || g == w;
+        if !ok {
+            return Err(format!(
+                "{what}: element {i} (row {}, col {}) is {g}, reference {w}",
+                i / shape[1].max(1),
+                i % shape[1].max(1)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn upload_download<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
+    let mut r = rng(1);
+    for shape in [[0, 3], [1, 1], [3, 0], [7, 5], [64, 33]] {
+        let p = random_pair(b, &mut r, shape);
+        compare(b, &format!("upload {shape:?}"), &p.got, &p.want, tol)?;
+        compare(b, "duplicate", &b.duplicate(&p.got), &p.want, tol)?;
+        let flat = [1, shape[0] * shape[1]];
+        compare(
+            b,
+            "reshape",
+            &b.reshape(b.duplicate(&p.got), flat),
+            &Reference.reshape(p.want, flat),
+            tol,
+        )?;
+    }
+    compare(b, "zeros", &b.zeros([3, 4]), &Reference.zeros([3, 4]), tol)
+}
+
+fn matmul<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
+    let mut r = rng(2);
+    // Odd shapes, degenerate ones and sizes that cross typical kernel block edges.
+    let dims = [
+        (1, 1, 1),
+        (3, 5, 7),
+        (17, 1, 9),
+        (1, 33, 2),
+        (65, 31, 47),
+        (130, 70, 129),
+        (4, 0, 3),
+    ];
+    let tol = Tolerance {
+        abs: tol.abs * 10.0,
+        rel: tol.rel * 10.0,
+    };
+    for &(m, k, n) in &dims {
+        for ta in [Transpose::No, Transpose::Yes] {
+            for tb in [Transpose::No, Transpose::Yes] {
+                for (alpha, beta) in [(1.0, 0.0), (0.5, 1.0), (-2.0, 0.25)] {
+                    let a = random_pair(b, &mut r, ta.apply([m, k]));
+                    let bm = random_pair(b, &mut r, tb.apply([k, n]));
+                    let mut c = random_pair(b, &mut r, [m, n]);
+                    if beta == 0.0 {
+                        // beta = 0 must ignore C entirely, NaN included.
+                        b.fill(&mut c.got, f32::NAN);
+                    }
+                    b.matmul(alpha, &a.got, ta, &bm.got, tb, beta, &mut c.got);
+                    Reference.matmul(alpha, &a.want, ta, &bm.want, tb, beta, &mut c.want);
+                    let what =
+                        format!("matmul m={m} k={k} n={n} {ta:?}/{tb:?} alpha={alpha} beta={beta}");
+                    compare(b, &what, &c.got, &c.want, &tol)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unary<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
+    let mut r = rng(3);
+    for op in UnaryOp::ALL {
+        let shape = [9, 13];
+        let mut data = values(&mut r, shape[0] * shape[1]);
+        if matches!(op, UnaryOp::Log | UnaryOp::Sqrt) {
+            data.iter_mut().for_each(|v| *v = v.abs() + 0.1);
+        } else {
+            data.iter_mut().for_each(|v| *v *= 4.0);
+        }
+        let x = pair(b, shape, &data);
+        let y = Pair::<B> {
+            got: b.unary(op, &x.got),
+            want: Reference.unary(op, &x.want),
+        };
+        compare(b, &format!("unary {op:?}"), &y.got, &y.want, tol)?;
+        let dy = random_pair(b, &mut r, shape);
+        let dx = b.unary_backward(op, &x.got, &y.got, &dy.got);
+        let want = Reference.unary_backward(op, &x.want, &y.want, &dy.want);
+        compare(b, &format!("unary_backward {op:?}"), &dx, &want, tol)?;
+    }
+    Ok(())
+}
+
+fn binary<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
+    let mut r = rng(4);
+    for op in BinaryOp::ALL {
+        let shape = [11, 6];
+        let x = random_pair(b, &mut r, shape);
+        let mut yd = values(&mut r, shape[0] * shape[1]);
+        if op == BinaryOp::Div {
+            yd.iter_mut()
+                .for_each(|v| *v = v.signum() * (v.abs() + 0.5));
+        }
+        let y = pair(b, shape, &yd);
+        compare(
+            b,
+            &format!("binary {op:?}"),
+            &b.binary(op, &x.got, &y.got),
+            &Reference.binary(op, &x.want, &y.want),
+            tol,
+        )?;
+        let dy = random_pair(b, &mut r, shape);
+        let (da, db) = b.binary_backward(op, &x.got, &y.got, &dy.got);
+        let (wa, wb) = Reference.binary_backward(op, &x.want, &y.want, &dy.want);
+        compare(b, &format!("binary_backward {op:?} da"), &da, &wa, tol)?;
+        compare(b, &format!("binary_backward {op:?} db"), &db, &wb, tol)?;
+    }
+    Ok(())
+}
+
+fn broadcast<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
+    let mut r = rng(5);
+    for shape in [[1, 1], [7, 3], [300, 129]] {
+        let mut x = random_pair(b, &mut r, shape);
+        let row = random_pair(b, &mut r, [1, shape[1]]);
+        b.add_row(&mut x.got, &row.got);
+        Reference.add_row(&mut x.want, &row.want);
+        compare(b, "add_row", &x.got, &x.want, tol)?;
+        let s = random_pair(b, &mut r, [shape[0], 1]);
+        b.scale_rows(&mut x.got, &s.got);
+        Reference.scale_rows(&mut x.want, &s.want);
+        compare(b, "scale_rows", &x.got, &x.want, tol)?;
+        let y = random_pair(b, &mut r, shape);
+        compare(
+            b,
+            "row_dot",
+            &b.row_dot(&x.got, &y.got),
+            &Reference.row_dot(&x.want, &y.want),
+            tol,
+        )?;
+    }
+    Ok(())
+}
+
+fn reduce<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
+    let mut r = rng(6);
+    for shape in [[1, 1], [5, 8], [257, 31]] {
+        let x = random_pair(b, &mut r, shape);
+        for op in ReduceOp::ALL {
+            compare(
+                b,
+                &format!("reduce_rows {op:?}"),
+                &b.reduce_rows(op, &x.got),
+                &Reference.reduce_rows(op, &x.want),
+                tol,
+            )?;
+            compare(
+                b,
+                &format!("reduce_cols {op:?}"),
+                &b.reduce_cols(op, &x.got),
+                &Reference.reduce_cols(op, &x.want),
+                tol,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn log_softmax<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
+    let mut r = rng(7);
+    for (shape, scale) in [([1, 1], 1.0), ([6, 10], 5.0), ([33, 1000], 30.0)] {
+        let data: Vec<f32> = values(&mut r, shape[0] * shape[1])
+            .iter()
+            .map(|v| v * scale)
+            .collect();
+        let x = pair(b, shape, &data);
+        let y = Pair::<B> {
+            got: b.log_softmax_rows(&x.got),
+            want: Reference.log_softmax_rows(&x.want),
+        };
+        compare(b, "log_softmax_rows", &y.got, &y.want, tol)?;
+        let dy = random_pair(b, &mut r, shape);
+        let dx = b.log_softmax_rows_backward(&y.got, &dy.got);
+        compare(
+            b,
+            "log_softmax_rows_backward",
+            &dx,
+            &Reference.log_softmax_rows_backward(&y.want, &dy.want),
+            tol,
+        )?;
+    }
+    Ok(())
+}
+
+fn indexing<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
+    let mut r = rng(8);
+    let x = random_pair(b, &mut r, [10, 7]);
+    // Repeated and unordered indices, and an empty list.
+    for idx in [vec![], vec![3], vec![9, 0, 3, 3, 5, 9, 9, 1]] {
+        compare(
+            b,
+            "gather_rows",
+            &b.gather_rows(&x.got, &idx),
+            &Reference.gather_rows(&x.want, &idx),
+            tol,
+        )?;
+        let src = random_pair(b, &mut r, [idx.len(), 7]);
+        let mut dst = random_pair(b, &mut r, [10, 7]);
+        b.scatter_add_rows(&mut dst.got, &src.got, &idx);
+        Reference.scatter_add_rows(&mut dst.want, &src.want, &idx);
+        compare(b, "scatter_add_rows", &dst.got, &dst.want, tol)?;
+    }
+    let cols: Vec<u32> = (0..10).map(|_| r.random_range(0..7)).collect();
+    compare(
+        b,
+        "pick_cols",
+        &b.pick_cols(&x.got, &cols),
+        &Reference.pick_cols(&x.want, &cols),
+        tol,
+    )?;
+    let v = random_pair(b, &mut r, [10, 1]);
+    let mut dst = random_pair(b, &mut r, [10, 7]);
+    b.add_at_cols(&mut dst.got, &cols, &v.got);
+    Reference.add_at_cols(&mut dst.want, &cols, &v.want);
+    compare(b, "add_at_cols", &dst.got, &dst.want, tol)
+}
+
+fn copy_cols<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
+    let mut r = rng(9);
+    for accumulate in [false, true] {
+        let src = random_pair(b, &mut r, [6, 9]);
+        let mut dst = random_pair(b, &mut r, [6, 5]);
+        b.copy_cols(&src.got, 4, &mut dst.got, 1, 3, accumulate);
+        Reference.copy_cols(&src.want, 4, &mut dst.want, 1, 3, accumulate);
+        compare(
+            b,
+            &format!("copy_cols accumulate={accumulate}"),
+            &dst.got,
+            &dst.want,
+            tol,
+        )?;
+    }
+    Ok(())
+}
+
+fn axpy_scale_fill<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
+    let mut r = rng(10);
+    // Large enough to take a parallel path where a backend has one.
+    for shape in [[3, 3], [300, 500]] {
+        let x = random_pair(b, &mut r, shape);
+        let mut y = random_pair(b, &mut r, shape);
+        b.axpy(-0.75, &x.got, &mut y.got);
+        Reference.axpy(-0.75, &x.want, &mut y.want);
+        compare(b, "axpy", &y.got, &y.want, tol)?;
+        b.scale(&mut y.got, 1.5);
+        Reference.scale(&mut y.want, 1.5);
+        compare(b, "scale", &y.got, &y.want, tol)?;
+        b.fill(&mut y.got, 2.5);
+        Reference.fill(&mut y.want, 2.5);
+        compare(b, "fill", &y.got, &y.want, tol)?;
+    }
+    Ok(())
+}
+
+fn conv_windows<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
+    let mut r = rng(11);
+    let windows = [
+        Window2d {
+            height: 5,
+            width: 6,
+            channels: 2,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: 1,
+            padding: 1,
+        },
+        Window2d {
+            height: 7,
+            width: 5,
+            channels: 3,
+            kernel_h: 3,
+            kernel_w: 2,
+            stride: 2,
+            padding: 2,
+        },
+        Window2d {
+            height: 4,
+            width: 4,
+            channels: 1,
+            kernel_h: 1,
+            kernel_w: 1,
+            stride: 1,
+            padding: 0,
+        },
+    ];
+    for w in &windows {
+        let x = random_pair(b, &mut r, [3, w.in_len()]);
+        let cols = Pair::<B> {
+            got: b.im2col(&x.got, w),
+            want: Reference.im2col(&x.want, w),
+        };
+        compare(b, &format!("im2col {w:?}"), &cols.got, &cols.want, tol)?;
+        let dc = random_pair(b, &mut r, [cols.want.nrows(), cols.want.ncols()]);
+        compare(
+            b,
+            &format!("col2im {w:?}"),
+            &b.col2im(&dc.got, w),
+            &Reference.col2im(&dc.want, w),
+            tol,
+        )?;
+    }
+    let pools = [
+        Window2d {
+            height: 6,
+            width: 4,
+            channels: 3,
+            kernel_h: 2,
+            kernel_w: 2,
+            stride: 2,
+            padding: 0,
+        },
+        Window2d {
+            height: 5,
+            width: 5,
+            channels: 2,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: 1,
+            padding: 0,
+        },
+    ];
+    for w in &pools {
+        let x = random_pair(b, &mut r, [2, w.in_len()]);
+        let y = Pair::<B> {
+            got: b.max_pool2d(&x.got, w),
+            want: Reference.max_pool2d(&x.want, w),
+        };
+        compare(b, &format!("max_pool2d {w:?}"), &y.got, &y.want, tol)?;
+        let dy = random_pair(b, &mut r, [y.want.nrows(), y.want.ncols()]);
+        let dx = b.max_pool2d_backward(&x.got, &dy.got, w);
+        compare(
+            b,
+            &format!("max_pool2d_backward {w:?}"),
+            &dx,
+            &Reference.max_pool2d_backward(&x.want, &dy.want, w),
+            tol,
+        )?;
+    }
+    Ok(())
+}
+
+fn optimisers<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
+    let mut r = rng(12);
+    let shape = [13, 17];
+    let mut p = random_pair(b, &mut r, shape);
+    let mut m = pair(b, shape, &vec![0.0; shape[0] * shape[1]]);
+    let mut v = pair(b, shape, &vec![0.0; shape[0] * shape[1]]);
+    for t in 1..=3 {
+        let g = random_pair(b, &mut r, shape);
+        let step = AdamStep {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            t,
+        };
+        b.adam_step(&mut p.got, &g.got, &mut m.got, &mut v.got, &step);
+        Reference.adam_step(&mut p.want, &g.want, &mut m.want, &mut v.want, &step);
+    }
+    compare(b, "adam_step param", &p.got, &p.want, tol)?;
+    compare(b, "adam_step m", &m.got, &m.want, tol)?;
+    compare(b, "adam_step v", &v.got, &v.want, tol)?;
+    let mut vel = pair(b, shape, &vec![0.0; shape[0] * shape[1]]);
+    for _ in 0..3 {
+        let g = random_pair(b, &mut r, shape);
+        let step = SgdStep {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-3,
+        };
+        b.sgd_step(&mut p.got, &g.got, &mut vel.got, &step);
+        Reference.sgd_step(&mut p.want, &g.want, &mut vel.want, &step);
+    }
+    compare(b, "sgd_step param", &p.got, &p.want, tol)?;
+    compare(b, "sgd_step velocity", &vel.got, &vel.want, tol)
+}

@@ -1,0 +1,628 @@
+//! [`Cpu`]: the fast CPU backend (ndarray storage, matrixmultiply GEMM, rayon parallelism).
+
+use std::sync::Arc;
+
+use ndarray::Array2;
+use rayon::prelude::*;
+
+use crate::backend::{Backend, Shape};
+use crate::check;
+use crate::error::BackendError;
+use crate::ops::{AdamStep, BinaryOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d};
+
+/// Elementwise work below this many elements runs on the calling thread: splitting smaller
+/// jobs costs more in synchronisation than it saves.
+const PAR_MIN_ELEMS: usize = 1 << 15;
+/// Chunk size for parallel elementwise loops.
+const PAR_CHUNK: usize = 1 << 14;
+
+/// The CPU backend.
+///
+/// It carries its own rayon thread pool, so two backends with different thread counts can live
+/// in one process (benches compare 1 and 2 threads side by side). Tensors are row-major
+/// `ndarray::Array2<f32>` in standard layout.
+///
+/// ```
+/// use modula_tensor::{Backend, Cpu, Transpose};
+/// let cpu = Cpu::with_threads(1);
+/// let a = cpu.upload([2, 3], &[1., 2., 3., 4., 5., 6.]);
+/// let mut c = cpu.zeros([2, 2]);
+/// // C = A * A^T
+/// cpu.matmul(1.0, &a, Transpose::No, &a, Transpose::Yes, 0.0, &mut c);
+/// assert_eq!(cpu.download(&c).unwrap(), vec![14., 32., 32., 77.]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Cpu {
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl Default for Cpu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cpu {
+    /// A backend using every available core.
+    pub fn new() -> Self {
+        Self::with_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// A backend using `threads` worker threads (at least one).
+    ///
+    /// # Panics
+    /// If the operating system refuses to start the threads.
+    pub fn with_threads(threads: usize) -> Self {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("modula-cpu-{i}"))
+            .build()
+            .expect("failed to start the CPU backend's thread pool");
+        Cpu {
+            pool: Arc::new(pool),
+        }
+    }
+
+    /// Number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Runs `f` inside this backend's thread pool.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
+    /// Applies `f` to aligned chunks of `out` and the inputs, in parallel when large.
+    fn zip_map<const N: usize>(
+        &self,
+        out: &mut [f32],
+        inputs: [&[f32]; N],
+        f: impl Fn(&mut [f32], [&[f32]; N]) + Sync,
+    ) {
+        if out.len() < PAR_MIN_ELEMS || self.threads() == 1 {
+            f(out, inputs);
+            return;
+        }
+        self.install(|| {
+            out.par_chunks_mut(PAR_CHUNK)
+                .enumerate()
+                .for_each(|(c, chunk)| {
+                    let start = c * PAR_CHUNK;
+                    let parts = inputs.map(|s| &s[start..start + chunk.len()]);
+                    f(chunk, parts);
+                });
+        });
+    }
+
+    /// Applies `f` to each row of `x` (with its index), in parallel when large.
+    fn for_rows(&self, x: &mut Array2<f32>, f: impl Fn(usize, &mut [f32]) + Sync) {
+        let cols = x.ncols().max(1);
+        let data = slice_mut(x);
+        if data.len() < PAR_MIN_ELEMS || self.threads() == 1 {
+            data.chunks_mut(cols).enumerate().for_each(|(i, r)| f(i, r));
+        } else {
+            self.install(|| {
+                data.par_chunks_mut(cols)
+                    .enumerate()
+                    .for_each(|(i, r)| f(i, r))
+            });
+        }
+    }
+}
+
+fn slice(t: &Array2<f32>) -> &[f32] {
+    t.as_slice()
+        .expect("CPU tensors are kept in standard layout")
+}
+
+fn slice_mut(t: &mut Array2<f32>) -> &mut [f32] {
+    t.as_slice_mut()
+        .expect("CPU tensors are kept in standard layout")
+}
+
+fn shape(t: &Array2<f32>) -> Shape {
+    [t.nrows(), t.ncols()]
+}
+
+fn from_vec(s: Shape, v: Vec<f32>) -> Array2<f32> {
+    Array2::from_shape_vec((s[0], s[1]), v).expect("length matches shape")
+}
+
+/// Row and column strides of `op(T)` for a row-major tensor with `cols` columns.
+fn strides(trans: Transpose, cols: usize) -> (isize, isize) {
+    match trans {
+        Transpose::No => (cols as isize, 1),
+        Transpose::Yes => (1, cols as isize),
+    }
+}
+
+impl Backend for Cpu {
+    type Tensor = Array2<f32>;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", self.threads())
+    }
+
+    fn shape(&self, t: &Array2<f32>) -> Shape {
+        shape(t)
+    }
+
+    #[track_caller]
+    fn upload(&self, s: Shape, data: &[f32]) -> Array2<f32> {
+        check::data_len(s, data.len());
+        from_vec(s, data.to_vec())
+    }
+
+    fn download(&self, t: &Array2<f32>) -> Result<Vec<f32>, BackendError> {
+        Ok(slice(t).to_vec())
+    }
+
+    fn synchronize(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn zeros(&self, s: Shape) -> Array2<f32> {
+        Array2::zeros((s[0], s[1]))
+    }
+
+    fn fill(&self, t: &mut Array2<f32>, value: f32) {
+        slice_mut(t).fill(value);
+    }
+
+    fn duplicate(&self, t: &Array2<f32>) -> Array2<f32> {
+        t.clone()
+    }
+
+    #[track_caller]
+    fn reshape(&self, t: Array2<f32>, s: Shape) -> Array2<f32> {
+        check::data_len(s, t.len());
+        t.into_shape_with_order((s[0], s[1]))
+            .expect("length checked, standard layout")
+    }
+
+    #[track_caller]
+    fn matmul(
+        &self,
+        alpha: f32,
+        a: &Array2<f32>,
+        ta: Transpose,
+        b: &Array2<f32>,
+        tb: Transpose,
+        beta: f32,
+        c: &mut Array2<f32>,
+    ) {
+        let (m, k, n) = check::matmul(shape(a), ta, shape(b), tb, shape(c));
+        if m == 0 || n == 0 {
+            return;
+        }
+        let (rsa, csa) = strides(ta, a.ncols());
+        let (rsb, csb) = strides(tb, b.ncols());
+        let c_ptr = slice_mut(c).as_mut_ptr();
+        // SAFETY: the shapes were checked above, every tensor is a contiguous row-major buffer
+        // of exactly the size the strides address, and C does not alias A or B (it is borrowed
+        // mutably). matrixmultiply ignores C's contents when beta == 0.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                alpha,
+                slice(a).as_ptr(),
+                rsa,
+                csa,
+                slice(b).as_ptr(),
+                rsb,
+                csb,
+                beta,
+                c_ptr,
+                n as isize,
+                1,
+            );
+        }
+    }
+
+    fn unary(&self, op: UnaryOp, x: &Array2<f32>) -> Array2<f32> {
+        let mut out = vec![0.0; x.len()];
+        self.zip_map(&mut out, [slice(x)], |o, [x]| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = op.apply(x);
+            }
+        });
+        from_vec(shape(x), out)
+    }
+
+    #[track_caller]
+    fn unary_backward(
+        &self,
+        op: UnaryOp,
+        x: &Array2<f32>,
+        y: &Array2<f32>,
+        dy: &Array2<f32>,
+    ) -> Array2<f32> {
+        check::same_shape("unary_backward", shape(x), shape(y));
+        check::same_shape("unary_backward", shape(x), shape(dy));
+        let mut out = vec![0.0; x.len()];
+        self.zip_map(
+            &mut out,
+            [slice(x), slice(y), slice(dy)],
+            |o, [x, y, dy]| {
+                for i in 0..o.len() {
+                    o[i] = dy[i] * op.derivative(x[i], y[i]);
+                }
+            },
+        );
+        from_vec(shape(x), out)
+    }
+
+    #[track_caller]
+    fn binary(&self, op: BinaryOp, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
+        check::same_shape("binary", shape(a), shape(b));
+        let mut out = vec![0.0; a.len()];
+        self.zip_map(&mut out, [slice(a), slice(b)], |o, [a, b]| {
+            for i in 0..o.len() {
+                o[i] = op.apply(a[i], b[i]);
+            }
+        });
+        from_vec(shape(a), out)
+    }
+
+    #[track_caller]
+    fn binary_backward(
+        &self,
+        op: BinaryOp,
+        a: &Array2<f32>,
+        b: &Array2<f32>,
+        dy: &Array2<f32>,
+    ) -> (Array2<f32>, Array2<f32>) {
+        check::same_shape("binary_backward", shape(a), shape(b));
+        check::same_shape("binary_backward", shape(a), shape(dy));
+        let mut da = vec![0.0; a.len()];
+        let mut db = vec![0.0; a.len()];
+        self.zip_map(&mut da, [slice(a), slice(b), slice(dy)], |o, [a, b, dy]| {
+            for i in 0..o.len() {
+                o[i] = dy[i] * op.partials(a[i], b[i]).0;
+            }
+        });
+        self.zip_map(&mut db, [slice(a), slice(b), slice(dy)], |o, [a, b, dy]| {
+            for i in 0..o.len() {
+                o[i] = dy[i] * op.partials(a[i], b[i]).1;
+            }
+        });
+        (from_vec(shape(a), da), from_vec(shape(a), db))
+    }
+
+    #[track_caller]
+    fn add_row(&self, x: &mut Array2<f32>, row: &Array2<f32>) {
+        check::same_shape("add_row", [1, x.ncols()], shape(row));
+        let row = slice(row);
+        self.for_rows(x, |_, r| {
+            for (v, &b) in r.iter_mut().zip(row) {
+                *v += b;
+            }
+        });
+    }
+
+    #[track_caller]
+    fn scale_rows(&self, x: &mut Array2<f32>, s: &Array2<f32>) {
+        check::same_shape("scale_rows", [x.nrows(), 1], shape(s));
+        let s = slice(s);
+        self.for_rows(x, |i, r| r.iter_mut().for_each(|v| *v *= s[i]));
+    }
+
+    #[track_caller]
+    fn row_dot(&self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
+        check::same_shape("row_dot", shape(a), shape(b));
+        let (rows, cols) = (a.nrows(), a.ncols());
+        let (a, b) = (slice(a), slice(b));
+        let mut out = Array2::zeros((rows, 1));
+        self.for_rows(&mut out, |i, o| {
+            let (ra, rb) = (&a[i * cols..(i + 1) * cols], &b[i * cols..(i + 1) * cols]);
+            o[0] = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+        });
+        out
+    }
+
+    fn reduce_rows(&self, op: ReduceOp, x: &Array2<f32>) -> Array2<f32> {
+        let cols = x.ncols();
+        let data = slice(x);
+        let mut out = Array2::zeros((x.nrows(), 1));
+        self.for_rows(&mut out, |i, o| {
+            let row = &data[i * cols..(i + 1) * cols];
+            o[0] = match op {
+                ReduceOp::Sum => row.iter().sum(),
+                ReduceOp::Mean => row.iter().sum::<f32>() / cols as f32,
+                ReduceOp::Max => row.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+            };
+        });
+        out
+    }
+
+    fn reduce_cols(&self, op: ReduceOp, x: &Array2<f32>) -> Array2<f32> {
+        let cols = x.ncols();
+        let init = if op == ReduceOp::Max {
+            f32::NEG_INFINITY
+        } else {
+            0.0
+        };
+        let mut acc = vec![init; cols];
+        // Row-major accumulation keeps the inner loop contiguous and vectorisable.
+        for row in slice(x).chunks(cols.max(1)) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a = if op == ReduceOp::Max {
+                    a.max(v)
+                } else {
+                    *a + v
+                };
+            }
+        }
+        if op == ReduceOp::Mean {
+            acc.iter_mut().for_each(|a| *a /= x.nrows() as f32);
+        }
+        from_vec([1, cols], acc)
+    }
+
+    fn log_softmax_rows(&self, x: &Array2<f32>) -> Array2<f32> {
+        let mut y = x.clone();
+        self.for_rows(&mut y, |_, r| {
+            let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = r.iter().map(|&v| (v - max).exp()).sum();
+            let lse = max + sum.ln();
+            r.iter_mut().for_each(|v| *v -= lse);
+        });
+        y
+    }
+
+    #[track_caller]
+    fn log_softmax_rows_backward(&self, y: &Array2<f32>, dy: &Array2<f32>) -> Array2<f32> {
+        check::same_shape("log_softmax_rows_backward", shape(y), shape(dy));
+        let cols = y.ncols();
+        let ys = slice(y);
+        let mut dx = dy.clone();
+        self.for_rows(&mut dx, |i, r| {
+            let total: f32 = r.iter().sum();
+            let yr = &ys[i * cols..(i + 1) * cols];
+            for (d, &yv) in r.iter_mut().zip(yr) {
+                *d -= yv.exp() * total;
+            }
+        });
+        dx
+    }
+
+    #[track_caller]
+    fn gather_rows(&self, x: &Array2<f32>, idx: &[u32]) -> Array2<f32> {
+        check::indices("gather_rows", idx, x.nrows());
+        let cols = x.ncols();
+        let src = slice(x);
+        let mut out = Array2::zeros((idx.len(), cols));
+        self.for_rows(&mut out, |i, r| {
+            let s = idx[i] as usize * cols;
+            r.copy_from_slice(&src[s..s + cols]);
+        });
+        out
+    }
+
+    #[track_caller]
+    fn scatter_add_rows(&self, dst: &mut Array2<f32>, src: &Array2<f32>, idx: &[u32]) {
+        check::same_shape("scatter_add_rows", [idx.len(), dst.ncols()], shape(src));
+        check::indices("scatter_add_rows", idx, dst.nrows());
+        let cols = dst.ncols();
+        let (d, s) = (slice_mut(dst), slice(src));
+        // Sequential in index order: repeated indices accumulate deterministically.
+        for (i, &r) in idx.iter().enumerate() {
+            let r = r as usize * cols;
+            for (dv, &sv) in d[r..r + cols].iter_mut().zip(&s[i * cols..(i + 1) * cols]) {
+                *dv += sv;
+            }
+        }
+    }
+
+    #[track_caller]
+    fn pick_cols(&self, x: &Array2<f32>, cols: &[u32]) -> Array2<f32> {
+        assert_eq!(cols.len(), x.nrows(), "pick_cols: one column per row");
+        check::indices("pick_cols", cols, x.ncols());
+        let n = x.ncols();
+        let data = slice(x);
+        from_vec(
+            [x.nrows(), 1],
+            cols.iter()
+                .enumerate()
+                .map(|(i, &c)| data[i * n + c as usize])
+                .collect(),
+        )
+    }
+
+    #[track_caller]
+    fn add_at_cols(&self, dst: &mut Array2<f32>, cols: &[u32], values: &Array2<f32>) {
+        assert_eq!(cols.len(), dst.nrows(), "add_at_cols: one column per row");
+        check::same_shape("add_at_cols", [dst.nrows(), 1], shape(values));
+        check::indices("add_at_cols", cols, dst.ncols());
+        let n = dst.ncols();
+        let (d, v) = (slice_mut(dst), slice(values));
+        for (i, &c) in cols.iter().enumerate() {
+            d[i * n + c as usize] += v[i];
+        }
+    }
+
+    #[track_caller]
+    fn copy_cols(
+        &self,
+        src: &Array2<f32>,
+        src_col: usize,
+        dst: &mut Array2<f32>,
+        dst_col: usize,
+        width: usize,
+        accumulate: bool,
+    ) {
+        assert_eq!(src.nrows(), dst.nrows(), "copy_cols: row counts differ");
+        check::col_range("copy_cols", src_col, width, src.ncols());
+        check::col_range("copy_cols", dst_col, width, dst.ncols());
+        let sc = src.ncols();
+        let s = slice(src);
+        self.for_rows(dst, |i, r| {
+            let from = &s[i * sc + src_col..i * sc + src_col + width];
+            let to = &mut r[dst_col..dst_col + width];
+            if accumulate {
+                to.iter_mut().zip(from).for_each(|(t, f)| *t += f);
+            } else {
+                to.copy_from_slice(from);
+            }
+        });
+    }
+
+    #[track_caller]
+    fn axpy(&self, alpha: f32, x: &Array2<f32>, y: &mut Array2<f32>) {
+        check::same_shape("axpy", shape(x), shape(y));
+        self.zip_map(slice_mut(y), [slice(x)], |y, [x]| {
+            y.iter_mut().zip(x).for_each(|(y, x)| *y += alpha * x);
+        });
+    }
+
+    fn scale(&self, x: &mut Array2<f32>, alpha: f32) {
+        self.zip_map(slice_mut(x), [], |x, []| {
+            x.iter_mut().for_each(|v| *v *= alpha)
+        });
+    }
+
+    #[track_caller]
+    fn im2col(&self, x: &Array2<f32>, w: &Window2d) -> Array2<f32> {
+        check::same_shape("im2col", [x.nrows(), w.in_len()], shape(x));
+        let (oh, ow, c) = (w.out_height(), w.out_width(), w.channels);
+        let (src, in_len) = (slice(x), w.in_len());
+        let mut out = Array2::zeros((x.nrows() * oh * ow, w.patch_len()));
+        self.for_rows(&mut out, |row, r| {
+            let (n, pix) = (row / (oh * ow), row % (oh * ow));
+            let (oy, ox) = (pix / ow, pix % ow);
+            let img = &src[n * in_len..(n + 1) * in_len];
+            for ky in 0..w.kernel_h {
+                for kx in 0..w.kernel_w {
+                    if let Some(p) = w.source_pixel(oy, ox, ky, kx) {
+                        let at = (ky * w.kernel_w + kx) * c;
+                        r[at..at + c].copy_from_slice(&img[p * c..(p + 1) * c]);
+                    }
+                }
+            }
+        });
+        out
+    }
+
+    #[track_caller]
+    fn col2im(&self, cols: &Array2<f32>, w: &Window2d) -> Array2<f32> {
+        let (oh, ow, c) = (w.out_height(), w.out_width(), w.channels);
+        assert!(
+            cols.ncols() == w.patch_len() && cols.nrows() % (oh * ow) == 0,
+            "col2im: patches {:?} do not match window {w:?}",
+            shape(cols)
+        );
+        let n_img = cols.nrows() / (oh * ow);
+        let (src, patch) = (slice(cols), w.patch_len());
+        let mut x = Array2::zeros((n_img, w.in_len()));
+        // One image per task: overlapping windows only collide within an image.
+        self.for_rows(&mut x, |n, img| {
+            for pix in 0..oh * ow {
+                let (oy, ox) = (pix / ow, pix % ow);
+                let r = &src[(n * oh * ow + pix) * patch..(n * oh * ow + pix + 1) * patch];
+                for ky in 0..w.kernel_h {
+                    for kx in 0..w.kernel_w {
+                        if let Some(p) = w.source_pixel(oy, ox, ky, kx) {
+                            let at = (ky * w.kernel_w + kx) * c;
+                            img[p * c..(p + 1) * c]
+                                .iter_mut()
+                                .zip(&r[at..at + c])
+                                .for_each(|(d, s)| *d += s);
+                        }
+                    }
+                }
+            }
+        });
+        x
+    }
+
+    #[track_caller]
+    fn max_pool2d(&self, x: &Array2<f32>, w: &Window2d) -> Array2<f32> {
+        check::same_shape("max_pool2d", [x.nrows(), w.in_len()], shape(x));
+        assert_eq!(w.padding, 0, "max_pool2d: padding is not supported");
+        let (oh, ow, c) = (w.out_height(), w.out_width(), w.channels);
+        let (src, in_len) = (slice(x), w.in_len());
+        let mut out = Array2::from_elem((x.nrows(), oh * ow * c), f32::NEG_INFINITY);
+        self.for_rows(&mut out, |n, o| {
+            let img = &src[n * in_len..(n + 1) * in_len];
+            for pix in 0..oh * ow {
+                let (oy, ox) = (pix / ow, pix % ow);
+                let dst = &mut o[pix * c..(pix + 1) * c];
+                for ky in 0..w.kernel_h {
+                    for kx in 0..w.kernel_w {
+                        let p = w.source_pixel(oy, ox, ky, kx).expect("no padding");
+                        dst.iter_mut()
+                            .zip(&img[p * c..(p + 1) * c])
+                            .for_each(|(d, &s)| *d = d.max(s));
+                    }
+                }
+            }
+        });
+        out
+    }
+
+    #[track_caller]
+    fn max_pool2d_backward(&self, x: &Array2<f32>, dy: &Array2<f32>, w: &Window2d) -> Array2<f32> {
+        check::same_shape("max_pool2d_backward", [x.nrows(), w.in_len()], shape(x));
+        let (oh, ow, c) = (w.out_height(), w.out_width(), w.channels);
+        check::same_shape("max_pool2d_backward", [x.nrows(), oh * ow * c], shape(dy));
+        let (src, g, in_len) = (slice(x), slice(dy), w.in_len());
+        let mut dx = Array2::zeros(x.dim());
+        self.for_rows(&mut dx, |n, d| {
+            let img = &src[n * in_len..(n + 1) * in_len];
+            for pix in 0..oh * ow {
+                let (oy, ox) = (pix / ow, pix % ow);
+                for ch in 0..c {
+                    let mut best = (f32::NEG_INFINITY, usize::MAX);
+                    for ky in 0..w.kernel_h {
+                        for kx in 0..w.kernel_w {
+                            let p = w.source_pixel(oy, ox, ky, kx).expect("no padding");
+                            let v = img[p * c + ch];
+                            if v > best.0 || best.1 == usize::MAX {
+                                best = (v, p);
+                            }
+                        }
+                    }
+                    d[best.1 * c + ch] += g[n * oh * ow * c + pix * c + ch];
+                }
+            }
+        });
+        dx
+    }
+
+    #[track_caller]
+    fn adam_step(
+        &self,
+        param: &mut Array2<f32>,
+        grad: &Array2<f32>,
+        m: &mut Array2<f32>,
+        v: &mut Array2<f32>,
+        step: &AdamStep,
+    ) {
+        check::same_shape("adam_step", shape(param), shape(grad));
+        check::same_shape("adam_step", shape(param), shape(m));
+        check::same_shape("adam_step", shape(param), shape(v));
+        let (p, g, m, v) = (slice_mut(param), slice(grad), slice_mut(m), slice_mut(v));
+        for i in 0..p.len() {
+            (p[i], m[i], v[i]) = step.update(p[i], g[i], m[i], v[i]);
+        }
+    }
+
+    #[track_caller]
+    fn sgd_step(
+        &self,
+        param: &mut Array2<f32>,
+        grad: &Array2<f32>,
+        velocity: &mut Array2<f32>,
+        step: &SgdStep,
+    ) {
+        check::same_shape("sgd_step", shape(param), shape(grad));
+        check::same_shape("sgd_step", shape(param), shape(velocity));
+        let (p, g, vel) = (slice_mut(param), slice(grad), slice_mut(velocity));
+        for i in 0..p.len() {
+            (p[i], vel[i]) = step.update(p[i], g[i], vel[i]);
+        }
+    }
+}
