@@ -1,0 +1,42 @@
+//! Seeded weight initialisation (Glorot/Xavier and He/Kaiming).
+
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+/// `n` values from the Glorot-uniform distribution `U(-a, a)`, `a = sqrt(6 / (fan_in + fan_out))`,
+/// which keeps activation variance roughly constant through tanh/sigmoid layers.
+pub fn glorot_uniform(rng: &mut impl Rng, fan_in: usize, fan_out: usize, n: usize) -> Vec<f32> {
+    let a = (6.0 / (fan_in + fan_out).max(1) as f32).sqrt();
+    (0..n).map(|_| rng.random_range(-a..=a)).collect()
+}
+
+/// `n` values from the He-normal distribution `N(0, 2 / fan_in)`, suited to ReLU layers.
+pub fn he_normal(rng: &mut impl Rng, fan_in: usize, n: usize) -> Vec<f32> {
+    let std = (2.0 / fan_in.max(1) as f32).sqrt();
+    (0..n)
+        .map(|_| {
+            let z: f64 = StandardNormal.sample(rng);
+            std * z as f32
+        })
+        .collect()
+}
+
+/// Weight initialisation scheme of a layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Init {
+    /// Glorot-uniform (the default; right for linear and tanh/sigmoid layers).
+    #[default]
+    Glorot,
+    /// He-normal (for layers followed by ReLU).
+    He,
+}
+
+impl Init {
+    /// `n` initial values for a weight with the given fans.
+    pub fn sample(self, rng: &mut impl Rng, fan_in: usize, fan_out: usize, n: usize) -> Vec<f32> {
+        match self {
+            Init::Glorot => glorot_uniform(rng, fan_in, fan_out, n),
+            Init::He => he_normal(rng, fan_in, n),
+        }
+    }
+}

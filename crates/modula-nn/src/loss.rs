@@ -1,0 +1,83 @@
+//! Losses that return one value per example, as EM's scoring needs `log p(y | x, a)` per row.
+
+use modula_tensor::{Backend, BinaryOp, ReduceOp, UnaryOp};
+
+/// Softmax cross-entropy over classes (or a vocabulary): per-row negative log-likelihood
+/// `-log softmax(logits)[target]`.
+///
+/// Returns `(nll [n, 1], log_probs [n, classes])`; keep `log_probs` for the backward pass.
+///
+/// # Panics
+/// If `targets.len()` differs from the number of rows or a target is out of range.
+#[track_caller]
+pub fn softmax_cross_entropy<B: Backend>(
+    b: &B,
+    logits: &B::Tensor,
+    targets: &[u32],
+) -> (B::Tensor, B::Tensor) {
+    let log_probs = b.log_softmax_rows(logits);
+    let mut nll = b.pick_cols(&log_probs, targets);
+    b.scale(&mut nll, -1.0);
+    (nll, log_probs)
+}
+
+/// Gradient of [`softmax_cross_entropy`] with respect to the logits, given `d_nll [n, 1]`
+/// (the weight of each example's loss, e.g. `1/n` for a mean).
+#[track_caller]
+pub fn softmax_cross_entropy_backward<B: Backend>(
+    b: &B,
+    log_probs: &B::Tensor,
+    targets: &[u32],
+    d_nll: &B::Tensor,
+) -> B::Tensor {
+    let mut d_logp = b.zeros(b.shape(log_probs));
+    let mut neg = b.duplicate(d_nll);
+    b.scale(&mut neg, -1.0);
+    b.add_at_cols(&mut d_logp, targets, &neg);
+    b.log_softmax_rows_backward(log_probs, &d_logp)
+}
+
+/// Gaussian negative log-likelihood with fixed variance, per row:
+/// `0.5 * sum_j ((y_j - mean_j)^2 / var + ln(2 pi var))`. With `var = 1` this is half the
+/// squared error plus a constant.
+///
+/// # Panics
+/// If the shapes differ or `variance <= 0`.
+#[track_caller]
+pub fn gaussian_nll<B: Backend>(
+    b: &B,
+    mean: &B::Tensor,
+    target: &B::Tensor,
+    variance: f32,
+) -> B::Tensor {
+    assert!(
+        variance > 0.0,
+        "gaussian_nll: variance must be positive, got {variance}"
+    );
+    let diff = b.binary(BinaryOp::Sub, mean, target);
+    let mut sq = b.unary(UnaryOp::Square, &diff);
+    b.scale(&mut sq, 0.5 / variance);
+    let mut nll = b.reduce_rows(ReduceOp::Sum, &sq);
+    let cols = b.shape(mean)[1] as f32;
+    let constant = 0.5 * cols * (2.0 * std::f32::consts::PI * variance).ln();
+    let mut c = b.zeros(b.shape(&nll));
+    b.fill(&mut c, constant);
+    b.axpy(1.0, &c, &mut nll);
+    nll
+}
+
+/// Gradient of [`gaussian_nll`] with respect to the mean, given `d_nll [n, 1]`:
+/// `d_mean = d_nll * (mean - target) / var`.
+#[track_caller]
+pub fn gaussian_nll_backward<B: Backend>(
+    b: &B,
+    mean: &B::Tensor,
+    target: &B::Tensor,
+    variance: f32,
+    d_nll: &B::Tensor,
+) -> B::Tensor {
+    let mut d = b.binary(BinaryOp::Sub, mean, target);
+    b.scale(&mut d, 1.0 / variance);
+    b.scale_rows(&mut d, d_nll);
+    d
+}
