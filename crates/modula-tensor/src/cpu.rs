@@ -1,4 +1,5 @@
-//! [`Cpu`]: the fast CPU backend (ndarray storage, matrixmultiply GEMM, rayon parallelism).
+//! [`Cpu`]: the fast CPU backend (ndarray storage, the packed GEMM of [`crate::gemm`], rayon
+//! parallelism).
 
 use std::sync::Arc;
 
@@ -8,7 +9,8 @@ use rayon::prelude::*;
 use crate::backend::{Backend, Shape};
 use crate::check;
 use crate::error::BackendError;
-use crate::ops::{AdamStep, BinaryOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d};
+use crate::gemm::{self, MatMut, MatRef, Parallelism};
+use crate::ops::{AdamStep, BinaryOp, GroupedOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d};
 
 /// Elementwise work below this many elements runs on the calling thread: splitting smaller
 /// jobs costs more in synchronisation than it saves.
@@ -125,16 +127,14 @@ fn shape(t: &Array2<f32>) -> Shape {
     [t.nrows(), t.ncols()]
 }
 
-fn from_vec(s: Shape, v: Vec<f32>) -> Array2<f32> {
-    Array2::from_shape_vec((s[0], s[1]), v).expect("length matches shape")
+/// The GEMM view of `op(t)`: transposing only swaps the strides.
+fn gemm_view(t: &Array2<f32>, tr: Transpose) -> MatRef<'_> {
+    let v = MatRef::row_major(slice(t), t.nrows(), t.ncols());
+    if tr == Transpose::Yes { v.t() } else { v }
 }
 
-/// Row and column strides of `op(T)` for a row-major tensor with `cols` columns.
-fn strides(trans: Transpose, cols: usize) -> (isize, isize) {
-    match trans {
-        Transpose::No => (cols as isize, 1),
-        Transpose::Yes => (1, cols as isize),
-    }
+fn from_vec(s: Shape, v: Vec<f32>) -> Array2<f32> {
+    Array2::from_shape_vec((s[0], s[1]), v).expect("length matches shape")
 }
 
 impl Backend for Cpu {
@@ -196,29 +196,14 @@ impl Backend for Cpu {
         if m == 0 || n == 0 {
             return;
         }
-        let (rsa, csa) = strides(ta, a.ncols());
-        let (rsb, csb) = strides(tb, b.ncols());
-        let c_ptr = slice_mut(c).as_mut_ptr();
-        // SAFETY: the shapes were checked above, every tensor is a contiguous row-major buffer
-        // of exactly the size the strides address, and C does not alias A or B (it is borrowed
-        // mutably). matrixmultiply ignores C's contents when beta == 0.
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                n,
-                alpha,
-                slice(a).as_ptr(),
-                rsa,
-                csa,
-                slice(b).as_ptr(),
-                rsb,
-                csb,
-                beta,
-                c_ptr,
-                n as isize,
-                1,
-            );
+        let (a, b) = (gemm_view(a, ta), gemm_view(b, tb));
+        let c = MatMut::row_major(slice_mut(c), m, n);
+        if self.threads() > 1 && gemm::worth_parallel(m, k, n) {
+            let par = Parallelism::Rayon(self.threads());
+            self.install(|| gemm::gemm(alpha, a, b, beta, c, par));
+        } else {
+            // Entering the pool costs a thread hand-off; small products stay on the caller.
+            gemm::gemm(alpha, a, b, beta, c, Parallelism::Sequential);
         }
     }
 
@@ -510,7 +495,7 @@ impl Backend for Cpu {
     fn col2im(&self, cols: &Array2<f32>, w: &Window2d) -> Array2<f32> {
         let (oh, ow, c) = (w.out_height(), w.out_width(), w.channels);
         assert!(
-            cols.ncols() == w.patch_len() && cols.nrows() % (oh * ow) == 0,
+            cols.ncols() == w.patch_len() && cols.nrows().is_multiple_of(oh * ow),
             "col2im: patches {:?} do not match window {w:?}",
             shape(cols)
         );
@@ -624,5 +609,28 @@ impl Backend for Cpu {
         for i in 0..p.len() {
             (p[i], vel[i]) = step.update(p[i], g[i], vel[i]);
         }
+    }
+
+    #[track_caller]
+    fn grouped_matmul(
+        &self,
+        op: GroupedOp,
+        a: &Array2<f32>,
+        b: &Array2<f32>,
+        offsets: &[u32],
+        beta: f32,
+        c: &mut Array2<f32>,
+    ) {
+        crate::grouped::grouped_matmul(self, op, a, b, offsets, beta, c);
+    }
+
+    #[track_caller]
+    fn segment_sum_rows(&self, src: &Array2<f32>, pos: &[u32], ptr: &[u32]) -> Array2<f32> {
+        crate::grouped::segment_sum_rows(self, src, pos, ptr)
+    }
+
+    #[track_caller]
+    fn add_gathered_rows(&self, dst: &mut Array2<f32>, table: &Array2<f32>, idx: &[u32]) {
+        crate::grouped::add_gathered_rows(self, dst, table, idx);
     }
 }

@@ -3,7 +3,8 @@
 //! - [`Backend`]: the trait every compute backend implements. A backend value carries its
 //!   context (threads, device); operations are keyed by small enums ([`UnaryOp`],
 //!   [`BinaryOp`], [`ReduceOp`], [`Transpose`]).
-//! - [`Cpu`]: the fast CPU backend (ndarray storage, matrixmultiply GEMM, rayon).
+//! - [`Cpu`]: the fast CPU backend (ndarray storage, the packed AVX-512 [`gemm`], rayon).
+//! - [`gemm`]: the packed GEMM itself, with strided views and a reusable packed right-hand side.
 //! - [`Reference`]: slow, obviously-correct loops, the oracle for tests.
 //! - [`conformance`]: one suite, generic over the backend, that every backend must pass.
 //!
@@ -25,6 +26,8 @@ mod check;
 pub mod conformance;
 mod cpu;
 mod error;
+pub mod gemm;
+mod grouped;
 mod ops;
 mod reference;
 
@@ -32,6 +35,6 @@ pub use backend::{Backend, Shape};
 pub use cpu::Cpu;
 pub use error::BackendError;
 pub use ops::{
-    AdamStep, BinaryOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d, sigmoid, softplus,
+    AdamStep, BinaryOp, GroupedOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d, sigmoid, softplus,
 };
 pub use reference::Reference;

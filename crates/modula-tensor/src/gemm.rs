@@ -1,0 +1,813 @@
+//! Packed single-precision GEMM: `C = alpha * op(A) * op(B) + beta * C`.
+//!
+//! The structure is the classic BLIS one. `op(B)` is packed into `KC x NR` column strips and
+//! `op(A)` into `MR x KC` row strips, so that the microkernel reads both operands
+//! contiguously whatever their original strides are (transposes therefore cost only the
+//! packing, which is done once per block). The microkernel keeps an `MR x NR` tile of `C` in
+//! registers and performs rank-1 updates along `k`.
+//!
+//! - On x86-64 with AVX-512F (detected at run time), the microkernel is a 12 x 32 tile: two zmm
+//!   registers per row, 24 accumulators, with the `A` element folded into the FMA as an
+//!   embedded broadcast.
+//! - Elsewhere a portable kernel with the same tile and packing is used (compiled for AVX2+FMA
+//!   when the CPU has it), so every machine shares the packing, blocking and threading code.
+//!
+//! When `op(B)` has unit column stride and `op(A)` has few rows, packing `B` would cost as much
+//! as the product itself (every element of `B` is used only `m` times), so [`gemm`] then lets
+//! the microkernel read `B` in place. When the same `B` multiplies many small `A` blocks (one
+//! module's weights applied to its row block, for example), pack it once with [`PackedRhs`] and
+//! call [`gemm_packed`].
+//!
+//! Parallelism is explicit ([`Parallelism`]): work is split into rectangular parts of `C`
+//! that run as rayon tasks in the *current* rayon pool, so a caller that runs inside
+//! `Cpu::install` uses exactly that backend's threads.
+//!
+//! ```
+//! use modula_tensor::gemm::{gemm, MatMut, MatRef, Parallelism};
+//! let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // 2 x 3, row-major
+//! let mut c = [f32::NAN; 4];
+//! // C = A * A^T (the transpose is only a change of strides).
+//! gemm(
+//!     1.0,
+//!     MatRef::row_major(&a, 2, 3),
+//!     MatRef::row_major(&a, 2, 3).t(),
+//!     0.0,
+//!     MatMut::row_major(&mut c, 2, 2),
+//!     Parallelism::Sequential,
+//! );
+//! assert_eq!(c, [14.0, 32.0, 32.0, 77.0]);
+//! ```
+
+use rayon::prelude::*;
+
+/// Rows of the register tile.
+const MR: usize = 12;
+/// Columns of the register tile (two 16-lane vectors).
+const NR: usize = 32;
+/// Depth of one packed block: a `KC x NR` strip of `B` (32 KiB) stays in the 48 KiB L1 cache
+/// while the microkernel sweeps the `A` strips of one block.
+const KC: usize = 256;
+/// Rows of one packed `A` block (a multiple of `MR`): `MC x KC` floats (120 KiB) stay in L2.
+const MC: usize = 120;
+/// Columns handled per pass over one packed `A` block: bounds how much packed `B` is swept
+/// (from L2/L3) between two reuses of the same `A` block.
+const NC: usize = 2048;
+/// Products with fewer multiply-adds than this run on the calling thread: below it the cost
+/// of waking a second thread is comparable to the work.
+const PAR_MIN_FLOPS: usize = 1 << 17;
+
+/// How a product may be split across threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parallelism {
+    /// Run on the calling thread only.
+    Sequential,
+    /// Split into at most this many rayon tasks, executed in the current rayon pool (call from
+    /// inside `Cpu::install` to use that backend's threads).
+    Rayon(usize),
+}
+
+impl Parallelism {
+    fn tasks(self) -> usize {
+        match self {
+            Parallelism::Sequential => 1,
+            Parallelism::Rayon(n) => n.max(1),
+        }
+    }
+}
+
+/// A read-only strided view of an f32 matrix: element `(i, j)` is
+/// `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A strided view.
+    ///
+    /// # Panics
+    /// If an element of the view falls outside `data`.
+    #[track_caller]
+    pub fn new(
+        data: &'a [f32],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        col_stride: usize,
+    ) -> Self {
+        assert!(
+            extent(rows, cols, row_stride, col_stride) <= data.len(),
+            "MatRef: a {rows}x{cols} view with strides ({row_stride}, {col_stride}) does not fit \
+             in {} elements",
+            data.len()
+        );
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride,
+        }
+    }
+
+    /// A contiguous row-major view.
+    ///
+    /// # Panics
+    /// If `data` holds fewer than `rows * cols` elements.
+    #[track_caller]
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self::new(data, rows, cols, cols, 1)
+    }
+
+    /// The transposed view (no data moves).
+    pub fn t(self) -> Self {
+        MatRef {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Element `(i, j)`, for packing loops (bounds were checked at construction, and the
+    /// slice index re-checks them).
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.row_stride + j * self.col_stride]
+    }
+}
+
+/// A mutable row-major view of an f32 matrix with an arbitrary row stride: element `(i, j)` is
+/// `data[i * row_stride + j]`.
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    data: &'a mut [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+}
+
+impl<'a> MatMut<'a> {
+    /// A view with row stride `row_stride` (at least `cols` when there are two or more rows,
+    /// so that rows never overlap).
+    ///
+    /// # Panics
+    /// If the rows overlap or an element falls outside `data`.
+    #[track_caller]
+    pub fn new(data: &'a mut [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        assert!(
+            rows <= 1 || row_stride >= cols,
+            "MatMut: row stride {row_stride} is shorter than a row of {cols} columns"
+        );
+        assert!(
+            extent(rows, cols, row_stride, 1) <= data.len(),
+            "MatMut: a {rows}x{cols} view with row stride {row_stride} does not fit in {} \
+             elements",
+            data.len()
+        );
+        MatMut {
+            data,
+            rows,
+            cols,
+            row_stride,
+        }
+    }
+
+    /// A contiguous row-major view.
+    ///
+    /// # Panics
+    /// If `data` holds fewer than `rows * cols` elements.
+    #[track_caller]
+    pub fn row_major(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        Self::new(data, rows, cols, cols)
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// Number of elements a strided view spans (0 when it is empty).
+fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * rs + (cols - 1) * cs + 1
+    }
+}
+
+/// `op(B)` packed once for reuse across many products `C = alpha * A * B + beta * C`.
+///
+/// Layout: for each depth block of [`KC`] rows, `ceil(n / NR)` strips of `kc x NR` floats,
+/// row-major inside a strip, zero-padded past column `n`. Packing costs one pass over `B`;
+/// afterwards each [`gemm_packed`] call only packs its (small) `A`.
+///
+/// ```
+/// use modula_tensor::gemm::{gemm_packed, MatMut, MatRef, PackedRhs, Parallelism};
+/// let w = [1.0, 0.0, 0.0, 2.0]; // 2 x 2
+/// let packed = PackedRhs::new(MatRef::row_major(&w, 2, 2), Parallelism::Sequential);
+/// let x = [3.0, 4.0];
+/// let mut y = [0.0; 2];
+/// gemm_packed(1.0, MatRef::row_major(&x, 1, 2), &packed, 0.0,
+///             MatMut::row_major(&mut y, 1, 2), Parallelism::Sequential);
+/// assert_eq!(y, [3.0, 8.0]);
+/// ```
+#[derive(Clone, Debug)]
+pub struct PackedRhs {
+    k: usize,
+    n: usize,
+    buf: AlignedBuf,
+}
+
+impl PackedRhs {
+    /// Packs `b` (`k x n`, any strides).
+    pub fn new(b: MatRef<'_>, par: Parallelism) -> Self {
+        let (k, n) = (b.rows, b.cols);
+        let strips = n.div_ceil(NR);
+        let mut buf = AlignedBuf::zeroed(k * strips * NR);
+        // Each (depth block, strip) pair owns a disjoint `kc x NR` piece of the buffer, so the
+        // pieces can be filled in parallel.
+        let mut pieces: Vec<(usize, usize, &mut [f32])> =
+            Vec::with_capacity(strips * k.div_ceil(KC));
+        let mut rest = buf.as_mut_slice();
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            for s in 0..strips {
+                let (piece, tail) = rest.split_at_mut(kc * NR);
+                pieces.push((p0, s * NR, piece));
+                rest = tail;
+            }
+        }
+        let pack = |(p0, j0, piece): (usize, usize, &mut [f32])| {
+            let kc = piece.len() / NR;
+            pack_b_strip(&b, p0, kc, j0, piece);
+        };
+        if par.tasks() > 1 && k * n >= PAR_MIN_FLOPS / 4 {
+            pieces.into_par_iter().for_each(pack);
+        } else {
+            pieces.into_iter().for_each(pack);
+        }
+        PackedRhs { k, n, buf }
+    }
+
+    /// Rows of `op(B)` (the inner dimension of the product).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of `op(B)`.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The packed `kc x NR` strip starting at depth `p0` and column `j0`.
+    fn strip(&self, p0: usize, j0: usize) -> &[f32] {
+        let strips = self.n.div_ceil(NR);
+        let kc = KC.min(self.k - p0);
+        let start = p0 * strips * NR + (j0 / NR) * kc * NR;
+        &self.buf.as_slice()[start..start + kc * NR]
+    }
+}
+
+/// Packs columns `j0..j0 + NR` of rows `p0..p0 + kc` of `b` into `out` (`kc x NR`, row-major,
+/// zero past the last column).
+fn pack_b_strip(b: &MatRef<'_>, p0: usize, kc: usize, j0: usize, out: &mut [f32]) {
+    let w = NR.min(b.cols - j0);
+    if b.col_stride == 1 {
+        // Rows of the strip are contiguous in B: plain copies.
+        for (p, row) in out.chunks_exact_mut(NR).enumerate() {
+            let start = (p0 + p) * b.row_stride + j0;
+            row[..w].copy_from_slice(&b.data[start..start + w]);
+        }
+    } else {
+        // Columns are contiguous (a transposed B): read each source column sequentially.
+        for j in 0..w {
+            for p in 0..kc {
+                out[p * NR + j] = b.at(p0 + p, j0 + j);
+            }
+        }
+    }
+}
+
+/// Packs rows `i0..i0 + mr` and depths `p0..p0 + kc` of `a` into `out` (`kc x MR`, the `MR`
+/// values of one depth contiguous, zero past row `mr`).
+fn pack_a_strip(a: &MatRef<'_>, i0: usize, mr: usize, p0: usize, kc: usize, out: &mut [f32]) {
+    let out = &mut out[..kc * MR];
+    if mr < MR {
+        out.fill(0.0);
+    }
+    if a.row_stride == 1 {
+        // A transposed A: the rows of one depth are contiguous.
+        for (p, dst) in out.chunks_exact_mut(MR).enumerate() {
+            let start = (p0 + p) * a.col_stride + i0;
+            dst[..mr].copy_from_slice(&a.data[start..start + mr]);
+        }
+    } else {
+        for i in 0..mr {
+            let row = &a.data[(i0 + i) * a.row_stride..];
+            for p in 0..kc {
+                out[p * MR + i] = row[(p0 + p) * a.col_stride];
+            }
+        }
+    }
+}
+
+/// A zero-initialised f32 buffer whose first element is 64-byte aligned, so that packed strips
+/// start on cache-line boundaries.
+#[derive(Clone, Debug)]
+struct AlignedBuf {
+    vec: Vec<f32>,
+    offset: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn zeroed(len: usize) -> Self {
+        let vec = vec![0.0f32; len + 16];
+        let offset = vec.as_ptr().align_offset(64).min(16);
+        AlignedBuf { vec, offset, len }
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        &self.vec[self.offset..self.offset + self.len]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.vec[self.offset..self.offset + self.len]
+    }
+}
+
+/// Where the microkernel reads `op(B)` from.
+#[derive(Clone, Copy)]
+enum Rhs<'r, 'a> {
+    /// Packed strips.
+    Packed(&'r PackedRhs),
+    /// In place: `op(B)` has unit column stride, rows `row_stride` apart.
+    Direct(MatRef<'a>),
+}
+
+/// `C = alpha * op(A) * op(B) + beta * C`, with `op(A)` given by `a` (`m x k`), `op(B)` by `b`
+/// (`k x n`) and `C` by `c` (`m x n`).
+///
+/// With `beta == 0` the previous contents of `C` are ignored (NaN included); with `k == 0`,
+/// `C = beta * C`.
+///
+/// # Panics
+/// If the shapes do not chain.
+#[track_caller]
+pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>, par: Parallelism) {
+    check_shapes(&a, b.rows, b.cols, &c);
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        scale_c(c, beta);
+        return;
+    }
+    let tasks = task_count(m, k, n, par);
+    // Reading B in place saves a full pass over it; it only pays when each thread sweeps B
+    // once or twice (few rows of A), since packed strips are friendlier to caches and TLB.
+    let rows_per_task = if m.div_ceil(MR) >= tasks {
+        m.div_ceil(tasks)
+    } else {
+        m
+    };
+    if b.col_stride == 1 && rows_per_task <= 2 * MC {
+        run(alpha, a, Rhs::Direct(b), beta, c, tasks);
+    } else {
+        let packed = PackedRhs::new(
+            b,
+            if tasks > 1 {
+                par
+            } else {
+                Parallelism::Sequential
+            },
+        );
+        run(alpha, a, Rhs::Packed(&packed), beta, c, tasks);
+    }
+}
+
+/// `C = alpha * op(A) * B + beta * C` with a pre-packed `B` (see [`PackedRhs`]).
+///
+/// Same contract as [`gemm`].
+///
+/// # Panics
+/// If the shapes do not chain.
+#[track_caller]
+pub fn gemm_packed(
+    alpha: f32,
+    a: MatRef<'_>,
+    b: &PackedRhs,
+    beta: f32,
+    c: MatMut<'_>,
+    par: Parallelism,
+) {
+    check_shapes(&a, b.k, b.n, &c);
+    let (m, k, n) = (a.rows, a.cols, b.n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        scale_c(c, beta);
+        return;
+    }
+    run(alpha, a, Rhs::Packed(b), beta, c, task_count(m, k, n, par));
+}
+
+#[track_caller]
+fn check_shapes(a: &MatRef<'_>, k: usize, n: usize, c: &MatMut<'_>) {
+    assert!(
+        a.cols == k && c.rows == a.rows && c.cols == n,
+        "gemm: shapes do not chain: A is {}x{}, B is {k}x{n}, C is {}x{}",
+        a.rows,
+        a.cols,
+        c.rows,
+        c.cols
+    );
+}
+
+/// Whether an `m x k x n` product is large enough to be worth splitting across threads.
+pub(crate) fn worth_parallel(m: usize, k: usize, n: usize) -> bool {
+    m.saturating_mul(k).saturating_mul(n) >= PAR_MIN_FLOPS
+}
+
+fn task_count(m: usize, k: usize, n: usize, par: Parallelism) -> usize {
+    if !worth_parallel(m, k, n) {
+        1
+    } else {
+        par.tasks()
+    }
+}
+
+/// `C = beta * C`, writing zeros (not `0 * C`) when `beta == 0`.
+fn scale_c(c: MatMut<'_>, beta: f32) {
+    let (rows, cols, rs) = (c.rows, c.cols, c.row_stride);
+    for i in 0..rows {
+        let row = &mut c.data[i * rs..i * rs + cols];
+        if beta == 0.0 {
+            row.fill(0.0);
+        } else if beta != 1.0 {
+            row.iter_mut().for_each(|v| *v *= beta);
+        }
+    }
+}
+
+/// One task's rectangle of `C`: rows `i0..i1`, columns `j0..j1`.
+struct Part<'c> {
+    i0: usize,
+    i1: usize,
+    j0: usize,
+    j1: usize,
+    c: CPtr<'c>,
+}
+
+/// A raw pointer to `C` that tasks share; each task writes only its own rectangle.
+#[derive(Clone, Copy)]
+struct CPtr<'c> {
+    ptr: *mut f32,
+    row_stride: usize,
+    _life: std::marker::PhantomData<&'c mut [f32]>,
+}
+
+// SAFETY: tasks built by `run` write disjoint rectangles of C through this pointer, and `run`
+// holds the unique borrow of C until every task has finished.
+unsafe impl Send for CPtr<'_> {}
+// SAFETY: as above; no two tasks touch the same element.
+unsafe impl Sync for CPtr<'_> {}
+
+/// Splits `C` into at most `tasks` rectangles (along rows when there are enough row tiles,
+/// otherwise along columns) and computes each one, in parallel when `tasks > 1`.
+fn run(alpha: f32, a: MatRef<'_>, b: Rhs<'_, '_>, beta: f32, c: MatMut<'_>, tasks: usize) {
+    let (m, n) = (c.rows, c.cols);
+    let (row_tiles, col_tiles) = (m.div_ceil(MR), n.div_ceil(NR));
+    // Pick the grid (tm x tn, tm * tn <= tasks) that minimises the tiles of the busiest task;
+    // ties go to splitting rows, which keeps each task's A packing private.
+    let mut grid = (1, 1);
+    let mut best = usize::MAX;
+    for tm in (1..=tasks).rev() {
+        let tn = tasks / tm;
+        let cost = row_tiles.div_ceil(tm) * col_tiles.div_ceil(tn);
+        if cost < best {
+            best = cost;
+            grid = (tm, tn);
+        }
+    }
+    let (tm, tn) = grid;
+    let cptr = CPtr {
+        ptr: c.data.as_mut_ptr(),
+        row_stride: c.row_stride,
+        _life: std::marker::PhantomData,
+    };
+    let mut parts = Vec::with_capacity(tm * tn);
+    for r in 0..tm {
+        // Row boundaries fall on tile edges so that only the last task has a partial tile.
+        let (i0, i1) = (
+            (row_tiles * r / tm) * MR,
+            ((row_tiles * (r + 1) / tm) * MR).min(m),
+        );
+        for s in 0..tn {
+            let (j0, j1) = (
+                (col_tiles * s / tn) * NR,
+                ((col_tiles * (s + 1) / tn) * NR).min(n),
+            );
+            if i0 < i1 && j0 < j1 {
+                parts.push(Part {
+                    i0,
+                    i1,
+                    j0,
+                    j1,
+                    c: cptr,
+                });
+            }
+        }
+    }
+    let kern = Kernel::detect();
+    if parts.len() == 1 {
+        compute_part(kern, alpha, &a, b, beta, &parts[0]);
+    } else {
+        parts
+            .par_iter()
+            .for_each(|part| compute_part(kern, alpha, &a, b, beta, part));
+    }
+}
+
+/// Computes one rectangle of `C` with the BLIS loop nest (columns in `NC` chunks, depth in
+/// `KC` blocks, rows in `MC` blocks, then `NR` strips and `MR` tiles).
+fn compute_part(
+    kern: Kernel,
+    alpha: f32,
+    a: &MatRef<'_>,
+    b: Rhs<'_, '_>,
+    beta: f32,
+    part: &Part<'_>,
+) {
+    let k = a.cols;
+    let mut apack = AlignedBuf::zeroed(MC * KC);
+    let apack = apack.as_mut_slice();
+    for jc in (part.j0..part.j1).step_by(NC) {
+        let jc_end = (jc + NC).min(part.j1);
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            // The first depth block applies the caller's beta; later ones accumulate.
+            let beta = if p0 == 0 { beta } else { 1.0 };
+            for ic in (part.i0..part.i1).step_by(MC) {
+                let mc = MC.min(part.i1 - ic);
+                for (t, i0) in (ic..ic + mc).step_by(MR).enumerate() {
+                    let mr = MR.min(ic + mc - i0);
+                    pack_a_strip(a, i0, mr, p0, kc, &mut apack[t * MR * KC..]);
+                }
+                for j0 in (jc..jc_end).step_by(NR) {
+                    let nr = NR.min(jc_end - j0);
+                    let (bptr, ldb) = match b {
+                        Rhs::Packed(pb) => (pb.strip(p0, j0).as_ptr(), NR),
+                        Rhs::Direct(bm) => {
+                            (bm.data[p0 * bm.row_stride + j0..].as_ptr(), bm.row_stride)
+                        }
+                    };
+                    for (t, i0) in (ic..ic + mc).step_by(MR).enumerate() {
+                        let mr = MR.min(ic + mc - i0);
+                        let tile = Tile {
+                            kc,
+                            a: apack[t * MR * KC..].as_ptr(),
+                            b: bptr,
+                            ldb,
+                            // SAFETY: (i0, j0) lies inside this task's rectangle of C, which is
+                            // inside the buffer that `MatMut` validated.
+                            c: unsafe { part.c.ptr.add(i0 * part.c.row_stride + j0) },
+                            ldc: part.c.row_stride,
+                            mr,
+                            nr,
+                            alpha,
+                            beta,
+                        };
+                        // SAFETY: `tile` addresses kc x MR packed A values, kc rows of nr
+                        // readable B values `ldb` apart (checked by the slice indexing above and
+                        // by the packed layout), and an mr x nr block of C owned by this task.
+                        unsafe { kern.run(&tile) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Arguments of one microkernel call: `C[mr x nr] = alpha * A * B + beta * C`, where `A` is a
+/// packed `kc x MR` strip and `B` holds `kc` rows of at least `nr` readable values, `ldb` apart.
+struct Tile {
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    alpha: f32,
+    beta: f32,
+}
+
+/// The microkernel chosen for this CPU.
+#[derive(Clone, Copy, Debug)]
+enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                return Kernel::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Portable
+    }
+
+    /// # Safety
+    /// The pointers of `t` must address the memory described on [`Tile`], and the kernel
+    /// variant must be supported by the CPU (as [`Kernel::detect`] guarantees).
+    unsafe fn run(self, t: &Tile) {
+        match self {
+            // SAFETY: detect() only returns Avx512 when the CPU supports AVX-512F; the caller
+            // guarantees the pointers.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { avx512::tile(t) },
+            // SAFETY: detect() only returns Avx2 when the CPU supports AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { portable::tile_avx2(t) },
+            // SAFETY: the caller guarantees the pointers.
+            Kernel::Portable => unsafe { portable::tile(t) },
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MR, Tile};
+    use core::arch::x86_64::*;
+
+    /// Dispatches on the number of live rows so that edge tiles do only the work they need.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and `t` must satisfy the contract of [`Tile`].
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile(t: &Tile) {
+        // Column masks: lanes past `nr` are neither loaded from B nor stored to C.
+        let m0 = mask(t.nr);
+        let m1 = mask(t.nr.saturating_sub(16));
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match t.mr {
+                12 => rows::<12>(t, m0, m1),
+                11 => rows::<11>(t, m0, m1),
+                10 => rows::<10>(t, m0, m1),
+                9 => rows::<9>(t, m0, m1),
+                8 => rows::<8>(t, m0, m1),
+                7 => rows::<7>(t, m0, m1),
+                6 => rows::<6>(t, m0, m1),
+                5 => rows::<5>(t, m0, m1),
+                4 => rows::<4>(t, m0, m1),
+                3 => rows::<3>(t, m0, m1),
+                2 => rows::<2>(t, m0, m1),
+                _ => rows::<1>(t, m0, m1),
+            }
+        }
+    }
+
+    fn mask(live: usize) -> __mmask16 {
+        if live >= 16 {
+            0xffff
+        } else {
+            ((1u32 << live) - 1) as __mmask16
+        }
+    }
+
+    /// The `R x 32` microkernel: `2 * R` zmm accumulators, one FMA with an embedded broadcast
+    /// of `A` per accumulator and depth.
+    ///
+    /// # Safety
+    /// As for [`tile`], with `R == t.mr`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn rows<const R: usize>(t: &Tile, m0: __mmask16, m1: __mmask16) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let (mut a, mut b) = (t.a, t.b);
+        // SAFETY: `a` walks kc depths of MR packed values; `b` walks kc rows `ldb` apart whose
+        // first `nr` values are readable, and the masks keep the loads within those values.
+        unsafe {
+            for _ in 0..t.kc {
+                let b0 = _mm512_maskz_loadu_ps(m0, b);
+                let b1 = _mm512_maskz_loadu_ps(m1, b.add(16));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let ai = _mm512_set1_ps(*a.add(i));
+                    acc[0] = _mm512_fmadd_ps(ai, b0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(ai, b1, acc[1]);
+                }
+                a = a.add(MR);
+                b = b.add(t.ldb);
+            }
+        }
+        let alpha = _mm512_set1_ps(t.alpha);
+        let beta = _mm512_set1_ps(t.beta);
+        // SAFETY: row i of the C tile has `nr` writable values at c + i * ldc, and the masks
+        // restrict loads and stores to them.
+        unsafe {
+            for (i, acc) in acc.iter().enumerate() {
+                let c = t.c.add(i * t.ldc);
+                let (mut r0, mut r1) = (_mm512_mul_ps(alpha, acc[0]), _mm512_mul_ps(alpha, acc[1]));
+                // beta == 0 must not read C: it may hold NaN or garbage.
+                if t.beta != 0.0 {
+                    r0 = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(m0, c), r0);
+                    r1 = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(m1, c.add(16)), r1);
+                }
+                _mm512_mask_storeu_ps(c, m0, r0);
+                _mm512_mask_storeu_ps(c.add(16), m1, r1);
+            }
+        }
+    }
+}
+
+mod portable {
+    use super::{MR, NR, Tile};
+
+    /// The portable microkernel compiled for AVX2 and FMA.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA and `t` must satisfy the contract of [`Tile`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile_avx2(t: &Tile) {
+        // SAFETY: forwarded from the caller; inlining compiles `tile` with AVX2 and FMA.
+        unsafe { tile(t) }
+    }
+
+    /// A plain-Rust microkernel over the same packed layout, written so that the compiler
+    /// vectorises the `NR` loop.
+    ///
+    /// # Safety
+    /// `t` must satisfy the contract of [`Tile`].
+    #[inline(always)]
+    pub(super) unsafe fn tile(t: &Tile) {
+        let mut acc = [[0.0f32; NR]; MR];
+        let mut brow = [0.0f32; NR];
+        for p in 0..t.kc {
+            // SAFETY: depth p of the packed A strip holds MR values, and row p of B holds at
+            // least nr readable values.
+            let (arow, bsrc) = unsafe {
+                (
+                    std::slice::from_raw_parts(t.a.add(p * MR), MR),
+                    std::slice::from_raw_parts(t.b.add(p * t.ldb), t.nr),
+                )
+            };
+            brow[..t.nr].copy_from_slice(bsrc);
+            for (acc, &av) in acc.iter_mut().zip(arow) {
+                for (c, &bv) in acc.iter_mut().zip(&brow) {
+                    // A separate multiply and add: `mul_add` would call the slow
+                    // libm `fmaf` on CPUs without FMA.
+                    *c += av * bv;
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate().take(t.mr) {
+            // SAFETY: row i of the C tile has nr writable values.
+            let c = unsafe { std::slice::from_raw_parts_mut(t.c.add(i * t.ldc), t.nr) };
+            for (c, &v) in c.iter_mut().zip(acc) {
+                // beta == 0 must not read C: it may hold NaN or garbage.
+                *c = if t.beta == 0.0 {
+                    t.alpha * v
+                } else {
+                    t.alpha * v + t.beta * *c
+                };
+            }
+        }
+    }
+}
