@@ -1,7 +1,7 @@
 //! The [`Backend`] trait: every numeric primitive modula's layers need.
 
 use crate::error::BackendError;
-use crate::ops::{AdamStep, BinaryOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d};
+use crate::ops::{AdamStep, BinaryOp, GroupedOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d};
 
 /// Shape of a tensor: `[rows, cols]`.
 ///
@@ -251,4 +251,42 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         velocity: &mut Self::Tensor,
         step: &SgdStep,
     );
+
+    /// Grouped matrix product for routed layers: one product per group `g`, where the rows of
+    /// the row-segmented operands that belong to group `g` are `offsets[g]..offsets[g + 1]`
+    /// and the stacked operand holds one `[d_in, d_out]` block per group (see [`GroupedOp`]):
+    ///
+    /// - `XW`:  `c_g = a_g * b_g + beta * c_g` (a: `[P, d_in]`, b: `[G*d_in, d_out]`, c: `[P, d_out]`);
+    /// - `XWt`: `c_g = a_g * b_g^T + beta * c_g` (a: `[P, d_out]`, b: `[G*d_in, d_out]`, c: `[P, d_in]`);
+    /// - `XtY`: `c_g = a_g^T * b_g + beta * c_g` (a: `[P, d_in]`, b: `[P, d_out]`, c: `[G*d_in, d_out]`).
+    ///
+    /// `G = offsets.len() - 1`; empty groups are skipped (for `XtY` their block becomes
+    /// `beta * c_g`). With `beta == 0`, old contents of `c` are ignored.
+    ///
+    /// # Panics
+    /// If `offsets` is empty, not non-decreasing, does not end at `P`, or the shapes disagree.
+    fn grouped_matmul(
+        &self,
+        op: GroupedOp,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        offsets: &[u32],
+        beta: f32,
+        c: &mut Self::Tensor,
+    );
+
+    /// Segmented gather-sum: `out[i, :] = sum over j in ptr[i]..ptr[i+1] of src[pos[j], :]`,
+    /// shape `[ptr.len() - 1, cols]`. This combines routed rows without atomics: each output
+    /// row reads its own list of source rows.
+    ///
+    /// # Panics
+    /// If `ptr` is empty or not non-decreasing, `ptr` does not end at `pos.len()`, or a
+    /// position is out of range.
+    fn segment_sum_rows(&self, src: &Self::Tensor, pos: &[u32], ptr: &[u32]) -> Self::Tensor;
+
+    /// Indexed row add: `dst[i, :] += table[idx[i], :]` (for example per-module biases).
+    ///
+    /// # Panics
+    /// If `idx.len() != rows(dst)`, the column counts differ, or an index is out of range.
+    fn add_gathered_rows(&self, dst: &mut Self::Tensor, table: &Self::Tensor, idx: &[u32]);
 }

@@ -49,3 +49,40 @@ pub fn col_range(op: &str, start: usize, width: usize, cols: usize) {
         start.saturating_add(width)
     );
 }
+
+/// Validates group offsets over `rows` segmented rows and returns the group count.
+#[track_caller]
+pub fn offsets(op: &str, offsets: &[u32], rows: usize) -> usize {
+    assert!(!offsets.is_empty(), "{op}: offsets must hold at least one entry");
+    assert!(offsets[0] == 0, "{op}: offsets must start at 0, got {}", offsets[0]);
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{op}: offsets must be non-decreasing");
+    assert!(
+        *offsets.last().expect("non-empty") as usize == rows,
+        "{op}: offsets end at {}, but the segmented operand has {rows} rows",
+        offsets.last().expect("non-empty")
+    );
+    offsets.len() - 1
+}
+
+/// Validates a grouped matmul and returns `(groups, d_in, d_out)`.
+#[track_caller]
+pub fn grouped(op: crate::ops::GroupedOp, a: Shape, b: Shape, offsets_: &[u32], c: Shape) -> (usize, usize, usize) {
+    use crate::ops::GroupedOp::*;
+    let (seg_rows, stacked) = match op {
+        XW | XWt => (a[0], b),
+        XtY => (a[0], c),
+    };
+    let g = offsets("grouped_matmul", offsets_, seg_rows);
+    assert!(g > 0 && stacked[0] % g == 0, "grouped_matmul: stacked operand {stacked:?} is not {g} equal blocks");
+    let (d_in, d_out) = (stacked[0] / g, stacked[1]);
+    let (want_a, want_b, want_c) = match op {
+        XW => ([seg_rows, d_in], [g * d_in, d_out], [seg_rows, d_out]),
+        XWt => ([seg_rows, d_out], [g * d_in, d_out], [seg_rows, d_in]),
+        XtY => ([seg_rows, d_in], [seg_rows, d_out], [g * d_in, d_out]),
+    };
+    assert!(
+        a == want_a && b == want_b && c == want_c,
+        "grouped_matmul {op:?}: got a {a:?}, b {b:?}, c {c:?}; expected {want_a:?}, {want_b:?}, {want_c:?}"
+    );
+    (g, d_in, d_out)
+}

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::backend::{Backend, Shape};
-use crate::ops::{AdamStep, BinaryOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d};
+use crate::ops::{AdamStep, BinaryOp, GroupedOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d};
 use crate::reference::Reference;
 
 /// Allowed deviation from the reference: `|got - want| <= abs + rel * |want|`.
@@ -91,6 +91,10 @@ pub fn checks<B: Backend>() -> Vec<Check<B>> {
         Check {
             name: "optimisers",
             run: optimisers::<B>,
+        },
+        Check {
+            name: "grouped",
+            run: grouped::<B>,
         },
     ]
 }
@@ -536,4 +540,58 @@ fn optimisers<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
     }
     compare(b, "sgd_step param", &p.got, &p.want, tol)?;
     compare(b, "sgd_step velocity", &vel.got, &vel.want, tol)
+}
+
+fn grouped<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
+    let mut r = rng(13);
+    let tol = Tolerance { abs: tol.abs * 10.0, rel: tol.rel * 10.0 };
+    // Group sizes with empty groups, a single row, and blocks large enough for a backend's
+    // parallel path.
+    for (sizes, d_in, d_out) in [
+        (vec![0usize, 3, 0, 1, 5], 4usize, 3usize),
+        (vec![2], 1, 1),
+        (vec![0, 0], 3, 2),
+        (vec![300, 0, 7, 260], 33, 17),
+        (vec![5; 40], 9, 6),
+    ] {
+        let mut offsets = vec![0u32];
+        for s in &sizes {
+            offsets.push(offsets.last().unwrap() + *s as u32);
+        }
+        let p = *offsets.last().unwrap() as usize;
+        let g = sizes.len();
+        for op in GroupedOp::ALL {
+            for beta in [0.0, 1.0] {
+                let (sa, sb, sc) = match op {
+                    GroupedOp::XW => ([p, d_in], [g * d_in, d_out], [p, d_out]),
+                    GroupedOp::XWt => ([p, d_out], [g * d_in, d_out], [p, d_in]),
+                    GroupedOp::XtY => ([p, d_in], [p, d_out], [g * d_in, d_out]),
+                };
+                let a = random_pair(b, &mut r, sa);
+                let bm = random_pair(b, &mut r, sb);
+                let mut c = random_pair(b, &mut r, sc);
+                if beta == 0.0 {
+                    b.fill(&mut c.got, f32::NAN);
+                }
+                b.grouped_matmul(op, &a.got, &bm.got, &offsets, beta, &mut c.got);
+                Reference.grouped_matmul(op, &a.want, &bm.want, &offsets, beta, &mut c.want);
+                compare(b, &format!("grouped_matmul {op:?} sizes={sizes:?} beta={beta}"), &c.got, &c.want, &tol)?;
+            }
+        }
+        // Segment sums over a random many-to-one map, with empty segments.
+        let src = random_pair(b, &mut r, [p.max(1), d_out]);
+        let pos: Vec<u32> = (0..p).map(|_| r.random_range(0..p.max(1) as u32)).collect();
+        let mut ptr = vec![0u32];
+        for s in &sizes {
+            ptr.push(ptr.last().unwrap() + *s as u32);
+        }
+        compare(b, "segment_sum_rows", &b.segment_sum_rows(&src.got, &pos, &ptr), &Reference.segment_sum_rows(&src.want, &pos, &ptr), &tol)?;
+        let table = random_pair(b, &mut r, [g, d_out]);
+        let idx: Vec<u32> = (0..p).map(|_| r.random_range(0..g as u32)).collect();
+        let mut dst = random_pair(b, &mut r, [p, d_out]);
+        b.add_gathered_rows(&mut dst.got, &table.got, &idx);
+        Reference.add_gathered_rows(&mut dst.want, &table.want, &idx);
+        compare(b, "add_gathered_rows", &dst.got, &dst.want, &tol)?;
+    }
+    Ok(())
 }

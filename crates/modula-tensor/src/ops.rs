@@ -321,3 +321,20 @@ impl SgdStep {
         (p - self.lr * vel, vel)
     }
 }
+
+/// The three products of a routed (grouped) linear layer; see
+/// [`crate::Backend::grouped_matmul`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GroupedOp {
+    /// Forward: `Y_g = X_g W_g`.
+    XW,
+    /// Input gradient: `dX_g = dY_g W_g^T`.
+    XWt,
+    /// Weight gradient: `dW_g = X_g^T dY_g`.
+    XtY,
+}
+
+impl GroupedOp {
+    /// Every variant, for exhaustive tests.
+    pub const ALL: [GroupedOp; 3] = [GroupedOp::XW, GroupedOp::XWt, GroupedOp::XtY];
+}

@@ -8,7 +8,7 @@ use ndarray::Array2;
 use crate::backend::{Backend, Shape};
 use crate::check;
 use crate::error::BackendError;
-use crate::ops::{AdamStep, BinaryOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d};
+use crate::ops::{AdamStep, BinaryOp, GroupedOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d};
 
 /// The reference backend: naive loops over `ndarray` matrices.
 #[derive(Clone, Copy, Debug, Default)]
@@ -314,7 +314,7 @@ impl Backend for Reference {
     fn col2im(&self, cols: &Array2<f32>, w: &Window2d) -> Array2<f32> {
         let (oh, ow, c) = (w.out_height(), w.out_width(), w.channels);
         assert!(
-            cols.ncols() == w.patch_len() && cols.nrows() % (oh * ow) == 0,
+            cols.ncols() == w.patch_len() && cols.nrows().is_multiple_of(oh * ow),
             "col2im: patches {:?} do not match window {w:?}",
             shape(cols)
         );
@@ -423,6 +423,77 @@ impl Backend for Reference {
             let (p, vel) = step.update(param[idx], grad[idx], velocity[idx]);
             param[idx] = p;
             velocity[idx] = vel;
+        }
+    }
+
+    #[track_caller]
+    fn grouped_matmul(
+        &self,
+        op: GroupedOp,
+        a: &Array2<f32>,
+        b: &Array2<f32>,
+        offsets: &[u32],
+        beta: f32,
+        c: &mut Array2<f32>,
+    ) {
+        let (g, d_in, d_out) = check::grouped(op, shape(a), shape(b), offsets, shape(c));
+        let scaled = |old: f32| if beta == 0.0 { 0.0 } else { beta * old };
+        for grp in 0..g {
+            let rows = offsets[grp] as usize..offsets[grp + 1] as usize;
+            match op {
+                GroupedOp::XW | GroupedOp::XWt => {
+                    let (width, inner) = if op == GroupedOp::XW { (d_out, d_in) } else { (d_in, d_out) };
+                    for r in rows {
+                        for j in 0..width {
+                            let mut acc = 0.0f64;
+                            for p in 0..inner {
+                                let w = if op == GroupedOp::XW {
+                                    b[[grp * d_in + p, j]]
+                                } else {
+                                    b[[grp * d_in + j, p]]
+                                };
+                                acc += a[[r, p]] as f64 * w as f64;
+                            }
+                            c[[r, j]] = acc as f32 + scaled(c[[r, j]]);
+                        }
+                    }
+                }
+                GroupedOp::XtY => {
+                    for i in 0..d_in {
+                        for j in 0..d_out {
+                            let acc: f64 = rows.clone().map(|r| a[[r, i]] as f64 * b[[r, j]] as f64).sum();
+                            c[[grp * d_in + i, j]] = acc as f32 + scaled(c[[grp * d_in + i, j]]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[track_caller]
+    fn segment_sum_rows(&self, src: &Array2<f32>, pos: &[u32], ptr: &[u32]) -> Array2<f32> {
+        let n = check::offsets("segment_sum_rows", ptr, pos.len());
+        check::indices("segment_sum_rows", pos, src.nrows());
+        let mut out = Array2::zeros((n, src.ncols()));
+        for i in 0..n {
+            for &p in &pos[ptr[i] as usize..ptr[i + 1] as usize] {
+                for j in 0..src.ncols() {
+                    out[[i, j]] += src[[p as usize, j]];
+                }
+            }
+        }
+        out
+    }
+
+    #[track_caller]
+    fn add_gathered_rows(&self, dst: &mut Array2<f32>, table: &Array2<f32>, idx: &[u32]) {
+        assert_eq!(idx.len(), dst.nrows(), "add_gathered_rows: one index per row");
+        assert_eq!(table.ncols(), dst.ncols(), "add_gathered_rows: column counts differ");
+        check::indices("add_gathered_rows", idx, table.nrows());
+        for (i, &t) in idx.iter().enumerate() {
+            for j in 0..dst.ncols() {
+                dst[[i, j]] += table[[t as usize, j]];
+            }
         }
     }
 }

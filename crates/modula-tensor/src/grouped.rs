@@ -1,0 +1,143 @@
+//! The CPU backend's routed-layer kernels: grouped GEMM, segmented gather-sum and indexed
+//! row add.
+//!
+//! A routed mini-batch is sorted by module so that each module's rows form one contiguous
+//! block. Each block is then one GEMM against that module's weights. Blocks are parallelised
+//! in one of two ways: when they are large, one at a time with the GEMM itself split across
+//! threads; when they are small (where a parallel GEMM would mostly synchronise), whole
+//! blocks are spread across threads with a sequential GEMM each.
+
+use ndarray::Array2;
+use rayon::prelude::*;
+
+use crate::check;
+use crate::cpu::Cpu;
+use crate::gemm::{MatMut, MatRef, Parallelism, gemm};
+use crate::ops::GroupedOp;
+
+/// Average rows per non-empty group from which the GEMM itself is split across threads
+/// instead of distributing whole groups. Below this, a parallel GEMM's per-call
+/// synchronisation and B-packing cost more than the threads gain.
+const ROWS_FOR_INNER_PARALLEL: usize = 256;
+
+/// Rows below which row-parallel loops run on the calling thread.
+const PAR_MIN_ROWS: usize = 64;
+
+fn slice(t: &Array2<f32>) -> &[f32] {
+    t.as_slice().expect("CPU tensors are kept in standard layout")
+}
+
+fn slice_mut(t: &mut Array2<f32>) -> &mut [f32] {
+    t.as_slice_mut().expect("CPU tensors are kept in standard layout")
+}
+
+/// Splits `data` into consecutive pieces of `sizes[i] * width` elements.
+fn split_blocks<'a>(mut data: &'a mut [f32], sizes: impl Iterator<Item = usize>, width: usize) -> Vec<&'a mut [f32]> {
+    let mut out = Vec::new();
+    for rows in sizes {
+        let (head, tail) = data.split_at_mut(rows * width);
+        out.push(head);
+        data = tail;
+    }
+    out
+}
+
+#[track_caller]
+pub(crate) fn grouped_matmul(
+    cpu: &Cpu,
+    op: GroupedOp,
+    a: &Array2<f32>,
+    b: &Array2<f32>,
+    offsets: &[u32],
+    beta: f32,
+    c: &mut Array2<f32>,
+) {
+    let (groups, d_in, d_out) = check::grouped(op, a.dim().into(), b.dim().into(), offsets, c.dim().into());
+    let seg = |g: usize| (offsets[g] as usize, (offsets[g + 1] - offsets[g]) as usize);
+    let (a, b) = (slice(a), slice(b));
+    let c_width = match op {
+        GroupedOp::XW => d_out,
+        GroupedOp::XWt => d_in,
+        GroupedOp::XtY => d_out,
+    };
+    let blocks = match op {
+        GroupedOp::XW | GroupedOp::XWt => split_blocks(slice_mut(c), (0..groups).map(|g| seg(g).1), c_width),
+        GroupedOp::XtY => split_blocks(slice_mut(c), (0..groups).map(|_| d_in), c_width),
+    };
+    let block = d_in * d_out;
+    let run = |g: usize, c_g: &mut [f32], par: Parallelism| {
+        let (start, rows) = seg(g);
+        let w_g = || MatRef::row_major(&b[g * block..(g + 1) * block], d_in, d_out);
+        match op {
+            GroupedOp::XW => {
+                let x_g = MatRef::row_major(&a[start * d_in..(start + rows) * d_in], rows, d_in);
+                gemm(1.0, x_g, w_g(), beta, MatMut::row_major(c_g, rows, d_out), par);
+            }
+            GroupedOp::XWt => {
+                let dy_g = MatRef::row_major(&a[start * d_out..(start + rows) * d_out], rows, d_out);
+                gemm(1.0, dy_g, w_g().t(), beta, MatMut::row_major(c_g, rows, d_in), par);
+            }
+            GroupedOp::XtY => {
+                let x_g = MatRef::row_major(&a[start * d_in..(start + rows) * d_in], rows, d_in);
+                let dy_g = MatRef::row_major(&b[start * d_out..(start + rows) * d_out], rows, d_out);
+                gemm(1.0, x_g.t(), dy_g, beta, MatMut::row_major(c_g, d_in, d_out), par);
+            }
+        }
+    };
+    let nonempty = (0..groups).filter(|&g| seg(g).1 > 0).count().max(1);
+    let threads = cpu.threads();
+    let total_rows = *offsets.last().expect("checked non-empty") as usize;
+    if threads == 1 || total_rows / nonempty >= ROWS_FOR_INNER_PARALLEL {
+        cpu.install(|| {
+            for (g, c_g) in blocks.into_iter().enumerate() {
+                run(g, c_g, Parallelism::Rayon(threads));
+            }
+        });
+    } else {
+        cpu.install(|| {
+            blocks.into_par_iter().enumerate().with_max_len(1).for_each(|(g, c_g)| run(g, c_g, Parallelism::Sequential));
+        });
+    }
+}
+
+#[track_caller]
+pub(crate) fn segment_sum_rows(cpu: &Cpu, src: &Array2<f32>, pos: &[u32], ptr: &[u32]) -> Array2<f32> {
+    let n = check::offsets("segment_sum_rows", ptr, pos.len());
+    check::indices("segment_sum_rows", pos, src.nrows());
+    let cols = src.ncols();
+    let s = slice(src);
+    let mut out = Array2::zeros((n, cols));
+    let fill = |i: usize, row: &mut [f32]| {
+        for &p in &pos[ptr[i] as usize..ptr[i + 1] as usize] {
+            let from = &s[p as usize * cols..(p as usize + 1) * cols];
+            row.iter_mut().zip(from).for_each(|(o, v)| *o += v);
+        }
+    };
+    rows_apply(cpu, slice_mut(&mut out), cols, fill);
+    out
+}
+
+#[track_caller]
+pub(crate) fn add_gathered_rows(cpu: &Cpu, dst: &mut Array2<f32>, table: &Array2<f32>, idx: &[u32]) {
+    assert_eq!(idx.len(), dst.nrows(), "add_gathered_rows: one index per row");
+    assert_eq!(table.ncols(), dst.ncols(), "add_gathered_rows: column counts differ");
+    check::indices("add_gathered_rows", idx, table.nrows());
+    let cols = dst.ncols();
+    let t = slice(table);
+    rows_apply(cpu, slice_mut(dst), cols, |i, row| {
+        let from = &t[idx[i] as usize * cols..(idx[i] as usize + 1) * cols];
+        row.iter_mut().zip(from).for_each(|(o, v)| *o += v);
+    });
+}
+
+/// Applies `f(row_index, row)` to every row, in parallel when there are enough rows.
+fn rows_apply(cpu: &Cpu, data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if cols == 0 {
+        return;
+    }
+    if cpu.threads() == 1 || data.len() / cols < PAR_MIN_ROWS {
+        data.chunks_mut(cols).enumerate().for_each(|(i, r)| f(i, r));
+    } else {
+        cpu.install(|| data.par_chunks_mut(cols).enumerate().for_each(|(i, r)| f(i, r)));
+    }
+}
