@@ -46,12 +46,12 @@ const MR: usize = 12;
 const NR: usize = 32;
 /// Depth of one packed block: a `KC x NR` strip of `B` (32 KiB) stays in the 48 KiB L1 cache
 /// while the microkernel sweeps the `A` strips of one block.
-const KC: usize = 256;
+const KC: usize = 384;
 /// Rows of one packed `A` block (a multiple of `MR`): `MC x KC` floats (120 KiB) stay in L2.
-const MC: usize = 120;
+const MC: usize = 240;
 /// Columns handled per pass over one packed `A` block: bounds how much packed `B` is swept
 /// (from L2/L3) between two reuses of the same `A` block.
-const NC: usize = 2048;
+const NC: usize = 512;
 /// Products with fewer multiply-adds than this run on the calling thread: below it the cost
 /// of waking a second thread is comparable to the work.
 const PAR_MIN_FLOPS: usize = 1 << 17;
@@ -291,7 +291,7 @@ impl PackedRhs {
 }
 
 /// Packs columns `j0..j0 + NR` of rows `p0..p0 + kc` of `b` into `out` (`kc x NR`, row-major,
-/// zero past the last column).
+/// zero past the last column, which `out` must already be).
 fn pack_b_strip(b: &MatRef<'_>, p0: usize, kc: usize, j0: usize, out: &mut [f32]) {
     let w = NR.min(b.cols - j0);
     if b.col_stride == 1 {
@@ -300,10 +300,28 @@ fn pack_b_strip(b: &MatRef<'_>, p0: usize, kc: usize, j0: usize, out: &mut [f32]
             let start = (p0 + p) * b.row_stride + j0;
             row[..w].copy_from_slice(&b.data[start..start + w]);
         }
+    } else if b.row_stride == 1 {
+        // A transposed B: each column of the strip is contiguous, so the strip is a transpose
+        // of up to two 16-column halves, done 16 depths at a time.
+        for half in 0..w.div_ceil(16) {
+            let nv = 16.min(w - 16 * half);
+            for q0 in (0..kc).step_by(16) {
+                let len = 16.min(kc - q0);
+                let src = &b.data[(j0 + 16 * half) * b.col_stride + p0 + q0..];
+                transpose_block(
+                    src,
+                    b.col_stride,
+                    nv,
+                    len,
+                    &mut out[q0 * NR + 16 * half..],
+                    NR,
+                    16,
+                );
+            }
+        }
     } else {
-        // Columns are contiguous (a transposed B): read each source column sequentially.
-        for j in 0..w {
-            for p in 0..kc {
+        for p in 0..kc {
+            for j in 0..w {
                 out[p * NR + j] = b.at(p0 + p, j0 + j);
             }
         }
@@ -314,21 +332,72 @@ fn pack_b_strip(b: &MatRef<'_>, p0: usize, kc: usize, j0: usize, out: &mut [f32]
 /// values of one depth contiguous, zero past row `mr`).
 fn pack_a_strip(a: &MatRef<'_>, i0: usize, mr: usize, p0: usize, kc: usize, out: &mut [f32]) {
     let out = &mut out[..kc * MR];
-    if mr < MR {
-        out.fill(0.0);
-    }
     if a.row_stride == 1 {
         // A transposed A: the rows of one depth are contiguous.
         for (p, dst) in out.chunks_exact_mut(MR).enumerate() {
             let start = (p0 + p) * a.col_stride + i0;
             dst[..mr].copy_from_slice(&a.data[start..start + mr]);
+            dst[mr..].fill(0.0);
+        }
+    } else if a.col_stride == 1 {
+        // A row-major A: the strip is a transpose, done 16 depths at a time (zero rows past
+        // `mr` come out of the transpose for free).
+        for q0 in (0..kc).step_by(16) {
+            let len = 16.min(kc - q0);
+            let src = &a.data[i0 * a.row_stride + p0 + q0..];
+            transpose_block(src, a.row_stride, mr, len, &mut out[q0 * MR..], MR, MR);
         }
     } else {
-        for i in 0..mr {
-            let row = &a.data[(i0 + i) * a.row_stride..];
-            for p in 0..kc {
-                out[p * MR + i] = row[(p0 + p) * a.col_stride];
+        for (p, dst) in out.chunks_exact_mut(MR).enumerate() {
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = if i < mr { a.at(i0 + i, p0 + p) } else { 0.0 };
             }
+        }
+    }
+}
+
+/// Transposes a block of at most 16 x 16: source vector `v < nv` holds `len` contiguous values
+/// at `src[v * src_stride..]`; destination vector `q < len` receives element `q` of every
+/// source vector in its lanes `0..nv` and zeros in lanes `nv..lanes`, at
+/// `dst[q * dst_stride..]`.
+///
+/// # Panics
+/// If `nv`, `len` or `lanes` exceed 16, `nv > lanes`, or a vector falls outside its slice.
+fn transpose_block(
+    src: &[f32],
+    src_stride: usize,
+    nv: usize,
+    len: usize,
+    dst: &mut [f32],
+    dst_stride: usize,
+    lanes: usize,
+) {
+    assert!(nv <= lanes && lanes <= 16 && len <= 16);
+    if len == 0 {
+        return;
+    }
+    assert!(nv == 0 || (nv - 1) * src_stride + len <= src.len());
+    assert!((len - 1) * dst_stride + lanes <= dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is available, and the assertions above keep every read within
+        // `src` and every write within `dst`.
+        unsafe {
+            avx512::transpose_block(
+                src.as_ptr(),
+                src_stride,
+                nv,
+                len,
+                dst.as_mut_ptr(),
+                dst_stride,
+                lanes,
+            )
+        };
+        return;
+    }
+    for q in 0..len {
+        for v in 0..lanes {
+            dst[q * dst_stride + v] = if v < nv { src[v * src_stride + q] } else { 0.0 };
         }
     }
 }
@@ -564,8 +633,49 @@ fn compute_part(
     part: &Part<'_>,
 ) {
     let k = a.cols;
-    let mut apack = AlignedBuf::zeroed(MC * KC);
-    let apack = apack.as_mut_slice();
+    let rows = (part.i1 - part.i0).min(MC).div_ceil(MR) * MR;
+    with_a_buffer(rows * KC.min(k), |apack| {
+        compute_part_in(kern, alpha, a, b, beta, part, apack)
+    });
+}
+
+thread_local! {
+    /// Per-thread scratch for packed A blocks, kept between calls: allocating (and faulting in)
+    /// a fresh block would cost more than the whole product for the small row blocks of
+    /// modular layers.
+    static A_BUFFER: std::cell::RefCell<AlignedBuf> = const {
+        std::cell::RefCell::new(AlignedBuf { vec: Vec::new(), offset: 0, len: 0 })
+    };
+}
+
+/// Runs `f` with at least `len` floats of this thread's A scratch.
+fn with_a_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    A_BUFFER.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len < len {
+                *buf = AlignedBuf::zeroed(len);
+            }
+            f(&mut buf.as_mut_slice()[..len])
+        }
+        // Re-entered on this thread (a rayon task waiting inside another GEMM ran this one):
+        // use a private buffer.
+        Err(_) => f(&mut AlignedBuf::zeroed(len).as_mut_slice()[..len]),
+    })
+}
+
+/// [`compute_part`] with its A scratch (`ceil(min(rows, MC) / MR) * MR * min(k, KC)` floats).
+fn compute_part_in(
+    kern: Kernel,
+    alpha: f32,
+    a: &MatRef<'_>,
+    b: Rhs<'_, '_>,
+    beta: f32,
+    part: &Part<'_>,
+    apack: &mut [f32],
+) {
+    let k = a.cols;
+    // Strips are `kcs * MR` floats apart, `kcs` being the depth of a full block.
+    let kcs = KC.min(k);
     for jc in (part.j0..part.j1).step_by(NC) {
         let jc_end = (jc + NC).min(part.j1);
         for p0 in (0..k).step_by(KC) {
@@ -576,21 +686,25 @@ fn compute_part(
                 let mc = MC.min(part.i1 - ic);
                 for (t, i0) in (ic..ic + mc).step_by(MR).enumerate() {
                     let mr = MR.min(ic + mc - i0);
-                    pack_a_strip(a, i0, mr, p0, kc, &mut apack[t * MR * KC..]);
+                    pack_a_strip(a, i0, mr, p0, kc, &mut apack[t * MR * kcs..]);
                 }
-                for j0 in (jc..jc_end).step_by(NR) {
-                    let nr = NR.min(jc_end - j0);
-                    let (bptr, ldb) = match b {
-                        Rhs::Packed(pb) => (pb.strip(p0, j0).as_ptr(), NR),
-                        Rhs::Direct(bm) => {
-                            (bm.data[p0 * bm.row_stride + j0..].as_ptr(), bm.row_stride)
-                        }
-                    };
-                    for (t, i0) in (ic..ic + mc).step_by(MR).enumerate() {
-                        let mr = MR.min(ic + mc - i0);
+                // The A strip (MR x kc) stays in L1 while the B strips of this column chunk
+                // stream from L2 (the BLIS order with the roles of A and B swapped, because the
+                // vectors run along the columns of row-major C).
+                for (t, i0) in (ic..ic + mc).step_by(MR).enumerate() {
+                    let mr = MR.min(ic + mc - i0);
+                    let astrip = apack[t * MR * kcs..].as_ptr();
+                    for j0 in (jc..jc_end).step_by(NR) {
+                        let nr = NR.min(jc_end - j0);
+                        let (bptr, ldb) = match b {
+                            Rhs::Packed(pb) => (pb.strip(p0, j0).as_ptr(), NR),
+                            Rhs::Direct(bm) => {
+                                (bm.data[p0 * bm.row_stride + j0..].as_ptr(), bm.row_stride)
+                            }
+                        };
                         let tile = Tile {
                             kc,
-                            a: apack[t * MR * KC..].as_ptr(),
+                            a: astrip,
                             b: bptr,
                             ldb,
                             // SAFETY: (i0, j0) lies inside this task's rectangle of C, which is
@@ -700,6 +814,64 @@ mod avx512 {
                 2 => rows::<2>(t, m0, m1),
                 _ => rows::<1>(t, m0, m1),
             }
+        }
+    }
+
+    /// The vector form of [`super::transpose_block`]: a 16 x 16 transpose in registers
+    /// (unpack, then in-lane shuffles, then two rounds of 128-bit lane shuffles).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `nv`, `len`, `lanes` are at most 16 with `nv <= lanes`;
+    /// source vector `v < nv` must have `len` readable floats at `src + v * src_stride` and
+    /// destination vector `q < len` must have `lanes` writable floats at
+    /// `dst + q * dst_stride`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transpose_block(
+        src: *const f32,
+        src_stride: usize,
+        nv: usize,
+        len: usize,
+        dst: *mut f32,
+        dst_stride: usize,
+        lanes: usize,
+    ) {
+        let load_mask = mask(len);
+        let mut r = [_mm512_setzero_ps(); 16];
+        for (v, r) in r.iter_mut().enumerate().take(nv) {
+            // SAFETY: vector v < nv has `len` readable floats, and the mask loads no more.
+            *r = unsafe { _mm512_maskz_loadu_ps(load_mask, src.add(v * src_stride)) };
+        }
+        // Stage 1: interleave pairs of rows.
+        let mut t = [_mm512_setzero_ps(); 16];
+        for j in 0..8 {
+            t[2 * j] = _mm512_unpacklo_ps(r[2 * j], r[2 * j + 1]);
+            t[2 * j + 1] = _mm512_unpackhi_ps(r[2 * j], r[2 * j + 1]);
+        }
+        // Stage 2: within each 128-bit lane, gather one element of four rows: afterwards
+        // r[4g + e] holds, in lane c, element 4c + e of rows 4g..4g + 4.
+        for g in 0..4 {
+            let (a, b, c, d) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+            r[4 * g] = _mm512_shuffle_ps::<0x44>(a, c);
+            r[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(a, c);
+            r[4 * g + 2] = _mm512_shuffle_ps::<0x44>(b, d);
+            r[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(b, d);
+        }
+        // Stages 3 and 4: move 128-bit lanes so that vector 4c + e holds element 4c + e of
+        // all sixteen rows.
+        for e in 0..4 {
+            let even01 = _mm512_shuffle_f32x4::<0x88>(r[e], r[4 + e]);
+            let odd01 = _mm512_shuffle_f32x4::<0xDD>(r[e], r[4 + e]);
+            let even23 = _mm512_shuffle_f32x4::<0x88>(r[8 + e], r[12 + e]);
+            let odd23 = _mm512_shuffle_f32x4::<0xDD>(r[8 + e], r[12 + e]);
+            t[e] = _mm512_shuffle_f32x4::<0x88>(even01, even23);
+            t[8 + e] = _mm512_shuffle_f32x4::<0xDD>(even01, even23);
+            t[4 + e] = _mm512_shuffle_f32x4::<0x88>(odd01, odd23);
+            t[12 + e] = _mm512_shuffle_f32x4::<0xDD>(odd01, odd23);
+        }
+        let store_mask = mask(lanes);
+        for (q, t) in t.iter().enumerate().take(len) {
+            // SAFETY: destination vector q < len has `lanes` writable floats.
+            unsafe { _mm512_mask_storeu_ps(dst.add(q * dst_stride), store_mask, *t) };
         }
     }
 

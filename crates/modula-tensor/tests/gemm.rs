@@ -1,0 +1,335 @@
+//! The packed GEMM against the reference oracle: random shapes, all transpose combinations,
+//! random alpha/beta, one and two threads, strided views and the packed-B reuse path.
+
+use std::sync::OnceLock;
+
+use modula_tensor::gemm::{MatMut, MatRef, PackedRhs, Parallelism, gemm, gemm_packed};
+use modula_tensor::{Backend, Cpu, Reference, Transpose};
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// One backend per thread count, shared by all cases (starting a pool per case is slow).
+fn cpu(threads: usize) -> &'static Cpu {
+    static POOLS: OnceLock<[Cpu; 2]> = OnceLock::new();
+    &POOLS.get_or_init(|| [Cpu::with_threads(1), Cpu::with_threads(2)])[threads - 1]
+}
+
+fn random(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+/// `op(x)` of a row-major `[rows, cols]` buffer as an owned row-major matrix, for the oracle.
+fn materialise(data: &[f32], rows: usize, cols: usize, t: Transpose) -> (Vec<f32>, [usize; 2]) {
+    match t {
+        Transpose::No => (data.to_vec(), [rows, cols]),
+        Transpose::Yes => {
+            let mut out = vec![0.0; data.len()];
+            for i in 0..rows {
+                for j in 0..cols {
+                    out[j * rows + i] = data[i * cols + j];
+                }
+            }
+            (out, [cols, rows])
+        }
+    }
+}
+
+/// `C = alpha * A * B + beta * C` computed by the oracle (A, B already applied, row-major),
+/// together with a per-element error bound: a few ulps per term of the sum of magnitudes
+/// `|alpha| * |A| * |B| + |beta * C|`, which is what f32 summation in any order guarantees.
+#[allow(clippy::too_many_arguments)]
+fn oracle(
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let r = Reference;
+    let (at, bt) = (r.upload([m, k], a), r.upload([k, n], b));
+    let mut want = r.upload([m, n], c);
+    r.matmul(
+        alpha,
+        &at,
+        Transpose::No,
+        &bt,
+        Transpose::No,
+        beta,
+        &mut want,
+    );
+    let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+    let (aa, ba) = (r.upload([m, k], &abs(a)), r.upload([k, n], &abs(b)));
+    let mut bound = r.upload([m, n], &abs(c));
+    let beta_abs = if beta == 0.0 { 0.0 } else { beta.abs() };
+    r.matmul(
+        alpha.abs(),
+        &aa,
+        Transpose::No,
+        &ba,
+        Transpose::No,
+        beta_abs,
+        &mut bound,
+    );
+    let eps = f32::EPSILON * (k as f32 + 4.0);
+    let tol = r
+        .download(&bound)
+        .unwrap()
+        .iter()
+        .map(|s| eps * s + 1e-6)
+        .collect();
+    (r.download(&want).unwrap(), tol)
+}
+
+fn compare(what: &str, got: &[f32], want: &[f32], tol: &[f32]) -> Result<(), String> {
+    assert_eq!(got.len(), want.len());
+    for (i, ((g, w), t)) in got.iter().zip(want).zip(tol).enumerate() {
+        // `!(x <= t)` also rejects NaN.
+        if !((g - w).abs() <= *t) {
+            return Err(format!(
+                "{what}: element {i}: got {g}, want {w} (tolerance {t})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs one product through `Cpu::matmul` and checks it against the oracle.
+#[allow(clippy::too_many_arguments)]
+fn check_cpu(
+    threads: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    ta: Transpose,
+    tb: Transpose,
+    alpha: f32,
+    beta: f32,
+    seed: u64,
+) -> Result<(), String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let [ar, ac] = ta.apply([m, k]);
+    let [br, bc] = tb.apply([k, n]);
+    let a = random(&mut rng, m * k);
+    let b = random(&mut rng, k * n);
+    let mut c = random(&mut rng, m * n);
+    let cpu = cpu(threads);
+    let mut ct = cpu.upload([m, n], &c);
+    if beta == 0.0 {
+        // beta == 0 must ignore C entirely, NaN included.
+        cpu.fill(&mut ct, f32::NAN);
+        c.fill(0.0);
+    }
+    cpu.matmul(
+        alpha,
+        &cpu.upload([ar, ac], &a),
+        ta,
+        &cpu.upload([br, bc], &b),
+        tb,
+        beta,
+        &mut ct,
+    );
+    let (a_op, _) = materialise(&a, ar, ac, ta);
+    let (b_op, _) = materialise(&b, br, bc, tb);
+    let (want, tol) = oracle(alpha, &a_op, &b_op, beta, &c, m, k, n);
+    let what =
+        format!("m={m} k={k} n={n} {ta:?}/{tb:?} alpha={alpha} beta={beta} threads={threads}");
+    compare(&what, &cpu.download(&ct).unwrap(), &want, &tol)
+}
+
+fn transpose() -> impl Strategy<Value = Transpose> {
+    any::<bool>().prop_map(Transpose::from_bool)
+}
+
+fn scalar() -> impl Strategy<Value = f32> {
+    prop_oneof![Just(0.0f32), Just(1.0f32), -2.0f32..2.0]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+
+    #[test]
+    fn cpu_matmul_matches_reference(
+        m in 0usize..150,
+        k in 0usize..150,
+        n in 0usize..150,
+        ta in transpose(),
+        tb in transpose(),
+        alpha in scalar(),
+        beta in scalar(),
+        threads in 1usize..=2,
+        seed in any::<u64>(),
+    ) {
+        check_cpu(threads, m, k, n, ta, tb, alpha, beta, seed).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// Shapes that cross the block sizes (depth blocks of 384, row blocks of 240, column chunks
+/// of 512) and the switch between reading B in place and packing it.
+#[test]
+fn block_edges_match_reference() {
+    let shapes = [
+        (300, 600, 70),
+        (1000, 50, 40),
+        (13, 385, 33),
+        (2, 800, 1100),
+        (481, 17, 515),
+        (241, 769, 31),
+    ];
+    let mut seed = 0;
+    for &(m, k, n) in &shapes {
+        for ta in [Transpose::No, Transpose::Yes] {
+            for tb in [Transpose::No, Transpose::Yes] {
+                for threads in [1, 2] {
+                    for (alpha, beta) in [(1.0, 0.0), (-0.5, 0.75)] {
+                        seed += 1;
+                        if let Err(e) = check_cpu(threads, m, k, n, ta, tb, alpha, beta, seed) {
+                            panic!("{e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `k == 0`: `C = beta * C`, and zeros (not NaN) when `beta == 0`.
+#[test]
+fn empty_inner_dimension_scales_c() {
+    for threads in [1, 2] {
+        let cpu = cpu(threads);
+        let a = cpu.zeros([3, 0]);
+        let b = cpu.zeros([0, 4]);
+        let mut c = cpu.upload([3, 4], &[2.0; 12]);
+        cpu.matmul(1.0, &a, Transpose::No, &b, Transpose::No, 0.5, &mut c);
+        assert_eq!(cpu.download(&c).unwrap(), vec![1.0; 12]);
+        cpu.fill(&mut c, f32::NAN);
+        cpu.matmul(1.0, &a, Transpose::No, &b, Transpose::No, 0.0, &mut c);
+        assert_eq!(cpu.download(&c).unwrap(), vec![0.0; 12]);
+    }
+}
+
+/// One packed B reused for several A blocks (different row counts, transposed or not), with
+/// strided views of A and C, in one and two threads.
+#[test]
+fn packed_rhs_reuse_matches_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for &(k, n) in &[(64, 48), (400, 100), (3, 1), (130, 513)] {
+        for tb in [Transpose::No, Transpose::Yes] {
+            let [br, bc] = tb.apply([k, n]);
+            let b = random(&mut rng, k * n);
+            let bview = MatRef::row_major(&b, br, bc);
+            let bview = if tb == Transpose::Yes {
+                bview.t()
+            } else {
+                bview
+            };
+            let (b_op, _) = materialise(&b, br, bc, tb);
+            for (threads, par) in [(1, Parallelism::Sequential), (2, Parallelism::Rayon(2))] {
+                let packed = cpu(threads).install(|| PackedRhs::new(bview, par));
+                assert_eq!((packed.k(), packed.n()), (k, n));
+                for &m in &[1, 5, 12, 16, 64, 250] {
+                    let (alpha, beta) = (rng.random_range(-2.0..2.0), rng.random_range(-1.0..1.0));
+                    // A lives in a wider buffer (row stride k + 3) and C too (row stride n + 2):
+                    // the padding of C must come back untouched.
+                    let a_store = random(&mut rng, m * (k + 3));
+                    let a_view = MatRef::new(&a_store, m, k, k + 3, 1);
+                    let a_op: Vec<f32> = (0..m)
+                        .flat_map(|i| a_store[i * (k + 3)..i * (k + 3) + k].to_vec())
+                        .collect();
+                    let c0 = random(&mut rng, m * (n + 2));
+                    let mut c_store = c0.clone();
+                    cpu(threads).install(|| {
+                        gemm_packed(
+                            alpha,
+                            a_view,
+                            &packed,
+                            beta,
+                            MatMut::new(&mut c_store, m, n, n + 2),
+                            par,
+                        )
+                    });
+                    let c_old: Vec<f32> = (0..m)
+                        .flat_map(|i| c0[i * (n + 2)..i * (n + 2) + n].to_vec())
+                        .collect();
+                    let (want, tol) = oracle(alpha, &a_op, &b_op, beta, &c_old, m, k, n);
+                    let got: Vec<f32> = (0..m)
+                        .flat_map(|i| c_store[i * (n + 2)..i * (n + 2) + n].to_vec())
+                        .collect();
+                    let what = format!("packed m={m} k={k} n={n} {tb:?} threads={threads}");
+                    if let Err(e) = compare(&what, &got, &want, &tol) {
+                        panic!("{e}");
+                    }
+                    for i in 0..m {
+                        assert_eq!(
+                            c_store[i * (n + 2) + n..(i + 1) * (n + 2)],
+                            c0[i * (n + 2) + n..(i + 1) * (n + 2)],
+                            "{what}: padding of C was written"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The strided entry point with a transposed A view and a strided (non-unit) B view, which
+/// takes the general packing paths.
+#[test]
+fn general_strides_match_reference() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (m, k, n) = (37, 45, 29);
+    // A^T stored as [k, m]; B stored with both strides above one (every other column of a
+    // [k, 2n] buffer).
+    let a_t = random(&mut rng, k * m);
+    let b_wide = random(&mut rng, k * 2 * n);
+    let b_op: Vec<f32> = (0..k)
+        .flat_map(|p| (0..n).map(move |j| (p, j)))
+        .map(|(p, j)| b_wide[p * 2 * n + 2 * j])
+        .collect();
+    let (a_op, _) = materialise(&a_t, k, m, Transpose::Yes);
+    for par in [Parallelism::Sequential, Parallelism::Rayon(2)] {
+        let mut c = vec![f32::NAN; m * n];
+        cpu(2).install(|| {
+            gemm(
+                1.5,
+                MatRef::row_major(&a_t, k, m).t(),
+                MatRef::new(&b_wide, k, n, 2 * n, 2),
+                0.0,
+                MatMut::row_major(&mut c, m, n),
+                par,
+            )
+        });
+        let (want, tol) = oracle(1.5, &a_op, &b_op, 0.0, &vec![0.0; m * n], m, k, n);
+        if let Err(e) = compare("general strides", &c, &want, &tol) {
+            panic!("{e}");
+        }
+    }
+}
+
+/// A deliberately wrong result must be caught by the comparison (the tests can fail).
+#[test]
+fn comparison_rejects_wrong_results() {
+    let (want, tol) = oracle(1.0, &[1.0, 2.0], &[3.0, 4.0], 0.0, &[0.0], 1, 2, 1);
+    assert!(compare("exact", &[11.0], &want, &tol).is_ok());
+    assert!(compare("off", &[11.01], &want, &tol).is_err());
+    assert!(compare("nan", &[f32::NAN], &want, &tol).is_err());
+}
+
+#[test]
+#[should_panic(expected = "shapes do not chain")]
+fn mismatched_shapes_panic() {
+    let (a, b) = ([0.0; 6], [0.0; 6]);
+    let mut c = [0.0; 4];
+    gemm(
+        1.0,
+        MatRef::row_major(&a, 2, 3),
+        MatRef::row_major(&b, 2, 3),
+        0.0,
+        MatMut::row_major(&mut c, 2, 2),
+        Parallelism::Sequential,
+    );
+}
