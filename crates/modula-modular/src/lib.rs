@@ -8,6 +8,9 @@
 //! - [`ModularLinear`]: stacked linear modules run as one grouped GEMM per call, forward and
 //!   backward, with optional per-slot gates; [`ModularLinear::routed`] makes it a
 //!   [`modula_nn::Module`].
+//! - [`ModularConv2d`]: stacked convolution modules, the same grouped GEMMs over im2col
+//!   patch rows.
+//! - [`ModulePool`]: the slow path, any [`modula_nn::Module`] as a module.
 //! - [`NaiveLayer`]: the per-row reference implementation used as the test oracle.
 //!
 //! ```
@@ -33,11 +36,15 @@
 //! ```
 
 mod controller;
+mod conv;
 mod linear;
+mod pool;
 mod reference;
 mod selection;
 
 pub use controller::{Controller, ControllerOutput};
+pub use conv::{ModularConv2d, ModularConvCache};
 pub use linear::{ModularCache, ModularLinear, Routed, stacked_glorot};
+pub use pool::{ModulePool, PoolCache};
 pub use reference::{NaiveGrads, NaiveLayer};
 pub use selection::{Routing, Selection};

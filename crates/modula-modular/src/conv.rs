@@ -1,0 +1,115 @@
+//! Modular 2-D convolution: M conv modules with one geometry, evaluated by grouped GEMMs over
+//! im2col patches.
+
+use modula_nn::{Grads, ParamId, ParamStore};
+use modula_tensor::{Backend, GroupedOp, Window2d};
+use rand::Rng;
+
+use crate::linear::stacked_glorot;
+use crate::selection::Routing;
+
+/// A layer of `M` convolution modules over NHWC images (`[n, H*W*C]` rows, see
+/// [`Window2d`]). A routed image is unfolded into `OH*OW` patch rows, so each module's block
+/// of patch rows is one GEMM against its `[kh*kw*C, C_out]` weights.
+#[derive(Clone, Debug)]
+pub struct ModularConv2d {
+    /// Stacked weights `[M * kh*kw*C, C_out]`.
+    pub weight: ParamId,
+    /// Stacked biases `[M, C_out]`.
+    pub bias: ParamId,
+    /// Number of modules `M`.
+    pub modules: usize,
+    /// Input geometry, kernel, stride and padding.
+    pub window: Window2d,
+    /// Output channels.
+    pub out_channels: usize,
+}
+
+/// What the modular convolution keeps for backward.
+#[derive(Debug)]
+pub struct ModularConvCache<B: Backend> {
+    cols: B::Tensor,
+}
+
+impl ModularConv2d {
+    /// Registers `{name}.weight` (stacked Glorot over `[M, kh*kw*C, C_out]`) and
+    /// `{name}.bias` (zeros).
+    ///
+    /// # Panics
+    /// If `modules == 0`.
+    #[track_caller]
+    pub fn new<B: Backend>(
+        backend: &B,
+        params: &mut ParamStore<B>,
+        name: &str,
+        modules: usize,
+        window: Window2d,
+        out_channels: usize,
+        rng: &mut impl Rng,
+    ) -> Self {
+        assert!(modules > 0, "a modular layer needs at least one module");
+        let patch = window.patch_len();
+        let w = stacked_glorot(rng, modules, patch, out_channels);
+        let weight = params.add(format!("{name}.weight"), backend.upload([modules * patch, out_channels], &w));
+        let bias = params.add(format!("{name}.bias"), backend.zeros([modules, out_channels]));
+        ModularConv2d { weight, bias, modules, window, out_channels }
+    }
+
+    /// Output pixels per image, `OH * OW`.
+    pub fn out_pixels(&self) -> usize {
+        self.window.out_height() * self.window.out_width()
+    }
+
+    /// Forward pass: `x [n, H*W*C]` routed by `routing`, returning `[n, OH*OW*C_out]`, the sum
+    /// of each image's distinct selected modules.
+    ///
+    /// # Panics
+    /// If the shapes disagree with the layer or the routing.
+    #[track_caller]
+    pub fn forward<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        x: &B::Tensor,
+        routing: &Routing,
+    ) -> (B::Tensor, ModularConvCache<B>) {
+        assert_eq!(b.shape(x), [routing.rows(), self.window.in_len()], "modular conv input shape");
+        assert_eq!(routing.modules(), self.modules, "routing was built for another module count");
+        let pix = self.out_pixels();
+        let images = b.gather_rows(x, &routing.pair_rows);
+        let cols = b.im2col(&images, &self.window);
+        let mut ys = b.zeros([routing.pairs() * pix, self.out_channels]);
+        b.grouped_matmul(GroupedOp::XW, &cols, params.get(self.weight), &routing.expanded_offsets(pix), 0.0, &mut ys);
+        let pixel_modules: Vec<u32> = routing.pair_modules.iter().flat_map(|&m| std::iter::repeat_n(m, pix)).collect();
+        b.add_gathered_rows(&mut ys, params.get(self.bias), &pixel_modules);
+        let ys = b.reshape(ys, [routing.pairs(), pix * self.out_channels]);
+        (b.segment_sum_rows(&ys, &routing.row_pos, &routing.row_ptr), ModularConvCache { cols })
+    }
+
+    /// Backward pass: accumulates weight and bias gradients and returns `dL/dx`.
+    #[track_caller]
+    pub fn backward<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        routing: &Routing,
+        cache: ModularConvCache<B>,
+        dy: &B::Tensor,
+        grads: &mut Grads<B>,
+    ) -> B::Tensor {
+        let pix = self.out_pixels();
+        assert_eq!(b.shape(dy), [routing.rows(), pix * self.out_channels], "modular conv output gradient shape");
+        let offsets = routing.expanded_offsets(pix);
+        let dys = b.gather_rows(dy, &routing.pair_rows);
+        let dys = b.reshape(dys, [routing.pairs() * pix, self.out_channels]);
+        let patch = self.window.patch_len();
+        let dw = grads.entry(b, self.weight, [self.modules * patch, self.out_channels]);
+        b.grouped_matmul(GroupedOp::XtY, &cache.cols, &dys, &offsets, 1.0, dw);
+        let identity: Vec<u32> = (0..(routing.pairs() * pix) as u32).collect();
+        grads.accumulate(b, self.bias, &b.segment_sum_rows(&dys, &identity, &offsets));
+        let mut dcols = b.zeros([routing.pairs() * pix, patch]);
+        b.grouped_matmul(GroupedOp::XWt, &dys, params.get(self.weight), &offsets, 0.0, &mut dcols);
+        let dimages = b.col2im(&dcols, &self.window);
+        b.segment_sum_rows(&dimages, &routing.row_pos, &routing.row_ptr)
+    }
+}
