@@ -12,7 +12,12 @@ pub fn glorot_uniform(rng: &mut impl Rng, fan_in: usize, fan_out: usize, n: usiz
 
 /// `n` values from the He-normal distribution `N(0, 2 / fan_in)`, suited to ReLU layers.
 pub fn he_normal(rng: &mut impl Rng, fan_in: usize, n: usize) -> Vec<f32> {
-    let std = (2.0 / fan_in.max(1) as f32).sqrt();
+    normal(rng, (2.0 / fan_in.max(1) as f32).sqrt(), n)
+}
+
+/// `n` values from the normal distribution `N(0, std^2)`, the usual choice for embedding
+/// tables, whose rows are looked up rather than summed so fan-based scaling does not apply.
+pub fn normal(rng: &mut impl Rng, std: f32, n: usize) -> Vec<f32> {
     (0..n)
         .map(|_| {
             let z: f64 = StandardNormal.sample(rng);
@@ -22,13 +27,19 @@ pub fn he_normal(rng: &mut impl Rng, fan_in: usize, n: usize) -> Vec<f32> {
 }
 
 /// Weight initialisation scheme of a layer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum Init {
     /// Glorot-uniform (the default; right for linear and tanh/sigmoid layers).
     #[default]
     Glorot,
     /// He-normal (for layers followed by ReLU).
     He,
+    /// Normal with a fixed standard deviation, ignoring the fans (for example
+    /// `Init::Normal { std: 0.1 }` for embeddings).
+    Normal {
+        /// Standard deviation.
+        std: f32,
+    },
 }
 
 impl Init {
@@ -37,6 +48,7 @@ impl Init {
         match self {
             Init::Glorot => glorot_uniform(rng, fan_in, fan_out, n),
             Init::He => he_normal(rng, fan_in, n),
+            Init::Normal { std } => normal(rng, std, n),
         }
     }
 }

@@ -3,7 +3,10 @@
 //! - [`ParamStore`] holds every parameter under a stable [`ParamId`] and a unique name;
 //!   [`Grads`] holds their gradients.
 //! - [`Module`]: explicit `forward` (returning a typed cache) and `backward`.
-//! - Layers: [`Linear`], [`Activation`].
+//! - Layers: [`Linear`], [`Activation`], [`Embedding`], [`Dropout`], [`Flatten`],
+//!   [`Conv2d`], [`MaxPool2d`].
+//! - Recurrence: [`GruCell`] and [`Gru`] (unrolled, with backpropagation through time), built on
+//!   the reusable gate nonlinearity [`gru_gates_forward`] / [`gru_gates_backward`].
 //! - Losses returning per-example values: [`softmax_cross_entropy`], [`gaussian_nll`].
 //! - Optimisers: [`Sgd`] (momentum), [`Adam`]; gradient clipping with [`Grads::clip_norm`].
 //! - [`gradcheck`]: finite-difference checks for any backward pass.
@@ -42,7 +45,12 @@
 //! ```
 
 mod activation;
+mod conv;
+mod dropout;
+mod embedding;
+mod flatten;
 pub mod gradcheck;
+mod gru;
 mod init;
 mod linear;
 mod loss;
@@ -51,7 +59,14 @@ mod optim;
 mod param;
 
 pub use activation::Activation;
-pub use init::{Init, glorot_uniform, he_normal};
+pub use conv::{Conv2d, MaxPool2d};
+pub use dropout::Dropout;
+pub use embedding::Embedding;
+pub use flatten::Flatten;
+pub use gru::{
+    Gru, GruCell, GruCellCache, GruGatesCache, GruSeqCache, gru_gates_backward, gru_gates_forward,
+};
+pub use init::{Init, glorot_uniform, he_normal, normal};
 pub use linear::Linear;
 pub use loss::{
     gaussian_nll, gaussian_nll_backward, softmax_cross_entropy, softmax_cross_entropy_backward,
