@@ -50,9 +50,21 @@ impl ModularConv2d {
         assert!(modules > 0, "a modular layer needs at least one module");
         let patch = window.patch_len();
         let w = stacked_glorot(rng, modules, patch, out_channels);
-        let weight = params.add(format!("{name}.weight"), backend.upload([modules * patch, out_channels], &w));
-        let bias = params.add(format!("{name}.bias"), backend.zeros([modules, out_channels]));
-        ModularConv2d { weight, bias, modules, window, out_channels }
+        let weight = params.add(
+            format!("{name}.weight"),
+            backend.upload([modules * patch, out_channels], &w),
+        );
+        let bias = params.add(
+            format!("{name}.bias"),
+            backend.zeros([modules, out_channels]),
+        );
+        ModularConv2d {
+            weight,
+            bias,
+            modules,
+            window,
+            out_channels,
+        }
     }
 
     /// Output pixels per image, `OH * OW`.
@@ -73,17 +85,39 @@ impl ModularConv2d {
         x: &B::Tensor,
         routing: &Routing,
     ) -> (B::Tensor, ModularConvCache<B>) {
-        assert_eq!(b.shape(x), [routing.rows(), self.window.in_len()], "modular conv input shape");
-        assert_eq!(routing.modules(), self.modules, "routing was built for another module count");
+        assert_eq!(
+            b.shape(x),
+            [routing.rows(), self.window.in_len()],
+            "modular conv input shape"
+        );
+        assert_eq!(
+            routing.modules(),
+            self.modules,
+            "routing was built for another module count"
+        );
         let pix = self.out_pixels();
         let images = b.gather_rows(x, &routing.pair_rows);
         let cols = b.im2col(&images, &self.window);
         let mut ys = b.zeros([routing.pairs() * pix, self.out_channels]);
-        b.grouped_matmul(GroupedOp::XW, &cols, params.get(self.weight), &routing.expanded_offsets(pix), 0.0, &mut ys);
-        let pixel_modules: Vec<u32> = routing.pair_modules.iter().flat_map(|&m| std::iter::repeat_n(m, pix)).collect();
+        b.grouped_matmul(
+            GroupedOp::XW,
+            &cols,
+            params.get(self.weight),
+            &routing.expanded_offsets(pix),
+            0.0,
+            &mut ys,
+        );
+        let pixel_modules: Vec<u32> = routing
+            .pair_modules
+            .iter()
+            .flat_map(|&m| std::iter::repeat_n(m, pix))
+            .collect();
         b.add_gathered_rows(&mut ys, params.get(self.bias), &pixel_modules);
         let ys = b.reshape(ys, [routing.pairs(), pix * self.out_channels]);
-        (b.segment_sum_rows(&ys, &routing.row_pos, &routing.row_ptr), ModularConvCache { cols })
+        (
+            b.segment_sum_rows(&ys, &routing.row_pos, &routing.row_ptr),
+            ModularConvCache { cols },
+        )
     }
 
     /// Backward pass: accumulates weight and bias gradients and returns `dL/dx`.
@@ -98,7 +132,11 @@ impl ModularConv2d {
         grads: &mut Grads<B>,
     ) -> B::Tensor {
         let pix = self.out_pixels();
-        assert_eq!(b.shape(dy), [routing.rows(), pix * self.out_channels], "modular conv output gradient shape");
+        assert_eq!(
+            b.shape(dy),
+            [routing.rows(), pix * self.out_channels],
+            "modular conv output gradient shape"
+        );
         let offsets = routing.expanded_offsets(pix);
         let dys = b.gather_rows(dy, &routing.pair_rows);
         let dys = b.reshape(dys, [routing.pairs() * pix, self.out_channels]);
@@ -108,7 +146,14 @@ impl ModularConv2d {
         let identity: Vec<u32> = (0..(routing.pairs() * pix) as u32).collect();
         grads.accumulate(b, self.bias, &b.segment_sum_rows(&dys, &identity, &offsets));
         let mut dcols = b.zeros([routing.pairs() * pix, patch]);
-        b.grouped_matmul(GroupedOp::XWt, &dys, params.get(self.weight), &offsets, 0.0, &mut dcols);
+        b.grouped_matmul(
+            GroupedOp::XWt,
+            &dys,
+            params.get(self.weight),
+            &offsets,
+            0.0,
+            &mut dcols,
+        );
         let dimages = b.col2im(&dcols, &self.window);
         b.segment_sum_rows(&dimages, &routing.row_pos, &routing.row_ptr)
     }

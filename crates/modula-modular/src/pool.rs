@@ -24,7 +24,9 @@ pub struct PoolCache<B: Backend, M: Module<B>> {
 
 impl<B: Backend, M: Module<B>> std::fmt::Debug for PoolCache<B, M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PoolCache").field("modules", &self.caches.len()).finish()
+        f.debug_struct("PoolCache")
+            .field("modules", &self.caches.len())
+            .finish()
     }
 }
 
@@ -50,7 +52,11 @@ impl<M> ModulePool<M> {
     where
         M: Module<B>,
     {
-        assert_eq!(routing.modules(), self.modules.len(), "routing was built for another module count");
+        assert_eq!(
+            routing.modules(),
+            self.modules.len(),
+            "routing was built for another module count"
+        );
         let mut y: Option<B::Tensor> = None;
         let mut caches = Vec::with_capacity(self.modules.len());
         for (m, module) in self.modules.iter().enumerate() {
@@ -66,7 +72,13 @@ impl<M> ModulePool<M> {
         }
         // With no routed pair at all there is no module output to take the width from.
         let y = y.unwrap_or_else(|| b.zeros([routing.rows(), 0]));
-        (y, PoolCache { caches, d_in: b.shape(x)[1] })
+        (
+            y,
+            PoolCache {
+                caches,
+                d_in: b.shape(x)[1],
+            },
+        )
     }
 
     /// Backward pass: each module's backward on its rows' output gradients; returns `dL/dx`.

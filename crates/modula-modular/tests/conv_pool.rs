@@ -14,7 +14,10 @@ fn values(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 }
 
 fn random_selection(rng: &mut ChaCha8Rng, n: usize, k: usize, m: usize) -> Selection {
-    Selection::new(k, (0..n * k).map(|_| rng.random_range(0..m as u32)).collect())
+    Selection::new(
+        k,
+        (0..n * k).map(|_| rng.random_range(0..m as u32)).collect(),
+    )
 }
 
 /// Convolution of one image with one module's weights, by the reference backend.
@@ -22,21 +25,37 @@ fn conv_one(x: &[f32], w: &[f32], bias: &[f32], window: &Window2d, c_out: usize)
     let r = Reference;
     let cols = r.im2col(&r.upload([1, window.in_len()], x), window);
     let mut y = r.zeros([cols.nrows(), c_out]);
-    r.matmul(1.0, &cols, Transpose::No, &r.upload([window.patch_len(), c_out], w), Transpose::No, 0.0, &mut y);
+    r.matmul(
+        1.0,
+        &cols,
+        Transpose::No,
+        &r.upload([window.patch_len(), c_out], w),
+        Transpose::No,
+        0.0,
+        &mut y,
+    );
     r.add_row(&mut y, &r.upload([1, c_out], bias));
     r.download(&y).unwrap()
 }
 
 fn window_strategy() -> impl Strategy<Value = Window2d> {
-    (2usize..6, 2usize..6, 1usize..3, 1usize..4, 1usize..3, 0usize..2).prop_map(|(h, w, c, k, stride, padding)| Window2d {
-        height: h,
-        width: w,
-        channels: c,
-        kernel_h: k.min(h + 2 * padding),
-        kernel_w: k.min(w + 2 * padding),
-        stride,
-        padding,
-    })
+    (
+        2usize..6,
+        2usize..6,
+        1usize..3,
+        1usize..4,
+        1usize..3,
+        0usize..2,
+    )
+        .prop_map(|(h, w, c, k, stride, padding)| Window2d {
+            height: h,
+            width: w,
+            channels: c,
+            kernel_h: k.min(h + 2 * padding),
+            kernel_w: k.min(w + 2 * padding),
+            stride,
+            padding,
+        })
 }
 
 proptest! {
