@@ -1,0 +1,25 @@
+//! Benchmarks for modula, run through criterion by `cargo xtask bench`.
+//!
+//! The library part holds only what several bench targets share; each bench lives in
+//! `benches/<name>.rs` and `cargo xtask bench` turns criterion's estimates into JSON figures
+//! under `target/bench/`.
+
+/// Floating-point operations of a `[m x k] * [k x n]` matrix product, counting a fused
+/// multiply-add as two operations (the convention BLAS throughput figures use).
+pub fn gemm_flops(m: usize, k: usize, n: usize) -> u64 {
+    2 * m as u64 * k as u64 * n as u64
+}
+
+/// Deterministic, non-trivial test data of length `len`.
+///
+/// Benchmarks must not depend on a random-number crate's version, and constant data could let a
+/// kernel take shortcuts, so this is a small linear congruential sequence in `[-1, 1)`.
+pub fn bench_data(len: usize, seed: u32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}

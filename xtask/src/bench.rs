@@ -1,0 +1,561 @@
+//! `cargo xtask bench [NAME...]`: runs criterion benches and turns their estimates into JSON
+//! figures, one file per bench under `target/bench/NAME.json`.
+//!
+//! Every bench target in `benches/benches/*.rs` can be run by name. What ends up in its JSON is
+//! decided by a post-processing function in [`POST_PROCESSORS`]; a bench without one gets
+//! [`generic_figures`] (one entry per criterion benchmark id). A new bench that needs derived
+//! fields (for example `efficiency = dense_s / modular_s`) adds one function and one table row.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::SystemTime;
+
+use serde_json::{Map, Value, json};
+
+use crate::{cargo, numpy, target_dir, workspace_root};
+
+/// Criterion settings that keep a full `cargo xtask bench` within a few minutes on two cores.
+/// Ten samples is criterion's minimum; the figures are for spotting regressions and gaps of
+/// tens of percent, not for publication-grade confidence intervals.
+const CRITERION_ARGS: &[&str] = &[
+    "--warm-up-time",
+    "1",
+    "--measurement-time",
+    "2",
+    "--sample-size",
+    "10",
+    "--noplot",
+];
+
+/// Parsed command line of `cargo xtask bench`.
+#[derive(Debug)]
+pub struct Options {
+    /// Bench targets to run; empty means all of them.
+    names: Vec<String>,
+    /// Whether to time numpy next to our GEMM (on by default; numpy missing only skips it).
+    numpy: bool,
+    /// Extra arguments for criterion, after `--`.
+    criterion_args: Vec<String>,
+}
+
+impl Options {
+    /// Parses the arguments after `bench`.
+    ///
+    /// # Errors
+    /// An unknown flag.
+    pub fn parse(args: &[String]) -> Result<Options, String> {
+        let mut options = Options {
+            names: Vec::new(),
+            numpy: true,
+            criterion_args: Vec::new(),
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                // Accepted for explicitness: the comparison runs whenever numpy imports.
+                "--numpy" => options.numpy = true,
+                "--no-numpy" => options.numpy = false,
+                "--" => {
+                    options.criterion_args = args.cloned().collect();
+                    break;
+                }
+                flag if flag.starts_with('-') => {
+                    return Err(format!("unknown option `{flag}`"));
+                }
+                name => options.names.push(name.to_owned()),
+            }
+        }
+        Ok(options)
+    }
+}
+
+/// One criterion benchmark result, read from `target/criterion/**/new/`.
+#[derive(Clone, Debug)]
+pub struct Measurement {
+    /// The full benchmark id, e.g. `cpu/matmul/t1/512x512x512`.
+    pub id: String,
+    /// Mean time per iteration in seconds (criterion's `mean.point_estimate`, which is in ns).
+    pub seconds: f64,
+    /// Lower and upper bound of criterion's confidence interval for the mean, in seconds.
+    pub seconds_ci: (f64, f64),
+    /// The declared throughput per iteration, e.g. `("Elements", 268435456)`.
+    pub throughput: Option<(String, u64)>,
+}
+
+/// What a post-processing function gets besides the measurements.
+pub struct Context {
+    /// Whether to compare with numpy where a bench has a numpy counterpart.
+    pub numpy: bool,
+}
+
+/// The figures of one bench: top-level fields plus one entry per measured configuration.
+pub struct Figures {
+    /// Fields of the JSON object besides `bench`, `machine` and `entries`.
+    pub fields: Map<String, Value>,
+    /// One object per configuration; printed as a table.
+    pub entries: Vec<Map<String, Value>>,
+    /// Table columns, in order (the JSON map itself is sorted by key).
+    pub columns: Vec<&'static str>,
+}
+
+/// Turns a bench's criterion measurements into its figures.
+type PostProcess = fn(&Context, &[Measurement]) -> Result<Figures, String>;
+
+/// Bench name to post-processing function. Benches not listed use [`generic_figures`].
+const POST_PROCESSORS: &[(&str, PostProcess)] = &[("gemm", gemm_figures)];
+
+/// Runs the requested benches and writes their figures.
+///
+/// # Errors
+/// An unknown bench name, a failing `cargo bench`, or results that cannot be read or written.
+pub fn run(options: &Options) -> Result<(), String> {
+    let available = bench_targets()?;
+    let names = if options.names.is_empty() {
+        available.clone()
+    } else {
+        for name in &options.names {
+            if !available.contains(name) {
+                return Err(format!(
+                    "no bench named `{name}`; available: {} (files in benches/benches/)",
+                    available.join(", ")
+                ));
+            }
+        }
+        options.names.clone()
+    };
+    let out_dir = target_dir().join("bench");
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    let machine = machine();
+    let context = Context {
+        numpy: options.numpy,
+    };
+    for name in &names {
+        let measurements = run_criterion(name, &options.criterion_args)?;
+        if measurements.is_empty() {
+            return Err(format!(
+                "bench `{name}` wrote no results under {}; did a criterion filter exclude everything?",
+                target_dir().join("criterion").display()
+            ));
+        }
+        let post = POST_PROCESSORS
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(generic_figures as PostProcess, |&(_, f)| f);
+        let figures = post(&context, &measurements)?;
+        let mut object = Map::new();
+        object.insert("bench".into(), json!(name));
+        object.insert("machine".into(), machine.clone());
+        object.insert(
+            "criterion_args".into(),
+            json!(
+                CRITERION_ARGS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain(options.criterion_args.iter().cloned())
+                    .collect::<Vec<_>>()
+            ),
+        );
+        object.extend(figures.fields);
+        object.insert(
+            "entries".into(),
+            Value::Array(figures.entries.iter().cloned().map(Value::Object).collect()),
+        );
+        let path = out_dir.join(format!("{name}.json"));
+        let text = serde_json::to_string_pretty(&Value::Object(object))
+            .expect("JSON values always serialise");
+        std::fs::write(&path, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!(
+            "\n{name}: {} (figures: {})",
+            machine_line(&machine),
+            path.display()
+        );
+        print_table(&figures.columns, &figures.entries);
+    }
+    Ok(())
+}
+
+/// Names of the bench targets: the files `benches/benches/*.rs`, sorted.
+fn bench_targets() -> Result<Vec<String>, String> {
+    let dir = workspace_root().join("benches").join("benches");
+    let read =
+        std::fs::read_dir(&dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let mut names: Vec<String> = read
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            (path.extension()? == "rs").then(|| path.file_stem()?.to_str().map(str::to_owned))?
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Runs one bench target under criterion and reads back the results it wrote.
+fn run_criterion(name: &str, extra: &[String]) -> Result<Vec<Measurement>, String> {
+    // Anything criterion writes from now on belongs to this run; older result directories
+    // (renamed or filtered-out benchmarks) are ignored by comparing modification times.
+    let started = SystemTime::now();
+    let mut command = Command::new(cargo());
+    command
+        .args([
+            "bench",
+            "--package",
+            "modula-benches",
+            "--bench",
+            name,
+            "--",
+        ])
+        .args(CRITERION_ARGS)
+        .args(extra)
+        .current_dir(workspace_root());
+    println!("==> xtask bench: {name}");
+    let status = command
+        .status()
+        .map_err(|e| format!("could not start cargo bench: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "`cargo bench --package modula-benches --bench {name}` failed ({status})"
+        ));
+    }
+    let mut found = Vec::new();
+    collect_measurements(&target_dir().join("criterion"), started, &mut found)?;
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(found)
+}
+
+/// Walks criterion's output tree and reads every `new/` directory written after `since`.
+fn collect_measurements(
+    dir: &Path,
+    since: SystemTime,
+    out: &mut Vec<Measurement>,
+) -> Result<(), String> {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in read.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if path.file_name().is_some_and(|n| n == "new") {
+            let estimates = path.join("estimates.json");
+            let fresh = std::fs::metadata(&estimates)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since);
+            if fresh {
+                out.push(read_measurement(&path)?);
+            }
+        } else {
+            collect_measurements(&path, since, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads `benchmark.json` (the id and throughput) and `estimates.json` (the timings).
+fn read_measurement(dir: &Path) -> Result<Measurement, String> {
+    let benchmark = read_json(&dir.join("benchmark.json"))?;
+    let estimates = read_json(&dir.join("estimates.json"))?;
+    let id = benchmark["full_id"]
+        .as_str()
+        .ok_or_else(|| format!("{}: no `full_id`", dir.join("benchmark.json").display()))?
+        .to_owned();
+    let mean = &estimates["mean"];
+    let ns = |v: &Value, field: &str| {
+        v.as_f64().ok_or_else(|| {
+            format!(
+                "{}: no number at `mean.{field}`",
+                dir.join("estimates.json").display()
+            )
+        })
+    };
+    let seconds = ns(&mean["point_estimate"], "point_estimate")? * 1e-9;
+    let lower = ns(
+        &mean["confidence_interval"]["lower_bound"],
+        "confidence_interval.lower_bound",
+    )? * 1e-9;
+    let upper = ns(
+        &mean["confidence_interval"]["upper_bound"],
+        "confidence_interval.upper_bound",
+    )? * 1e-9;
+    // Criterion serialises `Throughput::Elements(n)` as `{"Elements": n}`.
+    let throughput = benchmark["throughput"].as_object().and_then(|t| {
+        let (kind, n) = t.iter().next()?;
+        Some((kind.clone(), n.as_u64()?))
+    });
+    Ok(Measurement {
+        id,
+        seconds,
+        seconds_ci: (lower, upper),
+        throughput,
+    })
+}
+
+fn read_json(path: &Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: invalid JSON: {e}", path.display()))
+}
+
+/// Figures for a bench without its own post-processing: one entry per benchmark id.
+fn generic_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures, String> {
+    let entries = measurements
+        .iter()
+        .map(|m| {
+            let mut entry = Map::new();
+            entry.insert("id".into(), json!(m.id));
+            entry.insert("seconds".into(), json!(m.seconds));
+            entry.insert("seconds_ci".into(), json!([m.seconds_ci.0, m.seconds_ci.1]));
+            if let Some((kind, n)) = &m.throughput {
+                entry.insert("throughput_kind".into(), json!(kind));
+                entry.insert("throughput_per_s".into(), json!(*n as f64 / m.seconds));
+            }
+            entry
+        })
+        .collect();
+    Ok(Figures {
+        fields: Map::new(),
+        entries,
+        columns: vec!["id", "seconds", "throughput_per_s"],
+    })
+}
+
+/// One GEMM configuration, parsed back from a benchmark id `cpu/matmul/t{threads}/{m}x{k}x{n}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct GemmShape {
+    threads: usize,
+    rows: usize,
+    k: usize,
+    n: usize,
+}
+
+fn parse_gemm_id(id: &str) -> Option<GemmShape> {
+    let rest = id.strip_prefix("cpu/matmul/t")?;
+    let (threads, dims) = rest.split_once('/')?;
+    let mut dims = dims.split('x').map(|d| d.parse::<usize>().ok());
+    let shape = GemmShape {
+        threads: threads.parse().ok()?,
+        rows: dims.next()??,
+        k: dims.next()??,
+        n: dims.next()??,
+    };
+    dims.next().is_none().then_some(shape)
+}
+
+/// `gemm.json`: per (rows, threads) the time and GFLOP/s, and optionally numpy's.
+fn gemm_figures(context: &Context, measurements: &[Measurement]) -> Result<Figures, String> {
+    let mut by_shape = BTreeMap::new();
+    for m in measurements {
+        let shape = parse_gemm_id(&m.id).ok_or_else(|| {
+            format!(
+                "unexpected benchmark id `{}` in the gemm bench; expected cpu/matmul/t<threads>/<rows>x<k>x<n> (see benches/benches/gemm.rs)",
+                m.id
+            )
+        })?;
+        by_shape.insert(shape, m);
+    }
+    let numpy = if context.numpy {
+        let shapes: Vec<GemmShape> = by_shape.keys().copied().collect();
+        numpy_gflops(&shapes)
+    } else {
+        None
+    };
+    let mut fields = Map::new();
+    let mut entries = Vec::new();
+    for (shape, m) in &by_shape {
+        let flops = 2.0 * shape.rows as f64 * shape.k as f64 * shape.n as f64;
+        let gflops = flops / m.seconds * 1e-9;
+        let mut entry = Map::new();
+        entry.insert("rows".into(), json!(shape.rows));
+        entry.insert("k".into(), json!(shape.k));
+        entry.insert("n".into(), json!(shape.n));
+        entry.insert("threads".into(), json!(shape.threads));
+        entry.insert("seconds".into(), json!(m.seconds));
+        entry.insert("gflops".into(), json!(gflops));
+        if let Some((_, timings)) = &numpy
+            && let Some(&numpy_seconds) = timings.get(shape)
+        {
+            let numpy_gflops = flops / numpy_seconds * 1e-9;
+            entry.insert("numpy_gflops".into(), json!(numpy_gflops));
+            entry.insert("ratio_vs_numpy".into(), json!(gflops / numpy_gflops));
+        }
+        entries.push(entry);
+    }
+    let mut columns = vec!["rows", "k", "n", "threads", "seconds", "gflops"];
+    if let Some((about, _)) = numpy {
+        fields.insert("numpy".into(), about);
+        columns.extend(["numpy_gflops", "ratio_vs_numpy"]);
+    }
+    Ok(Figures {
+        fields,
+        entries,
+        columns,
+    })
+}
+
+/// Times numpy for the same shapes, one Python process per thread count; `None` (with a
+/// message) when numpy is unavailable or fails, because the comparison is optional.
+fn numpy_gflops(shapes: &[GemmShape]) -> Option<(Value, BTreeMap<GemmShape, f64>)> {
+    let about = match numpy::probe() {
+        Ok(about) => about,
+        Err(why) => {
+            println!("xtask bench: skipping the numpy comparison: {why}");
+            return None;
+        }
+    };
+    let mut timings = BTreeMap::new();
+    let mut threads: Vec<usize> = shapes.iter().map(|s| s.threads).collect();
+    threads.dedup();
+    for t in threads {
+        let dims: Vec<[usize; 3]> = shapes
+            .iter()
+            .filter(|s| s.threads == t)
+            .map(|s| [s.rows, s.k, s.n])
+            .collect();
+        println!("==> xtask bench: numpy.matmul with OPENBLAS_NUM_THREADS={t}");
+        match numpy::time_matmul(&dims, t) {
+            Ok(seconds) => {
+                for (d, s) in dims.iter().zip(seconds) {
+                    let shape = GemmShape {
+                        threads: t,
+                        rows: d[0],
+                        k: d[1],
+                        n: d[2],
+                    };
+                    timings.insert(shape, s);
+                }
+            }
+            Err(why) => {
+                println!("xtask bench: skipping the numpy comparison: {why}");
+                return None;
+            }
+        }
+    }
+    Some((about, timings))
+}
+
+/// The machine the figures come from: CPU model, usable cores, OS, compiler.
+fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    // `nproc` honours CPU affinity and is what a reader would type to compare machines; the
+    // standard library's estimate (which also honours cgroup quotas) is the fallback.
+    let nproc = command_output("nproc", &[])
+        .and_then(|s| s.parse::<usize>().ok())
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()));
+    let rustc = command_output("rustc", &["--version"]);
+    json!({
+        "cpu_model": cpu,
+        "nproc": nproc,
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "rustc": rustc,
+    })
+}
+
+fn machine_line(machine: &Value) -> String {
+    format!(
+        "{} x{}",
+        machine["cpu_model"].as_str().unwrap_or("unknown CPU"),
+        machine["nproc"]
+    )
+}
+
+/// Trimmed stdout of a command, or `None` if it cannot run or fails.
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Prints `entries` as an aligned table with the given columns.
+fn print_table(columns: &[&str], entries: &[Map<String, Value>]) {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| columns.iter().map(|c| format_cell(e.get(*c))).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect();
+        println!("  {}", padded.join("  "));
+    };
+    line(columns.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// A JSON value for the table: integers as they are, floats to about four significant digits.
+fn format_cell(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => "-".to_owned(),
+        Some(Value::Number(n)) if n.is_f64() => {
+            let x = n.as_f64().unwrap_or(f64::NAN);
+            match x.abs() {
+                a if a >= 100.0 => format!("{x:.1}"),
+                a if a >= 0.1 => format!("{x:.3}"),
+                _ => format!("{x:.3e}"),
+            }
+        }
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemm_ids_round_trip() {
+        assert_eq!(
+            parse_gemm_id("cpu/matmul/t2/4096x512x512"),
+            Some(GemmShape {
+                threads: 2,
+                rows: 4096,
+                k: 512,
+                n: 512
+            })
+        );
+        assert_eq!(parse_gemm_id("cpu/matmul/t2/4096x512"), None);
+        assert_eq!(parse_gemm_id("cpu/matmul/t2/1x2x3x4"), None);
+        assert_eq!(parse_gemm_id("wgpu/matmul/t2/1x2x3"), None);
+    }
+
+    #[test]
+    fn options_split_names_flags_and_criterion_args() {
+        let args: Vec<String> = ["gemm", "--no-numpy", "--", "t1", "--quick"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let options = Options::parse(&args).unwrap();
+        assert_eq!(options.names, ["gemm"]);
+        assert!(!options.numpy);
+        assert_eq!(options.criterion_args, ["t1", "--quick"]);
+        assert!(Options::parse(&["--bogus".to_owned()]).is_err());
+    }
+}

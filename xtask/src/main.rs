@@ -1,0 +1,86 @@
+//! Project automation for modula, run as `cargo xtask <command>` (an alias defined in
+//! `.cargo/config.toml`).
+//!
+//! - `cargo xtask ci`: formatting, clippy and the whole test suite, stopping at the first failure.
+//! - `cargo xtask bench [NAME...]`: criterion benches with short sample sizes, turned into JSON
+//!   figures under `target/bench/`.
+//!
+//! Like rust-analyzer's xtask, this crate depends on std and serde_json only, so it compiles
+//! in seconds and never slows down the checks it runs.
+
+mod bench;
+mod ci;
+mod numpy;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Printed for `help`, and on stderr for an unknown command.
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  ci                  cargo fmt --check, cargo clippy -D warnings, cargo test --workspace
+  bench [NAME...]     run criterion benches (all if no NAME) and write target/bench/NAME.json
+        --numpy       compare GEMM with numpy/OpenBLAS (default: when python3 has numpy)
+        --no-numpy    skip the numpy comparison
+        -- ARGS       pass ARGS on to criterion (for example a benchmark-id filter)
+  help                print this message
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match command.as_str() {
+        "ci" if rest.is_empty() => ci::run(),
+        "bench" => match bench::Options::parse(rest) {
+            Ok(options) => bench::run(&options),
+            Err(message) => {
+                eprintln!("xtask bench: {message}\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("xtask: unknown command `{}`\n\n{USAGE}", args.join(" "));
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask {command}: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+///
+/// Commands run from there, so `cargo xtask` behaves the same from any subdirectory.
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .expect("the xtask crate lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// The cargo binary that started us, so that a toolchain chosen by rustup is used throughout.
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+/// Cargo's target directory, honouring `CARGO_TARGET_DIR` as criterion does.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
