@@ -62,7 +62,8 @@ impl Conv2d {
     /// and `{name}.bias` (zeros).
     ///
     /// # Panics
-    /// If the kernel does not fit the padded input or the stride is zero.
+    /// If the kernel does not fit the padded input, the stride is zero, or one of the
+    /// parameter names is already registered in `params`.
     #[track_caller]
     pub fn new<B: Backend>(
         backend: &B,
@@ -79,7 +80,7 @@ impl Conv2d {
     /// `(kh * kw * C_in, kh * kw * C_out)`, the numbers of inputs and outputs each weight touches.
     ///
     /// # Panics
-    /// If the kernel does not fit the padded input or the stride is zero.
+    /// As [`Conv2d::new`].
     #[track_caller]
     pub fn with_init<B: Backend>(
         backend: &B,

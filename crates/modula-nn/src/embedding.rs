@@ -42,6 +42,10 @@ pub struct Embedding {
 impl Embedding {
     /// Registers `{name}.table`, initialised by `init` with fans `(vocab, dim)`; typical
     /// choices are [`Init::Glorot`] or `Init::Normal { std: 0.1 }`.
+    ///
+    /// # Panics
+    /// If one of the parameter names is already registered in `params`.
+    #[track_caller]
     pub fn new<B: Backend>(
         backend: &B,
         params: &mut ParamStore<B>,

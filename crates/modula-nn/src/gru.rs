@@ -140,11 +140,20 @@ pub fn gru_gates_backward<B: Backend>(
     (d_gates, dh_prev)
 }
 
-/// One GRU step with dense weights (PyTorch's `GRUCell`; see the [module docs](self)).
+/// One GRU step with dense weights, in PyTorch's formulation (`torch.nn.GRUCell`):
 ///
-/// Parameters: `W_x [d_in, 3h]`, `b_x [1, 3h]`, `W_h [h, 3h]`, `b_h [1, 3h]`, gate blocks
-/// ordered `r, z, n`. Two biases rather than one because `b_h`'s candidate block sits inside
-/// the reset gate's product.
+/// ```text
+/// gx = x W_x + b_x,  gh = h W_h + b_h       (each [batch, 3h], blocks r, z, n)
+/// r  = sigmoid(gx_r + gh_r)
+/// z  = sigmoid(gx_z + gh_z)
+/// n  = tanh(gx_n + r * gh_n)
+/// h' = (1 - z) * n + z * h
+/// ```
+///
+/// Parameters: `W_x [d_in, 3h]`, `b_x [1, 3h]`, `W_h [h, 3h]`, `b_h [1, 3h]`. Two biases
+/// rather than one because `b_h`'s candidate block sits inside the reset gate's product. The
+/// cell assembles the pre-activations `[a_r, a_z, a_nx, a_nh]` and applies
+/// [`gru_gates_forward`], the nonlinearity shared with other GRU variants.
 #[derive(Clone, Debug)]
 pub struct GruCell {
     /// Input weight `[d_in, 3h]`.
@@ -171,6 +180,10 @@ pub struct GruCellCache<B: Backend> {
 impl GruCell {
     /// Registers `{name}.w_x`, `{name}.w_h` (initialised by `init`, with fans `(d_in, h)` and
     /// `(h, h)`, those of one gate block) and `{name}.b_x`, `{name}.b_h` (zeros).
+    ///
+    /// # Panics
+    /// If one of the parameter names is already registered in `params`.
+    #[track_caller]
     pub fn new<B: Backend>(
         backend: &B,
         params: &mut ParamStore<B>,
@@ -335,6 +348,10 @@ pub struct GruSeqCache<B: Backend> {
 
 impl Gru {
     /// A GRU with a new cell; see [`GruCell::new`] for the parameters it registers.
+    ///
+    /// # Panics
+    /// If one of the parameter names is already registered in `params`.
+    #[track_caller]
     pub fn new<B: Backend>(
         backend: &B,
         params: &mut ParamStore<B>,

@@ -9,6 +9,9 @@
 //!   the reusable gate nonlinearity [`gru_gates_forward`] / [`gru_gates_backward`].
 //! - Losses returning per-example values: [`softmax_cross_entropy`], [`gaussian_nll`].
 //! - Optimisers: [`Sgd`] (momentum), [`Adam`]; gradient clipping with [`Grads::clip_norm`].
+//! - Checkpoints in the safetensors format: [`save_safetensors`] / [`load_safetensors`] for a
+//!   [`ParamStore`], and [`Checkpoint`] for arbitrary named F32/U16/I64 tensors plus metadata;
+//!   failures are typed [`CheckpointError`]s.
 //! - [`gradcheck`]: finite-difference checks for any backward pass.
 //!
 //! A two-layer network trained for one step:
@@ -45,6 +48,7 @@
 //! ```
 
 mod activation;
+mod checkpoint;
 mod conv;
 mod dropout;
 mod embedding;
@@ -59,6 +63,10 @@ mod optim;
 mod param;
 
 pub use activation::Activation;
+pub use checkpoint::{
+    Checkpoint, CheckpointError, ExtraTensors, StoredTensor, TensorData, load_safetensors,
+    save_safetensors,
+};
 pub use conv::{Conv2d, MaxPool2d};
 pub use dropout::Dropout;
 pub use embedding::Embedding;
