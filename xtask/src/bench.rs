@@ -436,7 +436,8 @@ fn numpy_gflops(shapes: &[GemmShape]) -> Option<(Value, BTreeMap<GemmShape, f64>
     Some((about, timings))
 }
 
-/// The machine the figures come from: CPU model, usable cores, OS, compiler.
+/// The machine the figures come from: CPU model, usable cores, OS, compiler, and how busy it
+/// was.
 fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -453,20 +454,28 @@ fn machine() -> Value {
         .and_then(|s| s.parse::<usize>().ok())
         .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()));
     let rustc = command_output("rustc", &["--version"]);
+    // The machines are shared: a load average near or above `nproc` when the run starts means
+    // other work competed for the cores, and the 2-thread figures (numpy's most of all, since
+    // OpenBLAS threads spin while waiting) are not to be trusted.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok());
     json!({
         "cpu_model": cpu,
         "nproc": nproc,
         "os": std::env::consts::OS,
         "arch": std::env::consts::ARCH,
         "rustc": rustc,
+        "load_average_1m_at_start": load,
     })
 }
 
 fn machine_line(machine: &Value) -> String {
     format!(
-        "{} x{}",
+        "{} x{}, load average {} at start",
         machine["cpu_model"].as_str().unwrap_or("unknown CPU"),
-        machine["nproc"]
+        machine["nproc"],
+        machine["load_average_1m_at_start"]
     )
 }
 

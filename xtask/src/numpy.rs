@@ -18,10 +18,12 @@ except Exception:
 print(json.dumps({"version": numpy.__version__, "blas": blas}))
 "#;
 
-/// Times `numpy.matmul` for each `[m, k, n]` in `argv[1]` and prints the mean seconds per call.
+/// Times `numpy.matmul` for each `[m, k, n]` in `argv[1]` and prints seconds per call.
 ///
-/// Each shape gets a short warm-up (thread start-up, page faults) and is then timed in doubling
-/// batches until about a second has passed, roughly what criterion does on the Rust side.
+/// Each shape gets a short warm-up (thread start-up, page faults) and is then timed in five
+/// rounds of about 0.2 s; the median round's mean is reported. OpenBLAS threads spin while they
+/// wait, so a single round that overlaps other work on a 2-core machine can be ten times slower;
+/// the median keeps such a spike out of the figure without needing more measurement time.
 const TIME_MATMUL: &str = r#"
 import json, sys, time
 import numpy as np
@@ -33,15 +35,18 @@ for m, k, n in json.loads(sys.argv[1]):
     c = np.empty((m, n), dtype=np.float32)
     for _ in range(3):
         np.matmul(a, b, out=c)
-    iters, elapsed, batch = 0, 0.0, 1
-    while elapsed < 1.0:
-        t0 = time.perf_counter()
-        for _ in range(batch):
-            np.matmul(a, b, out=c)
-        elapsed += time.perf_counter() - t0
-        iters += batch
-        batch *= 2
-    out.append(elapsed / iters)
+    rounds = []
+    for _ in range(5):
+        iters, elapsed, batch = 0, 0.0, 1
+        while elapsed < 0.2:
+            t0 = time.perf_counter()
+            for _ in range(batch):
+                np.matmul(a, b, out=c)
+            elapsed += time.perf_counter() - t0
+            iters += batch
+            batch *= 2
+        rounds.append(elapsed / iters)
+    out.append(sorted(rounds)[len(rounds) // 2])
 print(json.dumps(out))
 "#;
 
