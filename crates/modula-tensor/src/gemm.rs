@@ -622,13 +622,24 @@ unsafe impl Sync for CPtr<'_> {}
 fn run(alpha: f32, a: MatRef<'_>, b: Rhs<'_, '_>, beta: f32, c: MatMut<'_>, tasks: usize) {
     let (m, n) = (c.rows, c.cols);
     let (row_tiles, col_tiles) = (m.div_ceil(MR), n.div_ceil(NR));
-    // Pick the grid (tm x tn, tm * tn <= tasks) that minimises the tiles of the busiest task;
-    // ties go to splitting rows, which keeps each task's A packing private.
+    // Pick the grid (tm x tn, tm * tn <= tasks) that minimises the work of the busiest task:
+    // its rows times its columns, plus the packing of its A rows, which every task of a grid
+    // row repeats (packing one element costs about as much as multiplying it by
+    // `PACK_COST_COLS` columns). Ties go to splitting rows.
+    const PACK_COST_COLS: usize = 32;
+    let busiest = |tiles: usize, parts: usize, unit: usize, total: usize| {
+        (0..parts)
+            .map(|r| span(tiles, parts, r, unit, total))
+            .map(|(lo, hi)| hi - lo)
+            .max()
+            .unwrap_or(0)
+    };
     let mut grid = (1, 1);
     let mut best = usize::MAX;
     for tm in (1..=tasks).rev() {
         let tn = tasks / tm;
-        let cost = row_tiles.div_ceil(tm) * col_tiles.div_ceil(tn);
+        let (rows, cols) = (busiest(row_tiles, tm, MR, m), busiest(col_tiles, tn, NR, n));
+        let cost = rows * (cols + PACK_COST_COLS);
         if cost < best {
             best = cost;
             grid = (tm, tn);
@@ -642,16 +653,9 @@ fn run(alpha: f32, a: MatRef<'_>, b: Rhs<'_, '_>, beta: f32, c: MatMut<'_>, task
     };
     let mut parts = Vec::with_capacity(tm * tn);
     for r in 0..tm {
-        // Row boundaries fall on tile edges so that only the last task has a partial tile.
-        let (i0, i1) = (
-            (row_tiles * r / tm) * MR,
-            ((row_tiles * (r + 1) / tm) * MR).min(m),
-        );
+        let (i0, i1) = span(row_tiles, tm, r, MR, m);
         for s in 0..tn {
-            let (j0, j1) = (
-                (col_tiles * s / tn) * NR,
-                ((col_tiles * (s + 1) / tn) * NR).min(n),
-            );
+            let (j0, j1) = span(col_tiles, tn, s, NR, n);
             if i0 < i1 && j0 < j1 {
                 parts.push(Part {
                     i0,
@@ -671,6 +675,15 @@ fn run(alpha: f32, a: MatRef<'_>, b: Rhs<'_, '_>, beta: f32, c: MatMut<'_>, task
             .par_iter()
             .for_each(|part| compute_part(kern, alpha, &a, b, beta, part));
     }
+}
+
+/// Range of part `r` of `parts` when `tiles` tiles of `unit` elements (`total` in all) are
+/// shared out: boundaries fall on tile edges, so only the last part can end in a partial tile.
+fn span(tiles: usize, parts: usize, r: usize, unit: usize, total: usize) -> (usize, usize) {
+    (
+        (tiles * r / parts) * unit,
+        ((tiles * (r + 1) / parts) * unit).min(total),
+    )
 }
 
 /// Computes one rectangle of `C` with the BLIS loop nest (columns in `NC` chunks, depth in
