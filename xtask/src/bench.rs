@@ -103,7 +103,8 @@ pub struct Figures {
 type PostProcess = fn(&Context, &[Measurement]) -> Result<Figures, String>;
 
 /// Bench name to post-processing function. Benches not listed use [`generic_figures`].
-const POST_PROCESSORS: &[(&str, PostProcess)] = &[("gemm", gemm_figures)];
+const POST_PROCESSORS: &[(&str, PostProcess)] =
+    &[("gemm", gemm_figures), ("modular", modular_figures)];
 
 /// Runs the requested benches and writes their figures.
 ///
@@ -392,6 +393,83 @@ fn gemm_figures(context: &Context, measurements: &[Measurement]) -> Result<Figur
         fields,
         entries,
         columns,
+    })
+}
+
+/// A modular-layer configuration parsed back from `modular/{kind}/n{n}_m{m}_k{k}`.
+fn parse_modular_id(id: &str) -> Option<(String, [usize; 3])> {
+    let rest = id.strip_prefix("modular/")?;
+    let (kind, config) = rest.split_once('/')?;
+    let mut values = [0usize; 3];
+    for (slot, (part, prefix)) in values
+        .iter_mut()
+        .zip(config.split('_').zip(["n", "m", "k"]))
+    {
+        *slot = part.strip_prefix(prefix)?.parse().ok()?;
+    }
+    (config.split('_').count() == 3).then(|| (kind.to_string(), values))
+}
+
+/// `modular.json`: per (n, M, K) the modular layer's forward+backward time against one dense
+/// GEMM of equal FLOPs and against a naive loop of one GEMM per module, with
+/// `efficiency = dense_s / modular_s`; plus `scaling_m`, the modular time for M in {4, 16, 64}
+/// at n = 4096, K = 2.
+fn modular_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures, String> {
+    let mut times: BTreeMap<[usize; 3], BTreeMap<String, f64>> = BTreeMap::new();
+    for m in measurements {
+        let (kind, config) = parse_modular_id(&m.id).ok_or_else(|| {
+            format!("unexpected benchmark id `{}` in the modular bench; expected modular/<kind>/n<n>_m<m>_k<k> (see benches/benches/modular.rs)", m.id)
+        })?;
+        times.entry(config).or_default().insert(kind, m.seconds);
+    }
+    let mut entries = Vec::new();
+    for (&[n, m, k], t) in &times {
+        let (Some(&modular), Some(&dense)) = (t.get("modular"), t.get("dense")) else {
+            continue;
+        };
+        let mut entry = Map::new();
+        entry.insert("n".into(), json!(n));
+        entry.insert("m".into(), json!(m));
+        entry.insert("k".into(), json!(k));
+        entry.insert("rows_per_module".into(), json!(n * k / m));
+        entry.insert("modular_s".into(), json!(modular));
+        entry.insert("dense_s".into(), json!(dense));
+        entry.insert("efficiency".into(), json!(dense / modular));
+        if let Some(&naive) = t.get("naive") {
+            entry.insert("naive_s".into(), json!(naive));
+            entry.insert("naive_efficiency".into(), json!(dense / naive));
+        }
+        entries.push(entry);
+    }
+    entries.sort_by_key(|e| std::cmp::Reverse(e["rows_per_module"].as_u64()));
+    let scaling: Vec<(usize, f64)> = [4, 16, 64]
+        .into_iter()
+        .filter_map(|m| {
+            times
+                .get(&[4096, m, 2])
+                .and_then(|t| t.get("modular"))
+                .map(|&s| (m, s))
+        })
+        .collect();
+    let mut fields = Map::new();
+    if let Some(&(_, base)) = scaling.first() {
+        let series: Vec<Value> = scaling.iter().map(|&(m, s)| json!({"n": 4096, "k": 2, "m": m, "modular_s": s, "relative_to_m4": s / base})).collect();
+        fields.insert("scaling_m".into(), Value::Array(series));
+    }
+    Ok(Figures {
+        fields,
+        entries,
+        columns: vec![
+            "n",
+            "m",
+            "k",
+            "rows_per_module",
+            "modular_s",
+            "dense_s",
+            "naive_s",
+            "efficiency",
+            "naive_efficiency",
+        ],
     })
 }
 

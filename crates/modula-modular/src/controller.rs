@@ -26,8 +26,52 @@ pub struct Controller {
 pub struct ControllerOutput<B: Backend> {
     /// `log softmax` per (row, slot): shape `[n * K, M]`, row `i * K + k` is slot `k` of row `i`.
     pub log_probs: B::Tensor,
+    /// Number of modules `M`.
+    pub modules: usize,
+    /// Slots per row `K`.
+    pub k: usize,
     /// The controller's input, kept for backward.
     cache: B::Tensor,
+}
+
+impl<B: Backend> ControllerOutput<B> {
+    /// Draws one selection per row (each slot independently, with replacement), using `rng`.
+    ///
+    /// # Errors
+    /// If the device fails while reading the probabilities.
+    pub fn sample(&self, b: &B, rng: &mut impl Rng) -> Result<Selection, BackendError> {
+        let lp = b.download(&self.log_probs)?;
+        let picks = lp
+            .chunks(self.modules)
+            .map(|row| {
+                // Inverse-CDF sampling; the last module absorbs rounding so a draw always lands.
+                let u: f32 = rng.random();
+                let mut acc = 0.0;
+                for (m, &l) in row.iter().enumerate() {
+                    acc += l.exp();
+                    if u < acc {
+                        return m as u32;
+                    }
+                }
+                (self.modules - 1) as u32
+            })
+            .collect();
+        Ok(Selection::new(self.k, picks))
+    }
+
+    /// The most probable module of each slot (ties go to the lower index).
+    ///
+    /// # Errors
+    /// If the device fails while reading the probabilities.
+    pub fn greedy(&self, b: &B) -> Result<Selection, BackendError> {
+        let lp = b.download(&self.log_probs)?;
+        Ok(Selection::new(
+            self.k,
+            lp.chunks(self.modules)
+                .map(|row| argmax(row) as u32)
+                .collect(),
+        ))
+    }
 }
 
 impl Controller {
@@ -65,55 +109,10 @@ impl Controller {
         let logits = b.reshape(logits, [n * self.k, self.modules]);
         ControllerOutput {
             log_probs: b.log_softmax_rows(&logits),
+            modules: self.modules,
+            k: self.k,
             cache,
         }
-    }
-
-    /// Draws one selection per row from the controller's distributions (each slot
-    /// independently, with replacement), using `rng`.
-    ///
-    /// # Errors
-    /// If the device fails while reading the probabilities.
-    pub fn sample<B: Backend>(
-        &self,
-        b: &B,
-        out: &ControllerOutput<B>,
-        rng: &mut impl Rng,
-    ) -> Result<Selection, BackendError> {
-        let lp = b.download(&out.log_probs)?;
-        let picks = lp
-            .chunks(self.modules)
-            .map(|row| {
-                // Inverse-CDF sampling; the last module absorbs rounding so a draw always lands.
-                let u: f32 = rng.random();
-                let mut acc = 0.0;
-                for (m, &l) in row.iter().enumerate() {
-                    acc += l.exp();
-                    if u < acc {
-                        return m as u32;
-                    }
-                }
-                (self.modules - 1) as u32
-            })
-            .collect();
-        Ok(Selection::new(self.k, picks))
-    }
-
-    /// The most probable module of each slot (ties go to the lower index).
-    ///
-    /// # Errors
-    /// If the device fails while reading the probabilities.
-    pub fn greedy<B: Backend>(
-        &self,
-        b: &B,
-        out: &ControllerOutput<B>,
-    ) -> Result<Selection, BackendError> {
-        let lp = b.download(&out.log_probs)?;
-        let picks = lp
-            .chunks(self.modules)
-            .map(|row| argmax(row) as u32)
-            .collect();
-        Ok(Selection::new(self.k, picks))
     }
 
     /// `log p(a | x)` per row, `[n, 1]`: the sum over slots of the chosen modules'

@@ -37,6 +37,17 @@ pub struct PreparedStep<B: Backend> {
     pub controller: ControllerOutput<B>,
 }
 
+/// The result of [`ModularGruCell::forward_seq`].
+#[derive(Debug)]
+pub struct ModularGruSeq<B: Backend> {
+    /// The states `h_1..h_T`, each `[n, hidden]`.
+    pub hs: Vec<B::Tensor>,
+    /// `log p(a_t | x_t, h_{t-1})` per step, each `[n, 1]`.
+    pub log_ps: Vec<B::Tensor>,
+    /// One cache per step, for [`ModularGruCell::backward_seq`].
+    pub caches: Vec<ModularGruCache<B>>,
+}
+
 /// What [`ModularGruCell::step_backward`] needs from one step.
 #[derive(Debug)]
 pub struct ModularGruCache<B: Backend> {
@@ -185,7 +196,7 @@ impl ModularGruCell {
         xs: &[B::Tensor],
         h0: &B::Tensor,
         mut choose: impl FnMut(usize, &ControllerOutput<B>) -> Result<Selection, E>,
-    ) -> Result<(Vec<B::Tensor>, Vec<B::Tensor>, Vec<ModularGruCache<B>>), E> {
+    ) -> Result<ModularGruSeq<B>, E> {
         let (mut hs, mut log_ps, mut caches) = (Vec::new(), Vec::new(), Vec::new());
         for (t, x) in xs.iter().enumerate() {
             let h_prev = hs.last().unwrap_or(h0);
@@ -196,7 +207,7 @@ impl ModularGruCell {
             log_ps.push(log_p);
             caches.push(cache);
         }
-        Ok((hs, log_ps, caches))
+        Ok(ModularGruSeq { hs, log_ps, caches })
     }
 
     /// Backpropagation through time over the caches of [`ModularGruCell::forward_seq`]:

@@ -30,7 +30,7 @@
 //!
 //! let x = cpu.upload([3, d], &[0.1; 24]);
 //! let out = controller.forward(&cpu, &params, &x);
-//! let selection = controller.sample(&cpu, &out, &mut rng)?;
+//! let selection = out.sample(&cpu, &mut rng)?;
 //! let routing = Routing::new(&selection, m);
 //! let (y, _cache) = layer.forward(&cpu, &params, &x, &routing, None);
 //! assert_eq!(cpu.shape(&y), [3, d]);
@@ -47,7 +47,7 @@ mod selection;
 
 pub use controller::{Controller, ControllerOutput};
 pub use conv::{ModularConv2d, ModularConvCache};
-pub use gru::{ModularGruCache, ModularGruCell, PreparedStep};
+pub use gru::{ModularGruCache, ModularGruCell, ModularGruSeq, PreparedStep};
 pub use linear::{ModularCache, ModularLinear, Routed, stacked_glorot};
 pub use pool::{ModulePool, PoolCache};
 pub use reference::{NaiveGrads, NaiveLayer};

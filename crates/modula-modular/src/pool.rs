@@ -32,7 +32,7 @@ impl<B: Backend, M: Module<B>> std::fmt::Debug for PoolCache<B, M> {
 
 impl<M> ModulePool<M> {
     /// Rows routed to module `m`.
-    fn rows<'r>(routing: &'r Routing, m: usize) -> &'r [u32] {
+    fn rows(routing: &Routing, m: usize) -> &[u32] {
         &routing.pair_rows[routing.offsets[m] as usize..routing.offsets[m + 1] as usize]
     }
 

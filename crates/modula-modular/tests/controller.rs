@@ -54,7 +54,7 @@ proptest! {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 4);
         let x: Vec<f32> = (0..n * d_in).map(|_| rng.random_range(-1.0..1.0)).collect();
         let out = ctrl.forward(&b, &params, &b.upload([n, d_in], &x));
-        let greedy = ctrl.greedy(&b, &out).unwrap();
+        let greedy = out.greedy(&b).unwrap();
         let lp = b.download(&out.log_probs).unwrap();
         for (slot, row) in lp.chunks(m).enumerate() {
             let best = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -87,9 +87,7 @@ fn samples_follow_the_controller_distribution() {
     let (b, params, ctrl) = setup(d_in, m, k, 11);
     let x = b.upload([draws, d_in], &[0.3, -0.7, 0.5].repeat(draws));
     let out = ctrl.forward(&b, &params, &x);
-    let sel = ctrl
-        .sample(&b, &out, &mut ChaCha8Rng::seed_from_u64(5))
-        .unwrap();
+    let sel = out.sample(&b, &mut ChaCha8Rng::seed_from_u64(5)).unwrap();
     let lp = b.download(&out.log_probs).unwrap();
     for slot in 0..k {
         let probs: Vec<f64> = lp[slot * m..(slot + 1) * m]
@@ -121,11 +119,7 @@ fn sampling_is_reproducible_from_the_seed() {
     let (b, params, ctrl) = setup(2, 4, 3, 1);
     let x = b.upload([50, 2], &vec![0.2; 100]);
     let out = ctrl.forward(&b, &params, &x);
-    let s1 = ctrl
-        .sample(&b, &out, &mut ChaCha8Rng::seed_from_u64(9))
-        .unwrap();
-    let s2 = ctrl
-        .sample(&b, &out, &mut ChaCha8Rng::seed_from_u64(9))
-        .unwrap();
+    let s1 = out.sample(&b, &mut ChaCha8Rng::seed_from_u64(9)).unwrap();
+    let s2 = out.sample(&b, &mut ChaCha8Rng::seed_from_u64(9)).unwrap();
     assert_eq!(s1, s2);
 }

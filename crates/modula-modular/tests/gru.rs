@@ -40,11 +40,12 @@ proptest! {
         };
         check(&b, &mut params, &mut inputs, &GradCheck::default(),
             |b, p, xs| {
-                let (hs, lps, _) = run(b, p, xs);
+                let seq = run(b, p, xs);
+                let (hs, lps) = (seq.hs, seq.log_ps);
                 (0..t_steps).map(|t| weighted_sum(b, &hs[t], &w_h[t]) + weighted_sum(b, &lps[t], &w_p[t])).sum()
             },
             |b, p, xs| {
-                let (_, _, caches) = run(b, p, xs);
+                let caches = run(b, p, xs).caches;
                 let dhs: Vec<_> = w_h.iter().map(|w| b.upload([n, hidden], w)).collect();
                 let dps: Vec<_> = w_p.iter().map(|w| b.upload([n, 1], w)).collect();
                 let mut g = Grads::new();
@@ -66,12 +67,13 @@ fn selections_are_chosen_ancestrally_from_each_steps_controller() {
         .map(|_| b.upload([6, 2], &values(&mut rng, 12)))
         .collect();
     let mut seen = Vec::new();
-    let (hs, _, _) = cell
+    let hs = cell
         .forward_seq(&b, &params, &xs, &b.zeros([6, 3]), |t, out| {
             seen.push((t, b.shape(&out.log_probs)));
-            cell.controller.sample(&b, out, &mut rng)
+            out.sample(&b, &mut rng)
         })
-        .unwrap();
+        .unwrap()
+        .hs;
     assert_eq!(hs.len(), 5);
     assert_eq!(seen, (0..5).map(|t| (t, [12, 4])).collect::<Vec<_>>());
 }

@@ -2,7 +2,7 @@
 
 use modula_tensor::{AdamStep, Backend, SgdStep};
 
-use crate::param::{Grads, ParamStore};
+use crate::param::{Grads, ParamId, ParamStore};
 
 /// Anything that updates parameters from gradients.
 pub trait Optimizer<B: Backend> {
@@ -92,20 +92,20 @@ impl<B: Backend> Adam<B> {
         self.t
     }
 
-    /// The moment estimates of every parameter that has them, as `(param index, [m, v])`,
-    /// for checkpointing.
-    pub fn moments(&self) -> impl Iterator<Item = (usize, &[B::Tensor])> {
+    /// The moment estimates `[m, v]` of every parameter that has them, for checkpointing.
+    pub fn moments(&self) -> impl Iterator<Item = (ParamId, &[B::Tensor])> {
         self.moments
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.as_deref().map(|s| (i, s)))
+            .filter_map(|(i, s)| s.as_deref().map(|s| (ParamId(i as u32), s)))
     }
 
     /// Restores the step counter and moments saved from [`Adam::moments`].
-    pub fn restore(&mut self, t: u64, moments: Vec<(usize, [B::Tensor; 2])>) {
+    pub fn restore(&mut self, t: u64, moments: Vec<(ParamId, [B::Tensor; 2])>) {
         self.t = t;
         self.moments.clear();
-        for (i, [m, v]) in moments {
+        for (id, [m, v]) in moments {
+            let i = id.index();
             if self.moments.len() <= i {
                 self.moments.resize_with(i + 1, || None);
             }

@@ -53,9 +53,19 @@ pub fn col_range(op: &str, start: usize, width: usize, cols: usize) {
 /// Validates group offsets over `rows` segmented rows and returns the group count.
 #[track_caller]
 pub fn offsets(op: &str, offsets: &[u32], rows: usize) -> usize {
-    assert!(!offsets.is_empty(), "{op}: offsets must hold at least one entry");
-    assert!(offsets[0] == 0, "{op}: offsets must start at 0, got {}", offsets[0]);
-    assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{op}: offsets must be non-decreasing");
+    assert!(
+        !offsets.is_empty(),
+        "{op}: offsets must hold at least one entry"
+    );
+    assert!(
+        offsets[0] == 0,
+        "{op}: offsets must start at 0, got {}",
+        offsets[0]
+    );
+    assert!(
+        offsets.windows(2).all(|w| w[0] <= w[1]),
+        "{op}: offsets must be non-decreasing"
+    );
     assert!(
         *offsets.last().expect("non-empty") as usize == rows,
         "{op}: offsets end at {}, but the segmented operand has {rows} rows",
@@ -66,14 +76,23 @@ pub fn offsets(op: &str, offsets: &[u32], rows: usize) -> usize {
 
 /// Validates a grouped matmul and returns `(groups, d_in, d_out)`.
 #[track_caller]
-pub fn grouped(op: crate::ops::GroupedOp, a: Shape, b: Shape, offsets_: &[u32], c: Shape) -> (usize, usize, usize) {
+pub fn grouped(
+    op: crate::ops::GroupedOp,
+    a: Shape,
+    b: Shape,
+    offsets_: &[u32],
+    c: Shape,
+) -> (usize, usize, usize) {
     use crate::ops::GroupedOp::*;
     let (seg_rows, stacked) = match op {
         XW | XWt => (a[0], b),
         XtY => (a[0], c),
     };
     let g = offsets("grouped_matmul", offsets_, seg_rows);
-    assert!(g > 0 && stacked[0] % g == 0, "grouped_matmul: stacked operand {stacked:?} is not {g} equal blocks");
+    assert!(
+        g > 0 && stacked[0] % g == 0,
+        "grouped_matmul: stacked operand {stacked:?} is not {g} equal blocks"
+    );
     let (d_in, d_out) = (stacked[0] / g, stacked[1]);
     let (want_a, want_b, want_c) = match op {
         XW => ([seg_rows, d_in], [g * d_in, d_out], [seg_rows, d_out]),

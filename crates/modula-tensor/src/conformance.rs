@@ -544,7 +544,10 @@ fn optimisers<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
 
 fn grouped<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
     let mut r = rng(13);
-    let tol = Tolerance { abs: tol.abs * 10.0, rel: tol.rel * 10.0 };
+    let tol = Tolerance {
+        abs: tol.abs * 10.0,
+        rel: tol.rel * 10.0,
+    };
     // Group sizes with empty groups, a single row, and blocks large enough for a backend's
     // parallel path.
     for (sizes, d_in, d_out) in [
@@ -575,7 +578,13 @@ fn grouped<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
                 }
                 b.grouped_matmul(op, &a.got, &bm.got, &offsets, beta, &mut c.got);
                 Reference.grouped_matmul(op, &a.want, &bm.want, &offsets, beta, &mut c.want);
-                compare(b, &format!("grouped_matmul {op:?} sizes={sizes:?} beta={beta}"), &c.got, &c.want, &tol)?;
+                compare(
+                    b,
+                    &format!("grouped_matmul {op:?} sizes={sizes:?} beta={beta}"),
+                    &c.got,
+                    &c.want,
+                    &tol,
+                )?;
             }
         }
         // Segment sums over a random many-to-one map, with empty segments.
@@ -585,7 +594,13 @@ fn grouped<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
         for s in &sizes {
             ptr.push(ptr.last().unwrap() + *s as u32);
         }
-        compare(b, "segment_sum_rows", &b.segment_sum_rows(&src.got, &pos, &ptr), &Reference.segment_sum_rows(&src.want, &pos, &ptr), &tol)?;
+        compare(
+            b,
+            "segment_sum_rows",
+            &b.segment_sum_rows(&src.got, &pos, &ptr),
+            &Reference.segment_sum_rows(&src.want, &pos, &ptr),
+            &tol,
+        )?;
         let table = random_pair(b, &mut r, [g, d_out]);
         let idx: Vec<u32> = (0..p).map(|_| r.random_range(0..g as u32)).collect();
         let mut dst = random_pair(b, &mut r, [p, d_out]);

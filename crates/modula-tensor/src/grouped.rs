@@ -24,15 +24,21 @@ const ROWS_FOR_INNER_PARALLEL: usize = 256;
 const PAR_MIN_ROWS: usize = 64;
 
 fn slice(t: &Array2<f32>) -> &[f32] {
-    t.as_slice().expect("CPU tensors are kept in standard layout")
+    t.as_slice()
+        .expect("CPU tensors are kept in standard layout")
 }
 
 fn slice_mut(t: &mut Array2<f32>) -> &mut [f32] {
-    t.as_slice_mut().expect("CPU tensors are kept in standard layout")
+    t.as_slice_mut()
+        .expect("CPU tensors are kept in standard layout")
 }
 
 /// Splits `data` into consecutive pieces of `sizes[i] * width` elements.
-fn split_blocks<'a>(mut data: &'a mut [f32], sizes: impl Iterator<Item = usize>, width: usize) -> Vec<&'a mut [f32]> {
+fn split_blocks(
+    mut data: &mut [f32],
+    sizes: impl Iterator<Item = usize>,
+    width: usize,
+) -> Vec<&mut [f32]> {
     let mut out = Vec::new();
     for rows in sizes {
         let (head, tail) = data.split_at_mut(rows * width);
@@ -52,7 +58,8 @@ pub(crate) fn grouped_matmul(
     beta: f32,
     c: &mut Array2<f32>,
 ) {
-    let (groups, d_in, d_out) = check::grouped(op, a.dim().into(), b.dim().into(), offsets, c.dim().into());
+    let (groups, d_in, d_out) =
+        check::grouped(op, a.dim().into(), b.dim().into(), offsets, c.dim().into());
     let seg = |g: usize| (offsets[g] as usize, (offsets[g + 1] - offsets[g]) as usize);
     let (a, b) = (slice(a), slice(b));
     let c_width = match op {
@@ -61,7 +68,9 @@ pub(crate) fn grouped_matmul(
         GroupedOp::XtY => d_out,
     };
     let blocks = match op {
-        GroupedOp::XW | GroupedOp::XWt => split_blocks(slice_mut(c), (0..groups).map(|g| seg(g).1), c_width),
+        GroupedOp::XW | GroupedOp::XWt => {
+            split_blocks(slice_mut(c), (0..groups).map(|g| seg(g).1), c_width)
+        }
         GroupedOp::XtY => split_blocks(slice_mut(c), (0..groups).map(|_| d_in), c_width),
     };
     let block = d_in * d_out;
@@ -71,16 +80,39 @@ pub(crate) fn grouped_matmul(
         match op {
             GroupedOp::XW => {
                 let x_g = MatRef::row_major(&a[start * d_in..(start + rows) * d_in], rows, d_in);
-                gemm(1.0, x_g, w_g(), beta, MatMut::row_major(c_g, rows, d_out), par);
+                gemm(
+                    1.0,
+                    x_g,
+                    w_g(),
+                    beta,
+                    MatMut::row_major(c_g, rows, d_out),
+                    par,
+                );
             }
             GroupedOp::XWt => {
-                let dy_g = MatRef::row_major(&a[start * d_out..(start + rows) * d_out], rows, d_out);
-                gemm(1.0, dy_g, w_g().t(), beta, MatMut::row_major(c_g, rows, d_in), par);
+                let dy_g =
+                    MatRef::row_major(&a[start * d_out..(start + rows) * d_out], rows, d_out);
+                gemm(
+                    1.0,
+                    dy_g,
+                    w_g().t(),
+                    beta,
+                    MatMut::row_major(c_g, rows, d_in),
+                    par,
+                );
             }
             GroupedOp::XtY => {
                 let x_g = MatRef::row_major(&a[start * d_in..(start + rows) * d_in], rows, d_in);
-                let dy_g = MatRef::row_major(&b[start * d_out..(start + rows) * d_out], rows, d_out);
-                gemm(1.0, x_g.t(), dy_g, beta, MatMut::row_major(c_g, d_in, d_out), par);
+                let dy_g =
+                    MatRef::row_major(&b[start * d_out..(start + rows) * d_out], rows, d_out);
+                gemm(
+                    1.0,
+                    x_g.t(),
+                    dy_g,
+                    beta,
+                    MatMut::row_major(c_g, d_in, d_out),
+                    par,
+                );
             }
         }
     };
@@ -95,13 +127,22 @@ pub(crate) fn grouped_matmul(
         });
     } else {
         cpu.install(|| {
-            blocks.into_par_iter().enumerate().with_max_len(1).for_each(|(g, c_g)| run(g, c_g, Parallelism::Sequential));
+            blocks
+                .into_par_iter()
+                .enumerate()
+                .with_max_len(1)
+                .for_each(|(g, c_g)| run(g, c_g, Parallelism::Sequential));
         });
     }
 }
 
 #[track_caller]
-pub(crate) fn segment_sum_rows(cpu: &Cpu, src: &Array2<f32>, pos: &[u32], ptr: &[u32]) -> Array2<f32> {
+pub(crate) fn segment_sum_rows(
+    cpu: &Cpu,
+    src: &Array2<f32>,
+    pos: &[u32],
+    ptr: &[u32],
+) -> Array2<f32> {
     let n = check::offsets("segment_sum_rows", ptr, pos.len());
     check::indices("segment_sum_rows", pos, src.nrows());
     let cols = src.ncols();
@@ -118,9 +159,22 @@ pub(crate) fn segment_sum_rows(cpu: &Cpu, src: &Array2<f32>, pos: &[u32], ptr: &
 }
 
 #[track_caller]
-pub(crate) fn add_gathered_rows(cpu: &Cpu, dst: &mut Array2<f32>, table: &Array2<f32>, idx: &[u32]) {
-    assert_eq!(idx.len(), dst.nrows(), "add_gathered_rows: one index per row");
-    assert_eq!(table.ncols(), dst.ncols(), "add_gathered_rows: column counts differ");
+pub(crate) fn add_gathered_rows(
+    cpu: &Cpu,
+    dst: &mut Array2<f32>,
+    table: &Array2<f32>,
+    idx: &[u32],
+) {
+    assert_eq!(
+        idx.len(),
+        dst.nrows(),
+        "add_gathered_rows: one index per row"
+    );
+    assert_eq!(
+        table.ncols(),
+        dst.ncols(),
+        "add_gathered_rows: column counts differ"
+    );
     check::indices("add_gathered_rows", idx, table.nrows());
     let cols = dst.ncols();
     let t = slice(table);
@@ -138,6 +192,10 @@ fn rows_apply(cpu: &Cpu, data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [
     if cpu.threads() == 1 || data.len() / cols < PAR_MIN_ROWS {
         data.chunks_mut(cols).enumerate().for_each(|(i, r)| f(i, r));
     } else {
-        cpu.install(|| data.par_chunks_mut(cols).enumerate().for_each(|(i, r)| f(i, r)));
+        cpu.install(|| {
+            data.par_chunks_mut(cols)
+                .enumerate()
+                .for_each(|(i, r)| f(i, r))
+        });
     }
 }

@@ -35,6 +35,7 @@ pub use backend::{Backend, Shape};
 pub use cpu::Cpu;
 pub use error::BackendError;
 pub use ops::{
-    AdamStep, BinaryOp, GroupedOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d, sigmoid, softplus,
+    AdamStep, BinaryOp, GroupedOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d, sigmoid,
+    softplus,
 };
 pub use reference::Reference;

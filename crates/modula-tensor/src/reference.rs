@@ -442,7 +442,11 @@ impl Backend for Reference {
             let rows = offsets[grp] as usize..offsets[grp + 1] as usize;
             match op {
                 GroupedOp::XW | GroupedOp::XWt => {
-                    let (width, inner) = if op == GroupedOp::XW { (d_out, d_in) } else { (d_in, d_out) };
+                    let (width, inner) = if op == GroupedOp::XW {
+                        (d_out, d_in)
+                    } else {
+                        (d_in, d_out)
+                    };
                     for r in rows {
                         for j in 0..width {
                             let mut acc = 0.0f64;
@@ -461,7 +465,10 @@ impl Backend for Reference {
                 GroupedOp::XtY => {
                     for i in 0..d_in {
                         for j in 0..d_out {
-                            let acc: f64 = rows.clone().map(|r| a[[r, i]] as f64 * b[[r, j]] as f64).sum();
+                            let acc: f64 = rows
+                                .clone()
+                                .map(|r| a[[r, i]] as f64 * b[[r, j]] as f64)
+                                .sum();
                             c[[grp * d_in + i, j]] = acc as f32 + scaled(c[[grp * d_in + i, j]]);
                         }
                     }
@@ -487,8 +494,16 @@ impl Backend for Reference {
 
     #[track_caller]
     fn add_gathered_rows(&self, dst: &mut Array2<f32>, table: &Array2<f32>, idx: &[u32]) {
-        assert_eq!(idx.len(), dst.nrows(), "add_gathered_rows: one index per row");
-        assert_eq!(table.ncols(), dst.ncols(), "add_gathered_rows: column counts differ");
+        assert_eq!(
+            idx.len(),
+            dst.nrows(),
+            "add_gathered_rows: one index per row"
+        );
+        assert_eq!(
+            table.ncols(),
+            dst.ncols(),
+            "add_gathered_rows: column counts differ"
+        );
         check::indices("add_gathered_rows", idx, table.nrows());
         for (i, &t) in idx.iter().enumerate() {
             for j in 0..dst.ncols() {

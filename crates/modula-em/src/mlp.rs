@@ -1,0 +1,325 @@
+//! A stack of modular linear layers (ReLU between them): the network of the toy task, and
+//! with `M = 1` the dense baselines.
+
+use modula_modular::{
+    Controller, ControllerOutput, ModularCache, ModularLinear, Routing, Selection,
+};
+use modula_nn::{Ctx, Grads, ParamStore};
+use modula_nn::{
+    gaussian_nll, gaussian_nll_backward, softmax_cross_entropy, softmax_cross_entropy_backward,
+};
+use modula_tensor::{Backend, BackendError, UnaryOp};
+use rand::Rng;
+
+use crate::config::{Algo, DenseMatch, ModelConfig};
+use crate::model::{ControllerStats, ModularModel, Output, Router, Target, controller_stats};
+use crate::topk::{TopKCache, TopKGate};
+
+/// How a layer chooses its modules.
+#[derive(Clone, Debug)]
+pub enum Gate {
+    /// A controller defining `p(a | x)` (EM, REINFORCE, and trivially dense with `M = 1`).
+    Controller(Controller),
+    /// Noisy top-k gating with gate weights.
+    TopK(TopKGate),
+}
+
+/// One modular layer of the stack.
+#[derive(Clone, Debug)]
+pub struct MlpLayer {
+    /// Module selection.
+    pub gate: Gate,
+    /// The modules.
+    pub modules: ModularLinear,
+    /// Whether a ReLU follows (every layer but the last).
+    pub relu: bool,
+}
+
+/// A stack of modular linear layers; see the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct ModularMlp {
+    /// The layers, input first.
+    pub layers: Vec<MlpLayer>,
+    /// Weight of the noisy top-k importance loss.
+    pub importance_weight: f32,
+}
+
+enum GateCache<B: Backend> {
+    Controller(ControllerOutput<B>, Selection),
+    TopK(TopKCache<B>),
+}
+
+struct LayerCache<B: Backend> {
+    gate: GateCache<B>,
+    routing: Routing,
+    modules: ModularCache<B>,
+    relu: Option<(B::Tensor, B::Tensor)>,
+}
+
+/// Forward state of a [`ModularMlp`].
+pub struct MlpCache<B: Backend> {
+    layers: Vec<LayerCache<B>>,
+    loss: LossCache<B>,
+}
+
+impl<B: Backend> std::fmt::Debug for MlpCache<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MlpCache")
+            .field("layers", &self.layers.len())
+            .finish()
+    }
+}
+
+enum LossCache<B: Backend> {
+    Regression {
+        prediction: B::Tensor,
+        y: B::Tensor,
+        variance: f32,
+    },
+    Classes {
+        log_probs: B::Tensor,
+        targets: Vec<u32>,
+    },
+}
+
+impl ModularMlp {
+    /// Builds the network for `algo` from `d_in` inputs to `d_out` outputs.
+    ///
+    /// Modular algorithms use `model.layers` modular layers of `model.modules` modules
+    /// (`model.hidden` wide between them). `Algo::Topk` gates with `max(K, 2)` modules.
+    /// `Algo::Dense` uses one module per layer: matched in compute it keeps the widths; matched
+    /// in parameters its hidden layers are `M` times wider, and a one-layer network gets a
+    /// hidden ReLU layer of width `M` so that its parameter count is about the modular one's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new<B: Backend>(
+        b: &B,
+        params: &mut ParamStore<B>,
+        d_in: usize,
+        d_out: usize,
+        model: &ModelConfig,
+        algo: Algo,
+        dense_match: DenseMatch,
+        importance_weight: f32,
+        rng: &mut impl Rng,
+    ) -> Self {
+        let (modules, k) = match algo {
+            Algo::Dense => (1, 1),
+            Algo::Topk => (model.modules, model.k.max(2).min(model.modules)),
+            _ => (model.modules, model.k),
+        };
+        let mut widths = vec![d_in];
+        match (algo, dense_match) {
+            (Algo::Dense, DenseMatch::Params) if model.layers == 1 => widths.push(model.modules),
+            (Algo::Dense, DenseMatch::Params) => widths.extend(std::iter::repeat_n(
+                model.hidden * model.modules,
+                model.layers - 1,
+            )),
+            _ => widths.extend(std::iter::repeat_n(model.hidden, model.layers - 1)),
+        }
+        widths.push(d_out);
+        let count = widths.len() - 1;
+        let layers = (0..count)
+            .map(|l| {
+                let (i, o) = (widths[l], widths[l + 1]);
+                let gate = if algo == Algo::Topk {
+                    Gate::TopK(TopKGate::new(
+                        b,
+                        params,
+                        &format!("layer{l}.gate"),
+                        i,
+                        modules,
+                        k,
+                        rng,
+                    ))
+                } else {
+                    Gate::Controller(Controller::new(
+                        b,
+                        params,
+                        &format!("layer{l}.ctrl"),
+                        i,
+                        modules,
+                        k,
+                        rng,
+                    ))
+                };
+                let modules =
+                    ModularLinear::new(b, params, &format!("layer{l}.modules"), modules, i, o, rng);
+                MlpLayer {
+                    gate,
+                    modules,
+                    relu: l + 1 < count,
+                }
+            })
+            .collect();
+        ModularMlp {
+            layers,
+            importance_weight,
+        }
+    }
+}
+
+impl<B: Backend> ModularModel<B> for ModularMlp {
+    type Cache = MlpCache<B>;
+
+    fn layer_shapes(&self) -> Vec<(usize, usize)> {
+        self.layers
+            .iter()
+            .map(|l| match &l.gate {
+                Gate::Controller(c) => (c.modules, c.k),
+                Gate::TopK(g) => (g.modules, g.k),
+            })
+            .collect()
+    }
+
+    fn forward(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        x: &B::Tensor,
+        target: &Target<B>,
+        route: &mut Router<'_, B>,
+        stats: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Output<B, MlpCache<B>>, BackendError> {
+        let n = b.shape(x)[0];
+        let mut h = b.duplicate(x);
+        let mut ctrl_logp = b.zeros([n, 1]);
+        let mut selections = Vec::with_capacity(self.layers.len());
+        let mut caches = Vec::with_capacity(self.layers.len());
+        let (mut stat_sum, mut stat_layers) = (ControllerStats::default(), 0);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (routing, gate, gates) = match &layer.gate {
+                Gate::Controller(c) => {
+                    let out = c.forward(b, params, &h);
+                    if stats {
+                        let s = controller_stats(&b.download(&out.log_probs)?, c.modules, c.k);
+                        stat_sum.mean_entropy += s.mean_entropy;
+                        stat_sum.batch_entropy += s.batch_entropy;
+                        stat_layers += 1;
+                    }
+                    let sel = route(l, &out)?;
+                    b.axpy(1.0, &c.log_prob(b, &out, &sel), &mut ctrl_logp);
+                    (
+                        Routing::new(&sel, c.modules),
+                        GateCache::Controller(out, sel),
+                        None,
+                    )
+                }
+                Gate::TopK(g) => {
+                    let (sel, gates, cache) = g.forward(b, params, &h, ctx)?;
+                    (
+                        Routing::new(&sel, g.modules),
+                        GateCache::TopK(cache),
+                        Some(gates),
+                    )
+                }
+            };
+            selections.push(match &gate {
+                GateCache::Controller(_, s) => s.clone(),
+                GateCache::TopK(c) => c.selection().clone(),
+            });
+            let (y, modules) = layer
+                .modules
+                .forward(b, params, &h, &routing, gates.as_ref());
+            let (next, relu) = if layer.relu {
+                let a = b.unary(UnaryOp::Relu, &y);
+                let keep = (y, b.duplicate(&a));
+                (a, Some(keep))
+            } else {
+                (y, None)
+            };
+            h = next;
+            caches.push(LayerCache {
+                gate,
+                routing,
+                modules,
+                relu,
+            });
+        }
+        let (task_nll, loss) = match target {
+            Target::Regression { y, variance } => (
+                gaussian_nll(b, &h, y, *variance),
+                LossCache::Regression {
+                    prediction: b.duplicate(&h),
+                    y: b.duplicate(y),
+                    variance: *variance,
+                },
+            ),
+            Target::Classes(t) => {
+                let (nll, log_probs) = softmax_cross_entropy(b, &h, t);
+                (
+                    nll,
+                    LossCache::Classes {
+                        log_probs,
+                        targets: t.clone(),
+                    },
+                )
+            }
+        };
+        let stats = stats.then(|| {
+            let k = stat_layers.max(1) as f64;
+            ControllerStats {
+                mean_entropy: stat_sum.mean_entropy / k,
+                batch_entropy: stat_sum.batch_entropy / k,
+            }
+        });
+        Ok(Output {
+            task_nll,
+            ctrl_logp,
+            selections,
+            prediction: h,
+            stats,
+            cache: MlpCache {
+                layers: caches,
+                loss,
+            },
+        })
+    }
+
+    fn backward(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        cache: MlpCache<B>,
+        d_task: &B::Tensor,
+        d_ctrl: &B::Tensor,
+        grads: &mut Grads<B>,
+    ) -> Result<(), BackendError> {
+        let mut dh = match &cache.loss {
+            LossCache::Regression {
+                prediction,
+                y,
+                variance,
+            } => gaussian_nll_backward(b, prediction, y, *variance, d_task),
+            LossCache::Classes { log_probs, targets } => {
+                softmax_cross_entropy_backward(b, log_probs, targets, d_task)
+            }
+        };
+        for (layer, c) in self.layers.iter().zip(cache.layers).rev() {
+            if let Some((x, y)) = &c.relu {
+                dh = b.unary_backward(UnaryOp::Relu, x, y, &dh);
+            }
+            let (mut dx, d_gates) = layer
+                .modules
+                .backward(b, params, &c.routing, c.modules, &dh, grads);
+            match (&layer.gate, c.gate) {
+                (Gate::Controller(ctrl), GateCache::Controller(out, sel)) => {
+                    b.axpy(
+                        1.0,
+                        &ctrl.backward(b, params, out, &sel, d_ctrl, grads),
+                        &mut dx,
+                    );
+                }
+                (Gate::TopK(g), GateCache::TopK(tc)) => {
+                    let mut dg = b.download(&d_gates.expect("top-k layers are gated"))?;
+                    let (_, d_imp) = g.importance_loss(&tc, self.importance_weight);
+                    dg.iter_mut().zip(d_imp).for_each(|(a, v)| *a += v);
+                    b.axpy(1.0, &g.backward(b, params, tc, &dg, grads)?, &mut dx);
+                }
+                _ => unreachable!("a layer's cache always matches its gate"),
+            }
+            dh = dx;
+        }
+        Ok(())
+    }
+}
