@@ -103,8 +103,11 @@ pub struct Figures {
 type PostProcess = fn(&Context, &[Measurement]) -> Result<Figures, String>;
 
 /// Bench name to post-processing function. Benches not listed use [`generic_figures`].
-const POST_PROCESSORS: &[(&str, PostProcess)] =
-    &[("gemm", gemm_figures), ("modular", modular_figures)];
+const POST_PROCESSORS: &[(&str, PostProcess)] = &[
+    ("gemm", gemm_figures),
+    ("modular", modular_figures),
+    ("data", data_figures),
+];
 
 /// Runs the requested benches and writes their figures.
 ///
@@ -611,6 +614,47 @@ fn format_cell(value: Option<&Value>) -> String {
         Some(Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),
     }
+}
+
+/// `data.json`: loader times from ids `data/{source}/{task}` (see benches/benches/data.rs),
+/// each with its target from the data issue and whether the data was real or generated.
+fn data_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures, String> {
+    let mut fields = Map::new();
+    let mut entries = Vec::new();
+    for m in measurements {
+        let parts: Vec<&str> = m.id.split('/').collect();
+        let [_, source, task] = parts[..] else {
+            return Err(format!(
+                "unexpected benchmark id `{}` in the data bench; expected data/<source>/<task> (see benches/benches/data.rs)",
+                m.id
+            ));
+        };
+        // Targets: PTB load + vocabulary + batchify under 0.5 s, Fashion-MNIST decode under 1 s.
+        let (key, target_s) = if source.ends_with("ptb") {
+            ("ptb_load_vocab_batchify_s", 0.5)
+        } else {
+            ("fashion_mnist_decode_s", 1.0)
+        };
+        let generated = source.starts_with("generated-");
+        if !generated {
+            fields.insert(key.into(), json!(m.seconds));
+        }
+        let mut entry = Map::new();
+        entry.insert("id".into(), json!(m.id));
+        entry.insert("source".into(), json!(source));
+        entry.insert("task".into(), json!(task));
+        entry.insert("real_data".into(), json!(!generated));
+        entry.insert("seconds".into(), json!(m.seconds));
+        entry.insert("seconds_ci".into(), json!([m.seconds_ci.0, m.seconds_ci.1]));
+        entry.insert("target_s".into(), json!(target_s));
+        entry.insert("within_target".into(), json!(m.seconds < target_s));
+        entries.push(entry);
+    }
+    Ok(Figures {
+        fields,
+        entries,
+        columns: vec!["source", "task", "seconds", "target_s", "within_target"],
+    })
 }
 
 #[cfg(test)]

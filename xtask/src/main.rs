@@ -4,12 +4,15 @@
 //! - `cargo xtask ci`: formatting, clippy and the whole test suite, stopping at the first failure.
 //! - `cargo xtask bench [NAME...]`: criterion benches with short sample sizes, turned into JSON
 //!   figures under `target/bench/`.
+//! - `cargo xtask data NAME [ARGS...]`: fetch a data set, by running `modula data fetch` (the
+//!   modula-cli binary), so the fetch code lives in one place: the modula-data library.
 //!
 //! Like rust-analyzer's xtask, this crate depends on std and serde_json only, so it compiles
 //! in seconds and never slows down the checks it runs.
 
 mod bench;
 mod ci;
+mod data;
 mod numpy;
 
 use std::path::PathBuf;
@@ -25,6 +28,8 @@ commands:
         --numpy       compare GEMM with numpy/OpenBLAS (default: when python3 has numpy)
         --no-numpy    skip the numpy comparison
         -- ARGS       pass ARGS on to criterion (for example a benchmark-id filter)
+  data NAME [ARGS]    fetch a data set (ptb, fashion-mnist, mnist-10k, cifar-10) into data/
+                      via `modula data fetch NAME ARGS` (e.g. --from PATH, --data-dir DIR)
   help                print this message
 ";
 
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+        "data" if !rest.is_empty() => data::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
