@@ -7,14 +7,16 @@
 //! registers and performs rank-1 updates along `k`.
 //!
 //! - On x86-64 with AVX-512F (detected at run time), the microkernel is a 12 x 32 tile: two zmm
-//!   registers per row, 24 accumulators, with the `A` element folded into the FMA as an
-//!   embedded broadcast.
+//!   registers per row, 24 accumulators, one broadcast of `A` and two FMAs per row and depth.
+//!   (12 rows leave the 32 vector registers enough room for the two `B` vectors and the
+//!   broadcast without spilling; 24 independent FMA chains hide the FMA latency.)
 //! - Elsewhere a portable kernel with the same tile and packing is used (compiled for AVX2+FMA
 //!   when the CPU has it), so every machine shares the packing, blocking and threading code.
 //!
 //! When `op(B)` has unit column stride and `op(A)` has few rows, packing `B` would cost as much
 //! as the product itself (every element of `B` is used only `m` times), so [`gemm`] then lets
-//! the microkernel read `B` in place. When the same `B` multiplies many small `A` blocks (one
+//! the microkernel read `B` in place, prefetching it in software since rows of `B` are far
+//! apart. When the same `B` multiplies many small `A` blocks (one
 //! module's weights applied to its row block, for example), pack it once with [`PackedRhs`] and
 //! call [`gemm_packed`].
 //!
@@ -893,18 +895,20 @@ mod avx512 {
         // SAFETY: forwarded from the caller.
         unsafe {
             match t.mr {
-                12 => rows::<12, PF>(t, m0, m1),
-                11 => rows::<11, PF>(t, m0, m1),
-                10 => rows::<10, PF>(t, m0, m1),
-                9 => rows::<9, PF>(t, m0, m1),
-                8 => rows::<8, PF>(t, m0, m1),
-                7 => rows::<7, PF>(t, m0, m1),
-                6 => rows::<6, PF>(t, m0, m1),
-                5 => rows::<5, PF>(t, m0, m1),
-                4 => rows::<4, PF>(t, m0, m1),
-                3 => rows::<3, PF>(t, m0, m1),
-                2 => rows::<2, PF>(t, m0, m1),
-                _ => rows::<1, PF>(t, m0, m1),
+                12 => rows::<12, 1, PF>(t, m0, m1),
+                11 => rows::<11, 1, PF>(t, m0, m1),
+                10 => rows::<10, 1, PF>(t, m0, m1),
+                9 => rows::<9, 1, PF>(t, m0, m1),
+                8 => rows::<8, 1, PF>(t, m0, m1),
+                7 => rows::<7, 1, PF>(t, m0, m1),
+                6 => rows::<6, 1, PF>(t, m0, m1),
+                5 => rows::<5, 1, PF>(t, m0, m1),
+                4 => rows::<4, 1, PF>(t, m0, m1),
+                // Short tiles have too few accumulators to hide the FMA latency on their
+                // own, so they keep four interleaved sets of partial sums.
+                3 => rows::<3, 4, PF>(t, m0, m1),
+                2 => rows::<2, 4, PF>(t, m0, m1),
+                _ => rows::<1, 4, PF>(t, m0, m1),
             }
         }
     }
@@ -990,8 +994,13 @@ mod avx512 {
     /// As for [`tile`], with `R == t.mr`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn rows<const R: usize, const PF: bool>(t: &Tile, m0: __mmask16, m1: __mmask16) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    unsafe fn rows<const R: usize, const S: usize, const PF: bool>(
+        t: &Tile,
+        m0: __mmask16,
+        m1: __mmask16,
+    ) {
+        // S sets of accumulators; depth p goes to set p % S (S divides the unroll of four).
+        let mut sets = [[[_mm512_setzero_ps(); 2]; R]; S];
         let (mut a, mut b) = (t.a, t.b);
         // Fetch the C tile while the depth loop runs: it is touched only at the end, and for
         // tall products it has long left the caches since the previous depth block.
@@ -1004,7 +1013,7 @@ mod avx512 {
         // first `nr` values are readable, and the masks keep the loads within those values.
         unsafe {
             // One depth step: two vectors of B, R broadcasts of A, 2R FMAs.
-            let mut step = |a: &mut *const f32, b: &mut *const f32| {
+            let step = |acc: &mut [[__m512; 2]; R], a: &mut *const f32, b: &mut *const f32| {
                 if PF {
                     // A hint only: it never faults, and `wrapping_add` keeps the address
                     // computation defined past the end of B.
@@ -1024,13 +1033,20 @@ mod avx512 {
             };
             // Unrolled by four so that loop control is a small share of the issue slots.
             for _ in 0..t.kc / 4 {
-                step(&mut a, &mut b);
-                step(&mut a, &mut b);
-                step(&mut a, &mut b);
-                step(&mut a, &mut b);
+                step(&mut sets[0], &mut a, &mut b);
+                step(&mut sets[1 % S], &mut a, &mut b);
+                step(&mut sets[2 % S], &mut a, &mut b);
+                step(&mut sets[3 % S], &mut a, &mut b);
             }
             for _ in 0..t.kc % 4 {
-                step(&mut a, &mut b);
+                step(&mut sets[0], &mut a, &mut b);
+            }
+        }
+        let mut acc = sets[0];
+        for set in &sets[1..] {
+            for (acc, part) in acc.iter_mut().zip(set) {
+                acc[0] = _mm512_add_ps(acc[0], part[0]);
+                acc[1] = _mm512_add_ps(acc[1], part[1]);
             }
         }
         let alpha = _mm512_set1_ps(t.alpha);
