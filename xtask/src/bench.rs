@@ -107,6 +107,7 @@ const POST_PROCESSORS: &[(&str, PostProcess)] = &[
     ("gemm", gemm_figures),
     ("modular", modular_figures),
     ("data", data_figures),
+    ("em", em_figures),
 ];
 
 /// Runs the requested benches and writes their figures.
@@ -473,6 +474,38 @@ fn modular_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures,
             "efficiency",
             "naive_efficiency",
         ],
+    })
+}
+
+/// `em.json`: the time of one E-step and one M-step on the same batch and model, and their
+/// ratio (the target is at most 4 with S = 10).
+fn em_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures, String> {
+    let mut by_config: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    for m in measurements {
+        let rest = m.id.strip_prefix("em/").and_then(|r| r.split_once('/')).ok_or_else(|| {
+            format!("unexpected benchmark id `{}` in the em bench; expected em/<e_step|m_step>/<config>", m.id)
+        })?;
+        by_config
+            .entry(rest.1.to_string())
+            .or_default()
+            .insert(rest.0.to_string(), m.seconds);
+    }
+    let mut entries = Vec::new();
+    for (config, t) in &by_config {
+        let (Some(&e), Some(&m)) = (t.get("e_step"), t.get("m_step")) else {
+            continue;
+        };
+        let mut entry = Map::new();
+        entry.insert("config".into(), json!(config));
+        entry.insert("e_step_s".into(), json!(e));
+        entry.insert("m_step_s".into(), json!(m));
+        entry.insert("ratio".into(), json!(e / m));
+        entries.push(entry);
+    }
+    Ok(Figures {
+        fields: Map::new(),
+        entries,
+        columns: vec!["config", "e_step_s", "m_step_s", "ratio"],
     })
 }
 
