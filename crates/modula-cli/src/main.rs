@@ -1,9 +1,14 @@
 //! `modula`: the command-line front end.
 //!
-//! Each subcommand group lives in its own module (`data` today; `train` and `eval` to come),
-//! which defines its clap arguments and a `run` function returning the process exit code.
+//! Each subcommand group lives in its own module (`data`, `train`, `eval`), which defines its
+//! clap arguments and a `run` function. Exit status: 0 on success, 1 for run, configuration,
+//! data and checkpoint errors, 2 for usage errors.
 
 mod data;
+mod eval;
+mod plot;
+mod run;
+mod train;
 
 use std::process::ExitCode;
 
@@ -23,6 +28,10 @@ enum Command {
     /// Fetch data sets and inspect what the loaders see.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Train a modular network (EM or a baseline) on the toy task into a run directory.
+    Train(train::TrainArgs),
+    /// Re-evaluate a run's checkpoint on the test split.
+    Eval(eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,5 +39,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Data(command) => data::run(command),
+        Command::Train(args) => run::finish("train", train::run(args)),
+        Command::Eval(args) => run::finish("eval", eval::run(args)),
     }
 }

@@ -1,0 +1,283 @@
+//! What `modula train` and `modula eval` share: the run configuration, the run directory's
+//! files, checkpoints with the CLI's metadata, and the error type with its exit codes.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use modula_em::toy::ToyConfig;
+use modula_em::{Algo, ModelConfig, ToyEval, ToyExperiment, TrainConfig};
+use modula_nn::Checkpoint;
+use modula_tensor::Cpu;
+use serde::{Deserialize, Serialize};
+
+/// The resolved configuration of a run, as written to the run directory.
+pub const CONFIG_FILE: &str = "config.toml";
+/// One JSON object per logging interval.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The latest checkpoint (written atomically).
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// The final figures of a finished run.
+pub const SUMMARY_FILE: &str = "summary.json";
+
+/// Checkpoint metadata keys the CLI adds to the trainer's own.
+pub const META_CONFIG: &str = "modula.config";
+/// Metadata key of the partly accumulated logging interval (see `train::Interval`).
+pub const META_INTERVAL: &str = "modula.interval";
+/// Metadata key of the training seconds spent up to the checkpoint.
+pub const META_SECONDS: &str = "modula.seconds";
+
+/// The only task the CLI trains today.
+pub const TOY_TASK: &str = "toy";
+
+/// Why a command failed: a bad configuration or run directory, an unreadable checkpoint, a
+/// diverged loss or a failed write. It exits with status 1; usage errors never get here,
+/// because clap reports them itself and exits with status 2.
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+impl CliError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(1)
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Shorthand for a run error built from anything printable.
+pub fn run_error(message: impl Into<String>) -> CliError {
+    CliError(message.into())
+}
+
+/// Prints a failed command's error on stderr and turns the result into an exit status.
+pub fn finish(command: &str, result: Result<(), CliError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("modula {command}: error: {error}");
+            error.exit_code()
+        }
+    }
+}
+
+/// Everything that determines a run: defaults, then the `--config` file, then the flags.
+/// Written to `config.toml` in the run directory, from which the run can be repeated alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// The task; only `"toy"` exists today.
+    pub task_name: String,
+    /// Seeds the task's data, the initialisation and every random choice of training.
+    pub seed: u64,
+    /// CPU backend threads; 0 in a file means all cores (the resolved file holds the count,
+    /// because results may depend on it).
+    pub threads: usize,
+    /// The generated toy task.
+    pub task: ToyConfig,
+    /// The network.
+    pub model: ModelConfig,
+    /// The algorithm and its schedule.
+    pub train: TrainConfig,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            task_name: TOY_TASK.to_string(),
+            seed: 0,
+            threads: 0,
+            task: ToyConfig::default(),
+            model: ModelConfig::default(),
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads a TOML file; unknown keys are rejected with their name and line.
+    ///
+    /// # Errors
+    /// A run error naming the file when it cannot be read or parsed.
+    pub fn read(path: &Path) -> Result<Self, CliError> {
+        let text = fs::read_to_string(path)
+            .map_err(|e| run_error(format!("cannot read config {}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| run_error(format!("config {} is invalid: {e}", path.display())))
+    }
+
+    /// Checks every section, naming the first bad field.
+    ///
+    /// # Errors
+    /// A run error quoting the library's [`modula_em::ConfigError`].
+    pub fn validate(&self) -> Result<(), CliError> {
+        if self.task_name != TOY_TASK {
+            return Err(run_error(format!(
+                "invalid configuration: `task_name` is {:?}; the only task is \"{TOY_TASK}\"",
+                self.task_name
+            )));
+        }
+        self.task
+            .validate()
+            .and_then(|()| self.model.validate())
+            .and_then(|()| self.train.validate())
+            .map_err(|e| run_error(e.to_string()))?;
+        // Noisy top-k picks at least two modules, so it cannot run on a pool of one.
+        if self.train.algo == Algo::Topk && self.model.modules < 2 {
+            return Err(run_error(format!(
+                "invalid configuration: `model.modules` is {}; noisy top-k (train.algo = \"topk\") needs at least 2 modules",
+                self.model.modules
+            )));
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML. Every float in the configuration is an `f32`; it is written
+    /// in its shortest decimal form (`0.01`, not `0.009999999776482582`), which reads back
+    /// as the same `f32`.
+    pub fn to_toml(&self) -> String {
+        let mut table = toml::Table::try_from(self).expect("the configuration serialises");
+        fn tidy(value: &mut toml::Value) {
+            match value {
+                toml::Value::Float(f) => {
+                    let short = (*f as f32).to_string();
+                    *f = short.parse().unwrap_or(*f);
+                }
+                toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| tidy(v)),
+                toml::Value::Array(a) => a.iter_mut().for_each(tidy),
+                _ => {}
+            }
+        }
+        table.iter_mut().for_each(|(_, v)| tidy(v));
+        toml::to_string(&table).expect("a TOML table serialises")
+    }
+
+    /// Builds the experiment on a CPU backend with the configured threads. The configuration
+    /// must be valid and resolved (`threads > 0`).
+    pub fn build(&self) -> ToyExperiment<Cpu> {
+        ToyExperiment::new(
+            Cpu::with_threads(self.threads),
+            &self.task,
+            &self.model,
+            &self.train,
+            self.seed,
+        )
+    }
+}
+
+/// The number of cores, the default thread count.
+pub fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Reads the resolved configuration of an existing run directory.
+///
+/// # Errors
+/// A run error when the directory holds no run or its configuration is unusable.
+pub fn read_run_config(dir: &Path) -> Result<RunConfig, CliError> {
+    let path = dir.join(CONFIG_FILE);
+    if !dir.is_dir() {
+        return Err(run_error(format!(
+            "{} is not a run directory: it does not exist",
+            dir.display()
+        )));
+    }
+    if !path.is_file() {
+        return Err(run_error(format!(
+            "{} holds no run: there is no {CONFIG_FILE} (start a run with `modula train --out {}`)",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    let cfg = RunConfig::read(&path)?;
+    cfg.validate()?;
+    if cfg.threads == 0 {
+        return Err(run_error(format!(
+            "{}: `threads` is 0; a run's resolved configuration names its thread count",
+            path.display()
+        )));
+    }
+    Ok(cfg)
+}
+
+/// Reads `dir/checkpoint.safetensors` and restores the experiment's trainer from it.
+///
+/// # Errors
+/// A run error when the checkpoint is missing, truncated, corrupt or from another run.
+pub fn restore_checkpoint(
+    exp: &mut ToyExperiment<Cpu>,
+    dir: &Path,
+) -> Result<Checkpoint, CliError> {
+    let path = checkpoint_path(dir);
+    if !path.is_file() {
+        return Err(run_error(format!(
+            "{} holds no checkpoint: {} is missing",
+            dir.display(),
+            path.display()
+        )));
+    }
+    let ck = Checkpoint::read(&path).map_err(|e| run_error(e.to_string()))?;
+    exp.trainer
+        .restore(&ck)
+        .map_err(|e| run_error(e.to_string()))?;
+    Ok(ck)
+}
+
+/// Where a run directory keeps its checkpoint.
+pub fn checkpoint_path(dir: &Path) -> PathBuf {
+    dir.join(CHECKPOINT_FILE)
+}
+
+/// The figures of a greedy evaluation on the test split, as `summary.json` and
+/// `modula eval --json` print them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Figures {
+    /// The test loss: mean squared error on the test split.
+    pub test_loss: f64,
+    /// Mean `-log p(y | x, a)` on the test split.
+    pub test_nll: f64,
+    /// Fraction of test points whose greedy module is the majority module of their regime.
+    pub purity: f64,
+    /// `exp` of the entropy of the first layer's greedy usage.
+    pub effective_modules: f64,
+    /// `exp` of the controllers' mean entropy on the test split.
+    pub controller_perplexity: f64,
+    /// Per layer, how many test points each module served.
+    pub usage: Vec<Vec<u64>>,
+    /// Test MSE of the best single linear map, the yardstick.
+    pub linear_baseline_mse: f64,
+}
+
+impl Figures {
+    /// The figures of an evaluation and the task's linear baseline.
+    pub fn new(eval: &ToyEval, linear_baseline_mse: f64) -> Self {
+        Figures {
+            test_loss: eval.test_mse,
+            test_nll: eval.test_nll,
+            purity: eval.purity,
+            effective_modules: eval.effective_modules,
+            controller_perplexity: eval.controller_perplexity,
+            usage: eval.usage.clone(),
+            linear_baseline_mse,
+        }
+    }
+
+    /// The figures as two human-readable lines.
+    pub fn text(&self) -> String {
+        format!(
+            "test MSE {:.4} (linear baseline {:.4}), test NLL {:.4}\npurity {:.4}, effective modules {:.2}, controller perplexity {:.2}, usage {:?}",
+            self.test_loss,
+            self.linear_baseline_mse,
+            self.test_nll,
+            self.purity,
+            self.effective_modules,
+            self.controller_perplexity,
+            self.usage.first().cloned().unwrap_or_default()
+        )
+    }
+}
