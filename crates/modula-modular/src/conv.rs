@@ -141,8 +141,9 @@ impl ModularConv2d {
         let dys = b.gather_rows(dy, &routing.pair_rows);
         let dys = b.reshape(dys, [routing.pairs() * pix, self.out_channels]);
         let patch = self.window.patch_len();
-        let dw = grads.entry(b, self.weight, [self.modules * patch, self.out_channels]);
-        b.grouped_matmul(GroupedOp::XtY, &cache.cols, &dys, &offsets, 1.0, dw);
+        let (dw, beta) =
+            grads.product_entry(b, self.weight, [self.modules * patch, self.out_channels]);
+        b.grouped_matmul(GroupedOp::XtY, &cache.cols, &dys, &offsets, beta, dw);
         let identity: Vec<u32> = (0..(routing.pairs() * pix) as u32).collect();
         grads.accumulate(b, self.bias, &b.segment_sum_rows(&dys, &identity, &offsets));
         let mut dcols = b.zeros([routing.pairs() * pix, patch]);

@@ -160,8 +160,9 @@ impl ModularLinear {
             }
             _ => None,
         };
-        let dw = grads.entry(b, self.weight, [self.modules * self.d_in, self.d_out]);
-        b.grouped_matmul(GroupedOp::XtY, &cache.xs, &dys, &routing.offsets, 1.0, dw);
+        let (dw, beta) =
+            grads.product_entry(b, self.weight, [self.modules * self.d_in, self.d_out]);
+        b.grouped_matmul(GroupedOp::XtY, &cache.xs, &dys, &routing.offsets, beta, dw);
         let identity: Vec<u32> = (0..routing.pairs() as u32).collect();
         let db = b.segment_sum_rows(&dys, &identity, &routing.offsets);
         grads.accumulate(b, self.bias, &db);

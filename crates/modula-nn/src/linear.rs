@@ -91,8 +91,8 @@ impl<B: Backend> Module<B> for Linear {
         dy: &B::Tensor,
         g: &mut Grads<B>,
     ) -> B::Tensor {
-        let dw = g.entry(b, self.weight, [self.d_in, self.d_out]);
-        b.matmul(1.0, &x, Transpose::Yes, dy, Transpose::No, 1.0, dw);
+        let (dw, beta) = g.product_entry(b, self.weight, [self.d_in, self.d_out]);
+        b.matmul(1.0, &x, Transpose::Yes, dy, Transpose::No, beta, dw);
         g.accumulate(
             b,
             self.bias,

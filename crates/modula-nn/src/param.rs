@@ -154,6 +154,26 @@ impl<B: Backend> Grads<B> {
         slot
     }
 
+    /// Like [`Grads::entry`], for backward passes that write the gradient with a matrix
+    /// product `C = op(A) op(B) + beta * C`: returns the slot and the `beta` to use, 0 when the
+    /// slot is new (so the product need not read the zeros) and 1 when it accumulates.
+    ///
+    /// # Panics
+    /// If the slot exists with another shape.
+    #[track_caller]
+    pub fn product_entry(
+        &mut self,
+        backend: &B,
+        id: ParamId,
+        shape: Shape,
+    ) -> (&mut B::Tensor, f32) {
+        let fresh = self.get(id).is_none();
+        (
+            self.entry(backend, id, shape),
+            if fresh { 0.0 } else { 1.0 },
+        )
+    }
+
     /// Adds `g` into the gradient of `id`.
     #[track_caller]
     pub fn accumulate(&mut self, backend: &B, id: ParamId, g: &B::Tensor) {
