@@ -10,8 +10,12 @@ use crate::{cargo, workspace_root};
 /// Runs `cargo run --release -p modula-cli -- data fetch ARGS` from the workspace root.
 ///
 /// # Errors
-/// When cargo cannot start or the fetch fails (its own message is already on stderr).
+/// No data set name, cargo failing to start, or a failed fetch (whose own message is already
+/// on stderr).
 pub fn run(args: &[String]) -> Result<(), String> {
+    if args.is_empty() {
+        return Err("name a data set: ptb, fashion-mnist, mnist-10k or cifar-10".into());
+    }
     let status = Command::new(cargo())
         .args(["run", "--quiet", "--release", "-p", "modula-cli", "--"])
         .args(["data", "fetch"])

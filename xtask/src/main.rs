@@ -48,7 +48,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        "data" if !rest.is_empty() => data::run(rest),
+        "data" => data::run(rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
