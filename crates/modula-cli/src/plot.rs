@@ -21,9 +21,8 @@ const FAMILY: &str = "sans-serif";
 /// Registers the embedded font once per process.
 fn register_font() -> Result<(), String> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED.get_or_init(|| {
-        plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok()
-    });
+    let ok = *REGISTERED
+        .get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
     ok.then_some(())
         .ok_or_else(|| "the embedded font cannot be parsed".to_string())
 }

@@ -175,8 +175,12 @@ fn prepare_fresh_dir(dir: &Path) -> Result<(), CliError> {
             dir.display()
         )));
     }
-    fs::create_dir_all(dir)
-        .map_err(|e| run_error(format!("cannot create run directory {}: {e}", dir.display())))
+    fs::create_dir_all(dir).map_err(|e| {
+        run_error(format!(
+            "cannot create run directory {}: {e}",
+            dir.display()
+        ))
+    })
 }
 
 /// Statistics accumulated over one logging interval. It is saved in every checkpoint, so a
@@ -521,8 +525,7 @@ impl Training {
             step: self.exp.trainer.step,
             task_nll: Interval::mean(iv.task_nll, iv.gradient_steps),
             ctrl_nll: Interval::mean(iv.ctrl_nll, iv.gradient_steps),
-            controller_perplexity: Interval::mean(iv.mean_entropy, iv.entropy_steps)
-                .map(f64::exp),
+            controller_perplexity: Interval::mean(iv.mean_entropy, iv.entropy_steps).map(f64::exp),
             batch_perplexity: Interval::mean(iv.batch_entropy, iv.entropy_steps).map(f64::exp),
             usage: iv.usage.clone(),
             changed: iv.changed,
@@ -618,7 +621,8 @@ fn trim_metrics(path: &Path, step: u64) -> Result<Vec<MetricRecord>, CliError> {
         let file = File::open(path)
             .map_err(|e| run_error(format!("cannot read {}: {e}", path.display())))?;
         for line in BufReader::new(file).lines() {
-            let line = line.map_err(|e| run_error(format!("cannot read {}: {e}", path.display())))?;
+            let line =
+                line.map_err(|e| run_error(format!("cannot read {}: {e}", path.display())))?;
             match serde_json::from_str::<MetricRecord>(&line) {
                 Ok(r) if r.step <= step => records.push(r),
                 // Lines past the checkpoint will be logged again; a torn line is dropped.
