@@ -56,9 +56,13 @@ const MC: usize = 240;
 /// Columns handled per pass over one packed `A` block: the `KC x NC` slab of packed `B` that
 /// every `A` strip of the block sweeps (512 KiB) stays in L2.
 const NC: usize = 512;
-/// Products with fewer multiply-adds than this run on the calling thread: below it the cost
-/// of waking a second thread is comparable to the work.
-const PAR_MIN_FLOPS: usize = 1 << 17;
+/// Products with fewer multiply-adds than this (about 30 us of work on one core) run on the
+/// calling thread: handing work to a pool thread and back costs about 10 us, so smaller
+/// products gain little or lose from the split (1 x 512 x 512 measured slower on two threads).
+const PAR_MIN_MACS: usize = 1 << 21;
+/// Packing of `B` runs in parallel from this many elements (1 MiB) on: below it the copy is
+/// shorter than the hand-off.
+const PAR_MIN_PACK: usize = 1 << 18;
 
 /// How a product may be split across threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,7 +276,7 @@ impl PackedRhs {
             let kc = piece.len() / NR;
             pack_b_strip(&b, p0, kc, j0, piece);
         };
-        if par.tasks() > 1 && k * n >= PAR_MIN_FLOPS / 4 {
+        if par.tasks() > 1 && k * n >= PAR_MIN_PACK {
             pieces.into_par_iter().for_each(pack);
         } else {
             pieces.into_iter().for_each(pack);
@@ -572,7 +576,7 @@ fn check_shapes(a: &MatRef<'_>, k: usize, n: usize, c: &MatMut<'_>) {
 
 /// Whether an `m x k x n` product is large enough to be worth splitting across threads.
 pub(crate) fn worth_parallel(m: usize, k: usize, n: usize) -> bool {
-    m.saturating_mul(k).saturating_mul(n) >= PAR_MIN_FLOPS
+    m.saturating_mul(k).saturating_mul(n) >= PAR_MIN_MACS
 }
 
 fn task_count(m: usize, k: usize, n: usize, par: Parallelism) -> usize {

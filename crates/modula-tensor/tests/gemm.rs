@@ -167,15 +167,17 @@ proptest! {
     }
 }
 
-/// Shapes that cross the block sizes (depth blocks of 384, row blocks of 240, column chunks
+/// Shapes that cross the block sizes (depth blocks of 256, row blocks of 240, column chunks
 /// of 512) and the switch between reading B in place and packing it.
 #[test]
 fn block_edges_match_reference() {
+    // All but (13, 385, 33) are large enough to be split across two threads; (5, 800, 1100)
+    // has a single row tile, so two threads split its columns.
     let shapes = [
         (300, 600, 70),
-        (1000, 50, 40),
+        (1000, 60, 40),
         (13, 385, 33),
-        (2, 800, 1100),
+        (5, 800, 1100),
         (481, 17, 515),
         (241, 769, 31),
     ];
@@ -217,7 +219,8 @@ fn empty_inner_dimension_scales_c() {
 #[test]
 fn packed_rhs_reuse_matches_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    for &(k, n) in &[(64, 48), (400, 100), (3, 1), (130, 513)] {
+    // (600, 520) is large enough for the packing itself to run on two threads.
+    for &(k, n) in &[(64, 48), (400, 100), (3, 1), (130, 513), (600, 520)] {
         for tb in [Transpose::No, Transpose::Yes] {
             let [br, bc] = tb.apply([k, n]);
             let b = random(&mut rng, k * n);
