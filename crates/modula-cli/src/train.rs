@@ -343,7 +343,7 @@ impl Progress {
             let bar = ProgressBar::new(total);
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:30}] {pos}/{len} ({per_sec}) {msg}",
+                    "{elapsed_precise} [{bar:30}] {pos}/{len} (eta {eta}) {msg}",
                 )
                 .expect("a valid template")
                 .progress_chars("=> "),
@@ -470,7 +470,6 @@ impl Training {
         let start = Instant::now();
         let mut interval_start = Instant::now();
         let mut interval_examples = 0u64;
-        let progress = Progress::new(total, self.exp.trainer.step);
         eprintln!(
             "modula train: {} on the {} task, seed {}, {} threads, {} steps; run directory {}",
             self.cfg.train.algo.name(),
@@ -480,6 +479,7 @@ impl Training {
             total,
             self.dir.display()
         );
+        let progress = Progress::new(total, self.exp.trainer.step);
         while self.exp.trainer.step < total {
             match self.exp.trainer.step() {
                 Ok(StepOutcome::EStep(e)) => self.interval.add_e_step(&e),
