@@ -60,12 +60,15 @@ fn modular(c: &mut Criterion) {
 
         let mut params = ParamStore::new();
         let layer = ModularLinear::new(&cpu, &mut params, "mod", m, D, D, &mut rng);
+        // One gradient store per layer, reset each iteration as a training loop does, so the
+        // weight-gradient buffers are allocated once.
+        let mut grads = Grads::new();
         group.bench_function(BenchmarkId::new("modular", &label), |bench| {
             bench.iter(|| {
                 // Routing is part of every call's cost, so it is inside the timed region.
                 let routing = Routing::new(black_box(&sel), m);
                 let (y, cache) = layer.forward(&cpu, &params, &x, &routing, None);
-                let mut grads = Grads::new();
+                grads.reset();
                 let (dx, _) = layer.backward(&cpu, &params, &routing, cache, &dy, &mut grads);
                 black_box((y, dx));
             });
@@ -114,7 +117,7 @@ fn modular(c: &mut Criterion) {
             bench.iter(|| {
                 let routing = Routing::new(black_box(&sel), m);
                 let (y, cache) = pool.forward(&cpu, &pool_params, &x, &routing, &mut Ctx::eval());
-                let mut grads = Grads::new();
+                grads.reset();
                 let dx = pool.backward(&cpu, &pool_params, &routing, cache, &dy, &mut grads);
                 black_box((y, dx));
             });

@@ -98,6 +98,8 @@ pub struct Trainer<B: Backend, M: ModularModel<B>> {
     /// Iterations completed.
     pub step: u64,
     data: TrainData<B>,
+    /// Gradient buffers, reset (not freed) every step.
+    grads: Grads<B>,
     examples: usize,
     variance: f32,
     epoch: Option<(u64, Vec<u32>)>,
@@ -150,6 +152,7 @@ impl<B: Backend, M: ModularModel<B>> Trainer<B, M> {
             baseline: None,
             step: 0,
             data,
+            grads: Grads::new(),
             examples,
             variance,
             epoch: None,
@@ -207,7 +210,8 @@ impl<B: Backend, M: ModularModel<B>> Trainer<B, M> {
             rng: stream(self.seed, step | (1 << 60)),
         };
         let b = &self.backend;
-        let mut grads = Grads::new();
+        let grads = &mut self.grads;
+        grads.reset();
         let stats = match self.config.algo {
             Algo::Em => {
                 let table = self.table.as_mut().expect("EM runs keep a table");
@@ -225,15 +229,7 @@ impl<B: Backend, M: ModularModel<B>> Trainer<B, M> {
                     self.step += 1;
                     return Ok(StepOutcome::EStep(e));
                 }
-                algo::m_step(
-                    &self.model,
-                    b,
-                    &self.params,
-                    &batch,
-                    table,
-                    &mut grads,
-                    &mut ctx,
-                )?
+                algo::m_step(&self.model, b, &self.params, &batch, table, grads, &mut ctx)?
             }
             Algo::Reinforce => {
                 let decay = self.config.reinforce_decay;
@@ -245,12 +241,12 @@ impl<B: Backend, M: ModularModel<B>> Trainer<B, M> {
                     &mut self.baseline,
                     decay,
                     &mut rng,
-                    &mut grads,
+                    grads,
                     &mut ctx,
                 )?
             }
             Algo::Topk | Algo::Dense => {
-                algo::gated_step(&self.model, b, &self.params, &batch, &mut grads, &mut ctx)?
+                algo::gated_step(&self.model, b, &self.params, &batch, grads, &mut ctx)?
             }
         };
         let loss = stats.task_nll + stats.ctrl_nll;
@@ -260,7 +256,7 @@ impl<B: Backend, M: ModularModel<B>> Trainer<B, M> {
         if self.config.grad_clip > 0.0 {
             grads.clip_norm(b, self.config.grad_clip)?;
         }
-        self.optimizer.step(b, &mut self.params, &grads);
+        self.optimizer.step(b, &mut self.params, grads);
         self.step += 1;
         Ok(StepOutcome::Gradient(stats))
     }

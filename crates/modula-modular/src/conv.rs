@@ -98,21 +98,21 @@ impl ModularConv2d {
         let pix = self.out_pixels();
         let images = b.gather_rows(x, &routing.pair_rows);
         let cols = b.im2col(&images, &self.window);
-        let mut ys = b.zeros([routing.pairs() * pix, self.out_channels]);
-        b.grouped_matmul(
-            GroupedOp::XW,
-            &cols,
-            params.get(self.weight),
-            &routing.expanded_offsets(pix),
-            0.0,
-            &mut ys,
-        );
+        // Every output pixel starts as its module's bias; the GEMM accumulates onto it.
         let pixel_modules: Vec<u32> = routing
             .pair_modules
             .iter()
             .flat_map(|&m| std::iter::repeat_n(m, pix))
             .collect();
-        b.add_gathered_rows(&mut ys, params.get(self.bias), &pixel_modules);
+        let mut ys = b.gather_rows(params.get(self.bias), &pixel_modules);
+        b.grouped_matmul(
+            GroupedOp::XW,
+            &cols,
+            params.get(self.weight),
+            &routing.expanded_offsets(pix),
+            1.0,
+            &mut ys,
+        );
         let ys = b.reshape(ys, [routing.pairs(), pix * self.out_channels]);
         (
             b.segment_sum_rows(&ys, &routing.row_pos, &routing.row_ptr),

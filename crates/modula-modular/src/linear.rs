@@ -96,16 +96,17 @@ impl ModularLinear {
             "routing was built for another module count"
         );
         let xs = b.gather_rows(x, &routing.pair_rows);
-        let mut ys = b.zeros([routing.pairs(), self.d_out]);
+        // Each pair's row starts as its module's bias and the GEMM accumulates onto it: one
+        // pass over the output instead of zeroing it and adding the biases afterwards.
+        let mut ys = b.gather_rows(params.get(self.bias), &routing.pair_modules);
         b.grouped_matmul(
             GroupedOp::XW,
             &xs,
             params.get(self.weight),
             &routing.offsets,
-            0.0,
+            1.0,
             &mut ys,
         );
-        b.add_gathered_rows(&mut ys, params.get(self.bias), &routing.pair_modules);
         let (y, ys, pair_gates) = match gates {
             None => (
                 b.segment_sum_rows(&ys, &routing.row_pos, &routing.row_ptr),

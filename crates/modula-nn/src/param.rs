@@ -117,9 +117,21 @@ impl<B: Backend> ParamStore<B> {
 ///
 /// A slot is created (zeroed) the first time a backward pass touches it, so parameters that
 /// took no part in a step have no gradient rather than a tensor of zeros.
+///
+/// [`Grads::reset`] starts a new step but keeps the buffers: a training loop that reuses one
+/// `Grads` allocates its gradient tensors once, and products that overwrite a stale buffer
+/// (see [`Grads::product_entry`]) skip zeroing it too.
 #[derive(Debug)]
 pub struct Grads<B: Backend> {
-    slots: Vec<Option<B::Tensor>>,
+    slots: Vec<Option<Slot<B>>>,
+}
+
+/// A gradient buffer; `live` is false for a buffer kept from an earlier step, whose contents
+/// are stale and must not be read as a gradient.
+#[derive(Debug)]
+struct Slot<B: Backend> {
+    tensor: B::Tensor,
+    live: bool,
 }
 
 impl<B: Backend> Default for Grads<B> {
@@ -134,29 +146,53 @@ impl<B: Backend> Grads<B> {
         Self::default()
     }
 
-    /// The gradient slot of `id`, created as zeros of `shape` when absent, for backward passes
-    /// that accumulate into it directly (for example a matmul with `beta = 1`).
+    /// The slot of `id` and whether it held a live gradient before this call; a missing slot
+    /// (or one of another shape) gets a new buffer, whose contents the caller must set.
+    fn slot(&mut self, backend: &B, id: ParamId, shape: Shape) -> (&mut Slot<B>, bool) {
+        if self.slots.len() <= id.index() {
+            self.slots.resize_with(id.index() + 1, || None);
+        }
+        let entry = &mut self.slots[id.index()];
+        let was_live = entry.as_ref().is_some_and(|s| s.live);
+        if entry
+            .as_ref()
+            .is_some_and(|s| !s.live && backend.shape(&s.tensor) != shape)
+        {
+            *entry = None;
+        }
+        let slot = entry.get_or_insert_with(|| Slot {
+            tensor: backend.zeros(shape),
+            live: false,
+        });
+        assert_eq!(
+            backend.shape(&slot.tensor),
+            shape,
+            "gradient shape mismatch for parameter {}",
+            id.index()
+        );
+        (slot, was_live)
+    }
+
+    /// The gradient slot of `id`, zeros of `shape` when it holds no gradient yet this step,
+    /// for backward passes that accumulate into it directly (for example a matmul with
+    /// `beta = 1`).
     ///
     /// # Panics
     /// If the slot exists with another shape.
     #[track_caller]
     pub fn entry(&mut self, backend: &B, id: ParamId, shape: Shape) -> &mut B::Tensor {
-        if self.slots.len() <= id.index() {
-            self.slots.resize_with(id.index() + 1, || None);
+        let (slot, was_live) = self.slot(backend, id, shape);
+        if !was_live {
+            backend.fill(&mut slot.tensor, 0.0);
+            slot.live = true;
         }
-        let slot = self.slots[id.index()].get_or_insert_with(|| backend.zeros(shape));
-        assert_eq!(
-            backend.shape(slot),
-            shape,
-            "gradient shape mismatch for parameter {}",
-            id.index()
-        );
-        slot
+        &mut slot.tensor
     }
 
     /// Like [`Grads::entry`], for backward passes that write the gradient with a matrix
     /// product `C = op(A) op(B) + beta * C`: returns the slot and the `beta` to use, 0 when the
-    /// slot is new (so the product need not read the zeros) and 1 when it accumulates.
+    /// slot holds no gradient yet this step (so the product neither reads nor needs zeros)
+    /// and 1 when it accumulates.
     ///
     /// # Panics
     /// If the slot exists with another shape.
@@ -167,11 +203,9 @@ impl<B: Backend> Grads<B> {
         id: ParamId,
         shape: Shape,
     ) -> (&mut B::Tensor, f32) {
-        let fresh = self.get(id).is_none();
-        (
-            self.entry(backend, id, shape),
-            if fresh { 0.0 } else { 1.0 },
-        )
+        let (slot, was_live) = self.slot(backend, id, shape);
+        slot.live = true;
+        (&mut slot.tensor, if was_live { 1.0 } else { 0.0 })
     }
 
     /// Adds `g` into the gradient of `id`.
@@ -181,20 +215,30 @@ impl<B: Backend> Grads<B> {
         backend.axpy(1.0, g, self.entry(backend, id, shape));
     }
 
-    /// The gradient of `id`, if any backward pass produced one.
+    /// The gradient of `id`, if a backward pass produced one this step.
     pub fn get(&self, id: ParamId) -> Option<&B::Tensor> {
-        self.slots.get(id.index()).and_then(Option::as_ref)
+        self.slots
+            .get(id.index())
+            .and_then(Option::as_ref)
+            .filter(|s| s.live)
+            .map(|s| &s.tensor)
     }
 
     /// Every present gradient with its id.
     pub fn iter(&self) -> impl Iterator<Item = (ParamId, &B::Tensor)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, g)| g.as_ref().map(|g| (ParamId(i as u32), g)))
+        self.slots.iter().enumerate().filter_map(|(i, g)| {
+            g.as_ref()
+                .filter(|s| s.live)
+                .map(|s| (ParamId(i as u32), &s.tensor))
+        })
     }
 
-    /// Removes every gradient.
+    /// Marks every gradient as absent for a new step, keeping the buffers for reuse.
+    pub fn reset(&mut self) {
+        self.slots.iter_mut().flatten().for_each(|s| s.live = false);
+    }
+
+    /// Removes every gradient and frees the buffers.
     pub fn clear(&mut self) {
         self.slots.clear();
     }
@@ -227,8 +271,8 @@ impl<B: Backend> Grads<B> {
         let norm = self.global_norm(backend)?;
         if norm > max_norm && norm.is_finite() {
             let s = max_norm / norm;
-            for g in self.slots.iter_mut().flatten() {
-                backend.scale(g, s);
+            for slot in self.slots.iter_mut().flatten().filter(|s| s.live) {
+                backend.scale(&mut slot.tensor, s);
             }
         }
         Ok(norm)

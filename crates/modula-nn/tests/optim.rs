@@ -57,3 +57,23 @@ fn duplicate_parameter_names_panic() {
     params.add("w", b.zeros([1, 1]));
     params.add("w", b.zeros([1, 1]));
 }
+
+#[test]
+fn reset_keeps_buffers_but_forgets_gradients() {
+    let b = Cpu::with_threads(1);
+    let mut params = ParamStore::<Cpu>::new();
+    let a = params.add("a", b.zeros([1, 2]));
+    let mut g = Grads::new();
+    g.accumulate(&b, a, &b.upload([1, 2], &[1.0, 2.0]));
+    let (_, beta) = g.product_entry(&b, a, [1, 2]);
+    assert_eq!(beta, 1.0, "a live gradient is accumulated into");
+    g.reset();
+    assert!(g.get(a).is_none() && g.iter().count() == 0);
+    // A product overwrites the stale buffer (beta = 0) ...
+    let (_, beta) = g.product_entry(&b, a, [1, 2]);
+    assert_eq!(beta, 0.0);
+    g.reset();
+    // ... and an accumulating pass sees zeros, not the stale values.
+    g.accumulate(&b, a, &b.upload([1, 2], &[0.5, 0.5]));
+    assert_eq!(b.download(g.get(a).unwrap()).unwrap(), vec![0.5, 0.5]);
+}
