@@ -4,6 +4,11 @@
 //! `benches/<name>.rs` and `cargo xtask bench` turns criterion's estimates into JSON figures
 //! under `target/bench/`.
 
+/// Every bench binary links this crate, so this allocator serves them all; it matches the
+/// `modula` binary's, so benches measure what training runs see.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Floating-point operations of a `[m x k] * [k x n]` matrix product, counting a fused
 /// multiply-add as two operations (the convention BLAS throughput figures use).
 pub fn gemm_flops(m: usize, k: usize, n: usize) -> u64 {

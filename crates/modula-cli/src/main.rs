@@ -34,6 +34,11 @@ enum Command {
     Eval(eval::EvalArgs),
 }
 
+/// glibc hands large freed blocks back to the OS, so every training step would page-fault its
+/// temporaries back in; mimalloc keeps them (an EM E-step ran about 1.5x faster with it).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // clap exits with status 2 on usage errors and 0 for --help, as the CLI promises.
     let cli = Cli::parse();
