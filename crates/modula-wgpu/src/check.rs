@@ -1,0 +1,98 @@
+//! Contract checks, worded like modula-tensor's own so that every backend panics alike.
+
+use modula_tensor::{GroupedOp, Shape, Transpose};
+
+#[track_caller]
+pub fn same_shape(op: &str, a: Shape, b: Shape) {
+    assert!(a == b, "{op}: shape mismatch {a:?} vs {b:?}");
+}
+
+#[track_caller]
+pub fn data_len(shape: Shape, data_len: usize) {
+    assert!(
+        shape[0] * shape[1] == data_len,
+        "upload: shape {shape:?} needs {} values, got {data_len}",
+        shape[0] * shape[1]
+    );
+}
+
+#[track_caller]
+pub fn matmul(a: Shape, ta: Transpose, b: Shape, tb: Transpose, c: Shape) -> (usize, usize, usize) {
+    let [m, k] = ta.apply(a);
+    let [k2, n] = tb.apply(b);
+    assert!(
+        k == k2,
+        "matmul: inner dimensions differ: op(A) is {m}x{k}, op(B) is {k2}x{n}"
+    );
+    assert!(c == [m, n], "matmul: C is {c:?}, expected [{m}, {n}]");
+    (m, k, n)
+}
+
+#[track_caller]
+pub fn indices(op: &str, idx: &[u32], bound: usize) {
+    if let Some(&bad) = idx.iter().find(|&&i| i as usize >= bound) {
+        panic!("{op}: index {bad} out of range for {bound} rows/columns");
+    }
+}
+
+#[track_caller]
+pub fn col_range(op: &str, start: usize, width: usize, cols: usize) {
+    assert!(
+        start.checked_add(width).is_some_and(|end| end <= cols),
+        "{op}: columns {start}..{} exceed {cols}",
+        start.saturating_add(width)
+    );
+}
+
+#[track_caller]
+pub fn offsets(op: &str, offsets: &[u32], rows: usize) -> usize {
+    assert!(
+        !offsets.is_empty(),
+        "{op}: offsets must hold at least one entry"
+    );
+    assert!(
+        offsets[0] == 0,
+        "{op}: offsets must start at 0, got {}",
+        offsets[0]
+    );
+    assert!(
+        offsets.windows(2).all(|w| w[0] <= w[1]),
+        "{op}: offsets must be non-decreasing"
+    );
+    assert!(
+        *offsets.last().expect("non-empty") as usize == rows,
+        "{op}: offsets end at {}, but the segmented operand has {rows} rows",
+        offsets.last().expect("non-empty")
+    );
+    offsets.len() - 1
+}
+
+#[track_caller]
+pub fn grouped(
+    op: GroupedOp,
+    a: Shape,
+    b: Shape,
+    offsets_: &[u32],
+    c: Shape,
+) -> (usize, usize, usize) {
+    let (seg_rows, stacked) = match op {
+        GroupedOp::XW | GroupedOp::XWt => (a[0], b),
+        GroupedOp::XtY => (a[0], c),
+    };
+    let g = offsets("grouped_matmul", offsets_, seg_rows);
+    assert!(
+        g > 0 && stacked[0] % g == 0,
+        "grouped_matmul: stacked operand {stacked:?} is not {g} equal blocks"
+    );
+    let (d_in, d_out) = (stacked[0] / g, stacked[1]);
+    let (want_a, want_b, want_c) = match op {
+        GroupedOp::XW => ([seg_rows, d_in], [g * d_in, d_out], [seg_rows, d_out]),
+        GroupedOp::XWt => ([seg_rows, d_out], [g * d_in, d_out], [seg_rows, d_in]),
+        GroupedOp::XtY => ([seg_rows, d_in], [seg_rows, d_out], [g * d_in, d_out]),
+    };
+    assert!(
+        a == want_a && b == want_b && c == want_c,
+        "grouped_matmul {op:?}: got a {a:?}, b {b:?}, c {c:?}; expected {want_a:?}, {want_b:?}, {want_c:?}"
+    );
+    (g, d_in, d_out)
+}
