@@ -137,24 +137,11 @@ impl RunConfig {
         Ok(())
     }
 
-    /// The configuration as TOML. Every float in the configuration is an `f32`; it is written
-    /// in its shortest decimal form (`0.01`, not `0.009999999776482582`), which reads back
-    /// as the same `f32`.
+    /// The configuration as TOML, in the order of the fields. The `toml` crate writes each
+    /// `f32` in its shortest decimal form (`0.01`, not `0.009999999776482582`), which reads
+    /// back as the same `f32`, so the file reproduces the run exactly.
     pub fn to_toml(&self) -> String {
-        let mut table = toml::Table::try_from(self).expect("the configuration serialises");
-        fn tidy(value: &mut toml::Value) {
-            match value {
-                toml::Value::Float(f) => {
-                    let short = (*f as f32).to_string();
-                    *f = short.parse().unwrap_or(*f);
-                }
-                toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| tidy(v)),
-                toml::Value::Array(a) => a.iter_mut().for_each(tidy),
-                _ => {}
-            }
-        }
-        table.iter_mut().for_each(|(_, v)| tidy(v));
-        toml::to_string(&table).expect("a TOML table serialises")
+        toml::to_string(self).expect("the configuration serialises")
     }
 
     /// Builds the experiment on a CPU backend with the configured threads. The configuration
@@ -279,5 +266,22 @@ impl Figures {
             self.controller_perplexity,
             self.usage.first().cloned().unwrap_or_default()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resolved_config_reads_back_equal_with_short_floats() {
+        let mut cfg = RunConfig::default();
+        cfg.train.lr = 0.003;
+        cfg.model.variance = 1e-7;
+        let text = cfg.to_toml();
+        assert!(text.contains("lr = 0.003\n"), "{text}");
+        assert!(text.find("[task]") < text.find("[model]"), "{text}");
+        let back: RunConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, cfg);
     }
 }
