@@ -38,7 +38,7 @@ fn compare(gpu: &Wgpu, n: usize, modules: usize, k: usize, d_in: usize, d_out: u
         &mut rng.clone(),
     );
     ModularLinear::new(
-        &*gpu,
+        gpu,
         &mut gpu_params,
         "layer",
         modules,
