@@ -1,4 +1,5 @@
-//! f32 GEMM throughput of the [`Cpu`] backend: `A [rows x 512] * B [512 x 512]`.
+//! f32 GEMM throughput of the [`Cpu`] backend: `A [rows x 512] * B [512 x 512]`, with
+//! matrixmultiply's single-threaded `sgemm` on the same shapes for comparison.
 //!
 //! Benchmark ids are `cpu/matmul/t{threads}/{rows}x{k}x{n}`; `cargo xtask bench gemm` parses
 //! them back into the figures in `target/bench/gemm.json`, so keep the format in step with
@@ -43,6 +44,42 @@ fn gemm(c: &mut Criterion) {
                 });
             });
         }
+    }
+    group.finish();
+
+    // matrixmultiply (single-threaded, as modula used it before its own kernel), measured in
+    // the same run as a reference point.
+    let mut group = c.benchmark_group("matrixmultiply/sgemm");
+    let b = bench_data(K * N, 2);
+    for rows in ROWS {
+        let a = bench_data(rows * K, 1);
+        let mut out = vec![0.0f32; rows * N];
+        group.throughput(Throughput::Elements(gemm_flops(rows, K, N)));
+        let id = BenchmarkId::new("t1", format!("{rows}x{K}x{N}"));
+        group.bench_function(id, |bench| {
+            bench.iter(|| {
+                // SAFETY: row-major buffers of exactly rows x K, K x N and rows x N elements,
+                // addressed with matching strides; `out` does not alias the inputs.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        rows,
+                        K,
+                        N,
+                        1.0,
+                        black_box(a.as_ptr()),
+                        K as isize,
+                        1,
+                        black_box(b.as_ptr()),
+                        N as isize,
+                        1,
+                        0.0,
+                        out.as_mut_ptr(),
+                        N as isize,
+                        1,
+                    );
+                }
+            });
+        });
     }
     group.finish();
 }

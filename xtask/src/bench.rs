@@ -352,7 +352,16 @@ fn parse_gemm_id(id: &str) -> Option<GemmShape> {
 /// `gemm.json`: per (rows, threads) the time and GFLOP/s, and optionally numpy's.
 fn gemm_figures(context: &Context, measurements: &[Measurement]) -> Result<Figures, String> {
     let mut by_shape = BTreeMap::new();
+    // matrixmultiply's single-threaded figures, by (rows, k, n), joined to our 1-thread entries.
+    let mut reference = BTreeMap::new();
     for m in measurements {
+        if let Some(shape) =
+            m.id.strip_prefix("matrixmultiply/sgemm/")
+                .and_then(|rest| parse_gemm_id(&format!("cpu/matmul/{rest}")))
+        {
+            reference.insert((shape.rows, shape.k, shape.n), m.seconds);
+            continue;
+        }
         let shape = parse_gemm_id(&m.id).ok_or_else(|| {
             format!(
                 "unexpected benchmark id `{}` in the gemm bench; expected cpu/matmul/t<threads>/<rows>x<k>x<n> (see benches/benches/gemm.rs)",
@@ -379,6 +388,14 @@ fn gemm_figures(context: &Context, measurements: &[Measurement]) -> Result<Figur
         entry.insert("threads".into(), json!(shape.threads));
         entry.insert("seconds".into(), json!(m.seconds));
         entry.insert("gflops".into(), json!(gflops));
+        if shape.threads == 1
+            && let Some(&mm_seconds) = reference.get(&(shape.rows, shape.k, shape.n))
+        {
+            entry.insert(
+                "matrixmultiply_gflops".into(),
+                json!(flops / mm_seconds * 1e-9),
+            );
+        }
         if let Some((_, timings)) = &numpy
             && let Some(&numpy_seconds) = timings.get(shape)
         {
@@ -388,7 +405,15 @@ fn gemm_figures(context: &Context, measurements: &[Measurement]) -> Result<Figur
         }
         entries.push(entry);
     }
-    let mut columns = vec!["rows", "k", "n", "threads", "seconds", "gflops"];
+    let mut columns = vec![
+        "rows",
+        "k",
+        "n",
+        "threads",
+        "seconds",
+        "gflops",
+        "matrixmultiply_gflops",
+    ];
     if let Some((about, _)) = numpy {
         fields.insert("numpy".into(), about);
         columns.extend(["numpy_gflops", "ratio_vs_numpy"]);
