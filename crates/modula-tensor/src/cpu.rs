@@ -98,7 +98,7 @@ impl Cpu {
     }
 
     /// Applies `f` to each row of `x` (with its index), in parallel when large.
-    fn for_rows(&self, x: &mut Array2<f32>, f: impl Fn(usize, &mut [f32]) + Sync) {
+    pub(crate) fn for_rows(&self, x: &mut Array2<f32>, f: impl Fn(usize, &mut [f32]) + Sync) {
         let cols = x.ncols().max(1);
         let data = slice_mut(x);
         if data.len() < PAR_MIN_ELEMS || self.threads() == 1 {
@@ -113,12 +113,12 @@ impl Cpu {
     }
 }
 
-fn slice(t: &Array2<f32>) -> &[f32] {
+pub(crate) fn slice(t: &Array2<f32>) -> &[f32] {
     t.as_slice()
         .expect("CPU tensors are kept in standard layout")
 }
 
-fn slice_mut(t: &mut Array2<f32>) -> &mut [f32] {
+pub(crate) fn slice_mut(t: &mut Array2<f32>) -> &mut [f32] {
     t.as_slice_mut()
         .expect("CPU tensors are kept in standard layout")
 }

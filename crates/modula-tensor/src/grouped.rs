@@ -11,7 +11,7 @@ use ndarray::Array2;
 use rayon::prelude::*;
 
 use crate::check;
-use crate::cpu::Cpu;
+use crate::cpu::{Cpu, slice, slice_mut};
 use crate::gemm::{MatMut, MatRef, Parallelism, gemm};
 use crate::ops::GroupedOp;
 
@@ -19,19 +19,6 @@ use crate::ops::GroupedOp;
 /// instead of distributing whole groups. Below this, a parallel GEMM's per-call
 /// synchronisation and B-packing cost more than the threads gain.
 const ROWS_FOR_INNER_PARALLEL: usize = 256;
-
-/// Rows below which row-parallel loops run on the calling thread.
-const PAR_MIN_ROWS: usize = 64;
-
-fn slice(t: &Array2<f32>) -> &[f32] {
-    t.as_slice()
-        .expect("CPU tensors are kept in standard layout")
-}
-
-fn slice_mut(t: &mut Array2<f32>) -> &mut [f32] {
-    t.as_slice_mut()
-        .expect("CPU tensors are kept in standard layout")
-}
 
 /// Splits `data` into consecutive pieces of `sizes[i] * width` elements.
 fn split_blocks(
@@ -154,7 +141,7 @@ pub(crate) fn segment_sum_rows(
             row.iter_mut().zip(from).for_each(|(o, v)| *o += v);
         }
     };
-    rows_apply(cpu, slice_mut(&mut out), cols, fill);
+    cpu.for_rows(&mut out, fill);
     out
 }
 
@@ -178,24 +165,8 @@ pub(crate) fn add_gathered_rows(
     check::indices("add_gathered_rows", idx, table.nrows());
     let cols = dst.ncols();
     let t = slice(table);
-    rows_apply(cpu, slice_mut(dst), cols, |i, row| {
+    cpu.for_rows(dst, |i, row| {
         let from = &t[idx[i] as usize * cols..(idx[i] as usize + 1) * cols];
         row.iter_mut().zip(from).for_each(|(o, v)| *o += v);
     });
-}
-
-/// Applies `f(row_index, row)` to every row, in parallel when there are enough rows.
-fn rows_apply(cpu: &Cpu, data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    if cols == 0 {
-        return;
-    }
-    if cpu.threads() == 1 || data.len() / cols < PAR_MIN_ROWS {
-        data.chunks_mut(cols).enumerate().for_each(|(i, r)| f(i, r));
-    } else {
-        cpu.install(|| {
-            data.par_chunks_mut(cols)
-                .enumerate()
-                .for_each(|(i, r)| f(i, r))
-        });
-    }
 }
