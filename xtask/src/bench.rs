@@ -108,6 +108,7 @@ const POST_PROCESSORS: &[(&str, PostProcess)] = &[
     ("modular", modular_figures),
     ("data", data_figures),
     ("em", em_figures),
+    ("wgpu", wgpu_figures),
 ];
 
 /// Runs the requested benches and writes their figures.
@@ -712,6 +713,56 @@ fn data_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures, St
         fields,
         entries,
         columns: vec!["source", "task", "seconds", "target_s", "within_target"],
+    })
+}
+
+/// `wgpu.json`: GFLOP/s of the wgpu backend's matmul (`wgpu/matmul/{s}x{s}x{s}`) and grouped
+/// products (`wgpu/grouped/n{n}_m{m}_k{k}`, d = 512), see benches/benches/wgpu.rs, with the
+/// adapter the bench recorded in `target/bench/wgpu-adapter.json`. A software adapter (device
+/// type `cpu`, e.g. lavapipe) is labelled as such: its figures are CPU timings, not GPU ones.
+fn wgpu_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures, String> {
+    let adapter_path = target_dir().join("bench").join("wgpu-adapter.json");
+    let adapter = read_json(&adapter_path)?;
+    let software = adapter["software"].as_bool().unwrap_or(false)
+        || adapter["device_type"].as_str() == Some("cpu");
+    let mut fields = Map::new();
+    fields.insert("adapter".into(), adapter.clone());
+    fields.insert("device_type".into(), adapter["device_type"].clone());
+    fields.insert(
+        "figures_are".into(),
+        json!(if software {
+            "software adapter: CPU timings of a software Vulkan driver, not GPU figures"
+        } else {
+            "GPU"
+        }),
+    );
+    let mut entries = Vec::new();
+    for m in measurements {
+        let parts: Vec<&str> = m.id.split('/').collect();
+        let (kind, config) = match parts[..] {
+            ["wgpu", kind @ ("matmul" | "grouped"), config] => (kind, config),
+            _ => {
+                return Err(format!(
+                    "unexpected benchmark id `{}` in the wgpu bench; expected wgpu/matmul/<s>x<s>x<s> or wgpu/grouped/n<n>_m<m>_k<k> (see benches/benches/wgpu.rs)",
+                    m.id
+                ));
+            }
+        };
+        let Some((_, flops)) = &m.throughput else {
+            return Err(format!("{}: the bench declares no FLOP throughput", m.id));
+        };
+        let mut entry = Map::new();
+        entry.insert("op".into(), json!(kind));
+        entry.insert("config".into(), json!(config));
+        entry.insert("seconds".into(), json!(m.seconds));
+        entry.insert("gflops".into(), json!(*flops as f64 / m.seconds * 1e-9));
+        entry.insert("software_adapter".into(), json!(software));
+        entries.push(entry);
+    }
+    Ok(Figures {
+        fields,
+        entries,
+        columns: vec!["op", "config", "seconds", "gflops", "software_adapter"],
     })
 }
 
