@@ -99,6 +99,7 @@ fn em(c: &mut Criterion) {
 // Written out instead of `criterion_group!`/`criterion_main!`, whose generated public function
 // has no documentation and would trip the workspace's `missing_docs` lint.
 fn main() {
+    modula_benches::keep_freed_memory();
     let mut criterion = Criterion::default().configure_from_args();
     em(&mut criterion);
     criterion.final_summary();

@@ -49,6 +49,11 @@ fn selection(n: usize, m: usize, k: usize, seed: u64) -> Selection {
 fn modular(c: &mut Criterion) {
     let cpu = Cpu::new();
     let mut group = c.benchmark_group("modular");
+    // Efficiency is a ratio of two timings taken minutes apart on a shared machine; longer
+    // measurements than the xtask default keep its noise down.
+    group
+        .sample_size(20)
+        .measurement_time(std::time::Duration::from_secs(4));
     for (n, m, k) in CONFIGS {
         let label = format!("n{n}_m{m}_k{k}");
         let flops = 3 * gemm_flops(n * k, D, D);
@@ -129,6 +134,7 @@ fn modular(c: &mut Criterion) {
 // Written out instead of `criterion_group!`/`criterion_main!`, whose generated public function
 // has no documentation and would trip the workspace's `missing_docs` lint.
 fn main() {
+    modula_benches::keep_freed_memory();
     let mut criterion = Criterion::default().configure_from_args();
     modular(&mut criterion);
     criterion.final_summary();

@@ -138,6 +138,7 @@ fn wgpu_bench(c: &mut Criterion) {
 // Written out instead of `criterion_group!`/`criterion_main!`, whose generated public function
 // has no docs (missing_docs is a workspace lint).
 fn main() {
+    modula_benches::keep_freed_memory();
     let mut criterion = Criterion::default().configure_from_args();
     wgpu_bench(&mut criterion);
     criterion.final_summary();

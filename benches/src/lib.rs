@@ -9,6 +9,16 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (the same index in its v2 and v3 headers).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Tells mimalloc never to return freed memory to the OS, as the `modula` binary does, so that
+/// benches do not time page faults on every iteration's temporaries. Call it first in `main`.
+pub fn keep_freed_memory() {
+    // SAFETY: sets one integer option; called before the bench starts any thread.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 /// Floating-point operations of a `[m x k] * [k x n]` matrix product, counting a fused
 /// multiply-add as two operations (the convention BLAS throughput figures use).
 pub fn gemm_flops(m: usize, k: usize, n: usize) -> u64 {

@@ -39,7 +39,19 @@ enum Command {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (the same index in its v2 and v3 headers).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Tells mimalloc never to return freed memory to the OS. By default it does so 10 ms after a
+/// free, and a training step takes longer than that, so each step would page-fault its
+/// temporaries back in (measured: about 40 faults of 2 MiB per step of a 4096-row modular layer).
+fn keep_freed_memory() {
+    // SAFETY: sets one integer option; called first thing in main, before any other thread.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     // clap exits with status 2 on usage errors and 0 for --help, as the CLI promises.
     let cli = Cli::parse();
     match cli.command {
