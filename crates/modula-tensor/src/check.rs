@@ -1,4 +1,7 @@
 //! Contract checks shared by every backend, so that all of them panic alike on misuse.
+//!
+//! They are public for backend implementers outside this crate (the WGSL backend uses them):
+//! each panics with the operation's name and the offending shapes or indices.
 
 use crate::backend::Shape;
 use crate::ops::Transpose;

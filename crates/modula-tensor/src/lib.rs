@@ -22,7 +22,7 @@
 //! ```
 
 mod backend;
-mod check;
+pub mod check;
 pub mod conformance;
 mod cpu;
 mod error;

@@ -7,7 +7,7 @@ use modula_tensor::{
 };
 
 use crate::Wgpu;
-use crate::check;
+use modula_tensor::check;
 use crate::device::{Bind, Params};
 use crate::shaders::{CONV, ELEMENTWISE, INDEXING, Kernel, MATMUL, OPTIM, REDUCE, SOFTMAX};
 use crate::tensor::WgpuTensor;

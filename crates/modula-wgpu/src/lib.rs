@@ -36,7 +36,6 @@
 //! ```
 
 mod backend;
-mod check;
 mod device;
 pub mod shaders;
 mod tensor;
