@@ -4,9 +4,12 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use modula_tensor::Backend;
 use serde::Serialize;
 
-use crate::run::{self, CliError, Figures, run_error};
+use crate::run::{
+    self, BackendKind, CliError, DeviceInfo, Figures, OnBackend, RunConfig, run_error,
+};
 
 /// Arguments of `modula eval`.
 #[derive(Debug, Args)]
@@ -17,7 +20,12 @@ pub struct EvalArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// CPU backend threads [default: the run's own count, which reproduces its figures].
+    /// The backend to evaluate on: the CPU, or wgpu's best adapter (`MODULA_WGPU_ADAPTER=NAME`
+    /// picks one) [default: the run's own backend].
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    /// CPU backend threads; the CPU backend only, wgpu ignores them [default: the run's own
+    /// count, which reproduces its figures].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub threads: Option<u64>,
 }
@@ -31,6 +39,9 @@ struct Report {
     /// The checkpoint's iteration.
     steps: u64,
     seed: u64,
+    /// The backend evaluated on, and for wgpu its adapter.
+    #[serde(flatten)]
+    device: DeviceInfo,
     #[serde(flatten)]
     figures: Figures,
 }
@@ -45,7 +56,32 @@ pub fn run(args: EvalArgs) -> Result<(), CliError> {
     if let Some(threads) = args.threads {
         cfg.threads = threads as usize;
     }
-    let mut exp = cfg.build();
+    if let Some(backend) = args.backend {
+        cfg.backend = backend;
+    }
+    run::on_backend(&cfg.clone(), Job { cfg, args })
+}
+
+/// A resolved evaluation, waiting for its backend.
+struct Job {
+    cfg: RunConfig,
+    args: EvalArgs,
+}
+
+impl OnBackend for Job {
+    fn run<B: Backend>(self, backend: B, device: DeviceInfo) -> Result<(), CliError> {
+        evaluate(backend, device, &self.cfg, &self.args)
+    }
+}
+
+/// Rebuilds the run on `backend`, restores its checkpoint, evaluates and prints the figures.
+fn evaluate<B: Backend>(
+    backend: B,
+    device: DeviceInfo,
+    cfg: &RunConfig,
+    args: &EvalArgs,
+) -> Result<(), CliError> {
+    let mut exp = cfg.build(backend);
     run::restore_checkpoint(&mut exp, &args.run)?;
     let eval = exp
         .evaluate()
@@ -55,6 +91,7 @@ pub fn run(args: EvalArgs) -> Result<(), CliError> {
         algo: cfg.train.algo.name().to_string(),
         steps: exp.trainer.step,
         seed: cfg.seed,
+        device,
         figures: Figures::new(&eval, exp.task.linear_baseline_mse()),
     };
     if args.json {
@@ -64,12 +101,13 @@ pub fn run(args: EvalArgs) -> Result<(), CliError> {
         );
     } else {
         println!(
-            "{} on the {} task, seed {}, checkpoint at step {} ({})",
+            "{} on the {} task, seed {}, checkpoint at step {} ({}), evaluated on {}",
             report.algo,
             report.task,
             report.seed,
             report.steps,
-            run::checkpoint_path(&args.run).display()
+            run::checkpoint_path(&args.run).display(),
+            report.device.describe(cfg.threads)
         );
         println!("{}", report.figures.text());
     }

@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use modula_em::toy::ToyConfig;
 use modula_em::{Algo, ModelConfig, ToyEval, ToyExperiment, TrainConfig};
 use modula_nn::Checkpoint;
-use modula_tensor::Cpu;
-use serde::{Deserialize, Serialize};
+use modula_tensor::{Backend, Cpu};
+use modula_wgpu::Wgpu;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The resolved configuration of a run, as written to the run directory.
 pub const CONFIG_FILE: &str = "config.toml";
@@ -66,6 +67,33 @@ pub fn finish(command: &str, result: Result<(), CliError>) -> ExitCode {
     }
 }
 
+/// The backend a run computes on, as spelled on the command line and in `config.toml`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// The CPU backend of `modula-tensor`, with `threads` threads.
+    #[default]
+    Cpu,
+    /// The WGSL compute backend of `modula-wgpu` on the best wgpu adapter found (a GPU, or a
+    /// software adapter such as lavapipe); `MODULA_WGPU_ADAPTER` picks one by name.
+    Wgpu,
+}
+
+/// Written by hand rather than derived so that an unknown value is reported with the key's
+/// name; serde's derived message (`unknown variant`) names only the value.
+impl<'de> Deserialize<'de> for BackendKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        match name.as_str() {
+            "cpu" => Ok(BackendKind::Cpu),
+            "wgpu" => Ok(BackendKind::Wgpu),
+            _ => Err(serde::de::Error::custom(format!(
+                "`backend` is {name:?}; the backends are \"cpu\" and \"wgpu\""
+            ))),
+        }
+    }
+}
+
 /// Everything that determines a run: defaults, then the `--config` file, then the flags.
 /// Written to `config.toml` in the run directory, from which the run can be repeated alone.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,8 +103,10 @@ pub struct RunConfig {
     pub task_name: String,
     /// Seeds the task's data, the initialisation and every random choice of training.
     pub seed: u64,
-    /// CPU backend threads; 0 in a file means all cores (the resolved file holds the count,
-    /// because results may depend on it).
+    /// The backend; `--resume` and `modula eval` reuse it unless told otherwise.
+    pub backend: BackendKind,
+    /// CPU backend threads (the wgpu backend ignores them); 0 in a file means all cores (the
+    /// resolved file holds the count, because results may depend on it).
     pub threads: usize,
     /// The generated toy task.
     pub task: ToyConfig,
@@ -91,6 +121,7 @@ impl Default for RunConfig {
         RunConfig {
             task_name: TOY_TASK.to_string(),
             seed: 0,
+            backend: BackendKind::Cpu,
             threads: 0,
             task: ToyConfig::default(),
             model: ModelConfig::default(),
@@ -144,17 +175,94 @@ impl RunConfig {
         toml::to_string(self).expect("the configuration serialises")
     }
 
-    /// Builds the experiment on a CPU backend with the configured threads. The configuration
-    /// must be valid and resolved (`threads > 0`).
-    pub fn build(&self) -> ToyExperiment<Cpu> {
-        ToyExperiment::new(
-            Cpu::with_threads(self.threads),
-            &self.task,
-            &self.model,
-            &self.train,
-            self.seed,
-        )
+    /// Builds the experiment on `backend`. The configuration must be valid.
+    pub fn build<B: Backend>(&self, backend: B) -> ToyExperiment<B> {
+        ToyExperiment::new(backend, &self.task, &self.model, &self.train, self.seed)
     }
+}
+
+/// The device a command runs on, as `summary.json` and `modula eval --json` record it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// The backend.
+    pub backend: BackendKind,
+    /// The wgpu adapter's name (absent on the CPU backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+    /// The wgpu adapter's device type: `discrete_gpu`, `integrated_gpu`, `virtual_gpu`,
+    /// `other`, or `cpu` for a software adapter, whose timings are CPU figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_type: Option<String>,
+}
+
+impl DeviceInfo {
+    /// A few words for progress lines: the thread count, or the adapter.
+    pub fn describe(&self, threads: usize) -> String {
+        match (&self.backend, &self.adapter) {
+            (BackendKind::Wgpu, Some(adapter)) => format!(
+                "wgpu on {adapter} ({})",
+                self.adapter_type.as_deref().unwrap_or("unknown type")
+            ),
+            _ => format!("cpu, {threads} threads"),
+        }
+    }
+}
+
+/// A command body written once, generic over the backend; [`on_backend`] runs it on the
+/// backend a configuration names, so each command has a single code path monomorphised for
+/// [`Cpu`] and [`Wgpu`].
+pub trait OnBackend {
+    /// Runs the command on `backend`, which `device` describes.
+    ///
+    /// # Errors
+    /// The command's own errors.
+    fn run<B: Backend>(self, backend: B, device: DeviceInfo) -> Result<(), CliError>;
+}
+
+/// Opens the backend `cfg.backend` names (the CPU with `cfg.threads` threads, or the best
+/// wgpu adapter) and runs `job` on it.
+///
+/// # Errors
+/// A run error when `--backend wgpu` finds no usable adapter, and `job`'s own errors.
+pub fn on_backend(cfg: &RunConfig, job: impl OnBackend) -> Result<(), CliError> {
+    match cfg.backend {
+        BackendKind::Cpu => job.run(
+            Cpu::with_threads(cfg.threads),
+            DeviceInfo {
+                backend: BackendKind::Cpu,
+                adapter: None,
+                adapter_type: None,
+            },
+        ),
+        BackendKind::Wgpu => {
+            let gpu = open_wgpu()?;
+            let adapter = gpu.adapter();
+            let device = DeviceInfo {
+                backend: BackendKind::Wgpu,
+                adapter: Some(adapter.name.clone()),
+                adapter_type: Some(adapter.device_type.as_str().to_string()),
+            };
+            job.run(gpu, device)
+        }
+    }
+}
+
+/// Opens the wgpu backend, turning a missing adapter into an error that says what to install.
+fn open_wgpu() -> Result<Wgpu, CliError> {
+    Wgpu::new().map_err(|e| {
+        let filter = std::env::var("MODULA_WGPU_ADAPTER")
+            .map(|name| {
+                format!(
+                    " MODULA_WGPU_ADAPTER={name:?} is set: unset it or name an adapter that exists."
+                )
+            })
+            .unwrap_or_default();
+        run_error(format!(
+            "--backend wgpu: {e}.{filter} Install a Vulkan, Metal or DX12 driver: on Debian, \
+             `apt-get install mesa-vulkan-drivers libvulkan1` provides the lavapipe software \
+             adapter (slow; a GPU's own driver is the fast path). Or use --backend cpu"
+        ))
+    })
 }
 
 /// The number of cores, the default thread count.
@@ -196,8 +304,8 @@ pub fn read_run_config(dir: &Path) -> Result<RunConfig, CliError> {
 ///
 /// # Errors
 /// A run error when the checkpoint is missing, truncated, corrupt or from another run.
-pub fn restore_checkpoint(
-    exp: &mut ToyExperiment<Cpu>,
+pub fn restore_checkpoint<B: Backend>(
+    exp: &mut ToyExperiment<B>,
     dir: &Path,
 ) -> Result<Checkpoint, CliError> {
     let path = checkpoint_path(dir);

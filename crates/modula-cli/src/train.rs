@@ -11,13 +11,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use modula_em::algo::{EStats, StepStats};
 use modula_em::{Algo, StepOutcome, ToyExperiment, TrainError};
 use modula_nn::Checkpoint;
-use modula_tensor::Cpu;
+use modula_tensor::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::plot;
 use crate::run::{
-    self, CONFIG_FILE, CliError, Figures, META_CONFIG, META_INTERVAL, META_SECONDS, METRICS_FILE,
-    RunConfig, SUMMARY_FILE, run_error,
+    self, BackendKind, CONFIG_FILE, CliError, DeviceInfo, Figures, META_CONFIG, META_INTERVAL,
+    META_SECONDS, METRICS_FILE, OnBackend, RunConfig, SUMMARY_FILE, run_error,
 };
 
 /// The training algorithm, as spelled on the command line.
@@ -48,7 +48,7 @@ impl From<AlgoArg> for Algo {
 /// defaults.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// A TOML file with top-level `task_name`, `seed`, `threads` and sections `[task]`,
+    /// A TOML file with top-level `task_name`, `seed`, `backend`, `threads` and sections `[task]`,
     /// `[model]`, `[train]` (see docs/cli.md); unknown keys are rejected.
     #[arg(long, value_name = "FILE", conflicts_with = "resume")]
     pub config: Option<PathBuf>,
@@ -68,7 +68,13 @@ pub struct TrainArgs {
     /// Continue the run in DIR from its checkpoint and configuration.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
-    /// CPU backend threads [default: all cores; with `--resume`, the run's own count].
+    /// The backend: the CPU, or wgpu's best adapter (Vulkan, Metal or DX12; a GPU before a
+    /// software adapter; `MODULA_WGPU_ADAPTER=NAME` picks one) [default: cpu; with `--resume`,
+    /// the run's own backend].
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    /// CPU backend threads; the CPU backend only, wgpu ignores them [default: all cores; with
+    /// `--resume`, the run's own count].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub threads: Option<u64>,
 }
@@ -87,6 +93,9 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
             }
             if let Some(threads) = args.threads {
                 cfg.threads = threads as usize;
+            }
+            if let Some(backend) = args.backend {
+                cfg.backend = backend;
             }
             cfg.validate()?;
             (cfg, dir.clone(), true)
@@ -108,6 +117,9 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
             if let Some(threads) = args.threads {
                 cfg.threads = threads as usize;
             }
+            if let Some(backend) = args.backend {
+                cfg.backend = backend;
+            }
             if cfg.threads == 0 {
                 cfg.threads = run::all_cores();
             }
@@ -120,7 +132,20 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
             (cfg, dir, false)
         }
     };
-    Training::start(cfg, dir, resuming)?.run()
+    run::on_backend(&cfg.clone(), Job { cfg, dir, resuming })
+}
+
+/// A resolved training command, waiting for its backend.
+struct Job {
+    cfg: RunConfig,
+    dir: PathBuf,
+    resuming: bool,
+}
+
+impl OnBackend for Job {
+    fn run<B: Backend>(self, backend: B, device: DeviceInfo) -> Result<(), CliError> {
+        Training::start(backend, device, self.cfg, self.dir, self.resuming)?.run()
+    }
 }
 
 /// `runs/<algo>-<seed>-<UTC timestamp>`, with a numeric suffix if that already exists.
@@ -322,8 +347,11 @@ pub struct Summary {
     pub seconds: f64,
     /// The run's seed.
     pub seed: u64,
-    /// CPU backend threads.
+    /// CPU backend threads (recorded on every backend; only the CPU uses them).
     pub threads: usize,
+    /// The backend, and for wgpu the adapter's name and device type.
+    #[serde(flatten)]
+    pub device: DeviceInfo,
     /// Trainable scalars of the network.
     pub parameters: usize,
     /// The test figures.
@@ -383,10 +411,11 @@ impl Progress {
 }
 
 /// A run in progress: the experiment, its directory and the logging state.
-struct Training {
+struct Training<B: Backend> {
     cfg: RunConfig,
+    device: DeviceInfo,
     dir: PathBuf,
-    exp: ToyExperiment<Cpu>,
+    exp: ToyExperiment<B>,
     interval: Interval,
     records: Vec<MetricRecord>,
     metrics: File,
@@ -397,11 +426,17 @@ struct Training {
     linear_baseline_mse: f64,
 }
 
-impl Training {
-    /// Builds the experiment and, when resuming, restores it and trims `metrics.jsonl` to
-    /// the checkpoint's step.
-    fn start(cfg: RunConfig, dir: PathBuf, resuming: bool) -> Result<Self, CliError> {
-        let mut exp = cfg.build();
+impl<B: Backend> Training<B> {
+    /// Builds the experiment on `backend` and, when resuming, restores it and trims
+    /// `metrics.jsonl` to the checkpoint's step.
+    fn start(
+        backend: B,
+        device: DeviceInfo,
+        cfg: RunConfig,
+        dir: PathBuf,
+        resuming: bool,
+    ) -> Result<Self, CliError> {
+        let mut exp = cfg.build(backend);
         let linear_baseline_mse = exp.task.linear_baseline_mse();
         let metrics_path = dir.join(METRICS_FILE);
         let (interval, records, seconds_before) = if resuming {
@@ -443,6 +478,7 @@ impl Training {
         let checkpoint_step = exp.trainer.step;
         let mut training = Training {
             cfg,
+            device,
             dir,
             exp,
             interval,
@@ -471,11 +507,11 @@ impl Training {
         let mut interval_start = Instant::now();
         let mut interval_examples = 0u64;
         eprintln!(
-            "modula train: {} on the {} task, seed {}, {} threads, {} steps; run directory {}",
+            "modula train: {} on the {} task, seed {}, {}, {} steps; run directory {}",
             self.cfg.train.algo.name(),
             self.cfg.task_name,
             self.cfg.seed,
-            self.cfg.threads,
+            self.device.describe(self.cfg.threads),
             total,
             self.dir.display()
         );
@@ -579,6 +615,7 @@ impl Training {
             seconds,
             seed: self.cfg.seed,
             threads: self.cfg.threads,
+            device: self.device.clone(),
             parameters: t.params.num_scalars(&t.backend),
             figures: Figures::new(&eval, self.linear_baseline_mse),
         };
@@ -587,12 +624,12 @@ impl Training {
         let plots = plot::write_all(&self.dir, &self.records, self.linear_baseline_mse)
             .map_err(|e| run_error(format!("cannot draw the plots: {e}")))?;
         println!(
-            "{} on the {} task: {} steps in {:.1} s ({} threads, seed {}, {} parameters)",
+            "{} on the {} task: {} steps in {:.1} s ({}, seed {}, {} parameters)",
             summary.algo,
             summary.task,
             summary.steps,
             summary.seconds,
-            summary.threads,
+            self.device.describe(summary.threads),
             summary.seed,
             summary.parameters
         );
