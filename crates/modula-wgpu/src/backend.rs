@@ -7,10 +7,10 @@ use modula_tensor::{
 };
 
 use crate::Wgpu;
-use modula_tensor::check;
 use crate::device::{Bind, Params};
 use crate::shaders::{CONV, ELEMENTWISE, INDEXING, Kernel, MATMUL, OPTIM, REDUCE, SOFTMAX};
 use crate::tensor::WgpuTensor;
+use modula_tensor::check;
 
 /// Outputs per thread per side in the matmul kernel (`MICRO` in matmul.wgsl).
 const MICRO: u32 = 4;
