@@ -62,7 +62,7 @@ pub struct TrainArgs {
     /// the iteration to continue to.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub steps: Option<u64>,
-    /// The run directory [default: runs/<algo>-<seed>-<UTC timestamp>].
+    /// The run directory [default: runs/ALGO-SEED-TIMESTAMP, the timestamp in UTC].
     #[arg(long, value_name = "DIR", conflicts_with = "resume")]
     pub out: Option<PathBuf>,
     /// Continue the run in DIR from its checkpoint and configuration.

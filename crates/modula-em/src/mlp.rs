@@ -35,7 +35,8 @@ pub struct MlpLayer {
     pub relu: bool,
 }
 
-/// A stack of modular linear layers; see the [module docs](self).
+/// A stack of modular linear layers (ReLU between them): the toy task's network, and with one
+/// module per layer the dense baselines.
 #[derive(Clone, Debug)]
 pub struct ModularMlp {
     /// The layers, input first.

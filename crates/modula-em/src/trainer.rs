@@ -76,7 +76,8 @@ pub enum StepOutcome {
     Gradient(StepStats),
 }
 
-/// A training run in memory. See the [module docs](self).
+/// A training run in memory: parameters, optimiser, assignment table and schedule. Iteration `i`
+/// draws its randomness from its own stream of the seed, so a restored run continues exactly.
 #[derive(Debug)]
 pub struct Trainer<B: Backend, M: ModularModel<B>> {
     /// The backend.

@@ -12,7 +12,7 @@
 //!   [`WgpuOptions`].
 //! - Device failures (validation, out of memory, a lost device) are captured by callbacks
 //!   and returned by the next `download` or `synchronize` as a
-//!   [`BackendError`](modula_tensor::BackendError).
+//!   [`BackendError`].
 //!
 //! This crate is the only one in the workspace that names wgpu types; everything else is
 //! generic over `Backend`.
