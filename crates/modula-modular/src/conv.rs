@@ -146,7 +146,9 @@ impl ModularConv2d {
         b.grouped_matmul(GroupedOp::XtY, &cache.cols, &dys, &offsets, beta, dw);
         let identity: Vec<u32> = (0..(routing.pairs() * pix) as u32).collect();
         grads.accumulate(b, self.bias, &b.segment_sum_rows(&dys, &identity, &offsets));
-        let mut dcols = b.zeros([routing.pairs() * pix, patch]);
+        // The patches are spent once the weight gradient is done and have the shape of their
+        // gradient: overwriting them (beta = 0) saves zeroing a new buffer.
+        let mut dcols = cache.cols;
         b.grouped_matmul(
             GroupedOp::XWt,
             &dys,

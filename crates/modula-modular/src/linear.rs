@@ -167,7 +167,9 @@ impl ModularLinear {
         let identity: Vec<u32> = (0..routing.pairs() as u32).collect();
         let db = b.segment_sum_rows(&dys, &identity, &routing.offsets);
         grads.accumulate(b, self.bias, &db);
-        let mut dxs = b.zeros([routing.pairs(), self.d_in]);
+        // The gathered inputs are spent once the weight gradient is done, and the input
+        // gradient has their shape: overwriting them (beta = 0) saves zeroing a new buffer.
+        let mut dxs = cache.xs;
         b.grouped_matmul(
             GroupedOp::XWt,
             &dys,

@@ -98,7 +98,9 @@ impl<B: Backend> Module<B> for Linear {
             self.bias,
             &b.reduce_cols(modula_tensor::ReduceOp::Sum, dy),
         );
-        let mut dx = b.zeros(b.shape(&x));
+        // The cached input is spent once the weight gradient is done and has the shape of its
+        // gradient: overwriting it (beta = 0) saves zeroing a new buffer.
+        let mut dx = x;
         b.matmul(
             1.0,
             dy,
