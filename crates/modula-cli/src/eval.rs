@@ -59,7 +59,7 @@ pub fn run(args: EvalArgs) -> Result<(), CliError> {
     if let Some(backend) = args.backend {
         cfg.backend = backend;
     }
-    run::on_backend(&cfg.clone(), Job { cfg, args })
+    run::on_backend(cfg.backend, cfg.threads, Job { cfg, args })
 }
 
 /// A resolved evaluation, waiting for its backend.

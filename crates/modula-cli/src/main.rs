@@ -6,6 +6,7 @@
 
 mod data;
 mod eval;
+mod lm;
 mod plot;
 mod run;
 mod train;
@@ -28,7 +29,8 @@ enum Command {
     /// Fetch data sets and inspect what the loaders see.
     #[command(subcommand)]
     Data(data::DataCommand),
-    /// Train a modular network (EM or a baseline) on the toy task into a run directory.
+    /// Train a modular network (EM or a baseline) into a run directory: the toy task, or
+    /// Penn Treebank language modelling with a `task_name = "ptb"` config.
     Train(train::TrainArgs),
     /// Re-evaluate a run's checkpoint on the test split.
     Eval(eval::EvalArgs),

@@ -219,15 +219,15 @@ pub trait OnBackend {
     fn run<B: Backend>(self, backend: B, device: DeviceInfo) -> Result<(), CliError>;
 }
 
-/// Opens the backend `cfg.backend` names (the CPU with `cfg.threads` threads, or the best
-/// wgpu adapter) and runs `job` on it.
+/// Opens the backend `kind` names (the CPU with `threads` threads, or the best wgpu adapter)
+/// and runs `job` on it.
 ///
 /// # Errors
 /// A run error when `--backend wgpu` finds no usable adapter, and `job`'s own errors.
-pub fn on_backend(cfg: &RunConfig, job: impl OnBackend) -> Result<(), CliError> {
-    match cfg.backend {
+pub fn on_backend(kind: BackendKind, threads: usize, job: impl OnBackend) -> Result<(), CliError> {
+    match kind {
         BackendKind::Cpu => job.run(
-            Cpu::with_threads(cfg.threads),
+            Cpu::with_threads(threads),
             DeviceInfo {
                 backend: BackendKind::Cpu,
                 adapter: None,

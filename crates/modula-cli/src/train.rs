@@ -9,16 +9,16 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use modula_em::algo::{EStats, StepStats};
-use modula_em::{Algo, StepOutcome, ToyExperiment, TrainError};
+use modula_em::{Algo, DenseMatch, StepOutcome, ToyExperiment, TrainError};
 use modula_nn::Checkpoint;
 use modula_tensor::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::plot;
 use crate::run::{
     self, BackendKind, CONFIG_FILE, CliError, DeviceInfo, Figures, META_CONFIG, META_INTERVAL,
     META_SECONDS, METRICS_FILE, OnBackend, RunConfig, SUMMARY_FILE, run_error,
 };
+use crate::{lm, plot};
 
 /// The training algorithm, as spelled on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -77,6 +77,36 @@ pub struct TrainArgs {
     /// `--resume`, the run's own count].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub threads: Option<u64>,
+    /// What a dense baseline is matched to: one module's compute, or the modular network's
+    /// parameter count [default: the config's `train.dense_match`, else compute].
+    #[arg(long, value_enum, conflicts_with = "resume")]
+    pub dense_match: Option<DenseMatchArg>,
+    /// Language modelling only: passes over the training split [default: the config's
+    /// `train.epochs`]. With `--resume`, the epoch count to continue to.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub epochs: Option<u64>,
+    /// Language modelling only: stop after this many minutes of wall time, with a checkpoint
+    /// that `--resume` continues from.
+    #[arg(long, value_name = "MINUTES")]
+    pub max_minutes: Option<f64>,
+}
+
+/// What a dense baseline is matched to, as spelled on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DenseMatchArg {
+    /// One module's width (the modular network's compute per input).
+    Compute,
+    /// The modular network's parameter count.
+    Params,
+}
+
+impl From<DenseMatchArg> for DenseMatch {
+    fn from(m: DenseMatchArg) -> DenseMatch {
+        match m {
+            DenseMatchArg::Compute => DenseMatch::Compute,
+            DenseMatchArg::Params => DenseMatch::Params,
+        }
+    }
 }
 
 /// Runs `modula train`.
@@ -85,6 +115,22 @@ pub struct TrainArgs {
 /// A [`CliError`] for a bad configuration or run directory, an unreadable checkpoint, a
 /// diverged loss or a failed write.
 pub fn run(args: TrainArgs) -> Result<(), CliError> {
+    let lm_config = match (&args.resume, &args.config) {
+        (Some(dir), _) => {
+            let path = dir.join(CONFIG_FILE);
+            path.is_file() && lm::is_lm_config(&path)?
+        }
+        (None, Some(path)) => lm::is_lm_config(path)?,
+        (None, None) => false,
+    };
+    if lm_config {
+        return lm::run(args);
+    }
+    if args.epochs.is_some() || args.max_minutes.is_some() {
+        return Err(run_error(
+            "--epochs and --max-minutes bound language-modelling runs (a config with task_name = \"ptb\"); the toy task counts --steps",
+        ));
+    }
     let (cfg, dir, resuming) = match &args.resume {
         Some(dir) => {
             let mut cfg = run::read_run_config(dir)?;
@@ -111,6 +157,9 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
             if let Some(seed) = args.seed {
                 cfg.seed = seed;
             }
+            if let Some(m) = args.dense_match {
+                cfg.train.dense_match = m.into();
+            }
             if let Some(steps) = args.steps {
                 cfg.train.steps = steps as usize;
             }
@@ -126,13 +175,13 @@ pub fn run(args: TrainArgs) -> Result<(), CliError> {
             cfg.validate()?;
             let dir = match &args.out {
                 Some(dir) => dir.clone(),
-                None => default_run_dir(&cfg),
+                None => default_run_dir(cfg.train.algo.name(), cfg.seed),
             };
             prepare_fresh_dir(&dir)?;
             (cfg, dir, false)
         }
     };
-    run::on_backend(&cfg.clone(), Job { cfg, dir, resuming })
+    run::on_backend(cfg.backend, cfg.threads, Job { cfg, dir, resuming })
 }
 
 /// A resolved training command, waiting for its backend.
@@ -148,17 +197,12 @@ impl OnBackend for Job {
     }
 }
 
-/// `runs/<algo>-<seed>-<UTC timestamp>`, with a numeric suffix if that already exists.
-fn default_run_dir(cfg: &RunConfig) -> PathBuf {
+/// `runs/<name>-<seed>-<UTC timestamp>`, with a numeric suffix if that already exists.
+pub(crate) fn default_run_dir(name: &str, seed: u64) -> PathBuf {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let base = format!(
-        "{}-{}-{}",
-        cfg.train.algo.name(),
-        cfg.seed,
-        utc_timestamp(secs)
-    );
+    let base = format!("{name}-{seed}-{}", utc_timestamp(secs));
     let runs = Path::new("runs");
     let mut dir = runs.join(&base);
     let mut n = 2;
@@ -192,7 +236,7 @@ fn utc_timestamp(secs: u64) -> String {
 }
 
 /// Creates the directory of a new run; an existing run there is never overwritten.
-fn prepare_fresh_dir(dir: &Path) -> Result<(), CliError> {
+pub(crate) fn prepare_fresh_dir(dir: &Path) -> Result<(), CliError> {
     if dir.join(CONFIG_FILE).exists() || run::checkpoint_path(dir).exists() {
         return Err(run_error(format!(
             "{} already holds a run; continue it with `modula train --resume {}` or choose another --out",
@@ -360,13 +404,13 @@ pub struct Summary {
 }
 
 /// How progress is shown: a live bar on a terminal, plain lines otherwise.
-enum Progress {
+pub(crate) enum Progress {
     Bar(ProgressBar),
     Lines { total: u64 },
 }
 
 impl Progress {
-    fn new(total: u64, position: u64) -> Self {
+    pub(crate) fn new(total: u64, position: u64) -> Self {
         if std::io::stderr().is_terminal() {
             let bar = ProgressBar::new(total);
             bar.set_style(
@@ -383,7 +427,7 @@ impl Progress {
         }
     }
 
-    fn tick(&self, step: u64) {
+    pub(crate) fn tick(&self, step: u64) {
         if let Progress::Bar(bar) = self {
             bar.set_position(step);
         }
@@ -391,19 +435,27 @@ impl Progress {
 
     fn log(&self, r: &MetricRecord) {
         let loss = r.task_nll.map_or("-".to_string(), |v| format!("{v:.3}"));
-        match self {
-            Progress::Bar(bar) => bar.set_message(format!(
+        self.note(
+            format!(
                 "loss {loss} test MSE {:.4} eff {:.2}",
                 r.test_mse, r.effective_modules
-            )),
-            Progress::Lines { total } => eprintln!(
-                "step {}/{total}: loss {loss}, test MSE {:.4}, purity {:.3}, effective modules {:.2}, {:.0} examples/s",
+            ),
+            format!(
+                "step {}: loss {loss}, test MSE {:.4}, purity {:.3}, effective modules {:.2}, {:.0} examples/s",
                 r.step, r.test_mse, r.purity, r.effective_modules, r.examples_per_s
             ),
+        );
+    }
+
+    /// Shows `short` beside the bar on a terminal; otherwise prints `line` with the total.
+    pub(crate) fn note(&self, short: String, line: String) {
+        match self {
+            Progress::Bar(bar) => bar.set_message(short),
+            Progress::Lines { total } => eprintln!("{line} (of {total})"),
         }
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Progress::Bar(bar) = self {
             bar.finish();
         }
@@ -645,7 +697,7 @@ impl<B: Backend> Training<B> {
 }
 
 /// Writes a whole file, naming it in the error.
-fn write_file(path: &Path, text: &str) -> Result<(), CliError> {
+pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), CliError> {
     fs::write(path, text).map_err(|e| run_error(format!("cannot write {}: {e}", path.display())))
 }
 

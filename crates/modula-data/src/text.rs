@@ -182,28 +182,48 @@ impl Streams {
     /// If `bptt` is zero.
     #[track_caller]
     pub fn windows(&self, bptt: usize) -> impl Iterator<Item = Window> + '_ {
+        (0..self.window_count(bptt)).map(move |i| self.window(i, bptt))
+    }
+
+    /// How many windows [`Streams::windows`] yields for `bptt`.
+    ///
+    /// # Panics
+    /// If `bptt` is zero.
+    #[track_caller]
+    pub fn window_count(&self, bptt: usize) -> usize {
         assert!(bptt > 0, "bptt must be positive");
-        let last = self.len.saturating_sub(1);
-        (0..last).step_by(bptt).map(move |start| {
-            let steps = bptt.min(last - start);
-            let mut inputs = Vec::with_capacity(self.batch * steps);
-            let mut targets = Vec::with_capacity(self.batch * steps);
-            let mut indices = Vec::with_capacity(self.batch * steps);
-            for b in 0..self.batch {
-                let row = &self.tokens[b * self.len..(b + 1) * self.len];
-                inputs.extend_from_slice(&row[start..start + steps]);
-                targets.extend_from_slice(&row[start + 1..start + steps + 1]);
-                indices.extend((start..start + steps).map(|t| self.index(b, t)));
-            }
-            Window {
-                start,
-                steps,
-                batch: self.batch,
-                inputs,
-                targets,
-                indices,
-            }
-        })
+        self.len.saturating_sub(1).div_ceil(bptt)
+    }
+
+    /// Window `i` of [`Streams::windows`], built directly (training resumes mid-epoch
+    /// without walking the earlier windows).
+    ///
+    /// # Panics
+    /// If `bptt` is zero or `i >= window_count(bptt)`.
+    #[track_caller]
+    pub fn window(&self, i: usize, bptt: usize) -> Window {
+        let count = self.window_count(bptt);
+        assert!(i < count, "window {i} out of range: there are {count}");
+        let last = self.len - 1;
+        let start = i * bptt;
+        let steps = bptt.min(last - start);
+        let mut inputs = Vec::with_capacity(self.batch * steps);
+        let mut targets = Vec::with_capacity(self.batch * steps);
+        let mut indices = Vec::with_capacity(self.batch * steps);
+        for b in 0..self.batch {
+            let row = &self.tokens[b * self.len..(b + 1) * self.len];
+            inputs.extend_from_slice(&row[start..start + steps]);
+            targets.extend_from_slice(&row[start + 1..start + steps + 1]);
+            indices.extend((start..start + steps).map(|t| self.index(b, t)));
+        }
+        Window {
+            start,
+            steps,
+            batch: self.batch,
+            inputs,
+            targets,
+            indices,
+        }
     }
 }
 

@@ -12,7 +12,7 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         field,
         problem: problem.into(),

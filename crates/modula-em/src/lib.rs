@@ -36,6 +36,7 @@
 pub mod algo;
 pub mod config;
 mod experiment;
+pub mod lm;
 mod mlp;
 mod model;
 mod table;

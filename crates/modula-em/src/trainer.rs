@@ -107,10 +107,11 @@ pub struct Trainer<B: Backend, M: ModularModel<B>> {
 }
 
 /// Stream ids that keep the run's random choices apart.
-const STREAM_TABLE: u64 = 1 << 62;
+pub(crate) const STREAM_TABLE: u64 = 1 << 62;
 const STREAM_EPOCH: u64 = 1 << 61;
 
-fn stream(seed: u64, id: u64) -> ChaCha8Rng {
+/// Stream `id` of the ChaCha generator seeded by `seed`.
+pub(crate) fn stream(seed: u64, id: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(id);
     rng
@@ -268,27 +269,14 @@ impl<B: Backend, M: ModularModel<B>> Trainer<B, M> {
     /// # Errors
     /// A device failure while downloading tensors.
     pub fn checkpoint(&self) -> Result<Checkpoint, TrainError> {
-        let b = &self.backend;
         let mut ck = Checkpoint::new();
-        ck.add_params(b, &self.params)?;
-        for (id, mv) in self.optimizer.moments() {
-            let name = self.params.name(id).to_string();
-            for (tag, t) in ["m", "v"].iter().zip(mv) {
-                let [r, c] = b.shape(t);
-                ck.insert(
-                    format!("optimizer.{tag}.{name}"),
-                    StoredTensor::f32(vec![r, c], b.download(t)?),
-                );
-            }
-        }
-        if let Some(table) = &self.table {
-            for (l, layer) in table.layers().iter().enumerate() {
-                ck.insert(
-                    format!("em.assignments.{l}"),
-                    StoredTensor::u16(vec![table.examples(), layer.k()], layer.as_slice().to_vec()),
-                );
-            }
-        }
+        save_state(
+            &mut ck,
+            &self.backend,
+            &self.params,
+            &self.optimizer,
+            self.table.as_ref(),
+        )?;
         let meta: BTreeMap<String, String> = [
             ("step".to_string(), self.step.to_string()),
             ("adam_t".to_string(), self.optimizer.steps().to_string()),
@@ -342,34 +330,99 @@ impl<B: Backend, M: ModularModel<B>> Trainer<B, M> {
                     .map_err(|_| mismatch("metadata `baseline` is not a number".into()))?,
             ),
         };
-        ck.load_params(&self.backend, &mut self.params, ExtraTensors::Ignore)?;
-        let b = &self.backend;
-        let mut moments = Vec::new();
-        for id in self.params.ids() {
-            let name = self.params.name(id);
-            let shape = b.shape(self.params.get(id));
-            if ck.get(&format!("optimizer.m.{name}")).is_some() {
-                let m = b.upload(shape, ck.f32(&format!("optimizer.m.{name}"), Some(&shape))?);
-                let v = b.upload(shape, ck.f32(&format!("optimizer.v.{name}"), Some(&shape))?);
-                moments.push((id, [m, v]));
-            }
-        }
-        self.optimizer.restore(adam_t, moments);
-        if let Some(table) = &self.table {
-            let mut layers = Vec::new();
-            for (l, layer) in table.layers().iter().enumerate() {
-                let data = ck.u16(
-                    &format!("em.assignments.{l}"),
-                    Some(&[table.examples(), layer.k()]),
-                )?;
-                layers.push((layer.modules(), layer.k(), data.to_vec()));
-            }
-            self.table =
-                Some(AssignmentTable::from_raw(table.examples(), layers).map_err(mismatch)?);
-        }
+        restore_state(
+            ck,
+            &self.backend,
+            &mut self.params,
+            &mut self.optimizer,
+            &mut self.table,
+            adam_t,
+        )
+        .map_err(|e| match e {
+            StateError::Checkpoint(e) => TrainError::Checkpoint(e),
+            StateError::Table(problem) => mismatch(problem),
+        })?;
         self.baseline = baseline;
         self.step = step;
         self.epoch = None;
         Ok(())
     }
+}
+
+/// Why [`restore_state`] failed.
+pub(crate) enum StateError {
+    Checkpoint(CheckpointError),
+    Table(String),
+}
+
+impl From<CheckpointError> for StateError {
+    fn from(e: CheckpointError) -> Self {
+        StateError::Checkpoint(e)
+    }
+}
+
+/// Writes the parameters, Adam's moments and EM's assignment table into `ck` (the state every
+/// trainer shares; each adds its own counters as metadata).
+pub(crate) fn save_state<B: Backend>(
+    ck: &mut Checkpoint,
+    b: &B,
+    params: &ParamStore<B>,
+    optimizer: &Adam<B>,
+    table: Option<&AssignmentTable>,
+) -> Result<(), TrainError> {
+    ck.add_params(b, params)?;
+    for (id, mv) in optimizer.moments() {
+        let name = params.name(id).to_string();
+        for (tag, t) in ["m", "v"].iter().zip(mv) {
+            let [r, c] = b.shape(t);
+            ck.insert(
+                format!("optimizer.{tag}.{name}"),
+                StoredTensor::f32(vec![r, c], b.download(t)?),
+            );
+        }
+    }
+    if let Some(table) = table {
+        for (l, layer) in table.layers().iter().enumerate() {
+            ck.insert(
+                format!("em.assignments.{l}"),
+                StoredTensor::u16(vec![table.examples(), layer.k()], layer.as_slice().to_vec()),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Reads back what [`save_state`] wrote; the table, when present, must have `table`'s shape.
+pub(crate) fn restore_state<B: Backend>(
+    ck: &Checkpoint,
+    b: &B,
+    params: &mut ParamStore<B>,
+    optimizer: &mut Adam<B>,
+    table: &mut Option<AssignmentTable>,
+    adam_t: u64,
+) -> Result<(), StateError> {
+    ck.load_params(b, params, ExtraTensors::Ignore)?;
+    let mut moments = Vec::new();
+    for id in params.ids() {
+        let name = params.name(id);
+        let shape = b.shape(params.get(id));
+        if ck.get(&format!("optimizer.m.{name}")).is_some() {
+            let m = b.upload(shape, ck.f32(&format!("optimizer.m.{name}"), Some(&shape))?);
+            let v = b.upload(shape, ck.f32(&format!("optimizer.v.{name}"), Some(&shape))?);
+            moments.push((id, [m, v]));
+        }
+    }
+    optimizer.restore(adam_t, moments);
+    if let Some(t) = table {
+        let mut layers = Vec::new();
+        for (l, layer) in t.layers().iter().enumerate() {
+            let data = ck.u16(
+                &format!("em.assignments.{l}"),
+                Some(&[t.examples(), layer.k()]),
+            )?;
+            layers.push((layer.modules(), layer.k(), data.to_vec()));
+        }
+        *table = Some(AssignmentTable::from_raw(t.examples(), layers).map_err(StateError::Table)?);
+    }
+    Ok(())
 }

@@ -1,0 +1,248 @@
+//! Configuration of a language-modelling run.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Algo, ConfigError, DenseMatch, invalid};
+
+/// Shape of the language model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LmModelConfig {
+    /// Word-embedding width.
+    pub embed: usize,
+    /// GRU hidden width of the modular network and of the compute-matched dense baseline.
+    pub hidden: usize,
+    /// Modules `M` of the modular GRU's layer.
+    pub modules: usize,
+    /// Modules per time step `K`.
+    pub k: usize,
+    /// Dropout on the embedding and on the states fed to the softmax.
+    pub dropout: f32,
+}
+
+impl Default for LmModelConfig {
+    fn default() -> Self {
+        LmModelConfig {
+            embed: 256,
+            hidden: 256,
+            modules: 5,
+            k: 1,
+            dropout: 0.2,
+        }
+    }
+}
+
+/// The optimisation schedule of a language-modelling run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LmTrainConfig {
+    /// Training algorithm.
+    pub algo: Algo,
+    /// What the dense baseline is matched to (only with `algo = "dense"`).
+    pub dense_match: DenseMatch,
+    /// Passes over the training split.
+    pub epochs: usize,
+    /// Truncated-BPTT window length.
+    pub bptt: usize,
+    /// Parallel streams per window.
+    pub batch_size: usize,
+    /// Adam learning rate.
+    pub lr: f32,
+    /// Gradient-norm clipping threshold; 0 disables clipping.
+    pub grad_clip: f32,
+    /// EM: candidate selection paths per stream in an E-step (the stored one plus
+    /// `samples - 1` ancestral draws).
+    pub samples: usize,
+    /// EM: window `i` is preceded by an E-step on the same window when `i % e_every == 0`.
+    pub e_every: usize,
+    /// REINFORCE: decay of the moving-average reward baseline.
+    pub reinforce_decay: f32,
+    /// Noisy top-k: weight of the importance loss.
+    pub importance_weight: f32,
+    /// Windows between logged training metrics.
+    pub log_every: usize,
+    /// Windows between validation evaluations (one also ends every epoch).
+    pub eval_every: usize,
+    /// Windows between checkpoints (one also ends every epoch and the run).
+    pub checkpoint_every: usize,
+    /// Evaluate on at most this many validation tokens (0: the whole split).
+    pub eval_tokens: usize,
+    /// Train on at most this many tokens of the training split (0: all of it); for smoke runs.
+    pub train_tokens: usize,
+}
+
+impl Default for LmTrainConfig {
+    fn default() -> Self {
+        LmTrainConfig {
+            algo: Algo::Em,
+            dense_match: DenseMatch::Compute,
+            epochs: 6,
+            bptt: 35,
+            batch_size: 32,
+            lr: 1e-3,
+            grad_clip: 5.0,
+            samples: 10,
+            e_every: 10,
+            reinforce_decay: 0.9,
+            importance_weight: 0.1,
+            log_every: 20,
+            eval_every: 200,
+            checkpoint_every: 100,
+            eval_tokens: 0,
+            train_tokens: 0,
+        }
+    }
+}
+
+/// The recurrent cell a run builds, resolved from the algorithm and the model shape.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Recurrent {
+    /// A controller-routed modular GRU (EM, REINFORCE).
+    Modular {
+        /// `M`.
+        modules: usize,
+        /// `K`.
+        k: usize,
+    },
+    /// A noisy top-k gated modular GRU.
+    TopK {
+        /// `M`.
+        modules: usize,
+        /// Modules kept per step (`max(K, 2)`: with one the gate gets no gradient).
+        k: usize,
+        /// Weight of the importance loss.
+        importance_weight: f32,
+    },
+    /// A dense GRU of this width.
+    Dense {
+        /// Hidden width.
+        hidden: usize,
+    },
+}
+
+impl LmModelConfig {
+    /// Checks every field, naming the first bad one.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the field and the allowed values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, v) in [("model.embed", self.embed), ("model.hidden", self.hidden)] {
+            if v == 0 {
+                return Err(invalid(
+                    field,
+                    "is 0; use a positive width (256 by default)",
+                ));
+            }
+        }
+        if self.modules == 0 || self.modules > u16::MAX as usize {
+            return Err(invalid(
+                "model.modules",
+                format!("is {}; use 1 to {}", self.modules, u16::MAX),
+            ));
+        }
+        if self.k == 0 || self.k > self.modules {
+            return Err(invalid(
+                "model.k",
+                format!("is {}; use 1 to model.modules ({})", self.k, self.modules),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(invalid(
+                "model.dropout",
+                format!("is {}; use a probability in [0, 1)", self.dropout),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parameters of the modular network (controller-routed) for a vocabulary of `vocab`.
+    pub fn modular_params(&self, vocab: usize) -> usize {
+        let (d, h, m, k) = (self.embed, self.hidden, self.modules, self.k);
+        vocab * d + m * ((d + h) * 4 * h + 4 * h) + (d + h) * k * m + k * m + h * vocab + vocab
+    }
+
+    /// Parameters of a dense GRU language model of hidden width `h`.
+    pub fn dense_params(&self, vocab: usize, h: usize) -> usize {
+        vocab * self.embed + (self.embed + h) * 3 * h + 6 * h + h * vocab + vocab
+    }
+
+    /// The cell that `algo` trains: the modular network for EM and REINFORCE, the top-k
+    /// gated one (`k = max(K, 2)`) for top-k, and for dense the compute-matched width
+    /// (`hidden`) or the smallest width whose parameter count reaches the modular network's.
+    pub fn recurrent(&self, train: &LmTrainConfig, vocab: usize) -> Recurrent {
+        match train.algo {
+            Algo::Em | Algo::Reinforce => Recurrent::Modular {
+                modules: self.modules,
+                k: self.k,
+            },
+            Algo::Topk => Recurrent::TopK {
+                modules: self.modules,
+                k: self.k.max(2).min(self.modules),
+                importance_weight: train.importance_weight,
+            },
+            Algo::Dense => Recurrent::Dense {
+                hidden: match train.dense_match {
+                    DenseMatch::Compute => self.hidden,
+                    DenseMatch::Params => {
+                        let target = self.modular_params(vocab);
+                        (1..)
+                            .find(|&h| self.dense_params(vocab, h) >= target)
+                            .unwrap_or(1)
+                    }
+                },
+            },
+        }
+    }
+}
+
+impl LmTrainConfig {
+    /// Checks every field, naming the first bad one.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the field and the allowed values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("train.epochs", self.epochs),
+            ("train.bptt", self.bptt),
+            ("train.batch_size", self.batch_size),
+            ("train.samples", self.samples),
+            ("train.e_every", self.e_every),
+            ("train.log_every", self.log_every),
+            ("train.eval_every", self.eval_every),
+            ("train.checkpoint_every", self.checkpoint_every),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(invalid(field, "is 0; use 1 or more"));
+            }
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(invalid(
+                "train.lr",
+                format!(
+                    "is {}; the learning rate must be positive and finite",
+                    self.lr
+                ),
+            ));
+        }
+        if !(self.grad_clip >= 0.0 && self.grad_clip.is_finite()) {
+            return Err(invalid(
+                "train.grad_clip",
+                format!("is {}; use 0 (off) or a positive number", self.grad_clip),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.reinforce_decay) {
+            return Err(invalid(
+                "train.reinforce_decay",
+                format!("is {}; use a value in [0, 1)", self.reinforce_decay),
+            ));
+        }
+        if !(self.importance_weight >= 0.0 && self.importance_weight.is_finite()) {
+            return Err(invalid(
+                "train.importance_weight",
+                format!("is {}; use 0 or more", self.importance_weight),
+            ));
+        }
+        Ok(())
+    }
+}
