@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use crate::backend::{Backend, Shape};
 use crate::check;
 use crate::error::BackendError;
+use crate::fastexp;
 use crate::gemm::{self, MatMut, MatRef, Parallelism};
 use crate::ops::{AdamStep, BinaryOp, GroupedOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d};
 
@@ -351,7 +352,7 @@ impl Backend for Cpu {
         let mut y = x.clone();
         self.for_rows(&mut y, |_, r| {
             let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = r.iter().map(|&v| (v - max).exp()).sum();
+            let sum = fastexp::sum_exp(r, max);
             let lse = max + sum.ln();
             r.iter_mut().for_each(|v| *v -= lse);
         });
@@ -366,10 +367,7 @@ impl Backend for Cpu {
         let mut dx = dy.clone();
         self.for_rows(&mut dx, |i, r| {
             let total: f32 = r.iter().sum();
-            let yr = &ys[i * cols..(i + 1) * cols];
-            for (d, &yv) in r.iter_mut().zip(yr) {
-                *d -= yv.exp() * total;
-            }
+            fastexp::sub_scaled_exp(r, &ys[i * cols..(i + 1) * cols], total);
         });
         dx
     }

@@ -26,6 +26,7 @@ pub mod check;
 pub mod conformance;
 mod cpu;
 mod error;
+pub mod fastexp;
 pub mod gemm;
 mod grouped;
 mod ops;
