@@ -70,10 +70,7 @@ impl Default for LmRunConfig {
 
 impl LmRunConfig {
     fn read(path: &Path) -> Result<Self, CliError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| run_error(format!("cannot read config {}: {e}", path.display())))?;
-        toml::from_str(&text)
-            .map_err(|e| run_error(format!("config {} is invalid: {e}", path.display())))
+        read_config(path)
     }
 
     fn validate(&self) -> Result<(), CliError> {
@@ -115,6 +112,17 @@ impl LmRunConfig {
             ),
         }
     }
+}
+
+/// Reads a language-modelling configuration; unknown keys are rejected with their name.
+///
+/// # Errors
+/// A run error naming the file when it cannot be read or parsed.
+pub fn read_config(path: &Path) -> Result<LmRunConfig, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| run_error(format!("cannot read config {}: {e}", path.display())))?;
+    toml::from_str(&text)
+        .map_err(|e| run_error(format!("config {} is invalid: {e}", path.display())))
 }
 
 /// Whether the TOML file at `path` configures a language-modelling run (`task_name = "ptb"`).

@@ -6,8 +6,11 @@
 
 mod data;
 mod eval;
+mod inspect;
 mod lm;
+mod lm_plot;
 mod plot;
+mod report;
 mod run;
 mod train;
 
@@ -34,6 +37,10 @@ enum Command {
     Train(train::TrainArgs),
     /// Re-evaluate a run's checkpoint on the test split.
     Eval(eval::EvalArgs),
+    /// Show what each module of a language-modelling run specialises in.
+    Inspect(inspect::InspectArgs),
+    /// Tabulate language-modelling runs and draw their validation curves together.
+    Report(report::ReportArgs),
 }
 
 /// glibc hands large freed blocks back to the OS, so every training step would page-fault its
@@ -60,5 +67,7 @@ fn main() -> ExitCode {
         Command::Data(command) => data::run(command),
         Command::Train(args) => run::finish("train", train::run(args)),
         Command::Eval(args) => run::finish("eval", eval::run(args)),
+        Command::Inspect(args) => run::finish("inspect", inspect::run(args)),
+        Command::Report(args) => run::finish("report", report::run(args)),
     }
 }

@@ -16,10 +16,10 @@ use crate::train::MetricRecord;
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
 /// The family name the charts ask for; it is the embedded font.
-const FAMILY: &str = "sans-serif";
+pub(crate) const FAMILY: &str = "sans-serif";
 
 /// Registers the embedded font once per process.
-fn register_font() -> Result<(), String> {
+pub(crate) fn register_font() -> Result<(), String> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED
         .get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
@@ -49,6 +49,7 @@ macro_rules! save {
         $written.push(concat!($name, ".svg").to_string());
     }};
 }
+pub(crate) use save;
 
 /// Writes every plot into `dir` and returns the file names written.
 ///
@@ -71,7 +72,7 @@ pub fn write_all(
     Ok(written)
 }
 
-fn err(e: impl std::fmt::Display) -> String {
+pub(crate) fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
@@ -83,7 +84,7 @@ fn step_range(records: &[MetricRecord]) -> std::ops::Range<f64> {
 
 /// A y range that shows `values` without letting the first few intervals (where the loss
 /// is still falling from its initial value) squash the rest of the curve.
-fn robust_range(values: &[f64]) -> std::ops::Range<f64> {
+pub(crate) fn robust_range(values: &[f64]) -> std::ops::Range<f64> {
     let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
     if finite.is_empty() {
         return 0.0..1.0;

@@ -1,0 +1,294 @@
+//! `modula inspect --run DIR`: what the modules of a trained language model specialise in.
+//! Over the test (or validation) split with greedy selections, it counts for each module the
+//! words read at the positions routed to it and the words just before them, and reports those
+//! most over-represented (lift = P(word | module) / P(word)), a module-by-word heat map and
+//! the module-usage histogram.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use modula_tensor::Backend;
+use serde::Serialize;
+
+use crate::lm::{self, usage_perplexity};
+use crate::lm_plot::{self, Heat};
+use crate::run::{self, CONFIG_FILE, CliError, DeviceInfo, OnBackend, run_error};
+use crate::train::write_file;
+
+/// Words always shown in the heat map: sentence starts, numbers, money and function words.
+const PROBES: [&str; 10] = ["<eos>", "N", "$", "the", "a", "of", "to", "in", "and", "'s"];
+
+/// Which split to inspect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    /// The validation split.
+    Valid,
+    /// The test split.
+    Test,
+}
+
+/// Arguments of `modula inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A language-modelling run directory (`modula train --config configs/ptb-*.toml`).
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// The split to route.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitArg,
+    /// Over-represented words listed per module.
+    #[arg(long, default_value_t = 8)]
+    pub top: usize,
+    /// Only words seen at least this often in the split are ranked.
+    #[arg(long, default_value_t = 30)]
+    pub min_count: u32,
+    /// Where to write inspect.md, inspect.json and the figures [default: the run directory].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// One over-represented word of a module.
+#[derive(Clone, Debug, Serialize)]
+pub struct Lift {
+    /// The word.
+    pub word: String,
+    /// `P(word | module) / P(word)`.
+    pub lift: f64,
+    /// Fraction of the word's positions routed to the module.
+    pub share: f64,
+    /// Positions of the module reading this word.
+    pub count: u32,
+}
+
+/// What `inspect.json` holds for one module.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModuleReport {
+    /// The module's index.
+    pub module: usize,
+    /// Fraction of positions routed to it.
+    pub share: f64,
+    /// Words read at its positions, most over-represented first.
+    pub words: Vec<Lift>,
+    /// Words just before its positions (the context), most over-represented first.
+    pub previous: Vec<Lift>,
+}
+
+/// `inspect.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The split routed.
+    pub split: String,
+    /// Positions routed.
+    pub positions: u64,
+    /// (position, slot) pairs per module.
+    pub usage: Vec<u64>,
+    /// `exp` of the usage entropy (1 means collapse onto one module).
+    pub effective_modules: Option<f64>,
+    /// Per module.
+    pub modules: Vec<ModuleReport>,
+}
+
+/// Runs `modula inspect`.
+///
+/// # Errors
+/// A [`CliError`] for a missing or dense run, unreadable data or checkpoint, or a failed write.
+pub fn run(args: InspectArgs) -> Result<(), CliError> {
+    let path = args.run.join(CONFIG_FILE);
+    if !path.is_file() || !lm::is_lm_config(&path)? {
+        return Err(run_error(format!(
+            "{} is not a language-modelling run directory (no {CONFIG_FILE} with task_name = \"ptb\")",
+            args.run.display()
+        )));
+    }
+    let cfg = lm::read_config(&path)?;
+    run::on_backend(cfg.backend, cfg.threads.max(1), Job { args })
+}
+
+struct Job {
+    args: InspectArgs,
+}
+
+/// Counts of words per module.
+struct Counts {
+    total: Vec<u32>,
+    per_module: Vec<Vec<u32>>,
+}
+
+impl Counts {
+    fn new(modules: usize, vocab: usize) -> Self {
+        Counts {
+            total: vec![0; vocab],
+            per_module: vec![vec![0; vocab]; modules],
+        }
+    }
+
+    fn ranked(&self, m: usize, words: &[String], top: usize, min_count: u32) -> Vec<Lift> {
+        let n: f64 = self.total.iter().map(|&c| c as f64).sum();
+        let n_m: f64 = self.per_module[m].iter().map(|&c| c as f64).sum();
+        if n_m == 0.0 {
+            return Vec::new();
+        }
+        let mut lifts: Vec<Lift> = (0..self.total.len())
+            .filter(|&w| self.total[w] >= min_count && self.per_module[m][w] > 0)
+            .map(|w| {
+                let c = self.per_module[m][w];
+                Lift {
+                    word: words[w].clone(),
+                    lift: (c as f64 / n_m) / (self.total[w] as f64 / n),
+                    share: c as f64 / self.total[w] as f64,
+                    count: c,
+                }
+            })
+            .collect();
+        lifts.sort_by(|a, b| b.lift.total_cmp(&a.lift).then(a.word.cmp(&b.word)));
+        lifts.truncate(top);
+        lifts
+    }
+}
+
+impl OnBackend for Job {
+    fn run<B: Backend>(self, backend: B, _device: DeviceInfo) -> Result<(), CliError> {
+        let args = self.args;
+        let (_, data, trainer, _) = lm::open_run(backend, &args.run)?;
+        let Some((modules, _)) = trainer.model.modular_shape() else {
+            return Err(run_error(format!(
+                "{} is a dense model: it has no modules to inspect",
+                args.run.display()
+            )));
+        };
+        let vocab = data.corpus.vocab.len();
+        let words = data.corpus.vocab.words().to_vec();
+        let streams = match args.split {
+            SplitArg::Valid => &data.valid,
+            SplitArg::Test => &data.test,
+        };
+        let (mut read, mut before) = (Counts::new(modules, vocab), Counts::new(modules, vocab));
+        let mut last: Vec<Option<u32>> = vec![None; streams.batch];
+        let mut positions = 0u64;
+        let eval = trainer
+            .evaluate(streams, 0, &mut |w, selections| {
+                for (t, sel) in selections.iter().enumerate() {
+                    for (i, prev) in last.iter_mut().enumerate() {
+                        let word = w.inputs[i * w.steps + t] as usize;
+                        let mut row: Vec<u32> = sel.row(i).to_vec();
+                        row.sort_unstable();
+                        row.dedup();
+                        read.total[word] += 1;
+                        for &m in &row {
+                            read.per_module[m as usize][word] += 1;
+                        }
+                        if let Some(p) = *prev {
+                            before.total[p as usize] += 1;
+                            for &m in &row {
+                                before.per_module[m as usize][p as usize] += 1;
+                            }
+                        }
+                        *prev = Some(word as u32);
+                        positions += 1;
+                    }
+                }
+            })
+            .map_err(|e| run_error(format!("evaluation failed: {e}")))?;
+        let module_positions: Vec<u64> = read
+            .per_module
+            .iter()
+            .map(|c| c.iter().map(|&v| v as u64).sum())
+            .collect();
+        let report = Report {
+            split: format!("{:?}", args.split).to_lowercase(),
+            positions,
+            usage: eval.usage.clone(),
+            effective_modules: usage_perplexity(&eval.usage),
+            modules: (0..modules)
+                .map(|m| ModuleReport {
+                    module: m,
+                    share: module_positions[m] as f64 / positions.max(1) as f64,
+                    words: read.ranked(m, &words, args.top, args.min_count),
+                    previous: before.ranked(m, &words, args.top, args.min_count),
+                })
+                .collect(),
+        };
+        let out = args.out.clone().unwrap_or_else(|| args.run.clone());
+        std::fs::create_dir_all(&out)
+            .map_err(|e| run_error(format!("cannot create {}: {e}", out.display())))?;
+        let markdown = markdown(&report);
+        write_file(&out.join("inspect.md"), &markdown)?;
+        let json = serde_json::to_string_pretty(&report).expect("the report serialises");
+        write_file(&out.join("inspect.json"), &(json + "\n"))?;
+        let heat = heat(&report, &read, &data.corpus.vocab);
+        let mut figures = lm_plot::heatmap(&out, &heat).map_err(run_error)?;
+        figures.extend(lm_plot::usage_histogram(&out, &report.usage).map_err(run_error)?);
+        print!("{markdown}");
+        println!(
+            "wrote inspect.md, inspect.json, {} into {}",
+            figures.join(", "),
+            out.display()
+        );
+        Ok(())
+    }
+}
+
+fn lifts_cell(lifts: &[Lift]) -> String {
+    lifts
+        .iter()
+        .map(|l| format!("`{}` {:.1}x", l.word, l.lift))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn markdown(r: &Report) -> String {
+    let mut s = format!(
+        "Module introspection on the {} split: {} positions, greedy selections; effective modules {}.\n\n",
+        r.split,
+        r.positions,
+        r.effective_modules
+            .map_or("-".to_string(), |e| format!("{e:.2}"))
+    );
+    s.push_str("| module | share of positions | words read (lift) | previous word (lift) |\n");
+    s.push_str("|---|---|---|---|\n");
+    for m in &r.modules {
+        s.push_str(&format!(
+            "| {} | {:.3} | {} | {} |\n",
+            m.module,
+            m.share,
+            lifts_cell(&m.words),
+            lifts_cell(&m.previous)
+        ));
+    }
+    s
+}
+
+/// `P(module | word)` for the probe words and each module's two most over-represented words.
+fn heat(r: &Report, read: &Counts, vocab: &modula_data::Vocab) -> Heat {
+    let mut cols: BTreeMap<String, ()> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let top = r
+        .modules
+        .iter()
+        .flat_map(|m| m.words.iter().take(2).map(|l| l.word.clone()));
+    for w in PROBES.iter().map(|w| w.to_string()).chain(top) {
+        if vocab.id(&w).is_some() && cols.insert(w.clone(), ()).is_none() {
+            order.push(w);
+        }
+    }
+    let values = (0..r.modules.len())
+        .map(|m| {
+            order
+                .iter()
+                .map(|w| {
+                    let id = vocab.id(w).expect("filtered above") as usize;
+                    read.per_module[m][id] as f64 / read.total[id].max(1) as f64
+                })
+                .collect()
+        })
+        .collect();
+    Heat {
+        rows: (0..r.modules.len())
+            .map(|m| format!("module {m}"))
+            .collect(),
+        cols: order,
+        values,
+        caption: format!("P(module | word read), {} split", r.split),
+    }
+}
