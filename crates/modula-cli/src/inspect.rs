@@ -102,11 +102,13 @@ pub fn run(args: InspectArgs) -> Result<(), CliError> {
         )));
     }
     let cfg = lm::read_config(&path)?;
-    run::on_backend(cfg.backend, cfg.threads.max(1), Job { args })
+    cfg.validate()?;
+    run::on_backend(cfg.backend, cfg.threads.max(1), Job { args, cfg })
 }
 
 struct Job {
     args: InspectArgs,
+    cfg: lm::LmRunConfig,
 }
 
 /// Counts of words per module.
@@ -150,7 +152,7 @@ impl Counts {
 impl OnBackend for Job {
     fn run<B: Backend>(self, backend: B, _device: DeviceInfo) -> Result<(), CliError> {
         let args = self.args;
-        let (_, data, trainer, _) = lm::open_run(backend, &args.run)?;
+        let (data, trainer, _) = lm::open_run(backend, &args.run, &self.cfg)?;
         let Some((modules, _)) = trainer.model.modular_shape() else {
             return Err(run_error(format!(
                 "{} is a dense model: it has no modules to inspect",

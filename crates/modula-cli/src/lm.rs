@@ -73,7 +73,7 @@ impl LmRunConfig {
         read_config(path)
     }
 
-    fn validate(&self) -> Result<(), CliError> {
+    pub(crate) fn validate(&self) -> Result<(), CliError> {
         self.model
             .validate()
             .and_then(|()| self.train.validate())
@@ -273,18 +273,18 @@ pub fn build<B: Backend>(backend: B, cfg: &LmRunConfig, data: &LmData) -> LmTrai
     )
 }
 
-/// Reads a run directory's configuration and checkpoint and restores its trainer.
+/// Loads the data of a run directory's configuration `cfg` (its resolved `config.toml`,
+/// possibly with flags applied), builds the trainer and restores it from the checkpoint.
 ///
 /// # Errors
 /// A run error when the directory, data or checkpoint is missing, corrupt or from another run.
 pub fn open_run<B: Backend>(
     backend: B,
     dir: &Path,
-) -> Result<(LmRunConfig, LmData, LmTrainer<B>, Checkpoint), CliError> {
-    let cfg = LmRunConfig::read(&dir.join(CONFIG_FILE))?;
-    cfg.validate()?;
-    let data = load_data(&cfg)?;
-    let mut trainer = build(backend, &cfg, &data);
+    cfg: &LmRunConfig,
+) -> Result<(LmData, LmTrainer<B>, Checkpoint), CliError> {
+    let data = load_data(cfg)?;
+    let mut trainer = build(backend, cfg, &data);
     let path = run::checkpoint_path(dir);
     if !path.is_file() {
         return Err(run_error(format!(
@@ -295,7 +295,7 @@ pub fn open_run<B: Backend>(
     }
     let ck = Checkpoint::read(&path).map_err(|e| run_error(e.to_string()))?;
     trainer.restore(&ck).map_err(|e| run_error(e.to_string()))?;
-    Ok((cfg, data, trainer, ck))
+    Ok((data, trainer, ck))
 }
 
 /// One line of `metrics.jsonl` of a language-modelling run.
@@ -405,6 +405,9 @@ pub struct LmSummary {
     pub parameters: usize,
     /// FLOPs of one forward pass per token (2 x multiply-adds of the products).
     pub flops_per_token: u64,
+    /// Validation and test tokens scored (all of each split unless `train.eval_tokens` cut
+    /// them short).
+    pub eval_tokens: [usize; 2],
     /// Validation perplexity (greedy selections).
     pub valid_ppl: f64,
     /// Test perplexity (greedy selections).
@@ -461,7 +464,7 @@ impl<B: Backend> LmTraining<B> {
     ) -> Result<Self, CliError> {
         let metrics_path = dir.join(METRICS_FILE);
         let (data, trainer, interval, train_seconds, train_tokens) = if resuming {
-            let (_, data, trainer, ck) = open_run(backend, &dir)?;
+            let (data, trainer, ck) = open_run(backend, &dir, &cfg)?;
             let get = |k: &str| ck.metadata.get(k).cloned().unwrap_or_default();
             let interval = serde_json::from_str(&get(META_LM_INTERVAL)).map_err(|_| {
                 run_error(format!(
@@ -498,6 +501,8 @@ impl<B: Backend> LmTraining<B> {
             checkpoint_step,
         };
         if !resuming {
+            // The curves start from the untrained model's validation perplexity.
+            training.record(true)?;
             training.save_checkpoint()?;
         }
         Ok(training)
@@ -642,8 +647,9 @@ impl<B: Backend> LmTraining<B> {
     }
 
     fn finish(self) -> Result<(), CliError> {
-        let valid = self.eval(&self.data.valid, 0)?;
-        let test = self.eval(&self.data.test, 0)?;
+        let limit = self.cfg.train.eval_tokens;
+        let valid = self.eval(&self.data.valid, limit)?;
+        let test = self.eval(&self.data.test, limit)?;
         let t = &self.trainer;
         let modular = t.model.modular_shape();
         let summary = LmSummary {
@@ -661,6 +667,7 @@ impl<B: Backend> LmTraining<B> {
             tokens_per_s: self.train_tokens as f64 / self.train_seconds.max(1e-9),
             parameters: t.params.num_scalars(&t.backend),
             flops_per_token: t.model.flops_per_token(),
+            eval_tokens: [valid.tokens, test.tokens],
             valid_ppl: valid.perplexity,
             test_ppl: test.perplexity,
             effective_modules: usage_perplexity(&test.usage),

@@ -29,12 +29,7 @@ pub fn exp(x: f32) -> f32 {
     // The low mantissa bits of `t` hold k in two's complement: `bits(t) - bits(ROUND) = k`.
     // Building 2^k from them (rather than `k as i32`, whose saturating conversion does not
     // vectorise) keeps the whole function in SIMD lanes.
-    let scale = f32::from_bits(
-        t.to_bits()
-            .wrapping_sub(ROUND.to_bits())
-            .wrapping_add(127)
-            << 23,
-    );
+    let scale = f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
     let y = p * scale;
     // Out of the normal range the clamped value is wrong: flush to 0 or overflow to infinity.
     // NaN fails both comparisons and propagates through `p`.

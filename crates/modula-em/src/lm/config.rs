@@ -65,7 +65,8 @@ pub struct LmTrainConfig {
     pub eval_every: usize,
     /// Windows between checkpoints (one also ends every epoch and the run).
     pub checkpoint_every: usize,
-    /// Evaluate on at most this many validation tokens (0: the whole split).
+    /// Evaluate on at most this many tokens of each split (0: the whole split), in the
+    /// periodic validation and in the final summary; for smoke runs.
     pub eval_tokens: usize,
     /// Train on at most this many tokens of the training split (0: all of it); for smoke runs.
     pub train_tokens: usize,

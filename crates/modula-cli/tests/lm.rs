@@ -1,0 +1,211 @@
+//! End-to-end tests of Penn Treebank language modelling through the CLI: a smoke run on a
+//! slice of PTB (the whole pipeline: train, resume, summary, inspect, report), and the error
+//! paths of LM configurations. The smoke test needs `modula data fetch ptb`; without the data
+//! it says so and passes, except under `CI=true`, where CI has fetched it first.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn modula(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_modula"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("the modula binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_ok(out: &Output) {
+    assert!(out.status.success(), "failed: {}", stderr(out));
+}
+
+fn assert_fails(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(!err.contains("panicked"), "a panic: {err}");
+    for needle in needles {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
+}
+
+/// The data directory holding `ptb/`, or `None` when PTB has not been fetched.
+fn ptb_data_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("MODULA_DATA") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data"),
+    };
+    if dir.join("ptb/ptb.train.txt").is_file() {
+        return Some(dir.canonicalize().expect("an existing directory"));
+    }
+    let why = format!(
+        "{} has no ptb/; run `cargo run --release -- data fetch ptb`",
+        dir.display()
+    );
+    assert!(
+        !std::env::var("CI").is_ok_and(|v| v == "true"),
+        "CI=true but PTB is missing: {why}"
+    );
+    eprintln!("skipped: {why}");
+    None
+}
+
+/// A small model on the first 24,000 training tokens: about a second per epoch in test builds.
+fn smoke_config(dir: &Path, data: &Path) -> PathBuf {
+    let text = format!(
+        r#"task_name = "ptb"
+threads = 2
+data_dir = {data:?}
+
+[model]
+embed = 32
+hidden = 32
+modules = 3
+k = 1
+dropout = 0.0
+
+[train]
+epochs = 2
+bptt = 20
+batch_size = 16
+lr = 0.005
+train_tokens = 24000
+eval_tokens = 6000
+log_every = 10
+eval_every = 25
+checkpoint_every = 20
+"#
+    );
+    let path = dir.join("smoke.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn valid_ppls(run: &Path) -> Vec<f64> {
+    fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).unwrap()["valid_ppl"].as_f64())
+        .collect()
+}
+
+#[test]
+fn ptb_smoke_run_trains_resumes_and_reports() {
+    let Some(data) = ptb_data_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = smoke_config(tmp.path(), &data);
+    let cfg = cfg.to_str().unwrap();
+
+    // EM: one epoch, then resumed to the second.
+    assert_ok(&modula(
+        &["train", "--config", cfg, "--epochs", "1", "--out", "em"],
+        tmp.path(),
+    ));
+    let em = tmp.path().join("em");
+    assert_eq!(json(&em.join("summary.json"))["epochs"], 1);
+    assert_ok(&modula(
+        &["train", "--resume", "em", "--epochs", "2"],
+        tmp.path(),
+    ));
+    let summary = json(&em.join("summary.json"));
+    assert_eq!(summary["finished"], true);
+    assert_eq!(summary["epochs"], 2);
+    assert!(summary["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(summary["test_usage"].as_array().unwrap().len(), 3);
+    // Perplexity falls: from about the vocabulary size to well below it.
+    let ppl = valid_ppls(&em);
+    assert!(ppl.len() >= 3, "{ppl:?}");
+    assert!(ppl.last().unwrap() < &(0.5 * ppl[0]), "{ppl:?}");
+    assert!(summary["test_ppl"].as_f64().unwrap() < 2000.0, "{summary}");
+
+    // The dense baseline, then the introspection and the report over both runs.
+    assert_ok(&modula(
+        &[
+            "train", "--config", cfg, "--algo", "dense", "--out", "dense",
+        ],
+        tmp.path(),
+    ));
+    assert_ok(&modula(&["inspect", "--run", "em"], tmp.path()));
+    for file in [
+        "inspect.md",
+        "inspect.json",
+        "heatmap.png",
+        "heatmap.svg",
+        "usage.png",
+    ] {
+        assert!(em.join(file).is_file(), "{file} missing");
+    }
+    let report = json(&em.join("inspect.json"));
+    assert_eq!(report["modules"].as_array().unwrap().len(), 3);
+    assert_fails(
+        &modula(&["inspect", "--run", "dense"], tmp.path()),
+        &["dense model", "no modules"],
+    );
+    let out = modula(&["report", "em", "dense", "--out", "report"], tmp.path());
+    assert_ok(&out);
+    let table = fs::read_to_string(tmp.path().join("report/report.md")).unwrap();
+    assert!(
+        table.contains("ptb-em-m3k1") && table.contains("ptb-dense-compute"),
+        "{table}"
+    );
+    assert!(tmp.path().join("report/curves.png").is_file());
+}
+
+#[test]
+fn lm_configuration_errors_name_the_field_or_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let bad_k = write(
+        "k.toml",
+        "task_name = \"ptb\"\n[model]\nmodules = 2\nk = 3\n",
+    );
+    assert_fails(
+        &modula(&["train", "--config", &bad_k], tmp.path()),
+        &["model.k"],
+    );
+    let unknown = write("u.toml", "task_name = \"ptb\"\n[train]\nbptt_len = 3\n");
+    assert_fails(
+        &modula(&["train", "--config", &unknown], tmp.path()),
+        &["bptt_len"],
+    );
+    let zero = write("z.toml", "task_name = \"ptb\"\n[train]\nbptt = 0\n");
+    assert_fails(
+        &modula(&["train", "--config", &zero], tmp.path()),
+        &["train.bptt"],
+    );
+    let ok = write("ok.toml", "task_name = \"ptb\"\n");
+    assert_fails(
+        &modula(&["train", "--config", &ok, "--steps", "5"], tmp.path()),
+        &["--epochs"],
+    );
+    let missing = write(
+        "missing.toml",
+        "task_name = \"ptb\"\ndata_dir = \"/nonexistent-modula-data\"\n",
+    );
+    assert_fails(
+        &modula(&["train", "--config", &missing, "--out", "r"], tmp.path()),
+        &["modula data fetch ptb"],
+    );
+    // Toy runs have no epochs or wall-time bound.
+    assert_fails(
+        &modula(&["train", "--epochs", "2"], tmp.path()),
+        &["--epochs"],
+    );
+    assert_fails(
+        &modula(&["inspect", "--run", "nowhere"], tmp.path()),
+        &["not a language-modelling run"],
+    );
+}
