@@ -247,7 +247,7 @@ impl<B: Backend> ModularModel<B> for ModularMlp {
                 },
             ),
             Target::Classes(t) => {
-                let (nll, log_probs) = softmax_cross_entropy(b, &h, t);
+                let (nll, log_probs) = softmax_cross_entropy(b, b.duplicate(&h), t);
                 (
                     nll,
                     LossCache::Classes {

@@ -258,3 +258,20 @@ fn a_checkpoint_from_another_algorithm_is_refused() {
     let err = b.restore(&ck).unwrap_err().to_string();
     assert!(err.contains("em") && err.contains("reinforce"), "{err}");
 }
+
+#[test]
+fn every_window_is_e_stepped_once_in_e_every_epochs() {
+    // 12 windows per epoch and e_every = 3 (the patterned corpus): 12 % 3 == 0, the case
+    // where `step % e_every` would E-step the same windows every epoch.
+    let mut t = trainer(Algo::Em, 2);
+    let windows = t.windows_per_epoch();
+    assert_eq!(windows % t.config.e_every, 0);
+    let mut count = vec![0usize; windows];
+    while t.epoch < t.config.e_every {
+        let w = t.window;
+        if t.step().unwrap().e_step.is_some() {
+            count[w] += 1;
+        }
+    }
+    assert_eq!(count, vec![1; windows]);
+}

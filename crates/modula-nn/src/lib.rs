@@ -34,7 +34,7 @@
 //! let (h, c1) = fc1.forward(&cpu, &params, &x, &mut ctx);
 //! let (a, c2) = Activation::RELU.forward(&cpu, &params, &h, &mut ctx);
 //! let (logits, c3) = fc2.forward(&cpu, &params, &a, &mut ctx);
-//! let (nll, log_probs) = softmax_cross_entropy(&cpu, &logits, &targets);
+//! let (nll, log_probs) = softmax_cross_entropy(&cpu, logits, &targets);
 //!
 //! let mut grads = Grads::new();
 //! let d_nll = cpu.upload([2, 1], &[0.5, 0.5]); // gradient of the mean

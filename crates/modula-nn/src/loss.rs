@@ -3,7 +3,8 @@
 use modula_tensor::{Backend, BinaryOp, ReduceOp, UnaryOp};
 
 /// Softmax cross-entropy over classes (or a vocabulary): per-row negative log-likelihood
-/// `-log softmax(logits)[target]`.
+/// `-log softmax(logits)[target]`. The logits are consumed: the log-probabilities are written
+/// over them where the backend can.
 ///
 /// Returns `(nll [n, 1], log_probs [n, classes])`; keep `log_probs` for the backward pass.
 ///
@@ -12,10 +13,10 @@ use modula_tensor::{Backend, BinaryOp, ReduceOp, UnaryOp};
 #[track_caller]
 pub fn softmax_cross_entropy<B: Backend>(
     b: &B,
-    logits: &B::Tensor,
+    logits: B::Tensor,
     targets: &[u32],
 ) -> (B::Tensor, B::Tensor) {
-    let log_probs = b.log_softmax_rows(logits);
+    let log_probs = b.log_softmax_rows_owned(logits);
     let mut nll = b.pick_cols(&log_probs, targets);
     b.scale(&mut nll, -1.0);
     (nll, log_probs)
@@ -30,11 +31,7 @@ pub fn softmax_cross_entropy_backward<B: Backend>(
     targets: &[u32],
     d_nll: &B::Tensor,
 ) -> B::Tensor {
-    let mut d_logp = b.zeros(b.shape(log_probs));
-    let mut neg = b.duplicate(d_nll);
-    b.scale(&mut neg, -1.0);
-    b.add_at_cols(&mut d_logp, targets, &neg);
-    b.log_softmax_rows_backward(log_probs, &d_logp)
+    b.cross_entropy_backward(log_probs, targets, d_nll)
 }
 
 /// Gaussian negative log-likelihood with fixed variance, per row:

@@ -144,6 +144,35 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     /// If the shapes differ.
     fn log_softmax_rows_backward(&self, y: &Self::Tensor, dy: &Self::Tensor) -> Self::Tensor;
 
+    /// [`Backend::log_softmax_rows`] of a tensor the caller gives up, so a backend may write
+    /// the result over it (for a language model's `[tokens, vocabulary]` logits this saves a
+    /// buffer and a pass over it). The default allocates like `log_softmax_rows`.
+    fn log_softmax_rows_owned(&self, x: Self::Tensor) -> Self::Tensor {
+        self.log_softmax_rows(&x)
+    }
+
+    /// Gradient of the per-row cross-entropy `nll[i] = -log_probs[i, targets[i]]` with respect
+    /// to the logits that [`Backend::log_softmax_rows`] turned into `log_probs`, given
+    /// `d_nll [rows, 1]`: `d_logits[i, j] = d_nll[i] * (exp(log_probs[i, j]) - [j == targets[i]])`.
+    /// The default composes it from other operations; a backend may do it in one pass.
+    ///
+    /// # Panics
+    /// If `targets.len()` or `d_nll`'s shape does not match the rows, or a target is out of
+    /// range.
+    fn cross_entropy_backward(
+        &self,
+        log_probs: &Self::Tensor,
+        targets: &[u32],
+        d_nll: &Self::Tensor,
+    ) -> Self::Tensor {
+        let mut d = self.unary(UnaryOp::Exp, log_probs);
+        self.scale_rows(&mut d, d_nll);
+        let mut neg = self.duplicate(d_nll);
+        self.scale(&mut neg, -1.0);
+        self.add_at_cols(&mut d, targets, &neg);
+        d
+    }
+
     /// Gathers rows: `out[i, :] = x[idx[i], :]`.
     ///
     /// # Panics

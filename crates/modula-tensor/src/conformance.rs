@@ -344,6 +344,19 @@ fn log_softmax<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
             &Reference.log_softmax_rows_backward(&y.want, &dy.want),
             tol,
         )?;
+        let owned = b.log_softmax_rows_owned(b.duplicate(&x.got));
+        compare(b, "log_softmax_rows_owned", &owned, &y.want, tol)?;
+        // The cross-entropy gradient, against its definition on the oracle:
+        // exp(log_probs) * d_nll, minus d_nll at each row's target.
+        let targets: Vec<u32> = (0..shape[0]).map(|i| ((i * 7) % shape[1]) as u32).collect();
+        let d_nll = random_pair(b, &mut r, [shape[0], 1]);
+        let mut want = Reference.unary(UnaryOp::Exp, &y.want);
+        Reference.scale_rows(&mut want, &d_nll.want);
+        let mut neg = d_nll.want.clone();
+        Reference.scale(&mut neg, -1.0);
+        Reference.add_at_cols(&mut want, &targets, &neg);
+        let got = b.cross_entropy_backward(&y.got, &targets, &d_nll.got);
+        compare(b, "cross_entropy_backward", &got, &want, tol)?;
     }
     Ok(())
 }

@@ -349,14 +349,40 @@ impl Backend for Cpu {
     }
 
     fn log_softmax_rows(&self, x: &Array2<f32>) -> Array2<f32> {
-        let mut y = x.clone();
+        self.log_softmax_rows_owned(x.clone())
+    }
+
+    fn log_softmax_rows_owned(&self, mut y: Array2<f32>) -> Array2<f32> {
         self.for_rows(&mut y, |_, r| {
             let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum = fastexp::sum_exp(r, max);
-            let lse = max + sum.ln();
+            let lse = max + fastexp::sum_exp(r, max).ln();
             r.iter_mut().for_each(|v| *v -= lse);
         });
         y
+    }
+
+    #[track_caller]
+    fn cross_entropy_backward(
+        &self,
+        log_probs: &Array2<f32>,
+        targets: &[u32],
+        d_nll: &Array2<f32>,
+    ) -> Array2<f32> {
+        let [rows, cols] = shape(log_probs);
+        check::same_shape("cross_entropy_backward", [rows, 1], shape(d_nll));
+        check::indices("cross_entropy_backward", targets, cols);
+        assert_eq!(
+            targets.len(),
+            rows,
+            "cross_entropy_backward: one target per row"
+        );
+        let (lp, dn) = (slice(log_probs), slice(d_nll));
+        let mut d = Array2::zeros((rows, cols));
+        self.for_rows(&mut d, |i, row| {
+            fastexp::scaled_exp_into(row, &lp[i * cols..(i + 1) * cols], dn[i]);
+            row[targets[i] as usize] -= dn[i];
+        });
+        d
     }
 
     #[track_caller]

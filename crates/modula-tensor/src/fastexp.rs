@@ -64,6 +64,20 @@ fn sub_scaled_exp_lanes(d: &mut [f32], y: &[f32], total: f32) {
     }
 }
 
+/// `out[j] = scale * exp(x[j])`: the softmax part of the cross-entropy gradient.
+#[inline(always)]
+fn scaled_exp_lanes(out: &mut [f32], x: &[f32], scale: f32) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = scale * exp(v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn scaled_exp_avx512(out: &mut [f32], x: &[f32], scale: f32) {
+    scaled_exp_lanes(out, x, scale)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn sum_exp_avx512(row: &[f32], shift: f32) -> f32 {
@@ -84,6 +98,17 @@ pub fn sum_exp(row: &[f32], shift: f32) -> f32 {
         return unsafe { sum_exp_avx512(row, shift) };
     }
     sum_exp_lanes(row, shift)
+}
+
+/// `out[j] = scale * exp(x[j])` for every `j` (the slices must have equal lengths).
+pub fn scaled_exp_into(out: &mut [f32], x: &[f32], scale: f32) {
+    debug_assert_eq!(out.len(), x.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F, checked just above.
+        return unsafe { scaled_exp_avx512(out, x, scale) };
+    }
+    scaled_exp_lanes(out, x, scale)
 }
 
 /// `d[j] -= exp(y[j]) * total` for every `j` (the slices must have equal lengths).
@@ -121,6 +146,11 @@ mod tests {
             sub_scaled_exp(&mut d, &v, 0.5);
             for (dv, &x) in d.iter().zip(&v) {
                 prop_assert_eq!(*dv, 1.0 - exp(x) * 0.5);
+            }
+            let mut o = vec![0.0f32; v.len()];
+            scaled_exp_into(&mut o, &v, -0.25);
+            for (ov, &x) in o.iter().zip(&v) {
+                prop_assert_eq!(*ov, -0.25 * exp(x));
             }
         }
     }

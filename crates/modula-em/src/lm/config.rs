@@ -53,7 +53,8 @@ pub struct LmTrainConfig {
     /// EM: candidate selection paths per stream in an E-step (the stored one plus
     /// `samples - 1` ancestral draws).
     pub samples: usize,
-    /// EM: window `i` is preceded by an E-step on the same window when `i % e_every == 0`.
+    /// EM: window `w` of epoch `e` is preceded by an E-step on the same window when
+    /// `(w + e) % e_every == 0`, so every window is E-stepped once in `e_every` epochs.
     pub e_every: usize,
     /// REINFORCE: decay of the moving-average reward baseline.
     pub reinforce_decay: f32,

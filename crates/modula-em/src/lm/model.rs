@@ -402,7 +402,7 @@ impl LanguageModel {
             h = h_next;
         }
         let (logits, output) = self.output.forward(b, params, &stacked, ctx);
-        let (nll, log_probs) = softmax_cross_entropy(b, &logits, targets);
+        let (nll, log_probs) = softmax_cross_entropy(b, logits, targets);
         let stats = match (stat_acc, self.modular_shape()) {
             (Some(acc), Some((m, k))) => Some(controller_stats(&acc, m, k)),
             _ => None,
@@ -535,7 +535,7 @@ impl LanguageModel {
             let (h_next, log_p, _) = cell.finish(b, params, prepared, &h, selection.clone());
             let (logits, _) = self.output.forward(b, params, &h_next, &mut Ctx::eval());
             let step_targets: Vec<u32> = rep.iter().map(|&i| targets[t * n + i as usize]).collect();
-            let (nll, _) = softmax_cross_entropy(b, &logits, &step_targets);
+            let (nll, _) = softmax_cross_entropy(b, logits, &step_targets);
             let (nll, log_p) = (b.download(&nll)?, b.download(&log_p)?);
             for (s, (l, p)) in scores.iter_mut().zip(nll.iter().zip(&log_p)) {
                 *s += -(*l as f64) + *p as f64;

@@ -146,6 +146,11 @@ impl<B: Backend> LmTrainer<B> {
         }
     }
 
+    /// The hidden state carried into the next window, `[batch, hidden]`.
+    pub fn state(&self) -> &B::Tensor {
+        &self.state
+    }
+
     /// Windows per epoch.
     pub fn windows_per_epoch(&self) -> usize {
         self.train.window_count(self.config.bptt)
@@ -177,6 +182,15 @@ impl<B: Backend> LmTrainer<B> {
             .map(|i| i as u32)
             .collect();
         (w, ids, targets, positions)
+    }
+
+    /// Whether the next window gets an E-step before its M-step: window `w` of epoch `e` does
+    /// when `(w + e) % e_every == 0`. The offset moves with the epoch so that, whatever the
+    /// number of windows per epoch, every window is E-stepped once in `e_every` epochs (with
+    /// `step % e_every` an epoch of 830 windows and `e_every = 10` would E-step the same tenth
+    /// of the corpus every epoch and leave the rest at its random initial assignment).
+    pub fn e_step_due(&self) -> bool {
+        (self.window + self.epoch).is_multiple_of(self.config.e_every)
     }
 
     /// EM's E-step on the next window (without training on it or moving on): per stream, the
@@ -222,7 +236,7 @@ impl<B: Backend> LmTrainer<B> {
     pub fn step(&mut self) -> Result<WindowStats, TrainError> {
         let step = self.step;
         let e_step = match &self.table {
-            Some(_) if step.is_multiple_of(self.config.e_every as u64) => Some(self.e_step()?),
+            Some(_) if self.e_step_due() => Some(self.e_step()?),
             _ => None,
         };
         let (w, ids, targets, positions) = self.next_window();
