@@ -406,8 +406,9 @@ pub struct LmSummary {
     /// FLOPs of one forward pass per token (2 x multiply-adds of the products).
     pub flops_per_token: u64,
     /// Validation and test tokens scored (all of each split unless `train.eval_tokens` cut
-    /// them short).
-    pub eval_tokens: [usize; 2],
+    /// them short; absent in summaries written before it was recorded, which scored all).
+    #[serde(default)]
+    pub eval_tokens: Option<[usize; 2]>,
     /// Validation perplexity (greedy selections).
     pub valid_ppl: f64,
     /// Test perplexity (greedy selections).
@@ -667,7 +668,7 @@ impl<B: Backend> LmTraining<B> {
             tokens_per_s: self.train_tokens as f64 / self.train_seconds.max(1e-9),
             parameters: t.params.num_scalars(&t.backend),
             flops_per_token: t.model.flops_per_token(),
-            eval_tokens: [valid.tokens, test.tokens],
+            eval_tokens: Some([valid.tokens, test.tokens]),
             valid_ppl: valid.perplexity,
             test_ppl: test.perplexity,
             effective_modules: usage_perplexity(&test.usage),

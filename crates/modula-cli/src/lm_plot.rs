@@ -7,7 +7,7 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::plot::{FAMILY, err, register_font, robust_range, save};
+use crate::plot::{FAMILY, err, register_font, save};
 
 /// One run's validation perplexity against training tokens seen.
 pub struct Curve {
@@ -42,19 +42,23 @@ fn draw_curves<DB: DrawingBackend>(
         .flat_map(|c| c.points.iter().map(|p| p.1))
         .collect();
     let x_max = xs.iter().copied().fold(1.0f64, f64::max);
-    let y = robust_range(&ys);
+    // A log scale: runs differ by orders of magnitude when one diverges.
+    let finite = ys.iter().copied().filter(|v| v.is_finite() && *v > 0.0);
+    let lo = finite.clone().fold(f64::INFINITY, f64::min).min(1e9);
+    let hi = finite.fold(1.0f64, f64::max);
     let mut chart = ChartBuilder::on(root)
         .caption("validation perplexity (greedy selections)", (FAMILY, 20))
         .margin(10)
         .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max, y.start.max(1.0)..y.end)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..x_max, ((lo * 0.9).max(1.0)..hi * 1.1).log_scale())
         .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("training tokens seen (millions)")
         .x_label_formatter(&|v| format!("{:.2}", v / 1e6))
-        .y_desc("perplexity")
+        .y_desc("perplexity (log scale)")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style((FAMILY, 13))
         .draw()
         .map_err(err)?;

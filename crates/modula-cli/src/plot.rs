@@ -84,7 +84,7 @@ fn step_range(records: &[MetricRecord]) -> std::ops::Range<f64> {
 
 /// A y range that shows `values` without letting the first few intervals (where the loss
 /// is still falling from its initial value) squash the rest of the curve.
-pub(crate) fn robust_range(values: &[f64]) -> std::ops::Range<f64> {
+fn robust_range(values: &[f64]) -> std::ops::Range<f64> {
     let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
     if finite.is_empty() {
         return 0.0..1.0;

@@ -21,6 +21,7 @@ fn tiny_model(b: &Cpu, recurrent: Recurrent, seed: u64) -> (LanguageModel, Param
         modules: 3,
         k: 2,
         dropout: 0.3,
+        controller_input_grad: true,
     };
     let mut params = ParamStore::new();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -156,6 +157,7 @@ fn trainer(algo: Algo, seed: u64) -> LmTrainer<Cpu> {
         modules: 3,
         k: 1,
         dropout: 0.0,
+        controller_input_grad: true,
     };
     let train = LmTrainConfig {
         algo,

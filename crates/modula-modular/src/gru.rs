@@ -26,6 +26,9 @@ pub struct ModularGruCell {
     pub d_in: usize,
     /// Hidden width.
     pub hidden: usize,
+    /// Whether the controller's loss sends gradient into its input `[x_t; h_{t-1}]` (the
+    /// specification's choice, and the default) or only into the controller's own weights.
+    pub controller_input_grad: bool,
 }
 
 /// A step after [`ModularGruCell::prepare`]: the concatenated input and the controller's
@@ -94,6 +97,7 @@ impl ModularGruCell {
             layer,
             d_in,
             hidden,
+            controller_input_grad: true,
         }
     }
 
@@ -155,7 +159,7 @@ impl ModularGruCell {
     /// Backward of one step given `dh = dL/dh_t` and `d_logp = dL/d log p(a_t | .)`
     /// (`[n, 1]`); accumulates parameter gradients and returns `(dx_t, dh_{t-1})`. The
     /// controller's gradient flows into its input, as the specification asks (no
-    /// stop-gradient).
+    /// stop-gradient), unless `controller_input_grad` is off.
     #[track_caller]
     pub fn step_backward<B: Backend>(
         &self,
@@ -173,7 +177,9 @@ impl ModularGruCell {
         let dxh_ctrl =
             self.controller
                 .backward(b, params, cache.controller, &cache.selection, d_logp, grads);
-        b.axpy(1.0, &dxh_ctrl, &mut dxh);
+        if self.controller_input_grad {
+            b.axpy(1.0, &dxh_ctrl, &mut dxh);
+        }
         let n = b.shape(dh)[0];
         let mut dx = b.zeros([n, self.d_in]);
         b.copy_cols(&dxh, 0, &mut dx, 0, self.d_in, false);

@@ -18,6 +18,9 @@ pub struct LmModelConfig {
     pub k: usize,
     /// Dropout on the embedding and on the states fed to the softmax.
     pub dropout: f32,
+    /// Whether the controller's loss trains the state and embedding it reads (the
+    /// specification: yes) or only the controller's weights.
+    pub controller_input_grad: bool,
 }
 
 impl Default for LmModelConfig {
@@ -28,6 +31,7 @@ impl Default for LmModelConfig {
             modules: 5,
             k: 1,
             dropout: 0.2,
+            controller_input_grad: true,
         }
     }
 }

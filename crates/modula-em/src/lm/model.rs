@@ -161,19 +161,12 @@ impl LanguageModel {
         let embedding =
             Embedding::new(b, params, "embed", vocab, d, Init::Normal { std: 0.1 }, rng);
         let (cell, hidden) = match recurrent {
-            Recurrent::Modular { modules, k } => (
-                Cell::Modular(ModularGruCell::new(
-                    b,
-                    params,
-                    "gru",
-                    d,
-                    config.hidden,
-                    modules,
-                    k,
-                    rng,
-                )),
-                config.hidden,
-            ),
+            Recurrent::Modular { modules, k } => {
+                let mut cell =
+                    ModularGruCell::new(b, params, "gru", d, config.hidden, modules, k, rng);
+                cell.controller_input_grad = config.controller_input_grad;
+                (Cell::Modular(cell), config.hidden)
+            }
             Recurrent::TopK {
                 modules,
                 k,
