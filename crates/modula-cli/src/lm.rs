@@ -285,15 +285,7 @@ pub fn open_run<B: Backend>(
 ) -> Result<(LmData, LmTrainer<B>, Checkpoint), CliError> {
     let data = load_data(cfg)?;
     let mut trainer = build(backend, cfg, &data);
-    let path = run::checkpoint_path(dir);
-    if !path.is_file() {
-        return Err(run_error(format!(
-            "{} holds no checkpoint: {} is missing",
-            dir.display(),
-            path.display()
-        )));
-    }
-    let ck = Checkpoint::read(&path).map_err(|e| run_error(e.to_string()))?;
+    let ck = run::read_checkpoint(dir)?;
     trainer.restore(&ck).map_err(|e| run_error(e.to_string()))?;
     Ok((data, trainer, ck))
 }

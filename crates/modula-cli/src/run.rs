@@ -300,14 +300,11 @@ pub fn read_run_config(dir: &Path) -> Result<RunConfig, CliError> {
     Ok(cfg)
 }
 
-/// Reads `dir/checkpoint.safetensors` and restores the experiment's trainer from it.
+/// Reads `dir/checkpoint.safetensors`.
 ///
 /// # Errors
-/// A run error when the checkpoint is missing, truncated, corrupt or from another run.
-pub fn restore_checkpoint<B: Backend>(
-    exp: &mut ToyExperiment<B>,
-    dir: &Path,
-) -> Result<Checkpoint, CliError> {
+/// A run error when the checkpoint is missing, truncated or corrupt.
+pub fn read_checkpoint(dir: &Path) -> Result<Checkpoint, CliError> {
     let path = checkpoint_path(dir);
     if !path.is_file() {
         return Err(run_error(format!(
@@ -316,7 +313,18 @@ pub fn restore_checkpoint<B: Backend>(
             path.display()
         )));
     }
-    let ck = Checkpoint::read(&path).map_err(|e| run_error(e.to_string()))?;
+    Checkpoint::read(&path).map_err(|e| run_error(e.to_string()))
+}
+
+/// Reads `dir/checkpoint.safetensors` and restores the experiment's trainer from it.
+///
+/// # Errors
+/// A run error when the checkpoint is missing, truncated, corrupt or from another run.
+pub fn restore_checkpoint<B: Backend>(
+    exp: &mut ToyExperiment<B>,
+    dir: &Path,
+) -> Result<Checkpoint, CliError> {
+    let ck = read_checkpoint(dir)?;
     exp.trainer
         .restore(&ck)
         .map_err(|e| run_error(e.to_string()))?;

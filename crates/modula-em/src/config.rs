@@ -189,15 +189,6 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return Err(invalid("train.batch_size", "is 0; use at least 1"));
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(invalid(
-                "train.lr",
-                format!(
-                    "is {}; the learning rate must be positive and finite",
-                    self.lr
-                ),
-            ));
-        }
         if self.samples == 0 {
             return Err(invalid(
                 "train.samples",
@@ -210,24 +201,12 @@ impl TrainConfig {
                 "is 0; use 1 or more (10 by default)",
             ));
         }
-        if !(self.grad_clip >= 0.0 && self.grad_clip.is_finite()) {
-            return Err(invalid(
-                "train.grad_clip",
-                format!("is {}; use 0 (off) or a positive number", self.grad_clip),
-            ));
-        }
-        if !(0.0..1.0).contains(&self.reinforce_decay) {
-            return Err(invalid(
-                "train.reinforce_decay",
-                format!("is {}; use a value in [0, 1)", self.reinforce_decay),
-            ));
-        }
-        if !(self.importance_weight >= 0.0 && self.importance_weight.is_finite()) {
-            return Err(invalid(
-                "train.importance_weight",
-                format!("is {}; use 0 or more", self.importance_weight),
-            ));
-        }
+        check_optimiser(
+            self.lr,
+            self.grad_clip,
+            self.reinforce_decay,
+            self.importance_weight,
+        )?;
         if self.log_every == 0 {
             return Err(invalid("train.log_every", "is 0; use 1 or more"));
         }
@@ -236,4 +215,39 @@ impl TrainConfig {
         }
         Ok(())
     }
+}
+
+/// Checks the settings every trainer shares: the learning rate, clipping, REINFORCE's baseline
+/// decay and the top-k importance weight, naming the `train.*` field at fault.
+pub(crate) fn check_optimiser(
+    lr: f32,
+    grad_clip: f32,
+    reinforce_decay: f32,
+    importance_weight: f32,
+) -> Result<(), ConfigError> {
+    if !(lr > 0.0 && lr.is_finite()) {
+        return Err(invalid(
+            "train.lr",
+            format!("is {}; the learning rate must be positive and finite", lr),
+        ));
+    }
+    if !(grad_clip >= 0.0 && grad_clip.is_finite()) {
+        return Err(invalid(
+            "train.grad_clip",
+            format!("is {}; use 0 (off) or a positive number", grad_clip),
+        ));
+    }
+    if !(0.0..1.0).contains(&reinforce_decay) {
+        return Err(invalid(
+            "train.reinforce_decay",
+            format!("is {}; use a value in [0, 1)", reinforce_decay),
+        ));
+    }
+    if !(importance_weight >= 0.0 && importance_weight.is_finite()) {
+        return Err(invalid(
+            "train.importance_weight",
+            format!("is {}; use 0 or more", importance_weight),
+        ));
+    }
+    Ok(())
 }

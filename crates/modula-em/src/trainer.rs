@@ -277,18 +277,13 @@ impl<B: Backend, M: ModularModel<B>> Trainer<B, M> {
             &self.optimizer,
             self.table.as_ref(),
         )?;
-        let meta: BTreeMap<String, String> = [
-            ("step".to_string(), self.step.to_string()),
-            ("adam_t".to_string(), self.optimizer.steps().to_string()),
-            ("seed".to_string(), self.seed.to_string()),
-            ("algo".to_string(), self.config.algo.name().to_string()),
-            (
-                "baseline".to_string(),
-                self.baseline
-                    .map_or("none".to_string(), |v| format!("{v:?}")),
-            ),
-        ]
-        .into();
+        let meta = common_meta(
+            self.step,
+            self.optimizer.steps(),
+            self.seed,
+            self.config.algo,
+            self.baseline,
+        );
         ck.metadata.extend(meta);
         Ok(ck)
     }
@@ -299,49 +294,17 @@ impl<B: Backend, M: ModularModel<B>> Trainer<B, M> {
     /// [`TrainError::Mismatch`] when the checkpoint is for another algorithm or model, or a
     /// [`CheckpointError`] naming a missing or malformed tensor.
     pub fn restore(&mut self, ck: &Checkpoint) -> Result<(), TrainError> {
-        let path = ck.origin().display().to_string();
-        let mismatch = |problem: String| TrainError::Mismatch {
-            path: path.clone(),
-            problem,
-        };
-        let meta = |key: &str| {
-            ck.metadata
-                .get(key)
-                .cloned()
-                .ok_or_else(|| mismatch(format!("metadata `{key}` is missing")))
-        };
-        let algo = meta("algo")?;
-        if algo != self.config.algo.name() {
-            return Err(mismatch(format!(
-                "it was written by `{algo}`, this run uses `{}`",
-                self.config.algo.name()
-            )));
-        }
-        let parse = |key: &str| -> Result<u64, TrainError> {
-            meta(key)?
-                .parse()
-                .map_err(|_| mismatch(format!("metadata `{key}` is not a number")))
-        };
-        let (step, adam_t) = (parse("step")?, parse("adam_t")?);
-        let baseline = match meta("baseline")?.as_str() {
-            "none" => None,
-            v => Some(
-                v.parse::<f64>()
-                    .map_err(|_| mismatch("metadata `baseline` is not a number".into()))?,
-            ),
-        };
+        let meta = MetaReader::new(ck, self.config.algo)?;
+        let (step, adam_t) = (meta.number("step")?, meta.number("adam_t")?);
+        let baseline = meta.baseline()?;
         restore_state(
-            ck,
+            &meta,
             &self.backend,
             &mut self.params,
             &mut self.optimizer,
             &mut self.table,
             adam_t,
-        )
-        .map_err(|e| match e {
-            StateError::Checkpoint(e) => TrainError::Checkpoint(e),
-            StateError::Table(problem) => mismatch(problem),
-        })?;
+        )?;
         self.baseline = baseline;
         self.step = step;
         self.epoch = None;
@@ -349,15 +312,85 @@ impl<B: Backend, M: ModularModel<B>> Trainer<B, M> {
     }
 }
 
-/// Why [`restore_state`] failed.
-pub(crate) enum StateError {
-    Checkpoint(CheckpointError),
-    Table(String),
+/// The metadata every trainer writes into its checkpoints: counters, seed, algorithm and
+/// REINFORCE's baseline (each trainer adds its own keys).
+pub(crate) fn common_meta(
+    step: u64,
+    adam_t: u64,
+    seed: u64,
+    algo: Algo,
+    baseline: Option<f64>,
+) -> BTreeMap<String, String> {
+    [
+        ("step", step.to_string()),
+        ("adam_t", adam_t.to_string()),
+        ("seed", seed.to_string()),
+        ("algo", algo.name().to_string()),
+        (
+            "baseline",
+            baseline.map_or("none".to_string(), |v| format!("{v:?}")),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
-impl From<CheckpointError> for StateError {
-    fn from(e: CheckpointError) -> Self {
-        StateError::Checkpoint(e)
+/// Reads a checkpoint's metadata back, with errors that name the checkpoint.
+pub(crate) struct MetaReader<'c> {
+    ck: &'c Checkpoint,
+    path: String,
+}
+
+impl<'c> MetaReader<'c> {
+    /// A reader for `ck`, refusing a checkpoint written by another algorithm than `algo`.
+    pub(crate) fn new(ck: &'c Checkpoint, algo: Algo) -> Result<Self, TrainError> {
+        let reader = MetaReader {
+            ck,
+            path: ck.origin().display().to_string(),
+        };
+        let written = reader.get("algo")?;
+        if written != algo.name() {
+            return Err(reader.mismatch(format!(
+                "it was written by `{written}`, this run uses `{}`",
+                algo.name()
+            )));
+        }
+        Ok(reader)
+    }
+
+    /// A [`TrainError::Mismatch`] naming the checkpoint.
+    pub(crate) fn mismatch(&self, problem: String) -> TrainError {
+        TrainError::Mismatch {
+            path: self.path.clone(),
+            problem,
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<String, TrainError> {
+        self.ck
+            .metadata
+            .get(key)
+            .cloned()
+            .ok_or_else(|| self.mismatch(format!("metadata `{key}` is missing")))
+    }
+
+    /// The unsigned integer stored under `key`.
+    pub(crate) fn number(&self, key: &str) -> Result<u64, TrainError> {
+        self.get(key)?
+            .parse()
+            .map_err(|_| self.mismatch(format!("metadata `{key}` is not a number")))
+    }
+
+    /// REINFORCE's baseline, `None` when none was set.
+    pub(crate) fn baseline(&self) -> Result<Option<f64>, TrainError> {
+        match self.get("baseline")?.as_str() {
+            "none" => Ok(None),
+            v => v
+                .parse::<f64>()
+                .map(Some)
+                .map_err(|_| self.mismatch("metadata `baseline` is not a number".into())),
+        }
     }
 }
 
@@ -394,13 +427,14 @@ pub(crate) fn save_state<B: Backend>(
 
 /// Reads back what [`save_state`] wrote; the table, when present, must have `table`'s shape.
 pub(crate) fn restore_state<B: Backend>(
-    ck: &Checkpoint,
+    meta: &MetaReader<'_>,
     b: &B,
     params: &mut ParamStore<B>,
     optimizer: &mut Adam<B>,
     table: &mut Option<AssignmentTable>,
     adam_t: u64,
-) -> Result<(), StateError> {
+) -> Result<(), TrainError> {
+    let ck = meta.ck;
     ck.load_params(b, params, ExtraTensors::Ignore)?;
     let mut moments = Vec::new();
     for id in params.ids() {
@@ -422,7 +456,8 @@ pub(crate) fn restore_state<B: Backend>(
             )?;
             layers.push((layer.modules(), layer.k(), data.to_vec()));
         }
-        *table = Some(AssignmentTable::from_raw(t.examples(), layers).map_err(StateError::Table)?);
+        *table =
+            Some(AssignmentTable::from_raw(t.examples(), layers).map_err(|p| meta.mismatch(p))?);
     }
     Ok(())
 }

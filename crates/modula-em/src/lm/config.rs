@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Algo, ConfigError, DenseMatch, invalid};
+use crate::config::{Algo, ConfigError, DenseMatch, check_optimiser, invalid};
 
 /// Shape of the language model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -222,33 +222,12 @@ impl LmTrainConfig {
                 return Err(invalid(field, "is 0; use 1 or more"));
             }
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(invalid(
-                "train.lr",
-                format!(
-                    "is {}; the learning rate must be positive and finite",
-                    self.lr
-                ),
-            ));
-        }
-        if !(self.grad_clip >= 0.0 && self.grad_clip.is_finite()) {
-            return Err(invalid(
-                "train.grad_clip",
-                format!("is {}; use 0 (off) or a positive number", self.grad_clip),
-            ));
-        }
-        if !(0.0..1.0).contains(&self.reinforce_decay) {
-            return Err(invalid(
-                "train.reinforce_decay",
-                format!("is {}; use a value in [0, 1)", self.reinforce_decay),
-            ));
-        }
-        if !(self.importance_weight >= 0.0 && self.importance_weight.is_finite()) {
-            return Err(invalid(
-                "train.importance_weight",
-                format!("is {}; use 0 or more", self.importance_weight),
-            ));
-        }
+        check_optimiser(
+            self.lr,
+            self.grad_clip,
+            self.reinforce_decay,
+            self.importance_weight,
+        )?;
         Ok(())
     }
 }

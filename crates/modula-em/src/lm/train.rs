@@ -1,8 +1,6 @@
 //! The language-modelling training loop: windows in stream order with the hidden state carried
 //! across them, EM over token positions, the baselines, evaluation and checkpoints.
 
-use std::collections::BTreeMap;
-
 use modula_data::{Streams, Window};
 use modula_modular::{ControllerOutput, Selection};
 use modula_nn::{Adam, Checkpoint, Ctx, Grads, Optimizer, ParamStore, StoredTensor};
@@ -14,7 +12,9 @@ use crate::lm::config::LmTrainConfig;
 use crate::lm::model::{Cell, LanguageModel, WindowOutput};
 use crate::model::ControllerStats;
 use crate::table::AssignmentTable;
-use crate::trainer::{STREAM_TABLE, StateError, TrainError, restore_state, save_state, stream};
+use crate::trainer::{
+    MetaReader, STREAM_TABLE, TrainError, common_meta, restore_state, save_state, stream,
+};
 
 /// What one training window measured.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -412,22 +412,15 @@ impl<B: Backend> LmTrainer<B> {
             "lm.state",
             StoredTensor::f32(vec![r, c], b.download(&self.state)?),
         );
-        let meta: BTreeMap<String, String> = [
-            ("step", self.step.to_string()),
-            ("epoch", self.epoch.to_string()),
-            ("window", self.window.to_string()),
-            ("adam_t", self.optimizer.steps().to_string()),
-            ("seed", self.seed.to_string()),
-            ("algo", self.config.algo.name().to_string()),
-            (
-                "baseline",
-                self.baseline
-                    .map_or("none".to_string(), |v| format!("{v:?}")),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let mut meta = common_meta(
+            self.step,
+            self.optimizer.steps(),
+            self.seed,
+            self.config.algo,
+            self.baseline,
+        );
+        meta.insert("epoch".into(), self.epoch.to_string());
+        meta.insert("window".into(), self.window.to_string());
         ck.metadata.extend(meta);
         Ok(ck)
     }
@@ -438,61 +431,25 @@ impl<B: Backend> LmTrainer<B> {
     /// [`TrainError::Mismatch`] when the checkpoint is for another algorithm, model or data,
     /// or a [`modula_nn::CheckpointError`] naming a missing or malformed tensor.
     pub fn restore(&mut self, ck: &Checkpoint) -> Result<(), TrainError> {
-        let path = ck.origin().display().to_string();
-        let mismatch = |problem: String| TrainError::Mismatch {
-            path: path.clone(),
-            problem,
-        };
-        let meta = |key: &str| {
-            ck.metadata
-                .get(key)
-                .cloned()
-                .ok_or_else(|| mismatch(format!("metadata `{key}` is missing")))
-        };
-        let algo = meta("algo")?;
-        if algo != self.config.algo.name() {
-            return Err(mismatch(format!(
-                "it was written by `{algo}`, this run uses `{}`",
-                self.config.algo.name()
-            )));
-        }
-        let parse = |key: &str| -> Result<u64, TrainError> {
-            meta(key)?
-                .parse()
-                .map_err(|_| mismatch(format!("metadata `{key}` is not a number")))
-        };
-        let (step, epoch, window, adam_t) = (
-            parse("step")?,
-            parse("epoch")?,
-            parse("window")?,
-            parse("adam_t")?,
-        );
+        let meta = MetaReader::new(ck, self.config.algo)?;
+        let (step, adam_t) = (meta.number("step")?, meta.number("adam_t")?);
+        let (epoch, window) = (meta.number("epoch")?, meta.number("window")?);
         if window as usize >= self.windows_per_epoch() {
-            return Err(mismatch(format!(
+            return Err(meta.mismatch(format!(
                 "window {window} is past the {} windows of an epoch",
                 self.windows_per_epoch()
             )));
         }
-        let baseline = match meta("baseline")?.as_str() {
-            "none" => None,
-            v => Some(
-                v.parse::<f64>()
-                    .map_err(|_| mismatch("metadata `baseline` is not a number".into()))?,
-            ),
-        };
+        let baseline = meta.baseline()?;
         let b = &self.backend;
         restore_state(
-            ck,
+            &meta,
             b,
             &mut self.params,
             &mut self.optimizer,
             &mut self.table,
             adam_t,
-        )
-        .map_err(|e| match e {
-            StateError::Checkpoint(e) => TrainError::Checkpoint(e),
-            StateError::Table(problem) => mismatch(problem),
-        })?;
+        )?;
         let shape = b.shape(&self.state);
         self.state = b.upload(shape, ck.f32("lm.state", Some(&shape))?);
         self.baseline = baseline;
