@@ -143,7 +143,13 @@ impl Counts {
                 }
             })
             .collect();
-        lifts.sort_by(|a, b| b.lift.total_cmp(&a.lift).then(a.word.cmp(&b.word)));
+        // Ties (common when routing follows the word read) go to the more frequent word.
+        lifts.sort_by(|a, b| {
+            b.lift
+                .total_cmp(&a.lift)
+                .then(b.count.cmp(&a.count))
+                .then(a.word.cmp(&b.word))
+        });
         lifts.truncate(top);
         lifts
     }

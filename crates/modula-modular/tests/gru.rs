@@ -77,3 +77,41 @@ fn selections_are_chosen_ancestrally_from_each_steps_controller() {
     assert_eq!(hs.len(), 5);
     assert_eq!(seen, (0..5).map(|t| (t, [12, 4])).collect::<Vec<_>>());
 }
+
+/// With `controller_input_grad` off, the controller's loss still trains the controller but
+/// sends nothing into `[x; h]`: the input gradients equal those of a zero controller loss.
+#[test]
+fn controller_input_grad_off_keeps_the_controller_loss_out_of_the_state() {
+    let b = Cpu::with_threads(1);
+    let mut params = ParamStore::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut cell = ModularGruCell::new(&b, &mut params, "mgru", 2, 3, 4, 1, &mut rng);
+    cell.controller_input_grad = false;
+    let xs: Vec<_> = (0..3)
+        .map(|_| b.upload([5, 2], &values(&mut rng, 10)))
+        .collect();
+    let h0 = b.upload([5, 3], &values(&mut rng, 15));
+    let sels: Vec<Selection> = (0..3)
+        .map(|_| Selection::new(1, (0..5).map(|_| rng.random_range(0..4)).collect()))
+        .collect();
+    let dhs: Vec<_> = (0..3)
+        .map(|_| b.upload([5, 3], &values(&mut rng, 15)))
+        .collect();
+    let run = |d_logp: f32, grads: &mut Grads<Cpu>| {
+        let caches = cell
+            .forward_seq(&b, &params, &xs, &h0, |t, _| Ok::<_, ()>(sels[t].clone()))
+            .unwrap()
+            .caches;
+        let dps: Vec<_> = (0..3).map(|_| b.upload([5, 1], &[d_logp; 5])).collect();
+        let (dxs, dh0) = cell.backward_seq(&b, &params, caches, &dhs, &dps, grads);
+        let mut all: Vec<f32> = dxs.iter().flat_map(|d| b.download(d).unwrap()).collect();
+        all.extend(b.download(&dh0).unwrap());
+        all
+    };
+    let (mut with_loss, mut without) = (Grads::new(), Grads::new());
+    assert_eq!(run(-0.7, &mut with_loss), run(0.0, &mut without));
+    // The controller itself is still trained by its loss.
+    let w = cell.controller.linear.weight;
+    let g = b.download(with_loss.get(w).unwrap()).unwrap();
+    assert!(g.iter().any(|&v| v != 0.0));
+}

@@ -19,7 +19,9 @@ pub struct LmModelConfig {
     /// Dropout on the embedding and on the states fed to the softmax.
     pub dropout: f32,
     /// Whether the controller's loss trains the state and embedding it reads (the
-    /// specification: yes) or only the controller's weights.
+    /// specification's "no stop-gradient", the default) or only the controller's weights.
+    /// Off, the first modular PTB runs stopped diverging at validation but also stopped
+    /// learning beyond unigram statistics in one epoch (docs/experiments/ptb.md).
     pub controller_input_grad: bool,
 }
 
