@@ -269,11 +269,16 @@ fn every_window_is_e_stepped_once_in_e_every_epochs() {
     let windows = t.windows_per_epoch();
     assert_eq!(windows % t.config.e_every, 0);
     let mut count = vec![0usize; windows];
+    let mut tokens = 0u64;
     while t.epoch < t.config.e_every {
         let w = t.window;
-        if t.step().unwrap().e_step.is_some() {
+        let stats = t.step().unwrap();
+        if stats.e_step.is_some() {
             count[w] += 1;
         }
+        // tokens_seen counts exactly the tokens the windows trained on.
+        tokens += stats.tokens as u64;
+        assert_eq!(t.tokens_seen(), tokens);
     }
     assert_eq!(count, vec![1; windows]);
 }

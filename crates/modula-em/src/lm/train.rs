@@ -163,10 +163,11 @@ impl<B: Backend> LmTrainer<B> {
 
     /// Training tokens seen so far.
     pub fn tokens_seen(&self) -> u64 {
-        let per_epoch = (self.train.batch * self.train.len.saturating_sub(1)) as u64;
-        let within: u64 = (0..self.window)
-            .map(|i| (self.train.batch * self.train.window(i, self.config.bptt).steps) as u64)
-            .sum();
+        // Every window but an epoch's last has `bptt` steps, so the steps done this epoch are
+        // `window * bptt`, capped by the `len - 1` steps an epoch has.
+        let steps = self.train.len.saturating_sub(1);
+        let per_epoch = (self.train.batch * steps) as u64;
+        let within = (self.train.batch * (self.window * self.config.bptt).min(steps)) as u64;
         self.epoch as u64 * per_epoch + within
     }
 
