@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use modula_data::{Streams, TextCorpus, data_dir};
 use modula_em::lm::{LanguageModel, LmEval, LmModelConfig, LmTrainConfig, LmTrainer, WindowStats};
-use modula_em::{Algo, DenseMatch, TrainError};
+use modula_em::{Algo, DenseMatch};
 use modula_nn::{Checkpoint, ParamStore};
 use modula_tensor::Backend;
 use rand::SeedableRng;
@@ -529,18 +529,10 @@ impl<B: Backend> LmTraining<B> {
                 break;
             }
             let t0 = Instant::now();
-            let stats = match self.trainer.step() {
-                Ok(s) => s,
-                Err(TrainError::Diverged { step, value }) => {
-                    progress.finish();
-                    return Err(run_error(format!(
-                        "training diverged at window {step}: the loss is {value}; stopped without saving the diverged state. The last good checkpoint (window {}) is kept at {}. Lower train.lr or train.grad_clip",
-                        self.checkpoint_step,
-                        run::checkpoint_path(&self.dir).display()
-                    )));
-                }
-                Err(e) => return Err(run_error(format!("training failed: {e}"))),
-            };
+            let stats = self.trainer.step().map_err(|e| {
+                progress.finish();
+                run::training_error(e, "window", self.checkpoint_step, &self.dir)
+            })?;
             let seconds = t0.elapsed().as_secs_f64();
             self.train_seconds += seconds;
             self.train_tokens += stats.tokens as u64;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use modula_em::toy::ToyConfig;
-use modula_em::{Algo, ModelConfig, ToyEval, ToyExperiment, TrainConfig};
+use modula_em::{Algo, ModelConfig, ToyEval, ToyExperiment, TrainConfig, TrainError};
 use modula_nn::Checkpoint;
 use modula_tensor::{Backend, Cpu};
 use modula_wgpu::Wgpu;
@@ -329,6 +329,18 @@ pub fn restore_checkpoint<B: Backend>(
         .restore(&ck)
         .map_err(|e| run_error(e.to_string()))?;
     Ok(ck)
+}
+
+/// The error of a failed training step. A diverged loss names the last good checkpoint,
+/// which was kept, and what to change; `unit` is what the run counts (`step`, `window`).
+pub fn training_error(error: TrainError, unit: &str, checkpoint_step: u64, dir: &Path) -> CliError {
+    match error {
+        TrainError::Diverged { step, value } => run_error(format!(
+            "training diverged at {unit} {step}: the loss is {value}; stopped without saving the diverged state. The last good checkpoint ({unit} {checkpoint_step}) is kept at {}. Lower train.lr or set train.grad_clip",
+            checkpoint_path(dir).display()
+        )),
+        e => run_error(format!("training failed: {e}")),
+    }
 }
 
 /// Where a run directory keeps its checkpoint.

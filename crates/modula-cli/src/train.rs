@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use modula_em::algo::{EStats, StepStats};
-use modula_em::{Algo, DenseMatch, StepOutcome, ToyExperiment, TrainError};
+use modula_em::{Algo, DenseMatch, StepOutcome, ToyExperiment};
 use modula_nn::Checkpoint;
 use modula_tensor::Backend;
 use serde::{Deserialize, Serialize};
@@ -572,15 +572,15 @@ impl<B: Backend> Training<B> {
             match self.exp.trainer.step() {
                 Ok(StepOutcome::EStep(e)) => self.interval.add_e_step(&e),
                 Ok(StepOutcome::Gradient(s)) => self.interval.add_gradient(&s),
-                Err(TrainError::Diverged { step, value }) => {
+                Err(e) => {
                     progress.finish();
-                    return Err(run_error(format!(
-                        "training diverged at step {step}: the loss is {value}; stopped without saving the diverged state. The last good checkpoint (step {}) is kept at {}. Lower train.lr or set train.grad_clip",
+                    return Err(run::training_error(
+                        e,
+                        "step",
                         self.checkpoint_step,
-                        run::checkpoint_path(&self.dir).display()
-                    )));
+                        &self.dir,
+                    ));
                 }
-                Err(e) => return Err(run_error(format!("training failed: {e}"))),
             }
             interval_examples += batch;
             let step = self.exp.trainer.step;
