@@ -3,16 +3,15 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod common;
+use common::stderr;
+
 fn modula(args: &[&str], data_dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_modula"))
         .args(args)
         .env("MODULA_DATA", data_dir)
         .output()
         .expect("the modula binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

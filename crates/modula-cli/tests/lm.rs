@@ -5,34 +5,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn modula(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_modula"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("the modula binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "failed: {}", stderr(out));
-}
-
-fn assert_fails(out: &Output, needles: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
-    assert!(!err.contains("panicked"), "a panic: {err}");
-    for needle in needles {
-        assert!(err.contains(needle), "{needle:?} not in: {err}");
-    }
-}
+mod common;
+use common::{assert_fails, assert_ok, json, modula};
 
 /// The data directory holding `ptb/`, or `None` when PTB has not been fetched.
 fn ptb_data_dir() -> Option<PathBuf> {
@@ -84,10 +61,6 @@ checkpoint_every = 20
     let path = dir.join("smoke.toml");
     fs::write(&path, text).unwrap();
     path
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn valid_ppls(run: &Path) -> Vec<f64> {
@@ -148,6 +121,7 @@ fn ptb_smoke_run_trains_resumes_and_reports() {
     assert_eq!(report["modules"].as_array().unwrap().len(), 3);
     assert_fails(
         &modula(&["inspect", "--run", "dense"], tmp.path()),
+        1,
         &["dense model", "no modules"],
     );
     let out = modula(&["report", "em", "dense", "--out", "report"], tmp.path());
@@ -174,21 +148,25 @@ fn lm_configuration_errors_name_the_field_or_flag() {
     );
     assert_fails(
         &modula(&["train", "--config", &bad_k], tmp.path()),
+        1,
         &["model.k"],
     );
     let unknown = write("u.toml", "task_name = \"ptb\"\n[train]\nbptt_len = 3\n");
     assert_fails(
         &modula(&["train", "--config", &unknown], tmp.path()),
+        1,
         &["bptt_len"],
     );
     let zero = write("z.toml", "task_name = \"ptb\"\n[train]\nbptt = 0\n");
     assert_fails(
         &modula(&["train", "--config", &zero], tmp.path()),
+        1,
         &["train.bptt"],
     );
     let ok = write("ok.toml", "task_name = \"ptb\"\n");
     assert_fails(
         &modula(&["train", "--config", &ok, "--steps", "5"], tmp.path()),
+        1,
         &["--epochs"],
     );
     let missing = write(
@@ -197,15 +175,18 @@ fn lm_configuration_errors_name_the_field_or_flag() {
     );
     assert_fails(
         &modula(&["train", "--config", &missing, "--out", "r"], tmp.path()),
+        1,
         &["modula data fetch ptb"],
     );
     // Toy runs have no epochs or wall-time bound.
     assert_fails(
         &modula(&["train", "--epochs", "2"], tmp.path()),
+        1,
         &["--epochs"],
     );
     assert_fails(
         &modula(&["inspect", "--run", "nowhere"], tmp.path()),
+        1,
         &["not a language-modelling run"],
     );
 }

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+mod common;
+use common::{assert_fails, assert_ok, json, modula, stderr};
+
 /// A small task and short intervals keep every run well under a second in test builds.
 const SMALL: &str = r#"
 threads = 2
@@ -24,33 +27,6 @@ batch_size = 64
 log_every = 40
 checkpoint_every = 100
 "#;
-
-fn modula(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_modula"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("the modula binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Asserts a clean failure: the given exit status, no panic, and a message containing every
-/// `needle`.
-fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
-    assert!(!err.contains("panicked"), "a panic: {err}");
-    for needle in needles {
-        assert!(err.contains(needle), "{needle:?} not in: {err}");
-    }
-}
-
-fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "failed: {}", stderr(out));
-}
 
 /// Writes `SMALL` plus `extra` (TOML appended to the matching sections) as `name`.
 fn config(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -91,10 +67,6 @@ fn checkpoint_step(path: &Path) -> u64 {
         .unwrap()
         .parse()
         .unwrap()
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// The figures `summary.json` and `modula eval --json` share.

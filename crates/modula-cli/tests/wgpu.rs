@@ -11,10 +11,12 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
 
 use modula_wgpu::testing::backend_or_skip;
 use serde_json::Value;
+
+mod common;
+use common::{assert_fails, assert_ok, modula_env as modula, stderr};
 
 /// 300 iterations of batch 64 on a small task: long enough for the loss to fall well and
 /// for several E-steps, short enough to stay within seconds on lavapipe.
@@ -32,33 +34,6 @@ batch_size = 64
 log_every = 50
 checkpoint_every = 300
 "#;
-
-fn modula(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_modula"));
-    command.args(args).current_dir(cwd);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().expect("the modula binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "failed: {}", stderr(out));
-}
-
-/// Asserts a clean failure: the given exit status, no panic, and every `needle` in stderr.
-fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
-    assert!(!err.contains("panicked"), "a panic: {err}");
-    for needle in needles {
-        assert!(err.contains(needle), "{needle:?} not in: {err}");
-    }
-}
 
 fn json(path: &Path) -> Value {
     serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()

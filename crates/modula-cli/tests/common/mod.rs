@@ -1,0 +1,49 @@
+//! What the CLI's end-to-end test files share: running the binary and checking its exit.
+//! Each test file compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// Runs `modula` with `args` in `cwd`, with extra environment variables.
+pub fn modula_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_modula"));
+    command.args(args).current_dir(cwd);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("the modula binary runs")
+}
+
+/// Runs `modula` with `args` in `cwd`.
+pub fn modula(args: &[&str], cwd: &Path) -> Output {
+    modula_env(args, cwd, &[])
+}
+
+/// The command's standard error as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts success, showing stderr otherwise.
+pub fn assert_ok(out: &Output) {
+    assert!(out.status.success(), "failed: {}", stderr(out));
+}
+
+/// Asserts a clean failure: the given exit status, no panic, and a message containing every
+/// `needle`.
+pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert!(!err.contains("panicked"), "a panic: {err}");
+    for needle in needles {
+        assert!(err.contains(needle), "{needle:?} not in: {err}");
+    }
+}
+
+/// A JSON file, parsed.
+pub fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
