@@ -64,6 +64,12 @@ const PAR_MIN_MACS: usize = 1 << 21;
 /// shorter than the hand-off.
 const PAR_MIN_PACK: usize = 1 << 18;
 
+/// Most rows of A for which `A B^T` with row-contiguous operands is computed as dot products
+/// of rows (reading `B` once per [`avx512::DOT_ROWS`] rows of A) rather than by packing
+/// `B^T`.
+#[cfg(target_arch = "x86_64")]
+const DOT_MAX_ROWS: usize = 16;
+
 /// How a product may be split across threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parallelism {
@@ -506,6 +512,37 @@ pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>, 
         return;
     }
     let tasks = task_count(m, k, n, par);
+    // `A B^T` with both read along contiguous rows (the backward `dY W^T` of a layer with
+    // row-major weights) and only a few rows of A: packing `B^T` would transpose all of `W`
+    // for a handful of output rows, which costs more than the product. Dot products of
+    // contiguous rows read `W` once per group of rows instead, with no copy.
+    #[cfg(target_arch = "x86_64")]
+    if tasks == 1
+        && m <= DOT_MAX_ROWS
+        && a.col_stride == 1
+        && b.row_stride == 1
+        && matches!(Kernel::detect(), Kernel::Avx512)
+    {
+        // SAFETY: the views were bounds-checked at construction (every element (i, p) of A
+        // and (p, j) of op(B) lies inside its slice), C is m x n with its row stride, and
+        // AVX-512F is present.
+        unsafe {
+            avx512::dot_rows(
+                alpha,
+                a.data.as_ptr(),
+                a.row_stride,
+                m,
+                k,
+                b.data.as_ptr(),
+                b.col_stride,
+                n,
+                beta,
+                c.data.as_mut_ptr(),
+                c.row_stride,
+            )
+        };
+        return;
+    }
     // Reading B in place (with software prefetch) saves a full packing pass over it, which
     // costs as much as the product itself for a few rows of A; measured, the in-place kernel
     // runs within a few percent of the packed one, so packing only pays for tall products,
@@ -867,6 +904,128 @@ impl Kernel {
 mod avx512 {
     use super::{MR, Tile};
     use core::arch::x86_64::*;
+
+    /// Rows of A per pass over B in [`dot_rows`].
+    pub(super) const DOT_ROWS: usize = 4;
+    /// Rows of B (columns of C) per tile in [`dot_rows`].
+    const DOT_COLS: usize = 4;
+
+    /// `C = alpha * A * W^T + beta * C` by dot products of contiguous rows: A is `m x k`
+    /// (rows `lda` apart, unit column stride), W is `n x k` (rows `ldw` apart, unit column
+    /// stride) and C is `m x n` (rows `ldc` apart). With `beta == 0`, C is not read.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and the pointers must address matrices of those shapes.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dot_rows(
+        alpha: f32,
+        a: *const f32,
+        lda: usize,
+        m: usize,
+        k: usize,
+        w: *const f32,
+        ldw: usize,
+        n: usize,
+        beta: f32,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let tiles = |r0: usize, rows: usize| {
+            let mut j0 = 0;
+            while j0 < n {
+                let cols = DOT_COLS.min(n - j0);
+                let t = DotTile {
+                    alpha,
+                    beta,
+                    k,
+                    // Rows r0..r0 + rows of A, rows j0..j0 + cols of W and that block of C
+                    // are inside the caller's matrices.
+                    a: a.wrapping_add(r0 * lda),
+                    lda,
+                    w: w.wrapping_add(j0 * ldw),
+                    ldw,
+                    c: c.wrapping_add(r0 * ldc + j0),
+                    ldc,
+                };
+                // Const sizes keep the accumulators in registers; edge blocks get their own
+                // instances rather than masked work.
+                macro_rules! sized {
+                    ($($r:literal, $c:literal);*) => {
+                        match (rows, cols) {
+                            // SAFETY: the block is inside the caller's matrices (above).
+                            $(($r, $c) => unsafe { dot_tile::<$r, $c>(&t) },)*
+                            _ => unreachable!("blocks are at most DOT_ROWS x DOT_COLS"),
+                        }
+                    };
+                }
+                sized!(4, 4; 4, 3; 4, 2; 4, 1; 3, 4; 3, 3; 3, 2; 3, 1;
+                       2, 4; 2, 3; 2, 2; 2, 1; 1, 4; 1, 3; 1, 2; 1, 1);
+                j0 += cols;
+            }
+        };
+        let mut r0 = 0;
+        while r0 < m {
+            let rows = DOT_ROWS.min(m - r0);
+            tiles(r0, rows);
+            r0 += rows;
+        }
+    }
+
+    /// One block of [`dot_rows`]: where A's and W's rows start, and where C's block starts.
+    struct DotTile {
+        alpha: f32,
+        beta: f32,
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        w: *const f32,
+        ldw: usize,
+        c: *mut f32,
+        ldc: usize,
+    }
+
+    /// An `R x C` block of [`dot_rows`] (`R <= DOT_ROWS`, `C <= DOT_COLS`): the accumulators
+    /// stay in registers over the whole depth and are summed across lanes once.
+    ///
+    /// # Safety
+    /// As for [`dot_rows`], for the block's rows.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot_tile<const R: usize, const C: usize>(t: &DotTile) {
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let mut p = 0;
+        while p < t.k {
+            let live = (t.k - p).min(16);
+            let lanes: __mmask16 = if live == 16 { !0 } else { (1u16 << live) - 1 };
+            let mut wv = [_mm512_setzero_ps(); C];
+            for (j, v) in wv.iter_mut().enumerate() {
+                // SAFETY: lanes past `live` are masked off, the rest lie in row j of W.
+                *v = unsafe { _mm512_maskz_loadu_ps(lanes, t.w.add(j * t.ldw + p)) };
+            }
+            for (i, acc_i) in acc.iter_mut().enumerate() {
+                // SAFETY: as above, in row i of A.
+                let av = unsafe { _mm512_maskz_loadu_ps(lanes, t.a.add(i * t.lda + p)) };
+                for (acc_ij, v) in acc_i.iter_mut().zip(&wv) {
+                    *acc_ij = _mm512_fmadd_ps(av, *v, *acc_ij);
+                }
+            }
+            p += 16;
+        }
+        for (i, acc_i) in acc.iter().enumerate() {
+            for (j, acc_ij) in acc_i.iter().enumerate() {
+                let dot = t.alpha * _mm512_reduce_add_ps(*acc_ij);
+                // SAFETY: (i, j) is inside the block of C.
+                unsafe {
+                    let dst = t.c.add(i * t.ldc + j);
+                    *dst = if t.beta == 0.0 {
+                        dot
+                    } else {
+                        dot + t.beta * *dst
+                    };
+                }
+            }
+        }
+    }
 
     /// The AVX-512 microkernel for one tile.
     ///

@@ -167,6 +167,26 @@ proptest! {
     }
 }
 
+/// A few rows of A against a transposed B whose rows are contiguous (a layer's `dY W^T`):
+/// the dot-product path on AVX-512 machines, for every row count up to past its limit of 16,
+/// block edges of 4 x 4 and depths across the 16-lane vector width.
+#[test]
+fn few_rows_times_transposed_b_match_reference() {
+    let mut seed = 0;
+    for m in 1..=17 {
+        for k in [1, 15, 16, 17, 40, 300] {
+            for n in [1, 3, 4, 5, 9] {
+                for (alpha, beta) in [(1.0, 0.0), (0.7, -1.3)] {
+                    seed += 1;
+                    let checked =
+                        check_cpu(1, m, k, n, Transpose::No, Transpose::Yes, alpha, beta, seed);
+                    checked.unwrap();
+                }
+            }
+        }
+    }
+}
+
 /// Shapes that cross the block sizes (depth blocks of 256, row blocks of 240, column chunks
 /// of 512) and the switch between reading B in place and packing it.
 #[test]
