@@ -3,7 +3,7 @@
 
 use modula_data::Streams;
 use modula_em::Algo;
-use modula_em::lm::{LanguageModel, LmModelConfig, LmTrainConfig, LmTrainer, Recurrent};
+use modula_em::lm::{LanguageModel, LmModelConfig, LmTrainConfig, LmTrainer, Recurrent, Routes};
 use modula_modular::Selection;
 use modula_nn::gradcheck::{GradCheck, check};
 use modula_nn::{Ctx, Grads, ParamStore};
@@ -29,10 +29,14 @@ fn tiny_model(b: &Cpu, recurrent: Recurrent, seed: u64) -> (LanguageModel, Param
     (model, params)
 }
 
-fn check_window(recurrent: Recurrent, steps: usize, n: usize, seed: u64) -> Result<(), String> {
-    let b = Cpu::with_threads(1);
-    let (model, mut params) = tiny_model(&b, recurrent, seed);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 1);
+/// A random window of `steps` steps over `n` streams: input ids, targets and one random
+/// selection per step for the model's `(M, K)`.
+fn random_window(
+    model: &LanguageModel,
+    steps: usize,
+    n: usize,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<Vec<u32>>, Vec<u32>, Vec<Selection>) {
     let ids: Vec<Vec<u32>> = (0..steps)
         .map(|_| (0..n).map(|_| rng.random_range(0..VOCAB as u32)).collect())
         .collect();
@@ -48,6 +52,23 @@ fn check_window(recurrent: Recurrent, steps: usize, n: usize, seed: u64) -> Resu
             )
         })
         .collect();
+    (ids, targets, sels)
+}
+
+/// Checks the window's backward pass against finite differences; `fixed` hands the
+/// selections over as [`Routes::Fixed`] (the window-wide input projection) rather than
+/// returning them step by step.
+fn check_window(
+    recurrent: Recurrent,
+    steps: usize,
+    n: usize,
+    seed: u64,
+    fixed: bool,
+) -> Result<(), String> {
+    let b = Cpu::with_threads(1);
+    let (model, mut params) = tiny_model(&b, recurrent, seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 1);
+    let (ids, targets, sels) = random_window(&model, steps, n, &mut rng);
     let w_p: Vec<f32> = (0..steps * n)
         .map(|_| rng.random_range(-1.0..1.0))
         .collect();
@@ -57,17 +78,14 @@ fn check_window(recurrent: Recurrent, steps: usize, n: usize, seed: u64) -> Resu
         // A fresh context per call: the same dropout masks and top-k noise every time.
         let mut ctx = Ctx::train(seed);
         let mut route = |t: usize, _: &_| Ok(sels[t].clone());
+        let routes = if fixed {
+            Routes::Fixed(&sels)
+        } else {
+            Routes::Chosen(&mut route)
+        };
+        let h0 = b.upload([n, 2], &h0);
         model
-            .forward_window(
-                b,
-                p,
-                &ids,
-                &targets,
-                &b.upload([n, 2], &h0),
-                &mut route,
-                false,
-                &mut ctx,
-            )
+            .forward_window(b, p, &ids, &targets, &h0, routes, false, &mut ctx)
             .unwrap()
     };
     let uses_logp = matches!(recurrent, Recurrent::Modular { .. });
@@ -104,9 +122,9 @@ proptest! {
 
     #[test]
     fn modular_window_backward_matches_finite_differences(
-        steps in 1usize..4, n in 1usize..3, seed in any::<u64>(),
+        steps in 1usize..4, n in 1usize..3, seed in any::<u64>(), fixed in any::<bool>(),
     ) {
-        check_window(Recurrent::Modular { modules: 3, k: 2 }, steps, n, seed)
+        check_window(Recurrent::Modular { modules: 3, k: 2 }, steps, n, seed, fixed)
             .map_err(TestCaseError::fail)?;
     }
 
@@ -114,7 +132,8 @@ proptest! {
     fn dense_window_backward_matches_finite_differences(
         steps in 1usize..4, n in 1usize..3, seed in any::<u64>(),
     ) {
-        check_window(Recurrent::Dense { hidden: 2 }, steps, n, seed).map_err(TestCaseError::fail)?;
+        check_window(Recurrent::Dense { hidden: 2 }, steps, n, seed, false)
+            .map_err(TestCaseError::fail)?;
     }
 
     /// With k = M every module is kept, so no perturbation can change the top-k choice and
@@ -124,7 +143,43 @@ proptest! {
         steps in 1usize..4, n in 1usize..3, seed in any::<u64>(),
     ) {
         let cell = Recurrent::TopK { modules: 2, k: 2, importance_weight: 0.5 };
-        check_window(cell, steps, n, seed).map_err(TestCaseError::fail)?;
+        check_window(cell, steps, n, seed, false).map_err(TestCaseError::fail)?;
+    }
+
+    /// The window-wide input projection of fixed routes is a fast path of the step-by-step
+    /// one: the same selections give the same losses, states and gradients.
+    #[test]
+    fn fixed_routes_match_step_by_step_routes(
+        steps in 1usize..6, n in 1usize..5, seed in any::<u64>(),
+    ) {
+        let b = Cpu::with_threads(1);
+        let (model, params) = tiny_model(&b, Recurrent::Modular { modules: 3, k: 2 }, seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 2);
+        let (ids, targets, sels) = random_window(&model, steps, n, &mut rng);
+        let h0: Vec<f32> = (0..n * 2).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let h0 = b.upload([n, 2], &h0);
+        let d_logp: Vec<f32> = (0..steps * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let run = |fixed: bool| {
+            let mut route = |t: usize, _: &_| Ok(sels[t].clone());
+            let routes = if fixed { Routes::Fixed(&sels) } else { Routes::Chosen(&mut route) };
+            let out = model
+                .forward_window(&b, &params, &ids, &targets, &h0, routes, false, &mut Ctx::train(seed))
+                .unwrap();
+            let mut values = out.nll.clone();
+            values.extend(&out.log_p);
+            values.extend(b.download(&out.h_last).unwrap());
+            let mut g = Grads::new();
+            model.backward_window(&b, &params, out.cache, 0.5, &d_logp, &mut g).unwrap();
+            for id in params.ids() {
+                values.extend(g.get(id).map(|t| b.download(t).unwrap()).unwrap_or_default());
+            }
+            values
+        };
+        let (fast, slow) = (run(true), run(false));
+        prop_assert_eq!(fast.len(), slow.len());
+        for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+            prop_assert!((f - s).abs() <= 1e-5 + 1e-5 * s.abs(), "value {i}: {f} vs {s}");
+        }
     }
 }
 
@@ -281,4 +336,30 @@ fn every_window_is_e_stepped_once_in_e_every_epochs() {
         assert_eq!(t.tokens_seen(), tokens);
     }
     assert_eq!(count, vec![1; windows]);
+}
+
+/// The parameter counts the dense baseline is matched by are those of the built models.
+#[test]
+fn parameter_formulas_count_the_built_models() {
+    let b = Cpu::with_threads(1);
+    let cfg = LmModelConfig {
+        embed: 3,
+        hidden: 4,
+        modules: 5,
+        k: 2,
+        dropout: 0.0,
+        controller_input_grad: true,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut count = |recurrent| {
+        let mut params = ParamStore::new();
+        LanguageModel::new(&b, &mut params, &cfg, recurrent, VOCAB, &mut rng);
+        params.num_scalars(&b)
+    };
+    let modular = count(Recurrent::Modular { modules: 5, k: 2 });
+    assert_eq!(modular, cfg.modular_params(VOCAB));
+    assert_eq!(
+        count(Recurrent::Dense { hidden: 6 }),
+        cfg.dense_params(VOCAB, 6)
+    );
 }

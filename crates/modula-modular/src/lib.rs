@@ -10,8 +10,9 @@
 //!   [`modula_nn::Module`].
 //! - [`ModularConv2d`]: stacked convolution modules, the same grouped GEMMs over im2col
 //!   patch rows.
-//! - [`ModularGruCell`]: a GRU whose gate pre-activations come from a modular layer on
-//!   `[x_t; h_{t-1}]`, one selection per step, with backpropagation through time.
+//! - [`ModularGruCell`]: a GRU whose modules ([`ModularGruModules`], standard GRU weight
+//!   sets) are chosen per step by a controller on `[x_t; h_{t-1}]`, with backpropagation
+//!   through time.
 //! - [`ModulePool`]: the slow path, any [`modula_nn::Module`] as a module.
 //! - [`NaiveLayer`]: the per-row reference implementation used as the test oracle.
 //!
@@ -47,7 +48,10 @@ mod selection;
 
 pub use controller::{Controller, ControllerOutput};
 pub use conv::{ModularConv2d, ModularConvCache};
-pub use gru::{ModularGruCache, ModularGruCell, ModularGruSeq, PreparedStep};
+pub use gru::{
+    ModularGruCache, ModularGruCell, ModularGruModules, ModularGruModulesCache, ModularGruSeq,
+    ModularGruStepCache, PreparedStep, StepInputGrads,
+};
 pub use linear::{ModularCache, ModularLinear, Routed, stacked_glorot};
 pub use pool::{ModulePool, PoolCache};
 pub use reference::{NaiveGrads, NaiveLayer};

@@ -25,8 +25,10 @@ proptest! {
         let mut params = ParamStore::new();
         let cell = ModularGruCell::new(&b, &mut params, "mgru", d_in, hidden, m, k, &mut rng);
         // Larger weights than the stacked init so that gates are far from linear.
-        let w = values(&mut rng, m * (d_in + hidden) * 4 * hidden);
-        *params.get_mut(cell.layer.weight) = b.upload([m * (d_in + hidden), 4 * hidden], &w);
+        for layer in [&cell.modules.input, &cell.modules.recurrent] {
+            let w = values(&mut rng, m * layer.d_in * layer.d_out);
+            *params.get_mut(layer.weight) = b.upload([m * layer.d_in, layer.d_out], &w);
+        }
         let sels: Vec<Selection> = (0..t_steps)
             .map(|_| Selection::new(k, (0..n * k).map(|_| rng.random_range(0..m as u32)).collect()))
             .collect();

@@ -15,8 +15,9 @@
 //! take the four pre-activation blocks `[a_r, a_z, a_nx, a_nh]` (`a_r = gx_r + gh_r`,
 //! `a_z = gx_z + gh_z`, `a_nx = gx_n`, `a_nh = gh_n`) as one `[batch, 4h]` tensor. The
 //! candidate's input and hidden parts must stay separate because the reset gate multiplies only
-//! the hidden part; any layer that can produce those `4h` columns (a dense pair of products as in
-//! [`GruCell`], or a modular layer on `[x; h]`) reuses the same gate code.
+//! the hidden part. Any pair of layers that produces `gx` and `gh` (the dense products of
+//! [`GruCell`], or modular layers on `x` and `h`) assembles them with [`gru_gates_from_parts`]
+//! and reuses the same gate code.
 
 use modula_tensor::{Backend, BinaryOp, ReduceOp, Transpose, UnaryOp};
 use rand::Rng;
@@ -140,6 +141,48 @@ pub fn gru_gates_backward<B: Backend>(
     (d_gates, dh_prev)
 }
 
+/// Assembles the gate pre-activations `[a_r, a_z, a_nx, a_nh]` of [`gru_gates_forward`] from
+/// an input-side `gx = [gx_r, gx_z, gx_n]` and a hidden-side `gh = [gh_r, gh_z, gh_n]` (each
+/// `[batch, 3h]`): `[gx_r + gh_r, gx_z + gh_z, gx_n, gh_n]`.
+///
+/// # Panics
+/// If `gx` and `gh` differ in shape or their width is not a multiple of 3.
+#[track_caller]
+pub fn gru_gates_from_parts<B: Backend>(b: &B, gx: &B::Tensor, gh: &B::Tensor) -> B::Tensor {
+    let [n, h3] = b.shape(gx);
+    assert!(
+        b.shape(gh) == [n, h3] && h3 % 3 == 0,
+        "gru_gates_from_parts: gx and gh must both be [batch, 3h]"
+    );
+    let h = h3 / 3;
+    let mut gates = b.zeros([n, 4 * h]);
+    b.copy_cols(gx, 0, &mut gates, 0, 3 * h, false);
+    b.copy_cols(gh, 0, &mut gates, 0, 2 * h, true);
+    b.copy_cols(gh, 2 * h, &mut gates, 3 * h, h, false);
+    gates
+}
+
+/// The gradient of [`gru_gates_from_parts`]: splits `d_gates [batch, 4h]` into
+/// `(d_gx, d_gh)`, each `[batch, 3h]`. The first three blocks are exactly `gx`'s; `gh`'s are
+/// blocks r, z and the fourth.
+///
+/// # Panics
+/// If the width of `d_gates` is not a multiple of 4.
+#[track_caller]
+pub fn gru_gates_split_grad<B: Backend>(b: &B, d_gates: &B::Tensor) -> (B::Tensor, B::Tensor) {
+    let [n, h4] = b.shape(d_gates);
+    assert!(
+        h4 % 4 == 0,
+        "gru_gates_split_grad: d_gates must be [batch, 4h]"
+    );
+    let h = h4 / 4;
+    let dgx = slice_cols(b, d_gates, 0, 3 * h);
+    let mut dgh = b.zeros([n, 3 * h]);
+    b.copy_cols(d_gates, 0, &mut dgh, 0, 2 * h, false);
+    b.copy_cols(d_gates, 3 * h, &mut dgh, 2 * h, h, false);
+    (dgx, dgh)
+}
+
 /// One GRU step with dense weights, in PyTorch's formulation (`torch.nn.GRUCell`):
 ///
 /// ```text
@@ -237,12 +280,7 @@ impl GruCell {
         );
         let gx = affine(b, x, params.get(self.w_x), params.get(self.b_x));
         let gh = affine(b, h_prev, params.get(self.w_h), params.get(self.b_h));
-        // [a_r, a_z, a_nx, a_nh] = [gx_r + gh_r, gx_z + gh_z, gx_n, gh_n].
-        let mut gates = b.zeros([n, 4 * h]);
-        b.copy_cols(&gx, 0, &mut gates, 0, 3 * h, false);
-        b.copy_cols(&gh, 0, &mut gates, 0, 2 * h, true);
-        b.copy_cols(&gh, 2 * h, &mut gates, 3 * h, h, false);
-        let (h_next, gates) = gru_gates_forward(b, &gates, h_prev);
+        let (h_next, gates) = gru_gates_forward(b, &gru_gates_from_parts(b, &gx, &gh), h_prev);
         let cache = GruCellCache {
             x: b.duplicate(x),
             gates,
@@ -267,11 +305,7 @@ impl GruCell {
         let h = self.hidden;
         let (d_gates, mut dh_prev) = gru_gates_backward(b, &cache.gates, dh);
         let n = b.shape(&d_gates)[0];
-        // The first three blocks are exactly gx's; gh's are blocks r, z and the fourth.
-        let dgx = slice_cols(b, &d_gates, 0, 3 * h);
-        let mut dgh = b.zeros([n, 3 * h]);
-        b.copy_cols(&d_gates, 0, &mut dgh, 0, 2 * h, false);
-        b.copy_cols(&d_gates, 3 * h, &mut dgh, 2 * h, h, false);
+        let (dgx, dgh) = gru_gates_split_grad(b, &d_gates);
 
         let dwx = grads.entry(b, self.w_x, [self.d_in, 3 * h]);
         b.matmul(1.0, &cache.x, Transpose::Yes, &dgx, Transpose::No, 1.0, dwx);

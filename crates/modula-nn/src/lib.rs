@@ -73,6 +73,7 @@ pub use embedding::Embedding;
 pub use flatten::Flatten;
 pub use gru::{
     Gru, GruCell, GruCellCache, GruGatesCache, GruSeqCache, gru_gates_backward, gru_gates_forward,
+    gru_gates_from_parts, gru_gates_split_grad,
 };
 pub use init::{Init, glorot_uniform, he_normal, normal};
 pub use linear::Linear;

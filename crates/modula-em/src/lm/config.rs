@@ -166,7 +166,7 @@ impl LmModelConfig {
     /// Parameters of the modular network (controller-routed) for a vocabulary of `vocab`.
     pub fn modular_params(&self, vocab: usize) -> usize {
         let (d, h, m, k) = (self.embed, self.hidden, self.modules, self.k);
-        vocab * d + m * ((d + h) * 4 * h + 4 * h) + (d + h) * k * m + k * m + h * vocab + vocab
+        vocab * d + m * ((d + h) * 3 * h + 6 * h) + (d + h) * k * m + k * m + h * vocab + vocab
     }
 
     /// Parameters of a dense GRU language model of hidden width `h`.

@@ -12,5 +12,5 @@ pub mod model;
 pub mod train;
 
 pub use config::{LmModelConfig, LmTrainConfig, Recurrent};
-pub use model::{Cell, LanguageModel, StepRouter, TopKGruCell, WindowCache, WindowOutput};
+pub use model::{Cell, LanguageModel, Routes, StepRouter, TopKGruCell, WindowCache, WindowOutput};
 pub use train::{LmEval, LmTrainer, WindowStats};

@@ -2,13 +2,12 @@
 //! softmax over the vocabulary, run over truncated-BPTT windows one time step at a time.
 
 use modula_modular::{
-    ControllerOutput, ModularCache, ModularGruCache, ModularGruCell, ModularLinear, Routing,
-    Selection,
+    ControllerOutput, ModularCache, ModularGruCache, ModularGruCell, ModularGruModules,
+    ModularGruModulesCache, Routing, Selection,
 };
 use modula_nn::{
-    Ctx, Dropout, Embedding, Grads, GruCell, GruCellCache, GruGatesCache, Init, Linear, Module,
-    ParamStore, gru_gates_backward, gru_gates_forward, softmax_cross_entropy,
-    softmax_cross_entropy_backward,
+    Ctx, Dropout, Embedding, Grads, GruCell, GruCellCache, Init, Linear, Module, ParamStore,
+    softmax_cross_entropy, softmax_cross_entropy_backward,
 };
 use modula_tensor::{Backend, BackendError};
 use rand::Rng;
@@ -22,6 +21,16 @@ use crate::topk::{TopKCache, TopKGate};
 pub type StepRouter<'r, B> =
     dyn FnMut(usize, &ControllerOutput<B>) -> Result<Selection, BackendError> + 'r;
 
+/// How a window's selections are chosen.
+pub enum Routes<'a, 'r, B: Backend> {
+    /// Known before the window runs, one per step (EM's stored assignments). The modular
+    /// cell then runs its input-side modules once over the whole window, as one grouped GEMM
+    /// with `T` times more rows per module than a single step has.
+    Fixed(&'a [Selection]),
+    /// Chosen at each step from that step's controller output (sampling, greedy).
+    Chosen(&'a mut StepRouter<'r, B>),
+}
+
 /// The recurrent cell of a [`LanguageModel`].
 #[derive(Clone, Debug)]
 pub enum Cell {
@@ -33,18 +42,14 @@ pub enum Cell {
     Dense(GruCell),
 }
 
-/// A GRU cell whose gate pre-activations come from a modular layer on `[x_t; h_{t-1}]`
-/// weighted by a noisy top-k gate on the same input (Shazeer et al. 2017).
+/// A modular GRU cell whose modules are chosen and weighted by a noisy top-k gate on
+/// `[x_t; h_{t-1}]` (Shazeer et al. 2017).
 #[derive(Clone, Debug)]
 pub struct TopKGruCell {
     /// The gate.
     pub gate: TopKGate,
-    /// Modules producing the `4h` gate pre-activations.
-    pub layer: ModularLinear,
-    /// Input width.
-    pub d_in: usize,
-    /// Hidden width.
-    pub hidden: usize,
+    /// The modules, each output scaled by its gate value.
+    pub modules: ModularGruModules,
     /// Weight of the importance loss, averaged over the window's steps.
     pub importance_weight: f32,
 }
@@ -78,8 +83,7 @@ enum StepCache<B: Backend> {
 struct TopKStepCache<B: Backend> {
     gate: TopKCache<B>,
     routing: Routing,
-    layer: ModularCache<B>,
-    gates: GruGatesCache<B>,
+    modules: ModularGruModulesCache<B>,
     /// Gradient of the importance loss with respect to the gate values (host, `[n, k]`).
     d_importance: Vec<f32>,
 }
@@ -97,14 +101,34 @@ struct StepResult<B: Backend> {
 /// What [`LanguageModel::backward_window`] needs from [`LanguageModel::forward_window`].
 #[derive(Debug)]
 pub struct WindowCache<B: Backend> {
-    ids: Vec<Vec<u32>>,
+    /// The window's input words, time-major `[T * n]`.
+    ids: Vec<u32>,
     targets: Vec<u32>,
-    embed_masks: Vec<Option<B::Tensor>>,
+    embed_mask: Option<B::Tensor>,
+    /// The input-side modules run over the whole window (fixed routes, modular cell).
+    window_input: Option<(Routing, ModularCache<B>)>,
     steps: Vec<StepCache<B>>,
-    out_masks: Vec<Option<B::Tensor>>,
+    out_mask: Option<B::Tensor>,
     output: <Linear as Module<B>>::Cache,
     log_probs: B::Tensor,
     batch: usize,
+}
+
+/// A step's gradient towards its input `x_t`.
+enum InputGrad<B: Backend> {
+    /// `dL/dx_t` itself.
+    Dx(B::Tensor),
+    /// The gradient at the output of the window-wide input-side modules, `[n, 3h]`, plus the
+    /// controller's share of `dL/dx_t`.
+    Gx {
+        d_gx: B::Tensor,
+        dx: Option<B::Tensor>,
+    },
+}
+
+/// Rows `[t n, (t + 1) n)` of a time-major window tensor.
+fn step_rows(t: usize, n: usize) -> Vec<u32> {
+    (t * n..(t + 1) * n).map(|r| r as u32).collect()
 }
 
 /// The result of a forward pass over one window (`T` steps of `n` streams, time-major: entry
@@ -136,16 +160,6 @@ fn concat<B: Backend>(b: &B, x: &B::Tensor, h: &B::Tensor) -> B::Tensor {
     xh
 }
 
-/// Splits `d[x; h]` into `dx` and adds its `h` part onto `dh_prev`.
-fn split<B: Backend>(b: &B, dxh: &B::Tensor, d_in: usize, dh_prev: &mut B::Tensor) -> B::Tensor {
-    let n = b.shape(dxh)[0];
-    let hidden = b.shape(dh_prev)[1];
-    let mut dx = b.zeros([n, d_in]);
-    b.copy_cols(dxh, 0, &mut dx, 0, d_in, false);
-    b.copy_cols(dxh, d_in, dh_prev, 0, hidden, true);
-    dx
-}
-
 impl LanguageModel {
     /// Builds the model for a vocabulary of `vocab` words; `recurrent` picks the cell
     /// (`Recurrent::Dense { hidden }` ignores `config.hidden`).
@@ -173,20 +187,11 @@ impl LanguageModel {
                 importance_weight,
             } => {
                 let gate = TopKGate::new(b, params, "gru.gate", d + config.hidden, modules, k, rng);
-                let layer = ModularLinear::new(
-                    b,
-                    params,
-                    "gru.modules",
-                    modules,
-                    d + config.hidden,
-                    4 * config.hidden,
-                    rng,
-                );
+                let modules =
+                    ModularGruModules::new(b, params, "gru", d, config.hidden, modules, rng);
                 let cell = TopKGruCell {
                     gate,
-                    layer,
-                    d_in: d,
-                    hidden: config.hidden,
+                    modules,
                     importance_weight,
                 };
                 (Cell::TopK(cell), config.hidden)
@@ -224,16 +229,21 @@ impl LanguageModel {
         let cell = match &self.cell {
             Cell::Modular(c) => {
                 let (d, m, k) = (
-                    c.d_in as u64,
+                    c.d_in() as u64,
                     c.controller.modules as u64,
                     c.controller.k as u64,
                 );
-                // K modules of (d + h) x 4h, plus the controller's (d + h) x KM logits.
-                k * (d + h) * 4 * h + (d + h) * k * m
+                // K modules of (d + h) x 3h, plus the controller's (d + h) x KM logits.
+                k * (d + h) * 3 * h + (d + h) * k * m
             }
             Cell::TopK(c) => {
-                let (d, m, k) = (c.d_in as u64, c.gate.modules as u64, c.gate.k as u64);
-                k * (d + h) * 4 * h + 2 * (d + h) * m
+                let (d, m, k) = (
+                    c.modules.d_in as u64,
+                    c.gate.modules as u64,
+                    c.gate.k as u64,
+                );
+                // K modules, plus the gate's clean and noise projections (d + h) x M.
+                k * (d + h) * 3 * h + 2 * (d + h) * m
             }
             Cell::Dense(c) => (c.d_in as u64 + h) * 3 * h,
         };
@@ -248,8 +258,9 @@ impl LanguageModel {
         params: &ParamStore<B>,
         t: usize,
         x: &B::Tensor,
+        gx: Option<&B::Tensor>,
         h_prev: &B::Tensor,
-        route: &mut StepRouter<'_, B>,
+        routes: &mut Routes<'_, '_, B>,
         stats: Option<&mut Vec<f32>>,
         ctx: &mut Ctx,
     ) -> Result<StepResult<B>, BackendError> {
@@ -259,8 +270,16 @@ impl LanguageModel {
                 if let Some(acc) = stats {
                     acc.extend(b.download(&prepared.controller.log_probs)?);
                 }
-                let selection = route(t, &prepared.controller)?;
-                let (h, log_p, cache) = cell.finish(b, params, prepared, h_prev, selection.clone());
+                let selection = match routes {
+                    Routes::Fixed(selections) => selections[t].clone(),
+                    Routes::Chosen(route) => route(t, &prepared.controller)?,
+                };
+                let (h, log_p, cache) = match gx {
+                    Some(gx) => {
+                        cell.finish_with_input(b, params, prepared, gx, h_prev, selection.clone())
+                    }
+                    None => cell.finish(b, params, prepared, h_prev, selection.clone()),
+                };
                 Ok(StepResult {
                     h,
                     log_p: Some(b.download(&log_p)?),
@@ -273,16 +292,14 @@ impl LanguageModel {
                 let xh = concat(b, x, h_prev);
                 let (selection, gate_values, gate) = cell.gate.forward(b, params, &xh, ctx)?;
                 let routing = Routing::new(&selection, cell.gate.modules);
-                let (pre, layer) = cell
-                    .layer
-                    .forward(b, params, &xh, &routing, Some(&gate_values));
-                let (h, gates) = gru_gates_forward(b, &pre, h_prev);
+                let (h, modules) =
+                    cell.modules
+                        .forward(b, params, x, h_prev, &routing, Some(&gate_values));
                 let (loss, d_importance) = cell.gate.importance_loss(&gate, cell.importance_weight);
                 let cache = TopKStepCache {
                     gate,
                     routing,
-                    layer,
-                    gates,
+                    modules,
                     d_importance,
                 };
                 Ok(StepResult {
@@ -306,7 +323,8 @@ impl LanguageModel {
         }
     }
 
-    /// Backward of one step: accumulates parameter gradients, returns `(dx, dh_prev)`.
+    /// Backward of one step: accumulates parameter gradients, returns the gradient towards
+    /// `x_t` and `dh_prev`.
     /// `importance_scale` multiplies the top-k importance gradient (1 / T: the loss is the
     /// mean over the window's steps).
     #[allow(clippy::too_many_arguments)]
@@ -319,44 +337,54 @@ impl LanguageModel {
         d_logp: &[f32],
         importance_scale: f32,
         grads: &mut Grads<B>,
-    ) -> Result<(B::Tensor, B::Tensor), BackendError> {
+        window_input: bool,
+    ) -> Result<(InputGrad<B>, B::Tensor), BackendError> {
         match (&self.cell, cache) {
             (Cell::Modular(cell), StepCache::Modular(cache)) => {
                 let d_logp = b.upload([d_logp.len(), 1], d_logp);
-                Ok(cell.step_backward(b, params, *cache, dh, &d_logp, grads))
+                if window_input {
+                    let g = cell.step_backward_to_input(b, params, *cache, dh, &d_logp, grads);
+                    let dx = g.dx_controller;
+                    Ok((InputGrad::Gx { d_gx: g.d_gx, dx }, g.dh_prev))
+                } else {
+                    let (dx, dh_prev) = cell.step_backward(b, params, *cache, dh, &d_logp, grads);
+                    Ok((InputGrad::Dx(dx), dh_prev))
+                }
             }
             (Cell::TopK(cell), StepCache::TopK(cache)) => {
                 let cache = *cache;
-                let (d_pre, mut dh_prev) = gru_gates_backward(b, &cache.gates, dh);
-                let (mut dxh, d_gates) =
-                    cell.layer
-                        .backward(b, params, &cache.routing, cache.layer, &d_pre, grads);
-                let mut d_gates = b.download(&d_gates.expect("the top-k layer has gates"))?;
+                let (mut dx, mut dh_prev, d_gates) =
+                    cell.modules
+                        .backward(b, params, &cache.routing, cache.modules, dh, grads);
+                let mut d_gates = b.download(&d_gates.expect("the top-k modules are gated"))?;
                 for (g, d) in d_gates.iter_mut().zip(&cache.d_importance) {
                     *g += importance_scale * d;
                 }
                 let dxh_gate = cell.gate.backward(b, params, cache.gate, &d_gates, grads)?;
-                b.axpy(1.0, &dxh_gate, &mut dxh);
-                let dx = split(b, &dxh, cell.d_in, &mut dh_prev);
-                Ok((dx, dh_prev))
+                let d_in = cell.modules.d_in;
+                b.copy_cols(&dxh_gate, 0, &mut dx, 0, d_in, true);
+                b.copy_cols(&dxh_gate, d_in, &mut dh_prev, 0, self.hidden, true);
+                Ok((InputGrad::Dx(dx), dh_prev))
             }
             (Cell::Dense(cell), StepCache::Dense(cache)) => {
-                Ok(cell.step_backward(b, params, cache, dh, grads))
+                let (dx, dh_prev) = cell.step_backward(b, params, cache, dh, grads);
+                Ok((InputGrad::Dx(dx), dh_prev))
             }
             _ => unreachable!("a step cache always comes from the model's own cell"),
         }
     }
 
     /// Forward pass over a window: `ids[t]` are the `n` input words of step `t`, `targets`
-    /// the next words (time-major, `T * n`), `h0` the carried state. `route` picks each
-    /// step's selection (unused by top-k and dense cells). Dropout is active when
+    /// the next words (time-major, `T * n`), `h0` the carried state. `routes` gives or picks
+    /// each step's selection (unused by top-k and dense cells). Dropout is active when
     /// `ctx.train`. With `stats`, the controller's entropies are summarised.
     ///
     /// # Errors
     /// Device failures, and whatever the router returns.
     ///
     /// # Panics
-    /// If `targets.len() != T * n`, or a shape disagrees with the model.
+    /// If `targets.len() != T * n`, fixed routes do not hold one selection per step, or a
+    /// shape disagrees with the model.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_window<B: Backend>(
         &self,
@@ -365,36 +393,71 @@ impl LanguageModel {
         ids: &[Vec<u32>],
         targets: &[u32],
         h0: &B::Tensor,
-        route: &mut StepRouter<'_, B>,
+        mut routes: Routes<'_, '_, B>,
         stats: bool,
         ctx: &mut Ctx,
     ) -> Result<WindowOutput<B>, BackendError> {
         let n = b.shape(h0)[0];
         let steps = ids.len();
         assert_eq!(targets.len(), steps * n, "one target per input word");
+        let words = ids.concat();
+        assert_eq!(
+            words.len(),
+            steps * n,
+            "every step needs one word per stream"
+        );
+        // The embedding, its dropout, the output dropout and the softmax do not depend on the
+        // recurrence: each runs once over the window's `T * n` rows.
+        let e = self.embedding.forward(b, params, &words);
+        let (x_all, embed_mask) = self.dropout.forward(b, params, &e, ctx);
+        let window_input = match (&self.cell, &routes) {
+            (Cell::Modular(cell), Routes::Fixed(selections)) => {
+                assert_eq!(
+                    selections.len(),
+                    steps,
+                    "fixed routes need one selection per step"
+                );
+                let all = Selection::concat(&selections.iter().collect::<Vec<_>>());
+                let routing = Routing::new(&all, cell.modules.modules());
+                let (gx, cache) = cell
+                    .modules
+                    .input
+                    .forward(b, params, &x_all, &routing, None);
+                Some((gx, routing, cache))
+            }
+            _ => None,
+        };
         let mut stat_acc = stats.then(Vec::new);
         let mut h = b.duplicate(h0);
         let mut stacked = b.zeros([steps * n, self.hidden]);
-        let (mut embed_masks, mut out_masks) = (Vec::new(), Vec::new());
         let (mut step_caches, mut selections, mut log_p) = (Vec::new(), Vec::new(), Vec::new());
         let mut importance = 0.0;
-        for (t, step_ids) in ids.iter().enumerate() {
-            let e = self.embedding.forward(b, params, step_ids);
-            let (x, mask) = self.dropout.forward(b, params, &e, ctx);
-            embed_masks.push(mask);
-            let r = self.step(b, params, t, &x, &h, route, stat_acc.as_mut(), ctx)?;
-            let h_next = r.h;
+        for t in 0..steps {
+            let rows = step_rows(t, n);
+            let x = b.gather_rows(&x_all, &rows);
+            let gx = window_input
+                .as_ref()
+                .map(|(gx, ..)| b.gather_rows(gx, &rows));
+            let r = self.step(
+                b,
+                params,
+                t,
+                &x,
+                gx.as_ref(),
+                &h,
+                &mut routes,
+                stat_acc.as_mut(),
+                ctx,
+            )?;
             importance += r.importance;
             step_caches.push(r.cache);
             log_p.extend(r.log_p.unwrap_or_default());
             selections.extend(r.selection);
-            let (dropped, mask) = self.dropout.forward(b, params, &h_next, ctx);
-            out_masks.push(mask);
-            let rows: Vec<u32> = (t * n..(t + 1) * n).map(|r| r as u32).collect();
-            b.scatter_add_rows(&mut stacked, &dropped, &rows);
-            h = h_next;
+            b.scatter_add_rows(&mut stacked, &r.h, &rows);
+            h = r.h;
         }
-        let (logits, output) = self.output.forward(b, params, &stacked, ctx);
+        let (dropped, out_mask) = self.dropout.forward(b, params, &stacked, ctx);
+        let (logits, output) = self.output.forward(b, params, &dropped, ctx);
         let (nll, log_probs) = softmax_cross_entropy(b, logits, targets);
         let stats = match (stat_acc, self.modular_shape()) {
             (Some(acc), Some((m, k))) => Some(controller_stats(&acc, m, k)),
@@ -408,11 +471,12 @@ impl LanguageModel {
             stats,
             importance: importance / steps.max(1) as f64,
             cache: WindowCache {
-                ids: ids.to_vec(),
+                ids: words,
                 targets: targets.to_vec(),
-                embed_masks,
+                embed_mask,
+                window_input: window_input.map(|(_, routing, cache)| (routing, cache)),
                 steps: step_caches,
-                out_masks,
+                out_mask,
                 output,
                 log_probs,
                 batch: n,
@@ -447,22 +511,21 @@ impl LanguageModel {
         );
         let d_nll = b.upload([steps * n, 1], &vec![d_nll; steps * n]);
         let d_logits = softmax_cross_entropy_backward(b, &cache.log_probs, &cache.targets, &d_nll);
-        let d_stacked = self
+        let d_dropped = self
             .output
             .backward(b, params, cache.output, &d_logits, grads);
+        let d_stacked = self
+            .dropout
+            .backward(b, params, cache.out_mask, &d_dropped, grads);
+        let window_input = cache.window_input.is_some();
+        let d_in = self.embedding.dim;
+        let mut dx_all = b.zeros([steps * n, d_in]);
+        let mut d_gx_all = window_input.then(|| b.zeros([steps * n, 3 * self.hidden]));
         let zeros = vec![0.0; n];
         let mut carry: Option<B::Tensor> = None;
-        let parts = cache
-            .steps
-            .into_iter()
-            .zip(cache.embed_masks)
-            .zip(cache.out_masks)
-            .enumerate()
-            .rev();
-        for (t, ((step, embed_mask), out_mask)) in parts {
-            let rows: Vec<u32> = (t * n..(t + 1) * n).map(|r| r as u32).collect();
-            let d_out = b.gather_rows(&d_stacked, &rows);
-            let mut dh = self.dropout.backward(b, params, out_mask, &d_out, grads);
+        for (t, step) in cache.steps.into_iter().enumerate().rev() {
+            let rows = step_rows(t, n);
+            let mut dh = b.gather_rows(&d_stacked, &rows);
             if let Some(c) = &carry {
                 b.axpy(1.0, c, &mut dh);
             }
@@ -471,12 +534,34 @@ impl LanguageModel {
             } else {
                 &d_logp[t * n..(t + 1) * n]
             };
+            let scale = 1.0 / steps as f32;
             let (dx, dh_prev) =
-                self.step_backward(b, params, step, &dh, dl, 1.0 / steps as f32, grads)?;
-            let de = self.dropout.backward(b, params, embed_mask, &dx, grads);
-            self.embedding.backward(b, &cache.ids[t], &de, grads);
+                self.step_backward(b, params, step, &dh, dl, scale, grads, window_input)?;
+            match dx {
+                InputGrad::Dx(dx) => b.scatter_add_rows(&mut dx_all, &dx, &rows),
+                InputGrad::Gx { d_gx, dx } => {
+                    let d_gx_all = d_gx_all.as_mut().expect("window-wide input gradient");
+                    b.scatter_add_rows(d_gx_all, &d_gx, &rows);
+                    if let Some(dx) = dx {
+                        b.scatter_add_rows(&mut dx_all, &dx, &rows);
+                    }
+                }
+            }
             carry = Some(dh_prev);
         }
+        if let (Some((routing, input)), Some(d_gx_all), Cell::Modular(cell)) =
+            (cache.window_input, d_gx_all, &self.cell)
+        {
+            let (dx, _) = cell
+                .modules
+                .input
+                .backward(b, params, &routing, input, &d_gx_all, grads);
+            b.axpy(1.0, &dx, &mut dx_all);
+        }
+        let de = self
+            .dropout
+            .backward(b, params, cache.embed_mask, &dx_all, grads);
+        self.embedding.backward(b, &cache.ids, &de, grads);
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use modula_tensor::{Backend, BackendError};
 use crate::algo::EStats;
 use crate::config::Algo;
 use crate::lm::config::LmTrainConfig;
-use crate::lm::model::{Cell, LanguageModel, WindowOutput};
+use crate::lm::model::{Cell, LanguageModel, Routes, WindowOutput};
 use crate::model::ControllerStats;
 use crate::table::AssignmentTable;
 use crate::trainer::{
@@ -248,24 +248,31 @@ impl<B: Backend> LmTrainer<B> {
             rng: stream(self.seed, step | (1 << 60)),
         };
         let b = &self.backend;
-        let out = {
-            let table = self.table.as_ref();
-            let mut route = |t: usize, c: &ControllerOutput<B>| match (table, self.config.algo) {
-                (Some(table), _) => Ok(table.selection(0, &positions[t * n..(t + 1) * n])),
-                (None, Algo::Reinforce) => c.sample(b, &mut rng),
-                _ => c.greedy(b),
-            };
-            self.model.forward_window(
-                b,
-                &self.params,
-                &ids,
-                &targets,
-                &self.state,
-                &mut route,
-                true,
-                &mut ctx,
-            )?
+        // EM's M-step follows the stored assignments; REINFORCE samples; the others ignore
+        // the routes.
+        let stored: Vec<Selection> = match &self.table {
+            Some(table) => (0..ids.len())
+                .map(|t| table.selection(0, &positions[t * n..(t + 1) * n]))
+                .collect(),
+            None => Vec::new(),
         };
+        let mut sample = |_: usize, c: &ControllerOutput<B>| c.sample(b, &mut rng);
+        let mut greedy = |_: usize, c: &ControllerOutput<B>| c.greedy(b);
+        let routes = match (&self.table, self.config.algo) {
+            (Some(_), _) => Routes::Fixed(&stored),
+            (None, Algo::Reinforce) => Routes::Chosen(&mut sample),
+            _ => Routes::Chosen(&mut greedy),
+        };
+        let out = self.model.forward_window(
+            b,
+            &self.params,
+            &ids,
+            &targets,
+            &self.state,
+            routes,
+            true,
+            &mut ctx,
+        )?;
         let stats = self.gradient_step(out, e_step, &w)?;
         self.advance();
         Ok(stats)
@@ -372,7 +379,7 @@ impl<B: Backend> LmTrainer<B> {
                 &ids,
                 &targets,
                 &state,
-                &mut route,
+                Routes::Chosen(&mut route),
                 false,
                 &mut Ctx::eval(),
             )?;
