@@ -28,6 +28,18 @@ pub fn curves(dir: &Path, curves: &[Curve]) -> Result<Vec<String>, String> {
     Ok(written)
 }
 
+/// Ticks at 1, 2, 3, 5 and 7 times each power of ten inside `[lo, hi]`: plotters' own log
+/// axis labels only some decades, which left the range where perplexities end (100-1000)
+/// unlabelled.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let first = lo.log10().floor() as i32;
+    let last = hi.log10().ceil() as i32;
+    (first..=last)
+        .flat_map(|e| [1.0, 2.0, 3.0, 5.0, 7.0].map(|m| m * 10f64.powi(e)))
+        .filter(|v| (lo..=hi).contains(v))
+        .collect()
+}
+
 fn draw_curves<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     curves: &[Curve],
@@ -51,7 +63,12 @@ fn draw_curves<DB: DrawingBackend>(
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_max, ((lo * 0.9).max(1.0)..hi * 1.1).log_scale())
+        .build_cartesian_2d(
+            0.0..x_max,
+            ((lo * 0.9).max(1.0)..hi * 1.1)
+                .log_scale()
+                .with_key_points(log_ticks((lo * 0.9).max(1.0), hi * 1.1)),
+        )
         .map_err(err)?;
     chart
         .configure_mesh()
