@@ -363,3 +363,49 @@ fn parameter_formulas_count_the_built_models() {
         cfg.dense_params(VOCAB, 6)
     );
 }
+
+/// The E-step's scores (softmax run over chunks of steps, the last one partial here: 700
+/// candidate rows a step, two steps a chunk, five steps) equal each candidate path's window
+/// log-likelihood plus its controller log-probability computed by `forward_window` in
+/// evaluation mode on that path.
+#[test]
+fn e_step_scores_are_the_window_log_likelihoods_of_their_paths() {
+    let b = Cpu::with_threads(1);
+    let (model, params) = tiny_model(&b, Recurrent::Modular { modules: 3, k: 2 }, 11);
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let (steps, n, samples) = (5, 4, 175);
+    let (ids, targets, stored) = random_window(&model, steps, n, &mut rng);
+    let h0: Vec<f32> = (0..n * 2).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let h0 = b.upload([n, 2], &h0);
+    let (scores, chosen) = model
+        .score_candidates(&b, &params, &ids, &targets, &h0, &stored, samples, &mut rng)
+        .unwrap();
+    for s in [0, 1, samples / 2, samples - 1] {
+        let path: Vec<Selection> = chosen
+            .iter()
+            .map(|sel| Selection::new(2, sel.as_slice()[s * n * 2..(s + 1) * n * 2].to_vec()))
+            .collect();
+        let out = model
+            .forward_window(
+                &b,
+                &params,
+                &ids,
+                &targets,
+                &h0,
+                Routes::Fixed(&path),
+                false,
+                &mut Ctx::eval(),
+            )
+            .unwrap();
+        for i in 0..n {
+            let want: f64 = (0..steps)
+                .map(|t| -(out.nll[t * n + i] as f64) + out.log_p[t * n + i] as f64)
+                .sum();
+            let got = scores[s * n + i];
+            assert!(
+                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "candidate {s}, stream {i}: {got} vs {want}"
+            );
+        }
+    }
+}

@@ -594,8 +594,19 @@ impl LanguageModel {
         let n = b.shape(h0)[0];
         let rep: Vec<u32> = (0..samples).flat_map(|_| 0..n as u32).collect();
         let mut h = b.gather_rows(h0, &rep);
-        let mut scores = vec![0.0f64; samples * n];
+        let rows = samples * n;
+        let mut scores = vec![0.0f64; rows];
         let mut chosen = Vec::with_capacity(ids.len());
+        // The softmax over the vocabulary is most of an E-step's work and does not feed the
+        // recurrence, so it runs on the states of several steps at once: a taller product
+        // than one step's rows, about `SOFTMAX_ROWS` rows (and their logits) at a time.
+        const SOFTMAX_ROWS: usize = 2048;
+        let per_chunk = (SOFTMAX_ROWS / rows).max(1);
+        let mut chunk = Chunk {
+            states: b.zeros([per_chunk * rows, self.hidden]),
+            targets: Vec::with_capacity(per_chunk * rows),
+            log_ps: Vec::with_capacity(per_chunk),
+        };
         for (t, step_ids) in ids.iter().enumerate() {
             let words: Vec<u32> = rep.iter().map(|&i| step_ids[i as usize]).collect();
             let x = self.embedding.forward(b, params, &words);
@@ -611,16 +622,60 @@ impl LanguageModel {
             picks.extend_from_slice(&drawn.as_slice()[n * k..]);
             let selection = Selection::new(k, picks);
             let (h_next, log_p, _) = cell.finish(b, params, prepared, &h, selection.clone());
-            let (logits, _) = self.output.forward(b, params, &h_next, &mut Ctx::eval());
-            let step_targets: Vec<u32> = rep.iter().map(|&i| targets[t * n + i as usize]).collect();
-            let (nll, _) = softmax_cross_entropy(b, logits, &step_targets);
-            let (nll, log_p) = (b.download(&nll)?, b.download(&log_p)?);
-            for (s, (l, p)) in scores.iter_mut().zip(nll.iter().zip(&log_p)) {
-                *s += -(*l as f64) + *p as f64;
+            let at = chunk.log_ps.len() * rows;
+            let slots: Vec<u32> = (at..at + rows).map(|r| r as u32).collect();
+            b.scatter_add_rows(&mut chunk.states, &h_next, &slots);
+            chunk
+                .targets
+                .extend(rep.iter().map(|&i| targets[t * n + i as usize]));
+            chunk.log_ps.push(b.download(&log_p)?);
+            if chunk.log_ps.len() == per_chunk || t + 1 == ids.len() {
+                self.score_chunk(b, params, &mut chunk, &mut scores)?;
             }
             chosen.push(selection);
             h = h_next;
         }
         Ok((scores, chosen))
     }
+
+    /// Adds `-log p(w_{t+1} | .) + log p(a_t | .)` of each step held in `chunk` to each
+    /// candidate row's score, step by step in order, and empties the chunk.
+    fn score_chunk<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        chunk: &mut Chunk<B>,
+        scores: &mut [f64],
+    ) -> Result<(), BackendError> {
+        let rows = scores.len();
+        let used = chunk.log_ps.len() * rows;
+        let partial;
+        let states = if used == b.shape(&chunk.states)[0] {
+            &chunk.states
+        } else {
+            let live: Vec<u32> = (0..used as u32).collect();
+            partial = b.gather_rows(&chunk.states, &live);
+            &partial
+        };
+        let (logits, _) = self.output.forward(b, params, states, &mut Ctx::eval());
+        let (nll, _) = softmax_cross_entropy(b, logits, &chunk.targets);
+        let nll = b.download(&nll)?;
+        for (step_nll, log_p) in nll.chunks(rows).zip(&chunk.log_ps) {
+            for (s, (l, p)) in scores.iter_mut().zip(step_nll.iter().zip(log_p)) {
+                *s += -(*l as f64) + *p as f64;
+            }
+        }
+        b.fill(&mut chunk.states, 0.0);
+        chunk.targets.clear();
+        chunk.log_ps.clear();
+        Ok(())
+    }
+}
+
+/// The steps of an E-step waiting for their softmax (see [`LanguageModel::score_candidates`]):
+/// their states stacked, their targets and their `log p(a_t | .)` per candidate row.
+struct Chunk<B: Backend> {
+    states: B::Tensor,
+    targets: Vec<u32>,
+    log_ps: Vec<Vec<f32>>,
 }
