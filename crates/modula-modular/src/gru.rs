@@ -162,6 +162,28 @@ impl ModularGruModules {
         (dgx, dh_prev, dg_h)
     }
 
+    /// [`ModularGruModules::recurrent_backward`] without the hidden-side modules' weight
+    /// gradient (ungated steps only): returns `(d_gx, d_gh, dh_prev)`, and the caller adds
+    /// that gradient with `recurrent.weight_grads(routing, h_prev, d_gh, ..)`, for example
+    /// once over a whole window's rows, which are many more per module than one step's.
+    #[track_caller]
+    pub fn recurrent_backward_deferred<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        routing: &Routing,
+        cache: ModularGruStepCache<B>,
+        dh: &B::Tensor,
+    ) -> (B::Tensor, B::Tensor, B::Tensor) {
+        let (d_pre, mut dh_prev) = gru_gates_backward(b, &cache.gates, dh);
+        let (dgx, dgh) = gru_gates_split_grad(b, &d_pre);
+        let dh_rec = self
+            .recurrent
+            .input_grad(b, params, routing, cache.recurrent, &dgh);
+        b.axpy(1.0, &dh_rec, &mut dh_prev);
+        (dgx, dgh, dh_prev)
+    }
+
     /// Backward of [`ModularGruModules::forward`] given `dh = dL/dh_t`: accumulates the
     /// modules' gradients and returns `(dx, dh_prev, d_gate_values)` (the last only when the
     /// forward pass had gate values).
@@ -240,20 +262,14 @@ pub struct ModularGruCache<B: Backend> {
     step: ModularGruStepCache<B>,
 }
 
-/// A step cache without its input-side part: the controller output, selection, routing and
-/// hidden-side cache.
-type StepParts<'a, B> = (
-    ControllerOutput<B>,
-    &'a Selection,
-    &'a Routing,
-    ModularGruStepCache<B>,
-);
-
 /// The gradients [`ModularGruCell::step_backward_to_input`] returns.
 #[derive(Debug)]
 pub struct StepInputGrads<B: Backend> {
     /// `dL/d gx`, `[n, 3h]`: for the input-side modules' backward, which the caller runs.
     pub d_gx: B::Tensor,
+    /// `dL/d gh`, `[n, 3h]`: for the hidden-side modules' weight gradient, which the caller
+    /// accumulates (`modules.recurrent.weight_grads` with `h_{t-1}`).
+    pub d_gh: B::Tensor,
     /// The controller's gradient into `x_t`, `[n, d_in]` (absent when
     /// `controller_input_grad` is off).
     pub dx_controller: Option<B::Tensor>,
@@ -430,21 +446,33 @@ impl ModularGruCell {
         } = cache;
         let input = input
             .expect("a step finished with a given input projection needs step_backward_to_input");
-        let parts = (controller, &selection, &routing, step);
-        let g = self.backward_to_input(b, params, parts, dh, d_logp, grads);
+        let (d_gx, mut dh_prev, _) = self
+            .modules
+            .recurrent_backward(b, params, &routing, step, dh, grads);
+        let dx_controller = self.controller_backward(
+            b,
+            params,
+            controller,
+            &selection,
+            d_logp,
+            &mut dh_prev,
+            grads,
+        );
         let (mut dx, _) = self
             .modules
             .input
-            .backward(b, params, &routing, input, &g.d_gx, grads);
-        if let Some(dxc) = &g.dx_controller {
+            .backward(b, params, &routing, input, &d_gx, grads);
+        if let Some(dxc) = &dx_controller {
             b.axpy(1.0, dxc, &mut dx);
         }
-        (dx, g.dh_prev)
+        (dx, dh_prev)
     }
 
-    /// Backward of one step up to the input-side modules' output: accumulates the
-    /// hidden-side modules' and the controller's gradients and returns `d gx`, the
-    /// controller's gradient into `x_t` and `dh_{t-1}`.
+    /// Backward of one step up to the modules' outputs: accumulates the controller's
+    /// gradients and returns `d gx`, `d gh`, the controller's gradient into `x_t` and
+    /// `dh_{t-1}`. The modules' weight gradients are the caller's (see [`StepInputGrads`]):
+    /// a caller that ran the input side over a whole window accumulates both sides' weight
+    /// gradients over the whole window at once.
     #[track_caller]
     pub fn step_backward_to_input<B: Backend>(
         &self,
@@ -462,38 +490,50 @@ impl ModularGruCell {
             step,
             ..
         } = cache;
-        let parts = (controller, &selection, &routing, step);
-        self.backward_to_input(b, params, parts, dh, d_logp, grads)
-    }
-
-    /// The shared body of the two step backwards, on a step cache's parts.
-    fn backward_to_input<B: Backend>(
-        &self,
-        b: &B,
-        params: &ParamStore<B>,
-        (controller, selection, routing, step): StepParts<'_, B>,
-        dh: &B::Tensor,
-        d_logp: &B::Tensor,
-        grads: &mut Grads<B>,
-    ) -> StepInputGrads<B> {
-        let (d_gx, mut dh_prev, _) = self
+        let (d_gx, d_gh, mut dh_prev) = self
             .modules
-            .recurrent_backward(b, params, routing, step, dh, grads);
-        let dxh_ctrl = self
-            .controller
-            .backward(b, params, controller, selection, d_logp, grads);
-        let dx_controller = self.controller_input_grad.then(|| {
-            let (n, d_in) = (b.shape(dh)[0], self.d_in());
-            let mut dx = b.zeros([n, d_in]);
-            b.copy_cols(&dxh_ctrl, 0, &mut dx, 0, d_in, false);
-            b.copy_cols(&dxh_ctrl, d_in, &mut dh_prev, 0, self.hidden(), true);
-            dx
-        });
+            .recurrent_backward_deferred(b, params, &routing, step, dh);
+        let dx_controller = self.controller_backward(
+            b,
+            params,
+            controller,
+            &selection,
+            d_logp,
+            &mut dh_prev,
+            grads,
+        );
         StepInputGrads {
             d_gx,
+            d_gh,
             dx_controller,
             dh_prev,
         }
+    }
+
+    /// The controller's backward: accumulates its parameter gradients and, unless
+    /// `controller_input_grad` is off, adds its gradient into `h_{t-1}` to `dh_prev` and
+    /// returns its gradient into `x_t`.
+    #[allow(clippy::too_many_arguments)]
+    fn controller_backward<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        controller: ControllerOutput<B>,
+        selection: &Selection,
+        d_logp: &B::Tensor,
+        dh_prev: &mut B::Tensor,
+        grads: &mut Grads<B>,
+    ) -> Option<B::Tensor> {
+        let dxh = self
+            .controller
+            .backward(b, params, controller, selection, d_logp, grads);
+        self.controller_input_grad.then(|| {
+            let (n, d_in) = (b.shape(dh_prev)[0], self.d_in());
+            let mut dx = b.zeros([n, d_in]);
+            b.copy_cols(&dxh, 0, &mut dx, 0, d_in, false);
+            b.copy_cols(&dxh, d_in, dh_prev, 0, self.hidden(), true);
+            dx
+        })
     }
 
     /// Unrolls the cell over `xs` (`T` tensors `[n, d_in]`) from `h0`, asking `choose(t,

@@ -161,27 +161,100 @@ impl ModularLinear {
             }
             _ => None,
         };
+        self.accumulate_gathered(b, routing, &cache.xs, &dys, grads);
+        (
+            self.input_grad_gathered(b, params, routing, cache.xs, &dys),
+            d_gates,
+        )
+    }
+
+    /// The input gradient alone of an ungated [`ModularLinear::backward`], for a caller that
+    /// accumulates the weight gradient itself with [`ModularLinear::weight_grads`] (for
+    /// example once over a whole window's rows instead of once per time step).
+    ///
+    /// # Panics
+    /// If the shapes disagree with the layer or the routing.
+    #[track_caller]
+    pub fn input_grad<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        routing: &Routing,
+        cache: ModularCache<B>,
+        dy: &B::Tensor,
+    ) -> B::Tensor {
+        assert_eq!(
+            b.shape(dy),
+            [routing.rows(), self.d_out],
+            "modular layer output gradient shape"
+        );
+        let dys = b.gather_rows(dy, &routing.pair_rows);
+        self.input_grad_gathered(b, params, routing, cache.xs, &dys)
+    }
+
+    /// Accumulates the weight and bias gradients of the ungated layer for inputs `x`
+    /// (`[n, d_in]`) routed by `routing` with output gradient `dy` (`[n, d_out]`): the part of
+    /// [`ModularLinear::backward`] that [`ModularLinear::input_grad`] leaves out.
+    ///
+    /// # Panics
+    /// If the shapes disagree with the layer or the routing.
+    #[track_caller]
+    pub fn weight_grads<B: Backend>(
+        &self,
+        b: &B,
+        routing: &Routing,
+        x: &B::Tensor,
+        dy: &B::Tensor,
+        grads: &mut Grads<B>,
+    ) {
+        assert_eq!(
+            (b.shape(x), b.shape(dy)),
+            ([routing.rows(), self.d_in], [routing.rows(), self.d_out]),
+            "modular layer input and output gradient shapes"
+        );
+        let xs = b.gather_rows(x, &routing.pair_rows);
+        let dys = b.gather_rows(dy, &routing.pair_rows);
+        self.accumulate_gathered(b, routing, &xs, &dys, grads);
+    }
+
+    /// `dW_m += X_m^T dY_m` and `db_m += sum dY_m` over inputs and output gradients already
+    /// gathered in routing order.
+    fn accumulate_gathered<B: Backend>(
+        &self,
+        b: &B,
+        routing: &Routing,
+        xs: &B::Tensor,
+        dys: &B::Tensor,
+        grads: &mut Grads<B>,
+    ) {
         let (dw, beta) =
             grads.product_entry(b, self.weight, [self.modules * self.d_in, self.d_out]);
-        b.grouped_matmul(GroupedOp::XtY, &cache.xs, &dys, &routing.offsets, beta, dw);
+        b.grouped_matmul(GroupedOp::XtY, xs, dys, &routing.offsets, beta, dw);
         let identity: Vec<u32> = (0..routing.pairs() as u32).collect();
-        let db = b.segment_sum_rows(&dys, &identity, &routing.offsets);
+        let db = b.segment_sum_rows(dys, &identity, &routing.offsets);
         grads.accumulate(b, self.bias, &db);
-        // The gathered inputs are spent once the weight gradient is done, and the input
-        // gradient has their shape: overwriting them (beta = 0) saves zeroing a new buffer.
-        let mut dxs = cache.xs;
+    }
+
+    /// `dx` from output gradients gathered in routing order, overwriting the spent gathered
+    /// inputs `xs` (they have the input gradient's shape, so no new buffer is zeroed).
+    fn input_grad_gathered<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        routing: &Routing,
+        xs: B::Tensor,
+        dys: &B::Tensor,
+    ) -> B::Tensor {
+        let mut dxs = xs;
         b.grouped_matmul(
             GroupedOp::XWt,
-            &dys,
+            dys,
             params.get(self.weight),
             &routing.offsets,
             0.0,
             &mut dxs,
         );
-        (
-            b.segment_sum_rows(&dxs, &routing.row_pos, &routing.row_ptr),
-            d_gates,
-        )
+        b.segment_sum_rows(&dxs, &routing.row_pos, &routing.row_ptr)
     }
 
     /// This layer with a fixed routing, as a [`Module`] (no gates), so that it stacks with

@@ -105,8 +105,8 @@ pub struct WindowCache<B: Backend> {
     ids: Vec<u32>,
     targets: Vec<u32>,
     embed_mask: Option<B::Tensor>,
-    /// The input-side modules run over the whole window (fixed routes, modular cell).
-    window_input: Option<(Routing, ModularCache<B>)>,
+    /// The modular cell's window-wide work (fixed routes).
+    window_input: Option<WindowRouted<B>>,
     steps: Vec<StepCache<B>>,
     out_mask: Option<B::Tensor>,
     output: <Linear as Module<B>>::Cache,
@@ -114,14 +114,26 @@ pub struct WindowCache<B: Backend> {
     batch: usize,
 }
 
+/// With fixed routes, the modular cell's input side runs once over the window, and both
+/// sides' weight gradients are accumulated once over it: the window's routing, the input
+/// side's cache and the states `h_{t-1}` the hidden side read, stacked `[T * n, hidden]`.
+#[derive(Debug)]
+struct WindowRouted<B: Backend> {
+    routing: Routing,
+    input: ModularCache<B>,
+    h_prev: B::Tensor,
+}
+
 /// A step's gradient towards its input `x_t`.
 enum InputGrad<B: Backend> {
     /// `dL/dx_t` itself.
     Dx(B::Tensor),
-    /// The gradient at the output of the window-wide input-side modules, `[n, 3h]`, plus the
-    /// controller's share of `dL/dx_t`.
+    /// The gradients at the outputs of the modules' input and hidden sides (`[n, 3h]` each),
+    /// whose window-wide backward runs after the loop, plus the controller's share of
+    /// `dL/dx_t`.
     Gx {
         d_gx: B::Tensor,
+        d_gh: B::Tensor,
         dx: Option<B::Tensor>,
     },
 }
@@ -344,8 +356,8 @@ impl LanguageModel {
                 let d_logp = b.upload([d_logp.len(), 1], d_logp);
                 if window_input {
                     let g = cell.step_backward_to_input(b, params, *cache, dh, &d_logp, grads);
-                    let dx = g.dx_controller;
-                    Ok((InputGrad::Gx { d_gx: g.d_gx, dx }, g.dh_prev))
+                    let (d_gx, d_gh, dx) = (g.d_gx, g.d_gh, g.dx_controller);
+                    Ok((InputGrad::Gx { d_gx, d_gh, dx }, g.dh_prev))
                 } else {
                     let (dx, dh_prev) = cell.step_backward(b, params, *cache, dh, &d_logp, grads);
                     Ok((InputGrad::Dx(dx), dh_prev))
@@ -410,7 +422,7 @@ impl LanguageModel {
         // recurrence: each runs once over the window's `T * n` rows.
         let e = self.embedding.forward(b, params, &words);
         let (x_all, embed_mask) = self.dropout.forward(b, params, &e, ctx);
-        let window_input = match (&self.cell, &routes) {
+        let mut window_input = match (&self.cell, &routes) {
             (Cell::Modular(cell), Routes::Fixed(selections)) => {
                 assert_eq!(
                     selections.len(),
@@ -423,7 +435,8 @@ impl LanguageModel {
                     .modules
                     .input
                     .forward(b, params, &x_all, &routing, None);
-                Some((gx, routing, cache))
+                let h_prev = b.zeros([steps * n, self.hidden]);
+                Some((gx, routing, cache, h_prev))
             }
             _ => None,
         };
@@ -435,9 +448,10 @@ impl LanguageModel {
         for t in 0..steps {
             let rows = step_rows(t, n);
             let x = b.gather_rows(&x_all, &rows);
-            let gx = window_input
-                .as_ref()
-                .map(|(gx, ..)| b.gather_rows(gx, &rows));
+            let gx = window_input.as_mut().map(|(gx, _, _, h_prev)| {
+                b.scatter_add_rows(h_prev, &h, &rows);
+                b.gather_rows(gx, &rows)
+            });
             let r = self.step(
                 b,
                 params,
@@ -474,7 +488,11 @@ impl LanguageModel {
                 ids: words,
                 targets: targets.to_vec(),
                 embed_mask,
-                window_input: window_input.map(|(_, routing, cache)| (routing, cache)),
+                window_input: window_input.map(|(_, routing, input, h_prev)| WindowRouted {
+                    routing,
+                    input,
+                    h_prev,
+                }),
                 steps: step_caches,
                 out_mask,
                 output,
@@ -520,7 +538,10 @@ impl LanguageModel {
         let window_input = cache.window_input.is_some();
         let d_in = self.embedding.dim;
         let mut dx_all = b.zeros([steps * n, d_in]);
-        let mut d_gx_all = window_input.then(|| b.zeros([steps * n, 3 * self.hidden]));
+        let mut d_g_all = window_input.then(|| {
+            let zeros = || b.zeros([steps * n, 3 * self.hidden]);
+            (zeros(), zeros())
+        });
         let zeros = vec![0.0; n];
         let mut carry: Option<B::Tensor> = None;
         for (t, step) in cache.steps.into_iter().enumerate().rev() {
@@ -539,9 +560,11 @@ impl LanguageModel {
                 self.step_backward(b, params, step, &dh, dl, scale, grads, window_input)?;
             match dx {
                 InputGrad::Dx(dx) => b.scatter_add_rows(&mut dx_all, &dx, &rows),
-                InputGrad::Gx { d_gx, dx } => {
-                    let d_gx_all = d_gx_all.as_mut().expect("window-wide input gradient");
+                InputGrad::Gx { d_gx, d_gh, dx } => {
+                    let (d_gx_all, d_gh_all) =
+                        d_g_all.as_mut().expect("window-wide module gradients");
                     b.scatter_add_rows(d_gx_all, &d_gx, &rows);
+                    b.scatter_add_rows(d_gh_all, &d_gh, &rows);
                     if let Some(dx) = dx {
                         b.scatter_add_rows(&mut dx_all, &dx, &rows);
                     }
@@ -549,14 +572,17 @@ impl LanguageModel {
             }
             carry = Some(dh_prev);
         }
-        if let (Some((routing, input)), Some(d_gx_all), Cell::Modular(cell)) =
-            (cache.window_input, d_gx_all, &self.cell)
+        if let (Some(w), Some((d_gx_all, d_gh_all)), Cell::Modular(cell)) =
+            (cache.window_input, d_g_all, &self.cell)
         {
-            let (dx, _) = cell
-                .modules
+            let modules = &cell.modules;
+            let (dx, _) = modules
                 .input
-                .backward(b, params, &routing, input, &d_gx_all, grads);
+                .backward(b, params, &w.routing, w.input, &d_gx_all, grads);
             b.axpy(1.0, &dx, &mut dx_all);
+            modules
+                .recurrent
+                .weight_grads(b, &w.routing, &w.h_prev, &d_gh_all, grads);
         }
         let de = self
             .dropout
