@@ -145,12 +145,7 @@ impl ModularLinear {
         dy: &B::Tensor,
         grads: &mut Grads<B>,
     ) -> (B::Tensor, Option<B::Tensor>) {
-        assert_eq!(
-            b.shape(dy),
-            [routing.rows(), self.d_out],
-            "modular layer output gradient shape"
-        );
-        let mut dys = b.gather_rows(dy, &routing.pair_rows);
+        let mut dys = self.gather_output_grad(b, routing, dy);
         let d_gates = match (&cache.ys, &cache.pair_gates) {
             (Some(ys), Some(pg)) => {
                 let d_pair = b.row_dot(&dys, ys);
@@ -173,7 +168,7 @@ impl ModularLinear {
     /// example once over a whole window's rows instead of once per time step).
     ///
     /// # Panics
-    /// If the shapes disagree with the layer or the routing.
+    /// If the shapes disagree with the layer or the routing, or the forward pass had gates.
     #[track_caller]
     pub fn input_grad<B: Backend>(
         &self,
@@ -183,13 +178,28 @@ impl ModularLinear {
         cache: ModularCache<B>,
         dy: &B::Tensor,
     ) -> B::Tensor {
+        assert!(
+            cache.pair_gates.is_none(),
+            "input_grad is for ungated forward passes; a gated one needs backward"
+        );
+        let dys = self.gather_output_grad(b, routing, dy);
+        self.input_grad_gathered(b, params, routing, cache.xs, &dys)
+    }
+
+    /// `dy` (`[n, d_out]`) gathered in routing order, after checking its shape.
+    #[track_caller]
+    fn gather_output_grad<B: Backend>(
+        &self,
+        b: &B,
+        routing: &Routing,
+        dy: &B::Tensor,
+    ) -> B::Tensor {
         assert_eq!(
             b.shape(dy),
             [routing.rows(), self.d_out],
             "modular layer output gradient shape"
         );
-        let dys = b.gather_rows(dy, &routing.pair_rows);
-        self.input_grad_gathered(b, params, routing, cache.xs, &dys)
+        b.gather_rows(dy, &routing.pair_rows)
     }
 
     /// Accumulates the weight and bias gradients of the ungated layer for inputs `x`
