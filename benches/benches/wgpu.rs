@@ -1,6 +1,7 @@
-//! The wgpu backend: dense matmul (512 and 2048 square) and the grouped products of the
-//! modular-layer bench configurations (`d = 512`), timed from recording to the end of the
-//! device work (`synchronize`), so submission overhead is included.
+//! The wgpu backend: dense matmul (512 and 2048 square, plus 4096 and 8192 on a hardware
+//! adapter) and the grouped products of the modular-layer bench configurations (`d = 512`),
+//! timed from recording to the end of the device work (`synchronize`), so submission overhead
+//! is included.
 //!
 //! Benchmark ids are `wgpu/matmul/{s}x{s}x{s}` and `wgpu/grouped/n{n}_m{m}_k{k}` (the three
 //! grouped products of one forward+backward: XW, XWt, XtY). The adapter is recorded in
@@ -88,7 +89,14 @@ fn wgpu_bench(c: &mut Criterion) {
     let sync = |gpu: &Wgpu| gpu.synchronize().expect("device work");
 
     let mut group = c.benchmark_group("wgpu");
-    for s in [512usize, 2048] {
+    // A GPU needs products far larger than 2048 square before launch and submission costs stop
+    // hiding its throughput; on a software adapter one 8192-square product would take minutes.
+    let sizes: &[usize] = if gpu.is_software() {
+        &[512, 2048]
+    } else {
+        &[512, 2048, 4096, 8192]
+    };
+    for &s in sizes {
         group.throughput(Throughput::Elements(gemm_flops(s, s, s)));
         if s >= 2048 {
             // Seconds per product on a software adapter: criterion's minimum sample count.

@@ -5,9 +5,14 @@
 //! decided by a post-processing function in [`POST_PROCESSORS`]; a bench without one gets
 //! [`generic_figures`] (one entry per criterion benchmark id). A new bench that needs derived
 //! fields (for example `efficiency = dense_s / modular_s`) adds one function and one table row.
+//!
+//! `--import DIR` turns results produced elsewhere into the same JSON without running anything:
+//! a GPU machine without a Rust toolchain runs the prebuilt bench binary with
+//! `CARGO_TARGET_DIR=DIR` (criterion then writes `DIR/criterion/`, the bench its side files under
+//! `DIR/bench/`) and describes itself in `DIR/machine.json`; see docs/wgpu.md.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
@@ -37,6 +42,8 @@ pub struct Options {
     numpy: bool,
     /// Extra arguments for criterion, after `--`.
     criterion_args: Vec<String>,
+    /// Results produced elsewhere to turn into JSON instead of running the benches.
+    import: Option<PathBuf>,
 }
 
 impl Options {
@@ -49,6 +56,7 @@ impl Options {
             names: Vec::new(),
             numpy: true,
             criterion_args: Vec::new(),
+            import: None,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -56,6 +64,12 @@ impl Options {
                 // Accepted for explicitness: the comparison runs whenever numpy imports.
                 "--numpy" => options.numpy = true,
                 "--no-numpy" => options.numpy = false,
+                "--import" => {
+                    let dir = args
+                        .next()
+                        .ok_or("`--import` needs a directory (criterion/, bench/, machine.json)")?;
+                    options.import = Some(PathBuf::from(dir));
+                }
                 "--" => {
                     options.criterion_args = args.cloned().collect();
                     break;
@@ -87,6 +101,8 @@ pub struct Measurement {
 pub struct Context {
     /// Whether to compare with numpy where a bench has a numpy counterpart.
     pub numpy: bool,
+    /// Where the bench wrote its side files (`target/bench`, or `DIR/bench` under `--import`).
+    pub side_files: PathBuf,
 }
 
 /// The figures of one bench: top-level fields plus one entry per measured configuration.
@@ -133,16 +149,23 @@ pub fn run(options: &Options) -> Result<(), String> {
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
-    let machine = machine();
+    let (machine, results) = match &options.import {
+        None => (machine(), target_dir()),
+        Some(dir) => (read_json(&dir.join("machine.json"))?, dir.clone()),
+    };
     let context = Context {
-        numpy: options.numpy,
+        numpy: options.numpy && options.import.is_none(),
+        side_files: results.join("bench"),
     };
     for name in &names {
-        let measurements = run_criterion(name, &options.criterion_args)?;
+        let measurements = match &options.import {
+            None => run_criterion(name, &options.criterion_args)?,
+            Some(dir) => imported_measurements(dir, name)?,
+        };
         if measurements.is_empty() {
             return Err(format!(
                 "bench `{name}` wrote no results under {}; did a criterion filter exclude everything?",
-                target_dir().join("criterion").display()
+                results.join("criterion").display()
             ));
         }
         let post = POST_PROCESSORS
@@ -153,6 +176,9 @@ pub fn run(options: &Options) -> Result<(), String> {
         let mut object = Map::new();
         object.insert("bench".into(), json!(name));
         object.insert("machine".into(), machine.clone());
+        if let Some(dir) = &options.import {
+            object.insert("imported_from".into(), json!(dir.display().to_string()));
+        }
         object.insert(
             "criterion_args".into(),
             json!(
@@ -227,6 +253,23 @@ fn run_criterion(name: &str, extra: &[String]) -> Result<Vec<Measurement>, Strin
     }
     let mut found = Vec::new();
     collect_measurements(&target_dir().join("criterion"), started, &mut found)?;
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(found)
+}
+
+/// Every result of bench `name` (criterion group `name`) under `dir/criterion/`, whenever it
+/// was written.
+fn imported_measurements(dir: &Path, name: &str) -> Result<Vec<Measurement>, String> {
+    let root = dir.join("criterion").join(name);
+    if !root.is_dir() {
+        return Err(format!(
+            "{} does not exist; run the bench binary with CARGO_TARGET_DIR={} first",
+            root.display(),
+            dir.display()
+        ));
+    }
+    let mut found = Vec::new();
+    collect_measurements(&root, SystemTime::UNIX_EPOCH, &mut found)?;
     found.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(found)
 }
@@ -611,8 +654,12 @@ fn machine() -> Value {
 }
 
 fn machine_line(machine: &Value) -> String {
+    // Imported figures (`--import`) may come from a machine with a GPU, which it names.
+    let gpu = machine["gpu"]
+        .as_str()
+        .map_or(String::new(), |gpu| format!(", GPU {gpu}"));
     format!(
-        "{} x{}, load average {} at start",
+        "{} x{}{gpu}, load average {} at start",
         machine["cpu_model"].as_str().unwrap_or("unknown CPU"),
         machine["nproc"],
         machine["load_average_1m_at_start"]
@@ -720,8 +767,8 @@ fn data_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures, St
 /// products (`wgpu/grouped/n{n}_m{m}_k{k}`, d = 512), see benches/benches/wgpu.rs, with the
 /// adapter the bench recorded in `target/bench/wgpu-adapter.json`. A software adapter (device
 /// type `cpu`, e.g. lavapipe) is labelled as such: its figures are CPU timings, not GPU ones.
-fn wgpu_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures, String> {
-    let adapter_path = target_dir().join("bench").join("wgpu-adapter.json");
+fn wgpu_figures(context: &Context, measurements: &[Measurement]) -> Result<Figures, String> {
+    let adapter_path = context.side_files.join("wgpu-adapter.json");
     let adapter = read_json(&adapter_path)?;
     let software = adapter["software"].as_bool().unwrap_or(false)
         || adapter["device_type"].as_str() == Some("cpu");
@@ -797,5 +844,32 @@ mod tests {
         assert!(!options.numpy);
         assert_eq!(options.criterion_args, ["t1", "--quick"]);
         assert!(Options::parse(&["--bogus".to_owned()]).is_err());
+        assert!(Options::parse(&["--import".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn import_reads_results_written_elsewhere() {
+        let dir = std::env::temp_dir().join(format!("xtask-import-{}", std::process::id()));
+        let new = dir.join("criterion/wgpu/matmul/8x8x8/new");
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(
+            new.join("benchmark.json"),
+            r#"{"full_id": "wgpu/matmul/8x8x8", "throughput": {"Elements": 1024}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            new.join("estimates.json"),
+            r#"{"mean": {"point_estimate": 2000.0,
+                "confidence_interval": {"lower_bound": 1000.0, "upper_bound": 3000.0}}}"#,
+        )
+        .unwrap();
+        let found = imported_measurements(&dir, "wgpu").unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, "wgpu/matmul/8x8x8");
+        assert!((found[0].seconds - 2e-6).abs() < 1e-12);
+        assert_eq!(found[0].throughput, Some(("Elements".to_owned(), 1024)));
+        let missing = imported_measurements(&dir, "modular").unwrap_err();
+        assert!(missing.contains("CARGO_TARGET_DIR"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

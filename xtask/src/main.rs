@@ -28,6 +28,8 @@ commands:
         --numpy       compare GEMM with numpy/OpenBLAS (default: when python3 has numpy)
         --no-numpy    skip the numpy comparison
         -- ARGS       pass ARGS on to criterion (for example a benchmark-id filter)
+        --import DIR  write the JSON from results produced elsewhere (DIR/criterion,
+                      DIR/bench, DIR/machine.json) instead of running the benches
   data NAME [ARGS]    fetch a data set (ptb, fashion-mnist, mnist-10k, cifar-10) into data/
                       via `modula data fetch NAME ARGS` (e.g. --from PATH, --data-dir DIR)
   help                print this message

@@ -13,7 +13,7 @@ use crate::tensor::WgpuTensor;
 use modula_tensor::check;
 
 /// Outputs per thread per side in the matmul kernel (`MICRO` in matmul.wgsl).
-const MICRO: u32 = 4;
+const MICRO: u32 = 8;
 /// Workgroups of a grid-stride kernel: enough to fill a large GPU, few enough that each
 /// thread still loops (which amortises its index arithmetic).
 const MAX_STRIDE_GROUPS: usize = 4096;

@@ -109,8 +109,8 @@ pub struct WgpuOptions {
     /// Threads per workgroup of the one-dimensional kernels; a power of two no larger than
     /// the device's `max_compute_invocations_per_workgroup`.
     pub workgroup_size: u32,
-    /// Threads per side of a matmul workgroup; each computes a 4 x 4 block, so a workgroup
-    /// covers a `4 * tile` square of the output.
+    /// Threads per side of a matmul workgroup; each computes an 8 x 8 block, so a workgroup
+    /// covers an `8 * tile` square of the output.
     pub matmul_tile: u32,
     /// Recorded dispatches after which the batch is submitted even without a download, so
     /// that the device starts working during long host-side sequences.
