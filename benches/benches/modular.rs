@@ -4,8 +4,16 @@
 //! Benchmark ids are `modular/{modular,dense,naive}/n{n}_m{m}_k{k}`; `cargo xtask bench
 //! modular` turns them into `target/bench/modular.json` (with `efficiency = dense_s /
 //! modular_s`), so keep the format in step with `xtask/src/bench.rs`.
+//!
+//! Criterion times the modular layer and the dense GEMM a minute apart, and on a shared
+//! machine the speed of the whole machine drifts by more than the gaps to be measured. So each
+//! configuration is also timed in pairs: a modular step and a dense step back to back, in
+//! alternating order, many times; the median of the per-pair ratios goes to
+//! `target/bench/modular-paired.json`, which the xtask reports as `paired_efficiency`.
 
 use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use modula_benches::{bench_data, gemm_flops};
@@ -46,6 +54,82 @@ fn selection(n: usize, m: usize, k: usize, seed: u64) -> Selection {
     Selection::new(k, picks)
 }
 
+/// Rounds of the paired measurement per configuration.
+const PAIRED_ROUNDS: usize = 31;
+/// Each timed half of a pair repeats its step until it lasts at least this long, so that timer
+/// resolution and one-off hiccups stay small against it.
+const PAIRED_MIN_SAMPLE: Duration = Duration::from_millis(20);
+
+/// `target/` of the workspace: the bench runs as `target/<profile>/deps/modular-<hash>`.
+fn target_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.parent()?.to_path_buf())
+}
+
+/// Seconds per call of `step`, repeated `reps` times.
+fn seconds_per_step(reps: usize, step: &mut dyn FnMut()) -> f64 {
+    let start = Instant::now();
+    for _ in 0..reps {
+        step();
+    }
+    start.elapsed().as_secs_f64() / reps as f64
+}
+
+/// The ratios `dense / modular` of [`PAIRED_ROUNDS`] back-to-back pairs, sorted.
+fn paired_ratios(modular: &mut dyn FnMut(), dense: &mut dyn FnMut()) -> Vec<f64> {
+    // Warm up both, then size each half of a pair to at least PAIRED_MIN_SAMPLE.
+    let reps = |step: &mut dyn FnMut()| {
+        let once = seconds_per_step(2, step);
+        ((PAIRED_MIN_SAMPLE.as_secs_f64() / once).ceil() as usize).max(1)
+    };
+    let (mod_reps, dense_reps) = (reps(modular), reps(dense));
+    let mut ratios: Vec<f64> = (0..PAIRED_ROUNDS)
+        .map(|round| {
+            // Alternate which half goes first, so that neither always inherits the other's
+            // cache state or a frequency change.
+            let (m, d) = if round % 2 == 0 {
+                let m = seconds_per_step(mod_reps, modular);
+                (m, seconds_per_step(dense_reps, dense))
+            } else {
+                let d = seconds_per_step(dense_reps, dense);
+                (seconds_per_step(mod_reps, modular), d)
+            };
+            d / m
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios
+}
+
+/// Writes the paired ratios for the xtask (one object per configuration).
+fn record_paired(paired: &[(String, Vec<f64>)]) {
+    let entries: Vec<String> = paired
+        .iter()
+        .map(|(label, r)| {
+            let q = |f: f64| r[((r.len() - 1) as f64 * f).round() as usize];
+            format!(
+                "  {{\"config\": {label:?}, \"rounds\": {}, \"median\": {}, \"q1\": {}, \"q3\": {}}}",
+                r.len(),
+                q(0.5),
+                q(0.25),
+                q(0.75)
+            )
+        })
+        .collect();
+    let Some(dir) = target_dir().map(|t| t.join("bench")) else {
+        eprintln!("modular bench: cannot locate target/; paired ratios not recorded");
+        return;
+    };
+    let path = dir.join("modular-paired.json");
+    let text = format!("[\n{}\n]\n", entries.join(",\n"));
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
+        eprintln!("modular bench: cannot write {}: {e}", path.display());
+    }
+}
+
 fn modular(c: &mut Criterion) {
     let cpu = Cpu::new();
     let mut group = c.benchmark_group("modular");
@@ -53,7 +137,12 @@ fn modular(c: &mut Criterion) {
     // measurements than the xtask default keep its noise down.
     group
         .sample_size(20)
-        .measurement_time(std::time::Duration::from_secs(4));
+        .measurement_time(Duration::from_secs(4));
+    // Pairs only make sense when criterion is measuring, not when it merely checks that the
+    // benches run (`--test`), lists them or profiles one.
+    let pairs_wanted =
+        !std::env::args().any(|a| ["--test", "--list", "--profile-time"].contains(&a.as_str()));
+    let mut paired = Vec::new();
     for (n, m, k) in CONFIGS {
         let label = format!("n{n}_m{m}_k{k}");
         let flops = 3 * gemm_flops(n * k, D, D);
@@ -68,15 +157,19 @@ fn modular(c: &mut Criterion) {
         // One gradient store per layer, reset each iteration as a training loop does, so the
         // weight-gradient buffers are allocated once.
         let mut grads = Grads::new();
+        let mut modular_step = || {
+            // Routing is part of every call's cost, so it is inside the timed region.
+            let routing = Routing::new(black_box(&sel), m);
+            let (y, cache) = layer.forward(&cpu, &params, &x, &routing, None);
+            grads.reset();
+            let (dx, _) = layer.backward(&cpu, &params, &routing, cache, &dy, &mut grads);
+            black_box((y, dx));
+        };
+        // Criterion calls a closure only when its id passes the command line's filter.
+        let mut ran = [false; 2];
         group.bench_function(BenchmarkId::new("modular", &label), |bench| {
-            bench.iter(|| {
-                // Routing is part of every call's cost, so it is inside the timed region.
-                let routing = Routing::new(black_box(&sel), m);
-                let (y, cache) = layer.forward(&cpu, &params, &x, &routing, None);
-                grads.reset();
-                let (dx, _) = layer.backward(&cpu, &params, &routing, cache, &dy, &mut grads);
-                black_box((y, dx));
-            });
+            ran[0] = true;
+            bench.iter(&mut modular_step)
         });
 
         if m == 4 || (m == 64 && k == 2) {
@@ -93,14 +186,23 @@ fn modular(c: &mut Criterion) {
             cpu.zeros([D, D]),
             cpu.zeros([rows, D]),
         );
+        let mut dense_step = || {
+            cpu.matmul(1.0, &xd, Transpose::No, &w, Transpose::No, 0.0, &mut y);
+            cpu.matmul(1.0, &xd, Transpose::Yes, &dyd, Transpose::No, 0.0, &mut dw);
+            cpu.matmul(1.0, &dyd, Transpose::No, &w, Transpose::Yes, 0.0, &mut dx);
+            black_box((&y, &dw, &dx));
+        };
         group.bench_function(BenchmarkId::new("dense", &label), |bench| {
-            bench.iter(|| {
-                cpu.matmul(1.0, &xd, Transpose::No, &w, Transpose::No, 0.0, &mut y);
-                cpu.matmul(1.0, &xd, Transpose::Yes, &dyd, Transpose::No, 0.0, &mut dw);
-                cpu.matmul(1.0, &dyd, Transpose::No, &w, Transpose::Yes, 0.0, &mut dx);
-                black_box((&y, &dw, &dx));
-            });
+            ran[1] = true;
+            bench.iter(&mut dense_step)
         });
+        // The filter applies to the pairs too: they run when both halves were measured.
+        if pairs_wanted && ran == [true; 2] {
+            paired.push((
+                label.clone(),
+                paired_ratios(&mut modular_step, &mut dense_step),
+            ));
+        }
 
         let mut pool_params = ParamStore::new();
         let pool = ModulePool {
@@ -129,6 +231,9 @@ fn modular(c: &mut Criterion) {
         });
     }
     group.finish();
+    if !paired.is_empty() {
+        record_paired(&paired);
+    }
 }
 
 // Written out instead of `criterion_group!`/`criterion_main!`, whose generated public function

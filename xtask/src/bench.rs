@@ -95,6 +95,8 @@ pub struct Measurement {
     pub seconds_ci: (f64, f64),
     /// The declared throughput per iteration, e.g. `("Elements", 268435456)`.
     pub throughput: Option<(String, u64)>,
+    /// When criterion wrote the estimate (its file's modification time), if known.
+    pub written: Option<SystemTime>,
 }
 
 /// What a post-processing function gets besides the measurements.
@@ -334,11 +336,15 @@ fn read_measurement(dir: &Path) -> Result<Measurement, String> {
         let (kind, n) = t.iter().next()?;
         Some((kind.clone(), n.as_u64()?))
     });
+    let written = std::fs::metadata(dir.join("estimates.json"))
+        .and_then(|m| m.modified())
+        .ok();
     Ok(Measurement {
         id,
         seconds,
         seconds_ci: (lower, upper),
         throughput,
+        written,
     })
 }
 
@@ -487,7 +493,7 @@ fn parse_modular_id(id: &str) -> Option<(String, [usize; 3])> {
 /// GEMM of equal FLOPs and against a naive loop of one GEMM per module, with
 /// `efficiency = dense_s / modular_s`; plus `scaling_m`, the modular time for M in {4, 16, 64}
 /// at n = 4096, K = 2.
-fn modular_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures, String> {
+fn modular_figures(context: &Context, measurements: &[Measurement]) -> Result<Figures, String> {
     let mut times: BTreeMap<[usize; 3], BTreeMap<String, f64>> = BTreeMap::new();
     for m in measurements {
         let (kind, config) = parse_modular_id(&m.id).ok_or_else(|| {
@@ -495,6 +501,10 @@ fn modular_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures,
         })?;
         times.entry(config).or_default().insert(kind, m.seconds);
     }
+    let paired = read_paired(
+        &context.side_files.join("modular-paired.json"),
+        measurements,
+    )?;
     let mut entries = Vec::new();
     for (&[n, m, k], t) in &times {
         let (Some(&modular), Some(&dense)) = (t.get("modular"), t.get("dense")) else {
@@ -511,6 +521,12 @@ fn modular_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures,
         if let Some(&naive) = t.get("naive") {
             entry.insert("naive_s".into(), json!(naive));
             entry.insert("naive_efficiency".into(), json!(dense / naive));
+        }
+        if let Some(pair) = paired.get(&format!("n{n}_m{m}_k{k}")) {
+            entry.insert("paired_efficiency".into(), pair["median"].clone());
+            entry.insert("paired_q1".into(), pair["q1"].clone());
+            entry.insert("paired_q3".into(), pair["q3"].clone());
+            entry.insert("paired_rounds".into(), pair["rounds"].clone());
         }
         entries.push(entry);
     }
@@ -541,9 +557,41 @@ fn modular_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures,
             "dense_s",
             "naive_s",
             "efficiency",
+            "paired_efficiency",
             "naive_efficiency",
         ],
     })
+}
+
+/// The paired ratios the modular bench wrote (see benches/benches/modular.rs), by
+/// configuration label; empty when the file predates this run's measurements (a filtered run
+/// that skipped the pairs), so that stale pairs are never reported as fresh.
+fn read_paired(
+    path: &Path,
+    measurements: &[Measurement],
+) -> Result<BTreeMap<String, Value>, String> {
+    if !path.exists() {
+        return Ok(BTreeMap::new());
+    }
+    let written = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let newest = measurements.iter().filter_map(|m| m.written).max();
+    if let (Some(written), Some(newest)) = (written, newest)
+        && written < newest
+    {
+        return Ok(BTreeMap::new());
+    }
+    let Value::Array(list) = read_json(path)? else {
+        return Err(format!("{}: expected a JSON array", path.display()));
+    };
+    list.into_iter()
+        .map(|entry| {
+            let config = entry["config"]
+                .as_str()
+                .ok_or_else(|| format!("{}: an entry has no `config`", path.display()))?
+                .to_owned();
+            Ok((config, entry))
+        })
+        .collect()
 }
 
 /// `em.json`: the time of one E-step and one M-step on the same batch and model, and their
@@ -845,6 +893,40 @@ mod tests {
         assert_eq!(options.criterion_args, ["t1", "--quick"]);
         assert!(Options::parse(&["--bogus".to_owned()]).is_err());
         assert!(Options::parse(&["--import".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn paired_ratios_are_read_only_when_newer_than_the_measurements() {
+        let dir = std::env::temp_dir().join(format!("xtask-paired-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("modular-paired.json");
+        std::fs::write(
+            &path,
+            r#"[{"config": "n128_m16_k2", "rounds": 31, "median": 0.6, "q1": 0.55, "q3": 0.65}]"#,
+        )
+        .unwrap();
+        let written = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let measured = |at: SystemTime| Measurement {
+            id: "modular/modular/n128_m16_k2".into(),
+            seconds: 1.0,
+            seconds_ci: (1.0, 1.0),
+            throughput: None,
+            written: Some(at),
+        };
+        let earlier = written - std::time::Duration::from_secs(60);
+        let later = written + std::time::Duration::from_secs(60);
+        let fresh = read_paired(&path, &[measured(earlier)]).unwrap();
+        assert_eq!(fresh["n128_m16_k2"]["median"], json!(0.6));
+        assert!(read_paired(&path, &[measured(later)]).unwrap().is_empty());
+        assert!(
+            read_paired(&dir.join("absent.json"), &[])
+                .unwrap()
+                .is_empty()
+        );
+        std::fs::write(&path, r#"{"config": "n128_m16_k2"}"#).unwrap();
+        let err = read_paired(&path, &[measured(earlier)]).unwrap_err();
+        assert!(err.contains("modular-paired.json"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
