@@ -1144,6 +1144,9 @@ mod avx512 {
         }
     }
 
+    /// Depths up to which a tile also prefetches the next strip's C (see [`rows`]).
+    const SHALLOW_DEPTH: usize = 64;
+
     /// How many depths ahead the in-place B path prefetches. A 12-row tile spends about 12
     /// cycles per depth, so 64 depths ask for each line some 750 cycles before its use: enough
     /// for a module's weights that come from L3 or memory rather than L2. Measured on the 2-core
@@ -1180,6 +1183,14 @@ mod avx512 {
             let c = t.c.wrapping_add(i * t.ldc);
             _mm_prefetch::<_MM_HINT_T0>(c as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(t.nr - 1) as *const i8);
+            // With a shallow depth (a weight gradient over a few routed rows) the tile is
+            // mostly the store of C, and this tile's prefetch comes too late to hide it: ask
+            // for the next strip's C as well. A hint only: it never faults, and
+            // `wrapping_add` keeps the address computation defined past the end of C.
+            if t.kc <= SHALLOW_DEPTH {
+                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(super::NR) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(super::NR + 16) as *const i8);
+            }
         }
         // SAFETY: `a` walks kc depths of MR packed values; `b` walks kc rows `ldb` apart whose
         // first `nr` values are readable, and the masks keep the loads within those values.
