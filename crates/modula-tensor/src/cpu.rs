@@ -1,6 +1,7 @@
 //! [`Cpu`]: the fast CPU backend (ndarray storage, the packed GEMM of [`crate::gemm`], rayon
 //! parallelism).
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use ndarray::Array2;
@@ -112,6 +113,49 @@ impl Cpu {
             });
         }
     }
+}
+
+impl Cpu {
+    /// A new `rows x cols` matrix whose row `i` is written by `f(i, row)`, in parallel when
+    /// large. `f` must initialise every element of its row (through `MaybeUninit::write` or
+    /// `write_copy_of_slice`). Outputs that are overwritten in full skip the pass that zeroing
+    /// them first would cost (for a gather of routed rows, about as long as the gather itself).
+    pub(crate) fn rows_from(
+        &self,
+        rows: usize,
+        cols: usize,
+        f: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+    ) -> Array2<f32> {
+        let mut out = Array2::<f32>::uninit((rows, cols));
+        let data = out
+            .as_slice_mut()
+            .expect("a new array is in standard layout");
+        if cols > 0 {
+            if data.len() < PAR_MIN_ELEMS || self.threads() == 1 {
+                data.chunks_mut(cols).enumerate().for_each(|(i, r)| f(i, r));
+            } else {
+                self.install(|| {
+                    data.par_chunks_mut(cols)
+                        .enumerate()
+                        .for_each(|(i, r)| f(i, r))
+                });
+            }
+        }
+        // SAFETY: every row was handed to `f`, whose contract is to initialise all of it.
+        unsafe { out.assume_init() }
+    }
+}
+
+/// Copies `src` into the uninitialised row `dst` (of the same length) and returns it as
+/// initialised. (`write_copy_of_slice` does this from Rust 1.93, above the workspace's MSRV.)
+pub(crate) fn write_row<'a>(dst: &'a mut [MaybeUninit<f32>], src: &[f32]) -> &'a mut [f32] {
+    assert_eq!(dst.len(), src.len(), "write_row: lengths differ");
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(s);
+    }
+    // SAFETY: every element of `dst` was written just above, and `MaybeUninit<f32>` has the
+    // layout of `f32`.
+    unsafe { &mut *(std::ptr::from_mut(dst) as *mut [f32]) }
 }
 
 pub(crate) fn slice(t: &Array2<f32>) -> &[f32] {
@@ -403,12 +447,10 @@ impl Backend for Cpu {
         check::indices("gather_rows", idx, x.nrows());
         let cols = x.ncols();
         let src = slice(x);
-        let mut out = Array2::zeros((idx.len(), cols));
-        self.for_rows(&mut out, |i, r| {
+        self.rows_from(idx.len(), cols, |i, r| {
             let s = idx[i] as usize * cols;
-            r.copy_from_slice(&src[s..s + cols]);
-        });
-        out
+            write_row(r, &src[s..s + cols]);
+        })
     }
 
     #[track_caller]

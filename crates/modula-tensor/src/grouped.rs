@@ -7,11 +7,13 @@
 //! one block alone is more than a thread's share of the rows, in which case the blocks run one
 //! at a time with each GEMM split across threads.
 
+use std::mem::MaybeUninit;
+
 use ndarray::Array2;
 use rayon::prelude::*;
 
 use crate::check;
-use crate::cpu::{Cpu, slice, slice_mut};
+use crate::cpu::{Cpu, slice, slice_mut, write_row};
 use crate::gemm::{MatMut, MatRef, Parallelism, gemm};
 use crate::ops::GroupedOp;
 
@@ -135,15 +137,19 @@ pub(crate) fn segment_sum_rows(
     check::indices("segment_sum_rows", pos, src.nrows());
     let cols = src.ncols();
     let s = slice(src);
-    let mut out = Array2::zeros((n, cols));
-    let fill = |i: usize, row: &mut [f32]| {
-        for &p in &pos[ptr[i] as usize..ptr[i + 1] as usize] {
-            let from = &s[p as usize * cols..(p as usize + 1) * cols];
-            row.iter_mut().zip(from).for_each(|(o, v)| *o += v);
+    let from = |p: u32| &s[p as usize * cols..(p as usize + 1) * cols];
+    // Each row starts as a copy of its first source row rather than as zeros, which saves a
+    // pass over the output.
+    cpu.rows_from(n, cols, |i, row| {
+        let Some((&first, rest)) = pos[ptr[i] as usize..ptr[i + 1] as usize].split_first() else {
+            row.fill(MaybeUninit::new(0.0));
+            return;
+        };
+        let row = write_row(row, from(first));
+        for &p in rest {
+            row.iter_mut().zip(from(p)).for_each(|(o, v)| *o += v);
         }
-    };
-    cpu.for_rows(&mut out, fill);
-    out
+    })
 }
 
 #[track_caller]
