@@ -1199,7 +1199,7 @@ mod avx512 {
     /// cycles per depth, so 64 depths ask for each line some 750 cycles before its use: enough
     /// for a module's weights that come from L3 or memory rather than L2. Measured on the 2-core
     /// Xeon, `[16 x 512] x [512 x 512]` over 64 modules' weights (single thread, weights not in
-    /// L2) took 14.4 ms on average over three paired runs against 20.9 ms with 8 depths.
+    /// L2) took 14.3 ms on average over three paired runs against 20.9 ms with 8 depths.
     const PREFETCH_DEPTHS: usize = 64;
 
     fn mask(live: usize) -> __mmask16 {
