@@ -113,35 +113,49 @@ impl Cpu {
             });
         }
     }
-}
 
-impl Cpu {
     /// A new `rows x cols` matrix whose row `i` is written by `f(i, row)`, in parallel when
-    /// large. `f` must initialise every element of its row (through `MaybeUninit::write` or
-    /// `write_copy_of_slice`). Outputs that are overwritten in full skip the pass that zeroing
-    /// them first would cost (for a gather of routed rows, about as long as the gather itself).
+    /// large. Outputs that are overwritten in full skip the pass that zeroing them first would
+    /// cost (for a gather of routed rows, about as long as the gather itself).
+    ///
+    /// `f` proves that it initialised its row by returning that row as `&mut [f32]` (which safe
+    /// code can only make with [`write_row`] or [`fill_row`]).
+    ///
+    /// # Panics
+    /// If `f` returns anything but its whole row.
     pub(crate) fn rows_from(
         &self,
         rows: usize,
         cols: usize,
-        f: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+        f: impl for<'r> Fn(usize, &'r mut [MaybeUninit<f32>]) -> &'r mut [f32] + Sync,
     ) -> Array2<f32> {
         let mut out = Array2::<f32>::uninit((rows, cols));
         let data = out
             .as_slice_mut()
             .expect("a new array is in standard layout");
+        let row = |i: usize, r: &mut [MaybeUninit<f32>]| {
+            let (start, len) = (r.as_ptr().cast::<f32>(), r.len());
+            let done = f(i, r);
+            assert!(
+                std::ptr::eq(done.as_ptr(), start) && done.len() == len,
+                "rows_from: the closure must return the whole row it was given"
+            );
+        };
         if cols > 0 {
             if data.len() < PAR_MIN_ELEMS || self.threads() == 1 {
-                data.chunks_mut(cols).enumerate().for_each(|(i, r)| f(i, r));
+                data.chunks_mut(cols)
+                    .enumerate()
+                    .for_each(|(i, r)| row(i, r));
             } else {
                 self.install(|| {
                     data.par_chunks_mut(cols)
                         .enumerate()
-                        .for_each(|(i, r)| f(i, r))
+                        .for_each(|(i, r)| row(i, r))
                 });
             }
         }
-        // SAFETY: every row was handed to `f`, whose contract is to initialise all of it.
+        // SAFETY: every row was handed to `f`, which returned that same row as `&mut [f32]`;
+        // such a reference to the row exists only once all of it is initialised.
         unsafe { out.assume_init() }
     }
 }
@@ -153,6 +167,14 @@ pub(crate) fn write_row<'a>(dst: &'a mut [MaybeUninit<f32>], src: &[f32]) -> &'a
     for (d, &s) in dst.iter_mut().zip(src) {
         d.write(s);
     }
+    // SAFETY: every element of `dst` was written just above, and `MaybeUninit<f32>` has the
+    // layout of `f32`.
+    unsafe { &mut *(std::ptr::from_mut(dst) as *mut [f32]) }
+}
+
+/// Sets every element of the uninitialised row `dst` to `value` and returns it as initialised.
+pub(crate) fn fill_row(dst: &mut [MaybeUninit<f32>], value: f32) -> &mut [f32] {
+    dst.fill(MaybeUninit::new(value));
     // SAFETY: every element of `dst` was written just above, and `MaybeUninit<f32>` has the
     // layout of `f32`.
     unsafe { &mut *(std::ptr::from_mut(dst) as *mut [f32]) }
@@ -449,7 +471,7 @@ impl Backend for Cpu {
         let src = slice(x);
         self.rows_from(idx.len(), cols, |i, r| {
             let s = idx[i] as usize * cols;
-            write_row(r, &src[s..s + cols]);
+            write_row(r, &src[s..s + cols])
         })
     }
 

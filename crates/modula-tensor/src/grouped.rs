@@ -7,13 +7,11 @@
 //! one block alone is more than a thread's share of the rows, in which case the blocks run one
 //! at a time with each GEMM split across threads.
 
-use std::mem::MaybeUninit;
-
 use ndarray::Array2;
 use rayon::prelude::*;
 
 use crate::check;
-use crate::cpu::{Cpu, slice, slice_mut, write_row};
+use crate::cpu::{Cpu, fill_row, slice, slice_mut, write_row};
 use crate::gemm::{MatMut, MatRef, Parallelism, gemm};
 use crate::ops::GroupedOp;
 
@@ -142,13 +140,13 @@ pub(crate) fn segment_sum_rows(
     // pass over the output.
     cpu.rows_from(n, cols, |i, row| {
         let Some((&first, rest)) = pos[ptr[i] as usize..ptr[i + 1] as usize].split_first() else {
-            row.fill(MaybeUninit::new(0.0));
-            return;
+            return fill_row(row, 0.0);
         };
         let row = write_row(row, from(first));
         for &p in rest {
             row.iter_mut().zip(from(p)).for_each(|(o, v)| *o += v);
         }
+        row
     })
 }
 
