@@ -722,3 +722,38 @@ impl Backend for Cpu {
         crate::grouped::add_gathered_rows(self, dst, table, idx);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_from_writes_every_row_on_one_and_two_threads() {
+        for threads in [1, 2] {
+            // Large enough for the parallel path on two threads.
+            let (rows, cols) = (300, 200);
+            let out = Cpu::with_threads(threads).rows_from(rows, cols, |i, r| {
+                if i % 7 == 0 {
+                    fill_row(r, -1.0)
+                } else {
+                    let src: Vec<f32> = (0..cols).map(|j| (i * cols + j) as f32).collect();
+                    write_row(r, &src)
+                }
+            });
+            for ((i, j), &v) in out.indexed_iter() {
+                let want = if i % 7 == 0 {
+                    -1.0
+                } else {
+                    (i * cols + j) as f32
+                };
+                assert_eq!(v, want, "row {i}, column {j}, {threads} threads");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "must return the whole row")]
+    fn rows_from_refuses_a_partly_written_row() {
+        Cpu::with_threads(1).rows_from(2, 4, |_, r| fill_row(&mut r[..3], 0.0));
+    }
+}
