@@ -12,7 +12,6 @@
 //! `target/bench/modular-paired.json`, which the xtask reports as `paired_efficiency`.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -59,15 +58,6 @@ const PAIRED_ROUNDS: usize = 31;
 /// Each timed half of a pair repeats its step until it lasts at least this long, so that timer
 /// resolution and one-off hiccups stay small against it.
 const PAIRED_MIN_SAMPLE: Duration = Duration::from_millis(20);
-
-/// `target/` of the workspace: the bench runs as `target/<profile>/deps/modular-<hash>`.
-fn target_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    let exe = std::env::current_exe().ok()?;
-    Some(exe.parent()?.parent()?.parent()?.to_path_buf())
-}
 
 /// Seconds per call of `step`, repeated `reps` times.
 fn seconds_per_step(reps: usize, step: &mut dyn FnMut()) -> f64 {
@@ -119,15 +109,8 @@ fn record_paired(paired: &[(String, Vec<f64>)]) {
             )
         })
         .collect();
-    let Some(dir) = target_dir().map(|t| t.join("bench")) else {
-        eprintln!("modular bench: cannot locate target/; paired ratios not recorded");
-        return;
-    };
-    let path = dir.join("modular-paired.json");
     let text = format!("[\n{}\n]\n", entries.join(",\n"));
-    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
-        eprintln!("modular bench: cannot write {}: {e}", path.display());
-    }
+    modula_benches::write_side_file("modular-paired.json", &text);
 }
 
 fn modular(c: &mut Criterion) {

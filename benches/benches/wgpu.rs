@@ -11,8 +11,6 @@
 //! On a software adapter (lavapipe: device type `cpu`) these are CPU timings of a software
 //! Vulkan driver, not GPU figures.
 
-use std::path::PathBuf;
-
 use criterion::{BenchmarkId, Criterion, Throughput};
 use modula_benches::{bench_data, gemm_flops};
 use modula_tensor::{Backend, GroupedOp, Transpose};
@@ -27,15 +25,6 @@ const D: usize = 512;
 const CONFIGS: [(usize, usize, usize); 4] =
     [(4096, 16, 2), (512, 16, 2), (128, 16, 2), (1024, 64, 1)];
 
-/// `target/` of the workspace: the bench runs as `target/<profile>/deps/wgpu-<hash>`.
-fn target_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    let exe = std::env::current_exe().ok()?;
-    Some(exe.parent()?.parent()?.parent()?.to_path_buf())
-}
-
 /// Writes the adapter's identity next to the bench figures.
 fn record_adapter(gpu: &Wgpu) {
     let a = gpu.adapter();
@@ -48,14 +37,7 @@ fn record_adapter(gpu: &Wgpu) {
         a.driver_info,
         a.is_software()
     );
-    let Some(dir) = target_dir().map(|t| t.join("bench")) else {
-        eprintln!("wgpu bench: cannot locate target/; adapter not recorded");
-        return;
-    };
-    let path = dir.join("wgpu-adapter.json");
-    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
-        eprintln!("wgpu bench: cannot write {}: {e}", path.display());
-    }
+    modula_benches::write_side_file("wgpu-adapter.json", &text);
 }
 
 /// Group offsets of `n * k` routed rows spread uniformly at random over `m` modules.

@@ -38,3 +38,27 @@ pub fn bench_data(len: usize, seed: u32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// `target/` of the workspace: `CARGO_TARGET_DIR`, or three levels above the running bench
+/// binary (`target/<profile>/deps/<bench>-<hash>`).
+fn target_dir() -> Option<std::path::PathBuf> {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Some(dir.into());
+    }
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.parent()?.to_path_buf())
+}
+
+/// Writes `text` to `target/bench/{name}`, where `cargo xtask bench` reads what a bench records
+/// besides criterion's timings (the wgpu adapter, the modular bench's paired ratios). A failure
+/// is reported on stderr rather than aborting the bench: its timings are still written.
+pub fn write_side_file(name: &str, text: &str) {
+    let Some(dir) = target_dir().map(|t| t.join("bench")) else {
+        eprintln!("bench: cannot locate target/; {name} not written");
+        return;
+    };
+    let path = dir.join(name);
+    if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
+        eprintln!("bench: cannot write {}: {e}", path.display());
+    }
+}
