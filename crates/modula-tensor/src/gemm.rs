@@ -1226,10 +1226,15 @@ mod avx512 {
         let mut sets = [[[_mm512_setzero_ps(); 2]; R]; S];
         let (mut a, mut b) = (t.a, t.b);
         // Fetch the C tile while the depth loop runs: it is touched only at the end, and for
-        // tall products it has long left the caches since the previous depth block.
+        // tall products it has long left the caches since the previous depth block. A row of
+        // the tile (32 floats) spans three cache lines unless it starts on a line boundary,
+        // which buffers from the system allocator usually do not (glibc returns large blocks
+        // 16 bytes past a page boundary), so every prefetch of a 32-float row here names its
+        // first, middle and last float; on an aligned row the last two share a line.
         for i in 0..R {
             let c = t.c.wrapping_add(i * t.ldc);
             _mm_prefetch::<_MM_HINT_T0>(c as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(16) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(t.nr - 1) as *const i8);
             // With a shallow depth (a weight gradient over a few routed rows) the tile is
             // mostly the store of C, and this tile's prefetch comes too late to hide it: ask
@@ -1238,6 +1243,7 @@ mod avx512 {
             if t.kc <= SHALLOW_DEPTH {
                 _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(super::NR) as *const i8);
                 _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(super::NR + 16) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(2 * super::NR - 1) as *const i8);
             }
         }
         // SAFETY: `a` walks kc depths of MR packed values; `b` walks kc rows `ldb` apart whose
@@ -1248,9 +1254,13 @@ mod avx512 {
                 if PF {
                     // A hint only: it never faults, and `wrapping_add` keeps the address
                     // computation defined past the end of B.
+                    // First, middle and last float of the row: three lines when B is not
+                    // line-aligned. Measured with 64 modules' weights 16 bytes off alignment,
+                    // `[16 x 512] x [512 x 512]` ran 1.44x slower without the third line.
                     let ahead = b.wrapping_add(PREFETCH_DEPTHS * t.ldb);
                     _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(t.nr - 1) as *const i8);
                 }
                 let b0 = _mm512_maskz_loadu_ps(m0, *b);
                 let b1 = _mm512_maskz_loadu_ps(m1, b.add(16));
