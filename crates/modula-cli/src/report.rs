@@ -182,14 +182,14 @@ mod tests {
     fn noise_is_what_a_run_does_apart_from_the_others() {
         // Both runs follow the same text-driven ups and downs; the second adds alternating
         // +0.1 / -0.1 jumps of its own.
-        let text = |i: u64| if i % 3 == 0 { 0.5 } else { 0.0 };
+        let text = |i: u64| if i.is_multiple_of(3) { 0.5 } else { 0.0 };
         let calm: Vec<_> = (0..9).map(|i| record(i, i as f64, 5.0 + text(i))).collect();
         let jumpy: Vec<_> = (0..9)
             .map(|i| {
                 record(
                     i,
                     i as f64,
-                    6.0 + text(i) + if i % 2 == 0 { 0.1 } else { -0.1 },
+                    6.0 + text(i) + if i.is_multiple_of(2) { 0.1 } else { -0.1 },
                 )
             })
             .collect();
