@@ -102,7 +102,12 @@ impl Cpu {
     /// Applies `f` to each row of `x` (with its index), in parallel when large.
     pub(crate) fn for_rows(&self, x: &mut Array2<f32>, f: impl Fn(usize, &mut [f32]) + Sync) {
         let cols = x.ncols().max(1);
-        let data = slice_mut(x);
+        self.each_row(slice_mut(x), cols, f);
+    }
+
+    /// Applies `f` to each `cols`-long row of `data` (with its index), on the calling thread
+    /// when the data is small or the backend has one thread, else across its pool.
+    fn each_row<T: Send>(&self, data: &mut [T], cols: usize, f: impl Fn(usize, &mut [T]) + Sync) {
         if data.len() < PAR_MIN_ELEMS || self.threads() == 1 {
             data.chunks_mut(cols).enumerate().for_each(|(i, r)| f(i, r));
         } else {
@@ -142,17 +147,7 @@ impl Cpu {
             );
         };
         if cols > 0 {
-            if data.len() < PAR_MIN_ELEMS || self.threads() == 1 {
-                data.chunks_mut(cols)
-                    .enumerate()
-                    .for_each(|(i, r)| row(i, r));
-            } else {
-                self.install(|| {
-                    data.par_chunks_mut(cols)
-                        .enumerate()
-                        .for_each(|(i, r)| row(i, r))
-                });
-            }
+            self.each_row(data, cols, row);
         }
         // SAFETY: every row was handed to `f`, which returned that same row as `&mut [f32]`;
         // such a reference to the row exists only once all of it is initialised.
