@@ -96,21 +96,20 @@ fn paired_ratios(modular: &mut dyn FnMut(), dense: &mut dyn FnMut()) -> Vec<f64>
 
 /// Writes the paired ratios for the xtask (one object per configuration).
 fn record_paired(paired: &[(String, Vec<f64>)]) {
-    let entries: Vec<String> = paired
+    let entries: Vec<serde_json::Value> = paired
         .iter()
         .map(|(label, r)| {
             let q = |f: f64| r[((r.len() - 1) as f64 * f).round() as usize];
-            format!(
-                "  {{\"config\": {label:?}, \"rounds\": {}, \"median\": {}, \"q1\": {}, \"q3\": {}}}",
-                r.len(),
-                q(0.5),
-                q(0.25),
-                q(0.75)
-            )
+            serde_json::json!({
+                "config": label,
+                "rounds": r.len(),
+                "median": q(0.5),
+                "q1": q(0.25),
+                "q3": q(0.75),
+            })
         })
         .collect();
-    let text = format!("[\n{}\n]\n", entries.join(",\n"));
-    modula_benches::write_side_file("modular-paired.json", &text);
+    modula_benches::write_side_file("modular-paired.json", &entries.into());
 }
 
 fn modular(c: &mut Criterion) {

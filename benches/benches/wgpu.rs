@@ -28,16 +28,15 @@ const CONFIGS: [(usize, usize, usize); 4] =
 /// Writes the adapter's identity next to the bench figures.
 fn record_adapter(gpu: &Wgpu) {
     let a = gpu.adapter();
-    let text = format!(
-        "{{\n  \"name\": {:?},\n  \"backend\": {:?},\n  \"device_type\": {:?},\n  \"driver\": {:?},\n  \"driver_info\": {:?},\n  \"software\": {}\n}}\n",
-        a.name,
-        a.backend,
-        a.device_type.as_str(),
-        a.driver,
-        a.driver_info,
-        a.is_software()
-    );
-    modula_benches::write_side_file("wgpu-adapter.json", &text);
+    let info = serde_json::json!({
+        "name": a.name,
+        "backend": format!("{:?}", a.backend),
+        "device_type": a.device_type.as_str(),
+        "driver": a.driver,
+        "driver_info": a.driver_info,
+        "software": a.is_software(),
+    });
+    modula_benches::write_side_file("wgpu-adapter.json", &info);
 }
 
 /// Group offsets of `n * k` routed rows spread uniformly at random over `m` modules.

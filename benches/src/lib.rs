@@ -49,15 +49,17 @@ fn target_dir() -> Option<std::path::PathBuf> {
     Some(exe.parent()?.parent()?.parent()?.to_path_buf())
 }
 
-/// Writes `text` to `target/bench/{name}`, where `cargo xtask bench` reads what a bench records
-/// besides criterion's timings (the wgpu adapter, the modular bench's paired ratios). A failure
-/// is reported on stderr rather than aborting the bench: its timings are still written.
-pub fn write_side_file(name: &str, text: &str) {
+/// Writes `value` as JSON to `target/bench/{name}`, where `cargo xtask bench` reads what a
+/// bench records besides criterion's timings (the wgpu adapter, the modular bench's paired
+/// ratios). A failure is reported on stderr rather than aborting the bench: its timings are
+/// still written.
+pub fn write_side_file(name: &str, value: &serde_json::Value) {
     let Some(dir) = target_dir().map(|t| t.join("bench")) else {
         eprintln!("bench: cannot locate target/; {name} not written");
         return;
     };
     let path = dir.join(name);
+    let text = format!("{value:#}\n");
     if let Err(e) = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text)) {
         eprintln!("bench: cannot write {}: {e}", path.display());
     }
