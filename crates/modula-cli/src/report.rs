@@ -118,10 +118,11 @@ fn latest_history(records: Vec<LmRecord>) -> Vec<LmRecord> {
     kept
 }
 
-/// How noisy each run's training was after epoch `from[run]` (its last epoch), with what the text itself does
-/// taken out. Every run reads the same windows in the same order, so the training loss of all
-/// of them jumps together where the text gets harder; subtracting the mean loss of the
-/// report's runs at each logged step leaves each run's own fluctuations. The figure is the
+/// How noisy each run's training was after epoch `from[run]` (the report passes the start of
+/// its last epoch), with what the text itself does taken out. Every run reads the same windows
+/// in the same order, so the training loss of all of them jumps together where the text gets
+/// harder; subtracting the mean loss of the report's runs at each logged step leaves each
+/// run's own fluctuations. The figure is the
 /// standard deviation of that residual's change from one logging interval to the next (nats
 /// per token): near 0 for a run that moves with the others, larger for a high-variance
 /// gradient estimator. `None` for a run with fewer than three residuals, or when the report
