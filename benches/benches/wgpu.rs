@@ -30,7 +30,7 @@ fn record_adapter(gpu: &Wgpu) {
     let a = gpu.adapter();
     let info = serde_json::json!({
         "name": a.name,
-        "backend": format!("{:?}", a.backend),
+        "backend": a.backend,
         "device_type": a.device_type.as_str(),
         "driver": a.driver,
         "driver_info": a.driver_info,
