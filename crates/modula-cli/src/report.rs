@@ -122,10 +122,10 @@ fn latest_history(records: Vec<LmRecord>) -> Vec<LmRecord> {
 /// its last epoch), with what the text itself does taken out. Every run reads the same windows
 /// in the same order, so the training loss of all of them jumps together where the text gets
 /// harder; subtracting the mean loss of the report's runs at each logged step leaves each
-/// run's own fluctuations. The figure is the
-/// standard deviation of that residual's change from one logging interval to the next (nats
-/// per token): near 0 for a run that moves with the others, larger for a high-variance
-/// gradient estimator. `None` for a run with fewer than three residuals, or when the report
+/// run's own fluctuations. The figure is the standard deviation of that residual's change from
+/// one logging interval to the next (nats per token): near 0 for a run that moves with the
+/// others, larger for a high-variance gradient estimator. Records without a training loss
+/// (none are written today) are skipped. `None` for a run with fewer than three residuals, or when the report
 /// has a single run (nothing to compare with).
 fn loss_noise(histories: &[Vec<LmRecord>], from: &[f64]) -> Vec<Option<f64>> {
     let mut by_step: std::collections::BTreeMap<u64, (f64, usize)> = Default::default();
@@ -143,10 +143,10 @@ fn loss_noise(histories: &[Vec<LmRecord>], from: &[f64]) -> Vec<Option<f64>> {
                 .iter()
                 .filter(|r| r.epoch > from)
                 .filter_map(|r| {
+                    // Every logged loss is in `by_step`; a record without one has no residual.
+                    let nll = r.train_nll?;
                     let (sum, n) = by_step[&r.step];
-                    r.train_nll
-                        .filter(|_| n > 1)
-                        .map(|nll| nll - sum / n as f64)
+                    (n > 1).then(|| nll - sum / n as f64)
                 })
                 .collect();
             std_dev(residuals.windows(2).map(|w| w[1] - w[0]))
@@ -210,7 +210,17 @@ mod tests {
             vec![None, None]
         );
         // A lone run has nothing to be compared with.
-        assert_eq!(loss_noise(&[one], &[-1.0]), vec![None]);
+        assert_eq!(loss_noise(&[one.clone()], &[-1.0]), vec![None]);
+        // A record without a training loss, at a step no run logged one, is skipped.
+        let mut gap = one.clone();
+        gap.push(LmRecord {
+            train_nll: None,
+            ..record(9, 9.0, 0.0)
+        });
+        assert_eq!(
+            loss_noise(&[gap, one], &[-1.0, -1.0]),
+            vec![Some(0.0), Some(0.0)]
+        );
     }
 
     #[test]

@@ -1252,11 +1252,11 @@ mod avx512 {
             // One depth step: two vectors of B, R broadcasts of A, 2R FMAs.
             let step = |acc: &mut [[__m512; 2]; R], a: &mut *const f32, b: &mut *const f32| {
                 if PF {
-                    // A hint only: it never faults, and `wrapping_add` keeps the address
-                    // computation defined past the end of B.
-                    // First, middle and last float of the row: three lines when B is not
-                    // line-aligned. Measured with 64 modules' weights 16 bytes off alignment,
-                    // `[16 x 512] x [512 x 512]` ran 1.44x slower without the third line.
+                    // The first, middle and last float of the row: three lines when B is
+                    // not line-aligned (with 64 modules' weights 16 bytes off a line,
+                    // `[16 x 512] x [512 x 512]` ran 1.44x slower without the third). A hint
+                    // only: it never faults, and `wrapping_add` keeps the address computation
+                    // defined past the end of B.
                     let ahead = b.wrapping_add(PREFETCH_DEPTHS * t.ldb);
                     _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(16) as *const i8);
