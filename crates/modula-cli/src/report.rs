@@ -210,7 +210,7 @@ mod tests {
             vec![None, None]
         );
         // A lone run has nothing to be compared with.
-        assert_eq!(loss_noise(&[one.clone()], &[-1.0]), vec![None]);
+        assert_eq!(loss_noise(std::slice::from_ref(&one), &[-1.0]), vec![None]);
         // A record without a training loss, at a step no run logged one, is skipped.
         let mut gap = one.clone();
         gap.push(LmRecord {
