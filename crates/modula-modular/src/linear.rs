@@ -35,8 +35,9 @@ pub struct ModularLinear {
 /// What the modular layer keeps for backward.
 #[derive(Debug)]
 pub struct ModularCache<B: Backend> {
-    /// Input rows gathered in routing order, `[P, d_in]`.
-    xs: B::Tensor,
+    /// The layer's input, `[n, d_in]` (the backward reads it through the routing's pair
+    /// rows).
+    x: B::Tensor,
     /// Ungated module outputs in routing order, `[P, d_out]` (kept only with gates).
     ys: Option<B::Tensor>,
     /// Gate weight of each pair, `[P, 1]` (only with gates).
@@ -95,14 +96,16 @@ impl ModularLinear {
             self.modules,
             "routing was built for another module count"
         );
-        let xs = b.gather_rows(x, &routing.pair_rows);
         // Each pair's row starts as its module's bias and the GEMM accumulates onto it: one
-        // pass over the output instead of zeroing it and adding the biases afterwards.
+        // pass over the output instead of zeroing it and adding the biases afterwards. The
+        // GEMM reads each pair's input row through the routing, so the inputs are never
+        // copied into routing order.
         let mut ys = b.gather_rows(params.get(self.bias), &routing.pair_modules);
-        b.grouped_matmul(
+        b.grouped_matmul_rows(
             GroupedOp::XW,
-            &xs,
+            x,
             params.get(self.weight),
+            &routing.pair_rows,
             &routing.offsets,
             1.0,
             &mut ys,
@@ -130,7 +133,8 @@ impl ModularLinear {
                 )
             }
         };
-        (y, ModularCache { xs, ys, pair_gates })
+        let x = b.duplicate(x);
+        (y, ModularCache { x, ys, pair_gates })
     }
 
     /// Backward pass: accumulates weight and bias gradients, returns `dL/dx` (`[n, d_in]`)
@@ -145,21 +149,28 @@ impl ModularLinear {
         dy: &B::Tensor,
         grads: &mut Grads<B>,
     ) -> (B::Tensor, Option<B::Tensor>) {
-        let mut dys = self.gather_output_grad(b, routing, dy);
-        let d_gates = match (&cache.ys, &cache.pair_gates) {
-            (Some(ys), Some(pg)) => {
-                let d_pair = b.row_dot(&dys, ys);
-                let mut dg = b.zeros([routing.rows() * routing.k(), 1]);
-                b.scatter_add_rows(&mut dg, &d_pair, &routing.pair_slots);
-                b.scale_rows(&mut dys, pg);
-                Some(b.reshape(dg, [routing.rows(), routing.k()]))
-            }
-            _ => None,
+        self.check_output_grad(b, routing, dy);
+        let (Some(ys), Some(pg)) = (&cache.ys, &cache.pair_gates) else {
+            // Ungated: every product reads the pairs' rows of `x` and `dy` through the routing.
+            self.accumulate(b, routing, &cache.x, dy, &routing.pair_rows, grads);
+            return (
+                self.input_grad_from(b, params, routing, dy, &routing.pair_rows, cache.x),
+                None,
+            );
         };
-        self.accumulate_gathered(b, routing, &cache.xs, &dys, grads);
+        // Gated: each pair's output gradient is scaled by its gate, so the scaled rows are
+        // written out in routing order and read through the identity.
+        let mut dys = b.gather_rows(dy, &routing.pair_rows);
+        let d_pair = b.row_dot(&dys, ys);
+        let mut dg = b.zeros([routing.rows() * routing.k(), 1]);
+        b.scatter_add_rows(&mut dg, &d_pair, &routing.pair_slots);
+        b.scale_rows(&mut dys, pg);
+        let xs = b.gather_rows(&cache.x, &routing.pair_rows);
+        let identity: Vec<u32> = (0..routing.pairs() as u32).collect();
+        self.accumulate(b, routing, &xs, &dys, &identity, grads);
         (
-            self.input_grad_gathered(b, params, routing, cache.xs, &dys),
-            d_gates,
+            self.input_grad_from(b, params, routing, &dys, &identity, xs),
+            Some(b.reshape(dg, [routing.rows(), routing.k()])),
         )
     }
 
@@ -182,24 +193,18 @@ impl ModularLinear {
             cache.pair_gates.is_none(),
             "input_grad is for ungated forward passes; a gated one needs backward"
         );
-        let dys = self.gather_output_grad(b, routing, dy);
-        self.input_grad_gathered(b, params, routing, cache.xs, &dys)
+        self.check_output_grad(b, routing, dy);
+        self.input_grad_from(b, params, routing, dy, &routing.pair_rows, cache.x)
     }
 
-    /// `dy` (`[n, d_out]`) gathered in routing order, after checking its shape.
+    /// Panics unless `dy` is `[n, d_out]`.
     #[track_caller]
-    fn gather_output_grad<B: Backend>(
-        &self,
-        b: &B,
-        routing: &Routing,
-        dy: &B::Tensor,
-    ) -> B::Tensor {
+    fn check_output_grad<B: Backend>(&self, b: &B, routing: &Routing, dy: &B::Tensor) {
         assert_eq!(
             b.shape(dy),
             [routing.rows(), self.d_out],
             "modular layer output gradient shape"
         );
-        b.gather_rows(dy, &routing.pair_rows)
     }
 
     /// Accumulates the weight and bias gradients of the ungated layer for inputs `x`
@@ -222,44 +227,52 @@ impl ModularLinear {
             ([routing.rows(), self.d_in], [routing.rows(), self.d_out]),
             "modular layer input and output gradient shapes"
         );
-        let xs = b.gather_rows(x, &routing.pair_rows);
-        let dys = b.gather_rows(dy, &routing.pair_rows);
-        self.accumulate_gathered(b, routing, &xs, &dys, grads);
+        self.accumulate(b, routing, x, dy, &routing.pair_rows, grads);
     }
 
-    /// `dW_m += X_m^T dY_m` and `db_m += sum dY_m` over inputs and output gradients already
-    /// gathered in routing order.
-    fn accumulate_gathered<B: Backend>(
+    /// `dW_m += X_m^T dY_m` and `db_m += sum dY_m`, where pair `p`'s rows are row `rows[p]`
+    /// of `x` and of `dy` (the routing's pair rows, or the identity for rows already in
+    /// routing order).
+    fn accumulate<B: Backend>(
         &self,
         b: &B,
         routing: &Routing,
-        xs: &B::Tensor,
-        dys: &B::Tensor,
+        x: &B::Tensor,
+        dy: &B::Tensor,
+        rows: &[u32],
         grads: &mut Grads<B>,
     ) {
         let (dw, beta) =
             grads.product_entry(b, self.weight, [self.modules * self.d_in, self.d_out]);
-        b.grouped_matmul(GroupedOp::XtY, xs, dys, &routing.offsets, beta, dw);
-        let identity: Vec<u32> = (0..routing.pairs() as u32).collect();
-        let db = b.segment_sum_rows(dys, &identity, &routing.offsets);
+        b.grouped_matmul_rows(GroupedOp::XtY, x, dy, rows, &routing.offsets, beta, dw);
+        let db = b.segment_sum_rows(dy, rows, &routing.offsets);
         grads.accumulate(b, self.bias, &db);
     }
 
-    /// `dx` from output gradients gathered in routing order, overwriting the spent gathered
-    /// inputs `xs` (they have the input gradient's shape, so no new buffer is zeroed).
-    fn input_grad_gathered<B: Backend>(
+    /// `dx` from output gradients whose pair `p` is row `rows[p]` of `dy`. `spare`, a tensor
+    /// this call may overwrite (the spent cached input), becomes the per-pair products'
+    /// buffer when it has their shape (with one module per row), which saves zeroing a new
+    /// one.
+    fn input_grad_from<B: Backend>(
         &self,
         b: &B,
         params: &ParamStore<B>,
         routing: &Routing,
-        xs: B::Tensor,
-        dys: &B::Tensor,
+        dy: &B::Tensor,
+        rows: &[u32],
+        spare: B::Tensor,
     ) -> B::Tensor {
-        let mut dxs = xs;
-        b.grouped_matmul(
+        let shape = [routing.pairs(), self.d_in];
+        let mut dxs = if b.shape(&spare) == shape {
+            spare
+        } else {
+            b.zeros(shape)
+        };
+        b.grouped_matmul_rows(
             GroupedOp::XWt,
-            dys,
+            dy,
             params.get(self.weight),
+            rows,
             &routing.offsets,
             0.0,
             &mut dxs,

@@ -304,6 +304,46 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         c: &mut Self::Tensor,
     );
 
+    /// [`Backend::grouped_matmul`] whose row-segmented inputs are read through `rows`: pair
+    /// `p` of the routing order is row `rows[p]` of `a` (and, for `XtY`, of `b`), so a routed
+    /// layer need not first copy its inputs into routing order. `c` is in routing order for
+    /// `XW` and `XWt` (`[rows.len(), _]`), and `offsets` segments `rows`.
+    ///
+    /// The default gathers the rows and calls [`Backend::grouped_matmul`]; the CPU backend
+    /// reads through the index while it packs each group's operand.
+    ///
+    /// # Panics
+    /// As [`Backend::grouped_matmul`], or if an entry of `rows` is out of range.
+    #[track_caller]
+    #[allow(clippy::too_many_arguments)] // `grouped_matmul`'s arguments and the index.
+    fn grouped_matmul_rows(
+        &self,
+        op: GroupedOp,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        rows: &[u32],
+        offsets: &[u32],
+        beta: f32,
+        c: &mut Self::Tensor,
+    ) {
+        crate::check::grouped_rows(
+            op,
+            self.shape(a),
+            self.shape(b),
+            rows,
+            offsets,
+            self.shape(c),
+        );
+        let a = self.gather_rows(a, rows);
+        match op {
+            GroupedOp::XW | GroupedOp::XWt => self.grouped_matmul(op, &a, b, offsets, beta, c),
+            GroupedOp::XtY => {
+                let b = self.gather_rows(b, rows);
+                self.grouped_matmul(op, &a, &b, offsets, beta, c)
+            }
+        }
+    }
+
     /// Segmented gather-sum: `out[i, :] = sum over j in ptr[i]..ptr[i+1] of src[pos[j], :]`,
     /// shape `[ptr.len() - 1, cols]`. This combines routed rows without atomics: each output
     /// row reads its own list of source rows.

@@ -77,6 +77,29 @@ pub fn offsets(op: &str, offsets: &[u32], rows: usize) -> usize {
     offsets.len() - 1
 }
 
+/// Validates a grouped matmul that reads its row-segmented inputs through `rows` (see
+/// [`crate::Backend::grouped_matmul_rows`]) and returns `(groups, d_in, d_out)`.
+#[track_caller]
+pub fn grouped_rows(
+    op: crate::ops::GroupedOp,
+    a: Shape,
+    b: Shape,
+    rows: &[u32],
+    offsets: &[u32],
+    c: Shape,
+) -> (usize, usize, usize) {
+    use crate::ops::GroupedOp::*;
+    indices("grouped_matmul_rows", rows, a[0]);
+    let b_seen = match op {
+        XW | XWt => b,
+        XtY => {
+            indices("grouped_matmul_rows", rows, b[0]);
+            [rows.len(), b[1]]
+        }
+    };
+    grouped(op, [rows.len(), a[1]], b_seen, offsets, c)
+}
+
 /// Validates a grouped matmul and returns `(groups, d_in, d_out)`.
 #[track_caller]
 pub fn grouped(

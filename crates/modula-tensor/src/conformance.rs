@@ -598,6 +598,37 @@ fn grouped<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
                     &c.want,
                     &tol,
                 )?;
+                // The same products reading their row-segmented inputs through an index:
+                // fewer stored rows than pairs, in any order, with repeats (as a routing with
+                // K = 2 reads each input row twice).
+                let stored = p.div_ceil(2).max(1);
+                let rows: Vec<u32> = (0..p).map(|_| r.random_range(0..stored as u32)).collect();
+                let a = random_pair(b, &mut r, [stored, sa[1]]);
+                let bm = match op {
+                    GroupedOp::XtY => random_pair(b, &mut r, [stored, sb[1]]),
+                    _ => bm,
+                };
+                let mut c = random_pair(b, &mut r, sc);
+                if beta == 0.0 {
+                    b.fill(&mut c.got, f32::NAN);
+                }
+                b.grouped_matmul_rows(op, &a.got, &bm.got, &rows, &offsets, beta, &mut c.got);
+                Reference.grouped_matmul_rows(
+                    op,
+                    &a.want,
+                    &bm.want,
+                    &rows,
+                    &offsets,
+                    beta,
+                    &mut c.want,
+                );
+                compare(
+                    b,
+                    &format!("grouped_matmul_rows {op:?} sizes={sizes:?} beta={beta}"),
+                    &c.got,
+                    &c.want,
+                    &tol,
+                )?;
             }
         }
         // Segment sums over a random many-to-one map, with empty segments.

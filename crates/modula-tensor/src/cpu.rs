@@ -704,7 +704,21 @@ impl Backend for Cpu {
         beta: f32,
         c: &mut Array2<f32>,
     ) {
-        crate::grouped::grouped_matmul(self, op, a, b, offsets, beta, c);
+        crate::grouped::grouped_matmul(self, op, a, b, None, offsets, beta, c);
+    }
+
+    #[track_caller]
+    fn grouped_matmul_rows(
+        &self,
+        op: GroupedOp,
+        a: &Array2<f32>,
+        b: &Array2<f32>,
+        rows: &[u32],
+        offsets: &[u32],
+        beta: f32,
+        c: &mut Array2<f32>,
+    ) {
+        crate::grouped::grouped_matmul(self, op, a, b, Some(rows), offsets, beta, c);
     }
 
     #[track_caller]

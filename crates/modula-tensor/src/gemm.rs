@@ -90,7 +90,9 @@ impl Parallelism {
 }
 
 /// A read-only strided view of an f32 matrix: element `(i, j)` is
-/// `data[i * row_stride + j * col_stride]`.
+/// `data[r(i) * row_stride + c(j) * col_stride]`, where `r` and `c` are the identity unless the
+/// view reads its rows (or, transposed, its columns) through an index
+/// ([`MatRef::gathered_rows`]).
 #[derive(Clone, Copy, Debug)]
 pub struct MatRef<'a> {
     data: &'a [f32],
@@ -98,6 +100,10 @@ pub struct MatRef<'a> {
     cols: usize,
     row_stride: usize,
     col_stride: usize,
+    /// Row `i` of the view is stored row `row_map[i]`.
+    row_map: Option<&'a [u32]>,
+    /// Column `j` of the view is stored column `col_map[j]`.
+    col_map: Option<&'a [u32]>,
 }
 
 impl<'a> MatRef<'a> {
@@ -125,6 +131,43 @@ impl<'a> MatRef<'a> {
             cols,
             row_stride,
             col_stride,
+            row_map: None,
+            col_map: None,
+        }
+    }
+
+    /// Row `i` of this view is row `rows[i]` of the row-major matrix `data` (`cols` columns):
+    /// a gather that the product performs while it packs, instead of a copy of its own. Rows
+    /// may repeat and come in any order.
+    ///
+    /// ```
+    /// use modula_tensor::gemm::{gemm, MatMut, MatRef, Parallelism};
+    /// let x = [1.0, 2.0, 3.0, 4.0]; // 2 x 2
+    /// let w = [1.0, 0.0, 0.0, 1.0];
+    /// let mut y = [0.0; 6];
+    /// gemm(1.0, MatRef::gathered_rows(&x, &[1, 0, 1], 2), MatRef::row_major(&w, 2, 2), 0.0,
+    ///      MatMut::row_major(&mut y, 3, 2), Parallelism::Sequential);
+    /// assert_eq!(y, [3.0, 4.0, 1.0, 2.0, 3.0, 4.0]);
+    /// ```
+    ///
+    /// # Panics
+    /// If an index names a row past the end of `data` (with `cols > 0`).
+    #[track_caller]
+    pub fn gathered_rows(data: &'a [f32], rows: &'a [u32], cols: usize) -> Self {
+        // With no columns nothing is read, so any index will do.
+        if let Some(stored) = data.len().checked_div(cols)
+            && let Some(&bad) = rows.iter().find(|&&r| r as usize >= stored)
+        {
+            panic!("MatRef: row index {bad} is past the {stored} rows of the data");
+        }
+        MatRef {
+            data,
+            rows: rows.len(),
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+            row_map: Some(rows),
+            col_map: None,
         }
     }
 
@@ -140,11 +183,13 @@ impl<'a> MatRef<'a> {
     /// The transposed view (no data moves).
     pub fn t(self) -> Self {
         MatRef {
+            data: self.data,
             rows: self.cols,
             cols: self.rows,
             row_stride: self.col_stride,
             col_stride: self.row_stride,
-            ..self
+            row_map: self.col_map,
+            col_map: self.row_map,
         }
     }
 
@@ -162,7 +207,24 @@ impl<'a> MatRef<'a> {
     /// slice index re-checks them).
     #[inline(always)]
     fn at(&self, i: usize, j: usize) -> f32 {
-        self.data[i * self.row_stride + j * self.col_stride]
+        self.data[self.row_offset(i) + self.col_offset(j)]
+    }
+
+    /// Where row `i` of the view starts in `data`.
+    #[inline(always)]
+    fn row_offset(&self, i: usize) -> usize {
+        self.row_map.map_or(i, |m| m[i] as usize) * self.row_stride
+    }
+
+    /// How far column `j` of the view lies from the start of a row.
+    #[inline(always)]
+    fn col_offset(&self, j: usize) -> usize {
+        self.col_map.map_or(j, |m| m[j] as usize) * self.col_stride
+    }
+
+    /// Whether the view reads its rows or columns through an index.
+    fn gathered(&self) -> bool {
+        self.row_map.is_some() || self.col_map.is_some()
     }
 }
 
@@ -317,24 +379,27 @@ fn pack_b_strip(b: &MatRef<'_>, p0: usize, kc: usize, j0: usize, out: &mut [f32]
         // The last strip is zero-padded; buffers are reused, so clear it explicitly.
         out.fill(0.0);
     }
-    if b.col_stride == 1 {
-        // Rows of the strip are contiguous in B: plain copies.
+    if b.col_stride == 1 && b.col_map.is_none() {
+        // Rows of the strip are contiguous in B: plain copies (from gathered rows, if B reads
+        // its rows through an index).
         for (p, row) in out.chunks_exact_mut(NR).enumerate() {
-            let start = (p0 + p) * b.row_stride + j0;
+            let start = b.row_offset(p0 + p) + j0;
             row[..w].copy_from_slice(&b.data[start..start + w]);
         }
-    } else if b.row_stride == 1 {
+    } else if b.row_stride == 1 && b.row_map.is_none() {
         // A transposed B: each column of the strip is contiguous, so the strip is a transpose
         // of up to two 16-column halves, done 16 depths at a time.
+        let mut starts = [0usize; 16];
         for half in 0..w.div_ceil(16) {
             let nv = 16.min(w - 16 * half);
+            for (v, start) in starts[..nv].iter_mut().enumerate() {
+                *start = b.col_offset(j0 + 16 * half + v) + p0;
+            }
             for q0 in (0..kc).step_by(16) {
                 let len = 16.min(kc - q0);
-                let src = &b.data[(j0 + 16 * half) * b.col_stride + p0 + q0..];
                 transpose_block(
-                    src,
-                    b.col_stride,
-                    nv,
+                    &b.data[q0..],
+                    &starts[..nv],
                     len,
                     &mut out[q0 * NR + 16 * half..],
                     NR,
@@ -355,20 +420,31 @@ fn pack_b_strip(b: &MatRef<'_>, p0: usize, kc: usize, j0: usize, out: &mut [f32]
 /// values of one depth contiguous, zero past row `mr`).
 fn pack_a_strip(a: &MatRef<'_>, i0: usize, mr: usize, p0: usize, kc: usize, out: &mut [f32]) {
     let out = &mut out[..kc * MR];
-    if a.row_stride == 1 {
-        // A transposed A: the rows of one depth are contiguous.
+    if a.row_stride == 1 && a.row_map.is_none() {
+        // A transposed A: the rows of one depth are contiguous (the depths may be gathered
+        // rows of the stored matrix).
         for (p, dst) in out.chunks_exact_mut(MR).enumerate() {
-            let start = (p0 + p) * a.col_stride + i0;
+            let start = a.col_offset(p0 + p) + i0;
             dst[..mr].copy_from_slice(&a.data[start..start + mr]);
             dst[mr..].fill(0.0);
         }
-    } else if a.col_stride == 1 {
+    } else if a.col_stride == 1 && a.col_map.is_none() {
         // A row-major A: the strip is a transpose, done 16 depths at a time (zero rows past
-        // `mr` come out of the transpose for free).
+        // `mr` come out of the transpose for free). The rows may be gathered.
+        let mut starts = [0usize; MR];
+        for (i, start) in starts[..mr].iter_mut().enumerate() {
+            *start = a.row_offset(i0 + i) + p0;
+        }
         for q0 in (0..kc).step_by(16) {
             let len = 16.min(kc - q0);
-            let src = &a.data[i0 * a.row_stride + p0 + q0..];
-            transpose_block(src, a.row_stride, mr, len, &mut out[q0 * MR..], MR, MR);
+            transpose_block(
+                &a.data[q0..],
+                &starts[..mr],
+                len,
+                &mut out[q0 * MR..],
+                MR,
+                MR,
+            );
         }
     } else {
         for (p, dst) in out.chunks_exact_mut(MR).enumerate() {
@@ -379,27 +455,28 @@ fn pack_a_strip(a: &MatRef<'_>, i0: usize, mr: usize, p0: usize, kc: usize, out:
     }
 }
 
-/// Transposes a block of at most 16 x 16: source vector `v < nv` holds `len` contiguous values
-/// at `src[v * src_stride..]`; destination vector `q < len` receives element `q` of every
-/// source vector in its lanes `0..nv` and zeros in lanes `nv..lanes`, at
+/// Transposes a block of at most 16 x 16: source vector `v < starts.len()` holds `len`
+/// contiguous values at `src[starts[v]..]` (evenly spaced for a strided matrix, anywhere for
+/// gathered rows); destination vector `q < len` receives element `q` of every source vector in
+/// its lanes `0..starts.len()` and zeros in the lanes up to `lanes`, at
 /// `dst[q * dst_stride..]`.
 ///
 /// # Panics
-/// If `nv`, `len` or `lanes` exceed 16, `nv > lanes`, or a vector falls outside its slice.
+/// If `starts.len()`, `len` or `lanes` exceed 16, `starts.len() > lanes`, or a vector falls
+/// outside its slice.
 fn transpose_block(
     src: &[f32],
-    src_stride: usize,
-    nv: usize,
+    starts: &[usize],
     len: usize,
     dst: &mut [f32],
     dst_stride: usize,
     lanes: usize,
 ) {
-    assert!(nv <= lanes && lanes <= 16 && len <= 16);
+    assert!(starts.len() <= lanes && lanes <= 16 && len <= 16);
     if len == 0 {
         return;
     }
-    assert!(nv == 0 || (nv - 1) * src_stride + len <= src.len());
+    assert!(starts.iter().all(|&s| s + len <= src.len()));
     assert!((len - 1) * dst_stride + lanes <= dst.len());
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") {
@@ -408,8 +485,7 @@ fn transpose_block(
         unsafe {
             avx512::transpose_block(
                 src.as_ptr(),
-                src_stride,
-                nv,
+                starts,
                 len,
                 dst.as_mut_ptr(),
                 dst_stride,
@@ -418,14 +494,13 @@ fn transpose_block(
         };
         return;
     }
-    transpose_block_scalar(src, src_stride, nv, len, dst, dst_stride, lanes);
+    transpose_block_scalar(src, starts, len, dst, dst_stride, lanes);
 }
 
 /// The portable form of [`transpose_block`].
 fn transpose_block_scalar(
     src: &[f32],
-    src_stride: usize,
-    nv: usize,
+    starts: &[usize],
     len: usize,
     dst: &mut [f32],
     dst_stride: usize,
@@ -433,7 +508,7 @@ fn transpose_block_scalar(
 ) {
     for q in 0..len {
         for v in 0..lanes {
-            dst[q * dst_stride + v] = if v < nv { src[v * src_stride + q] } else { 0.0 };
+            dst[q * dst_stride + v] = starts.get(v).map_or(0.0, |&s| src[s + q]);
         }
     }
 }
@@ -520,18 +595,23 @@ pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>, 
     if tasks == 1
         && m <= DOT_MAX_ROWS
         && a.col_stride == 1
+        && a.col_map.is_none()
         && b.row_stride == 1
+        && !b.gathered()
         && matches!(Kernel::detect(), Kernel::Avx512)
     {
+        // A's rows may be gathered: the kernel takes where each one starts.
+        let mut a_rows = [std::ptr::null(); DOT_MAX_ROWS];
+        for (i, row) in a_rows[..m].iter_mut().enumerate() {
+            *row = a.data[a.row_offset(i)..].as_ptr();
+        }
         // SAFETY: the views were bounds-checked at construction (every element (i, p) of A
         // and (p, j) of op(B) lies inside its slice), C is m x n with its row stride, and
         // AVX-512F is present.
         unsafe {
             avx512::dot_rows(
                 alpha,
-                a.data.as_ptr(),
-                a.row_stride,
-                m,
+                &a_rows[..m],
                 k,
                 b.data.as_ptr(),
                 b.col_stride,
@@ -552,7 +632,7 @@ pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>, 
     } else {
         m
     };
-    if b.col_stride == 1 && rows_per_task <= 2 * MC {
+    if b.col_stride == 1 && !b.gathered() && rows_per_task <= 2 * MC {
         run(alpha, a, Rhs::Direct(b), beta, c, tasks);
     } else {
         // The packed copy of B is scratch: keep its allocation for this thread's next call, as
@@ -911,8 +991,9 @@ mod avx512 {
     const DOT_COLS: usize = 4;
 
     /// `C = alpha * A * W^T + beta * C` by dot products of contiguous rows: A is `m x k`
-    /// (rows `lda` apart, unit column stride), W is `n x k` (rows `ldw` apart, unit column
-    /// stride) and C is `m x n` (rows `ldc` apart). With `beta == 0`, C is not read.
+    /// (`a[i]` is where row `i` starts; rows are contiguous), W is `n x k` (rows `ldw` apart,
+    /// unit column stride) and C is `m x n` (rows `ldc` apart), `m = a.len()`. With
+    /// `beta == 0`, C is not read.
     ///
     /// # Safety
     /// The CPU must support AVX-512F and the pointers must address matrices of those shapes.
@@ -920,9 +1001,7 @@ mod avx512 {
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn dot_rows(
         alpha: f32,
-        a: *const f32,
-        lda: usize,
-        m: usize,
+        a: &[*const f32],
         k: usize,
         w: *const f32,
         ldw: usize,
@@ -931,7 +1010,10 @@ mod avx512 {
         c: *mut f32,
         ldc: usize,
     ) {
+        let m = a.len();
         let tiles = |r0: usize, rows: usize| {
+            let mut a_rows = [std::ptr::null(); DOT_ROWS];
+            a_rows[..rows].copy_from_slice(&a[r0..r0 + rows]);
             let mut j0 = 0;
             while j0 < n {
                 let cols = DOT_COLS.min(n - j0);
@@ -941,8 +1023,7 @@ mod avx512 {
                     k,
                     // Rows r0..r0 + rows of A, rows j0..j0 + cols of W and that block of C
                     // are inside the caller's matrices.
-                    a: a.wrapping_add(r0 * lda),
-                    lda,
+                    a: a_rows,
                     w: w.wrapping_add(j0 * ldw),
                     ldw,
                     c: c.wrapping_add(r0 * ldc + j0),
@@ -977,8 +1058,8 @@ mod avx512 {
         alpha: f32,
         beta: f32,
         k: usize,
-        a: *const f32,
-        lda: usize,
+        /// Where each row of the block's A starts (the first `R` are used).
+        a: [*const f32; DOT_ROWS],
         w: *const f32,
         ldw: usize,
         c: *mut f32,
@@ -1009,7 +1090,7 @@ mod avx512 {
             }
             for (i, acc_i) in acc.iter_mut().enumerate() {
                 // SAFETY: as above, in row i of A.
-                let av = unsafe { _mm512_maskz_loadu_ps(lanes, t.a.add(i * t.lda + p)) };
+                let av = unsafe { _mm512_maskz_loadu_ps(lanes, t.a[i].add(p)) };
                 for (acc_ij, v) in acc_i.iter_mut().zip(&wv) {
                     *acc_ij = _mm512_fmadd_ps(av, *v, *acc_ij);
                 }
@@ -1133,15 +1214,14 @@ mod avx512 {
     /// (unpack, then in-lane shuffles, then two rounds of 128-bit lane shuffles).
     ///
     /// # Safety
-    /// The CPU must support AVX-512F; `nv`, `len`, `lanes` are at most 16 with `nv <= lanes`;
-    /// source vector `v < nv` must have `len` readable floats at `src + v * src_stride` and
-    /// destination vector `q < len` must have `lanes` writable floats at
+    /// The CPU must support AVX-512F; `starts.len()`, `len`, `lanes` are at most 16 with
+    /// `starts.len() <= lanes`; source vector `v` must have `len` readable floats at
+    /// `src + starts[v]` and destination vector `q < len` must have `lanes` writable floats at
     /// `dst + q * dst_stride`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn transpose_block(
         src: *const f32,
-        src_stride: usize,
-        nv: usize,
+        starts: &[usize],
         len: usize,
         dst: *mut f32,
         dst_stride: usize,
@@ -1149,13 +1229,13 @@ mod avx512 {
     ) {
         let load_mask = mask(len);
         let mut r = [_mm512_setzero_ps(); 16];
-        for (v, r) in r.iter_mut().enumerate().take(nv) {
-            // SAFETY: vector v < nv has `len` readable floats, and the mask loads no more.
-            *r = unsafe { _mm512_maskz_loadu_ps(load_mask, src.add(v * src_stride)) };
+        for (r, &start) in r.iter_mut().zip(starts) {
+            // SAFETY: each source vector has `len` readable floats, and the mask loads no more.
+            *r = unsafe { _mm512_maskz_loadu_ps(load_mask, src.add(start)) };
             // Packing walks up to sixteen source rows in parallel, more streams than the
             // hardware prefetchers follow well: ask for each row's data four blocks ahead (a
             // hint that never faults; `wrapping_add` keeps the address arithmetic defined).
-            let ahead = src.wrapping_add(v * src_stride + 64);
+            let ahead = src.wrapping_add(start + 64);
             _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
         }
         // Stage 1: interleave pairs of rows.
@@ -1467,10 +1547,12 @@ mod tests {
                     if nv > lanes {
                         continue;
                     }
+                    // Source vectors out of order and repeated, as gathered rows come.
+                    let starts: Vec<usize> = (0..nv).map(|v| (v * 5 + 3) % 13 * 21).collect();
                     let mut want = vec![-1.0; 16 * 19];
-                    transpose_block_scalar(&src, 21, nv, len, &mut want, 19, lanes);
+                    transpose_block_scalar(&src, &starts, len, &mut want, 19, lanes);
                     let mut got = vec![-1.0; 16 * 19];
-                    transpose_block(&src, 21, nv, len, &mut got, 19, lanes);
+                    transpose_block(&src, &starts, len, &mut got, 19, lanes);
                     assert_eq!(got, want, "nv={nv} len={len} lanes={lanes}");
                 }
             }

@@ -30,19 +30,36 @@ fn split_blocks(
     out
 }
 
+/// `Backend::grouped_matmul` (`rows == None`) and `Backend::grouped_matmul_rows`: with
+/// `rows`, each group's rows of the row-segmented inputs are read through the index by the
+/// GEMM's packing (or its few-row path), which saves writing a gathered copy and reading it
+/// back.
 #[track_caller]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn grouped_matmul(
     cpu: &Cpu,
     op: GroupedOp,
     a: &Array2<f32>,
     b: &Array2<f32>,
+    rows: Option<&[u32]>,
     offsets: &[u32],
     beta: f32,
     c: &mut Array2<f32>,
 ) {
-    let (groups, d_in, d_out) =
-        check::grouped(op, a.dim().into(), b.dim().into(), offsets, c.dim().into());
+    let (groups, d_in, d_out) = match rows {
+        None => check::grouped(op, a.dim().into(), b.dim().into(), offsets, c.dim().into()),
+        Some(rows) => check::grouped_rows(
+            op,
+            a.dim().into(),
+            b.dim().into(),
+            rows,
+            offsets,
+            c.dim().into(),
+        ),
+    };
     let seg = |g: usize| (offsets[g] as usize, (offsets[g + 1] - offsets[g]) as usize);
+    // Rows start..start + len of a row-segmented input with `cols` columns.
+    let segment = |data, start, len, cols| segment(data, rows, start, len, cols);
     let (a, b) = (slice(a), slice(b));
     let c_width = match op {
         GroupedOp::XW => d_out,
@@ -61,7 +78,7 @@ pub(crate) fn grouped_matmul(
         let w_g = || MatRef::row_major(&b[g * block..(g + 1) * block], d_in, d_out);
         match op {
             GroupedOp::XW => {
-                let x_g = MatRef::row_major(&a[start * d_in..(start + rows) * d_in], rows, d_in);
+                let x_g = segment(a, start, rows, d_in);
                 gemm(
                     1.0,
                     x_g,
@@ -72,8 +89,7 @@ pub(crate) fn grouped_matmul(
                 );
             }
             GroupedOp::XWt => {
-                let dy_g =
-                    MatRef::row_major(&a[start * d_out..(start + rows) * d_out], rows, d_out);
+                let dy_g = segment(a, start, rows, d_out);
                 gemm(
                     1.0,
                     dy_g,
@@ -84,9 +100,8 @@ pub(crate) fn grouped_matmul(
                 );
             }
             GroupedOp::XtY => {
-                let x_g = MatRef::row_major(&a[start * d_in..(start + rows) * d_in], rows, d_in);
-                let dy_g =
-                    MatRef::row_major(&b[start * d_out..(start + rows) * d_out], rows, d_out);
+                let x_g = segment(a, start, rows, d_in);
+                let dy_g = segment(b, start, rows, d_out);
                 gemm(
                     1.0,
                     x_g.t(),
@@ -121,6 +136,21 @@ pub(crate) fn grouped_matmul(
                 .with_max_len(1)
                 .for_each(|(g, c_g)| run(g, c_g, Parallelism::Sequential));
         });
+    }
+}
+
+/// Rows `start..start + len` of a row-segmented input with `cols` columns: a contiguous block,
+/// or those entries of `rows` read through the index.
+fn segment<'a>(
+    data: &'a [f32],
+    rows: Option<&'a [u32]>,
+    start: usize,
+    len: usize,
+    cols: usize,
+) -> MatRef<'a> {
+    match rows {
+        None => MatRef::row_major(&data[start * cols..(start + len) * cols], len, cols),
+        Some(rows) => MatRef::gathered_rows(data, &rows[start..start + len], cols),
     }
 }
 
