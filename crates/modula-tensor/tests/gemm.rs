@@ -300,6 +300,27 @@ fn few_rows_times_transposed_b_match_reference() {
     }
 }
 
+/// Up to a few hundred rows of A against a transposed B whose rows are contiguous: on AVX-512
+/// machines, the path that reads B's rows in place and stores its tiles transposed (up to
+/// 128 rows), across its 32-row strips, its 12-row tiles of B and its 512-deep passes, and the
+/// packed path just past it.
+#[test]
+fn tens_of_rows_times_transposed_b_match_reference() {
+    let mut seed = 1000;
+    for m in [17, 31, 32, 33, 64, 100, 128, 129] {
+        for k in [1, 17, 512, 513, 1100] {
+            for n in [1, 11, 12, 13, 40] {
+                for (alpha, beta) in [(1.0, 0.0), (0.7, -1.3)] {
+                    seed += 1;
+                    let checked =
+                        check_cpu(1, m, k, n, Transpose::No, Transpose::Yes, alpha, beta, seed);
+                    checked.unwrap();
+                }
+            }
+        }
+    }
+}
+
 /// Shapes that cross the block sizes (depth blocks of 256, row blocks of 240, column chunks
 /// of 512) and the switch between reading B in place and packing it.
 #[test]
