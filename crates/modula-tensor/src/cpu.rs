@@ -225,7 +225,9 @@ impl Backend for Cpu {
     }
 
     fn zeros(&self, s: Shape) -> Array2<f32> {
-        Array2::zeros((s[0], s[1]))
+        // Filled across the pool: a routed layer's per-pair buffers are megabytes, and one
+        // thread's memset of 16 MiB took 1.8 ms of a 78 ms modular step.
+        self.rows_from(s[0], s[1], |_, row| fill_row(row, 0.0))
     }
 
     fn fill(&self, t: &mut Array2<f32>, value: f32) {
@@ -233,7 +235,12 @@ impl Backend for Cpu {
     }
 
     fn duplicate(&self, t: &Array2<f32>) -> Array2<f32> {
-        t.clone()
+        // Copied across the pool, like `zeros`.
+        let (rows, cols) = t.dim();
+        let src = slice(t);
+        self.rows_from(rows, cols, |i, row| {
+            write_row(row, &src[i * cols..(i + 1) * cols])
+        })
     }
 
     #[track_caller]
