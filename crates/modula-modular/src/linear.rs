@@ -96,19 +96,15 @@ impl ModularLinear {
             self.modules,
             "routing was built for another module count"
         );
-        // Each pair's row starts as its module's bias and the GEMM accumulates onto it: one
-        // pass over the output instead of zeroing it and adding the biases afterwards. The
-        // GEMM reads each pair's input row through the routing, so the inputs are never
-        // copied into routing order.
-        let mut ys = b.gather_rows(params.get(self.bias), &routing.pair_modules);
-        b.grouped_matmul_rows(
+        // The GEMM reads each pair's input row through the routing (the inputs are never
+        // copied into routing order) and stores its module's bias with the product.
+        let ys = b.grouped_product_rows(
             GroupedOp::XW,
             x,
             params.get(self.weight),
             &routing.pair_rows,
             &routing.offsets,
-            1.0,
-            &mut ys,
+            Some(params.get(self.bias)),
         );
         let (y, ys, pair_gates) = match gates {
             None => (
@@ -154,7 +150,7 @@ impl ModularLinear {
             // Ungated: every product reads the pairs' rows of `x` and `dy` through the routing.
             self.accumulate(b, routing, &cache.x, dy, &routing.pair_rows, grads);
             return (
-                self.input_grad_from(b, params, routing, dy, &routing.pair_rows, cache.x),
+                self.input_grad_from(b, params, routing, dy, &routing.pair_rows),
                 None,
             );
         };
@@ -169,7 +165,7 @@ impl ModularLinear {
         let identity: Vec<u32> = (0..routing.pairs() as u32).collect();
         self.accumulate(b, routing, &xs, &dys, &identity, grads);
         (
-            self.input_grad_from(b, params, routing, &dys, &identity, xs),
+            self.input_grad_from(b, params, routing, &dys, &identity),
             Some(b.reshape(dg, [routing.rows(), routing.k()])),
         )
     }
@@ -194,7 +190,7 @@ impl ModularLinear {
             "input_grad is for ungated forward passes; a gated one needs backward"
         );
         self.check_output_grad(b, routing, dy);
-        self.input_grad_from(b, params, routing, dy, &routing.pair_rows, cache.x)
+        self.input_grad_from(b, params, routing, dy, &routing.pair_rows)
     }
 
     /// Panics unless `dy` is `[n, d_out]`.
@@ -249,10 +245,7 @@ impl ModularLinear {
         grads.accumulate(b, self.bias, &db);
     }
 
-    /// `dx` from output gradients whose pair `p` is row `rows[p]` of `dy`. `spare`, a tensor
-    /// this call may overwrite (the spent cached input), becomes the per-pair products'
-    /// buffer when it has their shape (with one module per row), which saves zeroing a new
-    /// one.
+    /// `dx` from output gradients whose pair `p` is row `rows[p]` of `dy`.
     fn input_grad_from<B: Backend>(
         &self,
         b: &B,
@@ -260,22 +253,14 @@ impl ModularLinear {
         routing: &Routing,
         dy: &B::Tensor,
         rows: &[u32],
-        spare: B::Tensor,
     ) -> B::Tensor {
-        let shape = [routing.pairs(), self.d_in];
-        let mut dxs = if b.shape(&spare) == shape {
-            spare
-        } else {
-            b.zeros(shape)
-        };
-        b.grouped_matmul_rows(
+        let dxs = b.grouped_product_rows(
             GroupedOp::XWt,
             dy,
             params.get(self.weight),
             rows,
             &routing.offsets,
-            0.0,
-            &mut dxs,
+            None,
         );
         b.segment_sum_rows(&dxs, &routing.row_pos, &routing.row_ptr)
     }

@@ -344,6 +344,54 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         }
     }
 
+    /// The per-pair products of a routed layer in a new tensor, in routing order
+    /// (`[rows.len(), _]`), with the row-segmented input read through `rows` as in
+    /// [`Backend::grouped_matmul_rows`]: `XW` (adding row `g` of `bias`, `[G, d_out]`, to
+    /// each of group `g`'s rows when given) or `XWt` (no bias).
+    ///
+    /// The default starts from the gathered biases (or zeros) and calls
+    /// [`Backend::grouped_matmul_rows`]; the CPU backend writes each element once, storing the
+    /// bias with the product.
+    ///
+    /// # Panics
+    /// As [`Backend::grouped_matmul_rows`]; also if `op` is `XtY` (a weight gradient
+    /// accumulates: use `grouped_matmul_rows`), or `bias` is given for `XWt` or is not
+    /// `[G, d_out]`.
+    #[track_caller]
+    fn grouped_product_rows(
+        &self,
+        op: GroupedOp,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        rows: &[u32],
+        offsets: &[u32],
+        bias: Option<&Self::Tensor>,
+    ) -> Self::Tensor {
+        let (groups, d_in, d_out) = crate::check::grouped_product(
+            op,
+            self.shape(a),
+            self.shape(b),
+            rows,
+            offsets,
+            bias.map(|t| self.shape(t)),
+        );
+        let mut c = match bias {
+            Some(bias) => {
+                let pair_groups: Vec<u32> = (0..groups)
+                    .flat_map(|g| {
+                        std::iter::repeat_n(g as u32, (offsets[g + 1] - offsets[g]) as usize)
+                    })
+                    .collect();
+                self.gather_rows(bias, &pair_groups)
+            }
+            None if op == GroupedOp::XW => self.zeros([rows.len(), d_out]),
+            None => self.zeros([rows.len(), d_in]),
+        };
+        let beta = if bias.is_some() { 1.0 } else { 0.0 };
+        self.grouped_matmul_rows(op, a, b, rows, offsets, beta, &mut c);
+        c
+    }
+
     /// Segmented gather-sum: `out[i, :] = sum over j in ptr[i]..ptr[i+1] of src[pos[j], :]`,
     /// shape `[ptr.len() - 1, cols]`. This combines routed rows without atomics: each output
     /// row reads its own list of source rows.

@@ -100,6 +100,44 @@ pub fn grouped_rows(
     grouped(op, [rows.len(), a[1]], b_seen, offsets, c)
 }
 
+/// Validates a grouped product into a new tensor (see
+/// [`crate::Backend::grouped_product_rows`]) and returns `(groups, d_in, d_out)`.
+#[track_caller]
+pub fn grouped_product(
+    op: crate::ops::GroupedOp,
+    a: Shape,
+    b: Shape,
+    rows: &[u32],
+    offsets_: &[u32],
+    bias: Option<Shape>,
+) -> (usize, usize, usize) {
+    use crate::ops::GroupedOp::*;
+    assert!(
+        op != XtY,
+        "grouped_product_rows: XtY accumulates into a gradient; use grouped_matmul_rows"
+    );
+    let g = offsets("grouped_product_rows", offsets_, rows.len());
+    assert!(
+        g > 0 && b[0].is_multiple_of(g),
+        "grouped_product_rows: stacked operand {b:?} is not {g} equal blocks"
+    );
+    let (d_in, d_out) = (b[0] / g, b[1]);
+    let c = match op {
+        XW => [rows.len(), d_out],
+        _ => [rows.len(), d_in],
+    };
+    let dims = grouped_rows(op, a, b, rows, offsets_, c);
+    match (op, bias) {
+        (_, None) => {}
+        (XW, Some(shape)) => assert!(
+            shape == [g, d_out],
+            "grouped_product_rows: bias is {shape:?}, expected [{g}, {d_out}]"
+        ),
+        (_, Some(_)) => panic!("grouped_product_rows: only XW takes a bias"),
+    }
+    dims
+}
+
 /// Validates a grouped matmul and returns `(groups, d_in, d_out)`.
 #[track_caller]
 pub fn grouped(

@@ -630,6 +630,41 @@ fn grouped<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
                     &tol,
                 )?;
             }
+            // The same products into a new tensor, with per-group biases for XW.
+            if op != GroupedOp::XtY {
+                let stored = p.div_ceil(2).max(1);
+                let rows: Vec<u32> = (0..p).map(|_| r.random_range(0..stored as u32)).collect();
+                let sa = if op == GroupedOp::XW { d_in } else { d_out };
+                let a = random_pair(b, &mut r, [stored, sa]);
+                let w = random_pair(b, &mut r, [g * d_in, d_out]);
+                let bias = random_pair(b, &mut r, [g, d_out]);
+                for with_bias in [false, op == GroupedOp::XW] {
+                    let chosen = with_bias.then_some((&bias.got, &bias.want));
+                    let got = b.grouped_product_rows(
+                        op,
+                        &a.got,
+                        &w.got,
+                        &rows,
+                        &offsets,
+                        chosen.map(|(got, _)| got),
+                    );
+                    let want = Reference.grouped_product_rows(
+                        op,
+                        &a.want,
+                        &w.want,
+                        &rows,
+                        &offsets,
+                        chosen.map(|(_, want)| want),
+                    );
+                    compare(
+                        b,
+                        &format!("grouped_product_rows {op:?} sizes={sizes:?} bias={with_bias}"),
+                        &got,
+                        &want,
+                        &tol,
+                    )?;
+                }
+            }
         }
         // Segment sums over a random many-to-one map, with empty segments.
         let src = random_pair(b, &mut r, [p.max(1), d_out]);

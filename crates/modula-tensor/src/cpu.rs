@@ -729,6 +729,19 @@ impl Backend for Cpu {
     }
 
     #[track_caller]
+    fn grouped_product_rows(
+        &self,
+        op: GroupedOp,
+        a: &Array2<f32>,
+        b: &Array2<f32>,
+        rows: &[u32],
+        offsets: &[u32],
+        bias: Option<&Array2<f32>>,
+    ) -> Array2<f32> {
+        crate::grouped::grouped_product(self, op, a, b, rows, offsets, bias)
+    }
+
+    #[track_caller]
     fn segment_sum_rows(&self, src: &Array2<f32>, pos: &[u32], ptr: &[u32]) -> Array2<f32> {
         crate::grouped::segment_sum_rows(self, src, pos, ptr)
     }

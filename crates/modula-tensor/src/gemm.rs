@@ -238,13 +238,24 @@ impl<'a> MatRef<'a> {
 
 /// A mutable row-major view of an f32 matrix with an arbitrary row stride: element `(i, j)` is
 /// `data[i * row_stride + j]`.
+///
+/// The view may cover memory that is not initialised yet ([`MatMut::uninit`]); a product
+/// then writes every element before it reads one.
 #[derive(Debug)]
 pub struct MatMut<'a> {
-    data: &'a mut [f32],
+    /// Element (0, 0); the view borrows the elements it spans from here for `'a`.
+    ptr: *mut f32,
     rows: usize,
     cols: usize,
     row_stride: usize,
+    /// Whether every element holds a value (false for [`MatMut::uninit`]).
+    init: bool,
+    _borrow: std::marker::PhantomData<&'a mut [f32]>,
 }
+
+// SAFETY: a MatMut is a unique borrow of its elements, like the `&mut [f32]` or
+// `&mut [MaybeUninit<f32>]` it was made from, which are Send.
+unsafe impl Send for MatMut<'_> {}
 
 impl<'a> MatMut<'a> {
     /// A view with row stride `row_stride` (at least `cols` when there are two or more rows,
@@ -254,21 +265,57 @@ impl<'a> MatMut<'a> {
     /// If the rows overlap or an element falls outside `data`.
     #[track_caller]
     pub fn new(data: &'a mut [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        Self::checked(data.as_mut_ptr(), data.len(), rows, cols, row_stride, true)
+    }
+
+    /// A row-major view (`row_stride` as for [`MatMut::new`]) of memory that need not be
+    /// initialised: a product into it must have `beta == 0` (it writes every element before
+    /// reading any), and afterwards the whole view is initialised.
+    ///
+    /// # Panics
+    /// If the rows overlap or an element falls outside `data`.
+    #[track_caller]
+    pub fn uninit(
+        data: &'a mut [std::mem::MaybeUninit<f32>],
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+    ) -> Self {
+        Self::checked(
+            data.as_mut_ptr().cast(),
+            data.len(),
+            rows,
+            cols,
+            row_stride,
+            false,
+        )
+    }
+
+    #[track_caller]
+    fn checked(
+        ptr: *mut f32,
+        len: usize,
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        init: bool,
+    ) -> Self {
         assert!(
             rows <= 1 || row_stride >= cols,
             "MatMut: row stride {row_stride} is shorter than a row of {cols} columns"
         );
         assert!(
-            extent(rows, cols, row_stride, 1) <= data.len(),
-            "MatMut: a {rows}x{cols} view with row stride {row_stride} does not fit in {} \
-             elements",
-            data.len()
+            extent(rows, cols, row_stride, 1) <= len,
+            "MatMut: a {rows}x{cols} view with row stride {row_stride} does not fit in {len} \
+             elements"
         );
         MatMut {
-            data,
+            ptr,
             rows,
             cols,
             row_stride,
+            init,
+            _borrow: std::marker::PhantomData,
         }
     }
 
@@ -582,16 +629,70 @@ enum Rhs<'r, 'a> {
 /// `C = beta * C`.
 ///
 /// # Panics
-/// If the shapes do not chain.
+/// If the shapes do not chain, or `C` is [uninitialised](MatMut::uninit) and `beta != 0`.
 #[track_caller]
 pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>, par: Parallelism) {
+    gemm_impl(alpha, a, b, beta, None, c, par);
+}
+
+/// `C = alpha * op(A) * op(B) + 1 bias^T`: a product whose every row of `C` starts as `bias`
+/// (`n` values), as a layer's output does. The previous contents of `C` are ignored, so `C`
+/// may be [uninitialised](MatMut::uninit); the bias is added as each tile is stored, which
+/// saves a pass over `C`.
+///
+/// ```
+/// use modula_tensor::gemm::{gemm_bias, MatMut, MatRef, Parallelism};
+/// let x = [1.0, 2.0]; // 1 x 2
+/// let w = [1.0, 0.0, 0.0, 1.0];
+/// let mut y = [f32::NAN; 2];
+/// gemm_bias(1.0, MatRef::row_major(&x, 1, 2), MatRef::row_major(&w, 2, 2), &[10.0, 20.0],
+///           MatMut::row_major(&mut y, 1, 2), Parallelism::Sequential);
+/// assert_eq!(y, [11.0, 22.0]);
+/// ```
+///
+/// # Panics
+/// If the shapes do not chain or `bias` does not hold `n` values.
+#[track_caller]
+pub fn gemm_bias(
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    bias: &[f32],
+    c: MatMut<'_>,
+    par: Parallelism,
+) {
+    assert_eq!(
+        bias.len(),
+        b.cols,
+        "gemm_bias: {} bias values for {} columns",
+        bias.len(),
+        b.cols
+    );
+    gemm_impl(alpha, a, b, 0.0, Some(bias), c, par);
+}
+
+/// [`gemm`] and [`gemm_bias`].
+#[track_caller]
+fn gemm_impl(
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    bias: Option<&[f32]>,
+    c: MatMut<'_>,
+    par: Parallelism,
+) {
     check_shapes(&a, b.rows, b.cols, &c);
+    assert!(
+        c.init || beta == 0.0,
+        "gemm: an uninitialised C needs beta == 0 (got {beta})"
+    );
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        scale_c(c, beta);
+        scale_c(c, beta, bias);
         return;
     }
     let tasks = task_count(m, k, n, par);
@@ -600,8 +701,10 @@ pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>, 
     // the weights that overlaps no arithmetic, for a few output rows. Below `WT_MAX_ROWS` rows
     // the product reads `W` in place instead: by dot products of contiguous rows for the
     // fewest rows, otherwise by `gemm_wt`.
+    // (Those paths store no bias: a layer's biases belong to its forward `X W`.)
     #[cfg(target_arch = "x86_64")]
     let w_in_place = tasks == 1
+        && bias.is_none()
         && b.row_stride == 1
         && !b.gathered()
         && m <= WT_MAX_ROWS
@@ -630,7 +733,7 @@ pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>, 
                 b.col_stride,
                 n,
                 beta,
-                c.data.as_mut_ptr(),
+                c.ptr,
                 c.row_stride,
             )
         };
@@ -646,7 +749,7 @@ pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>, 
         m
     };
     if b.col_stride == 1 && !b.gathered() && rows_per_task <= 2 * MC {
-        run(alpha, a, Rhs::Direct(b), beta, c, tasks);
+        run(alpha, a, Rhs::Direct(b), beta, bias, c, tasks);
     } else {
         // The packed copy of B is scratch: keep its allocation for this thread's next call, as
         // allocating and faulting in a fresh megabyte costs a noticeable share of a product of
@@ -658,7 +761,7 @@ pub fn gemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>, 
             Parallelism::Sequential
         };
         let packed = PackedRhs::pack_into(b, par, buf);
-        run(alpha, a, Rhs::Packed(&packed), beta, c, tasks);
+        run(alpha, a, Rhs::Packed(&packed), beta, bias, c, tasks);
         if packed.buf.vec.len() <= MAX_CACHED_FLOATS {
             B_BUFFER.set(packed.buf);
         }
@@ -682,7 +785,7 @@ const WT_DEPTH: usize = 512;
 fn gemm_wt(alpha: f32, a: &MatRef<'_>, b: &MatRef<'_>, beta: f32, c: MatMut<'_>) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     let (ldw, ldc) = (b.col_stride, c.row_stride);
-    let c_ptr = c.data.as_mut_ptr();
+    let c_ptr = c.ptr;
     // `A^T` is the packed operand, its strips laid out as B strips are.
     let at = a.t();
     let strips = m.div_ceil(NR);
@@ -743,11 +846,23 @@ pub fn gemm_packed(
     if m == 0 || n == 0 {
         return;
     }
+    assert!(
+        c.init || beta == 0.0,
+        "gemm_packed: an uninitialised C needs beta == 0 (got {beta})"
+    );
     if k == 0 {
-        scale_c(c, beta);
+        scale_c(c, beta, None);
         return;
     }
-    run(alpha, a, Rhs::Packed(b), beta, c, task_count(m, k, n, par));
+    run(
+        alpha,
+        a,
+        Rhs::Packed(b),
+        beta,
+        None,
+        c,
+        task_count(m, k, n, par),
+    );
 }
 
 #[track_caller]
@@ -775,15 +890,23 @@ fn task_count(m: usize, k: usize, n: usize, par: Parallelism) -> usize {
     }
 }
 
-/// `C = beta * C`, writing zeros (not `0 * C`) when `beta == 0`.
-fn scale_c(c: MatMut<'_>, beta: f32) {
+/// `C = beta * C + 1 bias^T`, writing zeros or the bias (not `0 * C`) when `beta == 0`.
+fn scale_c(c: MatMut<'_>, beta: f32, bias: Option<&[f32]>) {
     let (rows, cols, rs) = (c.rows, c.cols, c.row_stride);
     for i in 0..rows {
-        let row = &mut c.data[i * rs..i * rs + cols];
-        if beta == 0.0 {
-            row.fill(0.0);
-        } else if beta != 1.0 {
-            row.iter_mut().for_each(|v| *v *= beta);
+        // SAFETY: row i's `cols` elements lie inside the view (checked at construction); a
+        // raw write initialises an element, and C is read only when beta != 0, which an
+        // uninitialised view does not allow.
+        unsafe {
+            let row = c.ptr.add(i * rs);
+            for j in 0..cols {
+                let old = if beta == 0.0 {
+                    0.0
+                } else {
+                    beta * row.add(j).read()
+                };
+                row.add(j).write(old + bias.map_or(0.0, |b| b[j]));
+            }
         }
     }
 }
@@ -813,7 +936,15 @@ unsafe impl Sync for CPtr<'_> {}
 
 /// Splits `C` into at most `tasks` rectangles (along rows when there are enough row tiles,
 /// otherwise along columns) and computes each one, in parallel when `tasks > 1`.
-fn run(alpha: f32, a: MatRef<'_>, b: Rhs<'_, '_>, beta: f32, c: MatMut<'_>, tasks: usize) {
+fn run(
+    alpha: f32,
+    a: MatRef<'_>,
+    b: Rhs<'_, '_>,
+    beta: f32,
+    bias: Option<&[f32]>,
+    c: MatMut<'_>,
+    tasks: usize,
+) {
     let (m, n) = (c.rows, c.cols);
     let (row_tiles, col_tiles) = (m.div_ceil(MR), n.div_ceil(NR));
     // Pick the grid (tm x tn, tm * tn <= tasks) that minimises the work of the busiest task:
@@ -841,7 +972,7 @@ fn run(alpha: f32, a: MatRef<'_>, b: Rhs<'_, '_>, beta: f32, c: MatMut<'_>, task
     }
     let (tm, tn) = grid;
     let cptr = CPtr {
-        ptr: c.data.as_mut_ptr(),
+        ptr: c.ptr,
         row_stride: c.row_stride,
         _life: std::marker::PhantomData,
     };
@@ -862,12 +993,13 @@ fn run(alpha: f32, a: MatRef<'_>, b: Rhs<'_, '_>, beta: f32, c: MatMut<'_>, task
         }
     }
     let kern = Kernel::detect();
+    let store = Store { alpha, beta, bias };
     if parts.len() == 1 {
-        compute_part(kern, alpha, &a, b, beta, &parts[0]);
+        compute_part(kern, &a, b, &store, &parts[0]);
     } else {
         parts
             .par_iter()
-            .for_each(|part| compute_part(kern, alpha, &a, b, beta, part));
+            .for_each(|part| compute_part(kern, &a, b, &store, part));
     }
 }
 
@@ -882,19 +1014,20 @@ fn span(tiles: usize, parts: usize, r: usize, unit: usize, total: usize) -> (usi
 
 /// Computes one rectangle of `C` with the BLIS loop nest (columns in `NC` chunks, depth in
 /// `KC` blocks, rows in `MC` blocks, then `NR` strips and `MR` tiles).
-fn compute_part(
-    kern: Kernel,
-    alpha: f32,
-    a: &MatRef<'_>,
-    b: Rhs<'_, '_>,
-    beta: f32,
-    part: &Part<'_>,
-) {
+fn compute_part(kern: Kernel, a: &MatRef<'_>, b: Rhs<'_, '_>, store: &Store<'_>, part: &Part<'_>) {
     let k = a.cols;
     let rows = (part.i1 - part.i0).min(MC).div_ceil(MR) * MR;
     with_a_buffer(rows * KC.min(k), |apack| {
-        compute_part_in(kern, alpha, a, b, beta, part, apack)
+        compute_part_in(kern, a, b, store, part, apack)
     });
+}
+
+/// How a product is stored into `C`: `C = alpha * A B + beta * C + 1 bias^T`.
+struct Store<'b> {
+    alpha: f32,
+    beta: f32,
+    /// One value per column of C (only with `beta == 0`).
+    bias: Option<&'b [f32]>,
 }
 
 /// Scratch buffers larger than this (16 MiB) are freed after use rather than cached.
@@ -933,10 +1066,9 @@ fn with_a_buffer<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// [`compute_part`] with its A scratch (`ceil(min(rows, MC) / MR) * MR * min(k, KC)` floats).
 fn compute_part_in(
     kern: Kernel,
-    alpha: f32,
     a: &MatRef<'_>,
     b: Rhs<'_, '_>,
-    beta: f32,
+    store: &Store<'_>,
     part: &Part<'_>,
     apack: &mut [f32],
 ) {
@@ -947,8 +1079,13 @@ fn compute_part_in(
         let jc_end = (jc + NC).min(part.j1);
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
-            // The first depth block applies the caller's beta; later ones accumulate.
-            let beta = if p0 == 0 { beta } else { 1.0 };
+            // The first depth block applies the caller's beta and the bias; later ones
+            // accumulate.
+            let (beta, bias) = if p0 == 0 {
+                (store.beta, store.bias)
+            } else {
+                (1.0, None)
+            };
             for ic in (part.i0..part.i1).step_by(MC) {
                 let mc = MC.min(part.i1 - ic);
                 for (t, i0) in (ic..ic + mc).step_by(MR).enumerate() {
@@ -980,8 +1117,9 @@ fn compute_part_in(
                             ldc: part.c.row_stride,
                             mr,
                             nr,
-                            alpha,
+                            alpha: store.alpha,
                             beta,
+                            bias: bias.map_or(std::ptr::null(), |v| v[j0..j0 + nr].as_ptr()),
                         };
                         // SAFETY: `tile` addresses kc x MR packed A values, kc rows of nr
                         // readable B values `ldb` apart (checked by the slice indexing above and
@@ -994,8 +1132,9 @@ fn compute_part_in(
     }
 }
 
-/// Arguments of one microkernel call: `C[mr x nr] = alpha * A * B + beta * C`, where `A` is a
-/// packed `kc x MR` strip and `B` holds `kc` rows of at least `nr` readable values, `ldb` apart.
+/// Arguments of one microkernel call: `C[mr x nr] = alpha * A * B + beta * C + 1 bias^T`,
+/// where `A` is a packed `kc x MR` strip, `B` holds `kc` rows of at least `nr` readable values,
+/// `ldb` apart, and `bias` is null (none) or `nr` values. With `beta == 0`, C is not read.
 struct Tile {
     kc: usize,
     a: *const f32,
@@ -1007,6 +1146,7 @@ struct Tile {
     nr: usize,
     alpha: f32,
     beta: f32,
+    bias: *const f32,
 }
 
 /// The microkernel chosen for this CPU.
@@ -1581,6 +1721,10 @@ mod avx512 {
                     r0 = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(m0, c), r0);
                     r1 = _mm512_fmadd_ps(beta, _mm512_maskz_loadu_ps(m1, c.add(16)), r1);
                 }
+                if !t.bias.is_null() {
+                    r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(m0, t.bias));
+                    r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(m1, t.bias.add(16)));
+                }
                 _mm512_mask_storeu_ps(c, m0, r0);
                 _mm512_mask_storeu_ps(c.add(16), m1, r1);
             }
@@ -1630,15 +1774,24 @@ mod portable {
             }
         }
         for (i, acc) in acc.iter().enumerate().take(t.mr) {
-            // SAFETY: row i of the C tile has nr writable values.
-            let c = unsafe { std::slice::from_raw_parts_mut(t.c.add(i * t.ldc), t.nr) };
-            for (c, &v) in c.iter_mut().zip(acc) {
-                // beta == 0 must not read C: it may hold NaN or garbage.
-                *c = if t.beta == 0.0 {
-                    t.alpha * v
-                } else {
-                    t.alpha * v + t.beta * *c
-                };
+            for (j, &v) in acc.iter().enumerate().take(t.nr) {
+                // SAFETY: row i of the C tile has nr writable values, and a non-null bias nr
+                // readable ones. C is written through the pointer (it may not be initialised)
+                // and read only when beta != 0 (it may hold NaN or garbage otherwise).
+                unsafe {
+                    let c = t.c.add(i * t.ldc + j);
+                    let old = if t.beta == 0.0 {
+                        0.0
+                    } else {
+                        t.beta * c.read()
+                    };
+                    let bias = if t.bias.is_null() {
+                        0.0
+                    } else {
+                        t.bias.add(j).read()
+                    };
+                    c.write(t.alpha * v + old + bias);
+                }
             }
         }
     }
@@ -1672,7 +1825,12 @@ mod tests {
             let b: Vec<f32> = (0..kc * ldb).map(|_| rng.random_range(-1.0..1.0)).collect();
             for mr in 1..=MR {
                 for nr in [1, 15, 16, 17, 31, 32] {
-                    for (alpha, beta) in [(1.0f32, 0.0f32), (-0.5, 2.0)] {
+                    for (alpha, beta, with_bias) in [
+                        (1.0f32, 0.0f32, false),
+                        (-0.5, 2.0, false),
+                        (0.5, 0.0, true),
+                    ] {
+                        let bias: Vec<f32> = (0..NR).map(|j| j as f32 * 0.25 - 3.0).collect();
                         let ldc = NR + 3;
                         let c0: Vec<f32> = (0..MR * ldc)
                             .map(|_| {
@@ -1693,7 +1851,8 @@ mod tests {
                                 } else {
                                     beta * c0[i * ldc + j]
                                 };
-                                want[i * ldc + j] = alpha * dot + old;
+                                let b = if with_bias { bias[j] } else { 0.0 };
+                                want[i * ldc + j] = alpha * dot + old + b;
                             }
                         }
                         for &kern in &kernels {
@@ -1709,6 +1868,11 @@ mod tests {
                                 nr,
                                 alpha,
                                 beta,
+                                bias: if with_bias {
+                                    bias.as_ptr()
+                                } else {
+                                    std::ptr::null()
+                                },
                             };
                             // SAFETY: a holds kc x MR values, b holds kc rows of ldb >= nr
                             // values, c holds MR rows of ldc >= nr values; the kernel list only

@@ -12,15 +12,15 @@ use rayon::prelude::*;
 
 use crate::check;
 use crate::cpu::{Cpu, fill_row, slice, slice_mut, write_row};
-use crate::gemm::{MatMut, MatRef, Parallelism, gemm};
+use crate::gemm::{MatMut, MatRef, Parallelism, gemm, gemm_bias};
 use crate::ops::GroupedOp;
 
 /// Splits `data` into consecutive pieces of `sizes[i] * width` elements.
-fn split_blocks(
-    mut data: &mut [f32],
+fn split_blocks<T>(
+    mut data: &mut [T],
     sizes: impl Iterator<Item = usize>,
     width: usize,
-) -> Vec<&mut [f32]> {
+) -> Vec<&mut [T]> {
     let mut out = Vec::new();
     for rows in sizes {
         let (head, tail) = data.split_at_mut(rows * width);
@@ -57,85 +57,159 @@ pub(crate) fn grouped_matmul(
             c.dim().into(),
         ),
     };
-    let seg = |g: usize| (offsets[g] as usize, (offsets[g + 1] - offsets[g]) as usize);
-    // Rows start..start + len of a row-segmented input with `cols` columns.
-    let segment = |data, start, len, cols| segment(data, rows, start, len, cols);
-    let (a, b) = (slice(a), slice(b));
-    let c_width = match op {
-        GroupedOp::XW => d_out,
-        GroupedOp::XWt => d_in,
-        GroupedOp::XtY => d_out,
+    let width = c.ncols();
+    let sizes = (0..groups).map(|g| match op {
+        GroupedOp::XW | GroupedOp::XWt => (offsets[g + 1] - offsets[g]) as usize,
+        GroupedOp::XtY => d_in,
+    });
+    let sizes: Vec<usize> = sizes.collect();
+    let blocks = split_blocks(slice_mut(c), sizes.iter().copied(), width)
+        .into_iter()
+        .zip(&sizes)
+        .map(|(block, &rows)| MatMut::row_major(block, rows, width))
+        .collect();
+    let job = Job {
+        op,
+        a: slice(a),
+        b: slice(b),
+        rows,
+        offsets,
+        d_in,
+        d_out,
+        beta,
+        bias: None,
     };
-    let blocks = match op {
-        GroupedOp::XW | GroupedOp::XWt => {
-            split_blocks(slice_mut(c), (0..groups).map(|g| seg(g).1), c_width)
-        }
-        GroupedOp::XtY => split_blocks(slice_mut(c), (0..groups).map(|_| d_in), c_width),
+    job.run(cpu, blocks);
+}
+
+/// `Backend::grouped_product_rows`: the per-pair products in a new tensor, each element
+/// written once (the GEMM stores the bias with the product into uninitialised memory).
+#[track_caller]
+pub(crate) fn grouped_product(
+    cpu: &Cpu,
+    op: GroupedOp,
+    a: &Array2<f32>,
+    b: &Array2<f32>,
+    rows: &[u32],
+    offsets: &[u32],
+    bias: Option<&Array2<f32>>,
+) -> Array2<f32> {
+    let (groups, d_in, d_out) = check::grouped_product(
+        op,
+        a.dim().into(),
+        b.dim().into(),
+        rows,
+        offsets,
+        bias.map(|t| t.dim().into()),
+    );
+    let width = if op == GroupedOp::XW { d_out } else { d_in };
+    let mut out = Array2::<f32>::uninit((rows.len(), width));
+    let data = out
+        .as_slice_mut()
+        .expect("a new array is in standard layout");
+    let sizes: Vec<usize> = (0..groups)
+        .map(|g| (offsets[g + 1] - offsets[g]) as usize)
+        .collect();
+    let blocks = split_blocks(data, sizes.iter().copied(), width)
+        .into_iter()
+        .zip(&sizes)
+        .map(|(block, &rows)| MatMut::uninit(block, rows, width, width))
+        .collect();
+    let job = Job {
+        op,
+        a: slice(a),
+        b: slice(b),
+        rows: Some(rows),
+        offsets,
+        d_in,
+        d_out,
+        beta: 0.0,
+        bias: bias.map(slice),
     };
-    let block = d_in * d_out;
-    let run = |g: usize, c_g: &mut [f32], par: Parallelism| {
-        let (start, rows) = seg(g);
-        let w_g = || MatRef::row_major(&b[g * block..(g + 1) * block], d_in, d_out);
-        match op {
+    job.run(cpu, blocks);
+    // SAFETY: the groups' blocks tile all of `out` (offsets run from 0 to rows.len()), and a
+    // product with beta == 0 writes every element of its block (`gemm` and `gemm_bias`
+    // write C entirely for any non-empty shape, zeros or the bias for an empty inner
+    // dimension).
+    unsafe { out.assume_init() }
+}
+
+/// One grouped product: group `g` multiplies its rows of the row-segmented inputs with block
+/// `g` of the stacked operand into its block of the output.
+struct Job<'a> {
+    op: GroupedOp,
+    a: &'a [f32],
+    b: &'a [f32],
+    rows: Option<&'a [u32]>,
+    offsets: &'a [u32],
+    d_in: usize,
+    d_out: usize,
+    beta: f32,
+    /// Per-group bias rows `[G, d_out]` for `XW` (then `beta == 0`).
+    bias: Option<&'a [f32]>,
+}
+
+impl Job<'_> {
+    /// Group `g`'s first row and row count.
+    fn seg(&self, g: usize) -> (usize, usize) {
+        let o = self.offsets;
+        (o[g] as usize, (o[g + 1] - o[g]) as usize)
+    }
+
+    /// Computes group `g` into `c_g`.
+    fn group(&self, g: usize, c_g: MatMut<'_>, par: Parallelism) {
+        let (d_in, d_out) = (self.d_in, self.d_out);
+        let (start, len) = self.seg(g);
+        let block = d_in * d_out;
+        let segment = |data, cols| segment(data, self.rows, start, len, cols);
+        let w_g = || MatRef::row_major(&self.b[g * block..(g + 1) * block], d_in, d_out);
+        match self.op {
             GroupedOp::XW => {
-                let x_g = segment(a, start, rows, d_in);
-                gemm(
-                    1.0,
-                    x_g,
-                    w_g(),
-                    beta,
-                    MatMut::row_major(c_g, rows, d_out),
-                    par,
-                );
+                let x_g = segment(self.a, d_in);
+                match self.bias {
+                    Some(bias) => {
+                        let bias_g = &bias[g * d_out..(g + 1) * d_out];
+                        gemm_bias(1.0, x_g, w_g(), bias_g, c_g, par);
+                    }
+                    None => gemm(1.0, x_g, w_g(), self.beta, c_g, par),
+                }
             }
-            GroupedOp::XWt => {
-                let dy_g = segment(a, start, rows, d_out);
-                gemm(
-                    1.0,
-                    dy_g,
-                    w_g().t(),
-                    beta,
-                    MatMut::row_major(c_g, rows, d_in),
-                    par,
-                );
-            }
+            GroupedOp::XWt => gemm(1.0, segment(self.a, d_out), w_g().t(), self.beta, c_g, par),
             GroupedOp::XtY => {
-                let x_g = segment(a, start, rows, d_in);
-                let dy_g = segment(b, start, rows, d_out);
-                gemm(
-                    1.0,
-                    x_g.t(),
-                    dy_g,
-                    beta,
-                    MatMut::row_major(c_g, d_in, d_out),
-                    par,
-                );
+                let (x_g, dy_g) = (segment(self.a, d_in), segment(self.b, d_out));
+                gemm(1.0, x_g.t(), dy_g, self.beta, c_g, par);
             }
         }
-    };
-    let threads = cpu.threads();
-    let total_rows = *offsets.last().expect("checked non-empty") as usize;
-    let largest = (0..groups).map(|g| seg(g).1).max().unwrap_or(0);
-    // Whole groups per thread need no synchronisation inside a GEMM and pack each operand once,
-    // and each thread keeps one module's weights in its own L2: measured with the modular
-    // bench's paired ratios (16 modules of 512 rows, 2 threads), 0.82 of the dense GEMM's speed
-    // against 0.76 with every GEMM split across the threads. That holds while the groups can be
-    // shared out evenly; a group larger than one thread's share of the rows (a collapsed
-    // routing, or few modules) would leave the other threads idle, so then each GEMM is split.
-    if threads == 1 || largest * threads > total_rows {
-        cpu.install(|| {
-            for (g, c_g) in blocks.into_iter().enumerate() {
-                run(g, c_g, Parallelism::Rayon(threads));
-            }
-        });
-    } else {
-        cpu.install(|| {
-            blocks
-                .into_par_iter()
-                .enumerate()
-                .with_max_len(1)
-                .for_each(|(g, c_g)| run(g, c_g, Parallelism::Sequential));
-        });
+    }
+
+    /// Computes every group, block `g` of `blocks` being group `g`'s output.
+    fn run(&self, cpu: &Cpu, blocks: Vec<MatMut<'_>>) {
+        let groups = blocks.len();
+        let threads = cpu.threads();
+        let total_rows = *self.offsets.last().expect("checked non-empty") as usize;
+        let largest = (0..groups).map(|g| self.seg(g).1).max().unwrap_or(0);
+        // Whole groups per thread need no synchronisation inside a GEMM and pack each operand
+        // once, and each thread keeps one module's weights in its own L2: measured with the
+        // modular bench's paired ratios (16 modules of 512 rows, 2 threads), 0.82 of the dense
+        // GEMM's speed against 0.76 with every GEMM split across the threads. That holds while
+        // the groups can be shared out evenly; a group larger than one thread's share of the
+        // rows (a collapsed routing, or few modules) would leave the other threads idle, so
+        // then each GEMM is split.
+        if threads == 1 || largest * threads > total_rows {
+            cpu.install(|| {
+                for (g, c_g) in blocks.into_iter().enumerate() {
+                    self.group(g, c_g, Parallelism::Rayon(threads));
+                }
+            });
+        } else {
+            cpu.install(|| {
+                blocks
+                    .into_par_iter()
+                    .enumerate()
+                    .with_max_len(1)
+                    .for_each(|(g, c_g)| self.group(g, c_g, Parallelism::Sequential));
+            });
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use modula_tensor::gemm::{MatMut, MatRef, PackedRhs, Parallelism, gemm, gemm_packed};
+use modula_tensor::gemm::{MatMut, MatRef, PackedRhs, Parallelism, gemm, gemm_bias, gemm_packed};
 use modula_tensor::{Backend, Cpu, Reference, Transpose};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -270,6 +270,107 @@ proptest! {
         check_gathered(threads, [m, k, n], gather_a, gathered_t, other_t, alpha, beta, seed)
             .map_err(TestCaseError::fail)?;
     }
+}
+
+/// `gemm_bias` into an uninitialised or a NaN-filled `C` equals the oracle's `alpha A B` plus
+/// the bias in every row.
+#[allow(clippy::too_many_arguments)]
+fn check_bias(
+    threads: usize,
+    [m, k, n]: [usize; 3],
+    ta: Transpose,
+    tb: Transpose,
+    alpha: f32,
+    uninit: bool,
+    seed: u64,
+) -> Result<(), String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let [ar, ac] = ta.apply([m, k]);
+    let [br, bc] = tb.apply([k, n]);
+    let (a, b, bias) = (
+        random(&mut rng, m * k),
+        random(&mut rng, k * n),
+        random(&mut rng, n),
+    );
+    let av = MatRef::row_major(&a, ar, ac);
+    let bv = MatRef::row_major(&b, br, bc);
+    let av = if ta == Transpose::Yes { av.t() } else { av };
+    let bv = if tb == Transpose::Yes { bv.t() } else { bv };
+    let got: Vec<f32> = if uninit {
+        let mut out = vec![std::mem::MaybeUninit::<f32>::uninit(); m * n];
+        cpu(threads).install(|| {
+            gemm_bias(
+                alpha,
+                av,
+                bv,
+                &bias,
+                MatMut::uninit(&mut out, m, n, n),
+                Parallelism::Rayon(threads),
+            )
+        });
+        // SAFETY: gemm_bias wrote every element of the m x n view, which is all of `out`.
+        out.into_iter()
+            .map(|v| unsafe { v.assume_init() })
+            .collect()
+    } else {
+        let mut out = vec![f32::NAN; m * n];
+        cpu(threads).install(|| {
+            gemm_bias(
+                alpha,
+                av,
+                bv,
+                &bias,
+                MatMut::row_major(&mut out, m, n),
+                Parallelism::Rayon(threads),
+            )
+        });
+        out
+    };
+    let (a_op, _) = materialise(&a, ar, ac, ta);
+    let (b_op, _) = materialise(&b, br, bc, tb);
+    let rows: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
+    let (want, tol) = oracle(alpha, &a_op, &b_op, 1.0, &rows, m, k, n);
+    let what = format!(
+        "gemm_bias m={m} k={k} n={n} {ta:?}/{tb:?} alpha={alpha} uninit={uninit} threads={threads}"
+    );
+    compare(&what, &got, &want, &tol)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// The bias is stored with the product on every path, including an empty inner
+    /// dimension, into initialised and uninitialised outputs.
+    #[test]
+    fn gemm_bias_matches_reference(
+        m in 0usize..90,
+        k in 0usize..300,
+        n in 0usize..90,
+        ta in transpose(),
+        tb in transpose(),
+        alpha in scalar(),
+        uninit in any::<bool>(),
+        threads in 1usize..=2,
+        seed in any::<u64>(),
+    ) {
+        check_bias(threads, [m, k, n], ta, tb, alpha, uninit, seed).map_err(TestCaseError::fail)?;
+    }
+}
+
+/// A product into an uninitialised `C` must not read it, so it refuses `beta != 0`.
+#[test]
+#[should_panic(expected = "an uninitialised C needs beta == 0")]
+fn uninitialised_c_refuses_beta() {
+    let a = [1.0f32; 4];
+    let mut out = [std::mem::MaybeUninit::<f32>::uninit(); 4];
+    gemm(
+        1.0,
+        MatRef::row_major(&a, 2, 2),
+        MatRef::row_major(&a, 2, 2),
+        1.0,
+        MatMut::uninit(&mut out, 2, 2, 2),
+        Parallelism::Sequential,
+    );
 }
 
 /// A gathered view rejects an index past the end of its data.
