@@ -291,6 +291,7 @@ impl<'a> MatMut<'a> {
         )
     }
 
+    /// A view of `len` elements from `ptr`, after checking that it fits in them.
     #[track_caller]
     fn checked(
         ptr: *mut f32,

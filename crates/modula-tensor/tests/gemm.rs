@@ -35,6 +35,12 @@ fn materialise(data: &[f32], rows: usize, cols: usize, t: Transpose) -> (Vec<f32
     }
 }
 
+/// A row-major `[rows, cols]` buffer as the view `op(x)`.
+fn view(data: &[f32], rows: usize, cols: usize, t: Transpose) -> MatRef<'_> {
+    let v = MatRef::row_major(data, rows, cols);
+    if t == Transpose::Yes { v.t() } else { v }
+}
+
 /// `C = alpha * A * B + beta * C` computed by the oracle (A, B already applied, row-major),
 /// together with a per-element error bound: a few ulps per term of the sum of magnitudes
 /// `|alpha| * |A| * |B| + |beta * C|`, which is what f32 summation in any order guarantees.
@@ -200,17 +206,12 @@ fn check_gathered(
         .flat_map(|&r| data[r as usize * cols..(r as usize + 1) * cols].to_vec())
         .collect();
     let (gathered_op, _) = materialise(&written, rows, cols, Transpose::from_bool(gathered_t));
-    let view = MatRef::gathered_rows(&data, &idx, cols);
-    let view = if gathered_t { view.t() } else { view };
+    let gathered = MatRef::gathered_rows(&data, &idx, cols);
+    let gathered = if gathered_t { gathered.t() } else { gathered };
     let [or, oc] = other_t.apply(if gather_a { [k, n] } else { [m, k] });
     let other = random(&mut rng, or * oc);
     let (other_op, _) = materialise(&other, or, oc, other_t);
-    let other_view = MatRef::row_major(&other, or, oc);
-    let other_view = if other_t == Transpose::Yes {
-        other_view.t()
-    } else {
-        other_view
-    };
+    let other_view = view(&other, or, oc, other_t);
     let mut c = random(&mut rng, m * n);
     let mut got = if beta == 0.0 {
         vec![f32::NAN; m * n]
@@ -221,9 +222,9 @@ fn check_gathered(
         c.fill(0.0);
     }
     let (av, bv) = if gather_a {
-        (view, other_view)
+        (gathered, other_view)
     } else {
-        (other_view, view)
+        (other_view, gathered)
     };
     cpu(threads).install(|| {
         gemm(
@@ -292,38 +293,20 @@ fn check_bias(
         random(&mut rng, k * n),
         random(&mut rng, n),
     );
-    let av = MatRef::row_major(&a, ar, ac);
-    let bv = MatRef::row_major(&b, br, bc);
-    let av = if ta == Transpose::Yes { av.t() } else { av };
-    let bv = if tb == Transpose::Yes { bv.t() } else { bv };
+    let (av, bv) = (view(&a, ar, ac, ta), view(&b, br, bc, tb));
+    let product = |c: MatMut<'_>| {
+        cpu(threads).install(|| gemm_bias(alpha, av, bv, &bias, c, Parallelism::Rayon(threads)))
+    };
     let got: Vec<f32> = if uninit {
         let mut out = vec![std::mem::MaybeUninit::<f32>::uninit(); m * n];
-        cpu(threads).install(|| {
-            gemm_bias(
-                alpha,
-                av,
-                bv,
-                &bias,
-                MatMut::uninit(&mut out, m, n, n),
-                Parallelism::Rayon(threads),
-            )
-        });
+        product(MatMut::uninit(&mut out, m, n, n));
         // SAFETY: gemm_bias wrote every element of the m x n view, which is all of `out`.
         out.into_iter()
             .map(|v| unsafe { v.assume_init() })
             .collect()
     } else {
         let mut out = vec![f32::NAN; m * n];
-        cpu(threads).install(|| {
-            gemm_bias(
-                alpha,
-                av,
-                bv,
-                &bias,
-                MatMut::row_major(&mut out, m, n),
-                Parallelism::Rayon(threads),
-            )
-        });
+        product(MatMut::row_major(&mut out, m, n));
         out
     };
     let (a_op, _) = materialise(&a, ar, ac, ta);
@@ -381,15 +364,12 @@ fn gathered_rows_check_their_indices() {
     let _ = MatRef::gathered_rows(&data, &[0, 3], 2);
 }
 
-/// A few rows of A against a transposed B whose rows are contiguous (a layer's `dY W^T`):
-/// the dot-product path on AVX-512 machines, for every row count up to past its limit of 16,
-/// block edges of 4 x 4 and depths across the 16-lane vector width.
-#[test]
-fn few_rows_times_transposed_b_match_reference() {
-    let mut seed = 0;
-    for m in 1..=17 {
-        for k in [1, 15, 16, 17, 40, 300] {
-            for n in [1, 3, 4, 5, 9] {
+/// `A B^T` with B's rows contiguous (a layer's `dY W^T`) for every combination of the given
+/// sizes, with and without reading C.
+fn check_transposed_b(ms: &[usize], ks: &[usize], ns: &[usize], mut seed: u64) {
+    for &m in ms {
+        for &k in ks {
+            for &n in ns {
                 for (alpha, beta) in [(1.0, 0.0), (0.7, -1.3)] {
                     seed += 1;
                     let checked =
@@ -401,25 +381,27 @@ fn few_rows_times_transposed_b_match_reference() {
     }
 }
 
+/// A few rows of A against a transposed B whose rows are contiguous: the dot-product path on
+/// AVX-512 machines, for every row count up to past its limit of 16, block edges of 4 x 4 and
+/// depths across the 16-lane vector width.
+#[test]
+fn few_rows_times_transposed_b_match_reference() {
+    let ms: Vec<usize> = (1..=17).collect();
+    check_transposed_b(&ms, &[1, 15, 16, 17, 40, 300], &[1, 3, 4, 5, 9], 0);
+}
+
 /// Up to a few hundred rows of A against a transposed B whose rows are contiguous: on AVX-512
 /// machines, the path that reads B's rows in place and stores its tiles transposed (up to
 /// 128 rows), across its 32-row strips, its 12-row tiles of B and its 512-deep passes, and the
 /// packed path just past it.
 #[test]
 fn tens_of_rows_times_transposed_b_match_reference() {
-    let mut seed = 1000;
-    for m in [17, 31, 32, 33, 64, 100, 128, 129] {
-        for k in [1, 17, 512, 513, 1100] {
-            for n in [1, 11, 12, 13, 40] {
-                for (alpha, beta) in [(1.0, 0.0), (0.7, -1.3)] {
-                    seed += 1;
-                    let checked =
-                        check_cpu(1, m, k, n, Transpose::No, Transpose::Yes, alpha, beta, seed);
-                    checked.unwrap();
-                }
-            }
-        }
-    }
+    check_transposed_b(
+        &[17, 31, 32, 33, 64, 100, 128, 129],
+        &[1, 17, 512, 513, 1100],
+        &[1, 11, 12, 13, 40],
+        1000,
+    );
 }
 
 /// Shapes that cross the block sizes (depth blocks of 256, row blocks of 240, column chunks
