@@ -98,20 +98,16 @@ impl ModularConv2d {
         let pix = self.out_pixels();
         let images = b.gather_rows(x, &routing.pair_rows);
         let cols = b.im2col(&images, &self.window);
-        // Every output pixel starts as its module's bias; the GEMM accumulates onto it.
-        let pixel_modules: Vec<u32> = routing
-            .pair_modules
-            .iter()
-            .flat_map(|&m| std::iter::repeat_n(m, pix))
-            .collect();
-        let mut ys = b.gather_rows(params.get(self.bias), &pixel_modules);
-        b.grouped_matmul(
+        // The patches are already in routing order (read through the identity); the GEMM
+        // stores each output pixel's module bias with the product.
+        let identity: Vec<u32> = (0..(routing.pairs() * pix) as u32).collect();
+        let ys = b.grouped_product_rows(
             GroupedOp::XW,
             &cols,
             params.get(self.weight),
+            &identity,
             &routing.expanded_offsets(pix),
-            1.0,
-            &mut ys,
+            Some(params.get(self.bias)),
         );
         let ys = b.reshape(ys, [routing.pairs(), pix * self.out_channels]);
         (
