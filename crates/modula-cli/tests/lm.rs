@@ -9,28 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 mod common;
-use common::{assert_fails, assert_ok, json, modula};
-
-/// The data directory holding `ptb/`, or `None` when PTB has not been fetched.
-fn ptb_data_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("MODULA_DATA") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data"),
-    };
-    if dir.join("ptb/ptb.train.txt").is_file() {
-        return Some(dir.canonicalize().expect("an existing directory"));
-    }
-    let why = format!(
-        "{} has no ptb/; run `cargo run --release -- data fetch ptb`",
-        dir.display()
-    );
-    assert!(
-        !std::env::var("CI").is_ok_and(|v| v == "true"),
-        "CI=true but PTB is missing: {why}"
-    );
-    eprintln!("skipped: {why}");
-    None
-}
+use common::{assert_fails, assert_ok, json, modula, ptb_data_dir};
 
 /// A small model on the first 24,000 training tokens: about a second per epoch in test builds.
 fn smoke_config(dir: &Path, data: &Path) -> PathBuf {

@@ -2,7 +2,7 @@
 //! Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -46,4 +46,25 @@ pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
 /// A JSON file, parsed.
 pub fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The data directory holding `ptb/`, or `None` when PTB has not been fetched.
+pub fn ptb_data_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("MODULA_DATA") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data"),
+    };
+    if dir.join("ptb/ptb.train.txt").is_file() {
+        return Some(dir.canonicalize().expect("an existing directory"));
+    }
+    let why = format!(
+        "{} has no ptb/; run `cargo run --release -- data fetch ptb`",
+        dir.display()
+    );
+    assert!(
+        !std::env::var("CI").is_ok_and(|v| v == "true"),
+        "CI=true but PTB is missing: {why}"
+    );
+    eprintln!("skipped: {why}");
+    None
 }
