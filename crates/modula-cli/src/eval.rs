@@ -1,15 +1,14 @@
 //! `modula eval`: rebuilds a run's model from its `config.toml`, loads its checkpoint and
-//! evaluates it greedily on the test split.
+//! evaluates it greedily on its held-out splits (any task).
 
 use std::path::PathBuf;
 
 use clap::Args;
+use modula_run::dir::read_run_config;
+use modula_run::{DeviceInfo, RunConfig, RunError};
 use modula_tensor::Backend;
-use serde::Serialize;
 
-use crate::run::{
-    self, BackendKind, CliError, DeviceInfo, Figures, OnBackend, RunConfig, run_error,
-};
+use crate::backend::{BackendArg, OnBackend, on_backend};
 
 /// Arguments of `modula eval`.
 #[derive(Debug, Args)]
@@ -20,46 +19,32 @@ pub struct EvalArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// The backend to evaluate on: the CPU, or wgpu's best adapter (`MODULA_WGPU_ADAPTER=NAME`
-    /// picks one) [default: the run's own backend].
+    /// The backend to evaluate on [default: the run's own backend].
     #[arg(long, value_enum)]
-    pub backend: Option<BackendKind>,
-    /// CPU backend threads; the CPU backend only, wgpu ignores them [default: the run's own
-    /// count, which reproduces its figures].
+    pub backend: Option<BackendArg>,
+    /// CPU backend threads; wgpu ignores them [default: the run's own count, which
+    /// reproduces its figures].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub threads: Option<u64>,
-}
-
-/// What `modula eval --json` prints: the run's identity and the same figures as its
-/// `summary.json`.
-#[derive(Debug, Serialize)]
-struct Report {
-    task: String,
-    algo: String,
-    /// The checkpoint's iteration.
-    steps: u64,
-    seed: u64,
-    /// The backend evaluated on, and for wgpu its adapter.
-    #[serde(flatten)]
-    device: DeviceInfo,
-    #[serde(flatten)]
-    figures: Figures,
 }
 
 /// Runs `modula eval`.
 ///
 /// # Errors
-/// A [`CliError`] when the directory holds no run or its checkpoint is missing, truncated or
-/// from another configuration.
-pub fn run(args: EvalArgs) -> Result<(), CliError> {
-    let mut cfg = run::read_run_config(&args.run)?;
-    if let Some(threads) = args.threads {
-        cfg.threads = threads as usize;
-    }
-    if let Some(backend) = args.backend {
-        cfg.backend = backend;
-    }
-    run::on_backend(cfg.backend, cfg.threads, Job { cfg, args })
+/// A [`RunError`] when the directory holds no run or its checkpoint or data is missing,
+/// truncated or from another configuration.
+pub fn run(args: EvalArgs) -> Result<(), RunError> {
+    let mut cfg = read_run_config(&args.run)?;
+    cfg.apply(
+        &modula_run::Overrides {
+            backend: args.backend.map(Into::into),
+            threads: args.threads.map(|t| t as usize),
+            ..Default::default()
+        },
+        true,
+    );
+    let (backend, threads) = (cfg.common().backend, cfg.common().threads);
+    on_backend(backend, threads, Job { cfg, args })
 }
 
 /// A resolved evaluation, waiting for its backend.
@@ -69,47 +54,14 @@ struct Job {
 }
 
 impl OnBackend for Job {
-    fn run<B: Backend>(self, backend: B, device: DeviceInfo) -> Result<(), CliError> {
-        evaluate(backend, device, &self.cfg, &self.args)
+    fn run<B: Backend>(self, backend: B, device: DeviceInfo) -> Result<(), RunError> {
+        let eval = modula_run::evaluate(backend, device, &self.cfg, &self.args.run)?;
+        if self.args.json {
+            let json = serde_json::to_string_pretty(&eval).expect("the evaluation serialises");
+            println!("{json}");
+        } else {
+            println!("{}", eval.text(&self.args.run, self.cfg.common().threads));
+        }
+        Ok(())
     }
-}
-
-/// Rebuilds the run on `backend`, restores its checkpoint, evaluates and prints the figures.
-fn evaluate<B: Backend>(
-    backend: B,
-    device: DeviceInfo,
-    cfg: &RunConfig,
-    args: &EvalArgs,
-) -> Result<(), CliError> {
-    let mut exp = cfg.build(backend);
-    run::restore_checkpoint(&mut exp, &args.run)?;
-    let eval = exp
-        .evaluate()
-        .map_err(|e| run_error(format!("evaluation failed: {e}")))?;
-    let report = Report {
-        task: cfg.task_name.clone(),
-        algo: cfg.train.algo.name().to_string(),
-        steps: exp.trainer.step,
-        seed: cfg.seed,
-        device,
-        figures: Figures::new(&eval, exp.task.linear_baseline_mse()),
-    };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("the report serialises")
-        );
-    } else {
-        println!(
-            "{} on the {} task, seed {}, checkpoint at step {} ({}), evaluated on {}",
-            report.algo,
-            report.task,
-            report.seed,
-            report.steps,
-            run::checkpoint_path(&args.run).display(),
-            report.device.describe(cfg.threads)
-        );
-        println!("{}", report.figures.text());
-    }
-    Ok(())
 }

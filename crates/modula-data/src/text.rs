@@ -401,18 +401,7 @@ impl TextCorpus {
             options.max_vocab.is_none_or(|m| m >= 2),
             "max_vocab must leave room for <eos> and <unk>"
         );
-        let text = decode_utf8(path, bytes)?;
-        let lowered;
-        let text = if options.lowercase {
-            lowered = text.to_lowercase();
-            lowered.as_str()
-        } else {
-            text
-        };
-        let sentences: Vec<Vec<&str>> = lines(text)
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .filter(|words| !words.is_empty())
-            .collect();
+        let sentences = sentences(path, bytes, options)?;
         let n = sentences.len();
         let n_valid = (n as f64 * vf).round() as usize;
         let n_test = (n as f64 * tf).round() as usize;
@@ -427,53 +416,45 @@ impl TextCorpus {
         }
         let (train_lines, rest) = sentences.split_at(n_train);
         let (valid_lines, test_lines) = rest.split_at(n_valid.min(rest.len()));
+        Ok(corpus_from_lines(
+            [(path, train_lines), (path, valid_lines), (path, test_lines)],
+            options,
+        ))
+    }
 
-        // Count training words, remembering first appearance so that ties sort stably.
-        let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
-        for word in train_lines.iter().flatten() {
-            let next = counts.len();
-            counts.entry(word).or_insert((0, next)).0 += 1;
+    /// Parses three plain-text files (train, valid, test) as one corpus whose vocabulary comes
+    /// from the training file, capped by `options.max_vocab` (the split fractions are unused);
+    /// the paths are for messages.
+    ///
+    /// # Errors
+    /// [`DataError::NotUtf8`] for any file, [`DataError::Empty`] for a training file without
+    /// words.
+    ///
+    /// # Panics
+    /// If `max_vocab` is below 2.
+    #[track_caller]
+    pub fn parse_text_splits(
+        files: [(&Path, &[u8]); 3],
+        options: &TextOptions,
+    ) -> Result<TextCorpus> {
+        assert!(
+            options.max_vocab.is_none_or(|m| m >= 2),
+            "max_vocab must leave room for <eos> and <unk>"
+        );
+        let [(tp, tb), (vp, vb), (sp, sb)] = files;
+        let train = sentences(tp, tb, options)?;
+        if train.is_empty() {
+            return Err(DataError::Empty {
+                path: tp.to_path_buf(),
+                what: "the training file".into(),
+            });
         }
-        let mut ranked: Vec<(&str, usize, usize)> = counts
-            .into_iter()
-            .filter(|(w, _)| *w != EOS && *w != UNK)
-            .map(|(w, (c, first))| (w, c, first))
-            .collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
-        let mut vocab = Vocab::default();
-        vocab.insert(EOS);
-        vocab.insert(UNK);
-        let keep = options.max_vocab.map_or(ranked.len(), |m| m - 2);
-        for (word, _, _) in ranked.iter().take(keep) {
-            vocab.insert(word);
-        }
-        let unk = vocab.id(UNK).expect("inserted above");
-        let eos = vocab.id(EOS).expect("inserted above");
-        let mut first_index = 0u64;
-        let mut split = |lines: &[Vec<&str>]| {
-            let mut tokens = Vec::new();
-            for line in lines {
-                tokens.extend(line.iter().map(|w| vocab.id(w).unwrap_or(unk)));
-                tokens.push(eos);
-            }
-            let s = TokenSplit {
-                path: path.to_path_buf(),
-                tokens,
-                first_index,
-                lines: lines.len(),
-            };
-            first_index += s.tokens.len() as u64;
-            s
-        };
-        let train = split(train_lines);
-        let valid = split(valid_lines);
-        let test = split(test_lines);
-        Ok(TextCorpus {
-            vocab,
-            train,
-            valid,
-            test,
-        })
+        let valid = sentences(vp, vb, options)?;
+        let test = sentences(sp, sb, options)?;
+        Ok(corpus_from_lines(
+            [(tp, &train), (vp, &valid), (sp, &test)],
+            options,
+        ))
     }
 
     /// Reads and parses a plain-text file.
@@ -489,6 +470,106 @@ impl TextCorpus {
         TextCorpus::parse_text(path, &bytes, options)
     }
 }
+
+/// The non-blank lines of a plain-text file as words (lower-cased when asked).
+fn sentences(path: &Path, bytes: &[u8], options: &TextOptions) -> Result<Vec<Vec<String>>> {
+    let text = decode_utf8(path, bytes)?;
+    let text = if options.lowercase {
+        text.to_lowercase()
+    } else {
+        text.to_string()
+    };
+    Ok(lines(&text)
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .filter(|words| !words.is_empty())
+        .collect())
+}
+
+/// A corpus from the tokenised lines of its three splits: the vocabulary is the training
+/// split's words by frequency (ties in order of first appearance), capped by
+/// `options.max_vocab` with `<eos>` and `<unk>` counted; every other word becomes `<unk>`.
+fn corpus_from_lines(splits: [(&Path, &[Vec<String>]); 3], options: &TextOptions) -> TextCorpus {
+    // Count training words, remembering first appearance so that ties sort stably.
+    let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
+    for word in splits[0].1.iter().flatten() {
+        let next = counts.len();
+        counts.entry(word).or_insert((0, next)).0 += 1;
+    }
+    let mut ranked: Vec<(&str, usize, usize)> = counts
+        .into_iter()
+        .filter(|(w, _)| *w != EOS && *w != UNK)
+        .map(|(w, (c, first))| (w, c, first))
+        .collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
+    let mut vocab = Vocab::default();
+    vocab.insert(EOS);
+    vocab.insert(UNK);
+    let keep = options.max_vocab.map_or(ranked.len(), |m| m - 2);
+    for (word, _, _) in ranked.iter().take(keep) {
+        vocab.insert(word);
+    }
+    let unk = vocab.id(UNK).expect("inserted above");
+    let eos = vocab.id(EOS).expect("inserted above");
+    let mut first_index = 0u64;
+    let mut split = |path: &Path, lines: &[Vec<String>]| {
+        let mut tokens = Vec::new();
+        for line in lines {
+            tokens.extend(line.iter().map(|w| vocab.id(w).unwrap_or(unk)));
+            tokens.push(eos);
+        }
+        let s = TokenSplit {
+            path: path.to_path_buf(),
+            tokens,
+            first_index,
+            lines: lines.len(),
+        };
+        first_index += s.tokens.len() as u64;
+        s
+    };
+    let [(tp, tl), (vp, vl), (sp, sl)] = splits;
+    let train = split(tp, tl);
+    let valid = split(vp, vl);
+    let test = split(sp, sl);
+    TextCorpus {
+        vocab,
+        train,
+        valid,
+        test,
+    }
+}
+
+impl TextCorpus {
+    /// Reads `train.txt`, `valid.txt` and `test.txt` from `dir` (see
+    /// [`TextCorpus::parse_text_splits`]).
+    ///
+    /// # Errors
+    /// [`DataError::Missing`] or [`DataError::Io`] for any file, then as
+    /// [`TextCorpus::parse_text_splits`].
+    ///
+    /// # Panics
+    /// As [`TextCorpus::parse_text_splits`].
+    #[track_caller]
+    pub fn load_text_dir(dir: &Path, options: &TextOptions) -> Result<TextCorpus> {
+        let paths = TEXT_FILES.map(|name| dir.join(name));
+        let hint = "a text corpus directory holds train.txt, valid.txt and test.txt";
+        let bytes = [
+            read_file(&paths[0], hint)?,
+            read_file(&paths[1], hint)?,
+            read_file(&paths[2], hint)?,
+        ];
+        TextCorpus::parse_text_splits(
+            [
+                (&paths[0], &bytes[0]),
+                (&paths[1], &bytes[1]),
+                (&paths[2], &bytes[2]),
+            ],
+            options,
+        )
+    }
+}
+
+/// The file names of a plain-text corpus directory, in split order.
+pub const TEXT_FILES: [&str; 3] = ["train.txt", "valid.txt", "test.txt"];
 
 /// Options for plain-text corpora.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,4 +1,5 @@
-//! Validated configuration of a training run: the model, the algorithm and its schedule.
+//! What every task's configuration shares: the algorithm, the dense baselines' matching, the
+//! trainer's settings, and the error that names a bad field.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +13,8 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-pub(crate) fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
+/// A [`ConfigError`] for `field`.
+pub fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         field,
         problem: problem.into(),
@@ -32,6 +34,9 @@ pub enum Algo {
     Topk,
     /// A non-modular network (see [`DenseMatch`]).
     Dense,
+    /// The modular network with every selection drawn uniformly at random and the controller
+    /// left untrained: the baseline that shows what learned routing adds.
+    Uniform,
 }
 
 impl Algo {
@@ -42,8 +47,18 @@ impl Algo {
             Algo::Reinforce => "reinforce",
             Algo::Topk => "topk",
             Algo::Dense => "dense",
+            Algo::Uniform => "uniform",
         }
     }
+
+    /// Every algorithm, in the order the documentation lists them.
+    pub const ALL: [Algo; 5] = [
+        Algo::Em,
+        Algo::Reinforce,
+        Algo::Topk,
+        Algo::Dense,
+        Algo::Uniform,
+    ];
 }
 
 /// What a dense baseline is matched to.
@@ -57,138 +72,31 @@ pub enum DenseMatch {
     Params,
 }
 
-/// Shape of the modular network.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelConfig {
-    /// Modules per modular layer, `M`.
-    pub modules: usize,
-    /// Modules evaluated per input and layer, `K`.
-    pub k: usize,
-    /// Number of stacked modular layers (1 or more); hidden layers use ReLU.
-    pub layers: usize,
-    /// Width of the hidden layers (unused with one layer).
-    pub hidden: usize,
-    /// Variance of the Gaussian output distribution `p(y | x, a)` for regression.
-    pub variance: f32,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        ModelConfig {
-            modules: 6,
-            k: 1,
-            layers: 1,
-            hidden: 16,
-            variance: 0.01,
-        }
-    }
-}
-
-/// The optimisation schedule and algorithm settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TrainConfig {
-    /// Training algorithm.
+/// What the trainer and the algorithms need of a run's configuration, whatever the task: the
+/// algorithm, the optimiser and EM's E-step settings. Each task's own `[train]` section
+/// (validated by the task) resolves to one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrainSettings {
+    /// The training algorithm.
     pub algo: Algo,
-    /// What a dense baseline is matched to (only with `algo = "dense"`).
-    pub dense_match: DenseMatch,
-    /// Iterations (E-steps and M-steps together).
-    pub steps: usize,
-    /// Examples per mini-batch.
-    pub batch_size: usize,
-    /// Adam learning rate.
+    /// Adam's learning rate.
     pub lr: f32,
-    /// EM: candidates per example in an E-step (the stored one plus `samples - 1` draws).
-    pub samples: usize,
-    /// EM: iteration `i` is an E-step when `i % e_every == 0`.
-    pub e_every: usize,
     /// Gradient-norm clipping threshold; 0 disables clipping.
     pub grad_clip: f32,
+    /// EM: candidates per example in an E-step (the stored one plus `samples - 1` draws).
+    pub samples: usize,
+    /// EM: E-step period (its meaning is the task's [`crate::EStepDue`] rule).
+    pub e_every: usize,
     /// REINFORCE: decay of the moving-average reward baseline.
     pub reinforce_decay: f32,
-    /// Noisy top-k: weight of the importance loss.
-    pub importance_weight: f32,
-    /// Iterations between logged metrics.
-    pub log_every: usize,
-    /// Iterations between checkpoints (a final one is always written).
-    pub checkpoint_every: usize,
 }
 
-impl Default for TrainConfig {
-    fn default() -> Self {
-        TrainConfig {
-            algo: Algo::Em,
-            dense_match: DenseMatch::Compute,
-            steps: 20000,
-            batch_size: 128,
-            lr: 0.01,
-            samples: 10,
-            e_every: 10,
-            grad_clip: 0.0,
-            reinforce_decay: 0.9,
-            importance_weight: 0.1,
-            log_every: 100,
-            checkpoint_every: 1000,
-        }
-    }
-}
-
-impl ModelConfig {
-    /// Checks every field, naming the first bad one.
+impl TrainSettings {
+    /// Checks every field, naming the first bad one as a `train.*` key.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the field and the allowed values.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.modules == 0 || self.modules > u16::MAX as usize {
-            return Err(invalid(
-                "model.modules",
-                format!("is {}; use 1 to {}", self.modules, u16::MAX),
-            ));
-        }
-        if self.k == 0 {
-            return Err(invalid("model.k", "is 0; use at least 1 module per input"));
-        }
-        if self.k > self.modules {
-            return Err(invalid(
-                "model.k",
-                format!(
-                    "is {} but model.modules is {}; K must not exceed M",
-                    self.k, self.modules
-                ),
-            ));
-        }
-        if self.layers == 0 {
-            return Err(invalid("model.layers", "is 0; use at least 1"));
-        }
-        if self.layers > 1 && self.hidden == 0 {
-            return Err(invalid(
-                "model.hidden",
-                "is 0; stacked layers need a positive hidden width",
-            ));
-        }
-        if !(self.variance > 0.0 && self.variance.is_finite()) {
-            return Err(invalid(
-                "model.variance",
-                format!("is {}; use a positive finite number", self.variance),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl TrainConfig {
-    /// Checks every field, naming the first bad one.
-    ///
-    /// # Errors
-    /// A [`ConfigError`] naming the field and the allowed values.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.steps == 0 {
-            return Err(invalid("train.steps", "is 0; use at least 1"));
-        }
-        if self.batch_size == 0 {
-            return Err(invalid("train.batch_size", "is 0; use at least 1"));
-        }
+    pub fn validate(&self, importance_weight: f32) -> Result<(), ConfigError> {
         if self.samples == 0 {
             return Err(invalid(
                 "train.samples",
@@ -205,21 +113,14 @@ impl TrainConfig {
             self.lr,
             self.grad_clip,
             self.reinforce_decay,
-            self.importance_weight,
-        )?;
-        if self.log_every == 0 {
-            return Err(invalid("train.log_every", "is 0; use 1 or more"));
-        }
-        if self.checkpoint_every == 0 {
-            return Err(invalid("train.checkpoint_every", "is 0; use 1 or more"));
-        }
-        Ok(())
+            importance_weight,
+        )
     }
 }
 
 /// Checks the settings every trainer shares: the learning rate, clipping, REINFORCE's baseline
 /// decay and the top-k importance weight, naming the `train.*` field at fault.
-pub(crate) fn check_optimiser(
+fn check_optimiser(
     lr: f32,
     grad_clip: f32,
     reinforce_decay: f32,

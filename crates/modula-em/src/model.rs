@@ -1,11 +1,18 @@
-//! What EM and the baselines need from a network: a forward pass whose module selections are
-//! chosen layer by layer by a router, per-example likelihood terms, and a backward pass.
+//! What EM and the baselines need from a network, whatever its task: a forward pass whose
+//! module selections come from stored assignments or from a router, per-row likelihood terms,
+//! a backward pass for a weighted objective, and candidate scoring for the E-step.
+//!
+//! A network's selections come in *groups*: one group per modular layer of a feed-forward
+//! network, one per time step of a recurrent one. Each group has `rows` rows and is keyed in
+//! the [`crate::AssignmentTable`] by one table layer and one example key per row (see
+//! [`crate::Batch`]).
 
 use modula_modular::{ControllerOutput, Selection};
 use modula_nn::{Ctx, Grads, ParamStore};
 use modula_tensor::{Backend, BackendError};
+use rand_chacha::ChaCha8Rng;
 
-/// Targets of a batch.
+/// Targets of a batch of a feed-forward network.
 #[derive(Debug)]
 pub enum Target<B: Backend> {
     /// Real-valued targets `[n, d_out]` under a Gaussian with this variance.
@@ -19,10 +26,18 @@ pub enum Target<B: Backend> {
     Classes(Vec<u32>),
 }
 
-/// Chooses the selection of modular layer `layer` from its controller's distributions. The
-/// network calls it layer by layer, so sampling through it is ancestral.
+/// Chooses the selection of group `g` from its controller's distributions. A network calls
+/// it group by group, so sampling through it is ancestral (over layers, or through time).
 pub type Router<'r, B> =
     dyn FnMut(usize, &ControllerOutput<B>) -> Result<Selection, BackendError> + 'r;
+
+/// How a forward pass chooses its selections.
+pub enum Routes<'a, 'r, B: Backend> {
+    /// Known before the pass, one per group (EM's stored assignments).
+    Stored(&'a [Selection]),
+    /// Chosen group by group from the controller's output (sampling, greedy, uniform).
+    Chosen(&'a mut Router<'r, B>),
+}
 
 /// Summary of the controllers' distributions over a batch (for diagnostics).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -33,34 +48,64 @@ pub struct ControllerStats {
     pub batch_entropy: f64,
 }
 
-/// Result of a forward pass.
+/// How the rows of a forward pass form REINFORCE's episodes, the units that share one reward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Episodes {
+    /// Every row is its own episode (a feed-forward network: one example, one reward).
+    Rows,
+    /// Row `j` belongs to stream `j % n` of `n` streams (a recurrent window, time-major):
+    /// every choice of a stream in the window shares the window's log-likelihood.
+    Streams(usize),
+}
+
+/// Host-side result of a forward pass.
 #[derive(Debug)]
-pub struct Output<B: Backend, C> {
-    /// `-log p(y | x, a)` per row, `[n, 1]`.
-    pub task_nll: B::Tensor,
-    /// `log p(a | x)` per row summed over modular layers, `[n, 1]` (zeros for gates that are
-    /// not distributions, such as noisy top-k).
-    pub ctrl_logp: B::Tensor,
-    /// The selection used at each modular layer.
+pub struct Forward<B: Backend, C> {
+    /// `-log p(y | ., a)` per row (per example, or per position of a window).
+    pub nll: Vec<f32>,
+    /// `log p(a | .)` per row summed over the row's groups (empty for networks without a
+    /// controller distribution, such as noisy top-k and dense sequence models).
+    pub log_p: Vec<f32>,
+    /// The selection of each group.
     pub selections: Vec<Selection>,
-    /// The network's output (predicted mean or logits).
-    pub prediction: B::Tensor,
+    /// Per table layer, how many (row, slot) pairs each module served.
+    pub usage: Vec<Vec<u64>>,
     /// Controller diagnostics, when requested.
     pub stats: Option<ControllerStats>,
-    /// State for [`ModularModel::backward`].
+    /// An auxiliary loss the model adds to the objective itself (top-k's importance loss, as
+    /// reported by the model; 0 when it reports none).
+    pub importance: f64,
+    /// REINFORCE's episodes.
+    pub episodes: Episodes,
+    /// State to carry into the next batch (a recurrent network's last hidden state).
+    pub carry: Option<B::Tensor>,
+    /// State for [`Model::backward`].
     pub cache: C,
 }
 
+/// The E-step's candidates for a batch of `n` examples: `samples` candidates per example, row
+/// `s * n + i` being candidate `s` of example `i`, candidate 0 the stored assignment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidates {
+    /// `log p(y | ., a) + log p(a | .)` of each candidate row under the current parameters.
+    pub scores: Vec<f64>,
+    /// The selection of each group over all `samples * n` candidate rows.
+    pub selections: Vec<Selection>,
+}
+
 /// A network with modular layers that EM and the baselines can train.
-pub trait ModularModel<B: Backend> {
+pub trait Model<B: Backend> {
+    /// What one forward pass reads: inputs and targets (and a carried state).
+    type Input;
     /// What forward keeps for backward.
     type Cache;
 
-    /// `(M, K)` of each modular layer, in forward order.
-    fn layer_shapes(&self) -> Vec<(usize, usize)>;
+    /// `(M, K)` of each layer of the assignment table a forward pass's groups are keyed into;
+    /// empty when the network routes without a controller distribution (EM cannot train it).
+    fn table_shapes(&self) -> Vec<(usize, usize)>;
 
-    /// Forward pass over `x` with targets `target`, asking `route` for each layer's selection.
-    /// With `stats`, also summarises the controllers' distributions.
+    /// Forward pass over `input`, routed by `routes`. With `stats`, also summarises the
+    /// controllers' distributions.
     ///
     /// # Errors
     /// Device failures, and whatever the router returns.
@@ -69,28 +114,55 @@ pub trait ModularModel<B: Backend> {
         &self,
         b: &B,
         params: &ParamStore<B>,
-        x: &B::Tensor,
-        target: &Target<B>,
-        route: &mut Router<'_, B>,
+        input: &Self::Input,
+        routes: Routes<'_, '_, B>,
         stats: bool,
         ctx: &mut Ctx,
-    ) -> Result<Output<B, Self::Cache>, BackendError>;
+    ) -> Result<Forward<B, Self::Cache>, BackendError>;
 
-    /// Backward pass for the objective `sum_i d_task[i] * task_nll[i] + d_ctrl[i] *
-    /// ctrl_logp[i]` (plus any auxiliary loss the model adds itself, such as top-k's
-    /// importance loss); accumulates every parameter gradient.
+    /// Backward pass for the objective `sum_j d_nll * nll[j] + d_logp[j] * log_p[j]` (plus
+    /// any auxiliary loss the model adds itself, such as top-k's importance loss); accumulates
+    /// every parameter gradient. An empty `d_logp` leaves the controller term out.
     ///
     /// # Errors
     /// Device failures.
+    #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
         b: &B,
         params: &ParamStore<B>,
         cache: Self::Cache,
-        d_task: &B::Tensor,
-        d_ctrl: &B::Tensor,
+        d_nll: f32,
+        d_logp: &[f32],
         grads: &mut Grads<B>,
     ) -> Result<(), BackendError>;
+
+    /// Scores `samples` candidate selections per example for the E-step: candidate 0 follows
+    /// `stored` (one selection per group), the others are drawn ancestrally from the
+    /// controllers with `rng`.
+    ///
+    /// # Errors
+    /// Device failures.
+    #[allow(clippy::too_many_arguments)]
+    fn score_candidates(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        input: &Self::Input,
+        stored: &[Selection],
+        samples: usize,
+        rng: &mut ChaCha8Rng,
+        ctx: &mut Ctx,
+    ) -> Result<Candidates, BackendError>;
+}
+
+/// The selection of candidate rows `samples * n`: the stored rows first (candidate 0), then the
+/// rows `n..` of a fresh draw `drawn` over all candidate rows.
+pub fn stored_then_drawn(stored: &Selection, drawn: &Selection) -> Selection {
+    let k = stored.k();
+    let mut picks = stored.as_slice().to_vec();
+    picks.extend_from_slice(&drawn.as_slice()[stored.rows() * k..]);
+    Selection::new(k, picks)
 }
 
 /// Entropy statistics of per-slot log-probabilities `[rows * K, M]` (row-major, slot-minor).
@@ -126,4 +198,32 @@ pub fn controller_stats(log_probs: &[f32], modules: usize, k: usize) -> Controll
         mean_entropy: mean_entropy / slots as f64,
         batch_entropy,
     }
+}
+
+/// How many (row, slot) pairs each of `modules` modules serves in `selections`.
+pub fn usage_counts<'s>(
+    selections: impl IntoIterator<Item = &'s Selection>,
+    modules: usize,
+) -> Vec<u64> {
+    let mut counts = vec![0u64; modules];
+    for s in selections {
+        s.as_slice().iter().for_each(|&a| counts[a as usize] += 1);
+    }
+    counts
+}
+
+/// `exp` of the entropy of a histogram: the number of modules in real use (0 for an empty
+/// histogram).
+pub fn effective_count(counts: &[u64]) -> f64 {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let h: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| c as f64 / total as f64)
+        .map(|p| -p * p.ln())
+        .sum();
+    h.exp()
 }

@@ -1,6 +1,7 @@
-//! The training loop's state: parameters, optimiser, assignment table, schedule and
-//! checkpoints. Every random choice of iteration `i` comes from its own stream of the run's
-//! seed, so a run resumed from a checkpoint continues exactly as the uninterrupted run would.
+//! The one training loop's state for every task and algorithm: parameters, optimiser, the
+//! algorithm's state, the task's cursor, and checkpoints. Every random choice of iteration `i`
+//! comes from its own stream of the run's seed, so a run resumed from a checkpoint continues
+//! exactly as the uninterrupted run would.
 
 use std::collections::BTreeMap;
 
@@ -12,11 +13,11 @@ use modula_tensor::{Backend, BackendError};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::algo::{self, Batch, EStats, StepStats};
-use crate::config::{Algo, TrainConfig};
-use crate::model::{ModularModel, Target};
+use crate::algo::{self, Algorithm, StepContext, StepStats};
+use crate::config::{Algo, TrainSettings};
+use crate::estep::EStats;
 use crate::table::AssignmentTable;
-use crate::toy::permutation;
+use crate::task::{EStepDue, Task};
 
 /// Why training stopped.
 #[derive(Debug, thiserror::Error)]
@@ -48,242 +49,198 @@ pub enum TrainError {
     },
 }
 
-/// Training data resident on the device.
-#[derive(Debug)]
-pub enum TargetData<B: Backend> {
-    /// Real-valued targets `[N, d_out]`.
-    Regression(B::Tensor),
-    /// Class indices.
-    Classes(Vec<u32>),
-}
-
-/// The training split on the device: inputs `[N, d_in]` and targets; row `i` has stable index
-/// `i`.
-#[derive(Debug)]
-pub struct TrainData<B: Backend> {
-    /// Inputs.
-    pub x: B::Tensor,
-    /// Targets.
-    pub target: TargetData<B>,
-}
-
 /// What one iteration did.
-#[derive(Clone, Debug, PartialEq)]
-pub enum StepOutcome {
-    /// An EM E-step.
-    EStep(EStats),
-    /// A gradient step (EM's M-step or a baseline's update).
-    Gradient(StepStats),
-}
-
-/// A training run in memory: parameters, optimiser, assignment table and schedule. Iteration `i`
-/// draws its randomness from its own stream of the seed, so a restored run continues exactly.
-#[derive(Debug)]
-pub struct Trainer<B: Backend, M: ModularModel<B>> {
-    /// The backend.
-    pub backend: B,
-    /// The network.
-    pub model: M,
-    /// Its parameters.
-    pub params: ParamStore<B>,
-    /// The optimiser (Adam).
-    pub optimizer: Adam<B>,
-    /// Hyper-parameters.
-    pub config: TrainConfig,
-    /// The run's seed.
-    pub seed: u64,
-    /// EM's assignment table (EM only).
-    pub table: Option<AssignmentTable>,
-    /// REINFORCE's reward baseline.
-    pub baseline: Option<f64>,
-    /// Iterations completed.
-    pub step: u64,
-    data: TrainData<B>,
-    /// Gradient buffers, reset (not freed) every step.
-    grads: Grads<B>,
-    examples: usize,
-    variance: f32,
-    epoch: Option<(u64, Vec<u32>)>,
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepOutcome {
+    /// The E-step it ran (EM), if any.
+    pub e_step: Option<EStats>,
+    /// Its gradient step, unless the iteration was an E-step only.
+    pub gradient: Option<StepStats>,
 }
 
 /// Stream ids that keep the run's random choices apart.
-pub(crate) const STREAM_TABLE: u64 = 1 << 62;
-const STREAM_EPOCH: u64 = 1 << 61;
+const STREAM_TABLE: u64 = 1 << 62;
+const STREAM_CTX: u64 = 1 << 60;
+const STREAM_E_BEFORE: u64 = 1 << 59;
 
 /// Stream `id` of the ChaCha generator seeded by `seed`.
-pub(crate) fn stream(seed: u64, id: u64) -> ChaCha8Rng {
+pub fn stream(seed: u64, id: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(id);
     rng
 }
 
-impl<B: Backend, M: ModularModel<B>> Trainer<B, M> {
-    /// A new run. EM's table starts uniformly random from the seed.
+/// A training run in memory, for any task `T` and any algorithm.
+#[derive(Debug)]
+pub struct Trainer<B: Backend, T: Task<B>> {
+    /// The backend.
+    pub backend: B,
+    /// The task: data, batches and cursor.
+    pub task: T,
+    /// The network.
+    pub model: T::Model,
+    /// Its parameters.
+    pub params: ParamStore<B>,
+    /// The optimiser (Adam).
+    pub optimizer: Adam<B>,
+    /// The algorithm and optimiser settings.
+    pub settings: TrainSettings,
+    /// The run's seed.
+    pub seed: u64,
+    /// Iterations completed.
+    pub step: u64,
+    algorithm: Box<dyn Algorithm<B, T::Model>>,
+    /// Gradient buffers, reset (not freed) every step.
+    grads: Grads<B>,
+}
+
+impl<B: Backend, T: Task<B>> Trainer<B, T> {
+    /// A new run of `settings.algo` on `task` with `model` (its parameters in `params`). EM's
+    /// table starts uniformly random from the seed.
     ///
     /// # Panics
-    /// If the configuration is invalid (validate it first) or the data has no rows.
+    /// If the task has no training rows.
     #[track_caller]
     pub fn new(
         backend: B,
-        model: M,
+        task: T,
+        model: T::Model,
         params: ParamStore<B>,
-        config: TrainConfig,
+        settings: TrainSettings,
         seed: u64,
-        data: TrainData<B>,
-        variance: f32,
     ) -> Self {
-        config.validate().expect("validated configuration");
-        let examples = backend.shape(&data.x)[0];
-        assert!(examples > 0, "training data has no rows");
-        let table = (config.algo == Algo::Em).then(|| {
-            AssignmentTable::random(
-                examples,
-                &model.layer_shapes(),
-                &mut stream(seed, STREAM_TABLE),
-            )
-        });
-        let optimizer = Adam::new(config.lr);
+        let rows = task.table_rows();
+        assert!(rows > 0, "the task has no training rows");
+        let algorithm = algo::build(&settings, &model, rows, &mut stream(seed, STREAM_TABLE));
         Trainer {
+            optimizer: Adam::new(settings.lr),
             backend,
+            task,
             model,
             params,
-            optimizer,
-            config,
+            settings,
             seed,
-            table,
-            baseline: None,
             step: 0,
-            data,
+            algorithm,
             grads: Grads::new(),
-            examples,
-            variance,
-            epoch: None,
         }
     }
 
-    /// Variance of the Gaussian output distribution (regression tasks).
-    pub fn variance(&self) -> f32 {
-        self.variance
+    /// The algorithm being run.
+    pub fn algo(&self) -> Algo {
+        self.algorithm.algo()
     }
 
-    /// The stable indices of the mini-batch of iteration `step`: consecutive slices of a
-    /// per-epoch permutation drawn from the seed.
-    pub fn batch_indices(&mut self, step: u64) -> Vec<u32> {
-        let bs = self.config.batch_size.min(self.examples);
-        let per_epoch = (self.examples / bs) as u64;
-        let (epoch, j) = (step / per_epoch, (step % per_epoch) as usize);
-        if self.epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let perm = permutation(self.examples, &mut stream(self.seed, STREAM_EPOCH + epoch));
-            self.epoch = Some((epoch, perm));
-        }
-        let perm = &self.epoch.as_ref().expect("set above").1;
-        perm[j * bs..(j + 1) * bs].to_vec()
+    /// EM's assignment table (EM runs only).
+    pub fn table(&self) -> Option<&AssignmentTable> {
+        self.algorithm.table()
     }
 
-    fn batch(&mut self, step: u64) -> Batch<B> {
-        let idx = self.batch_indices(step);
-        let b = &self.backend;
-        let target = match &self.data.target {
-            TargetData::Regression(y) => Target::Regression {
-                y: b.gather_rows(y, &idx),
-                variance: self.variance,
-            },
-            TargetData::Classes(c) => Target::Classes(idx.iter().map(|&i| c[i as usize]).collect()),
-        };
-        Batch {
-            x: b.gather_rows(&self.data.x, &idx),
-            target,
-            idx,
-        }
-    }
-
-    /// Runs the next iteration: for EM an E-step when `step % e_every == 0`, else an M-step;
-    /// for the baselines always their gradient step.
+    /// Runs the next iteration: an E-step when the task says one is due (EM only), and the
+    /// algorithm's gradient step unless the E-step replaces it.
     ///
     /// # Errors
     /// [`TrainError::Diverged`] when the loss is not finite (parameters stay as they were),
     /// or a device failure.
     pub fn step(&mut self) -> Result<StepOutcome, TrainError> {
         let step = self.step;
-        let batch = self.batch(step);
+        let batch = self.task.batch(&self.backend, step);
+        let due = if self.algorithm.has_e_step() {
+            self.task.e_step_due(step, self.settings.e_every)
+        } else {
+            EStepDue::No
+        };
         let mut rng = stream(self.seed, step);
         let mut ctx = Ctx {
             train: true,
-            rng: stream(self.seed, step | (1 << 60)),
+            rng: stream(self.seed, step | STREAM_CTX),
         };
-        let b = &self.backend;
-        let grads = &mut self.grads;
-        grads.reset();
-        let stats = match self.config.algo {
-            Algo::Em => {
-                let table = self.table.as_mut().expect("EM runs keep a table");
-                if step.is_multiple_of(self.config.e_every as u64) {
-                    let e = algo::e_step(
-                        &self.model,
-                        b,
-                        &self.params,
-                        &batch,
-                        table,
-                        self.config.samples,
-                        &mut rng,
-                        &mut ctx,
-                    )?;
-                    self.step += 1;
-                    return Ok(StepOutcome::EStep(e));
-                }
-                algo::m_step(&self.model, b, &self.params, &batch, table, grads, &mut ctx)?
+        let mut outcome = StepOutcome::default();
+        if due != EStepDue::No {
+            // An E-step in place of a gradient step draws from the iteration's own stream; one
+            // before a gradient step leaves that stream to it.
+            let (mut before_rng, mut before_ctx);
+            let (e_rng, e_ctx) = if due == EStepDue::Before {
+                before_rng = stream(self.seed, step | STREAM_E_BEFORE);
+                before_ctx = Ctx::eval();
+                (&mut before_rng, &mut before_ctx)
+            } else {
+                (&mut rng, &mut ctx)
+            };
+            let s = StepContext {
+                model: &self.model,
+                backend: &self.backend,
+                params: &self.params,
+                grads: &mut self.grads,
+                rng: e_rng,
+                ctx: e_ctx,
+            };
+            let e = self
+                .algorithm
+                .e_step(s, &batch)
+                .expect("an algorithm with E-steps runs them")?;
+            outcome.e_step = Some(e);
+            if due == EStepDue::Instead {
+                self.task.advance(&self.backend, None);
+                self.step += 1;
+                return Ok(outcome);
             }
-            Algo::Reinforce => {
-                let decay = self.config.reinforce_decay;
-                algo::reinforce_step(
-                    &self.model,
-                    b,
-                    &self.params,
-                    &batch,
-                    &mut self.baseline,
-                    decay,
-                    &mut rng,
-                    grads,
-                    &mut ctx,
-                )?
-            }
-            Algo::Topk | Algo::Dense => {
-                algo::gated_step(&self.model, b, &self.params, &batch, grads, &mut ctx)?
-            }
+        }
+        self.grads.reset();
+        let s = StepContext {
+            model: &self.model,
+            backend: &self.backend,
+            params: &self.params,
+            grads: &mut self.grads,
+            rng: &mut rng,
+            ctx: &mut ctx,
         };
-        let loss = stats.task_nll + stats.ctrl_nll;
+        let g = self.algorithm.gradient(s, &batch)?;
+        let loss = g.stats.loss();
         if !loss.is_finite() {
             return Err(TrainError::Diverged { step, value: loss });
         }
-        if self.config.grad_clip > 0.0 {
-            grads.clip_norm(b, self.config.grad_clip)?;
+        let b = &self.backend;
+        if self.settings.grad_clip > 0.0 {
+            self.grads.clip_norm(b, self.settings.grad_clip)?;
         }
-        self.optimizer.step(b, &mut self.params, grads);
+        self.optimizer.step(b, &mut self.params, &self.grads);
+        self.task.advance(b, g.carry);
         self.step += 1;
-        Ok(StepOutcome::Gradient(stats))
+        outcome.gradient = Some(g.stats);
+        Ok(outcome)
     }
 
     /// Everything needed to resume: parameters, Adam's moments and step count, the
-    /// assignment table, the reward baseline and the iteration counter.
+    /// algorithm's state, the task's cursor and the iteration counter.
     ///
     /// # Errors
     /// A device failure while downloading tensors.
     pub fn checkpoint(&self) -> Result<Checkpoint, TrainError> {
+        let b = &self.backend;
         let mut ck = Checkpoint::new();
-        save_state(
-            &mut ck,
-            &self.backend,
-            &self.params,
-            &self.optimizer,
-            self.table.as_ref(),
-        )?;
-        let meta = common_meta(
-            self.step,
-            self.optimizer.steps(),
-            self.seed,
-            self.config.algo,
-            self.baseline,
-        );
+        ck.add_params(b, &self.params)?;
+        for (id, mv) in self.optimizer.moments() {
+            let name = self.params.name(id).to_string();
+            for (tag, t) in ["m", "v"].iter().zip(mv) {
+                let [r, c] = b.shape(t);
+                ck.insert(
+                    format!("optimizer.{tag}.{name}"),
+                    StoredTensor::f32(vec![r, c], b.download(t)?),
+                );
+            }
+        }
+        self.algorithm.save(&mut ck);
+        self.task.save(b, &mut ck)?;
+        let meta: BTreeMap<String, String> = [
+            ("step", self.step.to_string()),
+            ("adam_t", self.optimizer.steps().to_string()),
+            ("seed", self.seed.to_string()),
+            ("algo", self.algo().name().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         ck.metadata.extend(meta);
         Ok(ck)
     }
@@ -291,60 +248,44 @@ impl<B: Backend, M: ModularModel<B>> Trainer<B, M> {
     /// Restores the state saved by [`Trainer::checkpoint`].
     ///
     /// # Errors
-    /// [`TrainError::Mismatch`] when the checkpoint is for another algorithm or model, or a
-    /// [`CheckpointError`] naming a missing or malformed tensor.
+    /// [`TrainError::Mismatch`] when the checkpoint is for another algorithm, model or data, or
+    /// a [`CheckpointError`] naming a missing or malformed tensor.
     pub fn restore(&mut self, ck: &Checkpoint) -> Result<(), TrainError> {
-        let meta = MetaReader::new(ck, self.config.algo)?;
+        let meta = MetaReader::new(ck, self.algo())?;
         let (step, adam_t) = (meta.number("step")?, meta.number("adam_t")?);
-        let baseline = meta.baseline()?;
-        restore_state(
-            &meta,
-            &self.backend,
-            &mut self.params,
-            &mut self.optimizer,
-            &mut self.table,
-            adam_t,
-        )?;
-        self.baseline = baseline;
+        let b = &self.backend;
+        ck.load_params(b, &mut self.params, ExtraTensors::Ignore)?;
+        let mut moments = Vec::new();
+        for id in self.params.ids() {
+            let name = self.params.name(id);
+            let shape = b.shape(self.params.get(id));
+            if ck.get(&format!("optimizer.m.{name}")).is_some() {
+                let m = b.upload(shape, ck.f32(&format!("optimizer.m.{name}"), Some(&shape))?);
+                let v = b.upload(shape, ck.f32(&format!("optimizer.v.{name}"), Some(&shape))?);
+                moments.push((id, [m, v]));
+            }
+        }
+        self.algorithm.restore(&meta)?;
+        self.task.restore(b, ck, step)?;
+        self.optimizer.restore(adam_t, moments);
         self.step = step;
-        self.epoch = None;
         Ok(())
     }
 }
 
-/// The metadata every trainer writes into its checkpoints: counters, seed, algorithm and
-/// REINFORCE's baseline (each trainer adds its own keys).
-pub(crate) fn common_meta(
-    step: u64,
-    adam_t: u64,
-    seed: u64,
-    algo: Algo,
-    baseline: Option<f64>,
-) -> BTreeMap<String, String> {
-    [
-        ("step", step.to_string()),
-        ("adam_t", adam_t.to_string()),
-        ("seed", seed.to_string()),
-        ("algo", algo.name().to_string()),
-        (
-            "baseline",
-            baseline.map_or("none".to_string(), |v| format!("{v:?}")),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
 /// Reads a checkpoint's metadata back, with errors that name the checkpoint.
-pub(crate) struct MetaReader<'c> {
+#[derive(Debug)]
+pub struct MetaReader<'c> {
     ck: &'c Checkpoint,
     path: String,
 }
 
 impl<'c> MetaReader<'c> {
     /// A reader for `ck`, refusing a checkpoint written by another algorithm than `algo`.
-    pub(crate) fn new(ck: &'c Checkpoint, algo: Algo) -> Result<Self, TrainError> {
+    ///
+    /// # Errors
+    /// [`TrainError::Mismatch`] when the algorithm differs or is not recorded.
+    pub fn new(ck: &'c Checkpoint, algo: Algo) -> Result<Self, TrainError> {
         let reader = MetaReader {
             ck,
             path: ck.origin().display().to_string(),
@@ -359,15 +300,24 @@ impl<'c> MetaReader<'c> {
         Ok(reader)
     }
 
+    /// The checkpoint being read.
+    pub fn checkpoint(&self) -> &'c Checkpoint {
+        self.ck
+    }
+
     /// A [`TrainError::Mismatch`] naming the checkpoint.
-    pub(crate) fn mismatch(&self, problem: String) -> TrainError {
+    pub fn mismatch(&self, problem: String) -> TrainError {
         TrainError::Mismatch {
             path: self.path.clone(),
             problem,
         }
     }
 
-    fn get(&self, key: &str) -> Result<String, TrainError> {
+    /// The metadata value under `key`.
+    ///
+    /// # Errors
+    /// [`TrainError::Mismatch`] when it is missing.
+    pub fn get(&self, key: &str) -> Result<String, TrainError> {
         self.ck
             .metadata
             .get(key)
@@ -376,88 +326,12 @@ impl<'c> MetaReader<'c> {
     }
 
     /// The unsigned integer stored under `key`.
-    pub(crate) fn number(&self, key: &str) -> Result<u64, TrainError> {
+    ///
+    /// # Errors
+    /// [`TrainError::Mismatch`] when it is missing or not a number.
+    pub fn number(&self, key: &str) -> Result<u64, TrainError> {
         self.get(key)?
             .parse()
             .map_err(|_| self.mismatch(format!("metadata `{key}` is not a number")))
     }
-
-    /// REINFORCE's baseline, `None` when none was set.
-    pub(crate) fn baseline(&self) -> Result<Option<f64>, TrainError> {
-        match self.get("baseline")?.as_str() {
-            "none" => Ok(None),
-            v => v
-                .parse::<f64>()
-                .map(Some)
-                .map_err(|_| self.mismatch("metadata `baseline` is not a number".into())),
-        }
-    }
-}
-
-/// Writes the parameters, Adam's moments and EM's assignment table into `ck` (the state every
-/// trainer shares; each adds its own counters as metadata).
-pub(crate) fn save_state<B: Backend>(
-    ck: &mut Checkpoint,
-    b: &B,
-    params: &ParamStore<B>,
-    optimizer: &Adam<B>,
-    table: Option<&AssignmentTable>,
-) -> Result<(), TrainError> {
-    ck.add_params(b, params)?;
-    for (id, mv) in optimizer.moments() {
-        let name = params.name(id).to_string();
-        for (tag, t) in ["m", "v"].iter().zip(mv) {
-            let [r, c] = b.shape(t);
-            ck.insert(
-                format!("optimizer.{tag}.{name}"),
-                StoredTensor::f32(vec![r, c], b.download(t)?),
-            );
-        }
-    }
-    if let Some(table) = table {
-        for (l, layer) in table.layers().iter().enumerate() {
-            ck.insert(
-                format!("em.assignments.{l}"),
-                StoredTensor::u16(vec![table.examples(), layer.k()], layer.as_slice().to_vec()),
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Reads back what [`save_state`] wrote; the table, when present, must have `table`'s shape.
-pub(crate) fn restore_state<B: Backend>(
-    meta: &MetaReader<'_>,
-    b: &B,
-    params: &mut ParamStore<B>,
-    optimizer: &mut Adam<B>,
-    table: &mut Option<AssignmentTable>,
-    adam_t: u64,
-) -> Result<(), TrainError> {
-    let ck = meta.ck;
-    ck.load_params(b, params, ExtraTensors::Ignore)?;
-    let mut moments = Vec::new();
-    for id in params.ids() {
-        let name = params.name(id);
-        let shape = b.shape(params.get(id));
-        if ck.get(&format!("optimizer.m.{name}")).is_some() {
-            let m = b.upload(shape, ck.f32(&format!("optimizer.m.{name}"), Some(&shape))?);
-            let v = b.upload(shape, ck.f32(&format!("optimizer.v.{name}"), Some(&shape))?);
-            moments.push((id, [m, v]));
-        }
-    }
-    optimizer.restore(adam_t, moments);
-    if let Some(t) = table {
-        let mut layers = Vec::new();
-        for (l, layer) in t.layers().iter().enumerate() {
-            let data = ck.u16(
-                &format!("em.assignments.{l}"),
-                Some(&[t.examples(), layer.k()]),
-            )?;
-            layers.push((layer.modules(), layer.k(), data.to_vec()));
-        }
-        *table =
-            Some(AssignmentTable::from_raw(t.examples(), layers).map_err(|p| meta.mismatch(p))?);
-    }
-    Ok(())
 }

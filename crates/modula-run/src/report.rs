@@ -1,35 +1,24 @@
-//! `modula report RUN...`: the PTB experiment's table (one row per run) and its validation
+//! The report over language-modelling runs (`modula report RUN...`): the table (one row per run) and its validation
 //! curves in one figure, from the runs' `summary.json` and `metrics.jsonl`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::Args;
-
+use crate::dir::{METRICS_FILE, SUMMARY_FILE, write_file};
+use crate::error::{RunError, run_error};
 use crate::lm::{LmRecord, LmSummary};
-use crate::lm_plot::{self, Curve};
-use crate::run::{CliError, METRICS_FILE, SUMMARY_FILE, run_error};
-use crate::train::write_file;
+use crate::plot::lm::{self as lm_plot, Curve};
 
-/// Arguments of `modula report`.
-#[derive(Debug, Args)]
-pub struct ReportArgs {
-    /// Language-modelling run directories with a `summary.json`.
-    #[arg(required = true, value_name = "RUN")]
-    pub runs: Vec<PathBuf>,
-    /// Where to write report.md and curves.png/svg.
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
-}
-
-/// Runs `modula report`.
+/// Tabulates the language-modelling runs `runs` into `out/report.md` and draws their
+/// validation curves together, printing the table.
 ///
 /// # Errors
-/// A [`CliError`] naming a run without a readable summary or metrics, or a failed write.
-pub fn run(args: ReportArgs) -> Result<(), CliError> {
+/// A run error naming a run without a readable summary or metrics (or a toy run), or a failed
+/// write.
+pub fn report(runs: &[PathBuf], out: &Path) -> Result<(), RunError> {
     let mut rows = Vec::new();
     let mut curves = Vec::new();
     let mut histories = Vec::new();
-    for dir in &args.runs {
+    for dir in runs {
         let path = dir.join(SUMMARY_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| {
             run_error(format!(
@@ -39,7 +28,7 @@ pub fn run(args: ReportArgs) -> Result<(), CliError> {
         })?;
         let s: LmSummary = serde_json::from_str(&text).map_err(|e| {
             run_error(format!(
-                "{} is not a language-modelling summary: {e}",
+                "{} is not a language-modelling summary (`modula report` tabulates ptb and text runs; toy runs have their figures in summary.json and their plots in the run directory): {e}",
                 path.display()
             ))
         })?;
@@ -91,15 +80,15 @@ pub fn run(args: ReportArgs) -> Result<(), CliError> {
             noise.map_or("-".to_string(), |n| format!("{n:.3}")),
         ));
     }
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| run_error(format!("cannot create {}: {e}", args.out.display())))?;
-    write_file(&args.out.join("report.md"), &md)?;
-    let figures = lm_plot::curves(&args.out, &curves).map_err(run_error)?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| run_error(format!("cannot create {}: {e}", out.display())))?;
+    write_file(&out.join("report.md"), &md)?;
+    let figures = lm_plot::curves(&out, &curves).map_err(run_error)?;
     print!("{md}");
     println!(
         "wrote report.md, {} into {}",
         figures.join(", "),
-        args.out.display()
+        out.display()
     );
     Ok(())
 }

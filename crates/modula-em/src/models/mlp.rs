@@ -11,9 +11,87 @@ use modula_nn::{
 use modula_tensor::{Backend, BackendError, UnaryOp};
 use rand::Rng;
 
-use crate::config::{Algo, DenseMatch, ModelConfig};
-use crate::model::{ControllerStats, ModularModel, Output, Router, Target, controller_stats};
-use crate::topk::{TopKCache, TopKGate};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Algo, ConfigError, DenseMatch, invalid};
+use crate::model::{
+    Candidates, ControllerStats, Episodes, Forward, Model, Router, Routes, Target,
+    controller_stats, stored_then_drawn, usage_counts,
+};
+use crate::models::topk::{TopKCache, TopKGate};
+
+/// Shape of a [`ModularMlp`] and its output distribution (the `[model]` section of a
+/// feed-forward task).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlpConfig {
+    /// Modules per modular layer, `M`.
+    pub modules: usize,
+    /// Modules evaluated per input and layer, `K`.
+    pub k: usize,
+    /// Number of stacked modular layers (1 or more); hidden layers use ReLU.
+    pub layers: usize,
+    /// Width of the hidden layers (unused with one layer).
+    pub hidden: usize,
+    /// Variance of the Gaussian output distribution `p(y | x, a)` for regression.
+    pub variance: f32,
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        MlpConfig {
+            modules: 6,
+            k: 1,
+            layers: 1,
+            hidden: 16,
+            variance: 0.01,
+        }
+    }
+}
+
+impl MlpConfig {
+    /// Checks every field, naming the first bad one.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the field and the allowed values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.modules == 0 || self.modules > u16::MAX as usize {
+            return Err(invalid(
+                "model.modules",
+                format!("is {}; use 1 to {}", self.modules, u16::MAX),
+            ));
+        }
+        if self.k == 0 {
+            return Err(invalid("model.k", "is 0; use at least 1 module per input"));
+        }
+        if self.k > self.modules {
+            return Err(invalid(
+                "model.k",
+                format!(
+                    "is {} but model.modules is {}; K must not exceed M",
+                    self.k, self.modules
+                ),
+            ));
+        }
+        if self.layers == 0 {
+            return Err(invalid("model.layers", "is 0; use at least 1"));
+        }
+        if self.layers > 1 && self.hidden == 0 {
+            return Err(invalid(
+                "model.hidden",
+                "is 0; stacked layers need a positive hidden width",
+            ));
+        }
+        if !(self.variance > 0.0 && self.variance.is_finite()) {
+            return Err(invalid(
+                "model.variance",
+                format!("is {}; use a positive finite number", self.variance),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// How a layer chooses its modules.
 #[derive(Clone, Debug)]
@@ -61,6 +139,7 @@ struct LayerCache<B: Backend> {
 pub struct MlpCache<B: Backend> {
     layers: Vec<LayerCache<B>>,
     loss: LossCache<B>,
+    rows: usize,
 }
 
 impl<B: Backend> std::fmt::Debug for MlpCache<B> {
@@ -97,7 +176,7 @@ impl ModularMlp {
         params: &mut ParamStore<B>,
         d_in: usize,
         d_out: usize,
-        model: &ModelConfig,
+        model: &MlpConfig,
         algo: Algo,
         dense_match: DenseMatch,
         importance_weight: f32,
@@ -159,10 +238,36 @@ impl ModularMlp {
     }
 }
 
-impl<B: Backend> ModularModel<B> for ModularMlp {
-    type Cache = MlpCache<B>;
+/// What a [`ModularMlp`]'s forward pass reads: inputs `[n, d_in]` and their targets.
+#[derive(Debug)]
+pub struct MlpInput<B: Backend> {
+    /// Inputs.
+    pub x: B::Tensor,
+    /// Targets.
+    pub target: Target<B>,
+}
 
-    fn layer_shapes(&self) -> Vec<(usize, usize)> {
+/// A [`ModularMlp`] forward pass on the device: per-row terms as tensors and the prediction.
+#[derive(Debug)]
+pub struct MlpOutput<B: Backend> {
+    /// `-log p(y | x, a)` per row, `[n, 1]`.
+    pub task_nll: B::Tensor,
+    /// `log p(a | x)` per row summed over modular layers, `[n, 1]` (zeros for noisy top-k
+    /// gates, which are not distributions).
+    pub ctrl_logp: B::Tensor,
+    /// The selection used at each modular layer.
+    pub selections: Vec<Selection>,
+    /// The network's output (predicted mean or logits).
+    pub prediction: B::Tensor,
+    /// Controller diagnostics, when requested.
+    pub stats: Option<ControllerStats>,
+    /// State for the backward pass.
+    pub cache: MlpCache<B>,
+}
+
+impl ModularMlp {
+    /// `(M, K)` of each modular layer, in forward order.
+    pub fn layer_shapes(&self) -> Vec<(usize, usize)> {
         self.layers
             .iter()
             .map(|l| match &l.gate {
@@ -172,7 +277,14 @@ impl<B: Backend> ModularModel<B> for ModularMlp {
             .collect()
     }
 
-    fn forward(
+    /// Forward pass over `x` with targets `target`, asking `route` for each layer's selection
+    /// (so sampling through it is ancestral over the layers). With `stats`, also summarises
+    /// the controllers' distributions.
+    ///
+    /// # Errors
+    /// Device failures, and whatever the router returns.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_tensors<B: Backend>(
         &self,
         b: &B,
         params: &ParamStore<B>,
@@ -181,7 +293,7 @@ impl<B: Backend> ModularModel<B> for ModularMlp {
         route: &mut Router<'_, B>,
         stats: bool,
         ctx: &mut Ctx,
-    ) -> Result<Output<B, MlpCache<B>>, BackendError> {
+    ) -> Result<MlpOutput<B>, BackendError> {
         let n = b.shape(x)[0];
         let mut h = b.duplicate(x);
         let mut ctrl_logp = b.zeros([n, 1]);
@@ -264,7 +376,7 @@ impl<B: Backend> ModularModel<B> for ModularMlp {
                 batch_entropy: stat_sum.batch_entropy / k,
             }
         });
-        Ok(Output {
+        Ok(MlpOutput {
             task_nll,
             ctrl_logp,
             selections,
@@ -273,11 +385,17 @@ impl<B: Backend> ModularModel<B> for ModularMlp {
             cache: MlpCache {
                 layers: caches,
                 loss,
+                rows: n,
             },
         })
     }
 
-    fn backward(
+    /// Backward pass for the objective `sum_i d_task[i] * task_nll[i] + d_ctrl[i] *
+    /// ctrl_logp[i]` plus top-k's importance loss; accumulates every parameter gradient.
+    ///
+    /// # Errors
+    /// Device failures.
+    pub fn backward_tensors<B: Backend>(
         &self,
         b: &B,
         params: &ParamStore<B>,
@@ -322,5 +440,117 @@ impl<B: Backend> ModularModel<B> for ModularMlp {
             dh = dx;
         }
         Ok(())
+    }
+}
+
+/// Row `s * n + i` of the result is row `i` of `batch` (candidate `s` of example `i`).
+fn replicate<B: Backend>(b: &B, input: &MlpInput<B>, copies: usize) -> MlpInput<B> {
+    let n = b.shape(&input.x)[0];
+    let rows: Vec<u32> = (0..copies).flat_map(|_| 0..n as u32).collect();
+    let target = match &input.target {
+        Target::Regression { y, variance } => Target::Regression {
+            y: b.gather_rows(y, &rows),
+            variance: *variance,
+        },
+        Target::Classes(t) => Target::Classes(rows.iter().map(|&r| t[r as usize]).collect()),
+    };
+    MlpInput {
+        x: b.gather_rows(&input.x, &rows),
+        target,
+    }
+}
+
+impl<B: Backend> Model<B> for ModularMlp {
+    type Input = MlpInput<B>;
+    type Cache = MlpCache<B>;
+
+    fn table_shapes(&self) -> Vec<(usize, usize)> {
+        self.layer_shapes()
+    }
+
+    fn forward(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        input: &MlpInput<B>,
+        routes: Routes<'_, '_, B>,
+        stats: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Forward<B, MlpCache<B>>, BackendError> {
+        let (x, t) = (&input.x, &input.target);
+        let out = match routes {
+            Routes::Stored(stored) => {
+                let mut route = |l: usize, _: &ControllerOutput<B>| Ok(stored[l].clone());
+                self.forward_tensors(b, params, x, t, &mut route, stats, ctx)?
+            }
+            Routes::Chosen(route) => self.forward_tensors(b, params, x, t, route, stats, ctx)?,
+        };
+        let usage = out
+            .selections
+            .iter()
+            .zip(self.layer_shapes())
+            .map(|(s, (m, _))| usage_counts([s], m))
+            .collect();
+        Ok(Forward {
+            nll: b.download(&out.task_nll)?,
+            log_p: b.download(&out.ctrl_logp)?,
+            selections: out.selections,
+            usage,
+            stats: out.stats,
+            importance: 0.0,
+            episodes: Episodes::Rows,
+            carry: None,
+            cache: out.cache,
+        })
+    }
+
+    fn backward(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        cache: MlpCache<B>,
+        d_nll: f32,
+        d_logp: &[f32],
+        grads: &mut Grads<B>,
+    ) -> Result<(), BackendError> {
+        let n = cache.rows;
+        let d_task = b.upload([n, 1], &vec![d_nll; n]);
+        let d_ctrl = if d_logp.is_empty() {
+            b.upload([n, 1], &vec![0.0; n])
+        } else {
+            b.upload([n, 1], d_logp)
+        };
+        self.backward_tensors(b, params, cache, &d_task, &d_ctrl, grads)
+    }
+
+    fn score_candidates(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        input: &MlpInput<B>,
+        stored: &[Selection],
+        samples: usize,
+        rng: &mut ChaCha8Rng,
+        ctx: &mut Ctx,
+    ) -> Result<Candidates, BackendError> {
+        // The candidates are just more rows: one routed pass scores all of them.
+        let rep = replicate(b, input, samples);
+        let mut route = |l: usize, out: &ControllerOutput<B>| {
+            // Candidate 0 of every example is its stored assignment; the rest are drawn from
+            // the controller given the candidate's own earlier-layer choices.
+            Ok(stored_then_drawn(&stored[l], &out.sample(b, rng)?))
+        };
+        let out = self.forward_tensors(b, params, &rep.x, &rep.target, &mut route, false, ctx)?;
+        let task = b.download(&out.task_nll)?;
+        let logp = b.download(&out.ctrl_logp)?;
+        let scores = task
+            .iter()
+            .zip(&logp)
+            .map(|(&t, &l)| -(t as f64) + l as f64)
+            .collect();
+        Ok(Candidates {
+            scores,
+            selections: out.selections,
+        })
     }
 }

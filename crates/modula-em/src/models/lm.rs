@@ -2,8 +2,8 @@
 //! softmax over the vocabulary, run over truncated-BPTT windows one time step at a time.
 
 use modula_modular::{
-    ControllerOutput, ModularCache, ModularGruCache, ModularGruCell, ModularGruModules,
-    ModularGruModulesCache, Routing, Selection,
+    ModularCache, ModularGruCache, ModularGruCell, ModularGruModules, ModularGruModulesCache,
+    Routing, Selection,
 };
 use modula_nn::{
     Ctx, Dropout, Embedding, Grads, GruCell, GruCellCache, Init, Linear, Module, ParamStore,
@@ -12,24 +12,14 @@ use modula_nn::{
 use modula_tensor::{Backend, BackendError};
 use rand::Rng;
 
-use crate::lm::config::{LmModelConfig, Recurrent};
-use crate::model::{ControllerStats, controller_stats};
-use crate::topk::{TopKCache, TopKGate};
+use rand_chacha::ChaCha8Rng;
 
-/// Chooses the selection of time step `t` from the controller's distributions. The window is
-/// unrolled step by step, so sampling through it is ancestral in time.
-pub type StepRouter<'r, B> =
-    dyn FnMut(usize, &ControllerOutput<B>) -> Result<Selection, BackendError> + 'r;
-
-/// How a window's selections are chosen.
-pub enum Routes<'a, 'r, B: Backend> {
-    /// Known before the window runs, one per step (EM's stored assignments). The modular
-    /// cell then runs its input-side modules once over the whole window, as one grouped GEMM
-    /// with `T` times more rows per module than a single step has.
-    Fixed(&'a [Selection]),
-    /// Chosen at each step from that step's controller output (sampling, greedy).
-    Chosen(&'a mut StepRouter<'r, B>),
-}
+use crate::model::{
+    Candidates, ControllerStats, Episodes, Forward, Model, Routes, controller_stats,
+    stored_then_drawn, usage_counts,
+};
+use crate::models::lm_config::{LmModelConfig, Recurrent};
+use crate::models::topk::{TopKCache, TopKGate};
 
 /// The recurrent cell of a [`LanguageModel`].
 #[derive(Clone, Debug)]
@@ -283,7 +273,7 @@ impl LanguageModel {
                     acc.extend(b.download(&prepared.controller.log_probs)?);
                 }
                 let selection = match routes {
-                    Routes::Fixed(selections) => selections[t].clone(),
+                    Routes::Stored(selections) => selections[t].clone(),
                     Routes::Chosen(route) => route(t, &prepared.controller)?,
                 };
                 let (h, log_p, cache) = match gx {
@@ -423,7 +413,7 @@ impl LanguageModel {
         let e = self.embedding.forward(b, params, &words);
         let (x_all, embed_mask) = self.dropout.forward(b, params, &e, ctx);
         let mut window_input = match (&self.cell, &routes) {
-            (Cell::Modular(cell), Routes::Fixed(selections)) => {
+            (Cell::Modular(cell), Routes::Stored(selections)) => {
                 assert_eq!(
                     selections.len(),
                     steps,
@@ -603,7 +593,7 @@ impl LanguageModel {
     /// # Panics
     /// If the cell is not [`Cell::Modular`] or a stored selection does not have `n` rows.
     #[allow(clippy::too_many_arguments)]
-    pub fn score_candidates<B: Backend>(
+    pub fn score_paths<B: Backend>(
         &self,
         b: &B,
         params: &ParamStore<B>,
@@ -615,7 +605,7 @@ impl LanguageModel {
         rng: &mut impl Rng,
     ) -> Result<(Vec<f64>, Vec<Selection>), BackendError> {
         let Cell::Modular(cell) = &self.cell else {
-            panic!("score_candidates needs a controller-routed modular cell");
+            panic!("score_paths needs a controller-routed modular cell");
         };
         let n = b.shape(h0)[0];
         let rep: Vec<u32> = (0..samples).flat_map(|_| 0..n as u32).collect();
@@ -638,15 +628,12 @@ impl LanguageModel {
             let x = self.embedding.forward(b, params, &words);
             let prepared = cell.prepare(b, params, &x, &h);
             let drawn = prepared.controller.sample(b, rng)?;
-            let k = stored[t].k();
             assert_eq!(
                 stored[t].rows(),
                 n,
                 "stored selection of step {t} has the wrong rows"
             );
-            let mut picks = stored[t].as_slice().to_vec();
-            picks.extend_from_slice(&drawn.as_slice()[n * k..]);
-            let selection = Selection::new(k, picks);
+            let selection = stored_then_drawn(&stored[t], &drawn);
             let (h_next, log_p, _) = cell.finish(b, params, prepared, &h, selection.clone());
             let at = chunk.log_ps.len() * rows;
             let slots: Vec<u32> = (at..at + rows).map(|r| r as u32).collect();
@@ -698,10 +685,105 @@ impl LanguageModel {
     }
 }
 
-/// The steps of an E-step waiting for their softmax (see [`LanguageModel::score_candidates`]):
+/// The steps of an E-step waiting for their softmax (see [`LanguageModel::score_paths`]):
 /// their states stacked, their targets and their `log p(a_t | .)` per candidate row.
 struct Chunk<B: Backend> {
     states: B::Tensor,
     targets: Vec<u32>,
     log_ps: Vec<Vec<f32>>,
+}
+
+/// What a [`LanguageModel`]'s forward pass reads: one truncated-BPTT window of `n` streams.
+#[derive(Debug)]
+pub struct LmWindow<B: Backend> {
+    /// `ids[t]` are the `n` input words of step `t`.
+    pub ids: Vec<Vec<u32>>,
+    /// The next words, time-major (`T * n`).
+    pub targets: Vec<u32>,
+    /// The state carried in from the previous window, `[n, hidden]`.
+    pub h0: B::Tensor,
+}
+
+impl<B: Backend> Model<B> for LanguageModel {
+    type Input = LmWindow<B>;
+    type Cache = WindowCache<B>;
+
+    fn table_shapes(&self) -> Vec<(usize, usize)> {
+        match &self.cell {
+            Cell::Modular(c) => vec![(c.controller.modules, c.controller.k)],
+            Cell::TopK(_) | Cell::Dense(_) => Vec::new(),
+        }
+    }
+
+    fn forward(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        input: &LmWindow<B>,
+        routes: Routes<'_, '_, B>,
+        stats: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Forward<B, WindowCache<B>>, BackendError> {
+        let n = b.shape(&input.h0)[0];
+        let out = self.forward_window(
+            b,
+            params,
+            &input.ids,
+            &input.targets,
+            &input.h0,
+            routes,
+            stats,
+            ctx,
+        )?;
+        let usage = match self.modular_shape() {
+            Some((m, _)) => vec![usage_counts(&out.selections, m)],
+            None => Vec::new(),
+        };
+        Ok(Forward {
+            nll: out.nll,
+            log_p: out.log_p,
+            selections: out.selections,
+            usage,
+            stats: out.stats,
+            importance: out.importance,
+            episodes: Episodes::Streams(n),
+            carry: Some(out.h_last),
+            cache: out.cache,
+        })
+    }
+
+    fn backward(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        cache: WindowCache<B>,
+        d_nll: f32,
+        d_logp: &[f32],
+        grads: &mut Grads<B>,
+    ) -> Result<(), BackendError> {
+        self.backward_window(b, params, cache, d_nll, d_logp, grads)
+    }
+
+    fn score_candidates(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        input: &LmWindow<B>,
+        stored: &[Selection],
+        samples: usize,
+        rng: &mut ChaCha8Rng,
+        _ctx: &mut Ctx,
+    ) -> Result<Candidates, BackendError> {
+        let (scores, selections) = self.score_paths(
+            b,
+            params,
+            &input.ids,
+            &input.targets,
+            &input.h0,
+            stored,
+            samples,
+            rng,
+        )?;
+        Ok(Candidates { scores, selections })
+    }
 }

@@ -1,8 +1,9 @@
-//! Configuration of a language-modelling run.
+//! Configuration of the word-level language model: its widths, its modular layer, and the
+//! recurrent cell each algorithm trains.
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Algo, ConfigError, DenseMatch, check_optimiser, invalid};
+use crate::config::{Algo, ConfigError, DenseMatch, invalid};
 
 /// Shape of the language model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,70 +35,6 @@ impl Default for LmModelConfig {
             k: 1,
             dropout: 0.2,
             controller_input_grad: true,
-        }
-    }
-}
-
-/// The optimisation schedule of a language-modelling run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LmTrainConfig {
-    /// Training algorithm.
-    pub algo: Algo,
-    /// What the dense baseline is matched to (only with `algo = "dense"`).
-    pub dense_match: DenseMatch,
-    /// Passes over the training split.
-    pub epochs: usize,
-    /// Truncated-BPTT window length.
-    pub bptt: usize,
-    /// Parallel streams per window.
-    pub batch_size: usize,
-    /// Adam learning rate.
-    pub lr: f32,
-    /// Gradient-norm clipping threshold; 0 disables clipping.
-    pub grad_clip: f32,
-    /// EM: candidate selection paths per stream in an E-step (the stored one plus
-    /// `samples - 1` ancestral draws).
-    pub samples: usize,
-    /// EM: window `w` of epoch `e` is preceded by an E-step on the same window when
-    /// `(w + e) % e_every == 0`, so every window is E-stepped once in `e_every` epochs.
-    pub e_every: usize,
-    /// REINFORCE: decay of the moving-average reward baseline.
-    pub reinforce_decay: f32,
-    /// Noisy top-k: weight of the importance loss.
-    pub importance_weight: f32,
-    /// Windows between logged training metrics.
-    pub log_every: usize,
-    /// Windows between validation evaluations (one also ends every epoch).
-    pub eval_every: usize,
-    /// Windows between checkpoints (one also ends every epoch and the run).
-    pub checkpoint_every: usize,
-    /// Evaluate on at most this many tokens of each split (0: the whole split), in the
-    /// periodic validation and in the final summary; for smoke runs.
-    pub eval_tokens: usize,
-    /// Train on at most this many tokens of the training split (0: all of it); for smoke runs.
-    pub train_tokens: usize,
-}
-
-impl Default for LmTrainConfig {
-    fn default() -> Self {
-        LmTrainConfig {
-            algo: Algo::Em,
-            dense_match: DenseMatch::Compute,
-            epochs: 6,
-            bptt: 35,
-            batch_size: 32,
-            lr: 1e-3,
-            grad_clip: 5.0,
-            samples: 10,
-            e_every: 10,
-            reinforce_decay: 0.9,
-            importance_weight: 0.1,
-            log_every: 20,
-            eval_every: 200,
-            checkpoint_every: 100,
-            eval_tokens: 0,
-            train_tokens: 0,
         }
     }
 }
@@ -174,22 +111,28 @@ impl LmModelConfig {
         vocab * self.embed + (self.embed + h) * 3 * h + 6 * h + h * vocab + vocab
     }
 
-    /// The cell that `algo` trains: the modular network for EM and REINFORCE, the top-k
+    /// The cell that `algo` trains: the modular network for EM, REINFORCE and uniform routing, the top-k
     /// gated one (`k = max(K, 2)`) for top-k, and for dense the compute-matched width
     /// (`hidden`) or the smallest width whose parameter count reaches the modular network's.
-    pub fn recurrent(&self, train: &LmTrainConfig, vocab: usize) -> Recurrent {
-        match train.algo {
-            Algo::Em | Algo::Reinforce => Recurrent::Modular {
+    pub fn recurrent(
+        &self,
+        algo: Algo,
+        dense_match: DenseMatch,
+        importance_weight: f32,
+        vocab: usize,
+    ) -> Recurrent {
+        match algo {
+            Algo::Em | Algo::Reinforce | Algo::Uniform => Recurrent::Modular {
                 modules: self.modules,
                 k: self.k,
             },
             Algo::Topk => Recurrent::TopK {
                 modules: self.modules,
                 k: self.k.max(2).min(self.modules),
-                importance_weight: train.importance_weight,
+                importance_weight,
             },
             Algo::Dense => Recurrent::Dense {
-                hidden: match train.dense_match {
+                hidden: match dense_match {
                     DenseMatch::Compute => self.hidden,
                     DenseMatch::Params => {
                         let target = self.modular_params(vocab);
@@ -200,36 +143,5 @@ impl LmModelConfig {
                 },
             },
         }
-    }
-}
-
-impl LmTrainConfig {
-    /// Checks every field, naming the first bad one.
-    ///
-    /// # Errors
-    /// A [`ConfigError`] naming the field and the allowed values.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive = [
-            ("train.epochs", self.epochs),
-            ("train.bptt", self.bptt),
-            ("train.batch_size", self.batch_size),
-            ("train.samples", self.samples),
-            ("train.e_every", self.e_every),
-            ("train.log_every", self.log_every),
-            ("train.eval_every", self.eval_every),
-            ("train.checkpoint_every", self.checkpoint_every),
-        ];
-        for (field, v) in positive {
-            if v == 0 {
-                return Err(invalid(field, "is 0; use 1 or more"));
-            }
-        }
-        check_optimiser(
-            self.lr,
-            self.grad_clip,
-            self.reinforce_decay,
-            self.importance_weight,
-        )?;
-        Ok(())
     }
 }

@@ -11,9 +11,9 @@ use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::train::MetricRecord;
+use crate::toy::MetricRecord;
 
-static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 
 /// The family name the charts ask for; it is the embedded font.
 pub(crate) const FAMILY: &str = "sans-serif";

@@ -1,12 +1,11 @@
-//! The toy decomposition task: inputs from a linear partition into regimes, each regime with
-//! its own linear map. A modular network must find the regimes without being told them.
+//! The generated toy decomposition data set: inputs from a linear partition into regimes, each
+//! regime with its own linear map. A modular network must find the regimes without being told
+//! them. The training task built on it is `modula_tasks::toy`.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
-
-use crate::config::ConfigError;
 
 /// Parameters of the generated task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,14 +39,9 @@ impl ToyConfig {
     /// Checks every field.
     ///
     /// # Errors
-    /// A [`ConfigError`] naming the field.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |field, problem: &str| {
-            Err(ConfigError {
-                field,
-                problem: problem.into(),
-            })
-        };
+    /// The dotted name of the first bad field (`task.dim`, ...) and what to change.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let bad = |field, problem: &str| Err((field, problem.to_string()));
         if self.dim == 0 {
             return bad("task.dim", "is 0; use at least 1");
         }
@@ -94,7 +88,7 @@ impl ToySplit {
 
 /// The generated task: the hidden regime structure and its train and test splits.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ToyTask {
+pub struct ToyData {
     /// Training split.
     pub train: ToySplit,
     /// Test split.
@@ -106,7 +100,7 @@ fn normal(rng: &mut ChaCha8Rng) -> f32 {
     z as f32
 }
 
-impl ToyTask {
+impl ToyData {
     /// Generates the task from `seed`: regime directions `u_r`, per-regime weights `w_r` and
     /// biases `b_r`; `x ~ N(0, I)`, `regime(x) = argmax_r u_r . x`,
     /// `y = w_r . x + b_r + noise * N(0, 1)`.
@@ -139,7 +133,7 @@ impl ToyTask {
         };
         let train = split(cfg.train, &mut rng);
         let test = split(cfg.test, &mut rng);
-        ToyTask { train, test }
+        ToyData { train, test }
     }
 
     /// Test mean squared error of the best single linear map `y ~ w . x + b`, fitted by least

@@ -1,4 +1,4 @@
-//! `modula inspect --run DIR`: what the modules of a trained language model specialise in.
+//! Introspection of a language-modelling run (`modula inspect --run DIR`): what the modules of a trained language model specialise in.
 //! Over the test (or validation) split with greedy selections, it counts for each module the
 //! words read at the positions routed to it and the words just before them, and reports those
 //! most over-represented (lift = P(word | module) / P(word)), a module-by-word heat map and
@@ -7,45 +7,29 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use clap::{Args, ValueEnum};
 use modula_tensor::Backend;
 use serde::Serialize;
 
-use crate::lm::{self, usage_perplexity};
-use crate::lm_plot::{self, Heat};
-use crate::run::{self, CONFIG_FILE, CliError, DeviceInfo, OnBackend, run_error};
-use crate::train::write_file;
+use crate::config::RunConfig;
+use crate::dir::{self, DeviceInfo, write_file};
+use crate::error::{RunError, run_error};
+use crate::lm::{LmJob, usage_perplexity};
+use crate::plot::lm::{self as lm_plot, Heat};
 
 /// Words always shown in the heat map: sentence starts, numbers, money and function words.
 const PROBES: [&str; 10] = ["<eos>", "N", "$", "the", "a", "of", "to", "in", "and", "'s"];
 
-/// Which split to inspect.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SplitArg {
-    /// The validation split.
-    Valid,
-    /// The test split.
-    Test,
-}
-
-/// Arguments of `modula inspect`.
-#[derive(Debug, Args)]
-pub struct InspectArgs {
-    /// A language-modelling run directory (`modula train --config configs/ptb-*.toml`).
-    #[arg(long, value_name = "DIR")]
-    pub run: PathBuf,
-    /// The split to route.
-    #[arg(long, value_enum, default_value = "test")]
-    pub split: SplitArg,
+/// What `modula inspect` routes and reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InspectOptions {
+    /// Route the validation split instead of the test split.
+    pub valid: bool,
     /// Over-represented words listed per module.
-    #[arg(long, default_value_t = 8)]
     pub top: usize,
     /// Only words seen at least this often in the split are ranked.
-    #[arg(long, default_value_t = 30)]
     pub min_count: u32,
-    /// Where to write inspect.md, inspect.json and the figures [default: the run directory].
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
+    /// Where to write inspect.md, inspect.json and the figures.
+    pub out: PathBuf,
 }
 
 /// One over-represented word of a module.
@@ -87,28 +71,6 @@ pub struct Report {
     pub effective_modules: Option<f64>,
     /// Per module.
     pub modules: Vec<ModuleReport>,
-}
-
-/// Runs `modula inspect`.
-///
-/// # Errors
-/// A [`CliError`] for a missing or dense run, unreadable data or checkpoint, or a failed write.
-pub fn run(args: InspectArgs) -> Result<(), CliError> {
-    let path = args.run.join(CONFIG_FILE);
-    if !path.is_file() || !lm::is_lm_config(&path)? {
-        return Err(run_error(format!(
-            "{} is not a language-modelling run directory (no {CONFIG_FILE} with task_name = \"ptb\")",
-            args.run.display()
-        )));
-    }
-    let cfg = lm::read_config(&path)?;
-    cfg.validate()?;
-    run::on_backend(cfg.backend, cfg.threads.max(1), Job { args, cfg })
-}
-
-struct Job {
-    args: InspectArgs,
-    cfg: lm::LmRunConfig,
 }
 
 /// Counts of words per module.
@@ -155,48 +117,81 @@ impl Counts {
     }
 }
 
-impl OnBackend for Job {
-    fn run<B: Backend>(self, backend: B, _device: DeviceInfo) -> Result<(), CliError> {
-        let args = self.args;
-        let (data, trainer, _) = lm::open_run(backend, &args.run, &self.cfg)?;
+/// Inspects the run in `run_dir` (configuration `cfg`) on `backend`: restores its checkpoint,
+/// routes the chosen split greedily, writes `inspect.md`, `inspect.json` and the figures into
+/// `options.out` and prints the markdown.
+///
+/// # Errors
+/// A run error for a toy or dense run, unreadable data or checkpoint, or a failed write.
+pub fn inspect<B: Backend>(
+    backend: B,
+    cfg: &RunConfig,
+    run_dir: &std::path::Path,
+    options: &InspectOptions,
+) -> Result<(), RunError> {
+    let RunConfig::Lm(run) = cfg else {
+        return Err(run_error(format!(
+            "{} is a run of the {} task; `modula inspect` analyses language-modelling runs (ptb, text), whose modules read words",
+            run_dir.display(),
+            cfg.common().task_name
+        )));
+    };
+    let mut job = LmJob::new(backend, DeviceInfo::cpu(), run)?;
+    let ck = dir::read_checkpoint(run_dir)?;
+    job.trainer
+        .restore(&ck)
+        .map_err(|e| run_error(e.to_string()))?;
+    let trainer = &job.trainer;
+    {
+        let args = options;
+        let data = &trainer.task.data;
         let Some((modules, _)) = trainer.model.modular_shape() else {
             return Err(run_error(format!(
                 "{} is a dense model: it has no modules to inspect",
-                args.run.display()
+                run_dir.display()
             )));
         };
-        let vocab = data.corpus.vocab.len();
-        let words = data.corpus.vocab.words().to_vec();
-        let streams = match args.split {
-            SplitArg::Valid => &data.valid,
-            SplitArg::Test => &data.test,
+        let vocab = data.vocab.len();
+        let words = data.vocab.words().to_vec();
+        let (streams, split) = if args.valid {
+            (&data.valid, "valid")
+        } else {
+            (&data.test, "test")
         };
         let (mut read, mut before) = (Counts::new(modules, vocab), Counts::new(modules, vocab));
         let mut last: Vec<Option<u32>> = vec![None; streams.batch];
         let mut positions = 0u64;
         let eval = trainer
-            .evaluate(streams, 0, &mut |w, selections| {
-                for (t, sel) in selections.iter().enumerate() {
-                    for (i, prev) in last.iter_mut().enumerate() {
-                        let word = w.inputs[i * w.steps + t] as usize;
-                        let mut row: Vec<u32> = sel.row(i).to_vec();
-                        row.sort_unstable();
-                        row.dedup();
-                        read.total[word] += 1;
-                        for &m in &row {
-                            read.per_module[m as usize][word] += 1;
-                        }
-                        if let Some(p) = *prev {
-                            before.total[p as usize] += 1;
+            .task
+            .evaluate(
+                &trainer.backend,
+                &trainer.model,
+                &trainer.params,
+                streams,
+                0,
+                &mut |w, selections| {
+                    for (t, sel) in selections.iter().enumerate() {
+                        for (i, prev) in last.iter_mut().enumerate() {
+                            let word = w.inputs[i * w.steps + t] as usize;
+                            let mut row: Vec<u32> = sel.row(i).to_vec();
+                            row.sort_unstable();
+                            row.dedup();
+                            read.total[word] += 1;
                             for &m in &row {
-                                before.per_module[m as usize][p as usize] += 1;
+                                read.per_module[m as usize][word] += 1;
                             }
+                            if let Some(p) = *prev {
+                                before.total[p as usize] += 1;
+                                for &m in &row {
+                                    before.per_module[m as usize][p as usize] += 1;
+                                }
+                            }
+                            *prev = Some(word as u32);
+                            positions += 1;
                         }
-                        *prev = Some(word as u32);
-                        positions += 1;
                     }
-                }
-            })
+                },
+            )
             .map_err(|e| run_error(format!("evaluation failed: {e}")))?;
         let module_positions: Vec<u64> = read
             .per_module
@@ -204,7 +199,7 @@ impl OnBackend for Job {
             .map(|c| c.iter().map(|&v| v as u64).sum())
             .collect();
         let report = Report {
-            split: format!("{:?}", args.split).to_lowercase(),
+            split: split.to_string(),
             positions,
             usage: eval.usage.clone(),
             effective_modules: usage_perplexity(&eval.usage),
@@ -217,14 +212,14 @@ impl OnBackend for Job {
                 })
                 .collect(),
         };
-        let out = args.out.clone().unwrap_or_else(|| args.run.clone());
+        let out = args.out.clone();
         std::fs::create_dir_all(&out)
             .map_err(|e| run_error(format!("cannot create {}: {e}", out.display())))?;
         let markdown = markdown(&report);
         write_file(&out.join("inspect.md"), &markdown)?;
         let json = serde_json::to_string_pretty(&report).expect("the report serialises");
         write_file(&out.join("inspect.json"), &(json + "\n"))?;
-        let heat = heat(&report, &read, &data.corpus.vocab);
+        let heat = heat(&report, &read, &data.vocab);
         let mut figures = lm_plot::heatmap(&out, &heat).map_err(run_error)?;
         figures.extend(lm_plot::usage_histogram(&out, &report.usage).map_err(run_error)?);
         print!("{markdown}");

@@ -1,0 +1,94 @@
+//! `modula inspect` and `modula report`: the run library's introspection and report over
+//! language-modelling runs.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use modula_run::dir::read_run_config;
+use modula_run::inspect::InspectOptions;
+use modula_run::{DeviceInfo, RunConfig, RunError};
+use modula_tensor::Backend;
+
+use crate::backend::{OnBackend, on_backend};
+
+/// Which split to inspect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    /// The validation split.
+    Valid,
+    /// The test split.
+    Test,
+}
+
+/// Arguments of `modula inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A language-modelling run directory (`modula train --config configs/ptb-*.toml`).
+    #[arg(long, value_name = "DIR")]
+    pub run: PathBuf,
+    /// The split to route.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: SplitArg,
+    /// Over-represented words listed per module.
+    #[arg(long, default_value_t = 8)]
+    pub top: usize,
+    /// Only words seen at least this often in the split are ranked.
+    #[arg(long, default_value_t = 30)]
+    pub min_count: u32,
+    /// Where to write inspect.md, inspect.json and the figures [default: the run directory].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// Runs `modula inspect`.
+///
+/// # Errors
+/// A [`RunError`] for a missing, toy or dense run, unreadable data or checkpoint, or a failed
+/// write.
+pub fn inspect(args: InspectArgs) -> Result<(), RunError> {
+    let cfg = read_run_config(&args.run)?;
+    let options = InspectOptions {
+        valid: args.split == SplitArg::Valid,
+        top: args.top,
+        min_count: args.min_count,
+        out: args.out.clone().unwrap_or_else(|| args.run.clone()),
+    };
+    let (backend, threads) = (cfg.common().backend, cfg.common().threads);
+    let job = Inspect {
+        cfg,
+        run: args.run,
+        options,
+    };
+    on_backend(backend, threads, job)
+}
+
+struct Inspect {
+    cfg: RunConfig,
+    run: PathBuf,
+    options: InspectOptions,
+}
+
+impl OnBackend for Inspect {
+    fn run<B: Backend>(self, backend: B, _device: DeviceInfo) -> Result<(), RunError> {
+        modula_run::inspect::inspect(backend, &self.cfg, &self.run, &self.options)
+    }
+}
+
+/// Arguments of `modula report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Language-modelling run directories with a `summary.json`.
+    #[arg(required = true, value_name = "RUN")]
+    pub runs: Vec<PathBuf>,
+    /// Where to write report.md and curves.png/svg.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// Runs `modula report`.
+///
+/// # Errors
+/// A [`RunError`] naming a run without a readable summary or metrics, or a failed write.
+pub fn report(args: ReportArgs) -> Result<(), RunError> {
+    modula_run::report::report(&args.runs, &args.out)
+}

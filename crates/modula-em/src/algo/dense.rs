@@ -1,0 +1,29 @@
+//! Dense baselines: a network without modules to choose (one module per layer, matched to the
+//! modular network in compute or in parameters, see [`crate::DenseMatch`]), trained by
+//! gradient descent on `-mean log p(y | .)`. The network is built by the task's model for
+//! [`crate::Algo::Dense`].
+
+use modula_tensor::{Backend, BackendError};
+
+use super::{Algorithm, Gradient, StepContext, greedy_gradient};
+use crate::config::Algo;
+use crate::model::Model;
+use crate::task::Batch;
+
+/// The dense baseline (stateless).
+#[derive(Debug)]
+pub struct Dense;
+
+impl<B: Backend, M: Model<B>> Algorithm<B, M> for Dense {
+    fn algo(&self) -> Algo {
+        Algo::Dense
+    }
+
+    fn gradient(
+        &mut self,
+        s: StepContext<'_, B, M>,
+        batch: &Batch<M::Input>,
+    ) -> Result<Gradient<B>, BackendError> {
+        greedy_gradient(s, batch)
+    }
+}

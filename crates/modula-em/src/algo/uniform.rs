@@ -1,0 +1,41 @@
+//! Uniformly random routing: every selection is `K` distinct modules drawn uniformly at
+//! random, fresh at every step; the modules are trained on them and the controller is left
+//! untrained. It is the baseline that shows what learned routing adds: its modules see
+//! random shares of the data, so each learns the same average map.
+
+use modula_modular::{ControllerOutput, Selection};
+use modula_tensor::{Backend, BackendError};
+use rand::seq::index;
+
+use super::{Algorithm, Gradient, StepContext, routed_gradient};
+use crate::config::Algo;
+use crate::model::{Model, Routes};
+use crate::task::Batch;
+
+/// Uniformly random routing (stateless).
+#[derive(Debug)]
+pub struct Uniform;
+
+impl<B: Backend, M: Model<B>> Algorithm<B, M> for Uniform {
+    fn algo(&self) -> Algo {
+        Algo::Uniform
+    }
+
+    fn gradient(
+        &mut self,
+        s: StepContext<'_, B, M>,
+        batch: &Batch<M::Input>,
+    ) -> Result<Gradient<B>, BackendError> {
+        let (rng, pass) = s.split();
+        let b = pass.backend;
+        let mut route = |_: usize, out: &ControllerOutput<B>| {
+            let rows = b.shape(&out.log_probs)[0] / out.k;
+            let picks = (0..rows)
+                .flat_map(|_| index::sample(rng, out.modules, out.k).into_iter())
+                .map(|m| m as u32)
+                .collect();
+            Ok(Selection::new(out.k, picks))
+        };
+        routed_gradient(pass, batch, Routes::Chosen(&mut route), |_| Vec::new())
+    }
+}

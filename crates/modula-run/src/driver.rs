@@ -1,0 +1,459 @@
+//! The training driver every task shares: steps the [`Trainer`] to its bound (iterations,
+//! epochs or minutes), accumulates logging intervals, appends `metrics.jsonl`, writes
+//! checkpoints with the run's metadata, shows progress, and hands the end of the run to the
+//! task's [`Job`] for its summary.
+
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use modula_em::{StepOutcome, Task, Trainer};
+use modula_nn::Checkpoint;
+use modula_tensor::Backend;
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunConfig;
+use crate::dir::{
+    self, CONFIG_FILE, META_CONFIG, META_INTERVAL, META_SECONDS, METRICS_FILE, write_file,
+};
+use crate::error::{RunError, run_error};
+
+/// Statistics accumulated over one logging interval. It is saved in every checkpoint (floats
+/// as bit patterns), so a resumed run logs exactly what the uninterrupted run would even when
+/// a checkpoint falls inside an interval.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Interval {
+    /// Gradient steps in the interval.
+    pub gradient_steps: u64,
+    /// Sum of the steps' mean task NLL.
+    pub nll: f64,
+    /// Sum of the steps' mean controller NLL.
+    pub ctrl_nll: f64,
+    /// Steps that reported controller entropies.
+    pub entropy_steps: u64,
+    /// Sum of their mean entropies.
+    pub mean_entropy: f64,
+    /// Sum of their batch entropies.
+    pub batch_entropy: f64,
+    /// Per table layer, how many (row, slot) pairs each module served.
+    pub usage: Vec<Vec<u64>>,
+    /// Fraction of `a*` changed by the latest E-step (of the interval, or of the run when
+    /// the job keeps it across intervals).
+    pub changed: Option<f64>,
+    /// Training units (examples, tokens) of the interval's gradient steps.
+    pub units: u64,
+    /// Seconds spent in the interval's training steps.
+    pub seconds: f64,
+}
+
+/// The checkpoint form of [`Interval`]: floats as their bit patterns.
+#[derive(Serialize, Deserialize)]
+struct StoredInterval {
+    gradient_steps: u64,
+    nll: u64,
+    ctrl_nll: u64,
+    entropy_steps: u64,
+    mean_entropy: u64,
+    batch_entropy: u64,
+    usage: Vec<Vec<u64>>,
+    changed: Option<u64>,
+    units: u64,
+    seconds: u64,
+}
+
+impl Interval {
+    /// Adds one iteration that took `seconds`.
+    pub fn add(&mut self, o: &StepOutcome, seconds: f64) {
+        if let Some(e) = &o.e_step {
+            self.changed = Some(e.changed);
+        }
+        self.seconds += seconds;
+        let Some(s) = &o.gradient else { return };
+        self.gradient_steps += 1;
+        self.nll += s.nll;
+        self.ctrl_nll += s.ctrl_nll;
+        if let Some(c) = &s.controller {
+            self.entropy_steps += 1;
+            self.mean_entropy += c.mean_entropy;
+            self.batch_entropy += c.batch_entropy;
+        }
+        if self.usage.len() < s.usage.len() {
+            self.usage.resize(s.usage.len(), Vec::new());
+        }
+        for (acc, u) in self.usage.iter_mut().zip(&s.usage) {
+            if acc.len() < u.len() {
+                acc.resize(u.len(), 0);
+            }
+            acc.iter_mut().zip(u).for_each(|(a, &b)| *a += b);
+        }
+        self.units += s.units as u64;
+    }
+
+    /// The mean of `sum` over `n` steps (`None` over none).
+    pub fn mean(sum: f64, n: u64) -> Option<f64> {
+        (n > 0).then(|| sum / n as f64)
+    }
+
+    /// Training units per second over the interval.
+    pub fn rate(&self) -> f64 {
+        self.units as f64 / self.seconds.max(1e-9)
+    }
+
+    /// Empties the interval, keeping the latest E-step's figure when `keep_changed`.
+    fn reset(&mut self, keep_changed: bool) {
+        *self = Interval {
+            changed: self.changed.filter(|_| keep_changed),
+            ..Interval::default()
+        };
+    }
+
+    fn to_meta(&self) -> String {
+        let stored = StoredInterval {
+            gradient_steps: self.gradient_steps,
+            nll: self.nll.to_bits(),
+            ctrl_nll: self.ctrl_nll.to_bits(),
+            entropy_steps: self.entropy_steps,
+            mean_entropy: self.mean_entropy.to_bits(),
+            batch_entropy: self.batch_entropy.to_bits(),
+            usage: self.usage.clone(),
+            changed: self.changed.map(f64::to_bits),
+            units: self.units,
+            seconds: self.seconds.to_bits(),
+        };
+        serde_json::to_string(&stored).expect("the interval serialises")
+    }
+
+    fn from_meta(text: &str) -> Option<Self> {
+        let s: StoredInterval = serde_json::from_str(text).ok()?;
+        Some(Interval {
+            gradient_steps: s.gradient_steps,
+            nll: f64::from_bits(s.nll),
+            ctrl_nll: f64::from_bits(s.ctrl_nll),
+            entropy_steps: s.entropy_steps,
+            mean_entropy: f64::from_bits(s.mean_entropy),
+            batch_entropy: f64::from_bits(s.batch_entropy),
+            usage: s.usage,
+            changed: s.changed.map(f64::from_bits),
+            units: s.units,
+            seconds: f64::from_bits(s.seconds),
+        })
+    }
+}
+
+/// What the driver does after an iteration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Due {
+    /// Append a record to `metrics.jsonl`.
+    pub log: bool,
+    /// Evaluate on held-out data for that record.
+    pub evaluate: bool,
+    /// Write a checkpoint.
+    pub checkpoint: bool,
+}
+
+/// A metrics record and the progress lines that show it.
+#[derive(Debug)]
+pub struct Logged {
+    /// The `metrics.jsonl` line's object.
+    pub record: serde_json::Value,
+    /// A few words beside the progress bar.
+    pub short: String,
+    /// The plain progress line (without a terminal).
+    pub line: String,
+}
+
+/// What a task adds to the driver: its trainer, schedule, records and summary.
+pub trait Job<B: Backend> {
+    /// The task.
+    type Task: Task<B>;
+
+    /// The trainer.
+    fn trainer(&self) -> &Trainer<B, Self::Task>;
+
+    /// The trainer, to step.
+    fn trainer_mut(&mut self) -> &mut Trainer<B, Self::Task>;
+
+    /// The resolved configuration.
+    fn config(&self) -> &RunConfig;
+
+    /// Iterations the run trains in total.
+    fn total(&self) -> u64;
+
+    /// What the iteration count `step` calls for.
+    fn due(&self, step: u64, total: u64) -> Due;
+
+    /// Whether a fresh run logs a record (with an evaluation) before training.
+    fn initial_record(&self) -> bool;
+
+    /// Whether the latest E-step's figure carries over into later intervals.
+    fn keeps_changed(&self) -> bool;
+
+    /// What an iteration is called in messages (`step`, `window`).
+    fn unit(&self) -> &'static str;
+
+    /// The line printed when training starts.
+    fn banner(&self, dir: &Path) -> String;
+
+    /// The record of `interval` at the trainer's step, evaluating when `evaluate`.
+    ///
+    /// # Errors
+    /// A failed evaluation.
+    fn record(&mut self, interval: &Interval, evaluate: bool) -> Result<Logged, RunError>;
+
+    /// Writes `summary.json` (and anything else the task draws) and prints the figures, given
+    /// the training seconds and units over all resumed parts and every record logged.
+    ///
+    /// # Errors
+    /// A failed evaluation or write.
+    fn finish(
+        &self,
+        dir: &Path,
+        train_seconds: f64,
+        train_units: u64,
+        records: &[serde_json::Value],
+    ) -> Result<(), RunError>;
+}
+
+/// How progress is shown: a live bar on a terminal, plain lines otherwise.
+enum Progress {
+    Bar(ProgressBar),
+    Lines { total: u64 },
+}
+
+impl Progress {
+    fn new(total: u64, position: u64) -> Self {
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:30}] {pos}/{len} (eta {eta}) {msg}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_position(position);
+            Progress::Bar(bar)
+        } else {
+            Progress::Lines { total }
+        }
+    }
+
+    fn tick(&self, step: u64) {
+        if let Progress::Bar(bar) = self {
+            bar.set_position(step);
+        }
+    }
+
+    fn note(&self, logged: &Logged) {
+        match self {
+            Progress::Bar(bar) => bar.set_message(logged.short.clone()),
+            Progress::Lines { total } => eprintln!("{} (of {total})", logged.line),
+        }
+    }
+
+    fn finish(&self) {
+        if let Progress::Bar(bar) = self {
+            bar.finish();
+        }
+    }
+}
+
+/// Checkpoint metadata key of the training units seen over all resumed parts.
+const META_UNITS: &str = "modula.units";
+
+/// A run in progress: the job, its directory and the logging state.
+struct Driver<B: Backend, J: Job<B>> {
+    job: J,
+    dir: PathBuf,
+    interval: Interval,
+    records: Vec<serde_json::Value>,
+    metrics: File,
+    train_seconds: f64,
+    train_units: u64,
+    checkpoint_step: u64,
+    _backend: std::marker::PhantomData<B>,
+}
+
+/// Trains `job` into `dir`: fresh (after [`dir::prepare_fresh_dir`]) or, with `resuming`,
+/// from the checkpoint there, whose metrics are trimmed to it.
+///
+/// # Errors
+/// A run error for an unreadable or foreign checkpoint, a diverged loss or a failed write.
+pub fn train<B: Backend, J: Job<B>>(
+    mut job: J,
+    dir: PathBuf,
+    resuming: bool,
+) -> Result<(), RunError> {
+    let metrics_path = dir.join(METRICS_FILE);
+    let (interval, records, train_seconds, train_units) = if resuming {
+        let ck = dir::read_checkpoint(&dir)?;
+        job.trainer_mut()
+            .restore(&ck)
+            .map_err(|e| run_error(e.to_string()))?;
+        let step = job.trainer().step;
+        if step > job.total() {
+            return Err(run_error(format!(
+                "the checkpoint in {} is at {} {step}, beyond the {} this run trains; pass a larger --steps or --epochs",
+                dir.display(),
+                job.unit(),
+                job.total()
+            )));
+        }
+        let interval = ck
+            .metadata
+            .get(META_INTERVAL)
+            .and_then(|s| Interval::from_meta(s))
+            .ok_or_else(|| {
+                run_error(format!(
+                    "checkpoint {} lacks the `{META_INTERVAL}` metadata; it was not written by `modula train`",
+                    dir::checkpoint_path(&dir).display()
+                ))
+            })?;
+        let get = |k: &str| ck.metadata.get(k).and_then(|s| s.parse().ok());
+        let records = dir::trim_metrics(&metrics_path, step)?
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (
+            interval,
+            records,
+            get(META_SECONDS).unwrap_or(0.0),
+            get(META_UNITS).map_or(0, |u: f64| u as u64),
+        )
+    } else {
+        (Interval::default(), Vec::new(), 0.0, 0)
+    };
+    write_file(&dir.join(CONFIG_FILE), &job.config().to_toml())?;
+    let metrics = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| run_error(format!("cannot open {}: {e}", metrics_path.display())))?;
+    let checkpoint_step = job.trainer().step;
+    let mut driver = Driver {
+        job,
+        dir,
+        interval,
+        records,
+        metrics,
+        train_seconds,
+        train_units,
+        checkpoint_step,
+        _backend: std::marker::PhantomData,
+    };
+    if !resuming {
+        if driver.job.initial_record() {
+            // The curves start from the untrained model's evaluation.
+            driver.record(true)?;
+        }
+        // A checkpoint before the first step means there is always a last good state to keep
+        // if the loss diverges, and a run killed early can still be resumed.
+        driver.save_checkpoint()?;
+    }
+    driver.run()
+}
+
+impl<B: Backend, J: Job<B>> Driver<B, J> {
+    fn run(mut self) -> Result<(), RunError> {
+        let total = self.job.total();
+        eprintln!("{}", self.job.banner(&self.dir));
+        let limit = self.job.config().common().max_minutes * 60.0;
+        let start = Instant::now();
+        let progress = Progress::new(total, self.job.trainer().step);
+        while self.job.trainer().step < total {
+            if limit > 0.0 && start.elapsed().as_secs_f64() >= limit {
+                break;
+            }
+            let t0 = Instant::now();
+            let outcome = self.job.trainer_mut().step().map_err(|e| {
+                progress.finish();
+                dir::training_error(e, self.job.unit(), self.checkpoint_step, &self.dir)
+            })?;
+            let seconds = t0.elapsed().as_secs_f64();
+            self.train_seconds += seconds;
+            if let Some(g) = &outcome.gradient {
+                self.train_units += g.units as u64;
+            }
+            self.interval.add(&outcome, seconds);
+            let step = self.job.trainer().step;
+            progress.tick(step);
+            let due = self.job.due(step, total);
+            if due.log {
+                let logged = self.record(due.evaluate)?;
+                progress.note(&logged);
+            }
+            if due.checkpoint {
+                self.save_checkpoint()?;
+            }
+        }
+        progress.finish();
+        if self.checkpoint_step != self.job.trainer().step {
+            self.save_checkpoint()?;
+        }
+        self.job.finish(
+            &self.dir,
+            self.train_seconds,
+            self.train_units,
+            &self.records,
+        )
+    }
+
+    /// Appends the interval's record to `metrics.jsonl` and starts the next interval.
+    fn record(&mut self, evaluate: bool) -> Result<Logged, RunError> {
+        let logged = self.job.record(&self.interval, evaluate)?;
+        let line = serde_json::to_string(&logged.record).expect("a record serialises");
+        writeln!(self.metrics, "{line}")
+            .and_then(|()| self.metrics.flush())
+            .map_err(|e| run_error(format!("cannot write {METRICS_FILE}: {e}")))?;
+        self.interval.reset(self.job.keeps_changed());
+        self.records.push(logged.record.clone());
+        Ok(logged)
+    }
+
+    /// Writes the trainer's checkpoint with the configuration, the open interval and the
+    /// training seconds and units so far (atomically: a crash leaves the previous checkpoint).
+    fn save_checkpoint(&mut self) -> Result<(), RunError> {
+        let mut ck: Checkpoint = self
+            .job
+            .trainer()
+            .checkpoint()
+            .map_err(|e| run_error(e.to_string()))?;
+        let meta = [
+            (META_CONFIG, self.job.config().to_toml()),
+            (META_INTERVAL, self.interval.to_meta()),
+            (META_SECONDS, format!("{:?}", self.train_seconds)),
+            (META_UNITS, self.train_units.to_string()),
+        ];
+        for (key, value) in meta {
+            ck.metadata.insert(key.into(), value);
+        }
+        ck.write(dir::checkpoint_path(&self.dir))
+            .map_err(|e| run_error(e.to_string()))?;
+        self.checkpoint_step = self.job.trainer().step;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_survive_checkpoint_metadata_exactly() {
+        let iv = Interval {
+            gradient_steps: 3,
+            nll: 0.1 + 0.2,
+            ctrl_nll: -1.0 / 3.0,
+            entropy_steps: 3,
+            mean_entropy: std::f64::consts::PI,
+            batch_entropy: 1e-300,
+            usage: vec![vec![1, 2, 3]],
+            changed: Some(0.125),
+            units: 7,
+            seconds: 0.5,
+        };
+        assert_eq!(Interval::from_meta(&iv.to_meta()), Some(iv));
+    }
+}

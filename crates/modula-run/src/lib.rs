@@ -1,0 +1,158 @@
+//! Run management for modula, for every task: a run directory's files ([`dir`]), the
+//! resolved configuration ([`RunConfig`]), the training driver with its metrics, checkpoints
+//! and progress ([`driver`]), summaries and evaluations ([`toy`], [`lm`]), plots, and the
+//! report and introspection analyses ([`report`], [`inspect`]). The `modula` binary is a
+//! thin front end over [`train`], [`evaluate`], [`inspect::inspect`] and
+//! [`report::report`].
+
+pub mod config;
+pub mod dir;
+pub mod driver;
+mod error;
+pub mod inspect;
+pub mod lm;
+#[cfg(feature = "plots")]
+pub mod plot;
+pub mod report;
+pub mod toy;
+
+use std::path::{Path, PathBuf};
+
+use modula_tensor::Backend;
+use serde::Serialize;
+
+pub use config::{BackendKind, LmRun, Overrides, RunConfig, TASKS, ToyRun};
+pub use dir::DeviceInfo;
+pub use error::{RunError, run_error};
+
+/// Trains the run `cfg` on `backend` into `dir`: fresh (the directory prepared by
+/// [`dir::prepare_fresh_dir`]) or, with `resuming`, from its checkpoint.
+///
+/// # Errors
+/// A run error for unreadable data or checkpoint, a diverged loss or a failed write.
+pub fn train<B: Backend>(
+    backend: B,
+    device: DeviceInfo,
+    cfg: &RunConfig,
+    dir: PathBuf,
+    resuming: bool,
+) -> Result<(), RunError> {
+    match cfg {
+        RunConfig::Toy(run) => driver::train(toy::ToyJob::new(backend, device, run), dir, resuming),
+        RunConfig::Lm(run) => driver::train(lm::LmJob::new(backend, device, run)?, dir, resuming),
+    }
+}
+
+/// What `modula eval` reports: the run's identity and its greedy figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct Evaluation {
+    /// The task.
+    pub task: String,
+    /// The algorithm.
+    pub algo: String,
+    /// The checkpoint's iteration.
+    pub steps: u64,
+    /// The run's seed.
+    pub seed: u64,
+    /// The backend evaluated on, and for wgpu its adapter.
+    #[serde(flatten)]
+    pub device: DeviceInfo,
+    /// The figures, as in the run's `summary.json`.
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+/// The figures of an evaluation, by task.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum Figures {
+    /// A toy run's test figures.
+    Toy(toy::Figures),
+    /// A language model's greedy validation and test perplexities.
+    Lm {
+        /// Validation perplexity.
+        valid_ppl: f64,
+        /// Test perplexity.
+        test_ppl: f64,
+        /// Validation and test tokens scored (`train.eval_tokens` bounds them, as in the
+        /// run's summary).
+        eval_tokens: [usize; 2],
+        /// `exp` of the entropy of the test split's module usage.
+        effective_modules: Option<f64>,
+    },
+}
+
+impl Evaluation {
+    /// The evaluation as human-readable lines.
+    pub fn text(&self, dir: &Path, threads: usize) -> String {
+        let head = format!(
+            "{} on the {} task, seed {}, checkpoint at step {} ({}), evaluated on {}",
+            self.algo,
+            self.task,
+            self.seed,
+            self.steps,
+            dir::checkpoint_path(dir).display(),
+            self.device.describe(threads)
+        );
+        let figures = match &self.figures {
+            Figures::Toy(f) => f.text(),
+            Figures::Lm {
+                valid_ppl,
+                test_ppl,
+                eval_tokens,
+                effective_modules,
+            } => format!(
+                "valid ppl {valid_ppl:.2} ({} tokens), test ppl {test_ppl:.2} ({} tokens){}",
+                eval_tokens[0],
+                eval_tokens[1],
+                effective_modules.map_or(String::new(), |e| format!(", {e:.2} effective modules"))
+            ),
+        };
+        format!("{head}\n{figures}")
+    }
+}
+
+/// Rebuilds the run in `dir` (configuration `cfg`) on `backend`, restores its checkpoint and
+/// evaluates it greedily on its held-out splits.
+///
+/// # Errors
+/// A run error when the checkpoint is missing, truncated or from another configuration, or
+/// the data cannot be loaded.
+pub fn evaluate<B: Backend>(
+    backend: B,
+    device: DeviceInfo,
+    cfg: &RunConfig,
+    dir: &Path,
+) -> Result<Evaluation, RunError> {
+    let ck = dir::read_checkpoint(dir)?;
+    let restore = |e: modula_em::TrainError| run_error(e.to_string());
+    let common = cfg.common();
+    let (steps, figures) = match cfg {
+        RunConfig::Toy(run) => {
+            let mut job = toy::ToyJob::new(backend, device.clone(), run);
+            job.trainer.restore(&ck).map_err(restore)?;
+            (job.trainer.step, Figures::Toy(job.figures()?))
+        }
+        RunConfig::Lm(run) => {
+            let mut job = lm::LmJob::new(backend, device.clone(), run)?;
+            job.trainer.restore(&ck).map_err(restore)?;
+            let limit = run.train.eval_tokens;
+            let (valid, test) = (job.evaluate(true, limit)?, job.evaluate(false, limit)?);
+            let figures = Figures::Lm {
+                valid_ppl: valid.perplexity,
+                test_ppl: test.perplexity,
+                eval_tokens: [valid.tokens, test.tokens],
+                effective_modules: lm::usage_perplexity(&test.usage),
+            };
+            (job.trainer.step, figures)
+        }
+    };
+    Ok(Evaluation {
+        task: common.task_name.to_string(),
+        algo: common.algo.name().to_string(),
+        steps,
+        seed: common.seed,
+        device,
+        figures,
+    })
+}

@@ -1,0 +1,8 @@
+//! PNG and SVG plots drawn with plotters and an embedded font (so no system font is needed):
+//! a toy run's loss, module and usage plots ([`toy`]), and the language-modelling report's
+//! curves and introspection figures ([`lm`]).
+
+pub mod lm;
+pub mod toy;
+
+pub(crate) use toy::{FAMILY, err, register_font, save};
