@@ -8,8 +8,11 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion};
 use modula_benches::bench_data;
-use modula_em::algo::{Batch, e_step, m_step};
-use modula_em::{Algo, AssignmentTable, ModelConfig, ModularMlp, ModularModel, Target};
+use modula_em::algo::em::Em;
+use modula_em::algo::{Algorithm, StepContext};
+use modula_em::estep::e_step;
+use modula_em::models::{MlpConfig, MlpInput, ModularMlp};
+use modula_em::{Algo, AssignmentTable, Batch, Group, Target};
 use modula_nn::{Adam, Ctx, Grads, Optimizer, ParamStore};
 use modula_tensor::{Backend, Cpu};
 use rand::SeedableRng;
@@ -23,7 +26,7 @@ const SAMPLES: usize = 10;
 
 fn em(c: &mut Criterion) {
     let cpu = Cpu::new();
-    let model = ModelConfig {
+    let model = MlpConfig {
         modules: 16,
         k: 2,
         layers: 2,
@@ -44,12 +47,22 @@ fn em(c: &mut Criterion) {
         &mut rng,
     );
     let targets: Vec<u32> = (0..N as u32).map(|i| i % CLASSES as u32).collect();
+    let idx: Vec<u32> = (0..N as u32).collect();
     let batch = Batch {
-        x: cpu.upload([N, D], &bench_data(N * D, 1)),
-        target: Target::Classes(targets),
-        idx: (0..N as u32).collect(),
+        input: MlpInput {
+            x: cpu.upload([N, D], &bench_data(N * D, 1)),
+            target: Target::Classes(targets),
+        },
+        groups: (0..model.layers)
+            .map(|layer| Group {
+                layer,
+                keys: idx.clone(),
+            })
+            .collect(),
+        examples: N,
+        units: N,
     };
-    let shapes = ModularModel::<Cpu>::layer_shapes(&net);
+    let shapes = net.layer_shapes();
     let table = AssignmentTable::random(N, &shapes, &mut rng);
     let label = format!(
         "n{N}_d{D}_m{}_k{}_layers{}_s{SAMPLES}",
@@ -76,19 +89,21 @@ fn em(c: &mut Criterion) {
         });
     });
     let mut adam = Adam::new(1e-4);
+    let mut m_step = Em::new(table, SAMPLES);
     group.bench_function(BenchmarkId::new("m_step", &label), |bench| {
         bench.iter(|| {
             let mut grads = Grads::new();
-            let stats = m_step(
-                &net,
-                &cpu,
-                &params,
-                &batch,
-                &table,
-                &mut grads,
-                &mut Ctx::eval(),
-            )
-            .expect("M-step");
+            let s = StepContext {
+                model: &net,
+                backend: &cpu,
+                params: &params,
+                grads: &mut grads,
+                rng: &mut rng,
+                ctx: &mut Ctx::eval(),
+            };
+            let stats = Algorithm::<Cpu, ModularMlp>::gradient(&mut m_step, s, &batch)
+                .expect("M-step")
+                .stats;
             adam.step(&cpu, &mut params, &grads);
             black_box(stats);
         });

@@ -62,6 +62,16 @@ impl Vocab {
     }
 
     /// Adds `word` if absent and returns its id.
+    /// A vocabulary of `words` in order (word `i` gets id `i`; repeats keep their first id),
+    /// for corpora tokenised elsewhere.
+    pub fn from_words<'w>(words: impl IntoIterator<Item = &'w str>) -> Self {
+        let mut vocab = Vocab::default();
+        for w in words {
+            vocab.insert(w);
+        }
+        vocab
+    }
+
     fn insert(&mut self, word: &str) -> u32 {
         if let Some(&id) = self.ids.get(word) {
             return id;

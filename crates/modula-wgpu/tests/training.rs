@@ -1,4 +1,4 @@
-//! End to end: the toy EM task (modula-em's `ToyExperiment`, generic over the backend)
+//! End to end: the toy EM task (modula-tasks' `ToyTask`, generic over the backend)
 //! trains on wgpu and its loss curve tracks the CPU run's.
 //!
 //! Both runs start from the same seed, so they see the same data, initialisation and
@@ -9,8 +9,9 @@
 //! 0.01 nats), and the final test MSE within 5% of the CPU's. On lavapipe the two curves
 //! agree to about eight significant digits.
 
-use modula_em::toy::ToyConfig;
-use modula_em::{ModelConfig, StepOutcome, ToyExperiment, TrainConfig};
+use modula_data::toy::ToyConfig;
+use modula_em::models::MlpConfig;
+use modula_tasks::{ToyTask, ToyTrainConfig};
 use modula_tensor::{Backend, Cpu};
 use modula_wgpu::testing::backend_or_skip;
 
@@ -24,19 +25,20 @@ fn train<B: Backend>(backend: B) -> (Vec<f64>, f64) {
         test: 512,
         ..ToyConfig::default()
     };
-    let train = TrainConfig {
+    let train = ToyTrainConfig {
         steps: STEPS,
         batch_size: 64,
-        ..TrainConfig::default()
+        ..ToyTrainConfig::default()
     };
-    let mut run = ToyExperiment::new(backend, &task, &ModelConfig::default(), &train, 7);
+    let mut run = ToyTask::trainer(backend, &task, &MlpConfig::default(), &train, 7);
     let mut nll = Vec::new();
     for _ in 0..STEPS {
-        if let StepOutcome::Gradient(s) = run.trainer.step().expect("a training step") {
-            nll.push(s.task_nll);
+        if let Some(s) = run.step().expect("a training step").gradient {
+            nll.push(s.nll);
         }
     }
-    (nll, run.evaluate().expect("evaluation").test_mse)
+    let eval = run.task.evaluate(&run.backend, &run.model, &run.params);
+    (nll, eval.expect("evaluation").test_mse)
 }
 
 fn windows(curve: &[f64]) -> Vec<f64> {

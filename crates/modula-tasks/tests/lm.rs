@@ -1,9 +1,10 @@
 //! The language model over BPTT windows: backward against finite differences for every cell,
 //! EM's E-step invariant over token positions, exact resumption, and learning on a tiny corpus.
 
-use modula_data::Streams;
-use modula_em::Algo;
-use modula_em::lm::{LanguageModel, LmModelConfig, LmTrainConfig, LmTrainer, Recurrent, Routes};
+use modula_data::{Streams, Vocab};
+use modula_em::models::{LanguageModel, LmModelConfig, Recurrent};
+use modula_em::{Algo, Routes, Task, Trainer, estep};
+use modula_tasks::{LmData, LmTask, LmTrainConfig};
 use modula_modular::Selection;
 use modula_nn::gradcheck::{GradCheck, check};
 use modula_nn::{Ctx, Grads, ParamStore};
@@ -56,7 +57,7 @@ fn random_window(
 }
 
 /// Checks the window's backward pass against finite differences; `fixed` hands the
-/// selections over as [`Routes::Fixed`] (the window-wide input projection) rather than
+/// selections over as [`Routes::Stored`] (the window-wide input projection) rather than
 /// returning them step by step.
 fn check_window(
     recurrent: Recurrent,
@@ -79,7 +80,7 @@ fn check_window(
         let mut ctx = Ctx::train(seed);
         let mut route = |t: usize, _: &_| Ok(sels[t].clone());
         let routes = if fixed {
-            Routes::Fixed(&sels)
+            Routes::Stored(&sels)
         } else {
             Routes::Chosen(&mut route)
         };
@@ -161,7 +162,7 @@ proptest! {
         let d_logp: Vec<f32> = (0..steps * n).map(|_| rng.random_range(-1.0..1.0)).collect();
         let run = |fixed: bool| {
             let mut route = |t: usize, _: &_| Ok(sels[t].clone());
-            let routes = if fixed { Routes::Fixed(&sels) } else { Routes::Chosen(&mut route) };
+            let routes = if fixed { Routes::Stored(&sels) } else { Routes::Chosen(&mut route) };
             let out = model
                 .forward_window(&b, &params, &ids, &targets, &h0, routes, false, &mut Ctx::train(seed))
                 .unwrap();
@@ -204,7 +205,7 @@ fn patterned_streams(batch: usize, len: usize, seed: u64) -> Streams {
     }
 }
 
-fn trainer(algo: Algo, seed: u64) -> LmTrainer<Cpu> {
+fn trainer(algo: Algo, seed: u64) -> Trainer<Cpu, LmTask<Cpu>> {
     let b = Cpu::with_threads(1);
     let model_cfg = LmModelConfig {
         embed: 8,
@@ -223,18 +224,27 @@ fn trainer(algo: Algo, seed: u64) -> LmTrainer<Cpu> {
         e_every: 3,
         ..LmTrainConfig::default()
     };
-    let mut params = ParamStore::new();
+    let words: Vec<String> = (0..VOCAB).map(|w| format!("w{w}")).collect();
+    let data = LmData {
+        vocab: Vocab::from_words(words.iter().map(String::as_str)),
+        train: patterned_streams(4, 61, seed),
+        valid: patterned_streams(4, 11, seed ^ 1),
+        test: patterned_streams(4, 11, seed ^ 2),
+    };
+    LmTask::trainer(b, data, &model_cfg, &train, seed)
+}
+
+/// EM's E-step on the trainer's next window with `samples` candidates, into `table`.
+fn e_step(
+    t: &mut Trainer<Cpu, LmTask<Cpu>>,
+    table: &mut modula_em::AssignmentTable,
+    samples: usize,
+    seed: u64,
+) -> modula_em::EStats {
+    let batch = t.task.batch(&t.backend, t.step);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let recurrent = model_cfg.recurrent(&train, VOCAB);
-    let model = LanguageModel::new(&b, &mut params, &model_cfg, recurrent, VOCAB, &mut rng);
-    LmTrainer::new(
-        b,
-        model,
-        params,
-        train,
-        seed,
-        patterned_streams(4, 61, seed),
-    )
+    estep::e_step(&t.model, &t.backend, &t.params, &batch, table, samples, &mut rng, &mut Ctx::eval())
+        .unwrap()
 }
 
 proptest! {
@@ -248,13 +258,11 @@ proptest! {
         for _ in 0..warmup {
             t.step().unwrap();
         }
-        let before = t.e_step().unwrap();
+        let mut table = t.table().cloned().unwrap();
+        let before = e_step(&mut t, &mut table, 4, seed);
         prop_assert!(before.score_after >= before.score_before);
         prop_assert!((0.0..=1.0).contains(&before.changed));
-        let mut only_stored = t.config.clone();
-        only_stored.samples = 1;
-        t.config = only_stored;
-        let again = t.e_step().unwrap();
+        let again = e_step(&mut t, &mut table, 1, seed);
         prop_assert_eq!(again.changed, 0.0);
         // The same paths from the same state: equal up to f32 rounding in batches of another size.
         let tol = 1e-5 * before.score_after.abs().max(1.0);
@@ -267,11 +275,16 @@ fn every_algorithm_learns_the_patterned_corpus() {
     for algo in [Algo::Em, Algo::Reinforce, Algo::Topk, Algo::Dense] {
         let mut t = trainer(algo, 3);
         let probe = patterned_streams(4, 61, 99);
-        let before = t.evaluate(&probe, 0, &mut |_, _| {}).unwrap();
-        while t.epoch < 8 {
+        let eval = |t: &Trainer<Cpu, LmTask<Cpu>>| {
+            t.task
+                .evaluate(&t.backend, &t.model, &t.params, &probe, 0, &mut |_, _| {})
+                .unwrap()
+        };
+        let before = eval(&t);
+        while t.task.epoch < 8 {
             t.step().unwrap();
         }
-        let after = t.evaluate(&probe, 0, &mut |_, _| {}).unwrap();
+        let after = eval(&t);
         assert!(
             after.perplexity < 0.6 * before.perplexity && after.perplexity < 3.0,
             "{}: perplexity {} -> {}",
@@ -303,7 +316,7 @@ fn a_restored_trainer_continues_bit_for_bit() {
                 b.backend.download(y).unwrap()
             );
         }
-        assert_eq!(a.table, b.table);
+        assert_eq!(a.table(), b.table());
     }
 }
 
@@ -321,19 +334,20 @@ fn every_window_is_e_stepped_once_in_e_every_epochs() {
     // 12 windows per epoch and e_every = 3 (the patterned corpus): 12 % 3 == 0, the case
     // where `step % e_every` would E-step the same windows every epoch.
     let mut t = trainer(Algo::Em, 2);
-    let windows = t.windows_per_epoch();
-    assert_eq!(windows % t.config.e_every, 0);
+    let windows = t.task.windows_per_epoch();
+    let e_every = t.settings.e_every;
+    assert_eq!(windows % e_every, 0);
     let mut count = vec![0usize; windows];
     let mut tokens = 0u64;
-    while t.epoch < t.config.e_every {
-        let w = t.window;
+    while t.task.epoch < e_every {
+        let w = t.task.window;
         let stats = t.step().unwrap();
         if stats.e_step.is_some() {
             count[w] += 1;
         }
         // tokens_seen counts exactly the tokens the windows trained on.
-        tokens += stats.tokens as u64;
-        assert_eq!(t.tokens_seen(), tokens);
+        tokens += stats.gradient.unwrap().units as u64;
+        assert_eq!(t.task.tokens_seen(), tokens);
     }
     assert_eq!(count, vec![1; windows]);
 }
@@ -378,7 +392,7 @@ fn e_step_scores_are_the_window_log_likelihoods_of_their_paths() {
     let h0: Vec<f32> = (0..n * 2).map(|_| rng.random_range(-1.0..1.0)).collect();
     let h0 = b.upload([n, 2], &h0);
     let (scores, chosen) = model
-        .score_candidates(&b, &params, &ids, &targets, &h0, &stored, samples, &mut rng)
+        .score_paths(&b, &params, &ids, &targets, &h0, &stored, samples, &mut rng)
         .unwrap();
     for s in [0, 1, samples / 2, samples - 1] {
         let path: Vec<Selection> = chosen
@@ -392,7 +406,7 @@ fn e_step_scores_are_the_window_log_likelihoods_of_their_paths() {
                 &ids,
                 &targets,
                 &h0,
-                Routes::Fixed(&path),
+                Routes::Stored(&path),
                 false,
                 &mut Ctx::eval(),
             )

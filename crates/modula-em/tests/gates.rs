@@ -1,6 +1,6 @@
 //! Noisy top-k gradients against finite differences, and configuration validation.
 
-use modula_em::{Algo, ModelConfig, TopKGate, TrainConfig};
+use modula_em::models::TopKGate;
 use modula_nn::gradcheck::{GradCheck, check, weighted_sum};
 use modula_nn::{Ctx, Grads, ParamStore};
 use modula_tensor::{Backend, Cpu};
@@ -89,100 +89,4 @@ fn top_k_keeps_the_k_largest_and_normalises_them() {
         let total: f32 = gates[i * 3..(i + 1) * 3].iter().sum();
         assert!((total - 1.0).abs() < 1e-6);
     }
-}
-
-#[test]
-fn configurations_with_impossible_values_name_the_field() {
-    let cases: Vec<(ModelConfig, TrainConfig, &str)> = vec![
-        (
-            ModelConfig {
-                modules: 2,
-                k: 3,
-                ..ModelConfig::default()
-            },
-            TrainConfig::default(),
-            "model.k",
-        ),
-        (
-            ModelConfig {
-                k: 0,
-                ..ModelConfig::default()
-            },
-            TrainConfig::default(),
-            "model.k",
-        ),
-        (
-            ModelConfig {
-                modules: 0,
-                ..ModelConfig::default()
-            },
-            TrainConfig::default(),
-            "model.modules",
-        ),
-        (
-            ModelConfig {
-                variance: -1.0,
-                ..ModelConfig::default()
-            },
-            TrainConfig::default(),
-            "model.variance",
-        ),
-        (
-            ModelConfig::default(),
-            TrainConfig {
-                samples: 0,
-                ..TrainConfig::default()
-            },
-            "train.samples",
-        ),
-        (
-            ModelConfig::default(),
-            TrainConfig {
-                lr: -0.1,
-                ..TrainConfig::default()
-            },
-            "train.lr",
-        ),
-        (
-            ModelConfig::default(),
-            TrainConfig {
-                lr: f32::NAN,
-                ..TrainConfig::default()
-            },
-            "train.lr",
-        ),
-        (
-            ModelConfig::default(),
-            TrainConfig {
-                e_every: 0,
-                ..TrainConfig::default()
-            },
-            "train.e_every",
-        ),
-        (
-            ModelConfig::default(),
-            TrainConfig {
-                reinforce_decay: 1.0,
-                ..TrainConfig::default()
-            },
-            "train.reinforce_decay",
-        ),
-    ];
-    for (model, train, field) in cases {
-        let err = model.validate().and_then(|_| train.validate()).unwrap_err();
-        assert_eq!(err.field, field);
-        assert!(err.to_string().contains(field), "{err}");
-    }
-    assert!(ModelConfig::default().validate().is_ok() && TrainConfig::default().validate().is_ok());
-    assert_eq!(TrainConfig::default().algo, Algo::Em);
-}
-
-#[test]
-fn unknown_configuration_keys_are_rejected() {
-    let err = toml::from_str::<TrainConfig>("stepz = 5")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("stepz"), "{err}");
-    let ok: TrainConfig = toml::from_str("steps = 5\nalgo = \"reinforce\"").unwrap();
-    assert_eq!((ok.steps, ok.algo), (5, Algo::Reinforce));
 }

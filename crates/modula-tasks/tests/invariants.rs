@@ -1,11 +1,10 @@
-//! Invariants of generalized EM and its training loop.
+//! Invariants of generalized EM and of the training loop, on the toy task's network.
 
-use modula_em::algo::{Batch, e_step, m_step};
-use modula_em::toy::ToyConfig;
-use modula_em::{
-    Algo, AssignmentTable, ModelConfig, ModularMlp, ModularModel, Target, ToyExperiment,
-    TrainConfig,
-};
+use modula_data::toy::ToyConfig;
+use modula_em::estep::e_step;
+use modula_em::models::{MlpConfig, MlpInput, ModularMlp};
+use modula_em::{Algo, AssignmentTable, Batch, Group, Model, Routes, Target, Trainer};
+use modula_tasks::{ToyTask, ToyTrainConfig};
 use modula_modular::{ControllerOutput, Selection};
 use modula_nn::{Adam, Checkpoint, Ctx, Grads, Optimizer, ParamStore};
 use modula_tensor::{Backend, BackendError, Cpu};
@@ -18,14 +17,15 @@ struct Setup {
     b: Cpu,
     params: ParamStore<Cpu>,
     net: ModularMlp,
-    batch: Batch<Cpu>,
+    batch: Batch<MlpInput<Cpu>>,
+    idx: Vec<u32>,
     table: AssignmentTable,
 }
 
 fn setup(n: usize, d: usize, m: usize, k: usize, layers: usize, seed: u64) -> Setup {
     let b = Cpu::with_threads(1);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let model = ModelConfig {
+    let model = MlpConfig {
         modules: m,
         k,
         layers,
@@ -52,20 +52,29 @@ fn setup(n: usize, d: usize, m: usize, k: usize, layers: usize, seed: u64) -> Se
     idx.truncate(n);
     idx.reverse();
     let batch = Batch {
-        x: b.upload([n, d], &x),
-        target: Target::Regression {
-            y: b.upload([n, 1], &y),
-            variance: 0.5,
+        input: MlpInput {
+            x: b.upload([n, d], &x),
+            target: Target::Regression {
+                y: b.upload([n, 1], &y),
+                variance: 0.5,
+            },
         },
-        idx,
+        groups: (0..layers)
+            .map(|layer| Group {
+                layer,
+                keys: idx.clone(),
+            })
+            .collect(),
+        examples: n,
+        units: n,
     };
-    let table =
-        AssignmentTable::random(examples, &ModularModel::<Cpu>::layer_shapes(&net), &mut rng);
+    let table = AssignmentTable::random(examples, &net.layer_shapes(), &mut rng);
     Setup {
         b,
         params,
         net,
         batch,
+        idx,
         table,
     }
 }
@@ -73,15 +82,15 @@ fn setup(n: usize, d: usize, m: usize, k: usize, layers: usize, seed: u64) -> Se
 /// Score `log p(y | x, a*) + log p(a* | x)` of each example's stored assignment.
 fn stored_scores(s: &Setup, table: &AssignmentTable) -> Vec<f64> {
     let mut route = |l: usize, _: &ControllerOutput<Cpu>| {
-        Ok::<_, BackendError>(table.selection(l, &s.batch.idx))
+        Ok::<_, BackendError>(table.selection(l, &s.idx))
     };
     let out = s
         .net
-        .forward(
+        .forward_tensors(
             &s.b,
             &s.params,
-            &s.batch.x,
-            &s.batch.target,
+            &s.batch.input.x,
+            &s.batch.input.target,
             &mut route,
             false,
             &mut Ctx::eval(),
@@ -141,7 +150,7 @@ proptest! {
             let mut route = |l: usize, _: &ControllerOutput<Cpu>| {
                 Ok::<_, BackendError>(Selection::new(k, [choices[l].clone(), choices[l].clone()].concat()))
             };
-            let out = s.net.forward(&s.b, &s.params, &s.batch.x, &s.batch.target, &mut route, false, &mut Ctx::eval()).unwrap();
+            let out = s.net.forward_tensors(&s.b, &s.params, &s.batch.input.x, &s.batch.input.target, &mut route, false, &mut Ctx::eval()).unwrap();
             for (t, l) in total.iter_mut().zip(s.b.download(&out.ctrl_logp).unwrap()) {
                 *t += (l as f64).exp();
             }
@@ -194,98 +203,102 @@ fn with_one_sample_em_is_supervised_training_on_the_stored_assignments() {
         test: 64,
         ..ToyConfig::default()
     };
-    let model = ModelConfig::default();
-    let train = TrainConfig {
+    let model = MlpConfig::default();
+    let train = ToyTrainConfig {
         samples: 1,
         steps: 60,
         batch_size: 32,
-        ..TrainConfig::default()
+        ..ToyTrainConfig::default()
     };
-    let mut em = ToyExperiment::new(Cpu::with_threads(1), &toy, &model, &train, 5);
-    let initial_table = em.trainer.table.clone().unwrap();
+    let mut em = ToyTask::trainer(Cpu::with_threads(1), &toy, &model, &train, 5);
+    let initial_table = em.table().cloned().unwrap();
     for _ in 0..train.steps {
-        em.trainer.step().unwrap();
+        em.step().unwrap();
     }
     assert!(
-        em.trainer.table.as_ref() == Some(&initial_table),
+        em.table() == Some(&initial_table),
         "S = 1 never changes a*"
     );
 
     // The same M-steps by hand: supervised training of modules and controller on a*.
-    let mut manual = ToyExperiment::new(Cpu::with_threads(1), &toy, &model, &train, 5);
+    let mut manual = ToyTask::trainer(Cpu::with_threads(1), &toy, &model, &train, 5);
     let b = Cpu::with_threads(1);
     let mut adam = Adam::new(train.lr);
     for step in 0..train.steps as u64 {
-        let idx = manual.trainer.batch_indices(step);
+        let idx = manual.task.batch_indices(step);
         if step % train.e_every as u64 == 0 {
             continue;
         }
-        let t = &manual.task.train;
+        let t = &manual.task.data.train;
         let x: Vec<f32> = idx
             .iter()
             .flat_map(|&i| t.x[i as usize * t.dim..(i as usize + 1) * t.dim].to_vec())
             .collect();
         let y: Vec<f32> = idx.iter().map(|&i| t.y[i as usize]).collect();
         let n = idx.len();
-        let batch = Batch {
+        let input = MlpInput {
             x: b.upload([n, t.dim], &x),
             target: Target::Regression {
                 y: b.upload([n, 1], &y),
                 variance: model.variance,
             },
-            idx,
         };
+        let stored = vec![initial_table.selection(0, &idx)];
+        let net = &manual.model;
+        let out = net
+            .forward(
+                &b,
+                &manual.params,
+                &input,
+                Routes::Stored(&stored),
+                false,
+                &mut Ctx::train(0),
+            )
+            .unwrap();
         let mut grads = Grads::new();
-        m_step(
-            &manual.trainer.model,
-            &b,
-            &manual.trainer.params,
-            &batch,
-            &initial_table,
-            &mut grads,
-            &mut Ctx::train(0),
-        )
-        .unwrap();
-        adam.step(&b, &mut manual.trainer.params, &grads);
+        let w = 1.0 / n as f32;
+        net.backward(&b, &manual.params, out.cache, w, &vec![-w; n], &mut grads)
+            .unwrap();
+        adam.step(&b, &mut manual.params, &grads);
     }
-    for id in em.trainer.params.ids() {
+    for id in em.params.ids() {
         assert_eq!(
-            b.download(em.trainer.params.get(id)).unwrap(),
-            b.download(manual.trainer.params.get(id)).unwrap(),
+            b.download(em.params.get(id)).unwrap(),
+            b.download(manual.params.get(id)).unwrap(),
             "{}",
-            em.trainer.params.name(id)
+            em.params.name(id)
         );
     }
 }
 
-fn run(algo: Algo, steps: usize, seed: u64) -> ToyExperiment<Cpu> {
+fn run(algo: Algo, steps: usize, seed: u64) -> Trainer<Cpu, ToyTask<Cpu>> {
     let toy = ToyConfig {
         train: 512,
         test: 128,
         ..ToyConfig::default()
     };
-    let train = TrainConfig {
+    let train = ToyTrainConfig {
         algo,
         steps: steps.max(1),
         batch_size: 32,
-        ..TrainConfig::default()
+        ..ToyTrainConfig::default()
     };
-    let mut exp = ToyExperiment::new(
+    let mut exp = ToyTask::trainer(
         Cpu::with_threads(2),
         &toy,
-        &ModelConfig::default(),
+        &MlpConfig::default(),
         &train,
         seed,
     );
     for _ in 0..steps {
-        exp.trainer.step().unwrap();
+        exp.step().unwrap();
     }
     exp
 }
 
 /// Every tensor and metadata entry of the run's checkpoint, in a comparable form.
-fn snapshot(exp: &ToyExperiment<Cpu>) -> Vec<(String, String)> {
-    let ck = exp.trainer.checkpoint().unwrap();
+fn snapshot(exp: &Trainer<Cpu, ToyTask<Cpu>>) -> Vec<(String, String)> {
+    let ck = exp.checkpoint().unwrap();
     let mut out: Vec<(String, String)> = ck
         .iter()
         .map(|(name, t)| (name.to_string(), format!("{:?}", t.data())))
@@ -296,7 +309,7 @@ fn snapshot(exp: &ToyExperiment<Cpu>) -> Vec<(String, String)> {
 
 #[test]
 fn identical_seeds_give_identical_runs_and_different_seeds_do_not() {
-    for algo in [Algo::Em, Algo::Reinforce, Algo::Topk, Algo::Dense] {
+    for algo in Algo::ALL {
         assert!(
             snapshot(&run(algo, 45, 9)) == snapshot(&run(algo, 45, 9)),
             "{algo:?}: same seed, different runs"
@@ -310,33 +323,33 @@ fn identical_seeds_give_identical_runs_and_different_seeds_do_not() {
 
 #[test]
 fn a_resumed_run_continues_exactly_like_the_uninterrupted_one() {
-    for algo in [Algo::Em, Algo::Reinforce, Algo::Topk] {
+    for algo in [Algo::Em, Algo::Reinforce, Algo::Topk, Algo::Uniform] {
         let full = run(algo, 70, 4);
         let half = run(algo, 33, 4);
-        let bytes = half.trainer.checkpoint().unwrap().to_bytes().unwrap();
+        let bytes = half.checkpoint().unwrap().to_bytes().unwrap();
         let saved = Checkpoint::from_bytes(&bytes, "resume-test.safetensors").unwrap();
         let toy = ToyConfig {
             train: 512,
             test: 128,
             ..ToyConfig::default()
         };
-        let train = TrainConfig {
+        let train = ToyTrainConfig {
             algo,
             steps: 70,
             batch_size: 32,
-            ..TrainConfig::default()
+            ..ToyTrainConfig::default()
         };
-        let mut resumed = ToyExperiment::new(
+        let mut resumed = ToyTask::trainer(
             Cpu::with_threads(2),
             &toy,
-            &ModelConfig::default(),
+            &MlpConfig::default(),
             &train,
             4,
         );
-        resumed.trainer.restore(&saved).unwrap();
-        assert_eq!(resumed.trainer.step, 33);
-        while resumed.trainer.step < 70 {
-            resumed.trainer.step().unwrap();
+        resumed.restore(&saved).unwrap();
+        assert_eq!(resumed.step, 33);
+        while resumed.step < 70 {
+            resumed.step().unwrap();
         }
         assert!(
             snapshot(&resumed) == snapshot(&full),
@@ -349,12 +362,12 @@ fn a_resumed_run_continues_exactly_like_the_uninterrupted_one() {
 fn restoring_another_algorithms_checkpoint_is_rejected() {
     let em = run(Algo::Em, 3, 1);
     let ck = Checkpoint::from_bytes(
-        &em.trainer.checkpoint().unwrap().to_bytes().unwrap(),
+        &em.checkpoint().unwrap().to_bytes().unwrap(),
         "em.safetensors",
     )
     .unwrap();
     let mut other = run(Algo::Reinforce, 0, 1);
-    let err = other.trainer.restore(&ck).unwrap_err().to_string();
+    let err = other.restore(&ck).unwrap_err().to_string();
     assert!(
         err.contains("em.safetensors") && err.contains("reinforce"),
         "{err}"
