@@ -4,6 +4,8 @@
 //! - `cargo xtask ci`: formatting, clippy and the whole test suite, stopping at the first failure.
 //! - `cargo xtask bench [NAME...]`: criterion benches with short sample sizes, turned into JSON
 //!   figures under `target/bench/`.
+//! - `cargo xtask tidy`: source-tree checks (no circular imports between a library crate's
+//!   files), also run by the test suite.
 //! - `cargo xtask data NAME [ARGS...]`: fetch a data set, by running `modula data fetch` (the
 //!   modula-cli binary), so the fetch code lives in one place: the modula-data library.
 //!
@@ -14,6 +16,7 @@ mod bench;
 mod ci;
 mod data;
 mod numpy;
+mod tidy;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +35,7 @@ commands:
                       DIR/bench, DIR/machine.json) instead of running the benches
   data NAME [ARGS]    fetch a data set (ptb, fashion-mnist, mnist-10k, cifar-10) into data/
                       via `modula data fetch NAME ARGS` (e.g. --from PATH, --data-dir DIR)
+  tidy                check that no library crate's files import each other in a circle
   help                print this message
 ";
 
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
             }
         },
         "data" => data::run(rest),
+        "tidy" if rest.is_empty() => tidy::run(),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

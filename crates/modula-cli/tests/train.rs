@@ -451,3 +451,32 @@ fn a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     assert_fails(&out, 1, &["diverged at step", "(step 0)"]);
     assert!(t.join("wild/checkpoint.safetensors").is_file());
 }
+
+#[test]
+fn every_task_is_bounded_by_steps_epochs_and_minutes_and_resumes_past_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 1,024 examples in batches of 64: 16 steps an epoch.
+    assert_ok(&train(tmp.path(), "epochs", &["--epochs", "2"]));
+    assert_eq!(json(&tmp.path().join("epochs/summary.json"))["steps"], 32);
+    assert_ok(&train(tmp.path(), "steps", &["--steps", "7"]));
+    assert_eq!(json(&tmp.path().join("steps/summary.json"))["steps"], 7);
+    // A wall-time limit this short stops the run early, with a checkpoint to resume from.
+    assert_ok(&train(tmp.path(), "minutes", &["--max-minutes", "0.00001"]));
+    let stopped = json(&tmp.path().join("minutes/summary.json"))["steps"]
+        .as_u64()
+        .unwrap();
+    assert!(stopped < 200, "stopped at {stopped}");
+    let dir = tmp.path().join("minutes");
+    let resume = ["train", "--resume", dir.to_str().unwrap()];
+    assert_ok(&modula(
+        &[&resume[..], &["--max-minutes", "0"]].concat(),
+        tmp.path(),
+    ));
+    assert_eq!(json(&dir.join("summary.json"))["steps"], 200);
+    // Inspection is for language models; a toy run is told so by its task's name.
+    assert_fails(
+        &modula(&["inspect", "--run", dir.to_str().unwrap()], tmp.path()),
+        1,
+        &["toy task", "language-modelling runs"],
+    );
+}

@@ -14,7 +14,9 @@
 
 pub mod algo;
 pub mod config;
+mod error;
 pub mod estep;
+mod meta;
 pub mod model;
 pub mod models;
 mod table;
@@ -23,11 +25,13 @@ mod trainer;
 
 pub use algo::{Algorithm, StepStats};
 pub use config::{Algo, ConfigError, DenseMatch, TrainSettings, invalid};
+pub use error::TrainError;
 pub use estep::EStats;
+pub use meta::MetaReader;
 pub use model::{
     Candidates, ControllerStats, Episodes, Forward, Model, Router, Routes, Target,
     controller_stats, effective_count, usage_counts,
 };
 pub use table::{AssignmentTable, LayerAssignments};
 pub use task::{Batch, EStepDue, Group, Task};
-pub use trainer::{MetaReader, StepOutcome, TrainError, Trainer, stream};
+pub use trainer::{StepOutcome, Trainer, stream};

@@ -5,8 +5,8 @@
 use modula_nn::Checkpoint;
 use modula_tensor::{Backend, BackendError};
 
+use crate::error::TrainError;
 use crate::model::Model;
-use crate::trainer::TrainError;
 
 /// One group of a batch's selections (a modular layer, or a time step) and the assignment-table
 /// keys of its rows.

@@ -5,49 +5,18 @@
 
 use std::collections::BTreeMap;
 
-use modula_nn::{
-    Adam, Checkpoint, CheckpointError, Ctx, ExtraTensors, Grads, Optimizer, ParamStore,
-    StoredTensor,
-};
-use modula_tensor::{Backend, BackendError};
+use modula_nn::{Adam, Checkpoint, Ctx, ExtraTensors, Grads, Optimizer, ParamStore, StoredTensor};
+use modula_tensor::Backend;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::algo::{self, Algorithm, StepContext, StepStats};
 use crate::config::{Algo, TrainSettings};
+use crate::error::TrainError;
 use crate::estep::EStats;
+use crate::meta::MetaReader;
 use crate::table::AssignmentTable;
 use crate::task::{EStepDue, Task};
-
-/// Why training stopped.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TrainError {
-    /// The loss became NaN or infinite; parameters were not updated at this step.
-    #[error(
-        "training diverged at step {step}: the loss is {value}; lower train.lr or set train.grad_clip"
-    )]
-    Diverged {
-        /// The iteration whose loss was not finite.
-        step: u64,
-        /// The offending loss value.
-        value: f64,
-    },
-    /// The device failed.
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-    /// A checkpoint could not be read or written.
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    /// A checkpoint does not belong to this run's model or data.
-    #[error("checkpoint {path} does not match this run: {problem}")]
-    Mismatch {
-        /// The checkpoint file.
-        path: String,
-        /// What differs.
-        problem: String,
-    },
-}
 
 /// What one iteration did.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -270,68 +239,5 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
         self.optimizer.restore(adam_t, moments);
         self.step = step;
         Ok(())
-    }
-}
-
-/// Reads a checkpoint's metadata back, with errors that name the checkpoint.
-#[derive(Debug)]
-pub struct MetaReader<'c> {
-    ck: &'c Checkpoint,
-    path: String,
-}
-
-impl<'c> MetaReader<'c> {
-    /// A reader for `ck`, refusing a checkpoint written by another algorithm than `algo`.
-    ///
-    /// # Errors
-    /// [`TrainError::Mismatch`] when the algorithm differs or is not recorded.
-    pub fn new(ck: &'c Checkpoint, algo: Algo) -> Result<Self, TrainError> {
-        let reader = MetaReader {
-            ck,
-            path: ck.origin().display().to_string(),
-        };
-        let written = reader.get("algo")?;
-        if written != algo.name() {
-            return Err(reader.mismatch(format!(
-                "it was written by `{written}`, this run uses `{}`",
-                algo.name()
-            )));
-        }
-        Ok(reader)
-    }
-
-    /// The checkpoint being read.
-    pub fn checkpoint(&self) -> &'c Checkpoint {
-        self.ck
-    }
-
-    /// A [`TrainError::Mismatch`] naming the checkpoint.
-    pub fn mismatch(&self, problem: String) -> TrainError {
-        TrainError::Mismatch {
-            path: self.path.clone(),
-            problem,
-        }
-    }
-
-    /// The metadata value under `key`.
-    ///
-    /// # Errors
-    /// [`TrainError::Mismatch`] when it is missing.
-    pub fn get(&self, key: &str) -> Result<String, TrainError> {
-        self.ck
-            .metadata
-            .get(key)
-            .cloned()
-            .ok_or_else(|| self.mismatch(format!("metadata `{key}` is missing")))
-    }
-
-    /// The unsigned integer stored under `key`.
-    ///
-    /// # Errors
-    /// [`TrainError::Mismatch`] when it is missing or not a number.
-    pub fn number(&self, key: &str) -> Result<u64, TrainError> {
-        self.get(key)?
-            .parse()
-            .map_err(|_| self.mismatch(format!("metadata `{key}` is not a number")))
     }
 }

@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod lm;
 #[cfg(feature = "plots")]
 pub mod plot;
+pub mod records;
 pub mod report;
 pub mod toy;
 

@@ -8,91 +8,13 @@ use modula_em::Trainer;
 use modula_em::effective_count;
 use modula_tasks::{LmData, LmEval, LmTask};
 use modula_tensor::Backend;
-use serde::{Deserialize, Serialize};
 
 use crate::config::{LmRun, RunConfig};
 use crate::dir::{DeviceInfo, SUMMARY_FILE, write_file};
 use crate::driver::{Due, Interval, Job, Logged};
 use crate::error::{RunError, run_error};
 
-/// One line of `metrics.jsonl` of a language-modelling run.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct LmRecord {
-    /// Windows trained.
-    pub step: u64,
-    /// Epochs completed plus the fraction of the current one.
-    pub epoch: f64,
-    /// Training tokens seen.
-    pub tokens: u64,
-    /// Mean training NLL per token over the interval (nats, with dropout).
-    pub train_nll: Option<f64>,
-    /// Mean `-log p(a_t | .)` over the interval.
-    pub ctrl_nll: Option<f64>,
-    /// `exp` of the mean controller entropy over the interval.
-    pub controller_perplexity: Option<f64>,
-    /// `exp` of the entropy of the window-averaged controller distribution.
-    pub batch_perplexity: Option<f64>,
-    /// How many (position, slot) pairs each module served during the interval.
-    pub usage: Vec<u64>,
-    /// Fraction of the window's `a*` changed by the interval's last E-step (EM).
-    pub changed: Option<f64>,
-    /// Training tokens per second over the interval (training windows only).
-    pub tokens_per_s: f64,
-    /// Validation perplexity, at evaluation points.
-    pub valid_ppl: Option<f64>,
-}
-
-/// `summary.json` of a language-modelling run.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct LmSummary {
-    /// `"ptb"` or `"text"`.
-    pub task: String,
-    /// The algorithm.
-    pub algo: String,
-    /// The run's name (algorithm and configuration).
-    pub name: String,
-    /// `M` and `K` of the modular layer (`None` for dense).
-    pub modules: Option<usize>,
-    /// Modules per step.
-    pub k: Option<usize>,
-    /// GRU hidden width.
-    pub hidden: usize,
-    /// Whether every configured epoch was trained.
-    pub finished: bool,
-    /// Epochs completed.
-    pub epochs: usize,
-    /// Windows trained.
-    pub steps: u64,
-    /// Training tokens seen.
-    pub tokens_seen: u64,
-    /// Seconds spent in training windows (E-steps included, evaluations excluded).
-    pub train_seconds: f64,
-    /// Training tokens per second.
-    pub tokens_per_s: f64,
-    /// Trainable scalars.
-    pub parameters: usize,
-    /// FLOPs of one forward pass per token (2 x multiply-adds of the products).
-    pub flops_per_token: u64,
-    /// Validation and test tokens scored (all of each split unless `train.eval_tokens` cut
-    /// them short; absent in summaries written before it was recorded, which scored all).
-    #[serde(default)]
-    pub eval_tokens: Option<[usize; 2]>,
-    /// Validation perplexity (greedy selections).
-    pub valid_ppl: f64,
-    /// Test perplexity (greedy selections).
-    pub test_ppl: f64,
-    /// `exp` of the entropy of the test set's module usage (1 means collapse).
-    pub effective_modules: Option<f64>,
-    /// Test-set module usage ((position, slot) pairs per module).
-    pub test_usage: Vec<u64>,
-    /// The run's seed.
-    pub seed: u64,
-    /// CPU threads.
-    pub threads: usize,
-    /// The backend.
-    #[serde(flatten)]
-    pub device: DeviceInfo,
-}
+pub use crate::records::{LmRecord, LmSummary};
 
 /// `exp` of the entropy of a usage histogram, `None` for an empty one (a dense model).
 pub fn usage_perplexity(usage: &[u64]) -> Option<f64> {

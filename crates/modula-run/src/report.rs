@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use crate::dir::{METRICS_FILE, SUMMARY_FILE, write_file};
 use crate::error::{RunError, run_error};
-use crate::lm::{LmRecord, LmSummary};
 use crate::plot::lm::{self as lm_plot, Curve};
+use crate::records::{LmRecord, LmSummary};
 
 /// Tabulates the language-modelling runs `runs` into `out/report.md` and draws their
 /// validation curves together, printing the table.

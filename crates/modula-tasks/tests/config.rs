@@ -87,7 +87,9 @@ fn configurations_with_impossible_values_name_the_field() {
         assert_eq!(err.field, field);
         assert!(err.to_string().contains(field), "{err}");
     }
-    assert!(MlpConfig::default().validate().is_ok() && ToyTrainConfig::default().validate().is_ok());
+    assert!(
+        MlpConfig::default().validate().is_ok() && ToyTrainConfig::default().validate().is_ok()
+    );
     assert_eq!(ToyTrainConfig::default().algo, Algo::Em);
 }
 

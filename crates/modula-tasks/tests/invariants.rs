@@ -4,9 +4,9 @@ use modula_data::toy::ToyConfig;
 use modula_em::estep::e_step;
 use modula_em::models::{MlpConfig, MlpInput, ModularMlp};
 use modula_em::{Algo, AssignmentTable, Batch, Group, Model, Routes, Target, Trainer};
-use modula_tasks::{ToyTask, ToyTrainConfig};
 use modula_modular::{ControllerOutput, Selection};
 use modula_nn::{Adam, Checkpoint, Ctx, Grads, Optimizer, ParamStore};
+use modula_tasks::{ToyTask, ToyTrainConfig};
 use modula_tensor::{Backend, BackendError, Cpu};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -81,9 +81,8 @@ fn setup(n: usize, d: usize, m: usize, k: usize, layers: usize, seed: u64) -> Se
 
 /// Score `log p(y | x, a*) + log p(a* | x)` of each example's stored assignment.
 fn stored_scores(s: &Setup, table: &AssignmentTable) -> Vec<f64> {
-    let mut route = |l: usize, _: &ControllerOutput<Cpu>| {
-        Ok::<_, BackendError>(table.selection(l, &s.idx))
-    };
+    let mut route =
+        |l: usize, _: &ControllerOutput<Cpu>| Ok::<_, BackendError>(table.selection(l, &s.idx));
     let out = s
         .net
         .forward_tensors(
@@ -215,10 +214,7 @@ fn with_one_sample_em_is_supervised_training_on_the_stored_assignments() {
     for _ in 0..train.steps {
         em.step().unwrap();
     }
-    assert!(
-        em.table() == Some(&initial_table),
-        "S = 1 never changes a*"
-    );
+    assert!(em.table() == Some(&initial_table), "S = 1 never changes a*");
 
     // The same M-steps by hand: supervised training of modules and controller on a*.
     let mut manual = ToyTask::trainer(Cpu::with_threads(1), &toy, &model, &train, 5);
@@ -339,13 +335,8 @@ fn a_resumed_run_continues_exactly_like_the_uninterrupted_one() {
             batch_size: 32,
             ..ToyTrainConfig::default()
         };
-        let mut resumed = ToyTask::trainer(
-            Cpu::with_threads(2),
-            &toy,
-            &MlpConfig::default(),
-            &train,
-            4,
-        );
+        let mut resumed =
+            ToyTask::trainer(Cpu::with_threads(2), &toy, &MlpConfig::default(), &train, 4);
         resumed.restore(&saved).unwrap();
         assert_eq!(resumed.step, 33);
         while resumed.step < 70 {

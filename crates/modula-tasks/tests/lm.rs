@@ -4,10 +4,10 @@
 use modula_data::{Streams, Vocab};
 use modula_em::models::{LanguageModel, LmModelConfig, Recurrent};
 use modula_em::{Algo, Routes, Task, Trainer, estep};
-use modula_tasks::{LmData, LmTask, LmTrainConfig};
 use modula_modular::Selection;
 use modula_nn::gradcheck::{GradCheck, check};
 use modula_nn::{Ctx, Grads, ParamStore};
+use modula_tasks::{LmData, LmTask, LmTrainConfig};
 use modula_tensor::{Backend, Cpu};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -243,8 +243,17 @@ fn e_step(
 ) -> modula_em::EStats {
     let batch = t.task.batch(&t.backend, t.step);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    estep::e_step(&t.model, &t.backend, &t.params, &batch, table, samples, &mut rng, &mut Ctx::eval())
-        .unwrap()
+    estep::e_step(
+        &t.model,
+        &t.backend,
+        &t.params,
+        &batch,
+        table,
+        samples,
+        &mut rng,
+        &mut Ctx::eval(),
+    )
+    .unwrap()
 }
 
 proptest! {

@@ -8,11 +8,12 @@ use modula_tensor::{Backend, BackendError};
 
 use super::{Algorithm, Gradient, StepContext, routed_gradient};
 use crate::config::Algo;
+use crate::error::TrainError;
 use crate::estep::{self, EStats, stored_selections};
+use crate::meta::MetaReader;
 use crate::model::{Model, Routes};
 use crate::table::AssignmentTable;
 use crate::task::Batch;
-use crate::trainer::{MetaReader, TrainError};
 
 /// EM's state: the table and the E-step's candidate count.
 #[derive(Debug)]

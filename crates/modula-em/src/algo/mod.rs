@@ -19,11 +19,12 @@ use modula_tensor::{Backend, BackendError};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{Algo, TrainSettings};
+use crate::error::TrainError;
 use crate::estep::EStats;
+use crate::meta::MetaReader;
 use crate::model::{ControllerStats, Forward, Model, Routes};
 use crate::table::AssignmentTable;
 use crate::task::Batch;
-use crate::trainer::{MetaReader, TrainError};
 
 /// What a gradient step measured on its batch.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -7,9 +7,10 @@ use modula_tensor::{Backend, BackendError};
 
 use super::{Algorithm, Gradient, StepContext, routed_gradient};
 use crate::config::Algo;
+use crate::error::TrainError;
+use crate::meta::MetaReader;
 use crate::model::{Episodes, Model, Routes};
 use crate::task::Batch;
-use crate::trainer::{MetaReader, TrainError};
 
 /// Metadata key of the baseline in checkpoints.
 const META_BASELINE: &str = "baseline";

@@ -11,7 +11,7 @@ use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::toy::MetricRecord;
+use crate::records::MetricRecord;
 
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
 
