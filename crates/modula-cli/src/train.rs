@@ -11,33 +11,6 @@ use modula_tensor::Backend;
 
 use crate::backend::{BackendArg, OnBackend, on_backend};
 
-/// The training algorithm, as spelled on the command line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AlgoArg {
-    /// Generalized (Viterbi) EM.
-    Em,
-    /// REINFORCE with a moving-average baseline.
-    Reinforce,
-    /// Noisy top-k gating with the importance loss.
-    Topk,
-    /// A dense network (matched in compute unless the config says `dense_match = "params"`).
-    Dense,
-    /// Uniformly random routing with an untrained controller (a baseline).
-    Uniform,
-}
-
-impl From<AlgoArg> for Algo {
-    fn from(a: AlgoArg) -> Algo {
-        match a {
-            AlgoArg::Em => Algo::Em,
-            AlgoArg::Reinforce => Algo::Reinforce,
-            AlgoArg::Topk => Algo::Topk,
-            AlgoArg::Dense => Algo::Dense,
-            AlgoArg::Uniform => Algo::Uniform,
-        }
-    }
-}
-
 /// What a dense baseline is matched to, as spelled on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DenseMatchArg {
@@ -59,9 +32,10 @@ pub struct TrainArgs {
     /// The task, when no `--config` names one [default: toy].
     #[arg(long, value_parser = ["toy", "ptb", "text"], conflicts_with_all = ["resume", "config"])]
     pub task: Option<String>,
-    /// Training algorithm [default: em].
-    #[arg(long, value_enum, conflicts_with = "resume")]
-    pub algo: Option<AlgoArg>,
+    /// Training algorithm: em, reinforce, topk, dense or uniform (see docs/em.md)
+    /// [default: em].
+    #[arg(long, value_parser = algo_names(), conflicts_with = "resume")]
+    pub algo: Option<String>,
     /// Seed of the task's data, the initialisation and training [default: 0].
     #[arg(long, conflicts_with = "resume")]
     pub seed: Option<u64>,
@@ -97,6 +71,11 @@ pub struct TrainArgs {
     pub dense_match: Option<DenseMatchArg>,
 }
 
+/// The algorithms' names, from the one list `modula_em::Algo::ALL`.
+fn algo_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(Algo::ALL.map(Algo::name))
+}
+
 /// Runs `modula train`.
 ///
 /// # Errors
@@ -104,7 +83,7 @@ pub struct TrainArgs {
 /// diverged loss or a failed write.
 pub fn run(args: TrainArgs) -> Result<(), RunError> {
     let overrides = Overrides {
-        algo: args.algo.map(Algo::from),
+        algo: args.algo.as_deref().and_then(Algo::from_name),
         dense_match: args.dense_match.map(|m| match m {
             DenseMatchArg::Compute => DenseMatch::Compute,
             DenseMatchArg::Params => DenseMatch::Params,

@@ -51,6 +51,11 @@ impl Algo {
         }
     }
 
+    /// The algorithm called `name` on the command line and in configurations.
+    pub fn from_name(name: &str) -> Option<Algo> {
+        Algo::ALL.into_iter().find(|a| a.name() == name)
+    }
+
     /// Every algorithm, in the order the documentation lists them.
     pub const ALL: [Algo; 5] = [
         Algo::Em,
