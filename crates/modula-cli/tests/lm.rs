@@ -102,6 +102,18 @@ fn ptb_smoke_run_trains_resumes_and_reports() {
     assert_eq!(records_without_timing(&whole), records_without_timing(&em));
     let whole_summary = json(&whole.join("summary.json"));
     assert_eq!(whole_summary["test_ppl"], summary["test_ppl"]);
+    // `modula eval` rebuilds the language model from the run directory and repeats the
+    // summary's greedy validation and test perplexities exactly.
+    let out = modula(&["eval", "--run", "em", "--json"], tmp.path());
+    assert_ok(&out);
+    let eval: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["valid_ppl", "test_ppl", "effective_modules"] {
+        assert_eq!(eval[key], summary[key], "{key}: {eval}");
+    }
+    assert_eq!(
+        (eval["task"].as_str(), eval["algo"].as_str()),
+        (Some("ptb"), Some("em"))
+    );
 
     // The dense baseline, then the introspection and the report over both runs.
     assert_ok(&modula(
@@ -179,5 +191,62 @@ fn lm_configuration_errors_name_the_field_or_flag() {
         &modula(&["inspect", "--run", "nowhere"], tmp.path()),
         1,
         &["nowhere is not a run directory"],
+    );
+}
+
+#[test]
+fn a_text_corpus_trains_evaluates_and_inspects_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    let lines: String = (0..300)
+        .map(|i| {
+            format!(
+                "the cat {} on the mat number {}\n",
+                ["sat", "ran", "lay"][i % 3],
+                i % 7
+            )
+        })
+        .collect();
+    fs::write(&corpus, lines).unwrap();
+    let cfg = tmp.path().join("text.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "task_name = \"text\"\nthreads = 1\n\n[task]\npath = {corpus:?}\n\n[model]\nembed = 8\nhidden = 8\nmodules = 2\n\n[train]\nepochs = 1\nbptt = 10\nbatch_size = 4\n"
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    assert_ok(&modula(
+        &["train", "--config", cfg, "--out", "text"],
+        tmp.path(),
+    ));
+    let summary = json(&tmp.path().join("text/summary.json"));
+    assert_eq!(
+        (summary["task"].as_str(), summary["finished"].as_bool()),
+        (Some("text"), Some(true))
+    );
+    let out = modula(&["eval", "--run", "text", "--json"], tmp.path());
+    assert_ok(&out);
+    let eval: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(eval["test_ppl"], summary["test_ppl"]);
+    assert_ok(&modula(
+        &["inspect", "--run", "text", "--min-count", "1"],
+        tmp.path(),
+    ));
+    // A corpus path that does not exist is named in the error.
+    let missing = tmp.path().join("missing.toml");
+    fs::write(
+        &missing,
+        "task_name = \"text\"\n[task]\npath = \"no-such-corpus.txt\"\n",
+    )
+    .unwrap();
+    assert_fails(
+        &modula(
+            &["train", "--config", missing.to_str().unwrap(), "--out", "m"],
+            tmp.path(),
+        ),
+        1,
+        &["no-such-corpus.txt"],
     );
 }
