@@ -1,4 +1,4 @@
-//! Noisy top-k gradients against finite differences, and configuration validation.
+//! Noisy top-k gradients against finite differences, and the gate's selection and weights.
 
 use modula_em::models::TopKGate;
 use modula_nn::gradcheck::{GradCheck, check, weighted_sum};
