@@ -83,7 +83,7 @@ pub fn report(runs: &[PathBuf], out: &Path) -> Result<(), RunError> {
     std::fs::create_dir_all(out)
         .map_err(|e| run_error(format!("cannot create {}: {e}", out.display())))?;
     write_file(&out.join("report.md"), &md)?;
-    let figures = lm_plot::curves(&out, &curves).map_err(run_error)?;
+    let figures = lm_plot::curves(out, &curves).map_err(run_error)?;
     print!("{md}");
     println!(
         "wrote report.md, {} into {}",
