@@ -69,8 +69,8 @@ struct Inspect {
 }
 
 impl OnBackend for Inspect {
-    fn run<B: Backend>(self, backend: B, _device: DeviceInfo) -> Result<(), RunError> {
-        modula_run::inspect::inspect(backend, &self.cfg, &self.run, &self.options)
+    fn run<B: Backend>(self, backend: B, device: DeviceInfo) -> Result<(), RunError> {
+        modula_run::inspect::inspect(backend, device, &self.cfg, &self.run, &self.options)
     }
 }
 

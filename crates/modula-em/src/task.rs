@@ -72,9 +72,9 @@ pub trait Task<B: Backend> {
     /// A device failure while downloading a tensor.
     fn save(&self, b: &B, ck: &mut Checkpoint) -> Result<(), BackendError>;
 
-    /// Reads back what [`Task::save`] wrote, for a run restored at iteration `step`.
+    /// Reads back what [`Task::save`] wrote.
     ///
     /// # Errors
     /// [`TrainError::Mismatch`] or a checkpoint error when the state does not fit the task.
-    fn restore(&mut self, b: &B, ck: &Checkpoint, step: u64) -> Result<(), TrainError>;
+    fn restore(&mut self, b: &B, ck: &Checkpoint) -> Result<(), TrainError>;
 }

@@ -235,7 +235,7 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
             }
         }
         self.algorithm.restore(&meta)?;
-        self.task.restore(b, ck, step)?;
+        self.task.restore(b, ck)?;
         self.optimizer.restore(adam_t, moments);
         self.step = step;
         Ok(())

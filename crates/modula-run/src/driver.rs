@@ -311,17 +311,14 @@ pub fn train<B: Backend, J: Job<B>>(
                     dir::checkpoint_path(&dir).display()
                 ))
             })?;
-        let get = |k: &str| ck.metadata.get(k).and_then(|s| s.parse().ok());
+        let meta = |k: &str| ck.metadata.get(k).map(String::as_str);
+        let seconds = meta(META_SECONDS).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+        let units = meta(META_UNITS).and_then(|s| s.parse().ok()).unwrap_or(0);
         let records = dir::trim_metrics(&metrics_path, step)?
             .iter()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
-        (
-            interval,
-            records,
-            get(META_SECONDS).unwrap_or(0.0),
-            get(META_UNITS).map_or(0, |u: f64| u as u64),
-        )
+        (interval, records, seconds, units)
     } else {
         (Interval::default(), Vec::new(), 0.0, 0)
     };

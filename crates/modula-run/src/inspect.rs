@@ -125,6 +125,7 @@ impl Counts {
 /// A run error for a toy or dense run, unreadable data or checkpoint, or a failed write.
 pub fn inspect<B: Backend>(
     backend: B,
+    device: DeviceInfo,
     cfg: &RunConfig,
     run_dir: &std::path::Path,
     options: &InspectOptions,
@@ -136,7 +137,7 @@ pub fn inspect<B: Backend>(
             cfg.common().task_name
         )));
     };
-    let mut job = LmJob::new(backend, DeviceInfo::cpu(), run)?;
+    let mut job = LmJob::new(backend, device, run)?;
     let ck = dir::read_checkpoint(run_dir)?;
     job.trainer
         .restore(&ck)

@@ -480,7 +480,7 @@ impl<B: Backend> Task<B> for LmTask<B> {
         Ok(())
     }
 
-    fn restore(&mut self, b: &B, ck: &Checkpoint, _step: u64) -> Result<(), TrainError> {
+    fn restore(&mut self, b: &B, ck: &Checkpoint) -> Result<(), TrainError> {
         let mismatch = |problem: String| TrainError::Mismatch {
             path: ck.origin().display().to_string(),
             problem,

@@ -309,7 +309,7 @@ impl<B: Backend> Task<B> for ToyTask<B> {
         Ok(())
     }
 
-    fn restore(&mut self, _b: &B, _ck: &Checkpoint, _step: u64) -> Result<(), TrainError> {
+    fn restore(&mut self, _b: &B, _ck: &Checkpoint) -> Result<(), TrainError> {
         self.epoch = None;
         Ok(())
     }
