@@ -1,9 +1,4 @@
-//! Run management for modula, for every task: a run directory's files ([`dir`]), the
-//! resolved configuration ([`RunConfig`]), the training driver with its metrics, checkpoints
-//! and progress ([`driver`]), summaries and evaluations ([`toy`], [`lm`]), plots, and the
-//! report and introspection analyses ([`report`], [`inspect`]). The `modula` binary is a
-//! thin front end over [`train`], [`evaluate`], [`inspect::inspect`] and
-//! [`report::report`].
+#![doc = include_str!("../README.md")]
 
 pub mod config;
 pub mod dir;
