@@ -45,10 +45,16 @@ fn modules(src: &Path) -> BTreeMap<Vec<String>, String> {
     out
 }
 
-/// The module paths a file's text names after `crate::`, as identifier sequences.
+/// The module paths a file's code names after `crate::`, as identifier sequences (comments,
+/// doc links included, are not imports).
 fn crate_paths(text: &str) -> Vec<Vec<String>> {
+    let code: String = text
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut out = Vec::new();
-    let mut rest = text;
+    let mut rest = code.as_str();
     while let Some(at) = rest.find("crate::") {
         // `modula_crate::` and the like are other names, not the `crate` keyword.
         let before = rest[..at].chars().next_back();

@@ -1,13 +1,8 @@
 //! The [`Backend`] trait: every numeric primitive modula's layers need.
 
 use crate::error::BackendError;
+pub use crate::ops::Shape;
 use crate::ops::{AdamStep, BinaryOp, GroupedOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d};
-
-/// Shape of a tensor: `[rows, cols]`.
-///
-/// Every tensor is a row-major matrix. Higher-rank data are flattened per example (images are
-/// NHWC rows, see [`Window2d`]), which keeps every kernel a matrix kernel.
-pub type Shape = [usize; 2];
 
 /// A compute backend: a value that owns its context (thread pool, device, queues) and executes
 /// tensor operations on device-resident tensors.

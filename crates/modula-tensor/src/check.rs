@@ -3,8 +3,7 @@
 //! They are public for backend implementers outside this crate (the WGSL backend uses them):
 //! each panics with the operation's name and the offending shapes or indices.
 
-use crate::backend::Shape;
-use crate::ops::Transpose;
+use crate::ops::{Shape, Transpose};
 
 /// Panics unless `a == b`, naming the operation.
 #[track_caller]

@@ -1,6 +1,9 @@
 //! [`Cpu`]: the fast CPU backend (ndarray storage, the packed GEMM of [`crate::gemm`], rayon
 //! parallelism).
 
+/// The grouped (routed) products of the modular layers, on the CPU.
+mod grouped;
+
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 
@@ -711,7 +714,7 @@ impl Backend for Cpu {
         beta: f32,
         c: &mut Array2<f32>,
     ) {
-        crate::grouped::grouped_matmul(self, op, a, b, None, offsets, beta, c);
+        grouped::grouped_matmul(self, op, a, b, None, offsets, beta, c);
     }
 
     #[track_caller]
@@ -725,7 +728,7 @@ impl Backend for Cpu {
         beta: f32,
         c: &mut Array2<f32>,
     ) {
-        crate::grouped::grouped_matmul(self, op, a, b, Some(rows), offsets, beta, c);
+        grouped::grouped_matmul(self, op, a, b, Some(rows), offsets, beta, c);
     }
 
     #[track_caller]
@@ -738,17 +741,17 @@ impl Backend for Cpu {
         offsets: &[u32],
         bias: Option<&Array2<f32>>,
     ) -> Array2<f32> {
-        crate::grouped::grouped_product(self, op, a, b, rows, offsets, bias)
+        grouped::grouped_product(self, op, a, b, rows, offsets, bias)
     }
 
     #[track_caller]
     fn segment_sum_rows(&self, src: &Array2<f32>, pos: &[u32], ptr: &[u32]) -> Array2<f32> {
-        crate::grouped::segment_sum_rows(self, src, pos, ptr)
+        grouped::segment_sum_rows(self, src, pos, ptr)
     }
 
     #[track_caller]
     fn add_gathered_rows(&self, dst: &mut Array2<f32>, table: &Array2<f32>, idx: &[u32]) {
-        crate::grouped::add_gathered_rows(self, dst, table, idx);
+        grouped::add_gathered_rows(self, dst, table, idx);
     }
 }
 

@@ -28,7 +28,6 @@ mod cpu;
 mod error;
 pub mod fastexp;
 pub mod gemm;
-mod grouped;
 mod ops;
 mod reference;
 

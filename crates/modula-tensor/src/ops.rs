@@ -3,6 +3,12 @@
 //! Keeping the op set as data (rather than one trait method per function) is what keeps a
 //! second backend small: a WGSL backend maps each variant to one kernel entry point.
 
+/// Shape of a tensor: `[rows, cols]`.
+///
+/// Every tensor is a row-major matrix. Higher-rank data are flattened per example (images are
+/// NHWC rows, see [`Window2d`]), which keeps every kernel a matrix kernel.
+pub type Shape = [usize; 2];
+
 /// Whether a matmul operand is used as stored or transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Transpose {
