@@ -312,7 +312,9 @@ pub fn train<B: Backend, J: Job<B>>(
                 ))
             })?;
         let meta = |k: &str| ck.metadata.get(k).map(String::as_str);
-        let seconds = meta(META_SECONDS).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+        let seconds = meta(META_SECONDS)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0);
         let units = meta(META_UNITS).and_then(|s| s.parse().ok()).unwrap_or(0);
         let records = dir::trim_metrics(&metrics_path, step)?
             .iter()
