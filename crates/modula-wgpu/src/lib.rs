@@ -1,39 +1,4 @@
-//! A WGSL compute backend for modula on [wgpu](https://wgpu.rs): the same
-//! [`Backend`](modula_tensor::Backend) trait as the CPU backend, running on Vulkan, Metal or
-//! DX12 (and on software adapters such as Mesa's lavapipe, which is how CI tests it).
-//!
-//! - [`Wgpu`]: the backend. It owns a device and queue; tensors ([`WgpuTensor`]) live in
-//!   device buffers and move only through `upload` and `download`.
-//! - Work is recorded, not executed, by each operation: dispatches go into one command
-//!   encoder (inside one compute pass where possible) and are submitted to the queue together
-//!   at the next download or synchronize, or when a batch fills up.
-//! - Kernels are WGSL files, one per op family ([`shaders`]), compiled once per entry point
-//!   into a cached pipeline. Workgroup sizes are WGSL `override` constants set from
-//!   [`WgpuOptions`].
-//! - Device failures (validation, out of memory, a lost device) are captured by callbacks
-//!   and returned by the next `download` or `synchronize` as a
-//!   [`BackendError`].
-//!
-//! This crate is the only one in the workspace that names wgpu types; everything else is
-//! generic over `Backend`.
-//!
-//! ```
-//! use modula_tensor::{Backend, UnaryOp};
-//! use modula_wgpu::Wgpu;
-//!
-//! let gpu = match Wgpu::new() {
-//!     Ok(gpu) => gpu,
-//!     Err(e) => {
-//!         // No adapter on this machine: nothing to demonstrate.
-//!         eprintln!("skipped: {e}");
-//!         return Ok(());
-//!     }
-//! };
-//! let x = gpu.upload([1, 3], &[-1.0, 0.0, 2.0]);
-//! let y = gpu.unary(UnaryOp::Relu, &x);
-//! assert_eq!(gpu.download(&y)?, vec![0.0, 0.0, 2.0]);
-//! # Ok::<(), modula_tensor::BackendError>(())
-//! ```
+#![doc = include_str!("../README.md")]
 
 mod backend;
 mod device;
