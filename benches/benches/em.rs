@@ -8,13 +8,14 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion};
 use modula_benches::bench_data;
+use modula_cpu::Cpu;
 use modula_em::algo::em::Em;
 use modula_em::algo::{Algorithm, StepContext};
 use modula_em::estep::e_step;
 use modula_em::models::{MlpConfig, MlpInput, ModularMlp};
 use modula_em::{Algo, AssignmentTable, Batch, Group, Target};
 use modula_nn::{Adam, Ctx, Grads, Optimizer, ParamStore};
-use modula_tensor::{Backend, Cpu};
+use modula_tensor::Backend;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 

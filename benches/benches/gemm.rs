@@ -9,7 +9,8 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use modula_benches::{bench_data, gemm_flops};
-use modula_tensor::{Backend, Cpu, Transpose};
+use modula_cpu::Cpu;
+use modula_tensor::{Backend, Transpose};
 
 /// Row counts of A: a tiny per-module batch, a small one, a square product and a large batch.
 const ROWS: [usize; 4] = [16, 64, 512, 4096];

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use modula_benches::{bench_data, gemm_flops};
+use modula_cpu::Cpu;
 use modula_modular::{ModularLinear, ModulePool, Routing, Selection};
 use modula_nn::{Ctx, Grads, Init, Linear, ParamStore};
-use modula_tensor::{Backend, Cpu, Transpose};
+use modula_tensor::{Backend, Transpose};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

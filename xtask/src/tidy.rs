@@ -1,5 +1,6 @@
 //! Tidy checks of the source tree, run by the test suite (as rust-analyzer keeps its tidy
-//! checks): no two files of a library crate import each other in a circle.
+//! checks): no two files of a library crate import each other in a circle, and no backend
+//! checks shapes itself.
 //!
 //! A file's imports are the `crate::` paths it names (in `use` items and in expressions); each
 //! resolves to the deepest module file of the crate that exists for it. `super::` paths and a
@@ -191,11 +192,53 @@ fn check(root: &Path) -> Result<usize, String> {
     Ok(sources.len())
 }
 
+/// A file's code with comments (doc comments included) removed, line by line.
+fn code(text: &str) -> String {
+    text.lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The first module of a backend crate that calls a contract check itself. Contract checks
+/// run once, in `modula_tensor::Backend`'s blanket implementation (the module `backend` of
+/// `modula-tensor`); a crate that implements `Kernels` must leave them to it. Returns how
+/// many backend crates were looked at.
+fn backend_checks(root: &Path) -> Result<usize, String> {
+    let mut backends = 0;
+    for src in library_sources(root) {
+        let mods = modules(&src);
+        let is_backend = mods.values().any(|text| {
+            let code = code(text);
+            code.contains("Kernels for ") && code.contains("impl")
+        });
+        if !is_backend {
+            continue;
+        }
+        backends += 1;
+        let core = src.parent().and_then(Path::file_name) == Some("modula-tensor".as_ref());
+        for (module, text) in &mods {
+            let front = core && module.as_slice() == ["backend"];
+            if !front && code(text).contains("check::") {
+                return Err(format!(
+                    "{}: module {} calls a contract check (`check::`); checks run once, in front \
+                     of every backend (modula_tensor::Backend), so kernels must not repeat them",
+                    src.display(),
+                    name(module)
+                ));
+            }
+        }
+    }
+    Ok(backends)
+}
+
 /// `cargo xtask tidy`.
 pub fn run() -> Result<(), String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let crates = check(&root)?;
     println!("tidy: {crates} library crates, no circular imports between files");
+    let backends = backend_checks(&root)?;
+    println!("tidy: {backends} crates implement kernels, none checks shapes itself");
     Ok(())
 }
 
@@ -210,6 +253,49 @@ mod tests {
             Ok(crates) => assert!(crates >= 5, "found only {crates} library crates"),
             Err(problem) => panic!("{problem}"),
         }
+    }
+
+    #[test]
+    fn no_backend_checks_shapes_itself() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        match backend_checks(&root) {
+            // The core (its reference backend), the CPU and the WGSL backends.
+            Ok(backends) => assert!(backends >= 3, "found only {backends} backend crates"),
+            Err(problem) => panic!("{problem}"),
+        }
+    }
+
+    #[test]
+    fn a_kernel_that_checks_is_found_and_the_front_is_allowed() {
+        let dir = std::env::temp_dir().join(format!("modula-tidy-k-{}", std::process::id()));
+        let core = dir.join("crates/modula-tensor/src");
+        let cpu = dir.join("crates/modula-cpu/src");
+        fs::create_dir_all(&core).unwrap();
+        fs::create_dir_all(&cpu).unwrap();
+        fs::write(core.join("lib.rs"), "mod backend; mod check;").unwrap();
+        fs::write(
+            core.join("backend.rs"),
+            "impl<K: Kernels> Backend for K { fn f() { check::same_shape(); } }",
+        )
+        .unwrap();
+        fs::write(cpu.join("lib.rs"), "mod cpu;").unwrap();
+        fs::write(
+            cpu.join("cpu.rs"),
+            "impl Kernels for Cpu {} // check::same_shape is the front's job",
+        )
+        .unwrap();
+        assert_eq!(backend_checks(&dir), Ok(1));
+        fs::write(
+            cpu.join("cpu.rs"),
+            "impl Kernels for Cpu { fn f() { check::same_shape(); } }",
+        )
+        .unwrap();
+        let problem = backend_checks(&dir).expect_err("the CPU kernel checks");
+        assert!(
+            problem.contains("module cpu calls a contract check"),
+            "{problem}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

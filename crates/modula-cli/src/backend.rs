@@ -1,8 +1,9 @@
 //! The one place a backend type is chosen: [`on_backend`] opens the CPU or the wgpu backend a
 //! command asks for and runs the command's generic body on it.
 
+use modula_cpu::Cpu;
 use modula_run::{BackendKind, DeviceInfo, RunError, run_error};
-use modula_tensor::{Backend, Cpu};
+use modula_tensor::Backend;
 use modula_wgpu::Wgpu;
 
 /// The backend, as spelled on the command line.

@@ -1,9 +1,10 @@
 //! Noisy top-k gradients against finite differences, and the gate's selection and weights.
 
+use modula_cpu::Cpu;
 use modula_em::models::TopKGate;
 use modula_nn::gradcheck::{GradCheck, check, weighted_sum};
 use modula_nn::{Ctx, Grads, ParamStore};
-use modula_tensor::{Backend, Cpu};
+use modula_tensor::Backend;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

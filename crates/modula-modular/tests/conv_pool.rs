@@ -1,10 +1,11 @@
 //! Modular convolution against a per-image oracle and finite differences; the generic module
 //! pool against the grouped linear layer.
 
+use modula_cpu::Cpu;
 use modula_modular::{ModularConv2d, ModularLinear, ModulePool, Routing, Selection};
 use modula_nn::gradcheck::{GradCheck, check, weighted_sum};
 use modula_nn::{Ctx, Grads, Init, Linear, ParamStore};
-use modula_tensor::{Backend, Cpu, Reference, Transpose, Window2d};
+use modula_tensor::{Backend, Reference, Transpose, Window2d};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -24,7 +25,7 @@ fn random_selection(rng: &mut ChaCha8Rng, n: usize, k: usize, m: usize) -> Selec
 fn conv_one(x: &[f32], w: &[f32], bias: &[f32], window: &Window2d, c_out: usize) -> Vec<f32> {
     let r = Reference;
     let cols = r.im2col(&r.upload([1, window.in_len()], x), window);
-    let mut y = r.zeros([cols.nrows(), c_out]);
+    let mut y = r.zeros([cols.rows(), c_out]);
     r.matmul(
         1.0,
         &cols,

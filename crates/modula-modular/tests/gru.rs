@@ -1,9 +1,10 @@
 //! The modular GRU cell's backpropagation through time against finite differences.
 
+use modula_cpu::Cpu;
 use modula_modular::{ModularGruCell, Selection};
 use modula_nn::gradcheck::{GradCheck, check, weighted_sum};
 use modula_nn::{Grads, ParamStore};
-use modula_tensor::{Backend, Cpu};
+use modula_tensor::Backend;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -1,10 +1,11 @@
 //! The grouped modular layer against the per-row reference, and its gradients against
 //! finite differences.
 
+use modula_cpu::Cpu;
 use modula_modular::{ModularLinear, NaiveLayer, Routing, Selection};
 use modula_nn::gradcheck::{GradCheck, check, check_module, weighted_sum};
 use modula_nn::{Grads, ParamStore};
-use modula_tensor::{Backend, Cpu};
+use modula_tensor::Backend;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -16,7 +16,7 @@
 //! ```
 //! use std::collections::BTreeMap;
 //! use modula_nn::{load_safetensors, save_safetensors, Init, Linear, ParamStore};
-//! use modula_tensor::Cpu;
+//! use modula_cpu::Cpu;
 //! use rand::SeedableRng;
 //! let cpu = Cpu::with_threads(1);
 //! let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);

@@ -33,7 +33,8 @@ fn check_images<B: Backend>(b: &B, x: &B::Tensor, window: &Window2d, layer: &str
 ///
 /// ```
 /// use modula_nn::{Conv2d, Ctx, Module, ParamStore};
-/// use modula_tensor::{Backend, Cpu, Window2d};
+/// use modula_cpu::Cpu;
+/// use modula_tensor::{Backend, Window2d};
 /// use rand::SeedableRng;
 /// let cpu = Cpu::with_threads(1);
 /// let mut params = ParamStore::new();
@@ -200,7 +201,8 @@ impl<B: Backend> Module<B> for Conv2d {
 ///
 /// ```
 /// use modula_nn::{Ctx, MaxPool2d, Module, ParamStore};
-/// use modula_tensor::{Backend, Cpu};
+/// use modula_cpu::Cpu;
+/// use modula_tensor::Backend;
 /// let cpu = Cpu::with_threads(1);
 /// let pool = MaxPool2d::new(2, 2, 1, 2, 2); // one 2x2 channel, 2x2 windows, stride 2
 /// let x = cpu.upload([1, 4], &[1.0, 4.0, 3.0, 2.0]);

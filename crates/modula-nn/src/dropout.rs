@@ -15,7 +15,8 @@ use crate::param::{Grads, ParamStore};
 ///
 /// ```
 /// use modula_nn::{Ctx, Dropout, Module, ParamStore};
-/// use modula_tensor::{Backend, Cpu};
+/// use modula_cpu::Cpu;
+/// use modula_tensor::Backend;
 /// let cpu = Cpu::with_threads(1);
 /// let params = ParamStore::new();
 /// let x = cpu.upload([1, 4], &[1.0; 4]);

@@ -14,7 +14,8 @@ use crate::param::{Grads, ParamId, ParamStore};
 ///
 /// ```
 /// use modula_nn::{Embedding, Grads, Init, ParamStore};
-/// use modula_tensor::{Backend, Cpu};
+/// use modula_cpu::Cpu;
+/// use modula_tensor::Backend;
 /// use rand::SeedableRng;
 /// let cpu = Cpu::with_threads(1);
 /// let mut params = ParamStore::new();

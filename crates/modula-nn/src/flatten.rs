@@ -18,7 +18,8 @@ use crate::param::{Grads, ParamStore};
 ///
 /// ```
 /// use modula_nn::{Ctx, Flatten, Module, ParamStore};
-/// use modula_tensor::{Backend, Cpu};
+/// use modula_cpu::Cpu;
+/// use modula_tensor::Backend;
 /// let cpu = Cpu::with_threads(1);
 /// let image = cpu.upload([2, 2 * 2 * 3], &[0.5; 24]); // two 2x2 RGB images, NHWC rows
 /// let (flat, _) = Flatten.forward(&cpu, &ParamStore::new(), &image, &mut Ctx::eval());

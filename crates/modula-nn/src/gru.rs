@@ -350,7 +350,8 @@ fn affine<B: Backend>(b: &B, x: &B::Tensor, w: &B::Tensor, bias: &B::Tensor) -> 
 ///
 /// ```
 /// use modula_nn::{Grads, Gru, Init, ParamStore};
-/// use modula_tensor::{Backend, Cpu};
+/// use modula_cpu::Cpu;
+/// use modula_tensor::Backend;
 /// use rand::SeedableRng;
 /// let cpu = Cpu::with_threads(1);
 /// let mut params = ParamStore::new();

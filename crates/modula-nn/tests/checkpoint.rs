@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use modula_cpu::Cpu;
 use modula_nn::{
     Checkpoint, CheckpointError, ExtraTensors, ParamStore, StoredTensor, TensorData,
     load_safetensors, save_safetensors,
 };
-use modula_tensor::{Backend, Cpu};
+use modula_tensor::Backend;
 use proptest::prelude::*;
 
 fn cpu() -> Cpu {

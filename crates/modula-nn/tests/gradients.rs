@@ -1,11 +1,12 @@
 //! Finite-difference checks of every layer's and loss's backward pass.
 
+use modula_cpu::Cpu;
 use modula_nn::gradcheck::{GradCheck, check, check_module, weighted_sum};
 use modula_nn::{Activation, Init, Linear, ParamStore, gaussian_nll, gaussian_nll_backward};
 use modula_nn::{Conv2d, Dropout, Embedding, Flatten, Grads, Gru, GruCell, MaxPool2d};
 use modula_nn::{gru_gates_backward, gru_gates_forward};
 use modula_nn::{softmax_cross_entropy, softmax_cross_entropy_backward};
-use modula_tensor::{Backend, Cpu, UnaryOp, Window2d};
+use modula_tensor::{Backend, UnaryOp, Window2d};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

@@ -1,9 +1,10 @@
 //! Forward values of the layers against direct host formulas, and their contracts.
 
+use modula_cpu::Cpu;
 use modula_nn::{
     Conv2d, Ctx, Dropout, Embedding, Flatten, Gru, GruCell, Init, MaxPool2d, Module, ParamStore,
 };
-use modula_tensor::{Backend, Cpu, Window2d};
+use modula_tensor::{Backend, Window2d};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

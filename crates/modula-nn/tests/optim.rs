@@ -1,7 +1,8 @@
 //! Optimisers and gradient clipping behave as their formulas say.
 
+use modula_cpu::Cpu;
 use modula_nn::{Adam, Grads, Optimizer, ParamStore, Sgd};
-use modula_tensor::{Backend, Cpu};
+use modula_tensor::Backend;
 
 #[test]
 fn sgd_minimises_a_quadratic() {

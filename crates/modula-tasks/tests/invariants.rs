@@ -1,5 +1,6 @@
 //! Invariants of generalized EM and of the training loop, on the toy task's network.
 
+use modula_cpu::Cpu;
 use modula_data::toy::ToyConfig;
 use modula_em::estep::e_step;
 use modula_em::models::{MlpConfig, MlpInput, ModularMlp};
@@ -7,7 +8,7 @@ use modula_em::{Algo, AssignmentTable, Batch, Group, Model, Routes, Target, Trai
 use modula_modular::{ControllerOutput, Selection};
 use modula_nn::{Adam, Checkpoint, Ctx, Grads, Optimizer, ParamStore};
 use modula_tasks::{ToyTask, ToyTrainConfig};
-use modula_tensor::{Backend, BackendError, Cpu};
+use modula_tensor::{Backend, BackendError};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

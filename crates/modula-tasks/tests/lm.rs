@@ -1,6 +1,7 @@
 //! The language model over BPTT windows: backward against finite differences for every cell,
 //! EM's E-step invariant over token positions, exact resumption, and learning on a tiny corpus.
 
+use modula_cpu::Cpu;
 use modula_data::{Streams, Vocab};
 use modula_em::models::{LanguageModel, LmModelConfig, Recurrent};
 use modula_em::{Algo, Routes, Task, Trainer, estep};
@@ -8,7 +9,7 @@ use modula_modular::Selection;
 use modula_nn::gradcheck::{GradCheck, check};
 use modula_nn::{Ctx, Grads, ParamStore};
 use modula_tasks::{LmData, LmTask, LmTrainConfig};
-use modula_tensor::{Backend, Cpu};
+use modula_tensor::Backend;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -4,10 +4,10 @@
 use std::fs;
 use std::path::Path;
 
+use modula_cpu::Cpu;
 use modula_em::Algo;
 use modula_em::models::LmModelConfig;
 use modula_tasks::{LmData, LmTask, LmTrainConfig, TextConfig};
-use modula_tensor::Cpu;
 
 /// `lines` lines of words drawn from `words` distinct words, by a fixed recurrence.
 fn corpus(lines: usize, words: usize) -> String {

@@ -1,14 +1,62 @@
-//! Contract checks shared by every backend, so that all of them panic alike on misuse.
+//! Contract checks of every [`crate::Backend`] operation, so that all backends panic alike on
+//! misuse.
 //!
-//! They are public for backend implementers outside this crate (the WGSL backend uses them):
-//! each panics with the operation's name and the offending shapes or indices.
+//! The [`crate::Backend`] front runs them once, before it hands an operation to a backend's
+//! [`crate::Kernels`]; no backend calls them itself. They are public for extension traits
+//! outside this crate that put the same kind of front on their own operations. Each panics
+//! with the operation's name and the offending shapes or indices.
 
-use crate::ops::{Shape, Transpose};
+use crate::ops::{Shape, Transpose, Window2d};
 
 /// Panics unless `a == b`, naming the operation.
 #[track_caller]
 pub fn same_shape(op: &str, a: Shape, b: Shape) {
     assert!(a == b, "{op}: shape mismatch {a:?} vs {b:?}");
+}
+
+/// Panics unless `len`, the length of a per-row list (targets, columns, indices), equals the
+/// `rows` of the tensor it goes with.
+#[track_caller]
+pub fn one_per_row(op: &str, what: &str, len: usize, rows: usize) {
+    assert!(
+        len == rows,
+        "{op}: one {what} per row: {len} for {rows} rows"
+    );
+}
+
+/// Panics unless two tensors have the same number of rows.
+#[track_caller]
+pub fn same_rows(op: &str, a: Shape, b: Shape) {
+    assert!(a[0] == b[0], "{op}: row counts differ: {a:?} vs {b:?}");
+}
+
+/// Panics unless two tensors have the same number of columns.
+#[track_caller]
+pub fn same_cols(op: &str, a: Shape, b: Shape) {
+    assert!(a[1] == b[1], "{op}: column counts differ: {a:?} vs {b:?}");
+}
+
+/// Panics unless `x` holds NHWC images for `window` (`[n, window.in_len()]`).
+#[track_caller]
+pub fn images(op: &str, x: Shape, window: &Window2d) {
+    same_shape(op, [x[0], window.in_len()], x);
+}
+
+/// Panics unless `cols` holds whole images' patches for `window`
+/// (`[n * OH * OW, window.patch_len()]`).
+#[track_caller]
+pub fn patches(op: &str, cols: Shape, window: &Window2d) {
+    let pixels = window.out_height() * window.out_width();
+    assert!(
+        cols[1] == window.patch_len() && cols[0].is_multiple_of(pixels),
+        "{op}: patches {cols:?} do not match window {window:?}"
+    );
+}
+
+/// Panics unless `window` is a pooling window (no padding).
+#[track_caller]
+pub fn pooling(op: &str, window: &Window2d) {
+    assert!(window.padding == 0, "{op}: padding is not supported");
 }
 
 /// Panics unless `data_len` matches the shape.

@@ -1,18 +1,33 @@
 //! A conformance suite generic over [`Backend`]: every backend runs the same checks against
-//! the [`Reference`] oracle on seeded random inputs.
+//! the [`Reference`] oracle on seeded random inputs (feature `conformance`).
+//!
+//! [`CoreOnly`] wraps a backend and hides its grouped kernels, so that the suite also runs
+//! the default bodies of [`GroupedKernels`] on that backend's core operations.
 //!
 //! ```
-//! use modula_tensor::{conformance, Cpu};
-//! let failures = conformance::run_all(&Cpu::with_threads(1), &conformance::Tolerance::default());
+//! use modula_tensor::{conformance, Reference};
+//! let tol = conformance::Tolerance::default();
+//! // The grouped products through their default bodies, on the reference's core kernels.
+//! let failures = conformance::run_all(&conformance::CoreOnly(Reference), &tol);
 //! assert!(failures.is_empty(), "{failures:#?}");
 //! ```
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::backend::{Backend, Shape};
-use crate::ops::{AdamStep, BinaryOp, GroupedOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d};
+/// The core-only wrapper.
+mod core_only;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::backend::Backend;
+use crate::matrix::Matrix;
+use crate::ops::{
+    AdamStep, BinaryOp, GroupedOp, ReduceOp, SgdStep, Shape, Transpose, UnaryOp, Window2d,
+};
 use crate::reference::Reference;
+
+pub use core_only::CoreOnly;
 
 /// Allowed deviation from the reference: `|got - want| <= abs + rel * |want|`.
 #[derive(Clone, Copy, Debug)]
@@ -96,6 +111,10 @@ pub fn checks<B: Backend>() -> Vec<Check<B>> {
             name: "grouped",
             run: grouped::<B>,
         },
+        Check {
+            name: "misuse",
+            run: misuse::<B>,
+        },
     ]
 }
 
@@ -115,7 +134,7 @@ fn values(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 /// A pair of the same random tensor on the backend under test and on the reference.
 struct Pair<B: Backend> {
     got: B::Tensor,
-    want: ndarray::Array2<f32>,
+    want: Matrix,
 }
 
 fn pair<B: Backend>(b: &B, shape: Shape, data: &[f32]) -> Pair<B> {
@@ -135,20 +154,20 @@ fn compare<B: Backend>(
     b: &B,
     what: &str,
     got: &B::Tensor,
-    want: &ndarray::Array2<f32>,
+    want: &Matrix,
     tol: &Tolerance,
 ) -> Result<(), String> {
     let shape = b.shape(got);
-    if shape != [want.nrows(), want.ncols()] {
+    if shape != want.shape() {
         return Err(format!(
             "{what}: shape {shape:?}, reference {:?}",
-            want.dim()
+            want.shape()
         ));
     }
     let got = b
         .download(got)
         .map_err(|e| format!("{what}: download failed: {e}"))?;
-    for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+    for (i, (g, w)) in got.iter().zip(want.as_slice()).enumerate() {
         let ok =
             (g - w).abs() <= tol.abs + tol.rel * w.abs() || (g.is_nan() && w.is_nan()) || g == w;
         if !ok {
@@ -469,7 +488,7 @@ fn conv_windows<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
             want: Reference.im2col(&x.want, w),
         };
         compare(b, &format!("im2col {w:?}"), &cols.got, &cols.want, tol)?;
-        let dc = random_pair(b, &mut r, [cols.want.nrows(), cols.want.ncols()]);
+        let dc = random_pair(b, &mut r, cols.want.shape());
         compare(
             b,
             &format!("col2im {w:?}"),
@@ -505,7 +524,7 @@ fn conv_windows<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
             want: Reference.max_pool2d(&x.want, w),
         };
         compare(b, &format!("max_pool2d {w:?}"), &y.got, &y.want, tol)?;
-        let dy = random_pair(b, &mut r, [y.want.nrows(), y.want.ncols()]);
+        let dy = random_pair(b, &mut r, y.want.shape());
         let dx = b.max_pool2d_backward(&x.got, &dy.got, w);
         compare(
             b,
@@ -686,6 +705,57 @@ fn grouped<B: Backend>(b: &B, tol: &Tolerance) -> Result<(), String> {
         b.add_gathered_rows(&mut dst.got, &table.got, &idx);
         Reference.add_gathered_rows(&mut dst.want, &table.want, &idx);
         compare(b, "add_gathered_rows", &dst.got, &dst.want, &tol)?;
+    }
+    Ok(())
+}
+
+/// Calls that break an operation's contract must panic, naming the operation and the problem,
+/// before they reach the backend's kernel (the same message on every backend).
+fn misuse<B: Backend>(b: &B, _: &Tolerance) -> Result<(), String> {
+    type Case<B> = (&'static str, fn(&B));
+    let cases: [Case<B>; 8] = [
+        ("upload: shape [2, 2] needs 4 values, got 3", |b| {
+            b.upload([2, 2], &[1.0; 3]);
+        }),
+        ("matmul: inner dimensions differ", |b| {
+            let (x, y) = (b.zeros([2, 3]), b.zeros([4, 2]));
+            let mut c = b.zeros([2, 2]);
+            b.matmul(1.0, &x, Transpose::No, &y, Transpose::No, 0.0, &mut c);
+        }),
+        ("binary: shape mismatch", |b| {
+            b.binary(BinaryOp::Add, &b.zeros([2, 3]), &b.zeros([3, 2]));
+        }),
+        ("gather_rows: index 5 out of range for 3", |b| {
+            b.gather_rows(&b.zeros([3, 2]), &[0, 5]);
+        }),
+        ("pick_cols: one column per row", |b| {
+            b.pick_cols(&b.zeros([3, 2]), &[0, 1]);
+        }),
+        ("copy_cols: columns 1..4 exceed 3", |b| {
+            let mut dst = b.zeros([2, 8]);
+            b.copy_cols(&b.zeros([2, 3]), 1, &mut dst, 0, 3, false);
+        }),
+        ("grouped_matmul: offsets end at 3", |b| {
+            let mut c = b.zeros([4, 2]);
+            let (x, w) = (b.zeros([4, 3]), b.zeros([6, 2]));
+            b.grouped_matmul(GroupedOp::XW, &x, &w, &[0, 1, 3], 0.0, &mut c);
+        }),
+        ("segment_sum_rows: index 9 out of range", |b| {
+            b.segment_sum_rows(&b.zeros([3, 2]), &[0, 9], &[0, 2]);
+        }),
+    ];
+    for (want, call) in cases {
+        let message = match catch_unwind(AssertUnwindSafe(|| call(b))) {
+            Ok(()) => return Err(format!("misuse \"{want}\" did not panic")),
+            Err(payload) => payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default(),
+        };
+        if !message.contains(want) {
+            return Err(format!("misuse \"{want}\" panicked with \"{message}\""));
+        }
     }
     Ok(())
 }

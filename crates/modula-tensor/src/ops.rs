@@ -343,4 +343,15 @@ pub enum GroupedOp {
 impl GroupedOp {
     /// Every variant, for exhaustive tests.
     pub const ALL: [GroupedOp; 3] = [GroupedOp::XW, GroupedOp::XWt, GroupedOp::XtY];
+
+    /// `(d_in, d_out)` of one group's block, read off the stacked operand (`b` for `XW` and
+    /// `XWt`, `c` for `XtY`) of a product over `groups` groups. It does not validate: the
+    /// shapes are the ones [`crate::check::grouped`] accepted (with no groups, both are 0).
+    pub fn block_dims(self, b: Shape, c: Shape, groups: usize) -> (usize, usize) {
+        let stacked = match self {
+            GroupedOp::XW | GroupedOp::XWt => b,
+            GroupedOp::XtY => c,
+        };
+        (stacked[0].checked_div(groups).unwrap_or(0), stacked[1])
+    }
 }

@@ -3,18 +3,19 @@
 //! Every operation is a plain loop over indices that reads like its mathematical definition.
 //! Nothing here is optimised; fast backends are checked against it by [`crate::conformance`].
 
-use ndarray::Array2;
-
-use crate::backend::{Backend, Shape};
-use crate::check;
 use crate::error::BackendError;
-use crate::ops::{AdamStep, BinaryOp, GroupedOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d};
+use crate::kernels::{GroupedKernels, Kernels};
+use crate::matrix::Matrix;
+use crate::ops::{
+    AdamStep, BinaryOp, GroupedOp, ReduceOp, SgdStep, Shape, Transpose, UnaryOp, Window2d,
+};
 
-/// The reference backend: naive loops over `ndarray` matrices.
+/// The reference backend: naive loops over host [`Matrix`] values. Its kernels see only
+/// calls that [`crate::Backend`]'s checks accepted.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Reference;
 
-fn at(t: &Array2<f32>, trans: Transpose, i: usize, j: usize) -> f32 {
+fn at(t: &Matrix, trans: Transpose, i: usize, j: usize) -> f32 {
     match trans {
         Transpose::No => t[[i, j]],
         Transpose::Yes => t[[j, i]],
@@ -30,66 +31,57 @@ fn reduce(op: ReduceOp, values: impl Iterator<Item = f32>) -> f32 {
     }
 }
 
-fn shape(t: &Array2<f32>) -> Shape {
-    [t.nrows(), t.ncols()]
-}
-
-impl Backend for Reference {
-    type Tensor = Array2<f32>;
+impl Kernels for Reference {
+    type Tensor = Matrix;
 
     fn name(&self) -> String {
         "reference".into()
     }
 
-    fn shape(&self, t: &Array2<f32>) -> Shape {
-        shape(t)
+    fn shape(&self, t: &Matrix) -> Shape {
+        t.shape()
     }
 
-    #[track_caller]
-    fn upload(&self, s: Shape, data: &[f32]) -> Array2<f32> {
-        check::data_len(s, data.len());
-        Array2::from_shape_vec((s[0], s[1]), data.to_vec()).expect("length checked")
+    fn upload(&self, s: Shape, data: &[f32]) -> Matrix {
+        Matrix::from_vec(s, data.to_vec())
     }
 
-    fn download(&self, t: &Array2<f32>) -> Result<Vec<f32>, BackendError> {
-        Ok(t.iter().copied().collect())
+    fn download(&self, t: &Matrix) -> Result<Vec<f32>, BackendError> {
+        Ok(t.as_slice().to_vec())
     }
 
     fn synchronize(&self) -> Result<(), BackendError> {
         Ok(())
     }
 
-    fn zeros(&self, s: Shape) -> Array2<f32> {
-        Array2::zeros((s[0], s[1]))
+    fn zeros(&self, s: Shape) -> Matrix {
+        Matrix::zeros(s)
     }
 
-    fn fill(&self, t: &mut Array2<f32>, value: f32) {
-        t.fill(value);
+    fn fill(&self, t: &mut Matrix, value: f32) {
+        t.as_mut_slice().fill(value);
     }
 
-    fn duplicate(&self, t: &Array2<f32>) -> Array2<f32> {
+    fn duplicate(&self, t: &Matrix) -> Matrix {
         t.clone()
     }
 
-    #[track_caller]
-    fn reshape(&self, t: Array2<f32>, s: Shape) -> Array2<f32> {
-        check::data_len(s, t.len());
-        let data: Vec<f32> = t.iter().copied().collect();
-        Array2::from_shape_vec((s[0], s[1]), data).expect("length checked")
+    fn reshape(&self, t: Matrix, s: Shape) -> Matrix {
+        t.reshape(s)
     }
 
-    #[track_caller]
     fn matmul(
         &self,
         alpha: f32,
-        a: &Array2<f32>,
+        a: &Matrix,
         ta: Transpose,
-        b: &Array2<f32>,
+        b: &Matrix,
         tb: Transpose,
         beta: f32,
-        c: &mut Array2<f32>,
+        c: &mut Matrix,
     ) {
-        let (m, k, n) = check::matmul(shape(a), ta, shape(b), tb, shape(c));
+        let [m, k] = ta.apply(a.shape());
+        let n = tb.apply(b.shape())[1];
         for i in 0..m {
             for j in 0..n {
                 let mut acc = 0.0f64;
@@ -102,166 +94,128 @@ impl Backend for Reference {
         }
     }
 
-    fn unary(&self, op: UnaryOp, x: &Array2<f32>) -> Array2<f32> {
-        x.mapv(|v| op.apply(v))
+    fn unary(&self, op: UnaryOp, x: &Matrix) -> Matrix {
+        Matrix::from_fn(x.shape(), |i, j| op.apply(x[[i, j]]))
     }
 
-    #[track_caller]
-    fn unary_backward(
-        &self,
-        op: UnaryOp,
-        x: &Array2<f32>,
-        y: &Array2<f32>,
-        dy: &Array2<f32>,
-    ) -> Array2<f32> {
-        check::same_shape("unary_backward", shape(x), shape(y));
-        check::same_shape("unary_backward", shape(x), shape(dy));
-        Array2::from_shape_fn(x.dim(), |(i, j)| {
+    fn unary_backward(&self, op: UnaryOp, x: &Matrix, y: &Matrix, dy: &Matrix) -> Matrix {
+        Matrix::from_fn(x.shape(), |i, j| {
             dy[[i, j]] * op.derivative(x[[i, j]], y[[i, j]])
         })
     }
 
-    #[track_caller]
-    fn binary(&self, op: BinaryOp, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
-        check::same_shape("binary", shape(a), shape(b));
-        Array2::from_shape_fn(a.dim(), |(i, j)| op.apply(a[[i, j]], b[[i, j]]))
+    fn binary(&self, op: BinaryOp, a: &Matrix, b: &Matrix) -> Matrix {
+        Matrix::from_fn(a.shape(), |i, j| op.apply(a[[i, j]], b[[i, j]]))
     }
 
-    #[track_caller]
     fn binary_backward(
         &self,
         op: BinaryOp,
-        a: &Array2<f32>,
-        b: &Array2<f32>,
-        dy: &Array2<f32>,
-    ) -> (Array2<f32>, Array2<f32>) {
-        check::same_shape("binary_backward", shape(a), shape(b));
-        check::same_shape("binary_backward", shape(a), shape(dy));
-        let da = Array2::from_shape_fn(a.dim(), |(i, j)| {
+        a: &Matrix,
+        b: &Matrix,
+        dy: &Matrix,
+    ) -> (Matrix, Matrix) {
+        let da = Matrix::from_fn(a.shape(), |i, j| {
             dy[[i, j]] * op.partials(a[[i, j]], b[[i, j]]).0
         });
-        let db = Array2::from_shape_fn(a.dim(), |(i, j)| {
+        let db = Matrix::from_fn(a.shape(), |i, j| {
             dy[[i, j]] * op.partials(a[[i, j]], b[[i, j]]).1
         });
         (da, db)
     }
 
-    #[track_caller]
-    fn add_row(&self, x: &mut Array2<f32>, row: &Array2<f32>) {
-        check::same_shape("add_row", [1, x.ncols()], shape(row));
-        for i in 0..x.nrows() {
-            for j in 0..x.ncols() {
+    fn add_row(&self, x: &mut Matrix, row: &Matrix) {
+        for i in 0..x.rows() {
+            for j in 0..x.cols() {
                 x[[i, j]] += row[[0, j]];
             }
         }
     }
 
-    #[track_caller]
-    fn scale_rows(&self, x: &mut Array2<f32>, s: &Array2<f32>) {
-        check::same_shape("scale_rows", [x.nrows(), 1], shape(s));
-        for i in 0..x.nrows() {
-            for j in 0..x.ncols() {
+    fn scale_rows(&self, x: &mut Matrix, s: &Matrix) {
+        for i in 0..x.rows() {
+            for j in 0..x.cols() {
                 x[[i, j]] *= s[[i, 0]];
             }
         }
     }
 
-    #[track_caller]
-    fn row_dot(&self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
-        check::same_shape("row_dot", shape(a), shape(b));
-        Array2::from_shape_fn((a.nrows(), 1), |(i, _)| {
-            (0..a.ncols()).map(|j| a[[i, j]] * b[[i, j]]).sum()
+    fn row_dot(&self, a: &Matrix, b: &Matrix) -> Matrix {
+        Matrix::from_fn([a.rows(), 1], |i, _| {
+            (0..a.cols()).map(|j| a[[i, j]] * b[[i, j]]).sum()
         })
     }
 
-    fn reduce_rows(&self, op: ReduceOp, x: &Array2<f32>) -> Array2<f32> {
-        Array2::from_shape_fn((x.nrows(), 1), |(i, _)| {
-            reduce(op, (0..x.ncols()).map(|j| x[[i, j]]))
+    fn reduce_rows(&self, op: ReduceOp, x: &Matrix) -> Matrix {
+        Matrix::from_fn([x.rows(), 1], |i, _| {
+            reduce(op, (0..x.cols()).map(|j| x[[i, j]]))
         })
     }
 
-    fn reduce_cols(&self, op: ReduceOp, x: &Array2<f32>) -> Array2<f32> {
-        Array2::from_shape_fn((1, x.ncols()), |(_, j)| {
-            reduce(op, (0..x.nrows()).map(|i| x[[i, j]]))
+    fn reduce_cols(&self, op: ReduceOp, x: &Matrix) -> Matrix {
+        Matrix::from_fn([1, x.cols()], |_, j| {
+            reduce(op, (0..x.rows()).map(|i| x[[i, j]]))
         })
     }
 
-    fn log_softmax_rows(&self, x: &Array2<f32>) -> Array2<f32> {
+    fn log_softmax_rows(&self, x: &Matrix) -> Matrix {
         let mut y = x.clone();
-        for i in 0..x.nrows() {
-            let max = reduce(ReduceOp::Max, (0..x.ncols()).map(|j| x[[i, j]]));
-            let sum: f64 = (0..x.ncols())
+        for i in 0..x.rows() {
+            let max = reduce(ReduceOp::Max, (0..x.cols()).map(|j| x[[i, j]]));
+            let sum: f64 = (0..x.cols())
                 .map(|j| ((x[[i, j]] - max) as f64).exp())
                 .sum();
             let lse = max + sum.ln() as f32;
-            for j in 0..x.ncols() {
+            for j in 0..x.cols() {
                 y[[i, j]] = x[[i, j]] - lse;
             }
         }
         y
     }
 
-    #[track_caller]
-    fn log_softmax_rows_backward(&self, y: &Array2<f32>, dy: &Array2<f32>) -> Array2<f32> {
-        check::same_shape("log_softmax_rows_backward", shape(y), shape(dy));
+    fn log_softmax_rows_backward(&self, y: &Matrix, dy: &Matrix) -> Matrix {
         let mut dx = dy.clone();
-        for i in 0..y.nrows() {
-            let total: f32 = (0..y.ncols()).map(|j| dy[[i, j]]).sum();
-            for j in 0..y.ncols() {
+        for i in 0..y.rows() {
+            let total: f32 = (0..y.cols()).map(|j| dy[[i, j]]).sum();
+            for j in 0..y.cols() {
                 dx[[i, j]] = dy[[i, j]] - y[[i, j]].exp() * total;
             }
         }
         dx
     }
 
-    #[track_caller]
-    fn gather_rows(&self, x: &Array2<f32>, idx: &[u32]) -> Array2<f32> {
-        check::indices("gather_rows", idx, x.nrows());
-        Array2::from_shape_fn((idx.len(), x.ncols()), |(i, j)| x[[idx[i] as usize, j]])
+    fn gather_rows(&self, x: &Matrix, idx: &[u32]) -> Matrix {
+        Matrix::from_fn([idx.len(), x.cols()], |i, j| x[[idx[i] as usize, j]])
     }
 
-    #[track_caller]
-    fn scatter_add_rows(&self, dst: &mut Array2<f32>, src: &Array2<f32>, idx: &[u32]) {
-        check::same_shape("scatter_add_rows", [idx.len(), dst.ncols()], shape(src));
-        check::indices("scatter_add_rows", idx, dst.nrows());
+    fn scatter_add_rows(&self, dst: &mut Matrix, src: &Matrix, idx: &[u32]) {
         for (i, &r) in idx.iter().enumerate() {
-            for j in 0..src.ncols() {
+            for j in 0..src.cols() {
                 dst[[r as usize, j]] += src[[i, j]];
             }
         }
     }
 
-    #[track_caller]
-    fn pick_cols(&self, x: &Array2<f32>, cols: &[u32]) -> Array2<f32> {
-        assert_eq!(cols.len(), x.nrows(), "pick_cols: one column per row");
-        check::indices("pick_cols", cols, x.ncols());
-        Array2::from_shape_fn((x.nrows(), 1), |(i, _)| x[[i, cols[i] as usize]])
+    fn pick_cols(&self, x: &Matrix, cols: &[u32]) -> Matrix {
+        Matrix::from_fn([x.rows(), 1], |i, _| x[[i, cols[i] as usize]])
     }
 
-    #[track_caller]
-    fn add_at_cols(&self, dst: &mut Array2<f32>, cols: &[u32], values: &Array2<f32>) {
-        assert_eq!(cols.len(), dst.nrows(), "add_at_cols: one column per row");
-        check::same_shape("add_at_cols", [dst.nrows(), 1], shape(values));
-        check::indices("add_at_cols", cols, dst.ncols());
+    fn add_at_cols(&self, dst: &mut Matrix, cols: &[u32], values: &Matrix) {
         for (i, &c) in cols.iter().enumerate() {
             dst[[i, c as usize]] += values[[i, 0]];
         }
     }
 
-    #[track_caller]
     fn copy_cols(
         &self,
-        src: &Array2<f32>,
+        src: &Matrix,
         src_col: usize,
-        dst: &mut Array2<f32>,
+        dst: &mut Matrix,
         dst_col: usize,
         width: usize,
         accumulate: bool,
     ) {
-        assert_eq!(src.nrows(), dst.nrows(), "copy_cols: row counts differ");
-        check::col_range("copy_cols", src_col, width, src.ncols());
-        check::col_range("copy_cols", dst_col, width, dst.ncols());
-        for i in 0..src.nrows() {
+        for i in 0..src.rows() {
             for j in 0..width {
                 let v = src[[i, src_col + j]];
                 if accumulate {
@@ -273,24 +227,20 @@ impl Backend for Reference {
         }
     }
 
-    #[track_caller]
-    fn axpy(&self, alpha: f32, x: &Array2<f32>, y: &mut Array2<f32>) {
-        check::same_shape("axpy", shape(x), shape(y));
-        for (yv, xv) in y.iter_mut().zip(x.iter()) {
+    fn axpy(&self, alpha: f32, x: &Matrix, y: &mut Matrix) {
+        for (yv, xv) in y.as_mut_slice().iter_mut().zip(x.as_slice()) {
             *yv += alpha * xv;
         }
     }
 
-    fn scale(&self, x: &mut Array2<f32>, alpha: f32) {
-        x.mapv_inplace(|v| v * alpha);
+    fn scale(&self, x: &mut Matrix, alpha: f32) {
+        x.as_mut_slice().iter_mut().for_each(|v| *v *= alpha);
     }
 
-    #[track_caller]
-    fn im2col(&self, x: &Array2<f32>, w: &Window2d) -> Array2<f32> {
-        check::same_shape("im2col", [x.nrows(), w.in_len()], shape(x));
+    fn im2col(&self, x: &Matrix, w: &Window2d) -> Matrix {
         let (oh, ow, c) = (w.out_height(), w.out_width(), w.channels);
-        let mut out = Array2::zeros((x.nrows() * oh * ow, w.patch_len()));
-        for n in 0..x.nrows() {
+        let mut out = Matrix::zeros([x.rows() * oh * ow, w.patch_len()]);
+        for n in 0..x.rows() {
             for oy in 0..oh {
                 for ox in 0..ow {
                     let row = (n * oh + oy) * ow + ox;
@@ -310,16 +260,10 @@ impl Backend for Reference {
         out
     }
 
-    #[track_caller]
-    fn col2im(&self, cols: &Array2<f32>, w: &Window2d) -> Array2<f32> {
+    fn col2im(&self, cols: &Matrix, w: &Window2d) -> Matrix {
         let (oh, ow, c) = (w.out_height(), w.out_width(), w.channels);
-        assert!(
-            cols.ncols() == w.patch_len() && cols.nrows().is_multiple_of(oh * ow),
-            "col2im: patches {:?} do not match window {w:?}",
-            shape(cols)
-        );
-        let n_img = cols.nrows() / (oh * ow);
-        let mut x = Array2::zeros((n_img, w.in_len()));
+        let n_img = cols.rows() / (oh * ow);
+        let mut x = Matrix::zeros([n_img, w.in_len()]);
         for n in 0..n_img {
             for oy in 0..oh {
                 for ox in 0..ow {
@@ -340,12 +284,9 @@ impl Backend for Reference {
         x
     }
 
-    #[track_caller]
-    fn max_pool2d(&self, x: &Array2<f32>, w: &Window2d) -> Array2<f32> {
-        check::same_shape("max_pool2d", [x.nrows(), w.in_len()], shape(x));
-        assert_eq!(w.padding, 0, "max_pool2d: padding is not supported");
+    fn max_pool2d(&self, x: &Matrix, w: &Window2d) -> Matrix {
         let (oh, ow, c) = (w.out_height(), w.out_width(), w.channels);
-        Array2::from_shape_fn((x.nrows(), oh * ow * c), |(n, j)| {
+        Matrix::from_fn([x.rows(), oh * ow * c], |n, j| {
             let (pix, ch) = (j / c, j % c);
             let (oy, ox) = (pix / ow, pix % ow);
             let mut best = f32::NEG_INFINITY;
@@ -359,13 +300,10 @@ impl Backend for Reference {
         })
     }
 
-    #[track_caller]
-    fn max_pool2d_backward(&self, x: &Array2<f32>, dy: &Array2<f32>, w: &Window2d) -> Array2<f32> {
-        check::same_shape("max_pool2d_backward", [x.nrows(), w.in_len()], shape(x));
+    fn max_pool2d_backward(&self, x: &Matrix, dy: &Matrix, w: &Window2d) -> Matrix {
         let (oh, ow, c) = (w.out_height(), w.out_width(), w.channels);
-        check::same_shape("max_pool2d_backward", [x.nrows(), oh * ow * c], shape(dy));
-        let mut dx = Array2::zeros(x.dim());
-        for n in 0..x.nrows() {
+        let mut dx = Matrix::zeros(x.shape());
+        for n in 0..x.rows() {
             for oy in 0..oh {
                 for ox in 0..ow {
                     for ch in 0..c {
@@ -387,20 +325,16 @@ impl Backend for Reference {
         dx
     }
 
-    #[track_caller]
     fn adam_step(
         &self,
-        param: &mut Array2<f32>,
-        grad: &Array2<f32>,
-        m: &mut Array2<f32>,
-        v: &mut Array2<f32>,
+        param: &mut Matrix,
+        grad: &Matrix,
+        m: &mut Matrix,
+        v: &mut Matrix,
         step: &AdamStep,
     ) {
-        check::same_shape("adam_step", shape(param), shape(grad));
-        check::same_shape("adam_step", shape(param), shape(m));
-        check::same_shape("adam_step", shape(param), shape(v));
-        for i in 0..param.len() {
-            let idx = (i / param.ncols(), i % param.ncols());
+        for i in 0..param.rows() * param.cols() {
+            let idx = [i / param.cols(), i % param.cols()];
             let (p, mm, vv) = step.update(param[idx], grad[idx], m[idx], v[idx]);
             param[idx] = p;
             m[idx] = mm;
@@ -408,35 +342,30 @@ impl Backend for Reference {
         }
     }
 
-    #[track_caller]
-    fn sgd_step(
-        &self,
-        param: &mut Array2<f32>,
-        grad: &Array2<f32>,
-        velocity: &mut Array2<f32>,
-        step: &SgdStep,
-    ) {
-        check::same_shape("sgd_step", shape(param), shape(grad));
-        check::same_shape("sgd_step", shape(param), shape(velocity));
-        for i in 0..param.len() {
-            let idx = (i / param.ncols(), i % param.ncols());
+    fn sgd_step(&self, param: &mut Matrix, grad: &Matrix, velocity: &mut Matrix, step: &SgdStep) {
+        for i in 0..param.rows() * param.cols() {
+            let idx = [i / param.cols(), i % param.cols()];
             let (p, vel) = step.update(param[idx], grad[idx], velocity[idx]);
             param[idx] = p;
             velocity[idx] = vel;
         }
     }
+}
 
-    #[track_caller]
+/// The reference overrides every grouped kernel with plain loops: it is the oracle the
+/// default bodies are checked against.
+impl GroupedKernels for Reference {
     fn grouped_matmul(
         &self,
         op: GroupedOp,
-        a: &Array2<f32>,
-        b: &Array2<f32>,
+        a: &Matrix,
+        b: &Matrix,
         offsets: &[u32],
         beta: f32,
-        c: &mut Array2<f32>,
+        c: &mut Matrix,
     ) {
-        let (g, d_in, d_out) = check::grouped(op, shape(a), shape(b), offsets, shape(c));
+        let g = offsets.len() - 1;
+        let (d_in, d_out) = op.block_dims(b.shape(), c.shape(), g);
         let scaled = |old: f32| if beta == 0.0 { 0.0 } else { beta * old };
         for grp in 0..g {
             let rows = offsets[grp] as usize..offsets[grp + 1] as usize;
@@ -477,14 +406,12 @@ impl Backend for Reference {
         }
     }
 
-    #[track_caller]
-    fn segment_sum_rows(&self, src: &Array2<f32>, pos: &[u32], ptr: &[u32]) -> Array2<f32> {
-        let n = check::offsets("segment_sum_rows", ptr, pos.len());
-        check::indices("segment_sum_rows", pos, src.nrows());
-        let mut out = Array2::zeros((n, src.ncols()));
+    fn segment_sum_rows(&self, src: &Matrix, pos: &[u32], ptr: &[u32]) -> Matrix {
+        let n = ptr.len() - 1;
+        let mut out = Matrix::zeros([n, src.cols()]);
         for i in 0..n {
             for &p in &pos[ptr[i] as usize..ptr[i + 1] as usize] {
-                for j in 0..src.ncols() {
+                for j in 0..src.cols() {
                     out[[i, j]] += src[[p as usize, j]];
                 }
             }
@@ -492,21 +419,9 @@ impl Backend for Reference {
         out
     }
 
-    #[track_caller]
-    fn add_gathered_rows(&self, dst: &mut Array2<f32>, table: &Array2<f32>, idx: &[u32]) {
-        assert_eq!(
-            idx.len(),
-            dst.nrows(),
-            "add_gathered_rows: one index per row"
-        );
-        assert_eq!(
-            table.ncols(),
-            dst.ncols(),
-            "add_gathered_rows: column counts differ"
-        );
-        check::indices("add_gathered_rows", idx, table.nrows());
+    fn add_gathered_rows(&self, dst: &mut Matrix, table: &Matrix, idx: &[u32]) {
         for (i, &t) in idx.iter().enumerate() {
-            for j in 0..dst.ncols() {
+            for j in 0..dst.cols() {
                 dst[[i, j]] += table[[t as usize, j]];
             }
         }

@@ -1,22 +1,19 @@
-//! The CPU backend against the reference oracle, with one and two threads.
+//! The reference oracle against itself, and the default grouped kernels (built from core
+//! operations) against the reference's own grouped loops.
 
-use modula_tensor::conformance::{Tolerance, run_all};
-use modula_tensor::{Cpu, Reference};
-
-#[test]
-fn cpu_single_thread_conforms() {
-    let failures = run_all(&Cpu::with_threads(1), &Tolerance::default());
-    assert!(failures.is_empty(), "{failures:#?}");
-}
-
-#[test]
-fn cpu_two_threads_conforms() {
-    let failures = run_all(&Cpu::with_threads(2), &Tolerance::default());
-    assert!(failures.is_empty(), "{failures:#?}");
-}
+use modula_tensor::Reference;
+use modula_tensor::conformance::{CoreOnly, Tolerance, run_all};
 
 #[test]
 fn reference_conforms_to_itself() {
     let failures = run_all(&Reference, &Tolerance { abs: 0.0, rel: 0.0 });
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// A backend that implements only the core kernels passes the whole suite, the grouped
+/// products included, through the default bodies of `GroupedKernels`.
+#[test]
+fn core_only_backend_conforms_through_the_default_grouped_kernels() {
+    let failures = run_all(&CoreOnly(Reference), &Tolerance::default());
     assert!(failures.is_empty(), "{failures:#?}");
 }

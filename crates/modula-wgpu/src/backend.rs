@@ -1,16 +1,16 @@
-//! `impl Backend for Wgpu`: each trait method checks its contract on the host, then records
-//! one or two dispatches of a WGSL kernel into the current batch.
+//! The kernels of [`Wgpu`]: each records one or two dispatches of a WGSL kernel into the
+//! current batch. `modula_tensor::Backend` checks every call's contract on the host before it
+//! reaches them.
 
 use modula_tensor::{
-    AdamStep, Backend, BackendError, BinaryOp, GroupedOp, ReduceOp, SgdStep, Shape, Transpose,
-    UnaryOp, Window2d,
+    AdamStep, BackendError, BinaryOp, GroupedKernels, GroupedOp, Kernels, ReduceOp, SgdStep, Shape,
+    Transpose, UnaryOp, Window2d,
 };
 
 use crate::Wgpu;
 use crate::device::{Bind, Params};
 use crate::shaders::{CONV, ELEMENTWISE, INDEXING, Kernel, MATMUL, OPTIM, REDUCE, SOFTMAX};
 use crate::tensor::WgpuTensor;
-use modula_tensor::check;
 
 /// Outputs per thread per side in the matmul kernel (`MICRO` in matmul.wgsl).
 const MICRO: u32 = 8;
@@ -91,7 +91,7 @@ impl Wgpu {
     }
 }
 
-impl Backend for Wgpu {
+impl Kernels for Wgpu {
     type Tensor = WgpuTensor;
 
     fn name(&self) -> String {
@@ -102,9 +102,7 @@ impl Backend for Wgpu {
         t.shape
     }
 
-    #[track_caller]
     fn upload(&self, shape: Shape, data: &[f32]) -> WgpuTensor {
-        check::data_len(shape, data.len());
         self.inner.upload(shape, data)
     }
 
@@ -150,16 +148,13 @@ impl Backend for Wgpu {
         out
     }
 
-    #[track_caller]
     fn reshape(&self, t: WgpuTensor, shape: Shape) -> WgpuTensor {
-        check::data_len(shape, t.len());
         WgpuTensor {
             buffer: t.buffer,
             shape,
         }
     }
 
-    #[track_caller]
     fn matmul(
         &self,
         alpha: f32,
@@ -170,7 +165,8 @@ impl Backend for Wgpu {
         beta: f32,
         c: &mut WgpuTensor,
     ) {
-        let (m, k, n) = check::matmul(a.shape, trans_a, b.shape, trans_b, c.shape);
+        let [m, k] = trans_a.apply(a.shape);
+        let n = trans_b.apply(b.shape)[1];
         if m == 0 || n == 0 {
             return;
         }
@@ -219,7 +215,6 @@ impl Backend for Wgpu {
         out
     }
 
-    #[track_caller]
     fn unary_backward(
         &self,
         op: UnaryOp,
@@ -227,8 +222,6 @@ impl Backend for Wgpu {
         y: &WgpuTensor,
         dy: &WgpuTensor,
     ) -> WgpuTensor {
-        check::same_shape("unary_backward", x.shape, y.shape);
-        check::same_shape("unary_backward", x.shape, dy.shape);
         let out = self.inner.alloc(x.shape);
         self.elementwise(
             "unary_backward",
@@ -245,9 +238,7 @@ impl Backend for Wgpu {
         out
     }
 
-    #[track_caller]
     fn binary(&self, op: BinaryOp, a: &WgpuTensor, b: &WgpuTensor) -> WgpuTensor {
-        check::same_shape("binary", a.shape, b.shape);
         let out = self.inner.alloc(a.shape);
         self.elementwise(
             "binary",
@@ -264,7 +255,6 @@ impl Backend for Wgpu {
         out
     }
 
-    #[track_caller]
     fn binary_backward(
         &self,
         op: BinaryOp,
@@ -272,8 +262,6 @@ impl Backend for Wgpu {
         b: &WgpuTensor,
         dy: &WgpuTensor,
     ) -> (WgpuTensor, WgpuTensor) {
-        check::same_shape("binary_backward", a.shape, b.shape);
-        check::same_shape("binary_backward", a.shape, dy.shape);
         let da = self.inner.alloc(a.shape);
         let db = self.inner.alloc(a.shape);
         self.elementwise(
@@ -291,9 +279,7 @@ impl Backend for Wgpu {
         (da, db)
     }
 
-    #[track_caller]
     fn add_row(&self, x: &mut WgpuTensor, row: &WgpuTensor) {
-        check::same_shape("add_row", [1, x.shape[1]], row.shape);
         self.elementwise(
             "add_row",
             Params::default().u(2, x.shape[1]),
@@ -308,9 +294,7 @@ impl Backend for Wgpu {
         );
     }
 
-    #[track_caller]
     fn scale_rows(&self, x: &mut WgpuTensor, s: &WgpuTensor) {
-        check::same_shape("scale_rows", [x.shape[0], 1], s.shape);
         self.elementwise(
             "scale_rows",
             Params::default().u(2, x.shape[1]),
@@ -325,9 +309,7 @@ impl Backend for Wgpu {
         );
     }
 
-    #[track_caller]
     fn row_dot(&self, a: &WgpuTensor, b: &WgpuTensor) -> WgpuTensor {
-        check::same_shape("row_dot", a.shape, b.shape);
         self.reduce_rows_op(3, a, Some(b))
     }
 
@@ -358,26 +340,19 @@ impl Backend for Wgpu {
         out
     }
 
-    #[track_caller]
     fn log_softmax_rows_backward(&self, y: &WgpuTensor, dy: &WgpuTensor) -> WgpuTensor {
-        check::same_shape("log_softmax_rows_backward", y.shape, dy.shape);
         let out = self.inner.alloc(y.shape);
         self.softmax("log_softmax_backward", y, Some(dy), &out);
         out
     }
 
-    #[track_caller]
     fn gather_rows(&self, x: &WgpuTensor, idx: &[u32]) -> WgpuTensor {
-        check::indices("gather_rows", idx, x.shape[0]);
         let out = self.inner.alloc([idx.len(), x.shape[1]]);
         self.gather(x, idx, &out, false);
         out
     }
 
-    #[track_caller]
     fn scatter_add_rows(&self, dst: &mut WgpuTensor, src: &WgpuTensor, idx: &[u32]) {
-        check::same_shape("scatter_add_rows", [idx.len(), dst.shape[1]], src.shape);
-        check::indices("scatter_add_rows", idx, dst.shape[0]);
         if idx.is_empty() || dst.shape[1] == 0 {
             return;
         }
@@ -408,20 +383,13 @@ impl Backend for Wgpu {
         self.segments(src, &ptr, &pos, Some(&targets), dst);
     }
 
-    #[track_caller]
     fn pick_cols(&self, x: &WgpuTensor, cols: &[u32]) -> WgpuTensor {
-        assert_eq!(cols.len(), x.shape[0], "pick_cols: one column per row");
-        check::indices("pick_cols", cols, x.shape[1]);
         let out = self.inner.alloc([x.shape[0], 1]);
         self.per_row("pick_cols", x, cols, &out);
         out
     }
 
-    #[track_caller]
     fn add_at_cols(&self, dst: &mut WgpuTensor, cols: &[u32], values: &WgpuTensor) {
-        assert_eq!(cols.len(), dst.shape[0], "add_at_cols: one column per row");
-        check::same_shape("add_at_cols", [dst.shape[0], 1], values.shape);
-        check::indices("add_at_cols", cols, dst.shape[1]);
         let width = dst.shape[1];
         let mut rec = self.inner.recorder();
         let list = rec.indices(cols);
@@ -438,7 +406,6 @@ impl Backend for Wgpu {
         );
     }
 
-    #[track_caller]
     fn copy_cols(
         &self,
         src: &WgpuTensor,
@@ -448,9 +415,6 @@ impl Backend for Wgpu {
         width: usize,
         accumulate: bool,
     ) {
-        assert_eq!(src.shape[0], dst.shape[0], "copy_cols: row counts differ");
-        check::col_range("copy_cols", src_col, width, src.shape[1]);
-        check::col_range("copy_cols", dst_col, width, dst.shape[1]);
         let params = Params::default()
             .u(2, width)
             .u(3, usize::from(accumulate))
@@ -472,9 +436,7 @@ impl Backend for Wgpu {
         );
     }
 
-    #[track_caller]
     fn axpy(&self, alpha: f32, x: &WgpuTensor, y: &mut WgpuTensor) {
-        check::same_shape("axpy", x.shape, y.shape);
         self.elementwise(
             "axpy",
             Params::default().f(12, alpha),
@@ -504,58 +466,38 @@ impl Backend for Wgpu {
         );
     }
 
-    #[track_caller]
     fn im2col(&self, x: &WgpuTensor, window: &Window2d) -> WgpuTensor {
-        check::same_shape("im2col", [x.shape[0], window.in_len()], x.shape);
         let rows = x.shape[0] * window.out_height() * window.out_width();
         let out = self.inner.alloc([rows, window.patch_len()]);
         self.window("im2col", window, x, None, &out);
         out
     }
 
-    #[track_caller]
     fn col2im(&self, cols: &WgpuTensor, window: &Window2d) -> WgpuTensor {
         let pixels = window.out_height() * window.out_width();
-        assert!(
-            cols.shape[1] == window.patch_len() && cols.shape[0].is_multiple_of(pixels),
-            "col2im: patches {:?} do not match window {window:?}",
-            cols.shape
-        );
         let out = self.inner.alloc([cols.shape[0] / pixels, window.in_len()]);
         self.window("col2im", window, cols, None, &out);
         out
     }
 
-    #[track_caller]
     fn max_pool2d(&self, x: &WgpuTensor, window: &Window2d) -> WgpuTensor {
-        check::same_shape("max_pool2d", [x.shape[0], window.in_len()], x.shape);
-        assert_eq!(window.padding, 0, "max_pool2d: padding is not supported");
         let per_image = window.out_height() * window.out_width() * window.channels;
         let out = self.inner.alloc([x.shape[0], per_image]);
         self.window("max_pool", window, x, None, &out);
         out
     }
 
-    #[track_caller]
     fn max_pool2d_backward(
         &self,
         x: &WgpuTensor,
         dy: &WgpuTensor,
         window: &Window2d,
     ) -> WgpuTensor {
-        check::same_shape(
-            "max_pool2d_backward",
-            [x.shape[0], window.in_len()],
-            x.shape,
-        );
-        let per_image = window.out_height() * window.out_width() * window.channels;
-        check::same_shape("max_pool2d_backward", [x.shape[0], per_image], dy.shape);
         let out = self.inner.alloc(x.shape);
         self.window("max_pool_backward", window, x, Some(dy), &out);
         out
     }
 
-    #[track_caller]
     fn adam_step(
         &self,
         param: &mut WgpuTensor,
@@ -564,9 +506,6 @@ impl Backend for Wgpu {
         v: &mut WgpuTensor,
         step: &AdamStep,
     ) {
-        check::same_shape("adam_step", param.shape, grad.shape);
-        check::same_shape("adam_step", param.shape, m.shape);
-        check::same_shape("adam_step", param.shape, v.shape);
         // The bias corrections exactly as AdamStep::update computes them, in f32.
         let t = step.t.min(i32::MAX as u64) as i32;
         let bc1 = 1.0 - step.beta1.powi(t);
@@ -594,7 +533,6 @@ impl Backend for Wgpu {
         );
     }
 
-    #[track_caller]
     fn sgd_step(
         &self,
         param: &mut WgpuTensor,
@@ -602,8 +540,6 @@ impl Backend for Wgpu {
         velocity: &mut WgpuTensor,
         step: &SgdStep,
     ) {
-        check::same_shape("sgd_step", param.shape, grad.shape);
-        check::same_shape("sgd_step", param.shape, velocity.shape);
         let params = Params::default()
             .u(0, param.len())
             .f(4, step.lr)
@@ -622,8 +558,11 @@ impl Backend for Wgpu {
             groups,
         );
     }
+}
 
-    #[track_caller]
+/// The grouped product and the segmented sums run as kernels of their own; the products
+/// through an index keep the default bodies (a gather, then the grouped product).
+impl GroupedKernels for Wgpu {
     fn grouped_matmul(
         &self,
         op: GroupedOp,
@@ -633,7 +572,8 @@ impl Backend for Wgpu {
         beta: f32,
         c: &mut WgpuTensor,
     ) {
-        let (groups, d_in, d_out) = check::grouped(op, a.shape, b.shape, offsets, c.shape);
+        let groups = offsets.len() - 1;
+        let (d_in, d_out) = op.block_dims(b.shape, c.shape, groups);
         let bm = self.block();
         // Row offsets, then the prefix sums of each group's row tiles (XW, XWt), which let a
         // workgroup find its group by binary search.
@@ -679,27 +619,14 @@ impl Backend for Wgpu {
         );
     }
 
-    #[track_caller]
     fn segment_sum_rows(&self, src: &WgpuTensor, pos: &[u32], ptr: &[u32]) -> WgpuTensor {
-        let n = check::offsets("segment_sum_rows", ptr, pos.len());
-        check::indices("segment_sum_rows", pos, src.shape[0]);
+        let n = ptr.len() - 1;
         let mut out = self.inner.alloc([n, src.shape[1]]);
         self.segments(src, ptr, pos, None, &mut out);
         out
     }
 
-    #[track_caller]
     fn add_gathered_rows(&self, dst: &mut WgpuTensor, table: &WgpuTensor, idx: &[u32]) {
-        assert_eq!(
-            idx.len(),
-            dst.shape[0],
-            "add_gathered_rows: one index per row"
-        );
-        assert_eq!(
-            table.shape[1], dst.shape[1],
-            "add_gathered_rows: column counts differ"
-        );
-        check::indices("add_gathered_rows", idx, table.shape[0]);
         self.gather(table, idx, dst, true);
     }
 }

@@ -2,7 +2,8 @@
 //! mid-sequence, deep copies, deterministic scatter-adds, larger products against the CPU,
 //! contract panics and device errors.
 
-use modula_tensor::{Backend, BackendError, Cpu, GroupedOp, Transpose};
+use modula_cpu::Cpu;
+use modula_tensor::{Backend, BackendError, GroupedOp, Transpose};
 use modula_wgpu::testing::backend_or_skip;
 use modula_wgpu::{Wgpu, WgpuOptions};
 use rand::{Rng, SeedableRng};

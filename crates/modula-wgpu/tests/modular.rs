@@ -4,9 +4,10 @@
 //! Tolerance: `|wgpu - cpu| <= 1e-4 + 1e-4 * |cpu|` (the conformance suite's default), with
 //! inputs of magnitude about 1 and inner dimensions up to 128.
 
+use modula_cpu::Cpu;
 use modula_modular::{ModularLinear, Routing, Selection};
 use modula_nn::{Grads, ParamStore};
-use modula_tensor::{Backend, Cpu};
+use modula_tensor::Backend;
 use modula_wgpu::Wgpu;
 use modula_wgpu::testing::backend_or_skip;
 use rand::{Rng, SeedableRng};

@@ -9,10 +9,11 @@
 //! 0.01 nats), and the final test MSE within 5% of the CPU's. On lavapipe the two curves
 //! agree to about eight significant digits.
 
+use modula_cpu::Cpu;
 use modula_data::toy::ToyConfig;
 use modula_em::models::MlpConfig;
 use modula_tasks::{ToyTask, ToyTrainConfig};
-use modula_tensor::{Backend, Cpu};
+use modula_tensor::Backend;
 use modula_wgpu::testing::backend_or_skip;
 
 const STEPS: usize = 400;

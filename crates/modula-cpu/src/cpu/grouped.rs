@@ -10,10 +10,10 @@
 use ndarray::Array2;
 use rayon::prelude::*;
 
-use crate::check;
-use crate::cpu::{Cpu, fill_row, slice, slice_mut, write_row};
+use modula_tensor::GroupedOp;
+
+use super::{Cpu, fill_row, slice, slice_mut, write_row};
 use crate::gemm::{MatMut, MatRef, Parallelism, gemm, gemm_bias};
-use crate::ops::GroupedOp;
 
 /// Splits `data` into consecutive pieces of `sizes[i] * width` elements.
 fn split_blocks<T>(
@@ -30,11 +30,10 @@ fn split_blocks<T>(
     out
 }
 
-/// `Backend::grouped_matmul` (`rows == None`) and `Backend::grouped_matmul_rows`: with
+/// `GroupedKernels::grouped_matmul` (`rows == None`) and `GroupedKernels::grouped_matmul_rows`: with
 /// `rows`, each group's rows of the row-segmented inputs are read through the index by the
 /// GEMM's packing (or its few-row path), which saves writing a gathered copy and reading it
 /// back.
-#[track_caller]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn grouped_matmul(
     cpu: &Cpu,
@@ -46,17 +45,8 @@ pub(crate) fn grouped_matmul(
     beta: f32,
     c: &mut Array2<f32>,
 ) {
-    let (groups, d_in, d_out) = match rows {
-        None => check::grouped(op, a.dim().into(), b.dim().into(), offsets, c.dim().into()),
-        Some(rows) => check::grouped_rows(
-            op,
-            a.dim().into(),
-            b.dim().into(),
-            rows,
-            offsets,
-            c.dim().into(),
-        ),
-    };
+    let groups = offsets.len() - 1;
+    let (d_in, d_out) = op.block_dims(b.dim().into(), c.dim().into(), groups);
     let width = c.ncols();
     let sizes = (0..groups).map(|g| match op {
         GroupedOp::XW | GroupedOp::XWt => (offsets[g + 1] - offsets[g]) as usize,
@@ -82,9 +72,8 @@ pub(crate) fn grouped_matmul(
     job.run(cpu, blocks);
 }
 
-/// `Backend::grouped_product_rows`: the per-pair products in a new tensor, each element
+/// `GroupedKernels::grouped_product_rows`: the per-pair products in a new tensor, each element
 /// written once (the GEMM stores the bias with the product into uninitialised memory).
-#[track_caller]
 pub(crate) fn grouped_product(
     cpu: &Cpu,
     op: GroupedOp,
@@ -94,14 +83,8 @@ pub(crate) fn grouped_product(
     offsets: &[u32],
     bias: Option<&Array2<f32>>,
 ) -> Array2<f32> {
-    let (groups, d_in, d_out) = check::grouped_product(
-        op,
-        a.dim().into(),
-        b.dim().into(),
-        rows,
-        offsets,
-        bias.map(|t| t.dim().into()),
-    );
+    let groups = offsets.len() - 1;
+    let (d_in, d_out) = op.block_dims(b.dim().into(), [0, 0], groups);
     let width = if op == GroupedOp::XW { d_out } else { d_in };
     let mut out = Array2::<f32>::uninit((rows.len(), width));
     let data = out
@@ -228,15 +211,13 @@ fn segment<'a>(
     }
 }
 
-#[track_caller]
 pub(crate) fn segment_sum_rows(
     cpu: &Cpu,
     src: &Array2<f32>,
     pos: &[u32],
     ptr: &[u32],
 ) -> Array2<f32> {
-    let n = check::offsets("segment_sum_rows", ptr, pos.len());
-    check::indices("segment_sum_rows", pos, src.nrows());
+    let n = ptr.len() - 1;
     let cols = src.ncols();
     let s = slice(src);
     let from = |p: u32| &s[p as usize * cols..(p as usize + 1) * cols];
@@ -254,24 +235,12 @@ pub(crate) fn segment_sum_rows(
     })
 }
 
-#[track_caller]
 pub(crate) fn add_gathered_rows(
     cpu: &Cpu,
     dst: &mut Array2<f32>,
     table: &Array2<f32>,
     idx: &[u32],
 ) {
-    assert_eq!(
-        idx.len(),
-        dst.nrows(),
-        "add_gathered_rows: one index per row"
-    );
-    assert_eq!(
-        table.ncols(),
-        dst.ncols(),
-        "add_gathered_rows: column counts differ"
-    );
-    check::indices("add_gathered_rows", idx, table.nrows());
     let cols = dst.ncols();
     let t = slice(table);
     cpu.for_rows(dst, |i, row| {

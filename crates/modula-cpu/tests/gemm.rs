@@ -3,8 +3,9 @@
 
 use std::sync::OnceLock;
 
-use modula_tensor::gemm::{MatMut, MatRef, PackedRhs, Parallelism, gemm, gemm_bias, gemm_packed};
-use modula_tensor::{Backend, Cpu, Reference, Transpose};
+use modula_cpu::Cpu;
+use modula_cpu::gemm::{MatMut, MatRef, PackedRhs, Parallelism, gemm, gemm_bias, gemm_packed};
+use modula_tensor::{Backend, Reference, Transpose};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -1,5 +1,5 @@
 //! [`Cpu`]: the fast CPU backend (ndarray storage, the packed GEMM of [`crate::gemm`], rayon
-//! parallelism).
+//! parallelism). Its kernels see only calls that `modula_tensor::Backend`'s checks accepted.
 
 /// The grouped (routed) products of the modular layers, on the CPU.
 mod grouped;
@@ -10,12 +10,13 @@ use std::sync::Arc;
 use ndarray::Array2;
 use rayon::prelude::*;
 
-use crate::backend::{Backend, Shape};
-use crate::check;
-use crate::error::BackendError;
+use modula_tensor::{
+    AdamStep, BackendError, BinaryOp, GroupedKernels, GroupedOp, Kernels, ReduceOp, SgdStep, Shape,
+    Transpose, UnaryOp, Window2d,
+};
+
 use crate::fastexp;
 use crate::gemm::{self, MatMut, MatRef, Parallelism};
-use crate::ops::{AdamStep, BinaryOp, GroupedOp, ReduceOp, SgdStep, Transpose, UnaryOp, Window2d};
 
 /// Elementwise work below this many elements runs on the calling thread: splitting smaller
 /// jobs costs more in synchronisation than it saves.
@@ -30,7 +31,8 @@ const PAR_CHUNK: usize = 1 << 14;
 /// `ndarray::Array2<f32>` in standard layout.
 ///
 /// ```
-/// use modula_tensor::{Backend, Cpu, Transpose};
+/// use modula_cpu::Cpu;
+/// use modula_tensor::{Backend, Transpose};
 /// let cpu = Cpu::with_threads(1);
 /// let a = cpu.upload([2, 3], &[1., 2., 3., 4., 5., 6.]);
 /// let mut c = cpu.zeros([2, 2]);
@@ -202,7 +204,7 @@ fn from_vec(s: Shape, v: Vec<f32>) -> Array2<f32> {
     Array2::from_shape_vec((s[0], s[1]), v).expect("length matches shape")
 }
 
-impl Backend for Cpu {
+impl Kernels for Cpu {
     type Tensor = Array2<f32>;
 
     fn name(&self) -> String {
@@ -213,9 +215,7 @@ impl Backend for Cpu {
         shape(t)
     }
 
-    #[track_caller]
     fn upload(&self, s: Shape, data: &[f32]) -> Array2<f32> {
-        check::data_len(s, data.len());
         from_vec(s, data.to_vec())
     }
 
@@ -246,14 +246,11 @@ impl Backend for Cpu {
         })
     }
 
-    #[track_caller]
     fn reshape(&self, t: Array2<f32>, s: Shape) -> Array2<f32> {
-        check::data_len(s, t.len());
         t.into_shape_with_order((s[0], s[1]))
             .expect("length checked, standard layout")
     }
 
-    #[track_caller]
     fn matmul(
         &self,
         alpha: f32,
@@ -264,7 +261,8 @@ impl Backend for Cpu {
         beta: f32,
         c: &mut Array2<f32>,
     ) {
-        let (m, k, n) = check::matmul(shape(a), ta, shape(b), tb, shape(c));
+        let [m, k] = ta.apply(shape(a));
+        let n = tb.apply(shape(b))[1];
         if m == 0 || n == 0 {
             return;
         }
@@ -289,7 +287,6 @@ impl Backend for Cpu {
         from_vec(shape(x), out)
     }
 
-    #[track_caller]
     fn unary_backward(
         &self,
         op: UnaryOp,
@@ -297,8 +294,6 @@ impl Backend for Cpu {
         y: &Array2<f32>,
         dy: &Array2<f32>,
     ) -> Array2<f32> {
-        check::same_shape("unary_backward", shape(x), shape(y));
-        check::same_shape("unary_backward", shape(x), shape(dy));
         let mut out = vec![0.0; x.len()];
         self.zip_map(
             &mut out,
@@ -312,9 +307,7 @@ impl Backend for Cpu {
         from_vec(shape(x), out)
     }
 
-    #[track_caller]
     fn binary(&self, op: BinaryOp, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
-        check::same_shape("binary", shape(a), shape(b));
         let mut out = vec![0.0; a.len()];
         self.zip_map(&mut out, [slice(a), slice(b)], |o, [a, b]| {
             for i in 0..o.len() {
@@ -324,7 +317,6 @@ impl Backend for Cpu {
         from_vec(shape(a), out)
     }
 
-    #[track_caller]
     fn binary_backward(
         &self,
         op: BinaryOp,
@@ -332,8 +324,6 @@ impl Backend for Cpu {
         b: &Array2<f32>,
         dy: &Array2<f32>,
     ) -> (Array2<f32>, Array2<f32>) {
-        check::same_shape("binary_backward", shape(a), shape(b));
-        check::same_shape("binary_backward", shape(a), shape(dy));
         let mut da = vec![0.0; a.len()];
         let mut db = vec![0.0; a.len()];
         self.zip_map(&mut da, [slice(a), slice(b), slice(dy)], |o, [a, b, dy]| {
@@ -349,9 +339,7 @@ impl Backend for Cpu {
         (from_vec(shape(a), da), from_vec(shape(a), db))
     }
 
-    #[track_caller]
     fn add_row(&self, x: &mut Array2<f32>, row: &Array2<f32>) {
-        check::same_shape("add_row", [1, x.ncols()], shape(row));
         let row = slice(row);
         self.for_rows(x, |_, r| {
             for (v, &b) in r.iter_mut().zip(row) {
@@ -360,16 +348,12 @@ impl Backend for Cpu {
         });
     }
 
-    #[track_caller]
     fn scale_rows(&self, x: &mut Array2<f32>, s: &Array2<f32>) {
-        check::same_shape("scale_rows", [x.nrows(), 1], shape(s));
         let s = slice(s);
         self.for_rows(x, |i, r| r.iter_mut().for_each(|v| *v *= s[i]));
     }
 
-    #[track_caller]
     fn row_dot(&self, a: &Array2<f32>, b: &Array2<f32>) -> Array2<f32> {
-        check::same_shape("row_dot", shape(a), shape(b));
         let (rows, cols) = (a.nrows(), a.ncols());
         let (a, b) = (slice(a), slice(b));
         let mut out = Array2::zeros((rows, 1));
@@ -432,7 +416,6 @@ impl Backend for Cpu {
         y
     }
 
-    #[track_caller]
     fn cross_entropy_backward(
         &self,
         log_probs: &Array2<f32>,
@@ -440,13 +423,6 @@ impl Backend for Cpu {
         d_nll: &Array2<f32>,
     ) -> Array2<f32> {
         let [rows, cols] = shape(log_probs);
-        check::same_shape("cross_entropy_backward", [rows, 1], shape(d_nll));
-        check::indices("cross_entropy_backward", targets, cols);
-        assert_eq!(
-            targets.len(),
-            rows,
-            "cross_entropy_backward: one target per row"
-        );
         let (lp, dn) = (slice(log_probs), slice(d_nll));
         let mut d = Array2::zeros((rows, cols));
         self.for_rows(&mut d, |i, row| {
@@ -456,9 +432,7 @@ impl Backend for Cpu {
         d
     }
 
-    #[track_caller]
     fn log_softmax_rows_backward(&self, y: &Array2<f32>, dy: &Array2<f32>) -> Array2<f32> {
-        check::same_shape("log_softmax_rows_backward", shape(y), shape(dy));
         let cols = y.ncols();
         let ys = slice(y);
         let mut dx = dy.clone();
@@ -469,9 +443,7 @@ impl Backend for Cpu {
         dx
     }
 
-    #[track_caller]
     fn gather_rows(&self, x: &Array2<f32>, idx: &[u32]) -> Array2<f32> {
-        check::indices("gather_rows", idx, x.nrows());
         let cols = x.ncols();
         let src = slice(x);
         self.rows_from(idx.len(), cols, |i, r| {
@@ -480,10 +452,7 @@ impl Backend for Cpu {
         })
     }
 
-    #[track_caller]
     fn scatter_add_rows(&self, dst: &mut Array2<f32>, src: &Array2<f32>, idx: &[u32]) {
-        check::same_shape("scatter_add_rows", [idx.len(), dst.ncols()], shape(src));
-        check::indices("scatter_add_rows", idx, dst.nrows());
         let cols = dst.ncols();
         let (d, s) = (slice_mut(dst), slice(src));
         // Sequential in index order: repeated indices accumulate deterministically.
@@ -495,10 +464,7 @@ impl Backend for Cpu {
         }
     }
 
-    #[track_caller]
     fn pick_cols(&self, x: &Array2<f32>, cols: &[u32]) -> Array2<f32> {
-        assert_eq!(cols.len(), x.nrows(), "pick_cols: one column per row");
-        check::indices("pick_cols", cols, x.ncols());
         let n = x.ncols();
         let data = slice(x);
         from_vec(
@@ -510,11 +476,7 @@ impl Backend for Cpu {
         )
     }
 
-    #[track_caller]
     fn add_at_cols(&self, dst: &mut Array2<f32>, cols: &[u32], values: &Array2<f32>) {
-        assert_eq!(cols.len(), dst.nrows(), "add_at_cols: one column per row");
-        check::same_shape("add_at_cols", [dst.nrows(), 1], shape(values));
-        check::indices("add_at_cols", cols, dst.ncols());
         let n = dst.ncols();
         let (d, v) = (slice_mut(dst), slice(values));
         for (i, &c) in cols.iter().enumerate() {
@@ -522,7 +484,6 @@ impl Backend for Cpu {
         }
     }
 
-    #[track_caller]
     fn copy_cols(
         &self,
         src: &Array2<f32>,
@@ -532,9 +493,6 @@ impl Backend for Cpu {
         width: usize,
         accumulate: bool,
     ) {
-        assert_eq!(src.nrows(), dst.nrows(), "copy_cols: row counts differ");
-        check::col_range("copy_cols", src_col, width, src.ncols());
-        check::col_range("copy_cols", dst_col, width, dst.ncols());
         let sc = src.ncols();
         let s = slice(src);
         self.for_rows(dst, |i, r| {
@@ -548,9 +506,7 @@ impl Backend for Cpu {
         });
     }
 
-    #[track_caller]
     fn axpy(&self, alpha: f32, x: &Array2<f32>, y: &mut Array2<f32>) {
-        check::same_shape("axpy", shape(x), shape(y));
         self.zip_map(slice_mut(y), [slice(x)], |y, [x]| {
             y.iter_mut().zip(x).for_each(|(y, x)| *y += alpha * x);
         });
@@ -562,9 +518,7 @@ impl Backend for Cpu {
         });
     }
 
-    #[track_caller]
     fn im2col(&self, x: &Array2<f32>, w: &Window2d) -> Array2<f32> {
-        check::same_shape("im2col", [x.nrows(), w.in_len()], shape(x));
         let (oh, ow, c) = (w.out_height(), w.out_width(), w.channels);
         let (src, in_len) = (slice(x), w.in_len());
         let mut out = Array2::zeros((x.nrows() * oh * ow, w.patch_len()));
@@ -584,14 +538,8 @@ impl Backend for Cpu {
         out
     }
 
-    #[track_caller]
     fn col2im(&self, cols: &Array2<f32>, w: &Window2d) -> Array2<f32> {
         let (oh, ow, c) = (w.out_height(), w.out_width(), w.channels);
-        assert!(
-            cols.ncols() == w.patch_len() && cols.nrows().is_multiple_of(oh * ow),
-            "col2im: patches {:?} do not match window {w:?}",
-            shape(cols)
-        );
         let n_img = cols.nrows() / (oh * ow);
         let (src, patch) = (slice(cols), w.patch_len());
         let mut x = Array2::zeros((n_img, w.in_len()));
@@ -616,10 +564,7 @@ impl Backend for Cpu {
         x
     }
 
-    #[track_caller]
     fn max_pool2d(&self, x: &Array2<f32>, w: &Window2d) -> Array2<f32> {
-        check::same_shape("max_pool2d", [x.nrows(), w.in_len()], shape(x));
-        assert_eq!(w.padding, 0, "max_pool2d: padding is not supported");
         let (oh, ow, c) = (w.out_height(), w.out_width(), w.channels);
         let (src, in_len) = (slice(x), w.in_len());
         let mut out = Array2::from_elem((x.nrows(), oh * ow * c), f32::NEG_INFINITY);
@@ -641,11 +586,8 @@ impl Backend for Cpu {
         out
     }
 
-    #[track_caller]
     fn max_pool2d_backward(&self, x: &Array2<f32>, dy: &Array2<f32>, w: &Window2d) -> Array2<f32> {
-        check::same_shape("max_pool2d_backward", [x.nrows(), w.in_len()], shape(x));
         let (oh, ow, c) = (w.out_height(), w.out_width(), w.channels);
-        check::same_shape("max_pool2d_backward", [x.nrows(), oh * ow * c], shape(dy));
         let (src, g, in_len) = (slice(x), slice(dy), w.in_len());
         let mut dx = Array2::zeros(x.dim());
         self.for_rows(&mut dx, |n, d| {
@@ -670,7 +612,6 @@ impl Backend for Cpu {
         dx
     }
 
-    #[track_caller]
     fn adam_step(
         &self,
         param: &mut Array2<f32>,
@@ -679,16 +620,12 @@ impl Backend for Cpu {
         v: &mut Array2<f32>,
         step: &AdamStep,
     ) {
-        check::same_shape("adam_step", shape(param), shape(grad));
-        check::same_shape("adam_step", shape(param), shape(m));
-        check::same_shape("adam_step", shape(param), shape(v));
         let (p, g, m, v) = (slice_mut(param), slice(grad), slice_mut(m), slice_mut(v));
         for i in 0..p.len() {
             (p[i], m[i], v[i]) = step.update(p[i], g[i], m[i], v[i]);
         }
     }
 
-    #[track_caller]
     fn sgd_step(
         &self,
         param: &mut Array2<f32>,
@@ -696,15 +633,16 @@ impl Backend for Cpu {
         velocity: &mut Array2<f32>,
         step: &SgdStep,
     ) {
-        check::same_shape("sgd_step", shape(param), shape(grad));
-        check::same_shape("sgd_step", shape(param), shape(velocity));
         let (p, g, vel) = (slice_mut(param), slice(grad), slice_mut(velocity));
         for i in 0..p.len() {
             (p[i], vel[i]) = step.update(p[i], g[i], vel[i]);
         }
     }
+}
 
-    #[track_caller]
+/// The routed products read their inputs through the routing and write each output once
+/// (see [`grouped`]).
+impl GroupedKernels for Cpu {
     fn grouped_matmul(
         &self,
         op: GroupedOp,
@@ -717,7 +655,6 @@ impl Backend for Cpu {
         grouped::grouped_matmul(self, op, a, b, None, offsets, beta, c);
     }
 
-    #[track_caller]
     fn grouped_matmul_rows(
         &self,
         op: GroupedOp,
@@ -731,7 +668,6 @@ impl Backend for Cpu {
         grouped::grouped_matmul(self, op, a, b, Some(rows), offsets, beta, c);
     }
 
-    #[track_caller]
     fn grouped_product_rows(
         &self,
         op: GroupedOp,
@@ -744,12 +680,10 @@ impl Backend for Cpu {
         grouped::grouped_product(self, op, a, b, rows, offsets, bias)
     }
 
-    #[track_caller]
     fn segment_sum_rows(&self, src: &Array2<f32>, pos: &[u32], ptr: &[u32]) -> Array2<f32> {
         grouped::segment_sum_rows(self, src, pos, ptr)
     }
 
-    #[track_caller]
     fn add_gathered_rows(&self, dst: &mut Array2<f32>, table: &Array2<f32>, idx: &[u32]) {
         grouped::add_gathered_rows(self, dst, table, idx);
     }
