@@ -1,8 +1,7 @@
-//! `modula`: the command-line front end.
+#![doc = include_str!("../README.md")]
 //!
 //! Each subcommand group lives in its own module (`data`, `train`, `eval`), which defines its
-//! clap arguments and a `run` function. Exit status: 0 on success, 1 for run, configuration,
-//! data and checkpoint errors, 2 for usage errors.
+//! clap arguments and a `run` function.
 
 mod analyse;
 mod backend;

@@ -641,7 +641,7 @@ impl Kernels for Cpu {
 }
 
 /// The routed products read their inputs through the routing and write each output once
-/// (see [`grouped`]).
+/// (see `cpu/grouped.rs`).
 impl GroupedKernels for Cpu {
     fn grouped_matmul(
         &self,

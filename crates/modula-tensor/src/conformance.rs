@@ -2,7 +2,7 @@
 //! the [`Reference`] oracle on seeded random inputs (feature `conformance`).
 //!
 //! [`CoreOnly`] wraps a backend and hides its grouped kernels, so that the suite also runs
-//! the default bodies of [`GroupedKernels`] on that backend's core operations.
+//! the default bodies of [`GroupedKernels`](crate::GroupedKernels) on that backend's core operations.
 //!
 //! ```
 //! use modula_tensor::{conformance, Reference};

@@ -13,7 +13,7 @@ use super::{KC, PAR_MIN_PACK, Parallelism};
 ///
 /// Layout: for each depth block of `KC` rows, `ceil(n / NR)` strips of `kc x NR` floats,
 /// row-major inside a strip, zero-padded past column `n`. Packing costs one pass over `B`;
-/// afterwards each [`gemm_packed`] call only packs its (small) `A`.
+/// afterwards each [`gemm_packed`](super::gemm_packed) call only packs its (small) `A`.
 ///
 /// ```
 /// use modula_cpu::gemm::{gemm_packed, MatMut, MatRef, PackedRhs, Parallelism};
