@@ -13,7 +13,7 @@ use modula_em::algo::em::Em;
 use modula_em::algo::{Algorithm, StepContext};
 use modula_em::estep::e_step;
 use modula_em::models::{MlpConfig, MlpInput, ModularMlp};
-use modula_em::{Algo, AssignmentTable, Batch, Group, Target};
+use modula_em::{Algo, AssignmentTable, Batch, EStepSettings, Group, Target, TrainSettings};
 use modula_nn::{Adam, Ctx, Grads, Optimizer, ParamStore};
 use modula_tensor::Backend;
 use rand::SeedableRng;
@@ -81,7 +81,7 @@ fn em(c: &mut Criterion) {
                 &params,
                 &batch,
                 &mut t,
-                SAMPLES,
+                &EStepSettings::paths(SAMPLES),
                 &mut rng,
                 &mut Ctx::eval(),
             )
@@ -90,7 +90,17 @@ fn em(c: &mut Criterion) {
         });
     });
     let mut adam = Adam::new(1e-4);
-    let mut m_step = Em::new(table, SAMPLES);
+    let settings = TrainSettings {
+        algo: Algo::Em,
+        lr: 1e-4,
+        grad_clip: 0.0,
+        estep: EStepSettings::paths(SAMPLES),
+        e_every: 10,
+        ctrl_weight: 1.0,
+        ctrl_mask: false,
+        reinforce_decay: 0.9,
+    };
+    let mut m_step = Em::new(table, &settings);
     group.bench_function(BenchmarkId::new("m_step", &label), |bench| {
         bench.iter(|| {
             let mut grads = Grads::new();

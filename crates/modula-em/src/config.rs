@@ -77,6 +77,106 @@ pub enum DenseMatch {
     Params,
 }
 
+/// How an E-step looks for better assignments of a sequence's positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Search {
+    /// Whole candidates: the stored assignment and `samples - 1` ancestral draws, each scored
+    /// by its whole likelihood (for a sequence, the window's sum): the paper's E-step.
+    #[default]
+    Path,
+    /// Step by step through a sequence, along the best prefix found so far: each step's
+    /// candidates are scored by the next word's likelihood (and the step's prior), the best
+    /// is kept and the walk goes on from its state. The finished path replaces the stored one
+    /// only if its window score is higher, so the bound still never decreases.
+    Step,
+}
+
+/// EM's E-step settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EStepSettings {
+    /// Candidates per example (or per step, for `Search::Step`): the stored one plus
+    /// `samples - 1` proposals; `Search::Step` with `K = 1` and `M <= samples` enumerates the
+    /// `M` modules instead.
+    pub samples: usize,
+    /// How candidates are searched.
+    pub search: Search,
+    /// `Search::Step`: weight of `log p(a_t | .)` in a step's score (0 to 1).
+    pub prior_weight: f32,
+    /// `Search::Step`: a step's candidate is scored by the likelihood of the next `horizon`
+    /// words, continuing greedily after it (1: the next word only).
+    pub horizon: usize,
+    /// `Search::Step`: with a positive value, each module takes at most
+    /// `ceil(capacity * n * K / M)` of a step's `n` streams (a balanced assignment); 0: no
+    /// limit.
+    pub capacity: f32,
+    /// `Search::Step`: draw each step's choice from the step's posterior (the softmax of its
+    /// scores) instead of taking the best (stochastic EM).
+    pub sample: bool,
+    /// Proposals come from `(1 - uniform) * p(a | .) + uniform / M` per slot (0: the
+    /// controller alone).
+    pub uniform: f32,
+    /// Score candidates with dropout active, as the M-step trains (off: without dropout).
+    pub dropout: bool,
+}
+
+impl EStepSettings {
+    /// The paper's E-step with `samples` candidates: whole paths, no options.
+    pub fn paths(samples: usize) -> Self {
+        EStepSettings {
+            samples,
+            search: Search::Path,
+            prior_weight: 1.0,
+            horizon: 1,
+            capacity: 0.0,
+            sample: false,
+            uniform: 0.0,
+            dropout: false,
+        }
+    }
+
+    /// Checks every field, naming the first bad one as a `train.*` key.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the field and the allowed values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.samples == 0 {
+            return Err(invalid(
+                "train.samples",
+                "is 0; an E-step needs at least the stored candidate (use 1 or more, 10 by default)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.prior_weight) {
+            return Err(invalid(
+                "train.e_prior",
+                format!("is {}; use a weight in [0, 1]", self.prior_weight),
+            ));
+        }
+        if self.horizon == 0 {
+            return Err(invalid(
+                "train.e_horizon",
+                "is 0; use 1 (the next word) or more",
+            ));
+        }
+        if !(self.capacity == 0.0 || (self.capacity >= 1.0 && self.capacity.is_finite())) {
+            return Err(invalid(
+                "train.e_capacity",
+                format!(
+                    "is {}; use 0 (no limit) or a factor of at least 1 over an even share of the streams",
+                    self.capacity
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.uniform) {
+            return Err(invalid(
+                "train.e_uniform",
+                format!("is {}; use a mixture weight in [0, 1]", self.uniform),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What the trainer and the algorithms need of a run's configuration, whatever the task: the
 /// algorithm, the optimiser and EM's E-step settings. Each task's own `[train]` section
 /// (validated by the task) resolves to one.
@@ -88,10 +188,15 @@ pub struct TrainSettings {
     pub lr: f32,
     /// Gradient-norm clipping threshold; 0 disables clipping.
     pub grad_clip: f32,
-    /// EM: candidates per example in an E-step (the stored one plus `samples - 1` draws).
-    pub samples: usize,
+    /// EM: the E-step's settings.
+    pub estep: EStepSettings,
     /// EM: E-step period (its meaning is the task's [`crate::EStepDue`] rule).
     pub e_every: usize,
+    /// EM: weight of the controller's loss `-log p(a* | .)` in the M-step (1 in the paper).
+    pub ctrl_weight: f32,
+    /// EM: leave the controller's loss out at positions no E-step has visited yet, whose
+    /// stored assignments are still the random initial ones.
+    pub ctrl_mask: bool,
     /// REINFORCE: decay of the moving-average reward baseline.
     pub reinforce_decay: f32,
 }
@@ -102,16 +207,17 @@ impl TrainSettings {
     /// # Errors
     /// A [`ConfigError`] naming the field and the allowed values.
     pub fn validate(&self, importance_weight: f32) -> Result<(), ConfigError> {
-        if self.samples == 0 {
-            return Err(invalid(
-                "train.samples",
-                "is 0; an E-step needs at least the stored candidate (use 1 or more, 10 by default)",
-            ));
-        }
+        self.estep.validate()?;
         if self.e_every == 0 {
             return Err(invalid(
                 "train.e_every",
                 "is 0; use 1 or more (10 by default)",
+            ));
+        }
+        if !(self.ctrl_weight >= 0.0 && self.ctrl_weight.is_finite()) {
+            return Err(invalid(
+                "train.ctrl_weight",
+                format!("is {}; use 0 or more (1 by default)", self.ctrl_weight),
             ));
         }
         check_optimiser(

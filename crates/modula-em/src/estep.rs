@@ -1,15 +1,21 @@
 //! EM's partial E-step, written once for every model and task: for each example, the stored
-//! assignment and `samples - 1` fresh ancestral samples are scored by
-//! `log p(y | ., a) + log p(a | .)` with the current parameters; the best is stored, ties
-//! keeping the stored one.
+//! assignment and the model's other candidates (`samples - 1` fresh ancestral samples, or the
+//! path a per-step search found) are scored by `log p(y | ., a) + log p(a | .)` with the
+//! current parameters; the best is stored, ties keeping the stored one.
+//!
+//! It also holds the pieces of a per-step search that do not depend on the model: drawing
+//! proposals ([`propose`], [`draw_slots`]) and choosing each stream's candidate at a step
+//! ([`choose_step`]).
 
 use std::collections::HashSet;
 
-use modula_modular::Selection;
+use modula_modular::{ControllerOutput, Selection};
 use modula_nn::{Ctx, ParamStore};
 use modula_tensor::{Backend, BackendError};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::config::EStepSettings;
 use crate::model::Model;
 use crate::table::AssignmentTable;
 use crate::task::Batch;
@@ -24,6 +30,9 @@ pub struct EStats {
     pub score_before: f64,
     /// The same after the step (never lower, for fixed parameters).
     pub score_after: f64,
+    /// Share of the task's trained keys that some E-step has visited so far (filled in by
+    /// the trainer, from the algorithm's record and the task's key count).
+    pub coverage: f64,
 }
 
 /// The stored selections of a batch's groups.
@@ -63,14 +72,14 @@ pub fn e_step<B: Backend, M: Model<B>>(
     params: &ParamStore<B>,
     batch: &Batch<M::Input>,
     table: &mut AssignmentTable,
-    samples: usize,
+    estep: &EStepSettings,
     rng: &mut ChaCha8Rng,
     ctx: &mut Ctx,
 ) -> Result<EStats, BackendError> {
     let n = batch.examples;
     let stored = stored_selections(table, batch);
-    let cands = model.score_candidates(b, params, &batch.input, &stored, samples, rng, ctx)?;
-    let best = best_candidates(&cands.scores, n, samples);
+    let cands = model.score_candidates(b, params, &batch.input, &stored, estep, rng, ctx)?;
+    let best = best_candidates(&cands.scores, n, cands.samples);
     let (mut before, mut after) = (0.0, 0.0);
     for (i, &row) in best.iter().enumerate() {
         before += cands.scores[i];
@@ -93,5 +102,244 @@ pub fn e_step<B: Backend, M: Model<B>>(
         changed: changed.len() as f64 / keys.len().max(1) as f64,
         score_before: before / nf,
         score_after: after / nf,
+        coverage: 0.0,
     })
+}
+
+/// One module per slot, drawn from `(1 - uniform) * p + uniform / M`, where `log_probs` holds
+/// the slots' log-probabilities `[slots, M]` row-major (inverse-CDF sampling, one uniform
+/// draw per slot; the last module absorbs rounding).
+pub fn draw_slots(log_probs: &[f32], modules: usize, uniform: f32, rng: &mut impl Rng) -> Vec<u32> {
+    let flat = uniform / modules as f32;
+    log_probs
+        .chunks(modules)
+        .map(|row| {
+            let u: f32 = rng.random();
+            let mut acc = 0.0;
+            for (m, &l) in row.iter().enumerate() {
+                acc += (1.0 - uniform) * l.exp() + flat;
+                if u < acc {
+                    return m as u32;
+                }
+            }
+            (modules - 1) as u32
+        })
+        .collect()
+}
+
+/// Proposals from a controller's output: its own samples, or, with `uniform > 0`, draws from
+/// its mixture with the uniform distribution ([`draw_slots`]).
+///
+/// # Errors
+/// If the device fails while reading the probabilities.
+pub fn propose<B: Backend>(
+    b: &B,
+    out: &ControllerOutput<B>,
+    uniform: f32,
+    rng: &mut impl Rng,
+) -> Result<Selection, BackendError> {
+    if uniform == 0.0 {
+        return out.sample(b, rng);
+    }
+    let lp = b.download(&out.log_probs)?;
+    Ok(Selection::new(
+        out.k,
+        draw_slots(&lp, out.modules, uniform, rng),
+    ))
+}
+
+/// A step of a per-step search: for each of `n` streams, which of its `candidates` to keep.
+/// `scores[j * n + i]` is candidate `j` of stream `i`, whose modules are
+/// `picks[(j * n + i) * k..][..k]`. Without options it is each stream's best candidate, ties
+/// going to the lower index (candidate 0, the stored one, when the candidates are proposals).
+/// With `estep.sample` the choice is drawn from the softmax of the stream's scores; with
+/// `estep.capacity` each module takes at most `ceil(capacity * n * k / modules)` streams
+/// (best scores placed first, or, when sampling, streams in a random order), and a stream
+/// that fits nowhere takes its best candidate.
+#[allow(clippy::too_many_arguments)]
+pub fn choose_step(
+    scores: &[f64],
+    n: usize,
+    candidates: usize,
+    picks: &[u32],
+    k: usize,
+    modules: usize,
+    estep: &EStepSettings,
+    rng: &mut impl Rng,
+) -> Vec<usize> {
+    let best = |i: usize| {
+        (1..candidates).fold(0, |b, j| {
+            if scores[j * n + i] > scores[b * n + i] {
+                j
+            } else {
+                b
+            }
+        })
+    };
+    let cap = if estep.capacity > 0.0 {
+        (estep.capacity as f64 * (n * k) as f64 / modules as f64).ceil() as usize
+    } else {
+        usize::MAX
+    };
+    let mut load = vec![0usize; modules];
+    let modules_of = |j: usize, i: usize| &picks[(j * n + i) * k..(j * n + i + 1) * k];
+    let fits = |load: &[usize], j: usize, i: usize| {
+        let mods = modules_of(j, i);
+        mods.iter()
+            .all(|&m| load[m as usize] + mods.iter().filter(|&&o| o == m).count() <= cap)
+    };
+    let mut chosen = vec![usize::MAX; n];
+    if estep.sample {
+        let mut order: Vec<usize> = (0..n).collect();
+        if cap < usize::MAX {
+            // A random order, so that no stream always gets the first pick of the modules.
+            for i in (1..n).rev() {
+                order.swap(i, rng.random_range(0..=i));
+            }
+        }
+        for i in order {
+            let feasible: Vec<usize> = (0..candidates).filter(|&j| fits(&load, j, i)).collect();
+            let pool = if feasible.is_empty() {
+                vec![best(i)]
+            } else {
+                feasible
+            };
+            let top = pool
+                .iter()
+                .map(|&j| scores[j * n + i])
+                .fold(f64::NEG_INFINITY, f64::max);
+            let weights: Vec<f64> = pool
+                .iter()
+                .map(|&j| (scores[j * n + i] - top).exp())
+                .collect();
+            let mut u = rng.random::<f64>() * weights.iter().sum::<f64>();
+            let mut pick = *pool.last().expect("a non-empty pool");
+            for (&j, w) in pool.iter().zip(&weights) {
+                if u < *w {
+                    pick = j;
+                    break;
+                }
+                u -= w;
+            }
+            chosen[i] = pick;
+            modules_of(pick, i)
+                .iter()
+                .for_each(|&m| load[m as usize] += 1);
+        }
+        return chosen;
+    }
+    if cap == usize::MAX {
+        return (0..n).map(best).collect();
+    }
+    let mut pairs: Vec<(usize, usize)> = (0..candidates)
+        .flat_map(|j| (0..n).map(move |i| (j, i)))
+        .collect();
+    pairs.sort_by(|&(ja, ia), &(jb, ib)| {
+        scores[jb * n + ib]
+            .total_cmp(&scores[ja * n + ia])
+            .then(ja.cmp(&jb))
+            .then(ia.cmp(&ib))
+    });
+    for (j, i) in pairs {
+        if chosen[i] == usize::MAX && fits(&load, j, i) {
+            chosen[i] = j;
+            modules_of(j, i).iter().for_each(|&m| load[m as usize] += 1);
+        }
+    }
+    for (i, c) in chosen.iter_mut().enumerate() {
+        if *c == usize::MAX {
+            *c = best(i);
+        }
+    }
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn settings() -> EStepSettings {
+        EStepSettings {
+            search: crate::config::Search::Step,
+            ..EStepSettings::paths(3)
+        }
+    }
+
+    /// Candidate `j` of every stream picks module `j` (K = 1, enumeration).
+    fn enumerated(n: usize, c: usize) -> Vec<u32> {
+        (0..c as u32)
+            .flat_map(|j| std::iter::repeat_n(j, n))
+            .collect()
+    }
+
+    #[test]
+    fn without_options_each_stream_takes_its_best_and_ties_go_to_the_lower_index() {
+        // Two streams, three candidates: stream 0 prefers 2, stream 1 ties 0 and 1.
+        let scores = [0.0, 1.0, 1.0, 1.0, 5.0, -1.0];
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let chosen = choose_step(
+            &scores,
+            2,
+            3,
+            &enumerated(2, 3),
+            1,
+            3,
+            &settings(),
+            &mut rng,
+        );
+        assert_eq!(chosen, vec![2, 0]);
+    }
+
+    #[test]
+    fn a_capacity_limit_spreads_the_streams_over_the_modules() {
+        // Four streams all prefer module 0; with a capacity of 1 x (4 / 2) = 2 streams per
+        // module, the two with the strongest preference keep it and the others move to 1.
+        let n = 4;
+        let scores = [9.0, 8.0, 7.0, 6.0, 0.0, 0.0, 0.0, 0.0];
+        let e = EStepSettings {
+            capacity: 1.0,
+            ..settings()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let chosen = choose_step(&scores, n, 2, &enumerated(n, 2), 1, 2, &e, &mut rng);
+        assert_eq!(chosen, vec![0, 0, 1, 1]);
+    }
+
+    #[test]
+    fn sampled_choices_follow_the_softmax_of_the_scores_and_respect_capacity() {
+        let e = EStepSettings {
+            sample: true,
+            ..settings()
+        };
+        let scores = [0.0, 2.0_f64.ln()]; // one stream, odds 1 : 2
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let draws = 30_000;
+        let ones = (0..draws)
+            .filter(|_| choose_step(&scores, 1, 2, &[0, 1], 1, 2, &e, &mut rng)[0] == 1)
+            .count();
+        let share = ones as f64 / draws as f64;
+        assert!((share - 2.0 / 3.0).abs() < 0.01, "share {share}");
+        let capped = EStepSettings { capacity: 1.0, ..e };
+        let scores = [5.0, 5.0, 5.0, 5.0, 0.0, 0.0, 0.0, 0.0];
+        for _ in 0..50 {
+            let chosen = choose_step(&scores, 4, 2, &enumerated(4, 2), 1, 2, &capped, &mut rng);
+            assert_eq!(chosen.iter().filter(|&&j| j == 0).count(), 2, "{chosen:?}");
+        }
+    }
+
+    #[test]
+    fn uniform_mixture_proposals_reach_modules_the_controller_rules_out() {
+        // A controller certain of module 0 (log p = 0, the others -inf).
+        let lp = [0.0, f32::NEG_INFINITY, f32::NEG_INFINITY];
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let only = draw_slots(&lp.repeat(200), 3, 0.0, &mut rng);
+        assert!(only.iter().all(|&m| m == 0));
+        let mixed = draw_slots(&lp.repeat(3000), 3, 0.3, &mut rng);
+        let others = mixed.iter().filter(|&&m| m != 0).count() as f64 / 3000.0;
+        assert!(
+            (others - 0.2).abs() < 0.03,
+            "share of other modules {others}"
+        );
+    }
 }

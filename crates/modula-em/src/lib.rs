@@ -12,7 +12,7 @@ pub mod task;
 mod trainer;
 
 pub use algo::{Algorithm, StepStats};
-pub use config::{Algo, ConfigError, DenseMatch, TrainSettings, invalid};
+pub use config::{Algo, ConfigError, DenseMatch, EStepSettings, Search, TrainSettings, invalid};
 pub use error::TrainError;
 pub use estep::EStats;
 pub use meta::MetaReader;

@@ -12,6 +12,8 @@ use modula_nn::{Ctx, Grads, ParamStore};
 use modula_tensor::{Backend, BackendError};
 use rand_chacha::ChaCha8Rng;
 
+use crate::config::EStepSettings;
+
 /// Targets of a batch of a feed-forward network.
 #[derive(Debug)]
 pub enum Target<B: Backend> {
@@ -87,6 +89,9 @@ pub struct Forward<B: Backend, C> {
 /// `s * n + i` being candidate `s` of example `i`, candidate 0 the stored assignment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Candidates {
+    /// Candidates per example (the E-step settings' `samples` for whole-path candidates; 2, the
+    /// stored and the searched path, for a per-step search).
+    pub samples: usize,
     /// `log p(y | ., a) + log p(a | .)` of each candidate row under the current parameters.
     pub scores: Vec<f64>,
     /// The selection of each group over all `samples * n` candidate rows.
@@ -137,9 +142,10 @@ pub trait Model<B: Backend> {
         grads: &mut Grads<B>,
     ) -> Result<(), BackendError>;
 
-    /// Scores `samples` candidate selections per example for the E-step: candidate 0 follows
-    /// `stored` (one selection per group), the others are drawn ancestrally from the
-    /// controllers with `rng`.
+    /// Scores candidate selections per example for the E-step, as `estep` asks: candidate 0
+    /// follows `stored` (one selection per group); with `Search::Path` the other
+    /// `estep.samples - 1` are drawn ancestrally from the controllers with `rng`, with
+    /// `Search::Step` (sequence models) candidate 1 is the path a per-step search found.
     ///
     /// # Errors
     /// Device failures.
@@ -150,7 +156,7 @@ pub trait Model<B: Backend> {
         params: &ParamStore<B>,
         input: &Self::Input,
         stored: &[Selection],
-        samples: usize,
+        estep: &EStepSettings,
         rng: &mut ChaCha8Rng,
         ctx: &mut Ctx,
     ) -> Result<Candidates, BackendError>;

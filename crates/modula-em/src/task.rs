@@ -32,6 +32,33 @@ pub struct Batch<I> {
     pub units: usize,
 }
 
+impl<I> Batch<I> {
+    /// The table key of each of `rows` rows of a forward pass's per-row terms: when the groups
+    /// split the rows among them (a recurrent window, one group per time step), the groups'
+    /// keys in order; otherwise (a feed-forward network, whose groups are its layers over the
+    /// same examples) the first group's keys.
+    ///
+    /// # Panics
+    /// If the rows match neither shape.
+    pub fn row_keys(&self, rows: usize) -> Vec<u32> {
+        let split: usize = self.groups.iter().map(|g| g.keys.len()).sum();
+        if self.groups.len() > 1 && split == rows {
+            self.groups
+                .iter()
+                .flat_map(|g| g.keys.iter().copied())
+                .collect()
+        } else {
+            let first = self.groups.first().map_or(&[][..], |g| &g.keys[..]);
+            assert_eq!(
+                first.len(),
+                rows,
+                "row_keys: {rows} rows do not match the groups"
+            );
+            first.to_vec()
+        }
+    }
+}
+
 /// Whether, and how, an iteration runs EM's E-step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EStepDue {
@@ -52,6 +79,12 @@ pub trait Task<B: Backend> {
 
     /// Rows of EM's assignment table (training examples, or training token positions).
     fn table_rows(&self) -> usize;
+
+    /// How many of the table's keys batches use (a corpus's last token of each stream is
+    /// only ever a target): the denominator of an E-step's coverage.
+    fn trained_keys(&self) -> usize {
+        self.table_rows()
+    }
 
     /// Iterations per pass over the training split.
     fn steps_per_epoch(&self) -> u64;

@@ -144,10 +144,12 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
                 rng: e_rng,
                 ctx: e_ctx,
             };
-            let e = self
+            let mut e = self
                 .algorithm
                 .e_step(s, &batch)
                 .expect("an algorithm with E-steps runs them")?;
+            let visited = self.algorithm.visited().unwrap_or(0);
+            e.coverage = visited as f64 / self.task.trained_keys().max(1) as f64;
             outcome.e_step = Some(e);
             if due == EStepDue::Instead {
                 self.task.advance(&self.backend, None);

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use modula_data::{DataError, Streams, TextCorpus, TextOptions, Vocab, Window};
 use modula_em::models::{LanguageModel, LmModelConfig, LmWindow};
 use modula_em::{
-    Algo, Batch, ConfigError, DenseMatch, EStepDue, Group, Routes, Task, TrainError, TrainSettings,
-    Trainer, invalid,
+    Algo, Batch, ConfigError, DenseMatch, EStepDue, EStepSettings, Group, Routes, Search, Task,
+    TrainError, TrainSettings, Trainer, invalid,
 };
 use modula_modular::{ControllerOutput, Selection};
 use modula_nn::{Checkpoint, Ctx, ParamStore, StoredTensor};
@@ -43,6 +43,28 @@ pub struct LmTrainConfig {
     /// EM: window `w` of epoch `e` is preceded by an E-step on the same window when
     /// `(w + e) % e_every == 0`, so every window is E-stepped once in `e_every` epochs.
     pub e_every: usize,
+    /// EM: how an E-step searches: `"path"` (whole paths, the paper's E-step) or `"step"`
+    /// (per time step along the best prefix).
+    pub e_search: Search,
+    /// EM, per-step search: weight of `log p(a_t | .)` in a step's score, 0 to 1.
+    pub e_prior: f32,
+    /// EM, per-step search: words scored per candidate (the next one, and `e_horizon - 1`
+    /// more under greedy continuation).
+    pub e_horizon: usize,
+    /// EM, per-step search: each module takes at most `ceil(e_capacity * batch_size * K / M)`
+    /// streams per step; 0: no limit.
+    pub e_capacity: f32,
+    /// EM, per-step search: draw each step's choice from its posterior instead of taking the
+    /// best (stochastic EM).
+    pub e_sample: bool,
+    /// EM: proposals from `(1 - e_uniform) * p(a | .) + e_uniform / M`.
+    pub e_uniform: f32,
+    /// EM: score candidates with dropout, as the M-step trains.
+    pub e_dropout: bool,
+    /// EM: weight of the controller loss `-log p(a* | .)` in the M-step.
+    pub ctrl_weight: f32,
+    /// EM: leave the controller loss out at positions no E-step has visited yet.
+    pub ctrl_mask: bool,
     /// REINFORCE: decay of the moving-average reward baseline.
     pub reinforce_decay: f32,
     /// Noisy top-k: weight of the importance loss.
@@ -74,6 +96,15 @@ impl Default for LmTrainConfig {
             grad_clip: 5.0,
             samples: 10,
             e_every: 10,
+            e_search: Search::Path,
+            e_prior: 1.0,
+            e_horizon: 1,
+            e_capacity: 0.0,
+            e_sample: false,
+            e_uniform: 0.0,
+            e_dropout: false,
+            ctrl_weight: 1.0,
+            ctrl_mask: false,
             reinforce_decay: 0.9,
             importance_weight: 0.1,
             log_every: 20,
@@ -116,8 +147,19 @@ impl LmTrainConfig {
             algo: self.algo,
             lr: self.lr,
             grad_clip: self.grad_clip,
-            samples: self.samples,
+            estep: EStepSettings {
+                samples: self.samples,
+                search: self.e_search,
+                prior_weight: self.e_prior,
+                horizon: self.e_horizon,
+                capacity: self.e_capacity,
+                sample: self.e_sample,
+                uniform: self.e_uniform,
+                dropout: self.e_dropout,
+            },
             e_every: self.e_every,
+            ctrl_weight: self.ctrl_weight,
+            ctrl_mask: self.ctrl_mask,
             reinforce_decay: self.reinforce_decay,
         }
     }
@@ -264,6 +306,22 @@ pub struct LmEval {
     pub usage: Vec<u64>,
 }
 
+/// The filtered-mixture and posterior evaluations of a split (see
+/// [`LanguageModel::filtered_window`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LmFiltered {
+    /// Perplexity under the filtered mixture: a valid causal score, at `routes` modules'
+    /// compute per token.
+    pub mixture_ppl: f64,
+    /// Perplexity along the committed posterior routes, which were chosen knowing the word
+    /// they predict: a diagnostic of the posterior-prior gap, not a valid score.
+    pub posterior_ppl: f64,
+    /// Candidate routes scored per token (`M` for `K = 1`, else the samples drawn).
+    pub routes: usize,
+    /// Tokens scored.
+    pub tokens: usize,
+}
+
 /// Time-major ids of a window: `ids[t][i]` is stream `i`'s word at step `t`.
 fn time_major(w: &Window) -> Vec<Vec<u32>> {
     (0..w.steps)
@@ -405,11 +463,67 @@ impl<B: Backend> LmTask<B> {
     }
 }
 
+impl<B: Backend> LmTask<B> {
+    /// The filtered-mixture and posterior evaluations of `model` over `streams` (state carried
+    /// across windows, starting at zero), stopping after `max_tokens` tokens when positive;
+    /// `samples` selections per step are drawn for `K > 1`, from a generator seeded by `seed`.
+    /// `None` for a model without a controller-routed modular cell.
+    ///
+    /// # Errors
+    /// Device failures.
+    #[allow(clippy::too_many_arguments)]
+    pub fn evaluate_filtered(
+        &self,
+        b: &B,
+        model: &LanguageModel,
+        params: &ParamStore<B>,
+        streams: &Streams,
+        max_tokens: usize,
+        samples: usize,
+        seed: u64,
+    ) -> Result<Option<LmFiltered>, BackendError> {
+        let Some((m, k)) = model.modular_shape() else {
+            return Ok(None);
+        };
+        if !matches!(model.cell, modula_em::models::Cell::Modular(_)) {
+            return Ok(None);
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut state = b.zeros([streams.batch, model.hidden]);
+        let (mut mixture, mut posterior, mut tokens) = (0.0f64, 0.0f64, 0usize);
+        for w in streams.windows(self.bptt) {
+            if max_tokens > 0 && tokens >= max_tokens {
+                break;
+            }
+            let ids = time_major(&w);
+            let targets = flatten_time_major(&w, &w.targets);
+            let out =
+                model.filtered_window(b, params, &ids, &targets, &state, samples, &mut rng)?;
+            mixture += out.mixture_nll.iter().sum::<f64>();
+            posterior += out.posterior_nll.iter().sum::<f64>();
+            tokens += out.mixture_nll.len();
+            state = out.h_last;
+        }
+        let per = |total: f64| (total / tokens.max(1) as f64).exp();
+        Ok(Some(LmFiltered {
+            mixture_ppl: per(mixture),
+            posterior_ppl: per(posterior),
+            routes: if k == 1 { m } else { samples },
+            tokens,
+        }))
+    }
+}
+
 impl<B: Backend> Task<B> for LmTask<B> {
     type Model = LanguageModel;
 
     fn table_rows(&self) -> usize {
         self.data.train.tokens.len()
+    }
+
+    /// Every stream's positions but its last, whose token is only a target.
+    fn trained_keys(&self) -> usize {
+        self.data.train.batch * self.data.train.len.saturating_sub(1)
     }
 
     fn steps_per_epoch(&self) -> u64 {

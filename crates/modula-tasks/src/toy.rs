@@ -4,8 +4,8 @@
 use modula_data::toy::{ToyConfig, ToyData, permutation, purity};
 use modula_em::models::{MlpConfig, MlpInput, ModularMlp};
 use modula_em::{
-    Algo, Batch, ConfigError, DenseMatch, EStepDue, Group, Target, Task, TrainError, TrainSettings,
-    Trainer, effective_count, invalid, stream, usage_counts,
+    Algo, Batch, ConfigError, DenseMatch, EStepDue, EStepSettings, Group, Target, Task, TrainError,
+    TrainSettings, Trainer, effective_count, invalid, stream, usage_counts,
 };
 use modula_nn::{Checkpoint, Ctx, ParamStore};
 use modula_tensor::{Backend, BackendError};
@@ -69,8 +69,10 @@ impl ToyTrainConfig {
             algo: self.algo,
             lr: self.lr,
             grad_clip: self.grad_clip,
-            samples: self.samples,
+            estep: EStepSettings::paths(self.samples),
             e_every: self.e_every,
+            ctrl_weight: 1.0,
+            ctrl_mask: false,
             reinforce_decay: self.reinforce_decay,
         }
     }

@@ -4,7 +4,9 @@ use modula_cpu::Cpu;
 use modula_data::toy::ToyConfig;
 use modula_em::estep::e_step;
 use modula_em::models::{MlpConfig, MlpInput, ModularMlp};
-use modula_em::{Algo, AssignmentTable, Batch, Group, Model, Routes, Target, Trainer};
+use modula_em::{
+    Algo, AssignmentTable, Batch, EStepSettings, Group, Model, Routes, Target, Trainer,
+};
 use modula_modular::{ControllerOutput, Selection};
 use modula_nn::{Adam, Checkpoint, Ctx, Grads, Optimizer, ParamStore};
 use modula_tasks::{ToyTask, ToyTrainConfig};
@@ -117,7 +119,7 @@ proptest! {
         let before = stored_scores(&s, &s.table);
         let mut table = s.table.clone();
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 7);
-        let stats = e_step(&s.net, &s.b, &s.params, &s.batch, &mut table, samples, &mut rng, &mut Ctx::eval()).unwrap();
+        let stats = e_step(&s.net, &s.b, &s.params, &s.batch, &mut table, &EStepSettings::paths(samples), &mut rng, &mut Ctx::eval()).unwrap();
         let after = stored_scores(&s, &table);
         for (i, (a, bf)) in after.iter().zip(&before).enumerate() {
             prop_assert!(*a >= bf - 1e-4, "example {} score fell from {} to {}", i, bf, a);
@@ -187,7 +189,7 @@ fn ties_keep_the_stored_assignment() {
         &s.params,
         &s.batch,
         &mut table,
-        10,
+        &EStepSettings::paths(10),
         &mut ChaCha8Rng::seed_from_u64(1),
         &mut Ctx::eval(),
     )

@@ -4,7 +4,7 @@
 use modula_cpu::Cpu;
 use modula_data::{Streams, Vocab};
 use modula_em::models::{LanguageModel, LmModelConfig, Recurrent};
-use modula_em::{Algo, Routes, Task, Trainer, estep};
+use modula_em::{Algo, EStepSettings, Routes, Search, Task, Trainer, estep};
 use modula_modular::Selection;
 use modula_nn::gradcheck::{GradCheck, check};
 use modula_nn::{Ctx, Grads, ParamStore};
@@ -207,39 +207,20 @@ fn patterned_streams(batch: usize, len: usize, seed: u64) -> Streams {
 }
 
 fn trainer(algo: Algo, seed: u64) -> Trainer<Cpu, LmTask<Cpu>> {
-    let b = Cpu::with_threads(1);
-    let model_cfg = LmModelConfig {
-        embed: 8,
-        hidden: 8,
-        modules: 3,
-        k: 1,
-        dropout: 0.0,
-        controller_input_grad: true,
-    };
     let train = LmTrainConfig {
         algo,
-        bptt: 5,
-        batch_size: 4,
-        lr: 0.01,
         samples: 4,
         e_every: 3,
         ..LmTrainConfig::default()
     };
-    let words: Vec<String> = (0..VOCAB).map(|w| format!("w{w}")).collect();
-    let data = LmData {
-        vocab: Vocab::from_words(words.iter().map(String::as_str)),
-        train: patterned_streams(4, 61, seed),
-        valid: patterned_streams(4, 11, seed ^ 1),
-        test: patterned_streams(4, 11, seed ^ 2),
-    };
-    LmTask::trainer(b, data, &model_cfg, &train, seed)
+    trainer_with(&train, seed)
 }
 
-/// EM's E-step on the trainer's next window with `samples` candidates, into `table`.
+/// EM's E-step on the trainer's next window with the settings `estep`, into `table`.
 fn e_step(
     t: &mut Trainer<Cpu, LmTask<Cpu>>,
     table: &mut modula_em::AssignmentTable,
-    samples: usize,
+    estep: &EStepSettings,
     seed: u64,
 ) -> modula_em::EStats {
     let batch = t.task.batch(&t.backend, t.step);
@@ -250,11 +231,20 @@ fn e_step(
         &t.params,
         &batch,
         table,
-        samples,
+        estep,
         &mut rng,
         &mut Ctx::eval(),
     )
     .unwrap()
+}
+
+/// Per-step search settings with `samples` candidates and the given prior weight.
+fn per_step(samples: usize, prior_weight: f32) -> EStepSettings {
+    EStepSettings {
+        search: Search::Step,
+        prior_weight,
+        ..EStepSettings::paths(samples)
+    }
 }
 
 proptest! {
@@ -263,16 +253,28 @@ proptest! {
     /// For fixed parameters, an E-step never lowers the score of a stream's stored path, and
     /// what it stores scores exactly what it reported (re-scored with the stored path only).
     #[test]
-    fn e_step_never_lowers_the_stored_paths_score(seed in any::<u64>(), warmup in 0usize..3) {
+    fn e_step_never_lowers_the_stored_paths_score(
+        seed in any::<u64>(), warmup in 0usize..3, search in 0usize..5,
+    ) {
         let mut t = trainer(Algo::Em, seed);
         for _ in 0..warmup {
             t.step().unwrap();
         }
         let mut table = t.table().cloned().unwrap();
-        let before = e_step(&mut t, &mut table, 4, seed);
+        // Whole paths, or a per-step search with or without the prior, a capacity limit,
+        // sampled choices or a longer horizon: whatever the search finds, the stored score
+        // cannot fall.
+        let estep = match search {
+            0 => EStepSettings::paths(4),
+            1 => per_step(4, 0.0),
+            2 => EStepSettings { capacity: 1.0, ..per_step(2, 1.0) },
+            3 => EStepSettings { sample: true, uniform: 0.5, ..per_step(4, 0.5) },
+            _ => EStepSettings { horizon: 3, ..per_step(4, 1.0) },
+        };
+        let before = e_step(&mut t, &mut table, &estep, seed);
         prop_assert!(before.score_after >= before.score_before);
         prop_assert!((0.0..=1.0).contains(&before.changed));
-        let again = e_step(&mut t, &mut table, 1, seed);
+        let again = e_step(&mut t, &mut table, &EStepSettings::paths(1), seed);
         prop_assert_eq!(again.changed, 0.0);
         // The same paths from the same state: equal up to f32 rounding in batches of another size.
         let tol = 1e-5 * before.score_after.abs().max(1.0);
@@ -401,8 +403,19 @@ fn e_step_scores_are_the_window_log_likelihoods_of_their_paths() {
     let (ids, targets, stored) = random_window(&model, steps, n, &mut rng);
     let h0: Vec<f32> = (0..n * 2).map(|_| rng.random_range(-1.0..1.0)).collect();
     let h0 = b.upload([n, 2], &h0);
+    let estep = EStepSettings::paths(samples);
     let (scores, chosen) = model
-        .score_paths(&b, &params, &ids, &targets, &h0, &stored, samples, &mut rng)
+        .score_paths(
+            &b,
+            &params,
+            &ids,
+            &targets,
+            &h0,
+            &stored,
+            &estep,
+            &mut rng,
+            &mut Ctx::eval(),
+        )
         .unwrap();
     for s in [0, 1, samples / 2, samples - 1] {
         let path: Vec<Selection> = chosen
@@ -432,4 +445,196 @@ fn e_step_scores_are_the_window_log_likelihoods_of_their_paths() {
             );
         }
     }
+}
+
+/// `-log p(w_{t+1} | .)` and `log p(a_t | .)` of step `t` of stream `i` when the window's
+/// first `t + 1` steps follow `path` (evaluation mode): the brute-force reference of the
+/// per-step search and of the filtered evaluation.
+#[allow(clippy::too_many_arguments)]
+fn step_terms(
+    b: &Cpu,
+    model: &LanguageModel,
+    params: &ParamStore<Cpu>,
+    ids: &[Vec<u32>],
+    targets: &[u32],
+    h0: &<Cpu as Backend>::Tensor,
+    path: &[Selection],
+    t: usize,
+    i: usize,
+) -> (f64, f64) {
+    let n = ids[0].len();
+    let out = model
+        .forward_window(
+            b,
+            params,
+            &ids[..=t],
+            &targets[..(t + 1) * n],
+            h0,
+            Routes::Stored(&path[..=t]),
+            false,
+            &mut Ctx::eval(),
+        )
+        .unwrap();
+    (out.nll[t * n + i] as f64, out.log_p[t * n + i] as f64)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// With K = 1 and S = M, the per-step search's path (before the E-step compares it with
+    /// the stored one) takes at every step the exact argmax over all M modules of
+    /// `-log p(w_{t+1} | h_t(m)) + prior * log p(m | .)`, the prefix being its own earlier
+    /// choices; and its reported window scores are those of the two paths.
+    #[test]
+    fn per_step_search_takes_the_exact_per_step_argmax(
+        seed in any::<u64>(), prior in 0usize..3, steps in 1usize..5, n in 1usize..4,
+    ) {
+        let b = Cpu::with_threads(1);
+        let (model, params) = tiny_model(&b, Recurrent::Modular { modules: 3, k: 1 }, seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 5);
+        let (ids, targets, stored) = random_window(&model, steps, n, &mut rng);
+        let h0: Vec<f32> = (0..n * 2).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let h0 = b.upload([n, 2], &h0);
+        let weight = prior as f32 * 0.5;
+        let estep = per_step(3, weight);
+        let cands = model
+            .search_steps(&b, &params, &ids, &targets, &h0, &stored, &estep, &mut rng, &mut Ctx::eval())
+            .unwrap();
+        prop_assert_eq!(cands.samples, 2);
+        // Candidate 1 of each step's selection is the path found.
+        let found: Vec<u32> = (0..steps)
+            .flat_map(|t| cands.selections[t].as_slice()[n..2 * n].to_vec())
+            .collect();
+        for i in 0..n {
+            let mut path: Vec<Selection> = stored.clone();
+            let (mut stored_score, mut found_score) = (0.0, 0.0);
+            for t in 0..steps {
+                let (nll, lp) = step_terms(&b, &model, &params, &ids, &targets, &h0, &stored, t, i);
+                stored_score += -nll + lp;
+                let mut best = (f64::NEG_INFINITY, 0u32);
+                for m in 0..3u32 {
+                    let mut picks = path[t].as_slice().to_vec();
+                    picks[i] = m;
+                    path[t] = Selection::new(1, picks);
+                    let (nll, lp) = step_terms(&b, &model, &params, &ids, &targets, &h0, &path, t, i);
+                    let score = -nll + weight as f64 * lp;
+                    if score > best.0 + 1e-9 {
+                        best = (score, m);
+                    }
+                }
+                let got = found[t * n + i];
+                let mut picks = path[t].as_slice().to_vec();
+                picks[i] = got;
+                path[t] = Selection::new(1, picks);
+                let (nll, lp) = step_terms(&b, &model, &params, &ids, &targets, &h0, &path, t, i);
+                // Equal scores (up to rounding) may go either way.
+                prop_assert!(
+                    got == best.1 || (-nll + weight as f64 * lp - best.0).abs() < 1e-5,
+                    "stream {} step {}: search took {}, the argmax is {}", i, t, got, best.1
+                );
+                found_score += -nll + lp;
+            }
+            prop_assert!((cands.scores[i] - stored_score).abs() < 1e-4, "{} vs {}", cands.scores[i], stored_score);
+            prop_assert!((cands.scores[n + i] - found_score).abs() < 1e-4, "{} vs {}", cands.scores[n + i], found_score);
+        }
+    }
+
+    /// The filtered mixture's per-step likelihood equals the brute-force marginal
+    /// `sum_m p(m | .) p(w_{t+1} | h_t(m))` along the committed routes, each committed route
+    /// is the posterior argmax, and the posterior figure is that route's likelihood.
+    #[test]
+    fn filtered_mixture_is_the_brute_force_marginal(
+        seed in any::<u64>(), steps in 1usize..5, n in 1usize..4,
+    ) {
+        let b = Cpu::with_threads(1);
+        let (model, params) = tiny_model(&b, Recurrent::Modular { modules: 3, k: 1 }, seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 9);
+        let (ids, targets, _) = random_window(&model, steps, n, &mut rng);
+        let h0: Vec<f32> = (0..n * 2).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let h0 = b.upload([n, 2], &h0);
+        let out = model.filtered_window(&b, &params, &ids, &targets, &h0, 10, &mut rng).unwrap();
+        for i in 0..n {
+            for t in 0..steps {
+                let mut path = out.selections.clone();
+                let mut joint = Vec::new();
+                for m in 0..3u32 {
+                    let mut picks = path[t].as_slice().to_vec();
+                    picks[i] = m;
+                    path[t] = Selection::new(1, picks);
+                    let (nll, lp) = step_terms(&b, &model, &params, &ids, &targets, &h0, &path, t, i);
+                    joint.push((lp - nll, nll));
+                }
+                let marginal: f64 = joint.iter().map(|(j, _)| j.exp()).sum();
+                let got = out.mixture_nll[t * n + i];
+                prop_assert!((got + marginal.ln()).abs() < 1e-4, "step {} stream {}: {} vs {}", t, i, got, -marginal.ln());
+                let committed = out.selections[t].as_slice()[i] as usize;
+                let best = joint.iter().map(|(j, _)| *j).fold(f64::NEG_INFINITY, f64::max);
+                prop_assert!((joint[committed].0 - best).abs() < 1e-5);
+                prop_assert!((out.posterior_nll[t * n + i] - joint[committed].1).abs() < 1e-4);
+            }
+        }
+    }
+}
+
+/// A run with the per-step E-step on every window is reproducible from its seed and resumes
+/// bit for bit, and an epoch of it visits every training position.
+#[test]
+fn per_step_em_is_reproducible_resumable_and_covers_the_corpus() {
+    let train = LmTrainConfig {
+        algo: Algo::Em,
+        e_every: 1,
+        e_search: Search::Step,
+        e_prior: 0.5,
+        samples: 3,
+        ctrl_mask: true,
+        ..LmTrainConfig::default()
+    };
+    let build = |seed| trainer_with(&train, seed);
+    let (mut a, mut b) = (build(4), build(4));
+    for _ in 0..5 {
+        assert_eq!(a.step().unwrap(), b.step().unwrap());
+    }
+    let ck = a.checkpoint().unwrap();
+    let ck = modula_nn::Checkpoint::from_bytes(&ck.to_bytes().unwrap(), "mem").unwrap();
+    let mut c = build(4);
+    c.restore(&ck).unwrap();
+    let mut coverage = 0.0;
+    while a.task.epoch < 1 {
+        let (x, y) = (a.step().unwrap(), c.step().unwrap());
+        assert_eq!(x, y);
+        coverage = x.e_step.expect("an E-step every window").coverage;
+    }
+    assert_eq!(a.table(), c.table());
+    assert_eq!(
+        coverage, 1.0,
+        "one epoch of E-steps on every window visits every position"
+    );
+}
+
+/// The trainer of a tiny modular GRU (M = 3, K = 1) on the patterned corpus, with the
+/// algorithm and E-step settings of `train` (windows of 5 steps over 4 streams).
+fn trainer_with(train: &LmTrainConfig, seed: u64) -> Trainer<Cpu, LmTask<Cpu>> {
+    let b = Cpu::with_threads(1);
+    let model_cfg = LmModelConfig {
+        embed: 8,
+        hidden: 8,
+        modules: 3,
+        k: 1,
+        dropout: 0.0,
+        controller_input_grad: true,
+    };
+    let train = LmTrainConfig {
+        bptt: 5,
+        batch_size: 4,
+        lr: 0.01,
+        ..train.clone()
+    };
+    let words: Vec<String> = (0..VOCAB).map(|w| format!("w{w}")).collect();
+    let data = LmData {
+        vocab: Vocab::from_words(words.iter().map(String::as_str)),
+        train: patterned_streams(4, 61, seed),
+        valid: patterned_streams(4, 11, seed ^ 1),
+        test: patterned_streams(4, 11, seed ^ 2),
+    };
+    LmTask::trainer(b, data, &model_cfg, &train, seed)
 }

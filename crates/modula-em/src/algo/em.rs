@@ -7,7 +7,7 @@ use modula_nn::{Checkpoint, StoredTensor};
 use modula_tensor::{Backend, BackendError};
 
 use super::{Algorithm, Gradient, StepContext, routed_gradient};
-use crate::config::Algo;
+use crate::config::{Algo, EStepSettings, TrainSettings};
 use crate::error::TrainError;
 use crate::estep::{self, EStats, stored_selections};
 use crate::meta::MetaReader;
@@ -15,18 +15,32 @@ use crate::model::{Model, Routes};
 use crate::table::AssignmentTable;
 use crate::task::Batch;
 
-/// EM's state: the table and the E-step's candidate count.
+/// EM's state: the table, which keys an E-step has visited, and the settings of its steps.
 #[derive(Debug)]
 pub struct Em {
     table: AssignmentTable,
-    samples: usize,
+    /// Whether any E-step has visited each key yet (a key never visited still holds its random
+    /// initial assignment).
+    visited: Vec<bool>,
+    /// How many keys are visited.
+    covered: usize,
+    estep: EStepSettings,
+    ctrl_weight: f32,
+    ctrl_mask: bool,
 }
 
 impl Em {
-    /// EM starting from `table` (uniformly random at the start of a run), with `samples`
-    /// candidates per example in an E-step.
-    pub fn new(table: AssignmentTable, samples: usize) -> Self {
-        Em { table, samples }
+    /// EM starting from `table` (uniformly random at the start of a run), with the E-step and
+    /// controller-loss settings of `settings`.
+    pub fn new(table: AssignmentTable, settings: &TrainSettings) -> Self {
+        Em {
+            visited: vec![false; table.examples()],
+            covered: 0,
+            table,
+            estep: settings.estep,
+            ctrl_weight: settings.ctrl_weight,
+            ctrl_mask: settings.ctrl_mask,
+        }
     }
 }
 
@@ -42,8 +56,17 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Em {
     ) -> Result<Gradient<B>, BackendError> {
         let stored = stored_selections(&self.table, batch);
         let (_, pass) = s.split();
+        let (weight, mask, visited) = (self.ctrl_weight, self.ctrl_mask, &self.visited);
         routed_gradient(pass, batch, Routes::Stored(&stored), |out| {
-            vec![-1.0 / out.nll.len() as f32; out.log_p.len()]
+            let d = -weight / out.nll.len() as f32;
+            if !mask {
+                return vec![d; out.log_p.len()];
+            }
+            batch
+                .row_keys(out.log_p.len())
+                .iter()
+                .map(|&key| if visited[key as usize] { d } else { 0.0 })
+                .collect()
         })
     }
 
@@ -55,24 +78,44 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Em {
         true
     }
 
+    fn visited(&self) -> Option<usize> {
+        Some(self.covered)
+    }
+
     fn e_step(
         &mut self,
         s: StepContext<'_, B, M>,
         batch: &Batch<M::Input>,
     ) -> Option<Result<EStats, BackendError>> {
-        Some(estep::e_step(
+        let stats = estep::e_step(
             s.model,
             s.backend,
             s.params,
             batch,
             &mut self.table,
-            self.samples,
+            &self.estep,
             s.rng,
             s.ctx,
-        ))
+        );
+        Some(stats.inspect(|_| {
+            for group in &batch.groups {
+                for &key in &group.keys {
+                    let seen = &mut self.visited[key as usize];
+                    self.covered += usize::from(!*seen);
+                    *seen = true;
+                }
+            }
+        }))
     }
 
     fn save(&self, ck: &mut Checkpoint) {
+        ck.insert(
+            "em.visited",
+            StoredTensor::u16(
+                vec![self.visited.len(), 1],
+                self.visited.iter().map(|&v| u16::from(v)).collect(),
+            ),
+        );
         for (l, layer) in self.table.layers().iter().enumerate() {
             ck.insert(
                 format!("em.assignments.{l}"),
@@ -96,6 +139,14 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Em {
         }
         self.table =
             AssignmentTable::from_raw(t.examples(), layers).map_err(|p| meta.mismatch(p))?;
+        let visited = meta
+            .checkpoint()
+            .u16("em.visited", Some(&[self.visited.len(), 1]))?;
+        if let Some(bad) = visited.iter().find(|&&v| v > 1) {
+            return Err(meta.mismatch(format!("em.visited holds {bad}; each entry must be 0 or 1")));
+        }
+        self.visited = visited.iter().map(|&v| v == 1).collect();
+        self.covered = self.visited.iter().filter(|&&v| v).count();
         Ok(())
     }
 }

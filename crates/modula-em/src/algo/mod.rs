@@ -145,6 +145,11 @@ pub trait Algorithm<B: Backend, M: Model<B>>: std::fmt::Debug {
         false
     }
 
+    /// How many table keys its E-steps have visited so far (EM only).
+    fn visited(&self) -> Option<usize> {
+        None
+    }
+
     /// Writes the algorithm's own state (EM's table, REINFORCE's baseline) into `ck`.
     fn save(&self, _ck: &mut Checkpoint) {}
 
@@ -170,7 +175,7 @@ pub fn build<B: Backend, M: Model<B>>(
     match settings.algo {
         Algo::Em => Box::new(em::Em::new(
             AssignmentTable::random(table_rows, &model.table_shapes(), rng),
-            settings.samples,
+            settings,
         )),
         Algo::Reinforce => Box::new(reinforce::Reinforce::new(settings.reinforce_decay)),
         Algo::Topk => Box::new(topk::TopK),

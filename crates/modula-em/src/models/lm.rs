@@ -14,6 +14,8 @@ use rand::Rng;
 
 use rand_chacha::ChaCha8Rng;
 
+use crate::config::{EStepSettings, Search};
+use crate::estep::{choose_step, draw_slots, propose};
 use crate::model::{
     Candidates, ControllerStats, Episodes, Forward, Model, Routes, controller_stats,
     stored_then_drawn, usage_counts,
@@ -601,12 +603,14 @@ impl LanguageModel {
         targets: &[u32],
         h0: &B::Tensor,
         stored: &[Selection],
-        samples: usize,
+        estep: &EStepSettings,
         rng: &mut impl Rng,
+        ctx: &mut Ctx,
     ) -> Result<(Vec<f64>, Vec<Selection>), BackendError> {
         let Cell::Modular(cell) = &self.cell else {
             panic!("score_paths needs a controller-routed modular cell");
         };
+        let samples = estep.samples;
         let n = b.shape(h0)[0];
         let rep: Vec<u32> = (0..samples).flat_map(|_| 0..n as u32).collect();
         let mut h = b.gather_rows(h0, &rep);
@@ -625,9 +629,9 @@ impl LanguageModel {
         };
         for (t, step_ids) in ids.iter().enumerate() {
             let words: Vec<u32> = rep.iter().map(|&i| step_ids[i as usize]).collect();
-            let x = self.embedding.forward(b, params, &words);
+            let x = self.scoring_input(b, params, &words, estep, ctx);
             let prepared = cell.prepare(b, params, &x, &h);
-            let drawn = prepared.controller.sample(b, rng)?;
+            let drawn = propose(b, &prepared.controller, estep.uniform, rng)?;
             assert_eq!(
                 stored[t].rows(),
                 n,
@@ -643,7 +647,7 @@ impl LanguageModel {
                 .extend(rep.iter().map(|&i| targets[t * n + i as usize]));
             chunk.log_ps.push(b.download(&log_p)?);
             if chunk.log_ps.len() == per_chunk || t + 1 == ids.len() {
-                self.score_chunk(b, params, &mut chunk, &mut scores)?;
+                self.score_chunk(b, params, &mut chunk, &mut scores, estep, ctx)?;
             }
             chosen.push(selection);
             h = h_next;
@@ -659,6 +663,8 @@ impl LanguageModel {
         params: &ParamStore<B>,
         chunk: &mut Chunk<B>,
         scores: &mut [f64],
+        estep: &EStepSettings,
+        ctx: &mut Ctx,
     ) -> Result<(), BackendError> {
         let rows = scores.len();
         let used = chunk.log_ps.len() * rows;
@@ -670,9 +676,7 @@ impl LanguageModel {
             partial = b.gather_rows(&chunk.states, &live);
             &partial
         };
-        let (logits, _) = self.output.forward(b, params, states, &mut Ctx::eval());
-        let (nll, _) = softmax_cross_entropy(b, logits, &chunk.targets);
-        let nll = b.download(&nll)?;
+        let nll = self.next_word_nll(b, params, states, &chunk.targets, estep.dropout, ctx)?;
         for (step_nll, log_p) in nll.chunks(rows).zip(&chunk.log_ps) {
             for (s, (l, p)) in scores.iter_mut().zip(step_nll.iter().zip(log_p)) {
                 *s += -(*l as f64) + *p as f64;
@@ -683,6 +687,362 @@ impl LanguageModel {
         chunk.log_ps.clear();
         Ok(())
     }
+}
+
+impl LanguageModel {
+    /// The embedded `words` an E-step scores with: with `estep.dropout`, through the training
+    /// dropout (drawn from `ctx`), as the M-step sees them; otherwise as they are.
+    fn scoring_input<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        words: &[u32],
+        estep: &EStepSettings,
+        ctx: &mut Ctx,
+    ) -> B::Tensor {
+        let x = self.embedding.forward(b, params, words);
+        if estep.dropout {
+            self.dropout.forward(b, params, &x, &mut train_ctx(ctx)).0
+        } else {
+            x
+        }
+    }
+
+    /// `-log p(target | state)` of each row of `states` under the softmax, with the output
+    /// dropout when `dropout` (drawn from `ctx`).
+    fn next_word_nll<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        states: &B::Tensor,
+        targets: &[u32],
+        dropout: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Vec<f32>, BackendError> {
+        let dropped;
+        let states = if dropout {
+            dropped = self
+                .dropout
+                .forward(b, params, states, &mut train_ctx(ctx))
+                .0;
+            &dropped
+        } else {
+            states
+        };
+        let (logits, _) = self.output.forward(b, params, states, &mut Ctx::eval());
+        let (nll, _) = softmax_cross_entropy(b, logits, targets);
+        b.download(&nll)
+    }
+
+    /// EM's per-step search through a window (`Search::Step`). Walking the window along the
+    /// best prefix found so far, each step scores every stream's candidates for `a_t` (the
+    /// `M` modules when `K = 1` and `M <= samples`, else the stored choice and
+    /// `samples - 1` proposals) by `log p(w_{t+1} | h_t(a_t)) + prior_weight * log p(a_t | .)`
+    /// (plus, with a horizon `L > 1`, the next `L - 1` words' log-likelihood under greedy
+    /// continuation), keeps one per stream ([`choose_step`]) and goes on from its state. All
+    /// candidates of all streams, and the stored path's own rows, run through one grouped
+    /// product and one softmax per step.
+    ///
+    /// Returns two candidates per stream, as the E-step compares them: candidate 0 the stored
+    /// path, candidate 1 the path found, each scored by its window sum
+    /// `sum_t log p(w_{t+1} | ., a) + log p(a_t | .)` (the bound, whatever the search's
+    /// weights), so that the E-step keeps the better and the bound never decreases.
+    ///
+    /// # Errors
+    /// Device failures.
+    ///
+    /// # Panics
+    /// If the cell is not [`Cell::Modular`] or a stored selection does not have `n` rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn search_steps<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        ids: &[Vec<u32>],
+        targets: &[u32],
+        h0: &B::Tensor,
+        stored: &[Selection],
+        estep: &EStepSettings,
+        rng: &mut impl Rng,
+        ctx: &mut Ctx,
+    ) -> Result<Candidates, BackendError> {
+        let Cell::Modular(cell) = &self.cell else {
+            panic!("search_steps needs a controller-routed modular cell");
+        };
+        let (m, k) = (cell.controller.modules, cell.controller.k);
+        let n = b.shape(h0)[0];
+        let enumerate = k == 1 && m <= estep.samples;
+        let c = if enumerate { m } else { estep.samples };
+        // Rows `j * n + i` are candidate `j` of stream `i`; rows `c * n + i` the stored path.
+        let cand: Vec<u32> = (0..c).flat_map(|_| 0..n as u32).collect();
+        let all: Vec<u32> = cand.iter().copied().chain(0..n as u32).collect();
+        let stored_rows: Vec<u32> = (c * n..(c + 1) * n).map(|r| r as u32).collect();
+        let (mut h, mut hs) = (b.duplicate(h0), b.duplicate(h0));
+        let (mut stored_score, mut new_score) = (vec![0.0f64; n], vec![0.0f64; n]);
+        let mut found = Vec::with_capacity(ids.len());
+        for (t, step_ids) in ids.iter().enumerate() {
+            assert_eq!(
+                stored[t].rows(),
+                n,
+                "stored selection of step {t} has the wrong rows"
+            );
+            let x = self.scoring_input(b, params, step_ids, estep, ctx);
+            let x_all = b.gather_rows(&x, &all);
+            // The candidates start from the best prefix's state, the stored path from its own.
+            let h_all = stack_rows(b, &b.gather_rows(&h, &cand), &hs);
+            let prepared = cell.prepare(b, params, &x_all, &h_all);
+            let mut picks = if enumerate {
+                (0..c as u32)
+                    .flat_map(|j| std::iter::repeat_n(j, n))
+                    .collect()
+            } else {
+                let lp = b.download(&prepared.controller.log_probs)?;
+                let mut drawn = stored[t].as_slice().to_vec();
+                drawn.extend(draw_slots(
+                    &lp[n * k * m..c * n * k * m],
+                    m,
+                    estep.uniform,
+                    rng,
+                ));
+                drawn
+            };
+            picks.extend_from_slice(stored[t].as_slice());
+            let selection = Selection::new(k, picks);
+            let (h_next, log_p, _) = cell.finish(b, params, prepared, &h_all, selection.clone());
+            let log_p = b.download(&log_p)?;
+            let step_targets: Vec<u32> = all.iter().map(|&i| targets[t * n + i as usize]).collect();
+            let nll = self.next_word_nll(b, params, &h_next, &step_targets, estep.dropout, ctx)?;
+            let mut search: Vec<f64> = (0..c * n)
+                .map(|r| -(nll[r] as f64) + estep.prior_weight as f64 * log_p[r] as f64)
+                .collect();
+            if estep.horizon > 1 {
+                let cand_states = b.gather_rows(&h_next, &(0..(c * n) as u32).collect::<Vec<_>>());
+                self.add_horizon(
+                    b,
+                    params,
+                    ids,
+                    targets,
+                    t,
+                    &cand,
+                    cand_states,
+                    estep,
+                    ctx,
+                    &mut search,
+                )?;
+            }
+            let choice = choose_step(&search, n, c, selection.as_slice(), k, m, estep, rng);
+            let rows: Vec<u32> = choice
+                .iter()
+                .enumerate()
+                .map(|(i, &j)| (j * n + i) as u32)
+                .collect();
+            for (i, &r) in rows.iter().enumerate() {
+                let r = r as usize;
+                new_score[i] += -(nll[r] as f64) + log_p[r] as f64;
+                let s = c * n + i;
+                stored_score[i] += -(nll[s] as f64) + log_p[s] as f64;
+            }
+            let picked: Vec<u32> = rows
+                .iter()
+                .flat_map(|&r| {
+                    selection.as_slice()[r as usize * k..(r as usize + 1) * k]
+                        .iter()
+                        .copied()
+                })
+                .collect();
+            found.push(Selection::new(k, picked));
+            h = b.gather_rows(&h_next, &rows);
+            hs = b.gather_rows(&h_next, &stored_rows);
+        }
+        let selections = stored
+            .iter()
+            .zip(&found)
+            .map(|(s, f)| Selection::concat(&[s, f]))
+            .collect();
+        stored_score.extend(new_score);
+        Ok(Candidates {
+            samples: 2,
+            scores: stored_score,
+            selections,
+        })
+    }
+
+    /// Adds to each candidate row's `search` score the log-likelihood of the words after step
+    /// `t`'s next one, up to `estep.horizon` words in all, continuing from the candidate's
+    /// state `states` (`rows` maps each candidate row to its stream) with greedy routing.
+    #[allow(clippy::too_many_arguments)]
+    fn add_horizon<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        ids: &[Vec<u32>],
+        targets: &[u32],
+        t: usize,
+        rows: &[u32],
+        mut states: B::Tensor,
+        estep: &EStepSettings,
+        ctx: &mut Ctx,
+        search: &mut [f64],
+    ) -> Result<(), BackendError> {
+        let Cell::Modular(cell) = &self.cell else {
+            unreachable!("the search runs on the modular cell");
+        };
+        let n = ids[0].len();
+        for l in 1..estep.horizon {
+            let Some(step_ids) = ids.get(t + l) else {
+                break;
+            };
+            let words: Vec<u32> = rows.iter().map(|&i| step_ids[i as usize]).collect();
+            let x = self.scoring_input(b, params, &words, estep, ctx);
+            let prepared = cell.prepare(b, params, &x, &states);
+            let greedy = prepared.controller.greedy(b)?;
+            let (h_next, _, _) = cell.finish(b, params, prepared, &states, greedy);
+            let step_targets: Vec<u32> = rows
+                .iter()
+                .map(|&i| targets[(t + l) * n + i as usize])
+                .collect();
+            let nll = self.next_word_nll(b, params, &h_next, &step_targets, estep.dropout, ctx)?;
+            search
+                .iter_mut()
+                .zip(&nll)
+                .for_each(|(s, &l)| *s -= l as f64);
+            states = h_next;
+        }
+        Ok(())
+    }
+}
+
+/// What [`LanguageModel::filtered_window`] measured on one window.
+#[derive(Debug)]
+pub struct FilteredWindow<B: Backend> {
+    /// `-log p(w_{t+1} | w_{<=t})` per position under the filtered mixture (time-major).
+    pub mixture_nll: Vec<f64>,
+    /// `-log p(w_{t+1} | ., a_t)` per position along the committed posterior routes.
+    pub posterior_nll: Vec<f64>,
+    /// The committed route of each step.
+    pub selections: Vec<Selection>,
+    /// The last state, to carry into the next window.
+    pub h_last: B::Tensor,
+}
+
+impl LanguageModel {
+    /// The filtered-mixture and posterior evaluations of a window (no dropout).
+    ///
+    /// At each step, every stream's next word is predicted by the mixture over its candidate
+    /// routes from the committed state: for `K = 1`, all `M` modules, weighted by the
+    /// controller, `p(w_{t+1} | past) = sum_m p(m | x_t, h_{t-1}) p(w_{t+1} | h_t(m))`; for
+    /// `K > 1`, `samples` selections drawn from the controller with `rng`, equally weighted
+    /// (a Monte Carlo estimate of the same sum). Once the word is seen, the step's route is
+    /// committed to the posterior argmax (`argmax p(a | .) p(w_{t+1} | a)`, or for drawn
+    /// selections `argmax p(w_{t+1} | a)`) and later steps go on from its state. The mixture
+    /// is a valid causal score at `M` (or `samples`) modules' compute per token; the
+    /// posterior's `-log p(w_{t+1} | a_t)` along the committed routes chose `a_t` knowing
+    /// `w_{t+1}` and is a diagnostic only.
+    ///
+    /// # Errors
+    /// Device failures.
+    ///
+    /// # Panics
+    /// If the cell is not [`Cell::Modular`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn filtered_window<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        ids: &[Vec<u32>],
+        targets: &[u32],
+        h0: &B::Tensor,
+        samples: usize,
+        rng: &mut impl Rng,
+    ) -> Result<FilteredWindow<B>, BackendError> {
+        let Cell::Modular(cell) = &self.cell else {
+            panic!("filtered_window needs a controller-routed modular cell");
+        };
+        let (m, k) = (cell.controller.modules, cell.controller.k);
+        let n = b.shape(h0)[0];
+        let enumerate = k == 1;
+        let c = if enumerate { m } else { samples };
+        let cand: Vec<u32> = (0..c).flat_map(|_| 0..n as u32).collect();
+        let mut h = b.duplicate(h0);
+        let mut out = FilteredWindow {
+            mixture_nll: Vec::with_capacity(ids.len() * n),
+            posterior_nll: Vec::with_capacity(ids.len() * n),
+            selections: Vec::with_capacity(ids.len()),
+            h_last: b.zeros([0, self.hidden]),
+        };
+        let mut ctx = Ctx::eval();
+        for (t, step_ids) in ids.iter().enumerate() {
+            let x = self.embedding.forward(b, params, step_ids);
+            let (x_c, h_c) = (b.gather_rows(&x, &cand), b.gather_rows(&h, &cand));
+            let prepared = cell.prepare(b, params, &x_c, &h_c);
+            let picks: Vec<u32> = if enumerate {
+                (0..c as u32)
+                    .flat_map(|j| std::iter::repeat_n(j, n))
+                    .collect()
+            } else {
+                let lp = b.download(&prepared.controller.log_probs)?;
+                draw_slots(&lp, m, 0.0, rng)
+            };
+            let selection = Selection::new(k, picks);
+            let (h_next, log_p, _) = cell.finish(b, params, prepared, &h_c, selection.clone());
+            let log_p = b.download(&log_p)?;
+            let step_targets: Vec<u32> =
+                cand.iter().map(|&i| targets[t * n + i as usize]).collect();
+            let nll = self.next_word_nll(b, params, &h_next, &step_targets, false, &mut ctx)?;
+            // Per candidate row, the log-weight of its route in the mixture and the joint
+            // `log p(a) + log p(w | a)` its posterior is proportional to.
+            let weight = |r: usize| {
+                if enumerate {
+                    log_p[r] as f64
+                } else {
+                    -(c as f64).ln()
+                }
+            };
+            let mut rows = Vec::with_capacity(n);
+            for i in 0..n {
+                let joint: Vec<f64> = (0..c)
+                    .map(|j| weight(j * n + i) - nll[j * n + i] as f64)
+                    .collect();
+                let top = joint.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = joint.iter().map(|&v| (v - top).exp()).sum();
+                out.mixture_nll.push(-(top + sum.ln()));
+                let best = (1..c).fold(0, |b, j| if joint[j] > joint[b] { j } else { b });
+                out.posterior_nll.push(nll[best * n + i] as f64);
+                rows.push((best * n + i) as u32);
+            }
+            let picked: Vec<u32> = rows
+                .iter()
+                .flat_map(|&r| {
+                    selection.as_slice()[r as usize * k..(r as usize + 1) * k]
+                        .iter()
+                        .copied()
+                })
+                .collect();
+            out.selections.push(Selection::new(k, picked));
+            h = b.gather_rows(&h_next, &rows);
+        }
+        out.h_last = h;
+        Ok(out)
+    }
+}
+
+/// `top` above `bottom`, as one tensor (the column counts agree).
+fn stack_rows<B: Backend>(b: &B, top: &B::Tensor, bottom: &B::Tensor) -> B::Tensor {
+    let ([rt, cols], rb) = (b.shape(top), b.shape(bottom)[0]);
+    let mut out = b.zeros([rt + rb, cols]);
+    b.scatter_add_rows(&mut out, top, &(0..rt as u32).collect::<Vec<_>>());
+    b.scatter_add_rows(
+        &mut out,
+        bottom,
+        &(rt..rt + rb).map(|r| r as u32).collect::<Vec<_>>(),
+    );
+    out
+}
+
+/// A training context drawing from `ctx`'s stream, for dropout in E-step scoring (which runs
+/// under an evaluation context).
+fn train_ctx(ctx: &mut Ctx) -> Ctx {
+    Ctx::train(ctx.rng.random())
 }
 
 /// The steps of an E-step waiting for their softmax (see [`LanguageModel::score_paths`]):
@@ -770,20 +1130,20 @@ impl<B: Backend> Model<B> for LanguageModel {
         params: &ParamStore<B>,
         input: &LmWindow<B>,
         stored: &[Selection],
-        samples: usize,
+        estep: &EStepSettings,
         rng: &mut ChaCha8Rng,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<Candidates, BackendError> {
-        let (scores, selections) = self.score_paths(
-            b,
-            params,
-            &input.ids,
-            &input.targets,
-            &input.h0,
-            stored,
-            samples,
-            rng,
-        )?;
-        Ok(Candidates { scores, selections })
+        let (ids, targets, h0) = (&input.ids, &input.targets, &input.h0);
+        if estep.search == Search::Step {
+            return self.search_steps(b, params, ids, targets, h0, stored, estep, rng, ctx);
+        }
+        let (scores, selections) =
+            self.score_paths(b, params, ids, targets, h0, stored, estep, rng, ctx)?;
+        Ok(Candidates {
+            samples: estep.samples,
+            scores,
+            selections,
+        })
     }
 }

@@ -14,7 +14,8 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Algo, ConfigError, DenseMatch, invalid};
+use crate::config::{Algo, ConfigError, DenseMatch, EStepSettings, invalid};
+use crate::estep::propose;
 use crate::model::{
     Candidates, ControllerStats, Episodes, Forward, Model, Router, Routes, Target,
     controller_stats, stored_then_drawn, usage_counts,
@@ -529,16 +530,22 @@ impl<B: Backend> Model<B> for ModularMlp {
         params: &ParamStore<B>,
         input: &MlpInput<B>,
         stored: &[Selection],
-        samples: usize,
+        estep: &EStepSettings,
         rng: &mut ChaCha8Rng,
         ctx: &mut Ctx,
     ) -> Result<Candidates, BackendError> {
-        // The candidates are just more rows: one routed pass scores all of them.
+        // Task validation keeps per-step search to sequence models; a feed-forward network's
+        // candidates are whole selections. They are just more rows: one routed pass scores all
+        // of them.
+        let samples = estep.samples;
         let rep = replicate(b, input, samples);
         let mut route = |l: usize, out: &ControllerOutput<B>| {
             // Candidate 0 of every example is its stored assignment; the rest are drawn from
             // the controller given the candidate's own earlier-layer choices.
-            Ok(stored_then_drawn(&stored[l], &out.sample(b, rng)?))
+            Ok(stored_then_drawn(
+                &stored[l],
+                &propose(b, out, estep.uniform, rng)?,
+            ))
         };
         let out = self.forward_tensors(b, params, &rep.x, &rep.target, &mut route, false, ctx)?;
         let task = b.download(&out.task_nll)?;
@@ -549,6 +556,7 @@ impl<B: Backend> Model<B> for ModularMlp {
             .map(|(&t, &l)| -(t as f64) + l as f64)
             .collect();
         Ok(Candidates {
+            samples,
             scores,
             selections: out.selections,
         })

@@ -9,7 +9,9 @@ pub mod lm_config;
 pub mod mlp;
 pub mod topk;
 
-pub use lm::{Cell, LanguageModel, LmWindow, TopKGruCell, WindowCache, WindowOutput};
+pub use lm::{
+    Cell, FilteredWindow, LanguageModel, LmWindow, TopKGruCell, WindowCache, WindowOutput,
+};
 pub use lm_config::{LmModelConfig, Recurrent};
 pub use mlp::{Gate, MlpCache, MlpConfig, MlpInput, MlpLayer, MlpOutput, ModularMlp};
 pub use topk::{TopKCache, TopKGate};
