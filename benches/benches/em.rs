@@ -1,5 +1,8 @@
-//! The cost of one EM E-step (S = 10 candidates scored in one routed pass) relative to one
-//! M-step (forward, backward and Adam update), on the same mini-batch and model.
+//! The cost of one EM E-step relative to one M-step (forward, backward and Adam update), on
+//! the same mini-batch and model: a modular MLP with S = 10 candidates scored in one routed
+//! pass, and the Penn Treebank language model (vocabulary 10,000, embedding and hidden 256,
+//! M = 5, K = 1, one window of 35 steps over 32 streams) with the whole-path E-step (S = 10)
+//! and the per-step E-step (all 5 modules at every step).
 //!
 //! Benchmark ids are `em/{e_step,m_step}/{config}`; `cargo xtask bench em` writes
 //! `target/bench/em.json` with `ratio = e_step_s / m_step_s`.
@@ -12,8 +15,12 @@ use modula_cpu::Cpu;
 use modula_em::algo::em::Em;
 use modula_em::algo::{Algorithm, StepContext};
 use modula_em::estep::e_step;
-use modula_em::models::{MlpConfig, MlpInput, ModularMlp};
-use modula_em::{Algo, AssignmentTable, Batch, EStepSettings, Group, Target, TrainSettings};
+use modula_em::models::{
+    LanguageModel, LmModelConfig, LmWindow, MlpConfig, MlpInput, ModularMlp, Recurrent,
+};
+use modula_em::{
+    Algo, AssignmentTable, Batch, EStepSettings, Group, Model, Search, Target, TrainSettings,
+};
 use modula_nn::{Adam, Ctx, Grads, Optimizer, ParamStore};
 use modula_tensor::Backend;
 use rand::SeedableRng;
@@ -90,35 +97,141 @@ fn em(c: &mut Criterion) {
         });
     });
     let mut adam = Adam::new(1e-4);
-    let settings = TrainSettings {
+    let mut m_step = Em::new(table, &settings(EStepSettings::paths(SAMPLES)));
+    group.bench_function(BenchmarkId::new("m_step", &label), |bench| {
+        bench.iter(|| {
+            black_box(m_step_once(
+                &cpu,
+                &net,
+                &mut params,
+                &batch,
+                &mut m_step,
+                &mut adam,
+                &mut rng,
+            ))
+        });
+    });
+    group.finish();
+}
+
+/// EM's settings with the E-step `estep` (the rest as the PTB runs use them).
+fn settings(estep: EStepSettings) -> TrainSettings {
+    TrainSettings {
         algo: Algo::Em,
         lr: 1e-4,
         grad_clip: 0.0,
-        estep: EStepSettings::paths(SAMPLES),
-        e_every: 10,
+        estep,
+        e_every: 1,
         ctrl_weight: 1.0,
         ctrl_mask: false,
         reinforce_decay: 0.9,
+    }
+}
+
+/// One M-step: EM's gradient on the stored assignments, then Adam.
+fn m_step_once<M: Model<Cpu>>(
+    cpu: &Cpu,
+    net: &M,
+    params: &mut ParamStore<Cpu>,
+    batch: &Batch<M::Input>,
+    em: &mut Em,
+    adam: &mut Adam<Cpu>,
+    rng: &mut ChaCha8Rng,
+) -> modula_em::StepStats {
+    let mut grads = Grads::new();
+    let s = StepContext {
+        model: net,
+        backend: cpu,
+        params,
+        grads: &mut grads,
+        rng,
+        ctx: &mut Ctx::train(0),
     };
-    let mut m_step = Em::new(table, &settings);
-    group.bench_function(BenchmarkId::new("m_step", &label), |bench| {
-        bench.iter(|| {
-            let mut grads = Grads::new();
-            let s = StepContext {
-                model: &net,
-                backend: &cpu,
-                params: &params,
-                grads: &mut grads,
-                rng: &mut rng,
-                ctx: &mut Ctx::eval(),
-            };
-            let stats = Algorithm::<Cpu, ModularMlp>::gradient(&mut m_step, s, &batch)
-                .expect("M-step")
-                .stats;
-            adam.step(&cpu, &mut params, &grads);
-            black_box(stats);
+    let stats = Algorithm::<Cpu, M>::gradient(em, s, batch)
+        .expect("M-step")
+        .stats;
+    adam.step(cpu, params, &grads);
+    stats
+}
+
+/// The language model's E-steps, whole-path and per-step, against its M-step on one window.
+fn lm(c: &mut Criterion) {
+    let cpu = Cpu::new();
+    let (vocab, steps, streams) = (10_000usize, 35usize, 32usize);
+    let cfg = LmModelConfig {
+        modules: 5,
+        k: 1,
+        ..LmModelConfig::default()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut params = ParamStore::new();
+    let recurrent = Recurrent::Modular { modules: 5, k: 1 };
+    let net = LanguageModel::new(&cpu, &mut params, &cfg, recurrent, vocab, &mut rng);
+    let words = |seed: u32| -> Vec<u32> {
+        bench_data(steps * streams, seed)
+            .iter()
+            .map(|v| ((v + 1.0) * 0.5 * vocab as f32) as u32 % vocab as u32)
+            .collect()
+    };
+    let ids: Vec<Vec<u32>> = words(2).chunks(streams).map(<[u32]>::to_vec).collect();
+    let batch = Batch {
+        input: LmWindow {
+            ids,
+            targets: words(3),
+            h0: cpu.zeros([streams, cfg.hidden]),
+        },
+        groups: (0..steps)
+            .map(|t| Group {
+                layer: 0,
+                keys: (t * streams..(t + 1) * streams).map(|k| k as u32).collect(),
+            })
+            .collect(),
+        examples: streams,
+        units: steps * streams,
+    };
+    let table = AssignmentTable::random(steps * streams, &[(5, 1)], &mut rng);
+    let mut group = c.benchmark_group("em");
+    let per_step = EStepSettings {
+        search: Search::Step,
+        ..EStepSettings::paths(5)
+    };
+    for (label, estep) in [
+        ("lm_m5k1_path_s10", EStepSettings::paths(10)),
+        ("lm_m5k1_step_s5", per_step),
+    ] {
+        group.bench_function(BenchmarkId::new("e_step", label), |bench| {
+            bench.iter(|| {
+                let mut t = table.clone();
+                let stats = e_step(
+                    &net,
+                    &cpu,
+                    &params,
+                    &batch,
+                    &mut t,
+                    &estep,
+                    &mut rng,
+                    &mut Ctx::eval(),
+                )
+                .expect("E-step");
+                black_box(stats);
+            });
         });
-    });
+        let mut adam = Adam::new(1e-4);
+        let mut em = Em::new(table.clone(), &settings(estep));
+        group.bench_function(BenchmarkId::new("m_step", label), |bench| {
+            bench.iter(|| {
+                black_box(m_step_once(
+                    &cpu,
+                    &net,
+                    &mut params,
+                    &batch,
+                    &mut em,
+                    &mut adam,
+                    &mut rng,
+                ))
+            });
+        });
+    }
     group.finish();
 }
 
@@ -128,5 +241,6 @@ fn main() {
     modula_benches::keep_freed_memory();
     let mut criterion = Criterion::default().configure_from_args();
     em(&mut criterion);
+    lm(&mut criterion);
     criterion.final_summary();
 }

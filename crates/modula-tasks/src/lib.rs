@@ -3,5 +3,5 @@
 pub mod lm;
 pub mod toy;
 
-pub use lm::{LmData, LmEval, LmFiltered, LmTask, LmTrainConfig, TextConfig};
+pub use lm::{LmData, LmEval, LmFiltered, LmTask, LmTrainConfig, TextConfig, upcycle};
 pub use toy::{ToyEval, ToyTask, ToyTrainConfig};

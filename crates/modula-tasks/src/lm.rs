@@ -306,6 +306,75 @@ pub struct LmEval {
     pub usage: Vec<u64>,
 }
 
+/// Upcycling: initialises a modular language model's parameters from a trained dense GRU of
+/// one module's width (a compute-matched dense run's checkpoint `dense`): the embedding and
+/// the softmax are copied, and each of the `M` modules becomes the dense cell's weights and
+/// biases plus Gaussian noise of standard deviation `noise` times the root mean square of
+/// the tensor it perturbs, drawn from `rng`. The controller keeps its own initialisation.
+/// With `K = 1` and no noise, every module computes the dense cell exactly.
+///
+/// # Errors
+/// A message naming the tensor that is missing from `dense` or has another shape (a
+/// checkpoint of another model, or a dense run of another width).
+pub fn upcycle<B: Backend>(
+    b: &B,
+    params: &mut ParamStore<B>,
+    dense: &Checkpoint,
+    modules: usize,
+    noise: f32,
+    rng: &mut impl rand::Rng,
+) -> Result<(), String> {
+    use rand_distr::{Distribution, Normal};
+    let copy = ["embed.table", "softmax.weight", "softmax.bias"];
+    let stack = [
+        ("gru.w_x", "gru.input.weight"),
+        ("gru.b_x", "gru.input.bias"),
+        ("gru.w_h", "gru.recurrent.weight"),
+        ("gru.b_h", "gru.recurrent.bias"),
+    ];
+    let ids: Vec<_> = params.ids().collect();
+    let find = |params: &ParamStore<B>, name: &str| {
+        ids.iter()
+            .copied()
+            .find(|&id| params.name(id) == name)
+            .ok_or_else(|| format!("the modular model has no parameter `{name}`"))
+    };
+    let read = |name: &str, shape: [usize; 2]| -> Result<Vec<f32>, String> {
+        dense
+            .f32(name, Some(&shape))
+            .map(<[f32]>::to_vec)
+            .map_err(|e| format!("the dense checkpoint cannot initialise `{name}`: {e}"))
+    };
+    for name in copy {
+        let id = find(params, name)?;
+        let shape = b.shape(params.get(id));
+        *params.get_mut(id) = b.upload(shape, &read(name, shape)?);
+    }
+    for (from, to) in stack {
+        let id = find(params, to)?;
+        let [rows, cols] = b.shape(params.get(id));
+        let block = [rows / modules, cols];
+        // A bias is one row per module; a weight is one block of rows per module.
+        let dense_shape = if to.ends_with("bias") { [1, cols] } else { block };
+        let base = read(from, dense_shape)?;
+        let rms = (base.iter().map(|v| v * v).sum::<f32>() / base.len().max(1) as f32).sqrt();
+        let std = noise * rms;
+        let normal = Normal::new(0.0, std.max(0.0)).map_err(|e| e.to_string())?;
+        let mut stacked = Vec::with_capacity(rows * cols);
+        for _ in 0..modules {
+            stacked.extend(base.iter().map(|&v| {
+                if std > 0.0 {
+                    v + normal.sample(rng)
+                } else {
+                    v
+                }
+            }));
+        }
+        *params.get_mut(id) = b.upload([rows, cols], &stacked);
+    }
+    Ok(())
+}
+
 /// The filtered-mixture and posterior evaluations of a split (see
 /// [`LanguageModel::filtered_window`]).
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -638,3 +638,34 @@ fn trainer_with(train: &LmTrainConfig, seed: u64) -> Trainer<Cpu, LmTask<Cpu>> {
     };
     LmTask::trainer(b, data, &model_cfg, &train, seed)
 }
+
+/// Upcycled without noise, a modular GRU with K = 1 computes exactly the dense GRU it came
+/// from, whatever the routes; a checkpoint of another width is refused, naming the tensor.
+#[test]
+fn an_upcycled_model_computes_its_dense_parent() {
+    let b = Cpu::with_threads(1);
+    let (dense, dense_params) = tiny_model(&b, Recurrent::Dense { hidden: 2 }, 21);
+    let mut ck = modula_nn::Checkpoint::new();
+    ck.add_params(&b, &dense_params).unwrap();
+    let (modular, mut params) = tiny_model(&b, Recurrent::Modular { modules: 3, k: 1 }, 22);
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    modula_tasks::upcycle(&b, &mut params, &ck, 3, 0.0, &mut rng).unwrap();
+    let (ids, targets, routes) = random_window(&modular, 4, 3, &mut rng);
+    let h0 = b.zeros([3, 2]);
+    let run = |model: &LanguageModel, params: &ParamStore<Cpu>, routes: Routes<'_, '_, Cpu>| {
+        model
+            .forward_window(&b, params, &ids, &targets, &h0, routes, false, &mut Ctx::eval())
+            .unwrap()
+            .nll
+    };
+    let want = run(&dense, &dense_params, Routes::Stored(&[]));
+    let got = run(&modular, &params, Routes::Stored(&routes));
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+    }
+    let (_, wide_params) = tiny_model(&b, Recurrent::Dense { hidden: 3 }, 24);
+    let mut wide = modula_nn::Checkpoint::new();
+    wide.add_params(&b, &wide_params).unwrap();
+    let err = modula_tasks::upcycle(&b, &mut params, &wide, 3, 0.1, &mut rng).unwrap_err();
+    assert!(err.contains("softmax.weight") || err.contains("gru."), "{err}");
+}
