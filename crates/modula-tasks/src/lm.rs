@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use modula_data::{DataError, Streams, TextCorpus, TextOptions, Vocab, Window};
 use modula_em::models::{LanguageModel, LmModelConfig, LmWindow};
 use modula_em::{
-    Algo, Batch, ConfigError, DenseMatch, EStepDue, Group, Routes, Task, TrainError, TrainSettings,
-    Trainer, invalid,
+    Algo, Batch, ConfigError, DEFAULT_DIVERGENCE_FACTOR, DenseMatch, EStepDue, Group, Routes, Task,
+    TrainError, TrainSettings, Trainer, invalid,
 };
 use modula_modular::{ControllerOutput, Selection};
 use modula_nn::{Checkpoint, Ctx, ParamStore, StoredTensor};
@@ -60,6 +60,9 @@ pub struct LmTrainConfig {
     pub train_tokens: usize,
     /// Stop after this many windows over all epochs (0: after `epochs` epochs).
     pub steps: usize,
+    /// Stop when the loss exceeds this many times the initial loss's magnitude (0: only NaN
+    /// and infinity stop the run); see `modula_em::DivergenceGuard`.
+    pub divergence_factor: f32,
 }
 
 impl Default for LmTrainConfig {
@@ -82,6 +85,7 @@ impl Default for LmTrainConfig {
             eval_tokens: 0,
             train_tokens: 0,
             steps: 0,
+            divergence_factor: DEFAULT_DIVERGENCE_FACTOR,
         }
     }
 }
@@ -119,6 +123,7 @@ impl LmTrainConfig {
             samples: self.samples,
             e_every: self.e_every,
             reinforce_decay: self.reinforce_decay,
+            divergence_factor: self.divergence_factor,
         }
     }
 }
