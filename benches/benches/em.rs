@@ -125,6 +125,7 @@ fn settings(estep: EStepSettings) -> TrainSettings {
         ctrl_weight: 1.0,
         ctrl_mask: false,
         reinforce_decay: 0.9,
+        divergence_factor: modula_em::DEFAULT_DIVERGENCE_FACTOR,
     }
 }
 

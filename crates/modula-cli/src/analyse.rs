@@ -46,7 +46,8 @@ pub struct InspectArgs {
 /// A [`RunError`] for a missing, toy or dense run, unreadable data or checkpoint, or a failed
 /// write.
 pub fn inspect(args: InspectArgs) -> Result<(), RunError> {
-    let cfg = read_run_config(&args.run)?;
+    let mut cfg = read_run_config(&args.run)?;
+    modula_run::start::fit_threads(&mut cfg)?;
     let options = InspectOptions {
         valid: args.split == SplitArg::Valid,
         top: args.top,

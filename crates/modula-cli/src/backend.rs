@@ -24,6 +24,21 @@ impl From<BackendArg> for BackendKind {
     }
 }
 
+/// Parses `--threads`: a count from 1 to the machine's parallelism. More threads than the
+/// machine runs at once only contend, and a large count fails to start its threads.
+///
+/// # Errors
+/// A message with the allowed range (clap reports it as a usage error, status 2).
+pub fn threads_arg(text: &str) -> Result<u64, String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    match text.parse::<u64>() {
+        Ok(n) if (1..=cores).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "use a thread count from 1 to {cores}, the threads this machine runs at once"
+        )),
+    }
+}
+
 /// A command body written once, generic over the backend; [`on_backend`] runs it on the
 /// backend a configuration names, so each command has a single code path monomorphised for
 /// [`Cpu`] and [`Wgpu`].

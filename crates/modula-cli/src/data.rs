@@ -1,13 +1,10 @@
 //! `modula data fetch` and `modula data info`.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Subcommand;
 use modula_data::{DataError, FetchOptions, Format, data_dir, fetch, info};
-
-/// Exit status for a data error (a missing, corrupt or unfetchable file).
-const DATA_ERROR: u8 = 1;
+use modula_run::{RunError, console, run_error};
 
 /// The `modula data` subcommands.
 #[derive(Debug, Subcommand)]
@@ -45,19 +42,24 @@ fn parse_format(s: &str) -> Result<Format, String> {
     s.parse()
 }
 
-/// Runs a `modula data` subcommand and returns the exit status.
-pub fn run(command: DataCommand) -> ExitCode {
-    match try_run(command) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("modula data: {error}");
-            ExitCode::from(DATA_ERROR)
+impl DataCommand {
+    /// The subcommand as its error messages name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DataCommand::Fetch { .. } => "data fetch",
+            DataCommand::Info { .. } => "data info",
         }
     }
 }
 
-fn try_run(command: DataCommand) -> Result<(), DataError> {
-    match command {
+/// Runs a `modula data` subcommand.
+///
+/// # Errors
+/// The data error (a missing, corrupt or unfetchable file) as a run error, or
+/// [`RunError::OutputClosed`].
+pub fn run(command: DataCommand) -> Result<(), RunError> {
+    let message = |e: DataError| run_error(e.to_string());
+    let text = match command {
         DataCommand::Fetch {
             name,
             from,
@@ -67,16 +69,17 @@ fn try_run(command: DataCommand) -> Result<(), DataError> {
                 data_dir: data_dir(dir.as_deref()),
                 from,
             };
-            let fetched = fetch(&name, &options)?;
-            println!(
-                "fetched {} from {} into {}:",
+            let fetched = fetch(&name, &options).map_err(message)?;
+            let mut text = format!(
+                "fetched {} from {} into {}:\n",
                 fetched.name,
                 fetched.source,
                 fetched.dir.display()
             );
             for file in &fetched.files {
-                println!("  {}", file.display());
+                text += &format!("  {}\n", file.display());
             }
+            text
         }
         DataCommand::Info {
             target,
@@ -84,18 +87,16 @@ fn try_run(command: DataCommand) -> Result<(), DataError> {
             json,
             data_dir: dir,
         } => {
-            let resolved = info::resolve(&target, format, &data_dir(dir.as_deref()))?;
-            let loaded = info::load(&resolved)?;
+            let resolved =
+                info::resolve(&target, format, &data_dir(dir.as_deref())).map_err(message)?;
+            let loaded = info::load(&resolved).map_err(message)?;
             if json {
                 let summary = info::summary(&resolved, &loaded);
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&summary).expect("JSON values serialise")
-                );
+                serde_json::to_string_pretty(&summary).expect("JSON values serialise") + "\n"
             } else {
-                print!("{}", info::summary_text(&resolved, &loaded));
+                info::summary_text(&resolved, &loaded)
             }
         }
-    }
-    Ok(())
+    };
+    console::print(&text)
 }

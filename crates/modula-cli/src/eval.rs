@@ -8,7 +8,7 @@ use modula_run::dir::read_run_config;
 use modula_run::{DeviceInfo, RunConfig, RunError};
 use modula_tensor::Backend;
 
-use crate::backend::{BackendArg, OnBackend, on_backend};
+use crate::backend::{BackendArg, OnBackend, on_backend, threads_arg};
 
 /// Arguments of `modula eval`.
 #[derive(Debug, Args)]
@@ -24,7 +24,7 @@ pub struct EvalArgs {
     pub backend: Option<BackendArg>,
     /// CPU backend threads; wgpu ignores them [default: the run's own count, which
     /// reproduces its figures].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = threads_arg)]
     pub threads: Option<u64>,
 }
 
@@ -43,6 +43,7 @@ pub fn run(args: EvalArgs) -> Result<(), RunError> {
         },
         true,
     );
+    modula_run::start::fit_threads(&mut cfg)?;
     let (backend, threads) = (cfg.common().backend, cfg.common().threads);
     on_backend(backend, threads, Job { cfg, args })
 }
@@ -56,12 +57,11 @@ struct Job {
 impl OnBackend for Job {
     fn run<B: Backend>(self, backend: B, device: DeviceInfo) -> Result<(), RunError> {
         let eval = modula_run::evaluate(backend, device, &self.cfg, &self.args.run)?;
-        if self.args.json {
-            let json = serde_json::to_string_pretty(&eval).expect("the evaluation serialises");
-            println!("{json}");
+        let text = if self.args.json {
+            serde_json::to_string_pretty(&eval).expect("the evaluation serialises")
         } else {
-            println!("{}", eval.text(&self.args.run, self.cfg.common().threads));
-        }
-        Ok(())
+            eval.text(&self.args.run, self.cfg.common().threads)
+        };
+        modula_run::console::print(&(text + "\n"))
     }
 }

@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 //!
 //! Each subcommand group lives in its own module (`data`, `train`, `eval`), which defines its
-//! clap arguments and a `run` function.
+//! clap arguments and a `run` function. Exit status: 0 on success, 1 for run, configuration,
+//! data and checkpoint errors, 2 for usage errors, [`OUTPUT_CLOSED`] when standard output or
+//! error was closed.
 
 mod analyse;
 mod backend;
@@ -9,6 +11,7 @@ mod data;
 mod eval;
 mod train;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -59,7 +62,7 @@ fn main() -> ExitCode {
     // clap exits with status 2 on usage errors and 0 for --help, as the CLI promises.
     let cli = Cli::parse();
     match cli.command {
-        Command::Data(command) => data::run(command),
+        Command::Data(command) => finish(command.name(), data::run(command)),
         Command::Train(args) => finish("train", train::run(args)),
         Command::Eval(args) => finish("eval", eval::run(args)),
         Command::Inspect(args) => finish("inspect", analyse::inspect(args)),
@@ -67,14 +70,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// The exit status when standard output or error is closed (a reader that went away, such as
+/// `head`): 128 + SIGPIPE, what a shell reports for other programs stopped by a closed pipe.
+pub const OUTPUT_CLOSED: u8 = 141;
+
 /// Prints a failed command's error on stderr and turns the result into an exit status: 1 for
-/// every run error (usage errors never get here: clap exits with status 2 itself).
+/// every run error (usage errors never get here: clap exits with status 2 itself), and
+/// [`OUTPUT_CLOSED`], without a message, when the output was closed.
 fn finish(command: &str, result: Result<(), modula_run::RunError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("modula {command}: error: {error}");
-            ExitCode::from(1)
-        }
+        Err(modula_run::RunError::OutputClosed { .. }) => ExitCode::from(OUTPUT_CLOSED),
+        Err(error) => fail(command, &error),
+    }
+}
+
+/// Prints `modula COMMAND: error: ERROR` on stderr and returns status 1, or
+/// [`OUTPUT_CLOSED`] when stderr is closed too.
+fn fail(command: &str, error: &dyn std::fmt::Display) -> ExitCode {
+    match writeln!(std::io::stderr(), "modula {command}: error: {error}") {
+        Ok(()) => ExitCode::from(1),
+        Err(_) => ExitCode::from(OUTPUT_CLOSED),
     }
 }

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use modula_em::{Algo, DenseMatch};
-use modula_run::dir::{default_run_dir, prepare_fresh_dir, read_run_config};
-use modula_run::{DeviceInfo, Overrides, RunConfig, RunError};
+use modula_run::dir::default_run_dir;
+use modula_run::{DeviceInfo, Overrides, RunConfig, RunError, Start};
 use modula_tensor::Backend;
 
-use crate::backend::{BackendArg, OnBackend, on_backend};
+use crate::backend::{BackendArg, OnBackend, on_backend, threads_arg};
 
 /// What a dense baseline is matched to, as spelled on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -61,10 +61,15 @@ pub struct TrainArgs {
     /// [default: cpu; with `--resume`, the run's own backend].
     #[arg(long, value_enum)]
     pub backend: Option<BackendArg>,
-    /// CPU backend threads; wgpu ignores them [default: all cores; with `--resume`, the run's
-    /// own count].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    /// CPU backend threads, at most the machine's parallelism; wgpu ignores them [default:
+    /// all cores; with `--resume`, the run's own count].
+    #[arg(long, value_parser = threads_arg)]
     pub threads: Option<u64>,
+    /// With `--resume`: continue even though `config.toml` changes fields that define what is
+    /// trained (seed, learning rate, model, data, ...), recording each change in the run's
+    /// `changes.jsonl`.
+    #[arg(long, requires = "resume")]
+    pub accept_config_change: bool,
     /// What a dense baseline is matched to: one module's compute, or the modular network's
     /// parameter count [default: the config's `train.dense_match`, else compute].
     #[arg(long, value_enum, conflicts_with = "resume")]
@@ -95,42 +100,31 @@ pub fn run(args: TrainArgs) -> Result<(), RunError> {
         backend: args.backend.map(Into::into),
         threads: args.threads.map(|t| t as usize),
     };
-    let (cfg, dir, resuming) = match &args.resume {
-        Some(dir) => {
-            let mut cfg = read_run_config(dir)?;
-            cfg.apply(&overrides, true);
-            cfg.validate()?;
-            (cfg, dir.clone(), true)
-        }
+    let start = match &args.resume {
+        Some(dir) => Start::resume(dir, &overrides, args.accept_config_change)?,
         None => {
             let mut cfg = match (&args.config, &args.task) {
                 (Some(path), _) => RunConfig::read(path)?,
                 (None, task) => RunConfig::default_for(task.as_deref().unwrap_or("toy"))?,
             };
             cfg.apply(&overrides, false);
-            cfg.resolve_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
             cfg.validate()?;
             let dir = args
                 .out
                 .clone()
                 .unwrap_or_else(|| default_run_dir(&cfg.name(), cfg.common().seed));
-            prepare_fresh_dir(&dir)?;
-            (cfg, dir, false)
+            Start::fresh(cfg, &dir)?
         }
     };
-    let (backend, threads) = (cfg.common().backend, cfg.common().threads);
-    on_backend(backend, threads, Job { cfg, dir, resuming })
+    let (backend, threads) = (start.cfg.common().backend, start.cfg.common().threads);
+    on_backend(backend, threads, Job(start))
 }
 
-/// A resolved training command, waiting for its backend.
-struct Job {
-    cfg: RunConfig,
-    dir: PathBuf,
-    resuming: bool,
-}
+/// A prepared training command, waiting for its backend.
+struct Job(Start);
 
 impl OnBackend for Job {
     fn run<B: Backend>(self, backend: B, device: DeviceInfo) -> Result<(), RunError> {
-        modula_run::train(backend, device, &self.cfg, self.dir, self.resuming)
+        modula_run::train(backend, device, self.0)
     }
 }

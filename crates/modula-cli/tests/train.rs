@@ -416,13 +416,24 @@ fn a_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     assert_ok(&train(t, "run", &["--steps", "100"]));
-    // Continue with a learning rate so large that the outputs overflow within steps.
+    // Continue with a learning rate so large that the outputs overflow within steps (a
+    // change to what is trained, so it must be accepted explicitly).
     let cfg = t.join("run/config.toml");
     let text = fs::read_to_string(&cfg)
         .unwrap()
         .replace("lr = 0.01", "lr = 1e20");
     fs::write(&cfg, text).unwrap();
-    let out = modula(&["train", "--resume", "run", "--steps", "200"], t);
+    let out = modula(
+        &[
+            "train",
+            "--resume",
+            "run",
+            "--steps",
+            "200",
+            "--accept-config-change",
+        ],
+        t,
+    );
     assert_fails(
         &out,
         1,

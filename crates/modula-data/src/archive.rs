@@ -6,7 +6,7 @@ use std::path::Path;
 
 use flate2::read::{DeflateDecoder, GzDecoder};
 
-use crate::error::{DataError, Result};
+use crate::error::{DataError, Result, check_declared};
 
 fn format_error(path: &Path, message: String) -> DataError {
     DataError::Format {
@@ -79,7 +79,8 @@ pub fn zip_member(path: &Path, bytes: &[u8], name: &str) -> Result<Vec<u8>> {
             return match method {
                 0 => Ok(data.to_vec()),
                 8 => {
-                    let mut out = Vec::with_capacity(size.min(1 << 28));
+                    check_declared(path, &format!("member `{name}`"), size as u64)?;
+                    let mut out = Vec::with_capacity(size);
                     DeflateDecoder::new(data)
                         .take(size as u64 + 1)
                         .read_to_end(&mut out)
@@ -125,13 +126,17 @@ pub fn tar_members(path: &Path, bytes: &[u8], suffixes: &[&str]) -> Result<Vec<V
     let mut archive = tar::Archive::new(reader);
     let mut found: Vec<Option<Vec<u8>>> = vec![None; suffixes.len()];
     for entry in archive.entries().map_err(broken)? {
-        let mut entry = entry.map_err(broken)?;
+        let entry = entry.map_err(broken)?;
         let member = entry.path().map_err(broken)?.into_owned();
         let Some(i) = suffixes.iter().position(|s| member.ends_with(s)) else {
             continue;
         };
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data).map_err(broken)?;
+        // The member's header declares its size: a larger one is refused before reading, and
+        // reading stops there whatever the compressed stream holds.
+        let size = entry.header().size().map_err(broken)?;
+        check_declared(path, &format!("member `{}`", member.display()), size)?;
+        let mut data = Vec::with_capacity(size as usize);
+        entry.take(size).read_to_end(&mut data).map_err(broken)?;
         found[i] = Some(data);
     }
     found

@@ -19,6 +19,35 @@ pub enum DataError {
         /// What to do about it, e.g. the fetch command to run.
         hint: String,
     },
+    /// The path names something that is not a regular file: a directory, a device, a pipe
+    /// or a socket. Loaders read regular files only, whose size bounds what they allocate.
+    #[error("{}: {kind}, not a regular file; the loaders read regular files only, so save the data to a file and pass that", .path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead (`a directory`, `a character device`, `a pipe (FIFO)`, ...).
+        kind: &'static str,
+    },
+    /// A component of the path, taken as a directory, is a file.
+    #[error("{}: {} is a file, not a directory; check the path (and --data-dir or MODULA_DATA)", .path.display(), .file.display())]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+        /// Its first component that is a file.
+        file: PathBuf,
+    },
+    /// A file, or the data a header declares, is larger than this loader reads.
+    #[error("{}: {what} is {size} bytes, more than the {limit} bytes this loader reads (larger than any data set it supports); the file is corrupt or of another format", .path.display())]
+    TooLarge {
+        /// The file involved.
+        path: PathBuf,
+        /// What is too large (`the file`, `the data its header declares`, ...).
+        what: String,
+        /// Its size in bytes.
+        size: u64,
+        /// The limit, [`MAX_FILE_BYTES`] or [`MAX_DECODED_BYTES`].
+        limit: u64,
+    },
     /// Reading or writing a file failed for a reason other than its absence.
     #[error("{}: {source}; check the file's permissions and the disk", .path.display())]
     Io {
@@ -156,6 +185,9 @@ impl DataError {
     pub fn path(&self) -> Option<&Path> {
         match self {
             DataError::Missing { path, .. }
+            | DataError::NotAFile { path, .. }
+            | DataError::NotADirectory { path, .. }
+            | DataError::TooLarge { path, .. }
             | DataError::Io { path, .. }
             | DataError::Truncated { path, .. }
             | DataError::BadMagic { path, .. }
@@ -174,22 +206,143 @@ impl DataError {
     }
 }
 
-/// Reads a whole file, turning "not found" into [`DataError::Missing`] with `hint`.
-pub(crate) fn read_file(path: &Path, hint: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| io_error(path, source, hint))
+/// The largest file any loader or fetcher reads: 256 MiB. The largest file of a supported data
+/// set (`cifar-10-binary.tar.gz`) is 163 MiB, Fashion-MNIST's training images 45 MiB, Penn
+/// Treebank's training text 5 MiB.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+
+/// The most any loader decompresses from one stream (a gzipped IDX file, an archive member):
+/// 256 MiB, checked against what the header declares before decompressing.
+pub const MAX_DECODED_BYTES: u64 = 256 << 20;
+
+/// Checks that `declared` bytes (what a header or archive entry promises) are within
+/// [`MAX_DECODED_BYTES`].
+///
+/// # Errors
+/// [`DataError::TooLarge`] naming `what`.
+pub(crate) fn check_declared(path: &Path, what: &str, declared: u64) -> Result<()> {
+    if declared > MAX_DECODED_BYTES {
+        return Err(DataError::TooLarge {
+            path: path.to_path_buf(),
+            what: what.to_owned(),
+            size: declared,
+            limit: MAX_DECODED_BYTES,
+        });
+    }
+    Ok(())
 }
 
-/// Maps an I/O error on `path` to [`DataError::Missing`] or [`DataError::Io`].
+/// Checks that `path` is a regular file of at most [`MAX_FILE_BYTES`] and returns its size.
+/// It never opens the file, so a pipe without a writer cannot block it.
+///
+/// # Errors
+/// [`DataError::Missing`] (with `hint`), [`DataError::NotADirectory`], [`DataError::NotAFile`],
+/// [`DataError::TooLarge`] or [`DataError::Io`].
+pub(crate) fn regular_file_size(path: &Path, hint: &str) -> Result<u64> {
+    let meta = std::fs::metadata(path).map_err(|e| io_error(path, e, hint))?;
+    if !meta.is_file() {
+        return Err(DataError::NotAFile {
+            path: path.to_path_buf(),
+            kind: kind_of(&meta.file_type()),
+        });
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(DataError::TooLarge {
+            path: path.to_path_buf(),
+            what: "the file".into(),
+            size: meta.len(),
+            limit: MAX_FILE_BYTES,
+        });
+    }
+    Ok(meta.len())
+}
+
+/// Reads a whole regular file of at most [`MAX_FILE_BYTES`], allocating its size once; "not
+/// found" becomes [`DataError::Missing`] with `hint`.
+///
+/// # Errors
+/// As [`regular_file_size`], and [`DataError::Io`] when reading fails or the file grows while
+/// it is read.
+pub(crate) fn read_file(path: &Path, hint: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let len = regular_file_size(path, hint)?;
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::with_capacity(len as usize);
+    std::fs::File::open(path)
+        .map_err(|e| io_error(path, e, hint))?
+        .take(len + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > len {
+        return Err(io(std::io::Error::other(
+            "the file grew while it was read; read it again once it is complete",
+        )));
+    }
+    Ok(bytes)
+}
+
+/// What a non-regular file is, in words.
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_fifo() {
+            return "a pipe (FIFO)";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Maps an I/O error on `path` to the error that says what is wrong: [`DataError::Missing`]
+/// with `hint`, [`DataError::NotADirectory`] when a component of the path is a file,
+/// [`DataError::NotAFile`] for a directory, else [`DataError::Io`].
 pub(crate) fn io_error(path: &Path, source: std::io::Error, hint: &str) -> DataError {
-    if source.kind() == std::io::ErrorKind::NotFound {
-        DataError::Missing {
+    use std::io::ErrorKind;
+    // Creating `a/b` where `a` is a file fails with "already exists" or "not a directory".
+    let file_ancestor = || {
+        path.ancestors()
+            .skip(1)
+            .find(|a| a.is_file())
+            .map(Path::to_path_buf)
+    };
+    match source.kind() {
+        ErrorKind::NotFound => DataError::Missing {
             path: path.to_path_buf(),
             hint: hint.to_owned(),
+        },
+        ErrorKind::NotADirectory | ErrorKind::AlreadyExists if file_ancestor().is_some() => {
+            DataError::NotADirectory {
+                path: path.to_path_buf(),
+                file: file_ancestor().expect("checked above"),
+            }
         }
-    } else {
-        DataError::Io {
+        ErrorKind::AlreadyExists if path.is_file() => DataError::NotADirectory {
+            path: path.to_path_buf(),
+            file: path.to_path_buf(),
+        },
+        ErrorKind::IsADirectory => DataError::NotAFile {
+            path: path.to_path_buf(),
+            kind: "a directory",
+        },
+        _ => DataError::Io {
             path: path.to_path_buf(),
             source,
-        }
+        },
     }
 }

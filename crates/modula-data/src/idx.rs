@@ -10,7 +10,7 @@ use std::path::Path;
 use flate2::read::MultiGzDecoder;
 
 use crate::dataset::{ImageDataset, ImageSet};
-use crate::error::{DataError, Result, read_file};
+use crate::error::{DataError, Result, check_declared, read_file};
 
 /// The element-type code of unsigned bytes.
 const TYPE_U8: u8 = 0x08;
@@ -167,14 +167,15 @@ fn parse_stream(path: &Path, mut reader: impl Read, gzipped: bool) -> Result<Idx
     let expected = dims
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-        .filter(|&n| n <= isize::MAX as u64 / 2)
         .ok_or_else(|| DataError::Dimensions {
             path: path.to_path_buf(),
             message: format!("dimensions {dims:?} describe more data than can exist"),
         })?;
-    // Reading one byte past the promised length detects trailing data without ever
-    // allocating what a corrupt header promises but the stream does not hold.
-    let mut data = Vec::with_capacity(expected.min(1 << 26) as usize);
+    check_declared(path, &format!("the data of dimensions {dims:?}"), expected)?;
+    // Reading one byte past the promised length detects trailing data, so a stream that
+    // holds more than its header declares (a decompression bomb) stops there; the buffer is
+    // allocated once, at most MAX_DECODED_BYTES + 1.
+    let mut data = Vec::with_capacity(expected as usize + 1);
     let mut limited = reader.by_ref().take(expected + 1);
     if let Err(e) = limited.read_to_end(&mut data) {
         return Err(DataError::Format {

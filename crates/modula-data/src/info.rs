@@ -1,12 +1,13 @@
 //! Loading by name or path, and the summary `modula data info` prints.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde_json::{Value, json};
 
 use crate::dataset::{ImageDataset, ImageSet};
-use crate::error::{DataError, Result, read_file};
+use crate::error::{DataError, Result, io_error, read_file, regular_file_size};
 use crate::fetch::DATASETS;
 use crate::idx::IdxArray;
 use crate::text::{TextCorpus, TextOptions, TokenSplit, UNK};
@@ -157,7 +158,13 @@ fn guess(path: &Path) -> Result<Format> {
     if ext == "json" {
         return Ok(Format::MnistJson);
     }
-    let bytes = read_file(path, "")?;
+    // The first two bytes tell IDX (or gzip) from text; nothing else is read, and only from
+    // a regular file (a pipe or a device is refused before it is opened).
+    regular_file_size(path, "")?;
+    let mut bytes = Vec::with_capacity(2);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(2).read_to_end(&mut bytes))
+        .map_err(|e| io_error(path, e, ""))?;
     if bytes.starts_with(&[0, 0]) || bytes.starts_with(&[0x1f, 0x8b]) {
         Ok(Format::Idx)
     } else {

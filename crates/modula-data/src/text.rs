@@ -10,6 +10,7 @@
 //! fraction, and caps its vocabulary at the most frequent training words, mapping the rest to
 //! [`UNK`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -411,7 +412,8 @@ impl TextCorpus {
             options.max_vocab.is_none_or(|m| m >= 2),
             "max_vocab must leave room for <eos> and <unk>"
         );
-        let sentences = sentences(path, bytes, options)?;
+        let text = prepared(path, bytes, options)?;
+        let sentences = sentences(&text);
         let n = sentences.len();
         let n_valid = (n as f64 * vf).round() as usize;
         let n_test = (n as f64 * tf).round() as usize;
@@ -452,15 +454,16 @@ impl TextCorpus {
             "max_vocab must leave room for <eos> and <unk>"
         );
         let [(tp, tb), (vp, vb), (sp, sb)] = files;
-        let train = sentences(tp, tb, options)?;
+        let train_text = prepared(tp, tb, options)?;
+        let train = sentences(&train_text);
         if train.is_empty() {
             return Err(DataError::Empty {
                 path: tp.to_path_buf(),
                 what: "the training file".into(),
             });
         }
-        let valid = sentences(vp, vb, options)?;
-        let test = sentences(sp, sb, options)?;
+        let (valid_text, test_text) = (prepared(vp, vb, options)?, prepared(sp, sb, options)?);
+        let (valid, test) = (sentences(&valid_text), sentences(&test_text));
         Ok(corpus_from_lines(
             [(tp, &train), (vp, &valid), (sp, &test)],
             options,
@@ -481,27 +484,31 @@ impl TextCorpus {
     }
 }
 
-/// The non-blank lines of a plain-text file as words (lower-cased when asked).
-fn sentences(path: &Path, bytes: &[u8], options: &TextOptions) -> Result<Vec<Vec<String>>> {
+/// A plain-text file's text, checked (non-empty UTF-8) and lower-cased when asked.
+fn prepared<'b>(path: &Path, bytes: &'b [u8], options: &TextOptions) -> Result<Cow<'b, str>> {
     let text = decode_utf8(path, bytes)?;
-    let text = if options.lowercase {
-        text.to_lowercase()
+    Ok(if options.lowercase {
+        Cow::Owned(text.to_lowercase())
     } else {
-        text.to_string()
-    };
-    Ok(lines(&text)
-        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .filter(|words| !words.is_empty())
-        .collect())
+        Cow::Borrowed(text)
+    })
 }
 
-/// A corpus from the tokenised lines of its three splits: the vocabulary is the training
+/// The non-blank lines of a text, as slices of it: words are split from them when needed
+/// rather than stored, so a corpus costs its text and its token ids, not a string per word.
+fn sentences(text: &str) -> Vec<&str> {
+    lines(text)
+        .filter(|l| l.split_whitespace().next().is_some())
+        .collect()
+}
+
+/// A corpus from the lines of its three splits: the vocabulary is the training
 /// split's words by frequency (ties in order of first appearance), capped by
 /// `options.max_vocab` with `<eos>` and `<unk>` counted; every other word becomes `<unk>`.
-fn corpus_from_lines(splits: [(&Path, &[Vec<String>]); 3], options: &TextOptions) -> TextCorpus {
+fn corpus_from_lines(splits: [(&Path, &[&str]); 3], options: &TextOptions) -> TextCorpus {
     // Count training words, remembering first appearance so that ties sort stably.
     let mut counts: HashMap<&str, (usize, usize)> = HashMap::new();
-    for word in splits[0].1.iter().flatten() {
+    for word in splits[0].1.iter().flat_map(|l| l.split_whitespace()) {
         let next = counts.len();
         counts.entry(word).or_insert((0, next)).0 += 1;
     }
@@ -521,10 +528,10 @@ fn corpus_from_lines(splits: [(&Path, &[Vec<String>]); 3], options: &TextOptions
     let unk = vocab.id(UNK).expect("inserted above");
     let eos = vocab.id(EOS).expect("inserted above");
     let mut first_index = 0u64;
-    let mut split = |path: &Path, lines: &[Vec<String>]| {
+    let mut split = |path: &Path, lines: &[&str]| {
         let mut tokens = Vec::new();
         for line in lines {
-            tokens.extend(line.iter().map(|w| vocab.id(w).unwrap_or(unk)));
+            tokens.extend(line.split_whitespace().map(|w| vocab.id(w).unwrap_or(unk)));
             tokens.push(eos);
         }
         let s = TokenSplit {

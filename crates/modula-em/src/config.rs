@@ -199,6 +199,8 @@ pub struct TrainSettings {
     pub ctrl_mask: bool,
     /// REINFORCE: decay of the moving-average reward baseline.
     pub reinforce_decay: f32,
+    /// The divergence guard's factor (see [`crate::DivergenceGuard`]); 0 turns it off.
+    pub divergence_factor: f32,
 }
 
 impl TrainSettings {
@@ -218,6 +220,16 @@ impl TrainSettings {
             return Err(invalid(
                 "train.ctrl_weight",
                 format!("is {}; use 0 or more (1 by default)", self.ctrl_weight),
+            ));
+        }
+        if !(self.divergence_factor >= 0.0 && self.divergence_factor.is_finite()) {
+            return Err(invalid(
+                "train.divergence_factor",
+                format!(
+                    "is {}; use 0 (off) or a positive number ({} by default)",
+                    self.divergence_factor,
+                    crate::DEFAULT_DIVERGENCE_FACTOR
+                ),
             ));
         }
         check_optimiser(

@@ -18,6 +18,21 @@ pub enum TrainError {
         /// The offending loss value.
         value: f64,
     },
+    /// The loss stayed finite but rose far above the run's initial loss (see
+    /// [`crate::DivergenceGuard`]); parameters were not updated at this step.
+    #[error(
+        "training diverged at step {step}: the loss is {value:.4e}, more than train.divergence_factor = {factor} times the initial loss's magnitude ({initial:.4}, counted as at least 1); lower train.lr or set train.grad_clip"
+    )]
+    LossExploded {
+        /// The iteration whose loss was too high.
+        step: u64,
+        /// The offending loss value.
+        value: f64,
+        /// The run's initial loss.
+        initial: f64,
+        /// The factor that was exceeded.
+        factor: f32,
+    },
     /// The device failed.
     #[error(transparent)]
     Backend(#[from] BackendError),

@@ -4,6 +4,7 @@ pub mod algo;
 pub mod config;
 mod error;
 pub mod estep;
+mod guard;
 mod meta;
 pub mod model;
 pub mod models;
@@ -15,6 +16,7 @@ pub use algo::{Algorithm, StepStats};
 pub use config::{Algo, ConfigError, DenseMatch, EStepSettings, Search, TrainSettings, invalid};
 pub use error::TrainError;
 pub use estep::EStats;
+pub use guard::{DEFAULT_DIVERGENCE_FACTOR, DivergenceGuard, Reference};
 pub use meta::MetaReader;
 pub use model::{
     Candidates, ControllerStats, Episodes, Forward, Model, Router, Routes, Target,

@@ -14,6 +14,7 @@ use crate::algo::{self, Algorithm, StepContext, StepStats};
 use crate::config::{Algo, TrainSettings};
 use crate::error::TrainError;
 use crate::estep::EStats;
+use crate::guard::{DivergenceGuard, Reference};
 use crate::meta::MetaReader;
 use crate::table::AssignmentTable;
 use crate::task::{EStepDue, Task};
@@ -58,10 +59,16 @@ pub struct Trainer<B: Backend, T: Task<B>> {
     pub seed: u64,
     /// Iterations completed.
     pub step: u64,
+    /// The divergence guard, with the run's initial loss.
+    pub guard: DivergenceGuard,
     algorithm: Box<dyn Algorithm<B, T::Model>>,
     /// Gradient buffers, reset (not freed) every step.
     grads: Grads<B>,
 }
+
+/// Checkpoint metadata key of the run's initial loss (its bit pattern), the divergence
+/// guard's reference.
+const META_INITIAL_LOSS: &str = "initial_loss";
 
 impl<B: Backend, T: Task<B>> Trainer<B, T> {
     /// A new run of `settings.algo` on `task` with `model` (its parameters in `params`). EM's
@@ -90,6 +97,7 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
             settings,
             seed,
             step: 0,
+            guard: DivergenceGuard::new(settings.divergence_factor),
             algorithm,
             grads: Grads::new(),
         }
@@ -167,10 +175,7 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
             ctx: &mut ctx,
         };
         let g = self.algorithm.gradient(s, &batch)?;
-        let loss = g.stats.loss();
-        if !loss.is_finite() {
-            return Err(TrainError::Diverged { step, value: loss });
-        }
+        self.guard.check(step, g.stats.loss())?;
         let b = &self.backend;
         if self.settings.grad_clip > 0.0 {
             self.grads.clip_norm(b, self.settings.grad_clip)?;
@@ -213,6 +218,10 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         ck.metadata.extend(meta);
+        if let Reference::Initial(loss) = self.guard.reference {
+            ck.metadata
+                .insert(META_INITIAL_LOSS.into(), loss.to_bits().to_string());
+        }
         Ok(ck)
     }
 
@@ -240,6 +249,13 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
         self.task.restore(b, ck)?;
         self.optimizer.restore(adam_t, moments);
         self.step = step;
+        // A checkpoint without the initial loss predates the guard (or was written before the
+        // first gradient step, when there was none yet).
+        self.guard.reference = match ck.metadata.get(META_INITIAL_LOSS) {
+            Some(_) => Reference::Initial(f64::from_bits(meta.number(META_INITIAL_LOSS)?)),
+            None if step == 0 => Reference::Pending,
+            None => Reference::Unknown,
+        };
         Ok(())
     }
 }

@@ -40,6 +40,32 @@ impl<'de> Deserialize<'de> for BackendKind {
     }
 }
 
+/// The fields that change only how a run executes, not what it trains, so `--resume` accepts
+/// any change to them: the device, the bounds and the logging, evaluation and checkpoint
+/// cadence (and the divergence guard, which only decides when to stop).
+pub const EXECUTION_FIELDS: [&str; 9] = [
+    "threads",
+    "backend",
+    "max_minutes",
+    "train.steps",
+    "train.epochs",
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.divergence_factor",
+];
+
+/// A field whose value differs between two configurations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Difference {
+    /// The dotted key, e.g. `train.lr`.
+    pub field: String,
+    /// Its value in the configuration compared (absent when it has no such field).
+    pub this: Option<toml::Value>,
+    /// Its value in the other one.
+    pub other: Option<toml::Value>,
+}
+
 /// The task names `task_name` accepts.
 pub const TASKS: [&str; 3] = ["toy", "ptb", "text"];
 
@@ -217,9 +243,19 @@ impl RunConfig {
     pub fn read(path: &Path) -> Result<Self, RunError> {
         let text = fs::read_to_string(path)
             .map_err(|e| run_error(format!("cannot read config {}: {e}", path.display())))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses the text of a configuration; `origin` names it in errors (a file, or a
+    /// checkpoint's metadata).
+    ///
+    /// # Errors
+    /// A run error naming `origin` when the text cannot be parsed.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, RunError> {
+        let path = Path::new(origin);
         let invalid =
             |e: toml::de::Error| run_error(format!("config {} is invalid: {e}", path.display()));
-        let table: toml::Table = toml::from_str(&text).map_err(invalid)?;
+        let table: toml::Table = toml::from_str(text).map_err(invalid)?;
         let task = match table.get("task_name") {
             None => "toy",
             Some(toml::Value::String(s)) => s.as_str(),
@@ -231,9 +267,9 @@ impl RunConfig {
             }
         };
         match task {
-            "toy" => Ok(RunConfig::Toy(toml::from_str(&text).map_err(invalid)?)),
+            "toy" => Ok(RunConfig::Toy(toml::from_str(text).map_err(invalid)?)),
             "ptb" | "text" => {
-                let mut run: LmRun = toml::from_str(&text).map_err(invalid)?;
+                let mut run: LmRun = toml::from_str(text).map_err(invalid)?;
                 if task == "text" && run.task.is_none() {
                     run.task = Some(TextConfig::default());
                 }
@@ -330,8 +366,10 @@ impl RunConfig {
         }
     }
 
-    /// Sets `threads = 0` ("all cores") to `cores`, so that the resolved file names the count.
-    pub fn resolve_threads(&mut self, cores: usize) {
+    /// Sets `threads = 0` ("all cores") to `cores`, so that the resolved file names the count,
+    /// and lowers a count above `cores` to it (more threads than cores only contend, and a
+    /// large count would fail to start its threads), returning a note saying so.
+    pub fn fit_threads(&mut self, cores: usize) -> Option<String> {
         let threads = match self {
             RunConfig::Toy(c) => &mut c.threads,
             RunConfig::Lm(c) => &mut c.threads,
@@ -339,6 +377,60 @@ impl RunConfig {
         if *threads == 0 {
             *threads = cores;
         }
+        (*threads > cores).then(|| {
+            let note = format!(
+                "`threads` is {}, but this machine runs {cores} threads at once; using {cores} (results may differ from the run's own in the last bits)",
+                *threads
+            );
+            *threads = cores;
+            note
+        })
+    }
+
+    /// The fields of the configuration that define what is trained, in which it differs from
+    /// `other`: everything except [`EXECUTION_FIELDS`].
+    pub fn training_differences(&self, other: &RunConfig) -> Vec<Difference> {
+        let (mine, theirs) = (self.flat(), other.flat());
+        let mut keys: Vec<&String> = mine.keys().chain(theirs.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| !EXECUTION_FIELDS.contains(&k.as_str()))
+            .filter(|k| mine.get(*k) != theirs.get(*k))
+            .map(|k| Difference {
+                field: k.clone(),
+                this: mine.get(k).cloned(),
+                other: theirs.get(k).cloned(),
+            })
+            .collect()
+    }
+
+    /// Every field as a dotted key (`train.lr`) and its value.
+    fn flat(&self) -> std::collections::BTreeMap<String, toml::Value> {
+        fn walk(
+            prefix: &str,
+            table: &toml::Table,
+            out: &mut std::collections::BTreeMap<String, toml::Value>,
+        ) {
+            for (key, value) in table {
+                let key = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                match value {
+                    toml::Value::Table(t) => walk(&key, t, out),
+                    v => {
+                        out.insert(key, v.clone());
+                    }
+                }
+            }
+        }
+        let table: toml::Table =
+            toml::from_str(&self.to_toml()).expect("the resolved configuration reads back");
+        let mut out = std::collections::BTreeMap::new();
+        walk("", &table, &mut out);
+        out
     }
 
     /// Checks every section, naming the first bad field.

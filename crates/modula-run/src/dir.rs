@@ -1,5 +1,6 @@
 //! A run directory and its files: the resolved `config.toml`, `metrics.jsonl`, the latest
-//! `checkpoint.safetensors` and `summary.json`, and how they are named, created and read.
+//! `checkpoint.safetensors`, `summary.json` and `changes.jsonl`; how they are named, created
+//! and read; what state a directory is in; and [`RunDir`], a directory owned by this process.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{BackendKind, RunConfig};
 use crate::error::{RunError, run_error};
+use crate::lock::{self, DirLock};
+use crate::{files, history};
 
 /// The resolved configuration of a run, as written to the run directory.
 pub const CONFIG_FILE: &str = "config.toml";
@@ -20,6 +23,9 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 /// The final figures of a run.
 pub const SUMMARY_FILE: &str = "summary.json";
+/// The configuration changes accepted on resume (`--accept-config-change`), one JSON object a
+/// line.
+pub const CHANGES_FILE: &str = "changes.jsonl";
 
 /// Checkpoint metadata key of the resolved configuration.
 pub const META_CONFIG: &str = "modula.config";
@@ -27,6 +33,9 @@ pub const META_CONFIG: &str = "modula.config";
 pub const META_INTERVAL: &str = "modula.interval";
 /// Checkpoint metadata key of the training seconds spent up to the checkpoint.
 pub const META_SECONDS: &str = "modula.seconds";
+/// Checkpoint metadata key of the number of `metrics.jsonl` records logged up to the
+/// checkpoint, against which a resume checks that the history is whole.
+pub const META_RECORDS: &str = "modula.records";
 
 /// The device a command runs on, as `summary.json` and `modula eval --json` record it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,29 +78,16 @@ pub fn checkpoint_path(dir: &Path) -> PathBuf {
     dir.join(CHECKPOINT_FILE)
 }
 
-/// Writes a whole file, naming it in the error.
-///
-/// # Errors
-/// A run error naming the file.
-pub fn write_file(path: &Path, text: &str) -> Result<(), RunError> {
-    fs::write(path, text).map_err(|e| run_error(format!("cannot write {}: {e}", path.display())))
-}
-
 /// Reads the resolved configuration of an existing run directory.
 ///
 /// # Errors
 /// A run error when the directory holds no run or its configuration is unusable.
 pub fn read_run_config(dir: &Path) -> Result<RunConfig, RunError> {
     let path = dir.join(CONFIG_FILE);
-    if !dir.is_dir() {
-        return Err(run_error(format!(
-            "{} is not a run directory: it does not exist",
-            dir.display()
-        )));
-    }
+    existing_dir(dir)?;
     if !path.is_file() {
         return Err(run_error(format!(
-            "{} holds no run: there is no {CONFIG_FILE} (start a run with `modula train --out {}`)",
+            "{} holds no run: there is no {CONFIG_FILE}; start one with `modula train --out {}`",
             dir.display(),
             dir.display()
         )));
@@ -107,20 +103,162 @@ pub fn read_run_config(dir: &Path) -> Result<RunConfig, RunError> {
     Ok(cfg)
 }
 
+/// Checks that `dir` is an existing directory.
+///
+/// # Errors
+/// A run error saying that it does not exist or is a file.
+pub fn existing_dir(dir: &Path) -> Result<(), RunError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(run_error(format!(
+        "{} is not a run directory: {}",
+        dir.display(),
+        if dir.exists() {
+            "it is a file"
+        } else {
+            "it does not exist"
+        }
+    )))
+}
+
 /// Reads `dir/checkpoint.safetensors`.
 ///
 /// # Errors
-/// A run error when the checkpoint is missing, truncated or corrupt.
+/// A run error when the checkpoint is missing (saying whether the run can be continued),
+/// truncated or corrupt.
 pub fn read_checkpoint(dir: &Path) -> Result<Checkpoint, RunError> {
     let path = checkpoint_path(dir);
     if !path.is_file() {
-        return Err(run_error(format!(
-            "{} holds no checkpoint: {} is missing",
-            dir.display(),
-            path.display()
-        )));
+        return Err(match state(dir)? {
+            DirState::Unstarted => run_error(format!(
+                "{} holds no checkpoint yet: its run stopped before writing the first one; start it again with `modula train --resume {}`",
+                dir.display(),
+                dir.display()
+            )),
+            _ => run_error(format!(
+                "{} holds no checkpoint: {} is missing",
+                dir.display(),
+                path.display()
+            )),
+        });
     }
     Checkpoint::read(&path).map_err(|e| run_error(e.to_string()))
+}
+
+/// What a run directory holds, as a command finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirState {
+    /// No file of a run (files of other programs do not count).
+    Empty,
+    /// A run stopped before its first checkpoint: its `config.toml`, and in `metrics.jsonl`
+    /// at most the record of step 0. Nothing was trained, so the run starts again from step 0.
+    Unstarted,
+    /// A run with its checkpoint.
+    Run,
+    /// Files of a run (named here) but no checkpoint: history that nothing can continue.
+    Orphaned(Vec<String>),
+}
+
+/// The files a run writes besides `config.toml` and the checkpoint: the history, the summary
+/// and the plots. Any of them without a checkpoint means a history that cannot be continued.
+const RUN_OUTPUTS: [&str; 9] = [
+    METRICS_FILE,
+    CHANGES_FILE,
+    SUMMARY_FILE,
+    "loss.png",
+    "loss.svg",
+    "modules.png",
+    "modules.svg",
+    "usage.png",
+    "usage.svg",
+];
+
+/// Classifies what `dir` holds (a directory that does not exist is empty).
+///
+/// # Errors
+/// A run error naming `metrics.jsonl` when it cannot be read or is damaged.
+pub fn state(dir: &Path) -> Result<DirState, RunError> {
+    if checkpoint_path(dir).exists() {
+        return Ok(DirState::Run);
+    }
+    let metrics = history::read(&dir.join(METRICS_FILE))?;
+    let trained = (0..metrics.records.len()).any(|i| metrics.step(i) > 0);
+    let outputs: Vec<String> = RUN_OUTPUTS
+        .iter()
+        .filter(|f| dir.join(f).exists())
+        .filter(|&&f| f != METRICS_FILE || trained)
+        .map(|f| f.to_string())
+        .collect();
+    Ok(if !outputs.is_empty() {
+        DirState::Orphaned(outputs)
+    } else if dir.join(CONFIG_FILE).exists() {
+        DirState::Unstarted
+    } else {
+        DirState::Empty
+    })
+}
+
+/// A run directory this process owns: it holds the directory's lock until dropped, and has
+/// removed what interrupted writes left there.
+#[derive(Debug)]
+pub struct RunDir {
+    path: PathBuf,
+    _lock: DirLock,
+}
+
+impl RunDir {
+    /// Creates `path` if needed and takes it for a command that writes there.
+    ///
+    /// # Errors
+    /// [`RunError::Locked`] when another process holds it; a run error when `path` is a file
+    /// or cannot be created, listed or cleaned.
+    pub fn take(path: &Path) -> Result<RunDir, RunError> {
+        if path.exists() && !path.is_dir() {
+            return Err(run_error(format!(
+                "{} is a file, not a directory; choose another directory",
+                path.display()
+            )));
+        }
+        fs::create_dir_all(path)
+            .map_err(|e| run_error(format!("cannot create directory {}: {e}", path.display())))?;
+        let lock = lock::lock(path)?;
+        files::remove_leftovers(path)?;
+        Ok(RunDir {
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What it holds.
+    ///
+    /// # Errors
+    /// As [`state`].
+    pub fn state(&self) -> Result<DirState, RunError> {
+        state(&self.path)
+    }
+
+    /// Removes the files of a run that stopped before its first checkpoint, for a new start.
+    ///
+    /// # Errors
+    /// A run error naming a file that cannot be removed.
+    pub fn clear_unstarted(&self) -> Result<(), RunError> {
+        for name in [CONFIG_FILE, METRICS_FILE] {
+            let path = self.path.join(name);
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(run_error(format!("cannot remove {}: {e}", path.display())));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The error of a failed training step. A diverged loss names the last good checkpoint,
@@ -131,55 +269,17 @@ pub fn training_error(error: TrainError, unit: &str, checkpoint_step: u64, dir: 
             "training diverged at {unit} {step}: the loss is {value}; stopped without saving the diverged state. The last good checkpoint ({unit} {checkpoint_step}) is kept at {}. Lower train.lr or set train.grad_clip",
             checkpoint_path(dir).display()
         )),
+        TrainError::LossExploded {
+            step,
+            value,
+            initial,
+            factor,
+        } => run_error(format!(
+            "training diverged at {unit} {step}: the loss is {value:.4e}, more than {factor} times the initial loss {initial:.4} (train.divergence_factor; magnitudes under 1 count as 1); stopped without saving the diverged state. The last good checkpoint ({unit} {checkpoint_step}) is kept at {}. Lower train.lr or set train.grad_clip (or raise train.divergence_factor if such a loss is expected)",
+            checkpoint_path(dir).display()
+        )),
         e => run_error(format!("training failed: {e}")),
     }
-}
-
-/// Creates the directory of a new run; an existing run there is never overwritten.
-///
-/// # Errors
-/// A run error when the directory holds a run or cannot be created.
-pub fn prepare_fresh_dir(dir: &Path) -> Result<(), RunError> {
-    if dir.join(CONFIG_FILE).exists() || checkpoint_path(dir).exists() {
-        return Err(run_error(format!(
-            "{} already holds a run; continue it with `modula train --resume {}` or choose another --out",
-            dir.display(),
-            dir.display()
-        )));
-    }
-    fs::create_dir_all(dir).map_err(|e| {
-        run_error(format!(
-            "cannot create run directory {}: {e}",
-            dir.display()
-        ))
-    })
-}
-
-/// Keeps the lines of `metrics.jsonl` up to `step` (a killed run may have logged past its
-/// last checkpoint, and may have left a torn last line), rewrites the file with them verbatim
-/// and returns them.
-///
-/// # Errors
-/// A run error naming the file when it cannot be read or written.
-pub fn trim_metrics(path: &Path, step: u64) -> Result<Vec<String>, RunError> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(run_error(format!("cannot read {}: {e}", path.display()))),
-    };
-    let kept: Vec<String> = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("step").and_then(serde_json::Value::as_u64))
-                .is_some_and(|s| s <= step)
-        })
-        .map(str::to_string)
-        .collect();
-    let body: String = kept.iter().map(|l| format!("{l}\n")).collect();
-    write_file(path, &body)?;
-    Ok(kept)
 }
 
 /// `runs/<name>-<seed>-<UTC timestamp>` under the current directory, with a numeric suffix if that

@@ -3,8 +3,8 @@
 //! checkpoints with the run's metadata, shows progress, and hands the end of the run to the
 //! task's [`Job`] for its summary.
 
-use std::fs::{File, OpenOptions};
-use std::io::{IsTerminal, Write};
+use std::fs::OpenOptions;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -16,9 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
 use crate::dir::{
-    self, CONFIG_FILE, META_CONFIG, META_INTERVAL, META_SECONDS, METRICS_FILE, write_file,
+    self, CHANGES_FILE, CONFIG_FILE, META_CONFIG, META_INTERVAL, META_RECORDS, META_SECONDS,
+    METRICS_FILE, RunDir,
 };
 use crate::error::{RunError, run_error};
+use crate::memory::Estimate;
+use crate::start::Start;
+use crate::{console, files, history};
 
 /// Statistics accumulated over one logging interval. It is saved in every checkpoint (floats
 /// as bit patterns), so a resumed run logs exactly what the uninterrupted run would even when
@@ -246,10 +250,15 @@ impl Progress {
         }
     }
 
-    fn note(&self, logged: &Logged) {
+    fn note(&self, logged: &Logged) -> Result<(), RunError> {
         match self {
-            Progress::Bar(bar) => bar.set_message(logged.short.clone()),
-            Progress::Lines { total } => eprintln!("{} (of {total})", logged.line),
+            Progress::Bar(bar) => {
+                bar.set_message(logged.short.clone());
+                Ok(())
+            }
+            Progress::Lines { total } => {
+                console::eprint(&format!("{} (of {total})\n", logged.line))
+            }
         }
     }
 
@@ -266,77 +275,77 @@ const META_UNITS: &str = "modula.units";
 /// A run in progress: the job, its directory and the logging state.
 struct Driver<B: Backend, J: Job<B>> {
     job: J,
-    dir: PathBuf,
+    dir: RunDir,
     interval: Interval,
     records: Vec<serde_json::Value>,
-    metrics: File,
+    metrics: PathBuf,
     train_seconds: f64,
     train_units: u64,
     checkpoint_step: u64,
     _backend: std::marker::PhantomData<B>,
 }
 
-/// Trains `job` into `dir`: fresh (after [`dir::prepare_fresh_dir`]) or, with `resuming`,
-/// from the checkpoint there, whose metrics are trimmed to it.
+/// Trains `job` into `start.dir`: from step 0, or from `start.checkpoint`, whose history it
+/// first checks and trims to the checkpoint's step.
 ///
 /// # Errors
-/// A run error for an unreadable or foreign checkpoint, a diverged loss or a failed write.
-pub fn train<B: Backend, J: Job<B>>(
-    mut job: J,
-    dir: PathBuf,
-    resuming: bool,
-) -> Result<(), RunError> {
-    let metrics_path = dir.join(METRICS_FILE);
-    let (interval, records, train_seconds, train_units) = if resuming {
-        let ck = dir::read_checkpoint(&dir)?;
-        job.trainer_mut()
-            .restore(&ck)
-            .map_err(|e| run_error(e.to_string()))?;
-        let step = job.trainer().step;
-        if step > job.total() {
-            return Err(run_error(format!(
-                "the checkpoint in {} is at {} {step}, beyond the {} this run trains; pass a larger --steps or --epochs",
-                dir.display(),
-                job.unit(),
-                job.total()
-            )));
+/// A run error for an unreadable or foreign checkpoint, a history that does not match it, a
+/// diverged loss or a failed write.
+pub fn train<B: Backend, J: Job<B>>(mut job: J, start: Start) -> Result<(), RunError> {
+    let Start {
+        dir,
+        checkpoint,
+        changes,
+        memory,
+        ..
+    } = start;
+    let metrics_path = dir.path().join(METRICS_FILE);
+    let config_path = dir.path().join(CONFIG_FILE);
+    let config_text = job.config().to_toml();
+    let resuming = checkpoint.is_some();
+    let (interval, records, train_seconds, train_units) = match checkpoint {
+        Some(ck) => {
+            job.trainer_mut()
+                .restore(&ck)
+                .map_err(|e| run_error(e.to_string()))?;
+            let step = job.trainer().step;
+            if step > job.total() {
+                return Err(run_error(format!(
+                    "the checkpoint in {} is at {} {step}, beyond the {} this run trains; pass a larger --steps or --epochs",
+                    dir.path().display(),
+                    job.unit(),
+                    job.total()
+                )));
+            }
+            let meta = |k: &str| ck.metadata.get(k).map(String::as_str);
+            let interval = meta(META_INTERVAL)
+                .and_then(Interval::from_meta)
+                .ok_or_else(|| {
+                    run_error(format!(
+                        "checkpoint {} lacks the `{META_INTERVAL}` metadata; it was not written by `modula train`",
+                        dir::checkpoint_path(dir.path()).display()
+                    ))
+                })?;
+            let seconds = meta(META_SECONDS)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0.0);
+            let units = meta(META_UNITS).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let logged = meta(META_RECORDS).and_then(|s| s.parse().ok());
+            let records = trim_history(&metrics_path, step, logged, job.unit())?;
+            (interval, records, seconds, units)
         }
-        let interval = ck
-            .metadata
-            .get(META_INTERVAL)
-            .and_then(|s| Interval::from_meta(s))
-            .ok_or_else(|| {
-                run_error(format!(
-                    "checkpoint {} lacks the `{META_INTERVAL}` metadata; it was not written by `modula train`",
-                    dir::checkpoint_path(&dir).display()
-                ))
-            })?;
-        let meta = |k: &str| ck.metadata.get(k).map(String::as_str);
-        let seconds = meta(META_SECONDS)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0.0);
-        let units = meta(META_UNITS).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let records = dir::trim_metrics(&metrics_path, step)?
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        (interval, records, seconds, units)
-    } else {
-        (Interval::default(), Vec::new(), 0.0, 0)
+        None => (Interval::default(), Vec::new(), 0.0, 0),
     };
-    write_file(&dir.join(CONFIG_FILE), &job.config().to_toml())?;
-    let metrics = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| run_error(format!("cannot open {}: {e}", metrics_path.display())))?;
+    if std::fs::read_to_string(&config_path).ok().as_deref() != Some(config_text.as_str()) {
+        files::replace(&config_path, "config", config_text.as_bytes())?;
+    }
     let checkpoint_step = job.trainer().step;
     let mut driver = Driver {
         job,
         dir,
         interval,
         records,
-        metrics,
+        metrics: metrics_path,
         train_seconds,
         train_units,
         checkpoint_step,
@@ -350,14 +359,59 @@ pub fn train<B: Backend, J: Job<B>>(
         // A checkpoint before the first step means there is always a last good state to keep
         // if the loss diverges, and a run killed early can still be resumed.
         driver.save_checkpoint()?;
+    } else if !changes.is_empty() {
+        // The accepted changes go into the history, and the checkpoint takes the new
+        // configuration, so that the next resume compares against it.
+        let path = driver.dir.path().join(CHANGES_FILE);
+        for change in &changes {
+            let mut record = change.record();
+            record["step"] = checkpoint_step.into();
+            history::append(&path, "changes-append", &record)?;
+        }
+        driver.save_checkpoint()?;
     }
-    driver.run()
+    driver.run(&memory)
+}
+
+/// Reads the history of a run resumed from the checkpoint at `step`: the records up to it
+/// (later ones were logged after the checkpoint and will be logged again), which must number
+/// `logged` when the checkpoint says. The file is replaced (atomically) when it held more, so
+/// that appending continues a clean history.
+fn trim_history(
+    path: &Path,
+    step: u64,
+    logged: Option<usize>,
+    unit: &str,
+) -> Result<Vec<serde_json::Value>, RunError> {
+    let mut history = history::read(path)?;
+    let kept = (0..history.records.len())
+        .take_while(|&i| history.step(i) <= step)
+        .count();
+    if let Some(logged) = logged
+        && kept != logged
+    {
+        return Err(run_error(format!(
+            "{} holds {kept} records up to {unit} {step}, but the checkpoint was written after {logged}: the history was cut short or edited, so the resumed run's history would not be whole; restore the file, or start a new run with --out",
+            path.display()
+        )));
+    }
+    let trimmed = kept < history.records.len() || history.untidy;
+    history.lines.truncate(kept);
+    history.records.truncate(kept);
+    if trimmed {
+        files::replace(path, "history-rewrite", history.text().as_bytes())?;
+    }
+    Ok(history.records)
 }
 
 impl<B: Backend, J: Job<B>> Driver<B, J> {
-    fn run(mut self) -> Result<(), RunError> {
+    fn run(mut self, memory: &Estimate) -> Result<(), RunError> {
         let total = self.job.total();
-        eprintln!("{}", self.job.banner(&self.dir));
+        console::eprint(&format!(
+            "{}\nmemory: {}\n",
+            self.job.banner(self.dir.path()),
+            memory.describe()
+        ))?;
         let limit = self.job.config().common().max_minutes * 60.0;
         let start = Instant::now();
         let progress = Progress::new(total, self.job.trainer().step);
@@ -368,7 +422,7 @@ impl<B: Backend, J: Job<B>> Driver<B, J> {
             let t0 = Instant::now();
             let outcome = self.job.trainer_mut().step().map_err(|e| {
                 progress.finish();
-                dir::training_error(e, self.job.unit(), self.checkpoint_step, &self.dir)
+                dir::training_error(e, self.job.unit(), self.checkpoint_step, self.dir.path())
             })?;
             let seconds = t0.elapsed().as_secs_f64();
             self.train_seconds += seconds;
@@ -381,7 +435,7 @@ impl<B: Backend, J: Job<B>> Driver<B, J> {
             let due = self.job.due(step, total);
             if due.log {
                 let logged = self.record(due.evaluate)?;
-                progress.note(&logged);
+                progress.note(&logged)?;
             }
             if due.checkpoint {
                 self.save_checkpoint()?;
@@ -392,7 +446,7 @@ impl<B: Backend, J: Job<B>> Driver<B, J> {
             self.save_checkpoint()?;
         }
         self.job.finish(
-            &self.dir,
+            self.dir.path(),
             self.train_seconds,
             self.train_units,
             &self.records,
@@ -402,18 +456,21 @@ impl<B: Backend, J: Job<B>> Driver<B, J> {
     /// Appends the interval's record to `metrics.jsonl` and starts the next interval.
     fn record(&mut self, evaluate: bool) -> Result<Logged, RunError> {
         let logged = self.job.record(&self.interval, evaluate)?;
-        let line = serde_json::to_string(&logged.record).expect("a record serialises");
-        writeln!(self.metrics, "{line}")
-            .and_then(|()| self.metrics.flush())
-            .map_err(|e| run_error(format!("cannot write {METRICS_FILE}: {e}")))?;
+        history::append(&self.metrics, "metrics-append", &logged.record)?;
         self.interval.reset(self.job.keeps_changed());
         self.records.push(logged.record.clone());
         Ok(logged)
     }
 
-    /// Writes the trainer's checkpoint with the configuration, the open interval and the
-    /// training seconds and units so far (atomically: a crash leaves the previous checkpoint).
+    /// Writes the trainer's checkpoint with the configuration, the open interval, the
+    /// training seconds and units so far and the number of records logged (atomically: a
+    /// crash leaves the previous checkpoint). The history is flushed to disk first, so that
+    /// even after a power loss no checkpoint counts records the disk lost.
     fn save_checkpoint(&mut self) -> Result<(), RunError> {
+        if let Ok(file) = OpenOptions::new().append(true).open(&self.metrics) {
+            file.sync_data()
+                .map_err(|e| run_error(format!("cannot write {}: {e}", self.metrics.display())))?;
+        }
         let mut ck: Checkpoint = self
             .job
             .trainer()
@@ -424,12 +481,16 @@ impl<B: Backend, J: Job<B>> Driver<B, J> {
             (META_INTERVAL, self.interval.to_meta()),
             (META_SECONDS, format!("{:?}", self.train_seconds)),
             (META_UNITS, self.train_units.to_string()),
+            (META_RECORDS, self.records.len().to_string()),
         ];
         for (key, value) in meta {
             ck.metadata.insert(key.into(), value);
         }
-        ck.write(dir::checkpoint_path(&self.dir))
-            .map_err(|e| run_error(e.to_string()))?;
+        let path = dir::checkpoint_path(self.dir.path());
+        let bytes = ck
+            .to_bytes()
+            .map_err(|e| run_error(format!("cannot write {}: {e}", path.display())))?;
+        files::replace(&path, "checkpoint", &bytes)?;
         self.checkpoint_step = self.job.trainer().step;
         Ok(())
     }

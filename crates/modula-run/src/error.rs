@@ -1,22 +1,39 @@
 //! The error of a run command: a bad configuration or run directory, unreadable data or
 //! checkpoint, a diverged loss or a failed write, as a message that names the file or field
-//! and says what to change.
+//! and says what to change; and the two failures a caller handles apart from the others: a run
+//! directory in use by another process, and a closed standard output or error.
 
-use std::fmt;
+use std::path::PathBuf;
 
-/// Why a run command failed. The `modula` binary prints it and exits with status 1.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunError(pub String);
-
-impl fmt::Display for RunError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Why a run command failed. The `modula` binary prints it and exits with status 1, except
+/// for [`RunError::OutputClosed`], which ends it quietly (see `docs/cli.md`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// Any other failure, as a message naming the file or field and what to change.
+    #[error("{0}")]
+    Message(String),
+    /// Another process holds the run directory's lock.
+    #[error(
+        "{} is in use by another modula process{}; wait for it to finish (or stop it) and try again, or choose another directory",
+        .dir.display(),
+        .pid.map_or(String::new(), |p| format!(" (PID {p})"))
+    )]
+    Locked {
+        /// The directory.
+        dir: PathBuf,
+        /// The holder's process id, when it had written it.
+        pid: Option<u32>,
+    },
+    /// Standard output or standard error could not be written (a closed pipe or descriptor).
+    #[error("{stream} is closed")]
+    OutputClosed {
+        /// `"standard output"` or `"standard error"`.
+        stream: &'static str,
+    },
 }
-
-impl std::error::Error for RunError {}
 
 /// Shorthand for a run error built from anything printable.
 pub fn run_error(message: impl Into<String>) -> RunError {
-    RunError(message.into())
+    RunError::Message(message.into())
 }

@@ -11,10 +11,11 @@ use modula_tensor::Backend;
 use serde::Serialize;
 
 use crate::config::RunConfig;
-use crate::dir::{self, DeviceInfo, write_file};
+use crate::dir::{self, DeviceInfo, RunDir};
 use crate::error::{RunError, run_error};
 use crate::lm::{LmJob, usage_perplexity};
 use crate::plot::lm::{self as lm_plot, Heat};
+use crate::{console, files};
 
 /// Words always shown in the heat map: sentence starts, numbers, money and function words.
 const PROBES: [&str; 10] = ["<eos>", "N", "$", "the", "a", "of", "to", "in", "and", "'s"];
@@ -213,23 +214,26 @@ pub fn inspect<B: Backend>(
                 })
                 .collect(),
         };
-        let out = args.out.clone();
-        std::fs::create_dir_all(&out)
-            .map_err(|e| run_error(format!("cannot create {}: {e}", out.display())))?;
+        // The output directory (the run's own by default) is taken like any directory a
+        // command writes, and each file replaced atomically.
+        let out = RunDir::take(&args.out)?;
+        let out = out.path();
         let markdown = markdown(&report);
-        write_file(&out.join("inspect.md"), &markdown)?;
+        files::replace(&out.join("inspect.md"), "inspect", markdown.as_bytes())?;
         let json = serde_json::to_string_pretty(&report).expect("the report serialises");
-        write_file(&out.join("inspect.json"), &(json + "\n"))?;
+        files::replace(
+            &out.join("inspect.json"),
+            "inspect",
+            (json + "\n").as_bytes(),
+        )?;
         let heat = heat(&report, &read, &data.vocab);
-        let mut figures = lm_plot::heatmap(&out, &heat).map_err(run_error)?;
-        figures.extend(lm_plot::usage_histogram(&out, &report.usage).map_err(run_error)?);
-        print!("{markdown}");
-        println!(
-            "wrote inspect.md, inspect.json, {} into {}",
+        let mut figures = lm_plot::heatmap(out, &heat).map_err(run_error)?;
+        figures.extend(lm_plot::usage_histogram(out, &report.usage).map_err(run_error)?);
+        console::print(&format!(
+            "{markdown}wrote inspect.md, inspect.json, {} into {}\n",
             figures.join(", "),
             out.display()
-        );
-        Ok(())
+        ))
     }
 }
 

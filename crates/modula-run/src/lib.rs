@@ -1,18 +1,25 @@
 #![doc = include_str!("../README.md")]
 
 pub mod config;
+pub mod console;
 pub mod dir;
 pub mod driver;
 mod error;
+pub mod fault;
+mod files;
+pub mod history;
 pub mod inspect;
 pub mod lm;
+mod lock;
+pub mod memory;
 #[cfg(feature = "plots")]
 pub mod plot;
 pub mod records;
 pub mod report;
+pub mod start;
 pub mod toy;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use modula_tensor::Backend;
 use serde::Serialize;
@@ -20,22 +27,23 @@ use serde::Serialize;
 pub use config::{BackendKind, LmRun, Overrides, RunConfig, TASKS, ToyRun};
 pub use dir::DeviceInfo;
 pub use error::{RunError, run_error};
+pub use lock::LOCK_FILE;
+pub use start::Start;
 
-/// Trains the run `cfg` on `backend` into `dir`: fresh (the directory prepared by
-/// [`dir::prepare_fresh_dir`]) or, with `resuming`, from its checkpoint.
+/// Trains the run `start` prepared ([`Start::fresh`] or [`Start::resume`]) on `backend`.
 ///
 /// # Errors
 /// A run error for unreadable data or checkpoint, a diverged loss or a failed write.
-pub fn train<B: Backend>(
-    backend: B,
-    device: DeviceInfo,
-    cfg: &RunConfig,
-    dir: PathBuf,
-    resuming: bool,
-) -> Result<(), RunError> {
-    match cfg {
-        RunConfig::Toy(run) => driver::train(toy::ToyJob::new(backend, device, run), dir, resuming),
-        RunConfig::Lm(run) => driver::train(lm::LmJob::new(backend, device, run)?, dir, resuming),
+pub fn train<B: Backend>(backend: B, device: DeviceInfo, mut start: Start) -> Result<(), RunError> {
+    match start.cfg.clone() {
+        RunConfig::Toy(run) => driver::train(toy::ToyJob::new(backend, device, &run), start),
+        RunConfig::Lm(run) => {
+            let job = match start.data.take() {
+                Some(data) => lm::LmJob::with_data(backend, device, &run, data),
+                None => lm::LmJob::new(backend, device, &run)?,
+            };
+            driver::train(job, start)
+        }
     }
 }
 

@@ -10,9 +10,10 @@ use modula_tasks::{LmData, LmEval, LmTask};
 use modula_tensor::Backend;
 
 use crate::config::{LmRun, RunConfig};
-use crate::dir::{DeviceInfo, SUMMARY_FILE, write_file};
+use crate::dir::{DeviceInfo, SUMMARY_FILE};
 use crate::driver::{Due, Interval, Job, Logged};
 use crate::error::{RunError, run_error};
+use crate::{console, files};
 
 pub use crate::records::{LmRecord, LmSummary};
 
@@ -50,13 +51,17 @@ impl<B: Backend> LmJob<B> {
     /// # Errors
     /// A run error when the data cannot be loaded.
     pub fn new(backend: B, device: DeviceInfo, run: &LmRun) -> Result<Self, RunError> {
-        let data = load_data(run)?;
+        Ok(Self::with_data(backend, device, run, load_data(run)?))
+    }
+
+    /// Builds the trainer of `run` on `backend` with its corpus already loaded.
+    pub fn with_data(backend: B, device: DeviceInfo, run: &LmRun, data: LmData) -> Self {
         let trainer = LmTask::trainer(backend, data, &run.model, &run.train, run.seed);
-        Ok(LmJob {
+        LmJob {
             cfg: RunConfig::Lm(run.clone()),
             device,
             trainer,
-        })
+        }
     }
 
     /// The run's configuration.
@@ -233,7 +238,7 @@ impl<B: Backend> Job<B> for LmJob<B> {
             device: self.device.clone(),
         };
         let json = serde_json::to_string_pretty(&summary).expect("the summary serialises");
-        write_file(&dir.join(SUMMARY_FILE), &(json + "\n"))?;
+        files::replace(&dir.join(SUMMARY_FILE), "summary", (json + "\n").as_bytes())?;
         let state = if summary.finished {
             "finished".to_string()
         } else {
@@ -243,21 +248,20 @@ impl<B: Backend> Job<B> for LmJob<B> {
                 dir.display()
             )
         };
-        println!(
-            "{}: {} epochs, {} windows, {:.0} tokens/s ({state})",
-            summary.name, summary.epochs, summary.steps, summary.tokens_per_s
-        );
-        println!(
-            "valid ppl {:.2}, test ppl {:.2}, {} parameters, {:.2} MFLOP/token{}",
+        console::print(&format!(
+            "{}: {} epochs, {} windows, {:.0} tokens/s ({state})\nvalid ppl {:.2}, test ppl {:.2}, {} parameters, {:.2} MFLOP/token{}\nrun directory: {}\n",
+            summary.name,
+            summary.epochs,
+            summary.steps,
+            summary.tokens_per_s,
             summary.valid_ppl,
             summary.test_ppl,
             summary.parameters,
             summary.flops_per_token as f64 / 1e6,
             summary
                 .effective_modules
-                .map_or(String::new(), |e| format!(", {e:.2} effective modules"))
-        );
-        println!("run directory: {}", dir.display());
-        Ok(())
+                .map_or(String::new(), |e| format!(", {e:.2} effective modules")),
+            dir.display()
+        ))
     }
 }

@@ -3,10 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::dir::{METRICS_FILE, SUMMARY_FILE, write_file};
+use crate::dir::{METRICS_FILE, RunDir, SUMMARY_FILE};
 use crate::error::{RunError, run_error};
 use crate::plot::lm::{self as lm_plot, Curve};
 use crate::records::{LmRecord, LmSummary};
+use crate::{console, files, history};
 
 /// Tabulates the language-modelling runs `runs` into `out/report.md` and draws their
 /// validation curves together, printing the table.
@@ -33,11 +34,9 @@ pub fn report(runs: &[PathBuf], out: &Path) -> Result<(), RunError> {
             ))
         })?;
         let metrics = dir.join(METRICS_FILE);
-        let text = std::fs::read_to_string(&metrics)
-            .map_err(|e| run_error(format!("cannot read {}: {e}", metrics.display())))?;
         let mut records = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let r: LmRecord = serde_json::from_str(line)
+        for (i, value) in history::read(&metrics)?.records.into_iter().enumerate() {
+            let r: LmRecord = serde_json::from_value(value)
                 .map_err(|e| run_error(format!("{} line {}: {e}", metrics.display(), i + 1)))?;
             records.push(r);
         }
@@ -80,17 +79,15 @@ pub fn report(runs: &[PathBuf], out: &Path) -> Result<(), RunError> {
             noise.map_or("-".to_string(), |n| format!("{n:.3}")),
         ));
     }
-    std::fs::create_dir_all(out)
-        .map_err(|e| run_error(format!("cannot create {}: {e}", out.display())))?;
-    write_file(&out.join("report.md"), &md)?;
+    let out_dir = RunDir::take(out)?;
+    let out = out_dir.path();
+    files::replace(&out.join("report.md"), "report", md.as_bytes())?;
     let figures = lm_plot::curves(out, &curves).map_err(run_error)?;
-    print!("{md}");
-    println!(
-        "wrote report.md, {} into {}",
+    console::print(&format!(
+        "{md}wrote report.md, {} into {}\n",
         figures.join(", "),
         out.display()
-    );
-    Ok(())
+    ))
 }
 
 /// The records of the run's surviving history: a run resumed from an earlier checkpoint

@@ -7,12 +7,11 @@ use modula_tasks::ToyTask;
 use modula_tensor::Backend;
 
 use crate::config::{RunConfig, ToyRun};
-use crate::dir::{
-    CHECKPOINT_FILE, CONFIG_FILE, DeviceInfo, METRICS_FILE, SUMMARY_FILE, write_file,
-};
+use crate::dir::{CHECKPOINT_FILE, CONFIG_FILE, DeviceInfo, METRICS_FILE, SUMMARY_FILE};
 use crate::driver::{Due, Interval, Job, Logged};
 use crate::error::{RunError, run_error};
 pub use crate::records::{Figures, MetricRecord, Summary};
+use crate::{console, files};
 
 /// A toy run: its configuration, device and trainer.
 pub struct ToyJob<B: Backend> {
@@ -170,31 +169,30 @@ impl<B: Backend> Job<B> for ToyJob<B> {
             figures: self.figures()?,
         };
         let json = serde_json::to_string_pretty(&summary).expect("the summary serialises");
-        write_file(&dir.join(SUMMARY_FILE), &(json + "\n"))?;
+        files::replace(&dir.join(SUMMARY_FILE), "summary", (json + "\n").as_bytes())?;
         let records: Vec<MetricRecord> = records
             .iter()
             .filter_map(|v| serde_json::from_value(v.clone()).ok())
             .collect();
         let plots = plots(dir, &records, self.linear_baseline_mse)?;
-        println!(
-            "{} on the {} task: {} steps in {:.1} s ({}, seed {}, {} parameters)",
+        let mut names = vec![CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, SUMMARY_FILE]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        names.extend(plots);
+        console::print(&format!(
+            "{} on the {} task: {} steps in {:.1} s ({}, seed {}, {} parameters)\n{}\nrun directory: {}\n  {}\n",
             summary.algo,
             summary.task,
             summary.steps,
             summary.seconds,
             self.device.describe(summary.threads),
             summary.seed,
-            summary.parameters
-        );
-        println!("{}", summary.figures.text());
-        println!("run directory: {}", dir.display());
-        let mut files = vec![CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, SUMMARY_FILE]
-            .into_iter()
-            .map(String::from)
-            .collect::<Vec<_>>();
-        files.extend(plots);
-        println!("  {}", files.join(", "));
-        Ok(())
+            summary.parameters,
+            summary.figures.text(),
+            dir.display(),
+            names.join(", ")
+        ))
     }
 }
 

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use modula_data::{DataError, Streams, TextCorpus, TextOptions, Vocab, Window};
 use modula_em::models::{LanguageModel, LmModelConfig, LmWindow};
 use modula_em::{
-    Algo, Batch, ConfigError, DenseMatch, EStepDue, EStepSettings, Group, Routes, Search, Task,
-    TrainError, TrainSettings, Trainer, invalid,
+    Algo, Batch, ConfigError, DEFAULT_DIVERGENCE_FACTOR, DenseMatch, EStepDue, EStepSettings,
+    Group, Routes, Search, Task, TrainError, TrainSettings, Trainer, invalid,
 };
 use modula_modular::{ControllerOutput, Selection};
 use modula_nn::{Checkpoint, Ctx, ParamStore, StoredTensor};
@@ -82,6 +82,9 @@ pub struct LmTrainConfig {
     pub train_tokens: usize,
     /// Stop after this many windows over all epochs (0: after `epochs` epochs).
     pub steps: usize,
+    /// Stop when the loss exceeds this many times the initial loss's magnitude (0: only NaN
+    /// and infinity stop the run); see `modula_em::DivergenceGuard`.
+    pub divergence_factor: f32,
 }
 
 impl Default for LmTrainConfig {
@@ -113,6 +116,7 @@ impl Default for LmTrainConfig {
             eval_tokens: 0,
             train_tokens: 0,
             steps: 0,
+            divergence_factor: DEFAULT_DIVERGENCE_FACTOR,
         }
     }
 }
@@ -161,6 +165,7 @@ impl LmTrainConfig {
             ctrl_weight: self.ctrl_weight,
             ctrl_mask: self.ctrl_mask,
             reinforce_decay: self.reinforce_decay,
+            divergence_factor: self.divergence_factor,
         }
     }
 }
@@ -355,20 +360,22 @@ pub fn upcycle<B: Backend>(
         let [rows, cols] = b.shape(params.get(id));
         let block = [rows / modules, cols];
         // A bias is one row per module; a weight is one block of rows per module.
-        let dense_shape = if to.ends_with("bias") { [1, cols] } else { block };
+        let dense_shape = if to.ends_with("bias") {
+            [1, cols]
+        } else {
+            block
+        };
         let base = read(from, dense_shape)?;
         let rms = (base.iter().map(|v| v * v).sum::<f32>() / base.len().max(1) as f32).sqrt();
         let std = noise * rms;
         let normal = Normal::new(0.0, std.max(0.0)).map_err(|e| e.to_string())?;
         let mut stacked = Vec::with_capacity(rows * cols);
         for _ in 0..modules {
-            stacked.extend(base.iter().map(|&v| {
-                if std > 0.0 {
-                    v + normal.sample(rng)
-                } else {
-                    v
-                }
-            }));
+            stacked.extend(base.iter().map(
+                |&v| {
+                    if std > 0.0 { v + normal.sample(rng) } else { v }
+                },
+            ));
         }
         *params.get_mut(id) = b.upload([rows, cols], &stacked);
     }

@@ -4,8 +4,9 @@
 use modula_data::toy::{ToyConfig, ToyData, permutation, purity};
 use modula_em::models::{MlpConfig, MlpInput, ModularMlp};
 use modula_em::{
-    Algo, Batch, ConfigError, DenseMatch, EStepDue, EStepSettings, Group, Target, Task, TrainError,
-    TrainSettings, Trainer, effective_count, invalid, stream, usage_counts,
+    Algo, Batch, ConfigError, DEFAULT_DIVERGENCE_FACTOR, DenseMatch, EStepDue, EStepSettings,
+    Group, Target, Task, TrainError, TrainSettings, Trainer, effective_count, invalid, stream,
+    usage_counts,
 };
 use modula_nn::{Checkpoint, Ctx, ParamStore};
 use modula_tensor::{Backend, BackendError};
@@ -41,6 +42,9 @@ pub struct ToyTrainConfig {
     pub log_every: usize,
     /// Iterations between checkpoints (a final one is always written).
     pub checkpoint_every: usize,
+    /// Stop when the loss exceeds this many times the initial loss's magnitude (0: only NaN
+    /// and infinity stop the run); see `modula_em::DivergenceGuard`.
+    pub divergence_factor: f32,
 }
 
 impl Default for ToyTrainConfig {
@@ -58,6 +62,7 @@ impl Default for ToyTrainConfig {
             importance_weight: 0.1,
             log_every: 100,
             checkpoint_every: 1000,
+            divergence_factor: DEFAULT_DIVERGENCE_FACTOR,
         }
     }
 }
@@ -74,6 +79,7 @@ impl ToyTrainConfig {
             ctrl_weight: 1.0,
             ctrl_mask: false,
             reinforce_decay: self.reinforce_decay,
+            divergence_factor: self.divergence_factor,
         }
     }
 

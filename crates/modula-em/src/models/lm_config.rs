@@ -103,12 +103,59 @@ impl LmModelConfig {
     /// Parameters of the modular network (controller-routed) for a vocabulary of `vocab`.
     pub fn modular_params(&self, vocab: usize) -> usize {
         let (d, h, m, k) = (self.embed, self.hidden, self.modules, self.k);
-        vocab * d + m * ((d + h) * 3 * h + 6 * h) + (d + h) * k * m + k * m + h * vocab + vocab
+        // The controller: `K` heads of `M` logits from `[x; h]`.
+        let controller = sum(&[prod(&[d.saturating_add(h), k, m]), prod(&[k, m])]);
+        sum(&[self.ends(vocab, h), self.modules_params(), controller])
     }
 
     /// Parameters of a dense GRU language model of hidden width `h`.
     pub fn dense_params(&self, vocab: usize, h: usize) -> usize {
-        vocab * self.embed + (self.embed + h) * 3 * h + 6 * h + h * vocab + vocab
+        let d = self.embed;
+        sum(&[
+            self.ends(vocab, h),
+            prod(&[d.saturating_add(h), 3, h]),
+            prod(&[6, h]),
+        ])
+    }
+
+    /// The embedding and the softmax layer around a recurrent cell of width `h`.
+    fn ends(&self, vocab: usize, h: usize) -> usize {
+        sum(&[prod(&[vocab, self.embed]), prod(&[h, vocab]), vocab])
+    }
+
+    /// The `M` GRU modules' input and recurrent projections (three gates each, with biases).
+    fn modules_params(&self) -> usize {
+        let (d, h) = (self.embed, self.hidden);
+        prod(&[
+            self.modules,
+            sum(&[prod(&[d.saturating_add(h), 3, h]), prod(&[6, h])]),
+        ])
+    }
+
+    /// The trainable scalars of the language model `algo` trains for a vocabulary of `vocab`,
+    /// counted without building it (saturating, so that absurd sizes stay comparable).
+    pub fn parameters(
+        &self,
+        algo: Algo,
+        dense_match: DenseMatch,
+        importance_weight: f32,
+        vocab: usize,
+    ) -> usize {
+        match self.recurrent(algo, dense_match, importance_weight, vocab) {
+            Recurrent::Modular { .. } => self.modular_params(vocab),
+            // Top-k's gate: clean and noise projections of `[x; h]` onto the modules.
+            Recurrent::TopK { modules, .. } => {
+                let gate = prod(&[
+                    2,
+                    sum(&[
+                        prod(&[self.embed.saturating_add(self.hidden), modules]),
+                        modules,
+                    ]),
+                ]);
+                sum(&[self.ends(vocab, self.hidden), self.modules_params(), gate])
+            }
+            Recurrent::Dense { hidden } => self.dense_params(vocab, hidden),
+        }
     }
 
     /// The cell that `algo` trains: the modular network for EM, REINFORCE and uniform routing, the top-k
@@ -135,13 +182,33 @@ impl LmModelConfig {
                 hidden: match dense_match {
                     DenseMatch::Compute => self.hidden,
                     DenseMatch::Params => {
+                        // The smallest width whose count reaches the target, by bisection
+                        // (the count grows with the width), so that even absurd
+                        // configurations resolve at once.
                         let target = self.modular_params(vocab);
-                        (1..)
-                            .find(|&h| self.dense_params(vocab, h) >= target)
-                            .unwrap_or(1)
+                        let (mut lo, mut hi) = (1, target.max(1));
+                        while lo < hi {
+                            let mid = lo + (hi - lo) / 2;
+                            if self.dense_params(vocab, mid) >= target {
+                                hi = mid;
+                            } else {
+                                lo = mid + 1;
+                            }
+                        }
+                        lo
                     }
                 },
             },
         }
     }
+}
+
+/// The product of `factors`, saturating at `usize::MAX`.
+fn prod(factors: &[usize]) -> usize {
+    factors.iter().fold(1, |a, &b| a.saturating_mul(b))
+}
+
+/// The sum of `terms`, saturating at `usize::MAX`.
+fn sum(terms: &[usize]) -> usize {
+    terms.iter().fold(0, |a, &b| a.saturating_add(b))
 }

@@ -52,6 +52,61 @@ impl Default for MlpConfig {
 }
 
 impl MlpConfig {
+    /// What [`ModularMlp::new`] builds for `algo`: modules and slots per layer, and the
+    /// widths from `d_in` through the hidden layers to `d_out`.
+    fn shape(
+        &self,
+        d_in: usize,
+        d_out: usize,
+        algo: Algo,
+        dense_match: DenseMatch,
+    ) -> (usize, usize, Vec<usize>) {
+        let (modules, k) = match algo {
+            Algo::Dense => (1, 1),
+            Algo::Topk => (self.modules, self.k.max(2).min(self.modules)),
+            _ => (self.modules, self.k),
+        };
+        let mut widths = vec![d_in];
+        match (algo, dense_match) {
+            (Algo::Dense, DenseMatch::Params) if self.layers == 1 => widths.push(self.modules),
+            (Algo::Dense, DenseMatch::Params) => widths.extend(std::iter::repeat_n(
+                self.hidden.saturating_mul(self.modules),
+                self.layers - 1,
+            )),
+            _ => widths.extend(std::iter::repeat_n(self.hidden, self.layers - 1)),
+        }
+        widths.push(d_out);
+        (modules, k, widths)
+    }
+
+    /// The trainable scalars of the network [`ModularMlp::new`] builds, counted without
+    /// building it (saturating, so that absurd sizes stay comparable): per layer the modules'
+    /// weights and biases and the gate (a controller's `K` heads, or top-k's clean and noise
+    /// projections).
+    pub fn parameters(
+        &self,
+        d_in: usize,
+        d_out: usize,
+        algo: Algo,
+        dense_match: DenseMatch,
+    ) -> usize {
+        let (modules, k, widths) = self.shape(d_in, d_out, algo, dense_match);
+        let linear = |i: usize, o: usize| i.saturating_mul(o).saturating_add(o);
+        widths
+            .windows(2)
+            .map(|w| {
+                let gate = if algo == Algo::Topk {
+                    linear(w[0], modules).saturating_mul(2)
+                } else {
+                    linear(w[0], k.saturating_mul(modules))
+                };
+                linear(w[0], w[1])
+                    .saturating_mul(modules)
+                    .saturating_add(gate)
+            })
+            .fold(0, usize::saturating_add)
+    }
+
     /// Checks every field, naming the first bad one.
     ///
     /// # Errors
@@ -183,21 +238,7 @@ impl ModularMlp {
         importance_weight: f32,
         rng: &mut impl Rng,
     ) -> Self {
-        let (modules, k) = match algo {
-            Algo::Dense => (1, 1),
-            Algo::Topk => (model.modules, model.k.max(2).min(model.modules)),
-            _ => (model.modules, model.k),
-        };
-        let mut widths = vec![d_in];
-        match (algo, dense_match) {
-            (Algo::Dense, DenseMatch::Params) if model.layers == 1 => widths.push(model.modules),
-            (Algo::Dense, DenseMatch::Params) => widths.extend(std::iter::repeat_n(
-                model.hidden * model.modules,
-                model.layers - 1,
-            )),
-            _ => widths.extend(std::iter::repeat_n(model.hidden, model.layers - 1)),
-        }
-        widths.push(d_out);
+        let (modules, k, widths) = model.shape(d_in, d_out, algo, dense_match);
         let count = widths.len() - 1;
         let layers = (0..count)
             .map(|l| {

@@ -34,17 +34,23 @@ struct Data<'a> {
 }
 
 /// Draws `$name.png` and `$name.svg` in `$dir` with the same drawing function, which is
-/// generic over the backend (a macro, because one function pointer cannot serve both).
+/// generic over the backend (a macro, because one function pointer cannot serve both). Each
+/// file is drawn into a temporary file and renamed over its name, so a crash never leaves a
+/// half-drawn plot.
 macro_rules! save {
     ($dir:expr, $name:literal, $size:expr, $data:expr, $draw:ident, $written:expr) => {{
-        let png_path = $dir.join(concat!($name, ".png"));
-        let root = BitMapBackend::new(&png_path, $size).into_drawing_area();
-        $draw(&root, $data)?;
-        root.present().map_err(err)?;
-        let svg_path = $dir.join(concat!($name, ".svg"));
-        let root = SVGBackend::new(&svg_path, $size).into_drawing_area();
-        $draw(&root, $data)?;
-        root.present().map_err(err)?;
+        crate::files::replace_with(&$dir.join(concat!($name, ".png")), "plots", |tmp| {
+            let root = BitMapBackend::new(tmp, $size).into_drawing_area();
+            $draw(&root, $data)?;
+            root.present().map_err(err)
+        })
+        .map_err(err)?;
+        crate::files::replace_with(&$dir.join(concat!($name, ".svg")), "plots", |tmp| {
+            let root = SVGBackend::new(tmp, $size).into_drawing_area();
+            $draw(&root, $data)?;
+            root.present().map_err(err)
+        })
+        .map_err(err)?;
         $written.push(concat!($name, ".png").to_string());
         $written.push(concat!($name, ".svg").to_string());
     }};

@@ -1,0 +1,228 @@
+//! The memory a run will need, estimated from its configuration before anything is allocated,
+//! and what this process may use: a run that cannot fit is refused with the estimate and what
+//! to reduce, instead of aborting when an allocation fails halfway through.
+//!
+//! The estimate adds up, in bytes of `f32` (4) unless said otherwise:
+//! - **the program**: the binary, its allocator and threads, a fixed [`PROGRAM`];
+//! - **data**: the task's examples as the trainer holds them (toy: inputs, targets and regimes
+//!   of both splits; a language model: every split's tokens twice, as a corpus and as streams);
+//! - **parameters** `P` (counted by the same rules that build the network), held four times:
+//!   the parameters, their gradients and Adam's two moments;
+//! - **checkpoint**: writing one copies parameters and moments to the host and serialises the
+//!   copy, `2 x 3P` more;
+//! - **assignment table** (EM): `K` `u16` per training example and modular layer, three times
+//!   while a checkpoint is written;
+//! - **activations**: the largest batch of rows in flight (a gradient step, an E-step's
+//!   candidates, an evaluation) times the widths each row carries through the network.
+//!
+//! The available memory is `MemAvailable` from `/proc/meminfo`, or the room left under the
+//! process's cgroup memory limit when that is smaller.
+
+use std::path::Path;
+
+use modula_em::Algo;
+use modula_tasks::LmData;
+
+use crate::config::{LmRun, RunConfig, ToyRun};
+use crate::error::{RunError, run_error};
+
+/// What the program itself occupies before any run-specific allocation: the binary's pages,
+/// the allocator's and the thread pool's own memory (measured at 20-30 MiB).
+pub const PROGRAM: u64 = 24 << 20;
+
+/// A run's estimated peak memory, by part.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Estimate {
+    /// Each part's name and bytes.
+    pub parts: Vec<(&'static str, u64)>,
+    /// What to lower to need less, as configuration fields.
+    pub knobs: &'static str,
+}
+
+impl Estimate {
+    /// The total in bytes.
+    pub fn total(&self) -> u64 {
+        self.parts
+            .iter()
+            .fold(0u64, |a, (_, b)| a.saturating_add(*b))
+    }
+
+    /// The parts in words, for messages.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .parts
+            .iter()
+            .filter(|(_, b)| *b > 0)
+            .map(|(name, b)| format!("{name} {}", size(*b)))
+            .collect();
+        format!("about {} ({})", size(self.total()), parts.join(", "))
+    }
+}
+
+/// A size in the unit that reads best.
+pub fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.1} GiB", b / (1u64 << 30) as f64)
+    } else {
+        format!("{:.0} MiB", (b / (1u64 << 20) as f64).max(1.0))
+    }
+}
+
+/// `count` items of `bytes` bytes each, saturating instead of overflowing on absurd sizes.
+fn bytes(count: f64, each: f64) -> u64 {
+    let b = count * each;
+    if b >= u64::MAX as f64 {
+        u64::MAX
+    } else {
+        b as u64
+    }
+}
+
+/// Estimates the peak memory of training `cfg`; a language model needs its loaded `data`
+/// (the vocabulary sets the model's size).
+///
+/// # Panics
+/// If `cfg` is a language model and `data` is `None`.
+#[track_caller]
+pub fn estimate(cfg: &RunConfig, data: Option<&LmData>) -> Estimate {
+    match cfg {
+        RunConfig::Toy(run) => toy(run),
+        RunConfig::Lm(run) => lm(
+            run,
+            data.expect("a language model's estimate needs its data"),
+        ),
+    }
+}
+
+/// The parts every task shares: parameters, optimiser state and checkpoint copies of `p`
+/// parameters, and the assignment table of `table` `u16` entries.
+fn common(p: f64, table: f64) -> Vec<(&'static str, u64)> {
+    vec![
+        ("program", PROGRAM),
+        ("parameters, gradients and Adam's moments", bytes(p, 16.0)),
+        ("checkpoint copies", bytes(p, 24.0)),
+        ("assignment table", bytes(table, 6.0)),
+    ]
+}
+
+fn toy(run: &ToyRun) -> Estimate {
+    let (t, m, tr) = (&run.task, &run.model, &run.train);
+    let f = |n: usize| n as f64;
+    let p = f(m.parameters(t.dim, 1, tr.algo, tr.dense_match));
+    let slots = if tr.algo == Algo::Em {
+        f(m.k) * f(m.layers)
+    } else {
+        0.0
+    };
+    let mut parts = common(p, f(t.train) * slots);
+    // Inputs and targets on the host and on the device, and each example's regime.
+    parts.push((
+        "data",
+        bytes(f(t.train) + f(t.test), 8.0 * (f(t.dim) + 1.0) + 4.0),
+    ));
+    // The widest rows in flight: an E-step's candidates or the test split's evaluation, each
+    // carrying the input, every hidden layer and the controller's scores per module.
+    let rows = (f(tr.batch_size) * f(tr.samples)).max(f(t.test));
+    let width =
+        f(t.dim) + f(m.hidden) * f(m.layers - 1) * f(m.modules) + 2.0 * f(m.modules) * f(m.layers);
+    parts.push(("activations", bytes(rows, 16.0 * width)));
+    Estimate {
+        parts,
+        knobs: "task.train and task.test (data), model.modules, model.hidden and model.layers (parameters), train.batch_size and train.samples (activations)",
+    }
+}
+
+fn lm(run: &LmRun, data: &LmData) -> Estimate {
+    let (m, tr) = (&run.model, &run.train);
+    let f = |n: usize| n as f64;
+    let vocab = data.vocab.len();
+    let p = f(m.parameters(tr.algo, tr.dense_match, tr.importance_weight, vocab));
+    let tokens = f(data.train.tokens.len() + data.valid.tokens.len() + data.test.tokens.len());
+    let slots = if tr.algo == Algo::Em { f(m.k) } else { 0.0 };
+    let mut parts = common(p, f(data.train.tokens.len()) * slots);
+    let words: usize = data.vocab.words().iter().map(|w| w.len() + 64).sum();
+    parts.push(("data", bytes(tokens, 8.0).saturating_add(words as u64)));
+    // A window's rows (streams x steps; an E-step scores `samples` candidates per stream, in
+    // chunks of about 2048 rows), each with its logits over the vocabulary and their softmax
+    // and gradient, plus the recurrent states and gates kept for the backward pass.
+    let window = f(tr.batch_size) * f(tr.bptt);
+    let e_rows = if tr.algo == Algo::Em {
+        (f(tr.batch_size) * f(tr.samples)).max(2048.0)
+    } else {
+        0.0
+    };
+    let rows = window.max(e_rows);
+    let width = 3.0 * f(vocab) + 8.0 * (f(m.hidden) * f(m.modules.min(4)) + f(m.embed));
+    parts.push(("activations", bytes(rows, 4.0 * width)));
+    Estimate {
+        parts,
+        knobs: "model.hidden, model.embed and model.modules (parameters), train.batch_size, train.bptt and train.samples (activations), task.max_vocab (both)",
+    }
+}
+
+/// The bytes this process may still allocate, and where the figure comes from: the cgroup's
+/// limit less its usage when one is set, else `MemAvailable`. `None` where neither can be read.
+pub fn available() -> Option<(u64, &'static str)> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some((kib.saturating_mul(1024), "MemAvailable in /proc/meminfo"))
+        });
+    let cgroup = cgroup_room().map(|b| (b, "the cgroup memory limit"));
+    match (meminfo, cgroup) {
+        (Some(a), Some(c)) => Some(if c.0 < a.0 { c } else { a }),
+        (a, c) => a.or(c),
+    }
+}
+
+/// The room under this process's cgroup memory limit (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`), if it has one.
+fn cgroup_room() -> Option<u64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let read = |p: &Path| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    for line in own.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let path = path.trim_start_matches('/');
+        let (dir, limit, usage) = if controllers.is_empty() {
+            (
+                Path::new("/sys/fs/cgroup").join(path),
+                "memory.max",
+                "memory.current",
+            )
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (
+                Path::new("/sys/fs/cgroup/memory").join(path),
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
+        } else {
+            continue;
+        };
+        // `max` (v2) or a huge number (v1) means no limit.
+        if let Some(limit) = read(&dir.join(limit)).filter(|&l| l < 1 << 60) {
+            return Some(limit.saturating_sub(read(&dir.join(usage)).unwrap_or(0)));
+        }
+    }
+    None
+}
+
+/// Estimates the memory of training `cfg` and refuses a run that cannot fit.
+///
+/// # Errors
+/// A run error with the estimate, what is available and what to reduce.
+pub fn check(cfg: &RunConfig, data: Option<&LmData>) -> Result<Estimate, RunError> {
+    let estimate = estimate(cfg, data);
+    match available() {
+        Some((room, source)) if estimate.total() > room => Err(run_error(format!(
+            "the run needs {} of memory, but only {} is available ({source}); reduce {}",
+            estimate.describe(),
+            size(room),
+            estimate.knobs
+        ))),
+        _ => Ok(estimate),
+    }
+}
