@@ -84,6 +84,10 @@ pub struct ReportArgs {
     /// Where to write report.md and curves.png/svg.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Also write every run's figures as JSON to FILE (for example a results.json beside an
+    /// experiment's page).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// Runs `modula report`.
@@ -91,5 +95,5 @@ pub struct ReportArgs {
 /// # Errors
 /// A [`RunError`] naming a run without a readable summary or metrics, or a failed write.
 pub fn report(args: ReportArgs) -> Result<(), RunError> {
-    modula_run::report::report(&args.runs, &args.out)
+    modula_run::report::report(&args.runs, &args.out, args.json.as_deref())
 }

@@ -139,7 +139,81 @@ fn ptb_smoke_run_trains_resumes_and_reports() {
         1,
         &["dense model", "no modules"],
     );
-    let out = modula(&["report", "em", "dense", "--out", "report"], tmp.path());
+    for module in report["modules"].as_array().unwrap() {
+        let classes = module["classes"].as_array().unwrap();
+        assert!(
+            classes.iter().any(|c| c["class"] == "sentence end <eos>"),
+            "{module}"
+        );
+        assert_eq!(
+            classes.len(),
+            module["previous_classes"].as_array().unwrap().len()
+        );
+    }
+
+    // EM with the per-step E-step on every window: one epoch visits every training position,
+    // the perplexity falls, and the epoch end logs all three evaluations.
+    let step_cfg = tmp.path().join("step.toml");
+    let text = fs::read_to_string(cfg).unwrap();
+    // `[train]` is the file's last section, so these lines land in it.
+    fs::write(
+        &step_cfg,
+        text + "e_every = 1\ne_search = \"step\"\ne_prior = 0.5\n",
+    )
+    .unwrap();
+    let step_cfg = step_cfg.to_str().unwrap();
+    assert_ok(&modula(
+        &[
+            "train", "--config", step_cfg, "--epochs", "1", "--out", "step",
+        ],
+        tmp.path(),
+    ));
+    let step = tmp.path().join("step");
+    let ppl = valid_ppls(&step);
+    assert!(ppl.last().unwrap() < &(0.5 * ppl[0]), "{ppl:?}");
+    let step_summary = json(&step.join("summary.json"));
+    assert_eq!(step_summary["coverage"], 1.0, "{step_summary}");
+    assert!(
+        step_summary["ctrl_nll_slot"].as_f64().is_some(),
+        "{step_summary}"
+    );
+    let end = fs::read_to_string(step.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .next_back()
+        .unwrap();
+    for key in [
+        "test_ppl",
+        "valid_ppl_mixture",
+        "test_ppl_mixture",
+        "valid_ppl_posterior",
+        "test_ppl_posterior",
+    ] {
+        assert!(end[key].as_f64().is_some_and(|v| v > 1.0), "{key}: {end}");
+    }
+    assert_eq!(end["mixture_routes"], 3);
+    // `modula eval` repeats the three figures of the summary.
+    let out = modula(&["eval", "--run", "step", "--json"], tmp.path());
+    assert_ok(&out);
+    let eval: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["test_ppl", "test_ppl_mixture", "test_ppl_posterior"] {
+        assert_eq!(eval[key], step_summary[key], "{key}: {eval}");
+    }
+
+    let out = modula(
+        &[
+            "report",
+            "em",
+            "dense",
+            "step",
+            "--out",
+            "report",
+            "--json",
+            "results.json",
+        ],
+        tmp.path(),
+    );
     assert_ok(&out);
     let table = fs::read_to_string(tmp.path().join("report/report.md")).unwrap();
     assert!(
@@ -147,6 +221,35 @@ fn ptb_smoke_run_trains_resumes_and_reports() {
         "{table}"
     );
     assert!(tmp.path().join("report/curves.png").is_file());
+    let results = json(&tmp.path().join("results.json"));
+    let results = results.as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[1]["dense_match"], "compute");
+    assert_eq!(results[2]["coverage"], 1.0);
+    assert_eq!(
+        results[2]["test_ppl_mixture"],
+        step_summary["test_ppl_mixture"]
+    );
+    for key in [
+        "algo",
+        "m",
+        "k",
+        "seed",
+        "epochs",
+        "test_ppl",
+        "valid_ppl",
+        "parameters",
+        "flops_per_token",
+        "tokens_per_s",
+        "effective_modules",
+        "ctrl_nll",
+    ] {
+        assert!(
+            results[2].get(key).is_some(),
+            "{key} missing from {}",
+            results[2]
+        );
+    }
 }
 
 #[test]

@@ -456,6 +456,17 @@ impl RunConfig {
             ),
         };
         checked.map_err(|e| run_error(e.to_string()))?;
+        if let RunConfig::Lm(c) = self {
+            let upcycled = !c.train.init_from.as_os_str().is_empty();
+            let modular = matches!(c.train.algo, Algo::Em | Algo::Reinforce | Algo::Uniform);
+            if upcycled && !(modular && c.model.k == 1) {
+                return Err(run_error(format!(
+                    "invalid configuration: `train.init_from` upcycles a dense GRU into a controller-routed modular one with K = 1 (em, reinforce or uniform), not {} with K = {}; remove it or change train.algo and model.k",
+                    c.train.algo.name(),
+                    c.model.k
+                )));
+            }
+        }
         // Noisy top-k picks at least two modules, so it cannot run on a pool of one.
         if common.algo == Algo::Topk && modules < 2 {
             return Err(run_error(format!(

@@ -46,6 +46,12 @@ pub struct Interval {
     /// Fraction of `a*` changed by the latest E-step (of the interval, or of the run when
     /// the job keeps it across intervals).
     pub changed: Option<f64>,
+    /// E-steps in the interval.
+    pub e_steps: u64,
+    /// Sum of their fractions of `a*` changed.
+    pub changed_sum: f64,
+    /// Share of the task's keys visited by any E-step so far, after the interval's last one.
+    pub coverage: Option<f64>,
     /// Training units (examples, tokens) of the interval's gradient steps.
     pub units: u64,
     /// Seconds spent in the interval's training steps.
@@ -63,6 +69,14 @@ struct StoredInterval {
     batch_entropy: u64,
     usage: Vec<Vec<u64>>,
     changed: Option<u64>,
+    // Added after runs were already checkpointed: absent in their intervals, which then
+    // count no E-step (the first record after such a resume has no mean of `changed`).
+    #[serde(default)]
+    e_steps: u64,
+    #[serde(default)]
+    changed_sum: u64,
+    #[serde(default)]
+    coverage: Option<u64>,
     units: u64,
     seconds: u64,
 }
@@ -72,6 +86,9 @@ impl Interval {
     pub fn add(&mut self, o: &StepOutcome, seconds: f64) {
         if let Some(e) = &o.e_step {
             self.changed = Some(e.changed);
+            self.e_steps += 1;
+            self.changed_sum += e.changed;
+            self.coverage = Some(e.coverage);
         }
         self.seconds += seconds;
         let Some(s) = &o.gradient else { return };
@@ -123,6 +140,9 @@ impl Interval {
             batch_entropy: self.batch_entropy.to_bits(),
             usage: self.usage.clone(),
             changed: self.changed.map(f64::to_bits),
+            e_steps: self.e_steps,
+            changed_sum: self.changed_sum.to_bits(),
+            coverage: self.coverage.map(f64::to_bits),
             units: self.units,
             seconds: self.seconds.to_bits(),
         };
@@ -140,6 +160,9 @@ impl Interval {
             batch_entropy: f64::from_bits(s.batch_entropy),
             usage: s.usage,
             changed: s.changed.map(f64::from_bits),
+            e_steps: s.e_steps,
+            changed_sum: f64::from_bits(s.changed_sum),
+            coverage: s.coverage.map(f64::from_bits),
             units: s.units,
             seconds: f64::from_bits(s.seconds),
         })
@@ -511,9 +534,19 @@ mod tests {
             batch_entropy: 1e-300,
             usage: vec![vec![1, 2, 3]],
             changed: Some(0.125),
+            e_steps: 2,
+            changed_sum: 0.1 + 0.7,
+            coverage: Some(2.0 / 3.0),
             units: 7,
             seconds: 0.5,
         };
         assert_eq!(Interval::from_meta(&iv.to_meta()), Some(iv));
+    }
+
+    #[test]
+    fn intervals_stored_before_the_e_step_means_read_back_with_none() {
+        let old = r#"{"gradient_steps":1,"nll":0,"ctrl_nll":0,"entropy_steps":0,"mean_entropy":0,"batch_entropy":0,"usage":[],"changed":null,"units":3,"seconds":0}"#;
+        let iv = Interval::from_meta(old).expect("an older interval reads back");
+        assert_eq!((iv.e_steps, iv.coverage, iv.units), (0, None, 3));
     }
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use modula_tensor::Backend;
 use serde::Serialize;
 
+use crate::classes::{ClassLift, class_lifts};
 use crate::config::RunConfig;
 use crate::dir::{self, DeviceInfo, RunDir};
 use crate::error::{RunError, run_error};
@@ -57,6 +58,11 @@ pub struct ModuleReport {
     pub words: Vec<Lift>,
     /// Words just before its positions (the context), most over-represented first.
     pub previous: Vec<Lift>,
+    /// Each word class's lift among the words read at its positions.
+    pub classes: Vec<ClassLift>,
+    /// Each word class's lift among the words just before its positions (a previous
+    /// `<eos>` marks a sentence start).
+    pub previous_classes: Vec<ClassLift>,
 }
 
 /// `inspect.json`.
@@ -211,6 +217,8 @@ pub fn inspect<B: Backend>(
                     share: module_positions[m] as f64 / positions.max(1) as f64,
                     words: read.ranked(m, &words, args.top, args.min_count),
                     previous: before.ranked(m, &words, args.top, args.min_count),
+                    classes: class_lifts(&read.total, &read.per_module[m], &words),
+                    previous_classes: class_lifts(&before.total, &before.per_module[m], &words),
                 })
                 .collect(),
         };
@@ -263,6 +271,21 @@ fn markdown(r: &Report) -> String {
             lifts_cell(&m.words),
             lifts_cell(&m.previous)
         ));
+    }
+    s.push_str("\nWord classes: lift of each class among the words read at a module's positions / among the words just before them (a previous `<eos>` is a sentence start).\n\n");
+    let names: Vec<&str> = r.modules.first().map_or(Vec::new(), |m| {
+        m.classes.iter().map(|c| c.class.as_str()).collect()
+    });
+    s.push_str(&format!("| module | {} |\n", names.join(" | ")));
+    s.push_str(&format!("|---|{}\n", "---|".repeat(names.len())));
+    for m in &r.modules {
+        let cells: Vec<String> = m
+            .classes
+            .iter()
+            .zip(&m.previous_classes)
+            .map(|(read, prev)| format!("{:.1}x / {:.1}x", read.lift, prev.lift))
+            .collect();
+        s.push_str(&format!("| {} | {} |\n", m.module, cells.join(" | ")));
     }
     s
 }

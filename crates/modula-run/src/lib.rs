@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod classes;
 pub mod config;
 pub mod console;
 pub mod dir;
@@ -38,10 +39,13 @@ pub fn train<B: Backend>(backend: B, device: DeviceInfo, mut start: Start) -> Re
     match start.cfg.clone() {
         RunConfig::Toy(run) => driver::train(toy::ToyJob::new(backend, device, &run), start),
         RunConfig::Lm(run) => {
-            let job = match start.data.take() {
+            let mut job = match start.data.take() {
                 Some(data) => lm::LmJob::with_data(backend, device, &run, data),
                 None => lm::LmJob::new(backend, device, &run)?,
             };
+            if start.checkpoint.is_none() {
+                job.upcycle()?;
+            }
             driver::train(job, start)
         }
     }
@@ -83,6 +87,9 @@ pub enum Figures {
         eval_tokens: [usize; 2],
         /// `exp` of the entropy of the test split's module usage.
         effective_modules: Option<f64>,
+        /// The filtered-mixture and posterior perplexities (controller-routed modular models).
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        filtered: Option<lm::Filtered>,
     },
 }
 
@@ -105,11 +112,16 @@ impl Evaluation {
                 test_ppl,
                 eval_tokens,
                 effective_modules,
+                filtered,
             } => format!(
-                "valid ppl {valid_ppl:.2} ({} tokens), test ppl {test_ppl:.2} ({} tokens){}",
+                "valid ppl {valid_ppl:.2} ({} tokens), test ppl {test_ppl:.2} ({} tokens){}{}",
                 eval_tokens[0],
                 eval_tokens[1],
-                effective_modules.map_or(String::new(), |e| format!(", {e:.2} effective modules"))
+                effective_modules.map_or(String::new(), |e| format!(", {e:.2} effective modules")),
+                filtered.as_ref().map_or(String::new(), |f| format!(
+                    "\nfiltered mixture (a valid score, {} modules per token): valid ppl {:.2}, test ppl {:.2}; posterior routes (a diagnostic, not a valid score): valid ppl {:.2}, test ppl {:.2}",
+                    f.mixture_routes, f.valid_ppl_mixture, f.test_ppl_mixture, f.valid_ppl_posterior, f.test_ppl_posterior
+                ))
             ),
         };
         format!("{head}\n{figures}")
@@ -147,6 +159,7 @@ pub fn evaluate<B: Backend>(
                 test_ppl: test.perplexity,
                 eval_tokens: [valid.tokens, test.tokens],
                 effective_modules: lm::usage_perplexity(&test.usage),
+                filtered: job.filtered(limit)?,
             };
             (job.trainer.step, figures)
         }

@@ -6,7 +6,7 @@ use std::path::Path;
 use modula_data::{TextCorpus, data_dir};
 use modula_em::Trainer;
 use modula_em::effective_count;
-use modula_tasks::{LmData, LmEval, LmTask};
+use modula_tasks::{LmData, LmEval, LmFiltered, LmTask};
 use modula_tensor::Backend;
 
 use crate::config::{LmRun, RunConfig};
@@ -15,7 +15,10 @@ use crate::driver::{Due, Interval, Job, Logged};
 use crate::error::{RunError, run_error};
 use crate::{console, files};
 
-pub use crate::records::{LmRecord, LmSummary};
+pub use crate::records::{EpochEnd, Filtered, LmRecord, LmSummary};
+
+/// The random stream of upcycling's noise (apart from the streams training draws from).
+const UPCYCLE_STREAM: u64 = 1 << 58;
 
 /// `exp` of the entropy of a usage histogram, `None` for an empty one (a dense model).
 pub fn usage_perplexity(usage: &[u64]) -> Option<f64> {
@@ -96,6 +99,87 @@ impl<B: Backend> LmJob<B> {
             .map_err(|e| run_error(format!("evaluation failed: {e}")))
     }
 
+    /// The filtered-mixture and posterior evaluations of the validation (`valid`) or test
+    /// split, on at most `max_tokens` tokens (0: all); `None` for models without a
+    /// controller-routed modular cell. For `K > 1` the mixture draws `train.samples`
+    /// selections per step from a generator seeded by the run's seed, so that every
+    /// evaluation of the same parameters gives the same figure.
+    ///
+    /// # Errors
+    /// A failed evaluation.
+    pub fn evaluate_filtered(
+        &self,
+        valid: bool,
+        max_tokens: usize,
+    ) -> Result<Option<LmFiltered>, RunError> {
+        let t = &self.trainer;
+        let streams = if valid {
+            &t.task.data.valid
+        } else {
+            &t.task.data.test
+        };
+        let r = self.run();
+        t.task
+            .evaluate_filtered(
+                &t.backend,
+                &t.model,
+                &t.params,
+                streams,
+                max_tokens,
+                r.train.samples,
+                r.seed,
+            )
+            .map_err(|e| run_error(format!("evaluation failed: {e}")))
+    }
+
+    /// Both splits' filtered-mixture and posterior perplexities (`None` for models without a
+    /// controller-routed modular cell).
+    ///
+    /// # Errors
+    /// A failed evaluation.
+    pub fn filtered(&self, max_tokens: usize) -> Result<Option<Filtered>, RunError> {
+        let (Some(valid), Some(test)) = (
+            self.evaluate_filtered(true, max_tokens)?,
+            self.evaluate_filtered(false, max_tokens)?,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Filtered {
+            valid_ppl_mixture: valid.mixture_ppl,
+            test_ppl_mixture: test.mixture_ppl,
+            valid_ppl_posterior: valid.posterior_ppl,
+            test_ppl_posterior: test.posterior_ppl,
+            mixture_routes: test.routes,
+        }))
+    }
+
+    /// Upcycling: when `train.init_from` names a dense run, initialises this (fresh) run's
+    /// modules, embedding and softmax from that run's checkpoint, with noise drawn from the
+    /// run's seed (see `modula_tasks::upcycle`).
+    ///
+    /// # Errors
+    /// A run error naming the dense run when its checkpoint cannot be read or does not fit.
+    pub fn upcycle(&mut self) -> Result<(), RunError> {
+        let train = &self.run().train;
+        if train.init_from.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let (from, noise, seed) = (train.init_from.clone(), train.init_noise, self.run().seed);
+        let ck = crate::dir::read_checkpoint(&from)?;
+        let t = &mut self.trainer;
+        let (modules, _) = t
+            .model
+            .modular_shape()
+            .expect("validation keeps upcycling to modular runs");
+        let mut rng = modula_em::stream(seed, UPCYCLE_STREAM);
+        modula_tasks::upcycle(&t.backend, &mut t.params, &ck, modules, noise, &mut rng).map_err(|e| {
+            run_error(format!(
+                "cannot upcycle from {}: {e}; name the run directory of a dense run with --dense-match compute and this run's embed and hidden sizes",
+                from.display()
+            ))
+        })
+    }
+
     fn finished(&self) -> bool {
         self.trainer.task.epoch >= self.run().train.epochs
     }
@@ -165,16 +249,25 @@ impl<B: Backend> Job<B> for LmJob<B> {
     }
 
     fn record(&mut self, iv: &Interval, evaluate: bool) -> Result<Logged, RunError> {
+        let limit = self.run().train.eval_tokens;
         let valid_ppl = if evaluate {
-            Some(
-                self.evaluate(true, self.run().train.eval_tokens)?
-                    .perplexity,
-            )
+            Some(self.evaluate(true, limit)?.perplexity)
         } else {
             None
         };
         let t = &self.trainer;
         let task = &t.task;
+        // An epoch just ended: the test split's greedy figures and the filtered evaluations.
+        let epoch_end = if evaluate && task.window == 0 && t.step > 0 {
+            let test = self.evaluate(false, limit)?;
+            Some(EpochEnd {
+                test_ppl: test.perplexity,
+                effective_modules: usage_perplexity(&test.usage),
+                filtered: self.filtered(limit)?,
+            })
+        } else {
+            None
+        };
         let r = LmRecord {
             step: t.step,
             epoch: task.epoch as f64 + task.window as f64 / task.windows_per_epoch() as f64,
@@ -185,10 +278,22 @@ impl<B: Backend> Job<B> for LmJob<B> {
             batch_perplexity: Interval::mean(iv.batch_entropy, iv.entropy_steps).map(f64::exp),
             usage: iv.usage.first().cloned().unwrap_or_default(),
             changed: iv.changed,
+            changed_mean: Interval::mean(iv.changed_sum, iv.e_steps),
+            coverage: iv.coverage,
             tokens_per_s: iv.rate(),
             valid_ppl,
+            epoch_end,
         };
-        let ppl = valid_ppl.map_or(String::new(), |p| format!(", valid ppl {p:.1}"));
+        let mut ppl = valid_ppl.map_or(String::new(), |p| format!(", valid ppl {p:.1}"));
+        if let Some(e) = &r.epoch_end {
+            ppl.push_str(&format!(", test ppl {:.1}", e.test_ppl));
+            if let Some(f) = &e.filtered {
+                ppl.push_str(&format!(
+                    " (mixture {:.1}, posterior {:.1})",
+                    f.test_ppl_mixture, f.test_ppl_posterior
+                ));
+            }
+        }
         let train_ppl = r.train_nll.unwrap_or(f64::NAN).exp();
         Ok(Logged {
             short: format!("train ppl {train_ppl:.1}{ppl}, {:.0} tok/s", r.tokens_per_s),
@@ -205,17 +310,27 @@ impl<B: Backend> Job<B> for LmJob<B> {
         dir: &Path,
         train_seconds: f64,
         train_units: u64,
-        _records: &[serde_json::Value],
+        records: &[serde_json::Value],
     ) -> Result<(), RunError> {
         let r = self.run();
         let limit = r.train.eval_tokens;
         let valid = self.evaluate(true, limit)?;
         let test = self.evaluate(false, limit)?;
+        let filtered = self.filtered(limit)?;
         let t = &self.trainer;
         let modular = t.model.modular_shape();
+        let last_epoch = last_epoch_records(records);
+        let k = modular.map_or(1, |(_, k)| k) as f64;
         let summary = LmSummary {
             task: r.task_name.clone(),
             algo: r.train.algo.name().into(),
+            dense_match: (r.train.algo == modula_em::Algo::Dense).then(|| {
+                match r.train.dense_match {
+                    modula_em::DenseMatch::Compute => "compute",
+                    modula_em::DenseMatch::Params => "params",
+                }
+                .to_string()
+            }),
             name: r.name(),
             modules: modular.map(|(m, _)| m),
             k: modular.map(|(_, k)| k),
@@ -233,6 +348,10 @@ impl<B: Backend> Job<B> for LmJob<B> {
             test_ppl: test.perplexity,
             effective_modules: usage_perplexity(&test.usage),
             test_usage: test.usage.clone(),
+            filtered,
+            ctrl_nll_slot: mean_of(&last_epoch, |r| r.ctrl_nll).map(|v| v / k),
+            routes_changed: mean_of(&last_epoch, |r| r.changed_mean),
+            coverage: last_epoch.iter().rev().find_map(|r| r.coverage),
             seed: r.seed,
             threads: r.threads,
             device: self.device.clone(),
@@ -249,13 +368,17 @@ impl<B: Backend> Job<B> for LmJob<B> {
             )
         };
         console::print(&format!(
-            "{}: {} epochs, {} windows, {:.0} tokens/s ({state})\nvalid ppl {:.2}, test ppl {:.2}, {} parameters, {:.2} MFLOP/token{}\nrun directory: {}\n",
+            "{}: {} epochs, {} windows, {:.0} tokens/s ({state})\nvalid ppl {:.2}, test ppl {:.2}{}, {} parameters, {:.2} MFLOP/token{}\nrun directory: {}\n",
             summary.name,
             summary.epochs,
             summary.steps,
             summary.tokens_per_s,
             summary.valid_ppl,
             summary.test_ppl,
+            summary.filtered.as_ref().map_or(String::new(), |f| format!(
+                " (filtered mixture {:.2} at {} modules per token, posterior {:.2})",
+                f.test_ppl_mixture, f.mixture_routes, f.test_ppl_posterior
+            )),
             summary.parameters,
             summary.flops_per_token as f64 / 1e6,
             summary
@@ -264,4 +387,33 @@ impl<B: Backend> Job<B> for LmJob<B> {
             dir.display()
         ))
     }
+}
+
+/// The records of the last epoch a run logged: those after the previous epoch-end record (or
+/// all of them when there is none), read back as [`LmRecord`]s.
+fn last_epoch_records(records: &[serde_json::Value]) -> Vec<LmRecord> {
+    let all: Vec<LmRecord> = records
+        .iter()
+        .filter_map(|r| serde_json::from_value(r.clone()).ok())
+        .collect();
+    // The final record is itself an epoch end when the run finished an epoch; the epoch it
+    // closes starts after the epoch end before it.
+    let ends: Vec<usize> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.epoch_end.is_some())
+        .map(|(i, _)| i)
+        .collect();
+    let start = match ends.as_slice() {
+        [.., before, last] if *last + 1 == all.len() => before + 1,
+        [.., last] if *last + 1 < all.len() => last + 1,
+        _ => 0,
+    };
+    all[start..].to_vec()
+}
+
+/// The mean of a record field over the records that have it.
+fn mean_of(records: &[LmRecord], field: impl Fn(&LmRecord) -> Option<f64>) -> Option<f64> {
+    let values: Vec<f64> = records.iter().filter_map(field).collect();
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }

@@ -132,10 +132,47 @@ pub struct LmRecord {
     pub usage: Vec<u64>,
     /// Fraction of the window's `a*` changed by the interval's last E-step (EM).
     pub changed: Option<f64>,
+    /// Mean fraction of `a*` changed over the interval's E-steps (EM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_mean: Option<f64>,
+    /// Share of the training positions any E-step has visited so far (EM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<f64>,
     /// Training tokens per second over the interval (training windows only).
     pub tokens_per_s: f64,
     /// Validation perplexity, at evaluation points.
     pub valid_ppl: Option<f64>,
+    /// The evaluations at the end of every epoch (absent from other records).
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub epoch_end: Option<EpochEnd>,
+}
+
+/// What a language-modelling run measures at the end of each epoch, besides the greedy
+/// validation perplexity every evaluation has.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochEnd {
+    /// Test perplexity, greedy routes (compute proportional to K).
+    pub test_ppl: f64,
+    /// `exp` of the entropy of the test split's greedy module usage (absent for dense).
+    pub effective_modules: Option<f64>,
+    /// The filtered-mixture and posterior evaluations (controller-routed modular models).
+    #[serde(flatten)]
+    pub filtered: Option<Filtered>,
+}
+
+/// The filtered-mixture and posterior perplexities of both held-out splits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Filtered {
+    /// Validation perplexity under the filtered mixture (a valid causal score).
+    pub valid_ppl_mixture: f64,
+    /// Test perplexity under the filtered mixture.
+    pub test_ppl_mixture: f64,
+    /// Validation perplexity along the committed posterior routes (a diagnostic only).
+    pub valid_ppl_posterior: f64,
+    /// Test perplexity along the committed posterior routes.
+    pub test_ppl_posterior: f64,
+    /// Routes the mixture scores per token: its compute, in modules, per token.
+    pub mixture_routes: usize,
 }
 
 /// `summary.json` of a language-modelling run.
@@ -145,6 +182,9 @@ pub struct LmSummary {
     pub task: String,
     /// The algorithm.
     pub algo: String,
+    /// What a dense run is matched to (`"compute"` or `"params"`; absent for other runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense_match: Option<String>,
     /// The run's name (algorithm and configuration).
     pub name: String,
     /// `M` and `K` of the modular layer (`None` for dense).
@@ -181,6 +221,18 @@ pub struct LmSummary {
     pub effective_modules: Option<f64>,
     /// Test-set module usage ((position, slot) pairs per module).
     pub test_usage: Vec<u64>,
+    /// The filtered-mixture and posterior perplexities (controller-routed modular models).
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub filtered: Option<Filtered>,
+    /// Mean controller NLL `-log p(a* | .)` per slot over the last epoch's records (EM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctrl_nll_slot: Option<f64>,
+    /// Mean fraction of `a*` an E-step changed over the last epoch's records (EM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes_changed: Option<f64>,
+    /// Share of the training positions any E-step has visited (EM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<f64>,
     /// The run's seed.
     pub seed: u64,
     /// CPU threads.

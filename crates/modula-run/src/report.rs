@@ -3,22 +3,142 @@
 
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
+
 use crate::dir::{METRICS_FILE, RunDir, SUMMARY_FILE};
 use crate::error::{RunError, run_error};
 use crate::plot::lm::{self as lm_plot, Curve};
 use crate::records::{LmRecord, LmSummary};
 use crate::{console, files, history};
 
+/// One run's figures as `results.json` lists them (`modula report --json`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunResult {
+    /// The run directory.
+    pub run: String,
+    /// The run's name (algorithm and configuration; equal across seeds).
+    pub name: String,
+    /// The algorithm.
+    pub algo: String,
+    /// `M` (absent for dense runs).
+    pub m: Option<usize>,
+    /// `K` (absent for dense runs).
+    pub k: Option<usize>,
+    /// The seed.
+    pub seed: u64,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// What a dense run is matched to.
+    pub dense_match: Option<String>,
+    /// Test perplexity, greedy routes.
+    pub test_ppl: f64,
+    /// Validation perplexity, greedy routes.
+    pub valid_ppl: f64,
+    /// Test perplexity under the filtered mixture.
+    pub test_ppl_mixture: Option<f64>,
+    /// Test perplexity along the committed posterior routes (a diagnostic only).
+    pub test_ppl_posterior: Option<f64>,
+    /// Routes the mixture scores per token.
+    pub mixture_routes: Option<usize>,
+    /// Trainable scalars.
+    pub parameters: usize,
+    /// FLOPs of one forward pass per token.
+    pub flops_per_token: u64,
+    /// Training tokens per second.
+    pub tokens_per_s: f64,
+    /// `exp` of the entropy of the test split's greedy module usage.
+    pub effective_modules: Option<f64>,
+    /// Mean controller NLL per slot over the last epoch.
+    pub ctrl_nll: Option<f64>,
+    /// Share of training positions any E-step visited.
+    pub coverage: Option<f64>,
+    /// Change of the validation perplexity over the last epoch (negative: still falling).
+    pub last_epoch_slope: Option<f64>,
+}
+
+impl RunResult {
+    fn new(dir: &Path, s: &LmSummary, records: &[LmRecord]) -> Self {
+        let filtered = s.filtered.as_ref();
+        RunResult {
+            run: dir.display().to_string(),
+            name: s.name.clone(),
+            algo: s.algo.clone(),
+            m: s.modules,
+            k: s.k,
+            seed: s.seed,
+            epochs: s.epochs,
+            dense_match: s.dense_match.clone(),
+            test_ppl: s.test_ppl,
+            valid_ppl: s.valid_ppl,
+            test_ppl_mixture: filtered.map(|f| f.test_ppl_mixture),
+            test_ppl_posterior: filtered.map(|f| f.test_ppl_posterior),
+            mixture_routes: filtered.map(|f| f.mixture_routes),
+            parameters: s.parameters,
+            flops_per_token: s.flops_per_token,
+            tokens_per_s: s.tokens_per_s,
+            effective_modules: s.effective_modules,
+            ctrl_nll: s.ctrl_nll_slot,
+            coverage: s.coverage,
+            last_epoch_slope: last_epoch_slope(records),
+        }
+    }
+}
+
+/// The validation perplexity at the last epoch end minus that at the epoch end before it
+/// (the run's start counts as one), from the records' evaluations at whole epochs.
+fn last_epoch_slope(records: &[LmRecord]) -> Option<f64> {
+    let ends: Vec<f64> = records
+        .iter()
+        .filter(|r| r.epoch.fract() == 0.0)
+        .filter_map(|r| r.valid_ppl)
+        .collect();
+    match ends.as_slice() {
+        [.., before, last] => Some(last - before),
+        _ => None,
+    }
+}
+
+/// `a` when present, else `-`.
+fn cell(a: Option<f64>, digits: usize) -> String {
+    a.map_or("-".to_string(), |v| format!("{v:.digits$}"))
+}
+
+/// Mean and half the range (`mean ± spread`) of a group's values, `-` when none has one.
+fn mean_spread(values: &[Option<f64>], digits: usize) -> String {
+    let v: Vec<f64> = values.iter().flatten().copied().collect();
+    if v.is_empty() {
+        return "-".into();
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    format!(
+        "{mean:.digits$} ± {:.digits$} ({}-{})",
+        (hi - lo) / 2.0,
+        fmt(lo, digits),
+        fmt(hi, digits)
+    )
+}
+
+fn fmt(v: f64, digits: usize) -> String {
+    format!("{v:.digits$}")
+}
+
 /// Tabulates the language-modelling runs `runs` into `out/report.md` and draws their
-/// validation curves together, printing the table.
+/// validation curves together, printing the table; with `json`, also writes every run's
+/// figures there (see [`RunResult`]).
 ///
 /// # Errors
 /// A run error naming a run without a readable summary or metrics (or a toy run), or a failed
 /// write.
-pub fn report(runs: &[PathBuf], out: &Path) -> Result<(), RunError> {
+pub fn report(runs: &[PathBuf], out: &Path, json: Option<&Path>) -> Result<(), RunError> {
     let mut rows = Vec::new();
     let mut curves = Vec::new();
     let mut histories = Vec::new();
+    let mut results = Vec::new();
     for dir in runs {
         let path = dir.join(SUMMARY_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -49,21 +169,26 @@ pub fn report(runs: &[PathBuf], out: &Path) -> Result<(), RunError> {
             label: s.name.clone(),
             points,
         });
+        results.push(RunResult::new(dir, &s, &records));
         histories.push(records);
         rows.push(s);
     }
     let last_epoch: Vec<f64> = rows.iter().map(|s| s.epochs as f64 - 1.0).collect();
     let noise = loss_noise(&histories, &last_epoch);
     let mut md = String::from(
-        "| run | algorithm | M, K | hidden | epochs | valid ppl | test ppl | parameters | MFLOP/token | tokens/s | effective modules | train-loss noise |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | algorithm | M, K | hidden | epochs | valid ppl | test ppl | test ppl, filtered mixture (modules/token) | test ppl, posterior routes | parameters | MFLOP/token | tokens/s | effective modules | controller NLL per slot | coverage | last-epoch change of valid ppl | train-loss noise |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for (s, noise) in rows.iter().zip(&noise) {
+    for ((s, noise), res) in rows.iter().zip(&noise).zip(&results) {
         let mk = match (s.modules, s.k) {
             (Some(m), Some(k)) => format!("{m}, {k}"),
             _ => "-".into(),
         };
+        let mixture = match (res.test_ppl_mixture, res.mixture_routes) {
+            (Some(p), Some(r)) => format!("{p:.1} ({r})"),
+            _ => "-".into(),
+        };
         md.push_str(&format!(
-            "| {} | {} | {mk} | {} | {}{} | {:.1} | {:.1} | {:.2}M | {:.2} | {:.0} | {} | {} |\n",
+            "| {} | {} | {mk} | {} | {}{} | {:.1} | {:.1} | {mixture} | {} | {:.2}M | {:.2} | {:.0} | {} | {} | {} | {} | {} |\n",
             s.name,
             s.algo,
             s.hidden,
@@ -71,23 +196,59 @@ pub fn report(runs: &[PathBuf], out: &Path) -> Result<(), RunError> {
             if s.finished { "" } else { " (stopped)" },
             s.valid_ppl,
             s.test_ppl,
+            cell(res.test_ppl_posterior, 1),
             s.parameters as f64 / 1e6,
             s.flops_per_token as f64 / 1e6,
             s.tokens_per_s,
-            s.effective_modules
-                .map_or("-".to_string(), |e| format!("{e:.2}")),
-            noise.map_or("-".to_string(), |n| format!("{n:.3}")),
+            cell(s.effective_modules, 2),
+            cell(res.ctrl_nll, 3),
+            cell(res.coverage, 3),
+            cell(res.last_epoch_slope, 1),
+            cell(*noise, 3),
         ));
     }
+    md.push_str(&seed_table(&results));
     let out_dir = RunDir::take(out)?;
     let out = out_dir.path();
     files::replace(&out.join("report.md"), "report", md.as_bytes())?;
     let figures = lm_plot::curves(out, &curves).map_err(run_error)?;
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&results).expect("the results serialise");
+        files::replace(path, "results", (text + "\n").as_bytes())?;
+    }
     console::print(&format!(
         "{md}wrote report.md, {} into {}\n",
         figures.join(", "),
         out.display()
     ))
+}
+
+/// Mean and spread over the seeds of every configuration run with more than one seed (runs
+/// of the same name), as a second markdown table; empty when there is none.
+fn seed_table(results: &[RunResult]) -> String {
+    let mut groups: std::collections::BTreeMap<&str, Vec<&RunResult>> = Default::default();
+    for r in results {
+        groups.entry(&r.name).or_default().push(r);
+    }
+    let mut md = String::new();
+    for (name, runs) in groups.iter().filter(|(_, runs)| runs.len() > 1) {
+        if md.is_empty() {
+            md.push_str("\n| configuration | seeds | test ppl (mean ± half range, min-max) | test ppl, filtered mixture | effective modules | controller NLL per slot |\n|---|---|---|---|---|---|\n");
+        }
+        let seeds: Vec<String> = runs.iter().map(|r| r.seed.to_string()).collect();
+        let col = |f: fn(&RunResult) -> Option<f64>, d| {
+            mean_spread(&runs.iter().map(|r| f(r)).collect::<Vec<_>>(), d)
+        };
+        md.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} |\n",
+            seeds.join(", "),
+            col(|r| Some(r.test_ppl), 1),
+            col(|r| r.test_ppl_mixture, 1),
+            col(|r| r.effective_modules, 2),
+            col(|r| r.ctrl_nll, 3),
+        ));
+    }
+    md
 }
 
 /// The records of the run's surviving history: a run resumed from an earlier checkpoint

@@ -65,6 +65,12 @@ pub struct LmTrainConfig {
     pub ctrl_weight: f32,
     /// EM: leave the controller loss out at positions no E-step has visited yet.
     pub ctrl_mask: bool,
+    /// Upcycling: a run directory of a compute-matched dense run whose checkpoint
+    /// initialises a new modular run (see [`upcycle`]); empty: none. Only read when the run
+    /// starts; its dense training counts in the modular run's budget of tokens.
+    pub init_from: PathBuf,
+    /// Upcycling: each module's noise, relative to the root mean square of the dense tensor.
+    pub init_noise: f32,
     /// REINFORCE: decay of the moving-average reward baseline.
     pub reinforce_decay: f32,
     /// Noisy top-k: weight of the importance loss.
@@ -108,6 +114,8 @@ impl Default for LmTrainConfig {
             e_dropout: false,
             ctrl_weight: 1.0,
             ctrl_mask: false,
+            init_from: PathBuf::new(),
+            init_noise: 0.1,
             reinforce_decay: 0.9,
             importance_weight: 0.1,
             log_every: 20,
@@ -141,6 +149,12 @@ impl LmTrainConfig {
             if v == 0 {
                 return Err(invalid(field, "is 0; use 1 or more"));
             }
+        }
+        if !(self.init_noise >= 0.0 && self.init_noise.is_finite()) {
+            return Err(invalid(
+                "train.init_noise",
+                format!("is {}; use 0 or more (0.1 by default)", self.init_noise),
+            ));
         }
         self.settings().validate(self.importance_weight)
     }
