@@ -32,6 +32,12 @@ pub enum Init {
     /// Glorot-uniform (the default; right for linear and tanh/sigmoid layers).
     #[default]
     Glorot,
+    /// Glorot-uniform with its limit multiplied by `scale` (for example to start a dense layer
+    /// at the scale of one module of a stacked modular initialisation).
+    ScaledGlorot {
+        /// The factor on Glorot's limit.
+        scale: f32,
+    },
     /// He-normal (for layers followed by ReLU).
     He,
     /// Normal with a fixed standard deviation, ignoring the fans (for example
@@ -47,6 +53,10 @@ impl Init {
     pub fn sample(self, rng: &mut impl Rng, fan_in: usize, fan_out: usize, n: usize) -> Vec<f32> {
         match self {
             Init::Glorot => glorot_uniform(rng, fan_in, fan_out, n),
+            Init::ScaledGlorot { scale } => glorot_uniform(rng, fan_in, fan_out, n)
+                .into_iter()
+                .map(|v| v * scale)
+                .collect(),
             Init::He => he_normal(rng, fan_in, n),
             Init::Normal { std } => normal(rng, std, n),
         }

@@ -24,6 +24,7 @@ fn tiny_model(b: &Cpu, recurrent: Recurrent, seed: u64) -> (LanguageModel, Param
         k: 2,
         dropout: 0.3,
         controller_input_grad: true,
+        dense_init_scale: 1.0,
     };
     let mut params = ParamStore::new();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -375,6 +376,7 @@ fn parameter_formulas_count_the_built_models() {
         k: 2,
         dropout: 0.0,
         controller_input_grad: true,
+        dense_init_scale: 1.0,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut count = |recurrent| {
@@ -622,6 +624,7 @@ fn trainer_with(train: &LmTrainConfig, seed: u64) -> Trainer<Cpu, LmTask<Cpu>> {
         k: 1,
         dropout: 0.0,
         controller_input_grad: true,
+        dense_init_scale: 1.0,
     };
     let train = LmTrainConfig {
         bptt: 5,

@@ -31,6 +31,7 @@ fn small_model() -> LmModelConfig {
         k: 1,
         dropout: 0.0,
         controller_input_grad: true,
+        dense_init_scale: 1.0,
     }
 }
 

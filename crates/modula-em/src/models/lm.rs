@@ -201,7 +201,17 @@ impl LanguageModel {
                 (Cell::TopK(cell), config.hidden)
             }
             Recurrent::Dense { hidden } => (
-                Cell::Dense(GruCell::new(b, params, "gru", d, hidden, Init::Glorot, rng)),
+                Cell::Dense(GruCell::new(
+                    b,
+                    params,
+                    "gru",
+                    d,
+                    hidden,
+                    Init::ScaledGlorot {
+                        scale: config.dense_init_scale,
+                    },
+                    rng,
+                )),
                 hidden,
             ),
         };

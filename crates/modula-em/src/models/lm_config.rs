@@ -24,6 +24,12 @@ pub struct LmModelConfig {
     /// Off, the first modular PTB runs stopped diverging at validation but also stopped
     /// learning beyond unigram statistics in one epoch (docs/experiments/ptb.md).
     pub controller_input_grad: bool,
+    /// Dense runs only: a factor on the dense GRU cell's Glorot initialisation (1: standard).
+    /// `sqrt(1 / (2 M))` starts it at the scale of one module of an `M`-module modular cell,
+    /// whose weights are Glorot-initialised over the stacked `[M * d, 3 h]` tensor (exact when
+    /// `embed = hidden`): the baseline that separates what routing does from what the
+    /// modules' smaller initialisation does.
+    pub dense_init_scale: f32,
 }
 
 impl Default for LmModelConfig {
@@ -35,6 +41,7 @@ impl Default for LmModelConfig {
             k: 1,
             dropout: 0.2,
             controller_input_grad: true,
+            dense_init_scale: 1.0,
         }
     }
 }
@@ -95,6 +102,15 @@ impl LmModelConfig {
             return Err(invalid(
                 "model.dropout",
                 format!("is {}; use a probability in [0, 1)", self.dropout),
+            ));
+        }
+        if !(self.dense_init_scale > 0.0 && self.dense_init_scale.is_finite()) {
+            return Err(invalid(
+                "model.dense_init_scale",
+                format!(
+                    "is {}; use a positive factor (1 by default)",
+                    self.dense_init_scale
+                ),
             ));
         }
         Ok(())
