@@ -45,6 +45,17 @@ pub struct LmJob<B: Backend> {
     device: DeviceInfo,
     /// The trainer.
     pub trainer: Trainer<B, LmTask<B>>,
+    /// The evaluations of the last epoch end and the step they were made at, which the
+    /// summary reuses when the run stops there (evaluating the filtered mixture is costly).
+    epoch_end: Option<(u64, Evaluations)>,
+}
+
+/// The held-out evaluations a summary needs.
+#[derive(Clone, Debug)]
+struct Evaluations {
+    valid: LmEval,
+    test: LmEval,
+    filtered: Option<Filtered>,
 }
 
 impl<B: Backend> LmJob<B> {
@@ -64,6 +75,7 @@ impl<B: Backend> LmJob<B> {
             cfg: RunConfig::Lm(run.clone()),
             device,
             trainer,
+            epoch_end: None,
         }
     }
 
@@ -250,24 +262,32 @@ impl<B: Backend> Job<B> for LmJob<B> {
 
     fn record(&mut self, iv: &Interval, evaluate: bool) -> Result<Logged, RunError> {
         let limit = self.run().train.eval_tokens;
-        let valid_ppl = if evaluate {
-            Some(self.evaluate(true, limit)?.perplexity)
+        let valid = if evaluate {
+            Some(self.evaluate(true, limit)?)
         } else {
             None
+        };
+        let valid_ppl = valid.as_ref().map(|v| v.perplexity);
+        // An epoch just ended: the test split's greedy figures and the filtered evaluations.
+        let epoch_end = match valid {
+            Some(valid) if self.trainer.task.window == 0 && self.trainer.step > 0 => {
+                let evaluations = Evaluations {
+                    valid,
+                    test: self.evaluate(false, limit)?,
+                    filtered: self.filtered(limit)?,
+                };
+                let end = EpochEnd {
+                    test_ppl: evaluations.test.perplexity,
+                    effective_modules: usage_perplexity(&evaluations.test.usage),
+                    filtered: evaluations.filtered.clone(),
+                };
+                self.epoch_end = Some((self.trainer.step, evaluations));
+                Some(end)
+            }
+            _ => None,
         };
         let t = &self.trainer;
         let task = &t.task;
-        // An epoch just ended: the test split's greedy figures and the filtered evaluations.
-        let epoch_end = if evaluate && task.window == 0 && t.step > 0 {
-            let test = self.evaluate(false, limit)?;
-            Some(EpochEnd {
-                test_ppl: test.perplexity,
-                effective_modules: usage_perplexity(&test.usage),
-                filtered: self.filtered(limit)?,
-            })
-        } else {
-            None
-        };
         let r = LmRecord {
             step: t.step,
             epoch: task.epoch as f64 + task.window as f64 / task.windows_per_epoch() as f64,
@@ -314,9 +334,18 @@ impl<B: Backend> Job<B> for LmJob<B> {
     ) -> Result<(), RunError> {
         let r = self.run();
         let limit = r.train.eval_tokens;
-        let valid = self.evaluate(true, limit)?;
-        let test = self.evaluate(false, limit)?;
-        let filtered = self.filtered(limit)?;
+        let Evaluations {
+            valid,
+            test,
+            filtered,
+        } = match &self.epoch_end {
+            Some((step, e)) if *step == self.trainer.step => e.clone(),
+            _ => Evaluations {
+                valid: self.evaluate(true, limit)?,
+                test: self.evaluate(false, limit)?,
+                filtered: self.filtered(limit)?,
+            },
+        };
         let t = &self.trainer;
         let modular = t.model.modular_shape();
         let last_epoch = last_epoch_records(records);
