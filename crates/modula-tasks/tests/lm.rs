@@ -25,6 +25,7 @@ fn tiny_model(b: &Cpu, recurrent: Recurrent, seed: u64) -> (LanguageModel, Param
         dropout: 0.3,
         controller_input_grad: true,
         dense_init_scale: 1.0,
+        module_init_scale: 1.0,
     };
     let mut params = ParamStore::new();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -377,6 +378,7 @@ fn parameter_formulas_count_the_built_models() {
         dropout: 0.0,
         controller_input_grad: true,
         dense_init_scale: 1.0,
+        module_init_scale: 1.0,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut count = |recurrent| {
@@ -625,6 +627,7 @@ fn trainer_with(train: &LmTrainConfig, seed: u64) -> Trainer<Cpu, LmTask<Cpu>> {
         dropout: 0.0,
         controller_input_grad: true,
         dense_init_scale: 1.0,
+        module_init_scale: 1.0,
     };
     let train = LmTrainConfig {
         bptt: 5,

@@ -32,6 +32,7 @@ fn small_model() -> LmModelConfig {
         dropout: 0.0,
         controller_input_grad: true,
         dense_init_scale: 1.0,
+        module_init_scale: 1.0,
     }
 }
 

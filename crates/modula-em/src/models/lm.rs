@@ -215,6 +215,18 @@ impl LanguageModel {
                 hidden,
             ),
         };
+        let modules = match &cell {
+            Cell::Modular(c) => Some(&c.modules),
+            Cell::TopK(c) => Some(&c.modules),
+            Cell::Dense(_) => None,
+        };
+        if let Some(m) = modules.filter(|_| config.module_init_scale != 1.0) {
+            // Scaled after drawing, so the random stream (and every other initial value) is
+            // the same whatever the factor.
+            for id in [m.input.weight, m.recurrent.weight] {
+                b.scale(params.get_mut(id), config.module_init_scale);
+            }
+        }
         let output = Linear::new(b, params, "softmax", hidden, vocab, Init::Glorot, rng);
         LanguageModel {
             embedding,

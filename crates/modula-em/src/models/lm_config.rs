@@ -30,6 +30,11 @@ pub struct LmModelConfig {
     /// `embed = hidden`): the baseline that separates what routing does from what the
     /// modules' smaller initialisation does.
     pub dense_init_scale: f32,
+    /// Modular and top-k runs only: a factor on the modules' initialisation, which is Glorot
+    /// over the stacked `[M * d, 3 h]` tensor (the authors' library; about `sqrt(2 M)` smaller
+    /// than a standalone GRU's when `embed = hidden`). `sqrt(2 M)` starts every module at a
+    /// dense GRU's scale.
+    pub module_init_scale: f32,
 }
 
 impl Default for LmModelConfig {
@@ -42,6 +47,7 @@ impl Default for LmModelConfig {
             dropout: 0.2,
             controller_input_grad: true,
             dense_init_scale: 1.0,
+            module_init_scale: 1.0,
         }
     }
 }
