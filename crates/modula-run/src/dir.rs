@@ -111,15 +111,15 @@ pub fn existing_dir(dir: &Path) -> Result<(), RunError> {
     if dir.is_dir() {
         return Ok(());
     }
-    Err(run_error(format!(
-        "{} is not a run directory: {}",
-        dir.display(),
-        if dir.exists() {
-            "it is a file"
-        } else {
-            "it does not exist"
-        }
-    )))
+    Err(run_error(if dir.exists() {
+        format!("{} is not a run directory: it is a file", dir.display())
+    } else {
+        format!(
+            "{} is not a run directory: it does not exist; start a run there with `modula train --out {}`",
+            dir.display(),
+            dir.display()
+        )
+    }))
 }
 
 /// Reads `dir/checkpoint.safetensors`.
