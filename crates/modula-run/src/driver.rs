@@ -20,7 +20,7 @@ use crate::dir::{
     METRICS_FILE, RunDir,
 };
 use crate::error::{RunError, run_error};
-use crate::memory::Estimate;
+use crate::memory::{self, Estimate};
 use crate::start::Start;
 use crate::{console, files, history};
 
@@ -450,7 +450,15 @@ impl<B: Backend, J: Job<B>> Driver<B, J> {
             self.train_seconds,
             self.train_units,
             &self.records,
-        )
+        )?;
+        match memory::peak() {
+            Some(peak) => console::eprint(&format!(
+                "memory: peak {} (estimated {})\n",
+                memory::size(peak),
+                memory::size(memory.total())
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Appends the interval's record to `metrics.jsonl` and starts the next interval.
