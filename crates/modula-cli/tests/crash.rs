@@ -15,23 +15,7 @@ use modula_run::fault::{FAULT_EXIT, FAULT_VAR};
 use serde_json::Value;
 
 mod common;
-use common::{json, modula, modula_env, stderr};
-
-/// A small run with checkpoints inside logging intervals (every 30 iterations, records every
-/// 40), so crashes land between every kind of write.
-const CONFIG: &str = r#"
-threads = 2
-
-[task]
-train = 1024
-test = 256
-
-[train]
-steps = 600
-batch_size = 64
-log_every = 40
-checkpoint_every = 30
-"#;
+use common::{SMALL, json, modula, modula_env, stderr, toy_metrics as metrics};
 
 /// The fields of `summary.json` that are computed, not timed.
 const FIGURES: [&str; 8] = [
@@ -44,20 +28,6 @@ const FIGURES: [&str; 8] = [
     "usage",
     "linear_baseline_mse",
 ];
-
-/// `metrics.jsonl` parsed (floats exactly, through `float_roundtrip`), without the
-/// wall-clock field.
-fn metrics(dir: &Path) -> Vec<Value> {
-    fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: Value = serde_json::from_str(l).expect("each line is one JSON record");
-            v.as_object_mut().unwrap().remove("examples_per_s");
-            v
-        })
-        .collect()
-}
 
 /// The uninterrupted run every crashed one must end up equal to, and how long it took (the
 /// scale of the random kills' delays).
@@ -73,9 +43,14 @@ fn reference(tmp: &Path) -> (Vec<Value>, Value, Duration) {
     (metrics(&dir), json(&dir.join("summary.json")), took)
 }
 
+/// The small run made three times longer, with checkpoints inside logging intervals (every
+/// 30 iterations, records every 40), so that crashes land between every kind of write.
 fn setup() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    fs::write(tmp.path().join("run.toml"), CONFIG).unwrap();
+    let config = SMALL
+        .replace("steps = 200", "steps = 600")
+        .replace("checkpoint_every = 100", "checkpoint_every = 30");
+    fs::write(tmp.path().join("run.toml"), config).unwrap();
     tmp
 }
 

@@ -97,7 +97,7 @@ fn runs_that_cannot_fit_are_refused_before_anything_is_created() {
     for (name, text, knob) in cases {
         fs::write(t.join(name), text).unwrap();
         let out = modula(&["train", "--config", name, "--out", "never"], t);
-        assert_fails(&out, 1, &["the run needs about", "is available", knob]);
+        assert_fails(&out, 1, &["the run would need about", "is available", knob]);
     }
     // The flag is a usage error; a count in a file is lowered with a note.
     assert_fails(

@@ -11,22 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{assert_fails, assert_ok, json, modula, stderr};
-
-/// A small run: well under a second.
-const SMALL: &str = r#"
-threads = 2
-
-[task]
-train = 1024
-test = 256
-
-[train]
-steps = 200
-batch_size = 64
-log_every = 40
-checkpoint_every = 100
-"#;
+use common::{SMALL, assert_fails, assert_ok, json, modula, stderr};
 
 fn setup() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();

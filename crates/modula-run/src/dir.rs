@@ -200,11 +200,33 @@ pub fn state(dir: &Path) -> Result<DirState, RunError> {
 }
 
 /// A run directory this process owns: it holds the directory's lock until dropped, and has
-/// removed what interrupted writes left there.
+/// removed what interrupted writes left there. A directory it created and then left empty (a
+/// command refused after taking it, for example for want of a wgpu adapter) is removed again
+/// when it is dropped.
 #[derive(Debug)]
 pub struct RunDir {
     path: PathBuf,
+    created: bool,
     _lock: DirLock,
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if !self.created {
+            return;
+        }
+        let only_lock = fs::read_dir(&self.path).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .all(|e| e.file_name() == std::ffi::OsStr::new(lock::LOCK_FILE))
+        });
+        // Best effort, and while the lock is still held: nothing of value is lost if the
+        // directory stays.
+        if only_lock {
+            let _ = fs::remove_file(self.path.join(lock::LOCK_FILE));
+            let _ = fs::remove_dir(&self.path);
+        }
+    }
 }
 
 impl RunDir {
@@ -220,12 +242,14 @@ impl RunDir {
                 path.display()
             )));
         }
+        let created = !path.exists();
         fs::create_dir_all(path)
             .map_err(|e| run_error(format!("cannot create directory {}: {e}", path.display())))?;
         let lock = lock::lock(path)?;
         files::remove_leftovers(path)?;
         Ok(RunDir {
             path: path.to_path_buf(),
+            created,
             _lock: lock,
         })
     }

@@ -55,7 +55,7 @@ impl Estimate {
             .fold(0u64, |a, (_, b)| a.saturating_add(*b))
     }
 
-    /// The parts in words, for messages.
+    /// The total and its parts in words, for messages: `about 382 MiB (program 26 MiB, ...)`.
     pub fn describe(&self) -> String {
         let parts: Vec<String> = self
             .parts
@@ -70,7 +70,9 @@ impl Estimate {
 /// A size in the unit that reads best.
 pub fn size(bytes: u64) -> String {
     let b = bytes as f64;
-    if b >= (1u64 << 30) as f64 {
+    if b >= (1u64 << 40) as f64 {
+        format!("{:.1} TiB", b / (1u64 << 40) as f64)
+    } else if b >= (1u64 << 30) as f64 {
         format!("{:.1} GiB", b / (1u64 << 30) as f64)
     } else if b >= (1u64 << 20) as f64 {
         format!("{:.0} MiB", b / (1u64 << 20) as f64)
@@ -247,7 +249,7 @@ pub fn check(cfg: &RunConfig, data: Option<&LmData>) -> Result<Estimate, RunErro
     let estimate = estimate(cfg, data);
     match available() {
         Some((room, source)) if estimate.total() > room => Err(run_error(format!(
-            "the run needs {} of memory, but only {} is available ({source}); reduce {}",
+            "the run would need {} of memory, but only {} is available ({source}); reduce {}",
             estimate.describe(),
             size(room),
             estimate.knobs
