@@ -123,6 +123,18 @@ fn runs_that_cannot_fit_are_refused_before_anything_is_created() {
     );
     let cores = std::thread::available_parallelism().unwrap().get();
     assert_eq!(json(&t.join("capped/summary.json"))["threads"], cores);
+    // `eval` builds the model a run's config.toml describes: checked the same way.
+    let cfg = t.join("capped/config.toml");
+    let text = fs::read_to_string(&cfg).unwrap();
+    let wide = text
+        .replace("layers = 1", "layers = 3")
+        .replace("hidden = 16", "hidden = 1000000");
+    fs::write(&cfg, wide).unwrap();
+    let out = modula(&["eval", "--run", "capped"], t);
+    assert_fails(&out, 1, &["the run would need about", "model.hidden"]);
+    // A configuration that is a device, not a file, is refused rather than read without end.
+    let out = modula(&["train", "--config", "/dev/zero", "--out", "never"], t);
+    assert_fails(&out, 1, &["/dev/zero", "not a regular file"]);
 }
 
 /// One gzip member of `len` zero bytes after `head`.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{BackendKind, RunConfig};
 use crate::error::{RunError, run_error};
 use crate::lock::{self, DirLock};
-use crate::{files, history};
+use crate::{files, history, memory};
 
 /// The resolved configuration of a run, as written to the run directory.
 pub const CONFIG_FILE: &str = "config.toml";
@@ -142,6 +142,19 @@ pub fn read_checkpoint(dir: &Path) -> Result<Checkpoint, RunError> {
                 path.display()
             )),
         });
+    }
+    // A checkpoint is read whole: one larger than the memory left (a damaged or foreign
+    // file) is refused rather than allowed to exhaust it.
+    let len = fs::metadata(&path).map_or(0, |m| m.len());
+    if let Some((room, source)) = memory::available()
+        && len > room
+    {
+        return Err(run_error(format!(
+            "checkpoint {} is {}, more than the {} of memory available ({source}); it is damaged or not this run's",
+            path.display(),
+            memory::size(len),
+            memory::size(room)
+        )));
     }
     Checkpoint::read(&path).map_err(|e| run_error(e.to_string()))
 }

@@ -336,7 +336,11 @@ pub fn train<B: Backend, J: Job<B>>(mut job: J, start: Start) -> Result<(), RunE
         }
         None => (Interval::default(), Vec::new(), 0.0, 0),
     };
-    if std::fs::read_to_string(&config_path).ok().as_deref() != Some(config_text.as_str()) {
+    if files::read_limited(&config_path, files::CONFIG_LIMIT)
+        .ok()
+        .as_deref()
+        != Some(config_text.as_bytes())
+    {
         files::replace(&config_path, "config", config_text.as_bytes())?;
     }
     let checkpoint_step = job.trainer().step;
