@@ -66,6 +66,24 @@ pub struct Difference {
     pub other: Option<toml::Value>,
 }
 
+impl Difference {
+    /// The record of an accepted change in `changes.jsonl`: the field and its values before
+    /// (the checkpoint's) and after (`config.toml`'s); the caller sets the `step`.
+    pub fn record(&self) -> serde_json::Value {
+        let json = |v: &Option<toml::Value>| {
+            v.as_ref()
+                .and_then(|v| serde_json::to_value(v).ok())
+                .unwrap_or(serde_json::Value::Null)
+        };
+        serde_json::json!({
+            "step": 0,
+            "field": self.field,
+            "from": json(&self.other),
+            "to": json(&self.this),
+        })
+    }
+}
+
 /// The task names `task_name` accepts.
 pub const TASKS: [&str; 3] = ["toy", "ptb", "text"];
 
