@@ -17,10 +17,12 @@
 //!   keeps freed memory for reuse, and the two phases reuse each other's blocks, but not the
 //!   checkpoint's one large buffer, hence the split.
 //!
-//! Measured against the peak resident memory of release builds on two cores (the test
+//! Measured against the peak resident memory of release builds on two threads (the test
 //! `memory_estimates_match_the_measured_peak` checks the default toy and Penn Treebank runs
-//! within 25%): the Penn Treebank default (EM, M = 5, K = 1) peaks at 407 MiB for an estimate
-//! of 381 MiB; its dense, REINFORCE and top-k runs at 309, 389 and 399 MiB.
+//! within 25%): the toy default peaks at 24-25 MiB for an estimate of 27 MiB; the Penn
+//! Treebank default (EM, M = 5, K = 1) at 407 MiB for 384 MiB; its dense, REINFORCE and top-k
+//! runs at 309-315, 387-391 and 385-405 MiB for 337, 379 and 379 MiB; M = 15, K = 3 at 599-621
+//! MiB for 536 MiB.
 //!
 //! The available memory is `MemAvailable` from `/proc/meminfo`, or the room left under the
 //! process's cgroup memory limit when that is smaller.
@@ -55,7 +57,7 @@ impl Estimate {
             .fold(0u64, |a, (_, b)| a.saturating_add(*b))
     }
 
-    /// The total and its parts in words, for messages: `about 382 MiB (program 26 MiB, ...)`.
+    /// The total and its parts in words, for messages: `about 384 MiB (program 26 MiB, ...)`.
     pub fn describe(&self) -> String {
         let parts: Vec<String> = self
             .parts
