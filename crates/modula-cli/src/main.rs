@@ -59,8 +59,17 @@ fn keep_freed_memory() {
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    // clap exits with status 2 on usage errors and 0 for --help, as the CLI promises.
-    let cli = Cli::parse();
+    // Usage errors exit with status 2, --help and --version with 0, as clap does; printed
+    // here so that a closed output ends quietly with OUTPUT_CLOSED like every other command.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            return match e.print() {
+                Ok(()) => ExitCode::from(e.exit_code() as u8),
+                Err(_) => ExitCode::from(OUTPUT_CLOSED),
+            };
+        }
+    };
     match cli.command {
         Command::Data(command) => finish(command.name(), data::run(command)),
         Command::Train(args) => finish("train", train::run(args)),

@@ -11,22 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod common;
-use common::{assert_fails, assert_ok, json, modula, stderr};
-
-/// A small task and short intervals keep every run well under a second in test builds.
-const SMALL: &str = r#"
-threads = 2
-
-[task]
-train = 1024
-test = 256
-
-[train]
-steps = 200
-batch_size = 64
-log_every = 40
-checkpoint_every = 100
-"#;
+use common::{SMALL, assert_fails, assert_ok, json, modula, stderr, toy_metrics as metrics};
 
 /// Writes `SMALL` plus `extra` (TOML appended to the matching sections) as `name`.
 fn config(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -41,19 +26,6 @@ fn train(tmp: &Path, out: &str, flags: &[&str]) -> Output {
     let mut args = vec!["train", "--config", cfg.to_str().unwrap(), "--out", out];
     args.extend_from_slice(flags);
     modula(&args, tmp)
-}
-
-/// `metrics.jsonl` without the wall-clock field, which legitimately differs between runs.
-fn metrics(dir: &Path) -> Vec<Value> {
-    fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: Value = serde_json::from_str(l).expect("each line is one JSON object");
-            v.as_object_mut().unwrap().remove("examples_per_s");
-            v
-        })
-        .collect()
 }
 
 /// The `step` metadata of a safetensors checkpoint (an 8-byte little-endian header length,

@@ -303,7 +303,10 @@ fn tokenize_ptb(
     grow: bool,
     first_index: u64,
 ) -> Result<TokenSplit> {
-    let mut tokens = Vec::with_capacity(text.len() / 5);
+    // Counted first, so that the token buffer is allocated once at its size: a text of short
+    // words has half as many tokens as bytes, and growing by doubling would hold twice that.
+    let mut tokens =
+        Vec::with_capacity(lines(text).map(|l| l.split_whitespace().count() + 1).sum());
     let mut n_lines = 0;
     let unk = vocab.id(UNK);
     for (number, line) in lines(text).enumerate() {
@@ -529,7 +532,8 @@ fn corpus_from_lines(splits: [(&Path, &[&str]); 3], options: &TextOptions) -> Te
     let eos = vocab.id(EOS).expect("inserted above");
     let mut first_index = 0u64;
     let mut split = |path: &Path, lines: &[&str]| {
-        let mut tokens = Vec::new();
+        let count = lines.iter().map(|l| l.split_whitespace().count() + 1).sum();
+        let mut tokens = Vec::with_capacity(count);
         for line in lines {
             tokens.extend(line.split_whitespace().map(|w| vocab.id(w).unwrap_or(unk)));
             tokens.push(eos);

@@ -2,7 +2,6 @@
 //! of `config.toml` (`task_name`, `seed`, `backend`, `threads`, `max_minutes`) and each task's
 //! own sections, read from one file whose `task_name` picks the task.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use modula_data::toy::ToyConfig;
@@ -12,6 +11,7 @@ use modula_tasks::{LmTrainConfig, TextConfig, ToyTrainConfig};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{RunError, run_error};
+use crate::files;
 
 /// The backend a run computes on, as spelled on the command line and in `config.toml`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -64,6 +64,24 @@ pub struct Difference {
     pub this: Option<toml::Value>,
     /// Its value in the other one.
     pub other: Option<toml::Value>,
+}
+
+impl Difference {
+    /// The record of an accepted change in `changes.jsonl`: the field and its values before
+    /// (the checkpoint's) and after (`config.toml`'s); the caller sets the `step`.
+    pub fn record(&self) -> serde_json::Value {
+        let json = |v: &Option<toml::Value>| {
+            v.as_ref()
+                .and_then(|v| serde_json::to_value(v).ok())
+                .unwrap_or(serde_json::Value::Null)
+        };
+        serde_json::json!({
+            "step": 0,
+            "field": self.field,
+            "from": json(&self.other),
+            "to": json(&self.this),
+        })
+    }
 }
 
 /// The task names `task_name` accepts.
@@ -241,8 +259,10 @@ impl RunConfig {
     /// # Errors
     /// A run error naming the file when it cannot be read or parsed.
     pub fn read(path: &Path) -> Result<Self, RunError> {
-        let text = fs::read_to_string(path)
-            .map_err(|e| run_error(format!("cannot read config {}: {e}", path.display())))?;
+        let cannot = |e: String| run_error(format!("cannot read config {}: {e}", path.display()));
+        let bytes =
+            files::read_limited(path, files::CONFIG_LIMIT).map_err(|e| cannot(e.to_string()))?;
+        let text = String::from_utf8(bytes).map_err(|_| cannot("it is not UTF-8 text".into()))?;
         Self::parse(&text, &path.display().to_string())
     }
 

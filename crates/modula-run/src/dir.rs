@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{BackendKind, RunConfig};
 use crate::error::{RunError, run_error};
 use crate::lock::{self, DirLock};
-use crate::{files, history};
+use crate::{files, history, memory};
 
 /// The resolved configuration of a run, as written to the run directory.
 pub const CONFIG_FILE: &str = "config.toml";
@@ -111,15 +111,15 @@ pub fn existing_dir(dir: &Path) -> Result<(), RunError> {
     if dir.is_dir() {
         return Ok(());
     }
-    Err(run_error(format!(
-        "{} is not a run directory: {}",
-        dir.display(),
-        if dir.exists() {
-            "it is a file"
-        } else {
-            "it does not exist"
-        }
-    )))
+    Err(run_error(if dir.exists() {
+        format!("{} is not a run directory: it is a file", dir.display())
+    } else {
+        format!(
+            "{} is not a run directory: it does not exist; start a run there with `modula train --out {}`",
+            dir.display(),
+            dir.display()
+        )
+    }))
 }
 
 /// Reads `dir/checkpoint.safetensors`.
@@ -142,6 +142,19 @@ pub fn read_checkpoint(dir: &Path) -> Result<Checkpoint, RunError> {
                 path.display()
             )),
         });
+    }
+    // A checkpoint is read whole: one larger than the memory left (a damaged or foreign
+    // file) is refused rather than allowed to exhaust it.
+    let len = fs::metadata(&path).map_or(0, |m| m.len());
+    if let Some((room, source)) = memory::available()
+        && len > room
+    {
+        return Err(run_error(format!(
+            "checkpoint {} is {}, more than the {} of memory available ({source}); it is damaged or not this run's",
+            path.display(),
+            memory::size(len),
+            memory::size(room)
+        )));
     }
     Checkpoint::read(&path).map_err(|e| run_error(e.to_string()))
 }
@@ -200,11 +213,33 @@ pub fn state(dir: &Path) -> Result<DirState, RunError> {
 }
 
 /// A run directory this process owns: it holds the directory's lock until dropped, and has
-/// removed what interrupted writes left there.
+/// removed what interrupted writes left there. A directory it created and then left empty (a
+/// command refused after taking it, for example for want of a wgpu adapter) is removed again
+/// when it is dropped.
 #[derive(Debug)]
 pub struct RunDir {
     path: PathBuf,
+    created: bool,
     _lock: DirLock,
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if !self.created {
+            return;
+        }
+        let only_lock = fs::read_dir(&self.path).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .all(|e| e.file_name() == std::ffi::OsStr::new(lock::LOCK_FILE))
+        });
+        // Best effort, and while the lock is still held: nothing of value is lost if the
+        // directory stays.
+        if only_lock {
+            let _ = fs::remove_file(self.path.join(lock::LOCK_FILE));
+            let _ = fs::remove_dir(&self.path);
+        }
+    }
 }
 
 impl RunDir {
@@ -220,12 +255,14 @@ impl RunDir {
                 path.display()
             )));
         }
+        let created = !path.exists();
         fs::create_dir_all(path)
             .map_err(|e| run_error(format!("cannot create directory {}: {e}", path.display())))?;
         let lock = lock::lock(path)?;
         files::remove_leftovers(path)?;
         Ok(RunDir {
             path: path.to_path_buf(),
+            created,
             _lock: lock,
         })
     }

@@ -20,7 +20,7 @@ use crate::dir::{
     METRICS_FILE, RunDir,
 };
 use crate::error::{RunError, run_error};
-use crate::memory::Estimate;
+use crate::memory::{self, Estimate};
 use crate::start::Start;
 use crate::{console, files, history};
 
@@ -359,7 +359,11 @@ pub fn train<B: Backend, J: Job<B>>(mut job: J, start: Start) -> Result<(), RunE
         }
         None => (Interval::default(), Vec::new(), 0.0, 0),
     };
-    if std::fs::read_to_string(&config_path).ok().as_deref() != Some(config_text.as_str()) {
+    if files::read_limited(&config_path, files::CONFIG_LIMIT)
+        .ok()
+        .as_deref()
+        != Some(config_text.as_bytes())
+    {
         files::replace(&config_path, "config", config_text.as_bytes())?;
     }
     let checkpoint_step = job.trainer().step;
@@ -473,7 +477,15 @@ impl<B: Backend, J: Job<B>> Driver<B, J> {
             self.train_seconds,
             self.train_units,
             &self.records,
-        )
+        )?;
+        match memory::peak() {
+            Some(peak) => console::eprint(&format!(
+                "memory: peak {} (estimated {})\n",
+                memory::size(peak),
+                memory::size(memory.total())
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Appends the interval's record to `metrics.jsonl` and starts the next interval.

@@ -4,12 +4,14 @@
 //! the tests then check that every such directory can be continued or reused. Without the
 //! variable nothing here does anything.
 //!
-//! The sites, in the order a run reaches them: `config` (halfway through the temporary file of
-//! `config.toml`), `metrics-append` (halfway through a line of `metrics.jsonl`), `checkpoint`
-//! (halfway through the temporary file of a checkpoint), `checkpoint-rename` (just after a
-//! checkpoint's rename), `history-rewrite` (halfway through the temporary file that replaces
-//! `metrics.jsonl` on resume), `summary` (halfway through `summary.json`'s temporary file) and
-//! `plots` (halfway through a plot's temporary file).
+//! The sites, in the order a run reaches them: `history-rewrite` (on resume, halfway through
+//! the temporary file that replaces `metrics.jsonl`), `config` (halfway through the temporary
+//! file of `config.toml`), `changes-append` (halfway through a line of `changes.jsonl`),
+//! `metrics-append` (halfway through a line of `metrics.jsonl`), `checkpoint` (halfway through
+//! the temporary file of a checkpoint), `summary` (halfway through `summary.json`'s temporary
+//! file) and `plots` (halfway through a plot's temporary file); `inspect` and `report` for those
+//! commands' files. Every site of a replaced file also has `SITE-rename`, just after its
+//! rename (`checkpoint-rename`, ...).
 
 use std::io::Write;
 use std::path::Path;

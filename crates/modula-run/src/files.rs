@@ -73,6 +73,41 @@ pub(crate) fn replace(path: &Path, site: &str, bytes: &[u8]) -> Result<(), RunEr
     })
 }
 
+/// The largest `config.toml` read (a resolved configuration is under 2 KiB).
+pub(crate) const CONFIG_LIMIT: u64 = 1 << 20;
+/// The largest `summary.json` read.
+pub(crate) const SUMMARY_LIMIT: u64 = 16 << 20;
+/// The largest history file (`metrics.jsonl`, `changes.jsonl`) read: a million records.
+pub(crate) const HISTORY_LIMIT: u64 = 256 << 20;
+
+/// Reads a regular file of at most `limit` bytes, allocating its size once: a device, a pipe
+/// or a file larger than any the run library writes is refused instead of read without end.
+///
+/// # Errors
+/// The I/O error (`NotFound` for a missing file), or `InvalidInput` saying what the path is.
+pub(crate) fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    let meta = fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (a directory, a device or a pipe)",
+        ));
+    }
+    if meta.len() > limit {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "{} bytes, more than the {limit} such a file can hold; it is not a file modula wrote",
+                meta.len()
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    File::open(path)?.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Removes what interrupted writes left in `dir`: temporary files of this crate and of
 /// `modula_nn::Checkpoint::write` (`.NAME.tmp-...`). Only a process holding the directory's
 /// lock may call it, since no other writer can then be midway.

@@ -4,13 +4,13 @@
 //! drop; any other line that is not a JSON object is damage, reported with its number rather
 //! than skipped.
 
-use std::fs::{self, OpenOptions};
+use std::fs::OpenOptions;
 use std::path::Path;
 
 use serde_json::Value;
 
 use crate::error::{RunError, run_error};
-use crate::fault;
+use crate::{fault, files};
 
 /// The records of one history file, as read.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -45,7 +45,7 @@ impl History {
 /// A run error naming the file when it cannot be read, or naming the first line that is
 /// neither a JSON object nor a torn last line.
 pub fn read(path: &Path) -> Result<History, RunError> {
-    let bytes = match fs::read(path) {
+    let bytes = match files::read_limited(path, files::HISTORY_LIMIT) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(History::default()),
         Err(e) => return Err(run_error(format!("cannot read {}: {e}", path.display()))),
@@ -104,6 +104,8 @@ pub fn append(path: &Path, site: &str, record: &Value) -> Result<(), RunError> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]

@@ -132,8 +132,8 @@ impl Evaluation {
 /// evaluates it greedily on its held-out splits.
 ///
 /// # Errors
-/// A run error when the checkpoint is missing, truncated or from another configuration, or
-/// the data cannot be loaded.
+/// A run error when the checkpoint is missing, truncated or from another configuration, the
+/// data cannot be loaded, or the model would not fit in memory.
 pub fn evaluate<B: Backend>(
     backend: B,
     device: DeviceInfo,
@@ -145,6 +145,7 @@ pub fn evaluate<B: Backend>(
     let common = cfg.common();
     let (steps, figures) = match cfg {
         RunConfig::Toy(run) => {
+            memory::check(cfg, None)?;
             let mut job = toy::ToyJob::new(backend, device.clone(), run);
             job.trainer.restore(&ck).map_err(restore)?;
             (job.trainer.step, Figures::Toy(job.figures()?))

@@ -13,7 +13,7 @@ use crate::config::{LmRun, RunConfig};
 use crate::dir::{DeviceInfo, SUMMARY_FILE};
 use crate::driver::{Due, Interval, Job, Logged};
 use crate::error::{RunError, run_error};
-use crate::{console, files};
+use crate::{console, files, memory};
 
 pub use crate::records::{EpochEnd, Filtered, LmRecord, LmSummary};
 
@@ -59,13 +59,15 @@ struct Evaluations {
 }
 
 impl<B: Backend> LmJob<B> {
-    /// Loads the data of `run` and builds its trainer on `backend` (fresh parameters from the
-    /// seed; a valid configuration).
+    /// Loads the data of `run`, checks that the model fits in memory ([`memory::check`]) and
+    /// builds its trainer on `backend` (fresh parameters from the seed; a valid configuration).
     ///
     /// # Errors
-    /// A run error when the data cannot be loaded.
+    /// A run error when the data cannot be loaded or the model would not fit.
     pub fn new(backend: B, device: DeviceInfo, run: &LmRun) -> Result<Self, RunError> {
-        Ok(Self::with_data(backend, device, run, load_data(run)?))
+        let data = load_data(run)?;
+        memory::check(&RunConfig::Lm(run.clone()), Some(&data))?;
+        Ok(Self::with_data(backend, device, run, data))
     }
 
     /// Builds the trainer of `run` on `backend` with its corpus already loaded.

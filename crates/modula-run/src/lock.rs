@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{RunError, run_error};
+use crate::files;
 
 /// The lock file inside a locked directory.
 pub const LOCK_FILE: &str = ".lock";
@@ -57,7 +58,8 @@ fn holder(path: &Path) -> Option<u32> {
         if attempt > 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
-        fs::read_to_string(path).ok()?.trim().parse().ok()
+        let bytes = files::read_limited(path, 64).ok()?;
+        std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
     })
 }
 

@@ -8,12 +8,21 @@
 //!   of both splits; a language model: every split's tokens twice, as a corpus and as streams);
 //! - **parameters** `P` (counted by the same rules that build the network), held four times:
 //!   the parameters, their gradients and Adam's two moments;
-//! - **checkpoint**: writing one copies parameters and moments to the host and serialises the
-//!   copy, `2 x 3P` more;
+//! - **checkpoint**: writing one serialises parameters and moments into one buffer, `3P`;
 //! - **assignment table** (EM): `K` `u16` per training example and modular layer, three times
 //!   while a checkpoint is written;
-//! - **activations**: the largest batch of rows in flight (a gradient step, an E-step's
-//!   candidates, an evaluation) times the widths each row carries through the network.
+//! - **working memory**: the larger of the checkpoint's host copies of the tensors (`3P`) and
+//!   the activations of the largest batch of rows in flight (a gradient step, an E-step's
+//!   chunk of candidates, an evaluation) times the floats each row carries. The allocator
+//!   keeps freed memory for reuse, and the two phases reuse each other's blocks, but not the
+//!   checkpoint's one large buffer, hence the split.
+//!
+//! Measured against the peak resident memory of release builds on two threads (the test
+//! `memory_estimates_match_the_measured_peak` checks the default toy and Penn Treebank runs
+//! within 25%): the toy default peaks at 24-25 MiB for an estimate of 27 MiB; the Penn
+//! Treebank default (EM, M = 5, K = 1) at 407 MiB for 384 MiB; its dense, REINFORCE and top-k
+//! runs at 309-315, 387-391 and 385-405 MiB for 337, 379 and 379 MiB; M = 15, K = 3 at 599-621
+//! MiB for 536 MiB.
 //!
 //! The available memory is `MemAvailable` from `/proc/meminfo`, or the room left under the
 //! process's cgroup memory limit when that is smaller.
@@ -26,9 +35,10 @@ use modula_tasks::LmData;
 use crate::config::{LmRun, RunConfig, ToyRun};
 use crate::error::{RunError, run_error};
 
-/// What the program itself occupies before any run-specific allocation: the binary's pages,
-/// the allocator's and the thread pool's own memory (measured at 20-30 MiB).
-pub const PROGRAM: u64 = 24 << 20;
+/// What the program itself occupies besides the run's own allocations: the binary's pages, the
+/// allocator's and the thread pool's own memory, the plots' font and canvases (a toy run's
+/// peak: 21-27 MiB in release builds, 29 MiB in test builds).
+pub const PROGRAM: u64 = 26 << 20;
 
 /// A run's estimated peak memory, by part.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,7 +57,7 @@ impl Estimate {
             .fold(0u64, |a, (_, b)| a.saturating_add(*b))
     }
 
-    /// The parts in words, for messages.
+    /// The total and its parts in words, for messages: `about 384 MiB (program 26 MiB, ...)`.
     pub fn describe(&self) -> String {
         let parts: Vec<String> = self
             .parts
@@ -62,10 +72,14 @@ impl Estimate {
 /// A size in the unit that reads best.
 pub fn size(bytes: u64) -> String {
     let b = bytes as f64;
-    if b >= (1u64 << 30) as f64 {
+    if b >= (1u64 << 40) as f64 {
+        format!("{:.1} TiB", b / (1u64 << 40) as f64)
+    } else if b >= (1u64 << 30) as f64 {
         format!("{:.1} GiB", b / (1u64 << 30) as f64)
+    } else if b >= (1u64 << 20) as f64 {
+        format!("{:.0} MiB", b / (1u64 << 20) as f64)
     } else {
-        format!("{:.0} MiB", (b / (1u64 << 20) as f64).max(1.0))
+        format!("{:.0} KiB", b / 1024.0)
     }
 }
 
@@ -95,14 +109,15 @@ pub fn estimate(cfg: &RunConfig, data: Option<&LmData>) -> Estimate {
     }
 }
 
-/// The parts every task shares: parameters, optimiser state and checkpoint copies of `p`
-/// parameters, and the assignment table of `table` `u16` entries.
-fn common(p: f64, table: f64) -> Vec<(&'static str, u64)> {
+/// The parts every task has, for `p` parameters, an assignment table of `table` `u16`
+/// entries and `activations` bytes of activations at most.
+fn common(p: f64, table: f64, activations: u64) -> Vec<(&'static str, u64)> {
     vec![
         ("program", PROGRAM),
         ("parameters, gradients and Adam's moments", bytes(p, 16.0)),
-        ("checkpoint copies", bytes(p, 24.0)),
+        ("checkpoint", bytes(p, 12.0)),
         ("assignment table", bytes(table, 6.0)),
+        ("working memory", bytes(p, 12.0).max(activations)),
     ]
 }
 
@@ -115,18 +130,17 @@ fn toy(run: &ToyRun) -> Estimate {
     } else {
         0.0
     };
-    let mut parts = common(p, f(t.train) * slots);
-    // Inputs and targets on the host and on the device, and each example's regime.
-    parts.push((
-        "data",
-        bytes(f(t.train) + f(t.test), 8.0 * (f(t.dim) + 1.0) + 4.0),
-    ));
     // The widest rows in flight: an E-step's candidates or the test split's evaluation, each
     // carrying the input, every hidden layer and the controller's scores per module.
     let rows = (f(tr.batch_size) * f(tr.samples)).max(f(t.test));
     let width =
         f(t.dim) + f(m.hidden) * f(m.layers - 1) * f(m.modules) + 2.0 * f(m.modules) * f(m.layers);
-    parts.push(("activations", bytes(rows, 16.0 * width)));
+    let mut parts = common(p, f(t.train) * slots, bytes(rows, 16.0 * width));
+    // Inputs and targets on the host and on the device, and each example's regime.
+    parts.push((
+        "data",
+        bytes(f(t.train) + f(t.test), 8.0 * (f(t.dim) + 1.0) + 4.0),
+    ));
     Estimate {
         parts,
         knobs: "task.train and task.test (data), model.modules, model.hidden and model.layers (parameters), train.batch_size and train.samples (activations)",
@@ -136,29 +150,48 @@ fn toy(run: &ToyRun) -> Estimate {
 fn lm(run: &LmRun, data: &LmData) -> Estimate {
     let (m, tr) = (&run.model, &run.train);
     let f = |n: usize| n as f64;
-    let vocab = data.vocab.len();
-    let p = f(m.parameters(tr.algo, tr.dense_match, tr.importance_weight, vocab));
+    let vocab = f(data.vocab.len());
+    let p = f(m.parameters(
+        tr.algo,
+        tr.dense_match,
+        tr.importance_weight,
+        data.vocab.len(),
+    ));
     let tokens = f(data.train.tokens.len() + data.valid.tokens.len() + data.test.tokens.len());
     let slots = if tr.algo == Algo::Em { f(m.k) } else { 0.0 };
-    let mut parts = common(p, f(data.train.tokens.len()) * slots);
-    let words: usize = data.vocab.words().iter().map(|w| w.len() + 64).sum();
-    parts.push(("data", bytes(tokens, 8.0).saturating_add(words as u64)));
-    // A window's rows (streams x steps; an E-step scores `samples` candidates per stream, in
-    // chunks of about 2048 rows), each with its logits over the vocabulary and their softmax
-    // and gradient, plus the recurrent states and gates kept for the backward pass.
+    // A gradient step's rows (streams x steps) each hold logits over the vocabulary, their
+    // softmax and its gradient, and the recurrent states and gates kept for the backward pass
+    // (the measured slope is 3.7 vocabularies of floats a row); an E-step scores its
+    // candidates' rows in chunks of about 2048 rows (whole steps), forward only.
     let window = f(tr.batch_size) * f(tr.bptt);
-    let e_rows = if tr.algo == Algo::Em {
-        (f(tr.batch_size) * f(tr.samples)).max(2048.0)
+    let train = window * (3.0 * vocab + 16.0 * f(m.hidden) * f(m.k) + 8.0 * f(m.embed));
+    let candidates = f(tr.batch_size) * f(tr.samples);
+    let chunk = (2048.0 / candidates).floor().max(1.0) * candidates;
+    let e_step = if tr.algo == Algo::Em {
+        chunk * (2.0 * vocab + 4.0 * f(m.hidden))
     } else {
         0.0
     };
-    let rows = window.max(e_rows);
-    let width = 3.0 * f(vocab) + 8.0 * (f(m.hidden) * f(m.modules.min(4)) + f(m.embed));
-    parts.push(("activations", bytes(rows, 4.0 * width)));
+    let mut parts = common(
+        p,
+        f(data.train.tokens.len()) * slots,
+        bytes(train.max(e_step), 4.0),
+    );
+    let words: usize = data.vocab.words().iter().map(|w| w.len() + 64).sum();
+    parts.push(("data", bytes(tokens, 8.0).saturating_add(words as u64)));
     Estimate {
         parts,
         knobs: "model.hidden, model.embed and model.modules (parameters), train.batch_size, train.bptt and train.samples (activations), task.max_vocab (both)",
     }
+}
+
+/// This process's peak resident memory so far (`VmHWM` in `/proc/self/status`), where the
+/// system reports it.
+pub fn peak() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
 }
 
 /// The bytes this process may still allocate, and where the figure comes from: the cgroup's
@@ -218,7 +251,7 @@ pub fn check(cfg: &RunConfig, data: Option<&LmData>) -> Result<Estimate, RunErro
     let estimate = estimate(cfg, data);
     match available() {
         Some((room, source)) if estimate.total() > room => Err(run_error(format!(
-            "the run needs {} of memory, but only {} is available ({source}); reduce {}",
+            "the run would need {} of memory, but only {} is available ({source}); reduce {}",
             estimate.describe(),
             size(room),
             estimate.knobs

@@ -141,13 +141,13 @@ pub fn report(runs: &[PathBuf], out: &Path, json: Option<&Path>) -> Result<(), R
     let mut results = Vec::new();
     for dir in runs {
         let path = dir.join(SUMMARY_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        let text = files::read_limited(&path, files::SUMMARY_LIMIT).map_err(|e| {
             run_error(format!(
                 "cannot read {}: {e} (a run writes it when it stops; finish or resume the run)",
                 path.display()
             ))
         })?;
-        let s: LmSummary = serde_json::from_str(&text).map_err(|e| {
+        let s: LmSummary = serde_json::from_slice(&text).map_err(|e| {
             run_error(format!(
                 "{} is not a language-modelling summary (`modula report` tabulates ptb and text runs; toy runs have their figures in summary.json and their plots in the run directory): {e}",
                 path.display()

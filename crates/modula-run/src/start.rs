@@ -105,7 +105,11 @@ impl Start {
         cfg.validate()?;
         fit_threads(&mut cfg)?;
         let (checkpoint, changes) = if state == DirState::Run {
-            let ck = dir::read_checkpoint(path)?;
+            let ck = dir::read_checkpoint(path).map_err(|e| {
+                run_error(format!(
+                    "{e}; the run cannot be continued from it: restore the file, or start a new run in another directory"
+                ))
+            })?;
             let changes = changes_since(&ck, &cfg, path, accept_changes)?;
             (Some(ck), changes)
         } else {
@@ -201,21 +205,4 @@ fn changes_since(
         list.join("; "),
         dir.join(dir::CHANGES_FILE).display()
     )))
-}
-
-impl Difference {
-    /// The record of an accepted change in `changes.jsonl` (the caller adds the `step`).
-    pub fn record(&self) -> serde_json::Value {
-        let json = |v: &Option<toml::Value>| {
-            v.as_ref()
-                .and_then(|v| serde_json::to_value(v).ok())
-                .unwrap_or(serde_json::Value::Null)
-        };
-        serde_json::json!({
-            "step": 0,
-            "field": self.field,
-            "from": json(&self.other),
-            "to": json(&self.this),
-        })
-    }
 }

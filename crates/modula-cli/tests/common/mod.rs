@@ -32,15 +32,51 @@ pub fn assert_ok(out: &Output) {
     assert!(out.status.success(), "failed: {}", stderr(out));
 }
 
-/// Asserts a clean failure: the given exit status, no panic, and a message containing every
-/// `needle`.
+/// Asserts a clean failure: the given exit status, no panic, a message containing every
+/// `needle`, and for run errors (status 1) the message format `modula COMMAND: error: ...`.
 pub fn assert_fails(out: &Output, code: i32, needles: &[&str]) {
     let err = stderr(out);
     assert_eq!(out.status.code(), Some(code), "stderr: {err}");
     assert!(!err.contains("panicked"), "a panic: {err}");
+    if code == 1 {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("modula ") && l.contains(": error: ")),
+            "no `modula COMMAND: error:` line: {err}"
+        );
+    }
     for needle in needles {
         assert!(err.contains(needle), "{needle:?} not in: {err}");
     }
+}
+
+/// A small toy run: a short task and intervals keep it well under a second in test builds.
+pub const SMALL: &str = r#"
+threads = 2
+
+[task]
+train = 1024
+test = 256
+
+[train]
+steps = 200
+batch_size = 64
+log_every = 40
+checkpoint_every = 100
+"#;
+
+/// A toy run's `metrics.jsonl` (floats exactly, through `float_roundtrip`) without its
+/// wall-clock field, which legitimately differs between runs.
+pub fn toy_metrics(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).expect("each line is one JSON record");
+            v.as_object_mut().unwrap().remove("examples_per_s");
+            v
+        })
+        .collect()
 }
 
 /// A JSON file, parsed.
