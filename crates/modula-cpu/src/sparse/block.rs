@@ -1,0 +1,209 @@
+//! The block-sparse kernels: each row block is one dense product of its panel with the rows of
+//! the dense operand at its active columns, which the GEMM gathers while it packs.
+
+use rayon::prelude::*;
+
+use modula_sparse::{BlockSparse, Select};
+
+use super::Isa;
+use crate::gemm::{MatMut, MatRef, Parallelism, gemm, gemm_bias, worth_parallel};
+
+/// Whether `select` keeps any element of `seg`.
+fn any_kept(isa: Isa, seg: &[f32], select: Select) -> bool {
+    match isa {
+        // SAFETY: the callers checked that the CPU runs AVX-512F.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { super::avx512::count_kept(seg, select) > 0 },
+        _ => seg.iter().any(|&v| select.keeps(v)),
+    }
+}
+
+/// The block-sparse form of the row-major `rows x cols` matrix `data` (the same matrix as
+/// `BlockSparse::from_dense`): row blocks in parallel, each testing its blocks row segment by
+/// row segment (sixteen lanes at a time with AVX-512) and copying the active ones.
+///
+/// # Panics
+/// If `data.len() != rows * cols`, a block size is 0 or `isa` is unsupported.
+#[allow(clippy::too_many_arguments)] // The matrix, the blocking, the rule and the resources.
+#[track_caller]
+pub fn sparsify_blocks(
+    isa: Isa,
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    row_block: usize,
+    col_block: usize,
+    select: Select,
+    threads: usize,
+) -> BlockSparse {
+    assert_eq!(data.len(), rows * cols, "sparsify_blocks: wrong data length");
+    assert!(
+        row_block > 0 && col_block > 0,
+        "sparsify_blocks: block sizes must be at least 1"
+    );
+    isa.assert_supported();
+    select.validate();
+    let col_blocks = cols.div_ceil(col_block);
+    let span = |c: usize| c * col_block..((c + 1) * col_block).min(cols);
+    let one = |r0: usize| -> (Vec<u32>, Vec<f32>) {
+        let r1 = (r0 + row_block).min(rows);
+        let active: Vec<u32> = (0..col_blocks)
+            .filter(|&c| (r0..r1).any(|i| any_kept(isa, &data[i * cols..][span(c)], select)))
+            .map(|c| c as u32)
+            .collect();
+        let mut values = Vec::new();
+        for i in r0..r1 {
+            for &c in &active {
+                values.extend(data[i * cols..][span(c as usize)].iter().map(|&v| select.apply(v)));
+            }
+        }
+        (active, values)
+    };
+    let starts: Vec<usize> = (0..rows).step_by(row_block).collect();
+    let parts: Vec<(Vec<u32>, Vec<f32>)> = if threads > 1 && data.len() >= super::PAR_MIN_ELEMS {
+        starts.par_iter().map(|&r0| one(r0)).collect()
+    } else {
+        starts.iter().map(|&r0| one(r0)).collect()
+    };
+    let mut block_ptr = vec![0u32];
+    let (mut block_cols, mut values) = (Vec::new(), Vec::new());
+    for (active, vals) in parts {
+        block_cols.extend_from_slice(&active);
+        values.extend_from_slice(&vals);
+        block_ptr.push(block_cols.len() as u32);
+    }
+    BlockSparse::new(rows, cols, row_block, col_block, block_ptr, block_cols, values)
+        .expect("sparsify_blocks: too large for u32 indices")
+}
+
+/// How the row blocks of a product run: spread over the pool with a sequential GEMM each
+/// when there are at least as many as threads and the product is worth splitting, else one
+/// at a time with each GEMM split (or all on the caller for small products).
+fn plan(s: &BlockSparse, m: usize, threads: usize) -> (bool, Parallelism) {
+    let active = s.values().len();
+    let worth = threads > 1 && worth_parallel(active, m, 1);
+    let spread = worth && s.row_blocks() >= threads;
+    let par = if worth && !spread {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::Sequential
+    };
+    (spread, par)
+}
+
+/// `C = S B + beta C + 1 bias^T` with a block-sparse `S` (`[n x k]`), `B` row-major `[k x m]`,
+/// `C` row-major `[n x m]`. With `beta == 0`, `C` is not read.
+///
+/// # Panics
+/// If the lengths do not match the shapes.
+#[allow(clippy::too_many_arguments)] // The product's operands and options, as `gemm` takes them.
+#[track_caller]
+pub fn block_matmul(
+    s: &BlockSparse,
+    b: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+    beta: f32,
+    c: &mut [f32],
+    threads: usize,
+) {
+    let (n, k) = (s.rows(), s.cols());
+    assert_eq!(b.len(), k * m, "block_matmul: B is not {k}x{m}");
+    assert_eq!(c.len(), n * m, "block_matmul: C is not {n}x{m}");
+    assert!(
+        bias.is_none_or(|b| b.len() == m),
+        "block_matmul: bias is not {m} long"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let one = |r: usize, c: &mut [f32], par: Parallelism| {
+        let rows = s.row_range(r).len();
+        let cols = s.active_columns(r);
+        let a = MatRef::row_major(s.panel(r), rows, cols.len());
+        let bv = MatRef::gathered_rows(b, &cols, m);
+        match bias {
+            Some(bias) if beta == 0.0 => {
+                gemm_bias(1.0, a, bv, bias, MatMut::row_major(c, rows, m), par)
+            }
+            _ => {
+                gemm(1.0, a, bv, beta, MatMut::row_major(c, rows, m), par);
+                if let Some(bias) = bias {
+                    for row in c.chunks_exact_mut(m) {
+                        row.iter_mut().zip(bias).for_each(|(y, &b)| *y += b);
+                    }
+                }
+            }
+        }
+    };
+    let (spread, par) = plan(s, m, threads);
+    let chunk = s.row_block() * m;
+    if spread {
+        c.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(r, c)| one(r, c, Parallelism::Sequential));
+    } else {
+        c.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(r, c)| one(r, c, par));
+    }
+}
+
+/// `out[i * k + j] = (dY W^T)[i, j]` for every `(i, j)` inside an active block of `S`
+/// (`[n x k]`), with `dY` `[n x m]` and `W` `[k x m]` row-major; other elements of `out` are
+/// left as they are (the caller passes zeros). One GEMM per row block, `dY`'s rows times the
+/// transposed rows of `W` at the active columns.
+///
+/// # Panics
+/// If the lengths do not match the shapes.
+#[track_caller]
+pub fn block_sampled_matmul_t(
+    s: &BlockSparse,
+    dy: &[f32],
+    w: &[f32],
+    m: usize,
+    out: &mut [f32],
+    threads: usize,
+) {
+    let (n, k) = (s.rows(), s.cols());
+    assert_eq!(dy.len(), n * m, "block_sampled_matmul_t: dY is not {n}x{m}");
+    assert_eq!(w.len(), k * m, "block_sampled_matmul_t: W is not {k}x{m}");
+    assert_eq!(out.len(), n * k, "block_sampled_matmul_t: out is not {n}x{k}");
+    if n == 0 || k == 0 {
+        return;
+    }
+    let one = |r: usize, out: &mut [f32], par: Parallelism| {
+        let rows = s.row_range(r);
+        let cols = s.active_columns(r);
+        if cols.is_empty() {
+            return;
+        }
+        let mut panel = vec![0.0f32; rows.len() * cols.len()];
+        let dy_rows = MatRef::row_major(&dy[rows.start * m..rows.end * m], rows.len(), m);
+        let wt = MatRef::gathered_rows(w, &cols, m).t();
+        gemm(
+            1.0,
+            dy_rows,
+            wt,
+            0.0,
+            MatMut::row_major(&mut panel, rows.len(), cols.len()),
+            par,
+        );
+        for (orow, prow) in out.chunks_exact_mut(k).zip(panel.chunks_exact(cols.len())) {
+            for (&j, &v) in cols.iter().zip(prow) {
+                orow[j as usize] = v;
+            }
+        }
+    };
+    let (spread, par) = plan(s, m, threads);
+    let chunk = s.row_block() * k;
+    if spread {
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(r, o)| one(r, o, Parallelism::Sequential));
+    } else {
+        out.chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(r, o)| one(r, o, par));
+    }
+}
