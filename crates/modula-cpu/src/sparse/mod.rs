@@ -35,10 +35,10 @@ pub const PANEL: usize = 128;
 
 /// Multiply-adds below which a product runs on the calling thread (as the GEMM's threshold:
 /// about 30 us of work, against about 10 us to hand work to a pool thread and back).
-const PAR_MIN_MACS: usize = 1 << 20;
+pub(crate) const PAR_MIN_MACS: usize = 1 << 20;
 
 /// Elements below which building or counting runs on the calling thread.
-const PAR_MIN_ELEMS: usize = 1 << 16;
+pub(crate) const PAR_MIN_ELEMS: usize = 1 << 16;
 
 /// Which instruction set a sparse kernel uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
