@@ -195,9 +195,9 @@ fn read_bandwidth(cpu: &Cpu, len: usize) -> f64 {
     let mut best = f64::MAX;
     for _ in 0..20 {
         let t = seconds(1, &mut || {
-            black_box(cpu.install(|| {
-                kernels::count_kept(Isa::detect(), &data, Select::NONZERO, threads)
-            }));
+            black_box(
+                cpu.install(|| kernels::count_kept(Isa::detect(), &data, Select::NONZERO, threads)),
+            );
         });
         best = best.min(t);
     }
@@ -235,7 +235,12 @@ fn point(
     w: &<Cpu as Backend>::Tensor,
     bias: &<Cpu as Backend>::Tensor,
 ) -> Value {
-    let x_host = activation(n, sparsity, block, (n as u64) << 8 | (sparsity * 100.0) as u64);
+    let x_host = activation(
+        n,
+        sparsity,
+        block,
+        (n as u64) << 8 | (sparsity * 100.0) as u64,
+    );
     let x = cpu.upload([n, K], &x_host);
     let dy = cpu.upload([n, M], &modula_benches::bench_data(n * M, 5));
     let form = if block {
@@ -349,7 +354,11 @@ fn point(
         let mut r: Vec<f64> = (0..ROUNDS)
             .filter_map(|i| Some(times.get(num)?.get(i)? / times.get(den)?.get(i)?))
             .collect();
-        if r.len() < ROUNDS { Value::Null } else { json!(median(&mut r)) }
+        if r.len() < ROUNDS {
+            Value::Null
+        } else {
+            json!(median(&mut r))
+        }
     };
     let mut record = json!({
         "n": n,
@@ -404,7 +413,9 @@ fn paired(cpu: &Cpu) {
     for block in [false, true] {
         for &n in &ROWS {
             for &sparsity in &SPARSITY {
-                let p = point(cpu, &cpu1, &mut scipy, n, sparsity, block, &w_host, &w, &bias);
+                let p = point(
+                    cpu, &cpu1, &mut scipy, n, sparsity, block, &w_host, &w, &bias,
+                );
                 eprintln!("sparse bench: {p}");
                 points.push(p);
             }

@@ -141,7 +141,11 @@ fn num(e: &Map<String, Value>, key: &str) -> Option<f64> {
 }
 
 /// Entries of one pattern and row count, by sparsity.
-fn series<'a>(entries: &'a [Map<String, Value>], pattern: &str, n: u64) -> Vec<&'a Map<String, Value>> {
+fn series<'a>(
+    entries: &'a [Map<String, Value>],
+    pattern: &str,
+    n: u64,
+) -> Vec<&'a Map<String, Value>> {
     let mut s: Vec<_> = entries
         .iter()
         .filter(|e| e["pattern"] == pattern && e["n"].as_u64() == Some(n))
@@ -199,7 +203,11 @@ fn crossovers(entries: &[Map<String, Value>]) -> Value {
 fn speedups(entries: &[Map<String, Value>]) -> Value {
     let out: Vec<Value> = entries
         .iter()
-        .filter(|e| [0.9, 0.95, 0.99].iter().any(|&s| num(e, "sparsity") == Some(s)))
+        .filter(|e| {
+            [0.9, 0.95, 0.99]
+                .iter()
+                .any(|&s| num(e, "sparsity") == Some(s))
+        })
         .map(|e| {
             json!({
                 "pattern": e["pattern"], "n": e["n"], "sparsity": e["sparsity"],

@@ -326,7 +326,11 @@ mod tests {
             "impl<K: SparseKernels> SparseBackend for K {\n fn f() { check::same_shape(); }\n}",
         )
         .unwrap();
-        fs::write(src.join("kernels.rs"), "impl SparseKernels for Reference {}").unwrap();
+        fs::write(
+            src.join("kernels.rs"),
+            "impl SparseKernels for Reference {}",
+        )
+        .unwrap();
         assert_eq!(backend_checks(&dir), Ok(1));
         fs::write(
             src.join("kernels.rs"),
@@ -344,7 +348,11 @@ mod tests {
             "impl<K: Clone> SparseBackend for K {\n fn f() { check::same_shape(); }\n}",
         )
         .unwrap();
-        fs::write(src.join("kernels.rs"), "impl SparseKernels for Reference {}").unwrap();
+        fs::write(
+            src.join("kernels.rs"),
+            "impl SparseKernels for Reference {}",
+        )
+        .unwrap();
         let problem = backend_checks(&dir).expect_err("not a front");
         assert!(problem.contains("module front calls"), "{problem}");
         fs::remove_dir_all(&dir).unwrap();

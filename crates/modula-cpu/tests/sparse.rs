@@ -79,8 +79,24 @@ fn assert_close(got: &[f32], want: &[(f64, f64)], what: &str) {
 }
 
 /// The masked input gradient on the host: `dY W^T` where `pattern` is non-zero, else 0.
-fn sampled_want(pattern: &[f32], dy: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<(f64, f64)> {
-    let full = dense(dy, &transpose(w, k, m), n, m, k, None, 0.0, &vec![0.0; n * k]);
+fn sampled_want(
+    pattern: &[f32],
+    dy: &[f32],
+    w: &[f32],
+    n: usize,
+    k: usize,
+    m: usize,
+) -> Vec<(f64, f64)> {
+    let full = dense(
+        dy,
+        &transpose(w, k, m),
+        n,
+        m,
+        k,
+        None,
+        0.0,
+        &vec![0.0; n * k],
+    );
     full.iter()
         .zip(pattern)
         .map(|(&f, &p)| if p != 0.0 { f } else { (0.0, 0.0) })
@@ -96,13 +112,26 @@ fn check_slices(n: usize, k: usize, m: usize, density: f64, empty_rows: bool, se
     let dy = activation(n, m, 1.0, false, seed + 3);
     let c0 = activation(n, m, 1.0, false, seed + 4);
     let want_y = dense(&x, &w, n, k, m, Some(&bias), 0.5, &c0);
-    let want_dw = dense(&transpose(&x, n, k), &dy, k, n, m, None, 0.0, &vec![0.0; k * m]);
+    let want_dw = dense(
+        &transpose(&x, n, k),
+        &dy,
+        k,
+        n,
+        m,
+        None,
+        0.0,
+        &vec![0.0; k * m],
+    );
     let want_dx = sampled_want(&x, &dy, &w, n, k, m);
     for isa in Isa::available() {
         for threads in [1, 2] {
             let what = format!("{isa:?}, {threads} threads, {n}x{k}x{m}, density {density}");
             let s = sparse::sparsify(isa, &x, n, k, Select::NONZERO, threads);
-            assert_eq!(s, Csr::from_dense(n, k, &x, Select::NONZERO), "{what}: sparsify");
+            assert_eq!(
+                s,
+                Csr::from_dense(n, k, &x, Select::NONZERO),
+                "{what}: sparsify"
+            );
             assert_eq!(
                 sparse::count_kept(isa, &x, Select::NONZERO, threads),
                 s.nnz(),
@@ -147,7 +176,7 @@ proptest! {
         n in 1usize..24,
         k in 1usize..80,
         m in width(),
-        row_block in 1usize..9,
+        row_block in prop_oneof![1usize..9, 9usize..14],
         col_block in 1usize..20,
         density in prop_oneof![Just(0.0), Just(1.0), 0.0f64..0.2],
         seed in any::<u64>(),
@@ -163,15 +192,15 @@ proptest! {
                 prop_assert_eq!(&s, &BlockSparse::from_dense(n, k, &x, row_block, col_block, Select::NONZERO));
                 for (bias, beta) in [(Some(&bias[..]), 0.0), (None, 0.5), (Some(&bias[..]), 2.0)] {
                     let mut y = if beta == 0.0 { vec![f32::NAN; n * m] } else { c0.clone() };
-                    sparse::block_matmul(&s, &w, m, bias, beta, &mut y, threads);
+                    sparse::block_matmul(isa, &s, &w, m, bias, beta, &mut y, threads);
                     assert_close(&y, &dense(&x, &w, n, k, m, bias, beta, &c0), "block forward");
                 }
                 let mut dw = vec![0.0; k * m];
-                sparse::block_matmul(&s.transpose(), &dy, m, None, 0.0, &mut dw, threads);
+                sparse::block_matmul(isa, &s.transpose(), &dy, m, None, 0.0, &mut dw, threads);
                 let want = dense(&transpose(&x, n, k), &dy, k, n, m, None, 0.0, &vec![0.0; k * m]);
                 assert_close(&dw, &want, "block weight gradient");
                 let mut dx = vec![0.0; n * k];
-                sparse::block_sampled_matmul_t(&s, &dy, &w, m, &mut dx, threads);
+                sparse::block_sampled_matmul_t(isa, &s, &dy, &w, m, &mut dx, threads);
                 // The gradient is kept inside every active block, also where x is zero.
                 let inside: Vec<f32> = s.to_dense().iter().zip(0..).map(|(_, e)| {
                     let (i, j) = (e / k, e % k);

@@ -166,7 +166,11 @@ impl<B: SparseBackend> Module<B> for SparseLinear {
         _ctx: &mut Ctx,
     ) -> (B::Tensor, Self::Cache) {
         let [n, k] = b.shape(z);
-        assert_eq!(k, self.d_in, "SparseLinear: input has {k} columns, not {}", self.d_in);
+        assert_eq!(
+            k, self.d_in,
+            "SparseLinear: input has {k} columns, not {}",
+            self.d_in
+        );
         let (w, bias) = (p.get(self.weight), p.get(self.bias));
         // A device error while counting or building falls back to the dense products; the
         // device keeps the error, so the next download or synchronize reports it.
@@ -183,7 +187,13 @@ impl<B: SparseBackend> Module<B> for SparseLinear {
         let mut y = b.zeros([n, self.d_out]);
         b.matmul(1.0, &x, Transpose::No, w, Transpose::No, 0.0, &mut y);
         b.add_row(&mut y, bias);
-        (y, SparseLinearCache::Dense { z: b.duplicate(z), x })
+        (
+            y,
+            SparseLinearCache::Dense {
+                z: b.duplicate(z),
+                x,
+            },
+        )
     }
 
     fn backward(

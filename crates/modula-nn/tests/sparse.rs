@@ -27,7 +27,13 @@ fn pre_activation(len: usize, density: f64, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn layer(cpu: &Cpu, k: usize, m: usize, seed: u64, dispatch: Dispatch) -> (SparseLinear, ParamStore<Cpu>) {
+fn layer(
+    cpu: &Cpu,
+    k: usize,
+    m: usize,
+    seed: u64,
+    dispatch: Dispatch,
+) -> (SparseLinear, ParamStore<Cpu>) {
     let mut params = ParamStore::new();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let l = SparseLinear::new(cpu, &mut params, "fc", k, m, Init::Glorot, &mut rng);
@@ -123,7 +129,10 @@ fn the_weight_penalty_adds_lambda_sign_and_reports_the_sum() {
     let mut g = Grads::new();
     let total = l1_weights(&cpu, &params, &[w], 0.1, &mut g).unwrap();
     assert!((total - 0.35).abs() < 1e-6, "{total}");
-    assert_eq!(cpu.download(g.get(w).unwrap()).unwrap(), vec![0.1, -0.1, 0.0, 0.1]);
+    assert_eq!(
+        cpu.download(g.get(w).unwrap()).unwrap(),
+        vec![0.1, -0.1, 0.0, 0.1]
+    );
 }
 
 #[test]

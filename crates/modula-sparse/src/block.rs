@@ -166,8 +166,11 @@ impl BlockSparse {
             let first = block_cols.len();
             for c in 0..col_blocks {
                 let span = c * col_block..((c + 1) * col_block).min(cols);
-                let active = (r0..r1)
-                    .any(|i| data[i * cols..][span.clone()].iter().any(|&v| select.keeps(v)));
+                let active = (r0..r1).any(|i| {
+                    data[i * cols..][span.clone()]
+                        .iter()
+                        .any(|&v| select.keeps(v))
+                });
                 if active {
                     block_cols.push(c as u32);
                 }

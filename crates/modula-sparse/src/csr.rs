@@ -323,12 +323,7 @@ impl Csr {
         let (rows, cols) = m.shape();
         fits("stored entries", m.nnz())?;
         fits("cols", cols)?;
-        let indptr: Vec<u32> = m
-            .indptr()
-            .to_proper()
-            .iter()
-            .map(|&p| p as u32)
-            .collect();
+        let indptr: Vec<u32> = m.indptr().to_proper().iter().map(|&p| p as u32).collect();
         let indices: Vec<u32> = m.indices().iter().map(|&j| j as u32).collect();
         Csr::new(rows, cols, indptr, indices, m.data().to_vec())
     }

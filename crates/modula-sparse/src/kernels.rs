@@ -114,7 +114,12 @@ pub trait SparseKernels: GroupedKernels {
             .flat_map(|r| {
                 let active = s.active_columns(r);
                 s.row_range(r)
-                    .flat_map(move |i| active.clone().into_iter().map(move |j| (i * cols) as u32 + j))
+                    .flat_map(move |i| {
+                        active
+                            .clone()
+                            .into_iter()
+                            .map(move |j| (i * cols) as u32 + j)
+                    })
                     .collect::<Vec<_>>()
             })
             .collect();

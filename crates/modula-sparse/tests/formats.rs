@@ -12,7 +12,11 @@ fn matrix() -> impl Strategy<Value = (usize, usize, Vec<f32>)> {
             ((zeros * 100.0) as u32).max(1) => Just(0.0f32),
             ((100.0 - zeros * 100.0) as u32).max(1) => -4.0f32..4.0,
         ];
-        (Just(rows), Just(cols), proptest::collection::vec(entry, rows * cols))
+        (
+            Just(rows),
+            Just(cols),
+            proptest::collection::vec(entry, rows * cols),
+        )
     })
 }
 
@@ -81,12 +85,30 @@ proptest! {
 #[test]
 fn malformed_parts_are_refused() {
     let bad = |indptr: Vec<u32>, indices: Vec<u32>| Csr::new(2, 3, indptr, indices, vec![1.0; 2]);
-    assert!(matches!(bad(vec![0, 1], vec![0, 1]), Err(SparseError::Length { what: "indptr", .. })));
-    assert!(matches!(bad(vec![1, 1, 2], vec![0, 1]), Err(SparseError::RowPointers { .. })));
-    assert!(matches!(bad(vec![0, 2, 1], vec![0, 1]), Err(SparseError::RowPointers { .. })));
-    assert!(matches!(bad(vec![0, 1, 1], vec![0, 1]), Err(SparseError::RowPointers { .. })));
-    assert!(matches!(bad(vec![0, 2, 2], vec![1, 1]), Err(SparseError::Columns { row: 0, .. })));
-    assert!(matches!(bad(vec![0, 1, 2], vec![0, 3]), Err(SparseError::Columns { row: 1, .. })));
+    assert!(matches!(
+        bad(vec![0, 1], vec![0, 1]),
+        Err(SparseError::Length { what: "indptr", .. })
+    ));
+    assert!(matches!(
+        bad(vec![1, 1, 2], vec![0, 1]),
+        Err(SparseError::RowPointers { .. })
+    ));
+    assert!(matches!(
+        bad(vec![0, 2, 1], vec![0, 1]),
+        Err(SparseError::RowPointers { .. })
+    ));
+    assert!(matches!(
+        bad(vec![0, 1, 1], vec![0, 1]),
+        Err(SparseError::RowPointers { .. })
+    ));
+    assert!(matches!(
+        bad(vec![0, 2, 2], vec![1, 1]),
+        Err(SparseError::Columns { row: 0, .. })
+    ));
+    assert!(matches!(
+        bad(vec![0, 1, 2], vec![0, 3]),
+        Err(SparseError::Columns { row: 1, .. })
+    ));
     assert!(bad(vec![0, 1, 2], vec![2, 0]).is_ok());
     let err = bad(vec![0, 2, 2], vec![2, 1]).unwrap_err();
     assert!(err.to_string().contains("strictly increasing"), "{err}");

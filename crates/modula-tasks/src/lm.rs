@@ -355,20 +355,22 @@ pub fn upcycle<B: Backend>(
         let [rows, cols] = b.shape(params.get(id));
         let block = [rows / modules, cols];
         // A bias is one row per module; a weight is one block of rows per module.
-        let dense_shape = if to.ends_with("bias") { [1, cols] } else { block };
+        let dense_shape = if to.ends_with("bias") {
+            [1, cols]
+        } else {
+            block
+        };
         let base = read(from, dense_shape)?;
         let rms = (base.iter().map(|v| v * v).sum::<f32>() / base.len().max(1) as f32).sqrt();
         let std = noise * rms;
         let normal = Normal::new(0.0, std.max(0.0)).map_err(|e| e.to_string())?;
         let mut stacked = Vec::with_capacity(rows * cols);
         for _ in 0..modules {
-            stacked.extend(base.iter().map(|&v| {
-                if std > 0.0 {
-                    v + normal.sample(rng)
-                } else {
-                    v
-                }
-            }));
+            stacked.extend(base.iter().map(
+                |&v| {
+                    if std > 0.0 { v + normal.sample(rng) } else { v }
+                },
+            ));
         }
         *params.get_mut(id) = b.upload([rows, cols], &stacked);
     }

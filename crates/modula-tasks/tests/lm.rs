@@ -654,7 +654,16 @@ fn an_upcycled_model_computes_its_dense_parent() {
     let h0 = b.zeros([3, 2]);
     let run = |model: &LanguageModel, params: &ParamStore<Cpu>, routes: Routes<'_, '_, Cpu>| {
         model
-            .forward_window(&b, params, &ids, &targets, &h0, routes, false, &mut Ctx::eval())
+            .forward_window(
+                &b,
+                params,
+                &ids,
+                &targets,
+                &h0,
+                routes,
+                false,
+                &mut Ctx::eval(),
+            )
             .unwrap()
             .nll
     };
@@ -667,5 +676,8 @@ fn an_upcycled_model_computes_its_dense_parent() {
     let mut wide = modula_nn::Checkpoint::new();
     wide.add_params(&b, &wide_params).unwrap();
     let err = modula_tasks::upcycle(&b, &mut params, &wide, 3, 0.1, &mut rng).unwrap_err();
-    assert!(err.contains("softmax.weight") || err.contains("gru."), "{err}");
+    assert!(
+        err.contains("softmax.weight") || err.contains("gru."),
+        "{err}"
+    );
 }

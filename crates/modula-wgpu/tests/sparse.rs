@@ -24,7 +24,10 @@ fn activation(rng: &mut ChaCha8Rng, rows: usize, cols: usize, zeros: f64) -> Vec
 fn close(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{what}: element {i} is {g}, expected {w}");
+        assert!(
+            (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+            "{what}: element {i} is {g}, expected {w}"
+        );
     }
 }
 
@@ -36,13 +39,21 @@ fn csr_products_match_the_cpu() {
     let cpu = Cpu::with_threads(1);
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     // n = 1, empty and full matrices, widths around the workgroup size.
-    for (n, k, m, zeros) in [(1, 7, 3, 0.5), (5, 33, 257, 0.9), (16, 64, 40, 1.0), (9, 20, 31, 0.0), (64, 300, 130, 0.95)] {
+    for (n, k, m, zeros) in [
+        (1, 7, 3, 0.5),
+        (5, 33, 257, 0.9),
+        (16, 64, 40, 1.0),
+        (9, 20, 31, 0.0),
+        (64, 300, 130, 0.95),
+    ] {
         let x = activation(&mut rng, n, k, zeros);
         let w = activation(&mut rng, k, m, 0.0);
         let bias = activation(&mut rng, 1, m, 0.0);
         let c0 = activation(&mut rng, n, m, 0.0);
         let what = format!("{n}x{k}x{m}, {zeros} zeros");
-        let s = cpu.sparsify(&cpu.upload([n, k], &x), Select::NONZERO).unwrap();
+        let s = cpu
+            .sparsify(&cpu.upload([n, k], &x), Select::NONZERO)
+            .unwrap();
         let run = |b: &dyn Fn() -> Vec<f32>| b();
         let on_cpu = run(&|| {
             let mut c = cpu.upload([n, m], &c0);
@@ -56,7 +67,11 @@ fn csr_products_match_the_cpu() {
             gpu.sparse_matmul(&s, &wt, Some(&bt), 0.5, &mut c);
             gpu.download(&c).unwrap()
         });
-        close(&format!("{what}: forward with bias and beta"), &on_gpu, &on_cpu);
+        close(
+            &format!("{what}: forward with bias and beta"),
+            &on_gpu,
+            &on_cpu,
+        );
         // beta = 0 without bias, over NaN: the sparse form built on the device (the default
         // body), and the weight-gradient form (the transpose times dY).
         let xg = gpu.upload([n, k], &x);
@@ -64,13 +79,33 @@ fn csr_products_match_the_cpu() {
         assert_eq!(sg, s, "{what}: sparsify");
         let dy = activation(&mut rng, n, m, 0.0);
         let mut dw = gpu.upload([k, m], &vec![f32::NAN; k * m]);
-        gpu.sparse_matmul(&sg.transpose(), &gpu.upload([n, m], &dy), None, 0.0, &mut dw);
+        gpu.sparse_matmul(
+            &sg.transpose(),
+            &gpu.upload([n, m], &dy),
+            None,
+            0.0,
+            &mut dw,
+        );
         let mut want = cpu.zeros([k, m]);
-        cpu.sparse_matmul(&s.transpose(), &cpu.upload([n, m], &dy), None, 0.0, &mut want);
-        close(&format!("{what}: weight gradient"), &gpu.download(&dw).unwrap(), &cpu.download(&want).unwrap());
+        cpu.sparse_matmul(
+            &s.transpose(),
+            &cpu.upload([n, m], &dy),
+            None,
+            0.0,
+            &mut want,
+        );
+        close(
+            &format!("{what}: weight gradient"),
+            &gpu.download(&dw).unwrap(),
+            &cpu.download(&want).unwrap(),
+        );
         // The sampled input gradient runs the default body here.
         let dx = gpu.sampled_matmul_t(&sg, &gpu.upload([n, m], &dy), &gpu.upload([k, m], &w));
         let want = cpu.sampled_matmul_t(&s, &cpu.upload([n, m], &dy), &cpu.upload([k, m], &w));
-        close(&format!("{what}: input gradient"), &gpu.download(&dx).unwrap(), &cpu.download(&want).unwrap());
+        close(
+            &format!("{what}: input gradient"),
+            &gpu.download(&dx).unwrap(),
+            &cpu.download(&want).unwrap(),
+        );
     }
 }

@@ -29,11 +29,15 @@ impl Cpu {
 impl SparseKernels for Cpu {
     fn sparsify(&self, x: &Array2<f32>, select: Select) -> Result<Csr, BackendError> {
         let (rows, cols) = x.dim();
-        Ok(self.sparse_run(x.len(), sparse::PAR_MIN_ELEMS, |t| sparse::sparsify(Isa::detect(), slice(x), rows, cols, select, t)))
+        Ok(self.sparse_run(x.len(), sparse::PAR_MIN_ELEMS, |t| {
+            sparse::sparsify(Isa::detect(), slice(x), rows, cols, select, t)
+        }))
     }
 
     fn count_kept(&self, x: &Array2<f32>, select: Select) -> Result<usize, BackendError> {
-        Ok(self.sparse_run(x.len(), sparse::PAR_MIN_ELEMS, |t| sparse::count_kept(Isa::detect(), slice(x), select, t)))
+        Ok(self.sparse_run(x.len(), sparse::PAR_MIN_ELEMS, |t| {
+            sparse::count_kept(Isa::detect(), slice(x), select, t)
+        }))
     }
 
     fn densify(&self, s: &Csr) -> Array2<f32> {
@@ -59,14 +63,18 @@ impl SparseKernels for Cpu {
     ) {
         let m = b.ncols();
         let (b, bias, c) = (slice(b), bias.map(slice), slice_mut(c));
-        self.sparse_run(s.nnz() * m, sparse::PAR_MIN_MACS, |t| sparse::csr_matmul(Isa::detect(), s, b, m, bias, beta, c, t));
+        self.sparse_run(s.nnz() * m, sparse::PAR_MIN_MACS, |t| {
+            sparse::csr_matmul(Isa::detect(), s, b, m, bias, beta, c, t)
+        });
     }
 
     fn sampled_matmul_t(&self, s: &Csr, dy: &Array2<f32>, w: &Array2<f32>) -> Array2<f32> {
         let m = dy.ncols();
         let mut out = Array2::zeros((s.rows(), s.cols()));
         let (dy, w, o) = (slice(dy), slice(w), slice_mut(&mut out));
-        self.sparse_run(s.nnz() * m, sparse::PAR_MIN_MACS, |t| sparse::sampled_matmul_t(Isa::detect(), s, dy, w, m, o, t));
+        self.sparse_run(s.nnz() * m, sparse::PAR_MIN_MACS, |t| {
+            sparse::sampled_matmul_t(Isa::detect(), s, dy, w, m, o, t)
+        });
         out
     }
 
@@ -80,7 +88,16 @@ impl SparseKernels for Cpu {
         let (rows, cols) = x.dim();
         let data = slice(x);
         Ok(self.sparse_run(data.len(), sparse::PAR_MIN_ELEMS, |t| {
-            sparse::sparsify_blocks(Isa::detect(), data, rows, cols, row_block, col_block, select, t)
+            sparse::sparsify_blocks(
+                Isa::detect(),
+                data,
+                rows,
+                cols,
+                row_block,
+                col_block,
+                select,
+                t,
+            )
         }))
     }
 
@@ -94,7 +111,9 @@ impl SparseKernels for Cpu {
     ) {
         let m = b.ncols();
         let (b, bias, c) = (slice(b), bias.map(slice), slice_mut(c));
-        self.sparse_run(s.values().len() * m, sparse::PAR_MIN_MACS, |t| sparse::block_matmul(s, b, m, bias, beta, c, t));
+        self.sparse_run(s.values().len() * m, sparse::PAR_MIN_MACS, |t| {
+            sparse::block_matmul(Isa::detect(), s, b, m, bias, beta, c, t)
+        });
     }
 
     fn block_sampled_matmul_t(
@@ -106,7 +125,9 @@ impl SparseKernels for Cpu {
         let m = dy.ncols();
         let mut out = Array2::zeros((s.rows(), s.cols()));
         let (dy, w, o) = (slice(dy), slice(w), slice_mut(&mut out));
-        self.sparse_run(s.values().len() * m, sparse::PAR_MIN_MACS, |t| sparse::block_sampled_matmul_t(s, dy, w, m, o, t));
+        self.sparse_run(s.values().len() * m, sparse::PAR_MIN_MACS, |t| {
+            sparse::block_sampled_matmul_t(Isa::detect(), s, dy, w, m, o, t)
+        });
         out
     }
 }

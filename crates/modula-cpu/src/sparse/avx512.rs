@@ -42,7 +42,10 @@ pub(super) unsafe fn compress_row(
 ) -> usize {
     debug_assert!(idx.len() >= row.len() + 16 && val.len() >= row.len() + 16);
     let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    let (ip, vp) = (idx.as_mut_ptr().cast::<u32>(), val.as_mut_ptr().cast::<f32>());
+    let (ip, vp) = (
+        idx.as_mut_ptr().cast::<u32>(),
+        val.as_mut_ptr().cast::<f32>(),
+    );
     let mut n = 0usize;
     for j in (0..row.len()).step_by(16) {
         let lanes = first((row.len() - j).min(16));
@@ -203,7 +206,11 @@ pub(super) unsafe fn sampled_rows(p: &Sampled<'_>, rows: Range<usize>, cols: Ran
                     // out-of-order execution overlaps them.
                     let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
                     for v in (0..V).step_by(2) {
-                        a0 = _mm512_fmadd_ps(d[v], _mm512_maskz_loadu_ps(lanes[v], w.add(16 * v)), a0);
+                        a0 = _mm512_fmadd_ps(
+                            d[v],
+                            _mm512_maskz_loadu_ps(lanes[v], w.add(16 * v)),
+                            a0,
+                        );
                         a1 = _mm512_fmadd_ps(
                             d[v + 1],
                             _mm512_maskz_loadu_ps(lanes[v + 1], w.add(16 * v + 16)),

@@ -3,9 +3,29 @@
 
 use rayon::prelude::*;
 
-use modula_sparse::{BlockSparse, Select};
+use modula_sparse::{BlockSparse, Csr, Select};
 
 use super::Isa;
+
+/// Row blocks of at most this many rows (a batch of a few examples) run the CSR kernels on
+/// their panel instead of a GEMM: the GEMM would pack the gathered rows of the dense operand,
+/// a copy as long as the product itself for so few rows.
+const FEW_ROWS: usize = 8;
+
+/// Row block `r`'s panel as a CSR matrix (explicit zeros included), for [`FEW_ROWS`].
+fn panel_csr(s: &BlockSparse, r: usize) -> Csr {
+    let rows = s.row_range(r).len();
+    let cols = s.active_columns(r);
+    let indptr = (0..=rows).map(|i| (i * cols.len()) as u32).collect();
+    Csr::new(
+        rows,
+        s.cols(),
+        indptr,
+        cols.repeat(rows),
+        s.panel(r).to_vec(),
+    )
+    .expect("a valid block matrix's panel is a valid CSR matrix")
+}
 use crate::gemm::{MatMut, MatRef, Parallelism, gemm, gemm_bias, worth_parallel};
 
 /// Whether `select` keeps any element of `seg`.
@@ -36,7 +56,11 @@ pub fn sparsify_blocks(
     select: Select,
     threads: usize,
 ) -> BlockSparse {
-    assert_eq!(data.len(), rows * cols, "sparsify_blocks: wrong data length");
+    assert_eq!(
+        data.len(),
+        rows * cols,
+        "sparsify_blocks: wrong data length"
+    );
     assert!(
         row_block > 0 && col_block > 0,
         "sparsify_blocks: block sizes must be at least 1"
@@ -54,7 +78,11 @@ pub fn sparsify_blocks(
         let mut values = Vec::new();
         for i in r0..r1 {
             for &c in &active {
-                values.extend(data[i * cols..][span(c as usize)].iter().map(|&v| select.apply(v)));
+                values.extend(
+                    data[i * cols..][span(c as usize)]
+                        .iter()
+                        .map(|&v| select.apply(v)),
+                );
             }
         }
         (active, values)
@@ -72,8 +100,10 @@ pub fn sparsify_blocks(
         values.extend_from_slice(&vals);
         block_ptr.push(block_cols.len() as u32);
     }
-    BlockSparse::new(rows, cols, row_block, col_block, block_ptr, block_cols, values)
-        .expect("sparsify_blocks: too large for u32 indices")
+    BlockSparse::new(
+        rows, cols, row_block, col_block, block_ptr, block_cols, values,
+    )
+    .expect("sparsify_blocks: too large for u32 indices")
 }
 
 /// How the row blocks of a product run: spread over the pool with a sequential GEMM each
@@ -95,10 +125,11 @@ fn plan(s: &BlockSparse, m: usize, threads: usize) -> (bool, Parallelism) {
 /// `C` row-major `[n x m]`. With `beta == 0`, `C` is not read.
 ///
 /// # Panics
-/// If the lengths do not match the shapes.
+/// If the lengths do not match the shapes or `isa` is unsupported.
 #[allow(clippy::too_many_arguments)] // The product's operands and options, as `gemm` takes them.
 #[track_caller]
 pub fn block_matmul(
+    isa: Isa,
     s: &BlockSparse,
     b: &[f32],
     m: usize,
@@ -117,8 +148,13 @@ pub fn block_matmul(
     if m == 0 || n == 0 {
         return;
     }
+    isa.assert_supported();
     let one = |r: usize, c: &mut [f32], par: Parallelism| {
         let rows = s.row_range(r).len();
+        if rows <= FEW_ROWS {
+            super::csr_matmul(isa, &panel_csr(s, r), b, m, bias, beta, c, par.tasks());
+            return;
+        }
         let cols = s.active_columns(r);
         let a = MatRef::row_major(s.panel(r), rows, cols.len());
         let bv = MatRef::gathered_rows(b, &cols, m);
@@ -158,6 +194,7 @@ pub fn block_matmul(
 /// If the lengths do not match the shapes.
 #[track_caller]
 pub fn block_sampled_matmul_t(
+    isa: Isa,
     s: &BlockSparse,
     dy: &[f32],
     w: &[f32],
@@ -168,14 +205,31 @@ pub fn block_sampled_matmul_t(
     let (n, k) = (s.rows(), s.cols());
     assert_eq!(dy.len(), n * m, "block_sampled_matmul_t: dY is not {n}x{m}");
     assert_eq!(w.len(), k * m, "block_sampled_matmul_t: W is not {k}x{m}");
-    assert_eq!(out.len(), n * k, "block_sampled_matmul_t: out is not {n}x{k}");
+    assert_eq!(
+        out.len(),
+        n * k,
+        "block_sampled_matmul_t: out is not {n}x{k}"
+    );
     if n == 0 || k == 0 {
         return;
     }
+    isa.assert_supported();
     let one = |r: usize, out: &mut [f32], par: Parallelism| {
         let rows = s.row_range(r);
         let cols = s.active_columns(r);
         if cols.is_empty() {
+            return;
+        }
+        if rows.len() <= FEW_ROWS {
+            super::sampled_matmul_t(
+                isa,
+                &panel_csr(s, r),
+                &dy[rows.start * m..rows.end * m],
+                w,
+                m,
+                out,
+                par.tasks(),
+            );
             return;
         }
         let mut panel = vec![0.0f32; rows.len() * cols.len()];

@@ -159,7 +159,10 @@ fn compress_rows(isa: Isa, data: &[f32], cols: usize, select: Select) -> Part {
     // (or, portably, one element) past the last kept entry. Only pages that get written are
     // ever touched, so the worst-case reservation costs little.
     let cap = data.len() + 16;
-    let (mut indices, mut values) = (Vec::<u32>::with_capacity(cap), Vec::<f32>::with_capacity(cap));
+    let (mut indices, mut values) = (
+        Vec::<u32>::with_capacity(cap),
+        Vec::<f32>::with_capacity(cap),
+    );
     let mut ends = Vec::with_capacity(rows);
     let mut n = 0usize;
     for row in data.chunks_exact(cols.max(1)).take(rows) {
@@ -207,7 +210,9 @@ pub fn count_kept(isa: Isa, data: &[f32], select: Select, threads: usize) -> usi
     if data.len() < PAR_MIN_ELEMS || threads <= 1 {
         count(data)
     } else {
-        data.par_chunks(data.len().div_ceil(threads)).map(count).sum()
+        data.par_chunks(data.len().div_ceil(threads))
+            .map(count)
+            .sum()
     }
 }
 

@@ -41,7 +41,9 @@ pub(super) unsafe fn csr_rows(p: &RowsPanel<'_>, rows: Range<usize>, cols: Range
             let mut acc = [0.0f32; PANEL];
             let acc = &mut acc[..width];
             if p.beta != 0.0 {
-                acc.iter_mut().zip(&*out).for_each(|(a, &c)| *a = p.beta * c);
+                acc.iter_mut()
+                    .zip(&*out)
+                    .for_each(|(a, &c)| *a = p.beta * c);
             }
             if let Some(bias) = p.bias {
                 acc.iter_mut().zip(&bias[j0..]).for_each(|(a, &b)| *a += b);
