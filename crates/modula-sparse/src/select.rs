@@ -20,10 +20,9 @@ impl Select {
     /// Whether `v` is stored.
     #[inline(always)]
     pub fn keeps(self, v: f32) -> bool {
-        // Written as negated comparisons so that NaN is kept.
         match self {
-            Select::Magnitude(t) => !(v.abs() <= t),
-            Select::Relu => !(v <= 0.0),
+            Select::Magnitude(t) => v.abs() > t || v.is_nan(),
+            Select::Relu => v > 0.0 || v.is_nan(),
         }
     }
 
