@@ -47,7 +47,7 @@ fn uniform(state: &mut u64) -> f64 {
 
 /// A ReLU-like activation `[n x K]`: positive values, zero with probability `sparsity`
 /// (random), or in whole `BLOCK x BLOCK` blocks, a `sparsity` fraction of the column blocks of
-/// every row block (block).
+/// every row block on average (block).
 fn activation(n: usize, sparsity: f64, block: bool, seed: u64) -> Vec<f32> {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     let mut x: Vec<f32> = (0..n * K)
@@ -62,8 +62,11 @@ fn activation(n: usize, sparsity: f64, block: bool, seed: u64) -> Vec<f32> {
         return x;
     }
     let col_blocks = K / BLOCK;
-    let zero_blocks = (sparsity * col_blocks as f64).round() as usize;
     for r0 in (0..n).step_by(BLOCK) {
+        // Randomised rounding of the number of zero blocks, so that the expected fraction of
+        // zeros is `sparsity` even where it is not a multiple of 1/32 (99% is 31.68 blocks).
+        let exact = sparsity * col_blocks as f64;
+        let zero_blocks = exact as usize + usize::from(uniform(&mut state) < exact.fract());
         // A random choice of `zero_blocks` column blocks (a partial Fisher-Yates shuffle).
         let mut order: Vec<usize> = (0..col_blocks).collect();
         for i in 0..zero_blocks {

@@ -219,8 +219,8 @@ pub fn count_kept(isa: Isa, data: &[f32], select: Select, threads: usize) -> usi
 /// `C = S B + beta C + 1 bias^T`, with `S` `[n x k]`, `B` row-major `[k x m]`, `C` row-major
 /// `[n x m]` and `bias` `m` values. With `beta == 0`, `C` is not read (NaN does not leak).
 ///
-/// Work is split into at most `threads` rayon tasks of the current pool: by rows when there
-/// are enough, else by column panels (a single row, for example).
+/// Work is split into at most `threads` rayon tasks of the current pool: by column panels
+/// when there are enough, else by rows.
 ///
 /// # Panics
 /// If the lengths do not match the shapes or `isa` is unsupported.
@@ -267,9 +267,12 @@ pub fn csr_matmul(
     run_grid(n, m, s.nnz().saturating_mul(m), threads, &task);
 }
 
-/// Splits `n` rows by `m` columns into at most `threads` tasks and runs `task` on each: row
-/// ranges when there are enough rows to keep every thread busy, else column ranges of whole
-/// panels. Products under [`PAR_MIN_MACS`] run on the calling thread.
+/// Splits `n` rows by `m` columns into at most `threads` tasks and runs `task` on each:
+/// column ranges of whole panels when there are at least as many panels as threads, else row
+/// ranges. Columns come first because each task then streams only its own panels of the dense
+/// operand into its core's L2, once, and reuses them for every row; a split by rows makes
+/// every task load every panel, which at high sparsity costs more than the arithmetic.
+/// Products under [`PAR_MIN_MACS`] run on the calling thread.
 fn run_grid(
     n: usize,
     m: usize,
@@ -282,20 +285,18 @@ fn run_grid(
         return;
     }
     let panels = m.div_ceil(PANEL);
-    if n >= 4 * threads || panels < 2 {
-        // Several chunks per thread even out rows of different lengths.
-        let chunks = (4 * threads).min(n);
-        let per = n.div_ceil(chunks);
-        rayon::scope(|sc| {
-            for start in (0..n).step_by(per) {
-                sc.spawn(move |_| task(start..(start + per).min(n), 0..m));
-            }
-        });
-    } else {
+    if panels >= threads || n < 2 {
         let per = panels.div_ceil(threads.min(panels)) * PANEL;
         rayon::scope(|sc| {
             for start in (0..m).step_by(per) {
                 sc.spawn(move |_| task(0..n, start..(start + per).min(m)));
+            }
+        });
+    } else {
+        let per = n.div_ceil(threads.min(n));
+        rayon::scope(|sc| {
+            for start in (0..n).step_by(per) {
+                sc.spawn(move |_| task(start..(start + per).min(n), 0..m));
             }
         });
     }
@@ -315,8 +316,8 @@ struct RowsPanel<'a> {
 /// `[n x m]` and `W` `[k x m]` row-major; other elements of `out` are left as they are (the
 /// caller passes zeros).
 ///
-/// Work is split by rows when there are enough, else by ranges of `p` (each stored entry is
-/// written by exactly one task either way).
+/// Work is split by ranges of `p` (each task reads only its rows of `W`) when there are enough,
+/// else by rows; each stored entry is written by exactly one task either way.
 ///
 /// # Panics
 /// If the lengths do not match the shapes or `isa` is unsupported.
