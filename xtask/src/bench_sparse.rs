@@ -285,15 +285,15 @@ fn targets(entries: &[Map<String, Value>]) -> Value {
 fn plot(entries: &[Map<String, Value>]) -> String {
     let (w, h, left, right, top, bottom) = (720.0, 440.0, 70.0, 170.0, 30.0, 50.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
-    let (ymin, ymax) = (0.1f64.log10(), 100f64.log10());
+    let (ymin, ymax) = (0.1f64.log10(), 1000f64.log10());
     let x = |s: f64| left + s * pw;
-    let y = |r: f64| top + ph * (1.0 - (r.max(0.1).log10() - ymin) / (ymax - ymin));
+    let y = |r: f64| top + ph * (1.0 - (r.clamp(0.1, 1000.0).log10() - ymin) / (ymax - ymin));
     let colours = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a"];
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
          font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n"
     );
-    for r in [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0] {
+    for r in [0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0] {
         let stroke = if r == 1.0 { "#000" } else { "#ddd" };
         let (x1, yr, tx, ty) = (left + pw, y(r), left - 6.0, y(r) + 4.0);
         svg += &format!(

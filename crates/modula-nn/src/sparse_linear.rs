@@ -11,9 +11,12 @@ use crate::param::{Grads, ParamId, ParamStore};
 
 /// Densities below which the sparse products beat dense GEMM, by batch rows, measured with
 /// `cargo xtask bench sparse` on the project's 2-core AVX-512 machine (random patterns,
-/// `k = m = 1024`, the sparse form's build included; docs/sparse.md). Between the listed row
-/// counts the crossover is interpolated in `log2(rows)`; outside, the nearest one holds.
-pub const CROSSOVER: [(usize, f64); 4] = [(1, 0.60), (32, 0.40), (256, 0.45), (1024, 0.45)];
+/// `k = m = 1024`, the sparse form's build included; docs/sparse.md): the crossover fell at
+/// 54-58% zeros for 32 to 1024 rows in two runs (the lower density of the two is kept), and a
+/// single row was faster sparse even fully dense (the dense product of one row is a GEMV
+/// bound by reading `W`). Between the listed row counts the crossover is interpolated in
+/// `log2(rows)`; outside, the nearest one holds.
+pub const CROSSOVER: [(usize, f64); 4] = [(1, 1.0), (32, 0.42), (256, 0.45), (1024, 0.42)];
 
 /// How a [`SparseLinear`] chooses between its sparse and dense products.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -79,6 +79,21 @@ pub(super) unsafe fn count_kept(data: &[f32], select: Select) -> usize {
     n
 }
 
+/// Sets bit `j` of `bits` (ORs it in) for every element `j` of `row` that `select` keeps.
+///
+/// # Safety
+/// AVX-512F must be present, and `bits` must hold at least `row.len()` bits.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn or_kept_bits(row: &[f32], select: Select, bits: &mut [u64]) {
+    for j in (0..row.len()).step_by(16) {
+        let lanes = first((row.len() - j).min(16));
+        // SAFETY: the masked load reads only elements of `row`.
+        let v = unsafe { _mm512_maskz_loadu_ps(lanes, row.as_ptr().add(j)) };
+        // j is a multiple of 16, so its sixteen bits lie in one word.
+        bits[j / 64] |= u64::from(keep_mask(v, select) & lanes) << (j % 64);
+    }
+}
+
 /// Rows `rows` x columns `cols` of `C = S B + beta C + 1 bias^T`: full panels keep eight
 /// vectors of a row of `C` in registers, the last partial panel goes a vector at a time.
 ///

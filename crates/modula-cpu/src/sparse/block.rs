@@ -6,6 +6,7 @@ use rayon::prelude::*;
 use modula_sparse::{BlockSparse, Csr, Select};
 
 use super::Isa;
+use crate::gemm::{MatMut, MatRef, Parallelism, gemm, gemm_bias, worth_parallel};
 
 /// Row blocks of at most this many rows (a batch of a few examples) run the CSR kernels on
 /// their panel instead of a GEMM: the GEMM would pack the gathered rows of the dense operand,
@@ -26,21 +27,31 @@ fn panel_csr(s: &BlockSparse, r: usize) -> Csr {
     )
     .expect("a valid block matrix's panel is a valid CSR matrix")
 }
-use crate::gemm::{MatMut, MatRef, Parallelism, gemm, gemm_bias, worth_parallel};
 
-/// Whether `select` keeps any element of `seg`.
-fn any_kept(isa: Isa, seg: &[f32], select: Select) -> bool {
+/// Sets bit `j` of `bits` (ORs it in) for every element `j` of `row` that `select` keeps.
+fn or_kept_bits(isa: Isa, row: &[f32], select: Select, bits: &mut [u64]) {
     match isa {
-        // SAFETY: the callers checked that the CPU runs AVX-512F.
+        // SAFETY: the callers checked that the CPU runs AVX-512F, and `bits` holds a bit for
+        // every element of `row`.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { super::avx512::count_kept(seg, select) > 0 },
-        _ => seg.iter().any(|&v| select.keeps(v)),
+        Isa::Avx512 => unsafe { super::avx512::or_kept_bits(row, select, bits) },
+        _ => {
+            for (j, &v) in row.iter().enumerate() {
+                bits[j / 64] |= u64::from(select.keeps(v)) << (j % 64);
+            }
+        }
     }
 }
 
+/// Whether any bit in `range` of `bits` is set.
+fn any_bit(bits: &[u64], range: std::ops::Range<usize>) -> bool {
+    range.into_iter().any(|j| bits[j / 64] >> (j % 64) & 1 == 1)
+}
+
 /// The block-sparse form of the row-major `rows x cols` matrix `data` (the same matrix as
-/// `BlockSparse::from_dense`): row blocks in parallel, each testing its blocks row segment by
-/// row segment (sixteen lanes at a time with AVX-512) and copying the active ones.
+/// `BlockSparse::from_dense`): row blocks in parallel, each ORing the bitmaps of its rows' kept
+/// entries (sixteen lanes per compare with AVX-512), reading the active blocks off the bitmap
+/// and copying them.
 ///
 /// # Panics
 /// If `data.len() != rows * cols`, a block size is 0 or `isa` is unsupported.
@@ -71,8 +82,12 @@ pub fn sparsify_blocks(
     let span = |c: usize| c * col_block..((c + 1) * col_block).min(cols);
     let one = |r0: usize| -> (Vec<u32>, Vec<f32>) {
         let r1 = (r0 + row_block).min(rows);
+        let mut bits = vec![0u64; cols.div_ceil(64)];
+        for i in r0..r1 {
+            or_kept_bits(isa, &data[i * cols..][..cols], select, &mut bits);
+        }
         let active: Vec<u32> = (0..col_blocks)
-            .filter(|&c| (r0..r1).any(|i| any_kept(isa, &data[i * cols..][span(c)], select)))
+            .filter(|&c| any_bit(&bits, span(c)))
             .map(|c| c as u32)
             .collect();
         let mut values = Vec::new();
