@@ -1,5 +1,5 @@
-//! The block-sparse kernels: each row block is one dense product of its panel with the rows of
-//! the dense operand at its active columns, which the GEMM gathers while it packs.
+//! The block-sparse kernels: each row block is a few dense products of its panel with the rows
+//! of the dense operand at its active columns, one per run of adjacent active blocks.
 
 use rayon::prelude::*;
 
@@ -12,6 +12,32 @@ use crate::gemm::{MatMut, MatRef, Parallelism, gemm, gemm_bias, worth_parallel};
 /// their panel instead of a GEMM: the GEMM would pack the gathered rows of the dense operand,
 /// a copy as long as the product itself for so few rows.
 const FEW_ROWS: usize = 8;
+
+/// A stretch of adjacent active column blocks of one row block: its first column, its width,
+/// and where it starts in the row block's panel.
+struct Run {
+    col: usize,
+    width: usize,
+    offset: usize,
+}
+
+/// Row block `r`'s active blocks, adjacent ones merged into runs. Each run is one product with
+/// contiguous rows of the dense operand, which the GEMM then reads in place (a gathered
+/// operand would be packed, a copy as long as the product for a row block of 32 rows).
+fn runs(s: &BlockSparse, r: usize) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    let mut offset = 0;
+    for &c in s.active(r) {
+        let col = c as usize * s.col_block();
+        let width = s.col_block().min(s.cols() - col);
+        match runs.last_mut() {
+            Some(last) if last.col + last.width == col => last.width += width,
+            _ => runs.push(Run { col, width, offset }),
+        }
+        offset += width;
+    }
+    runs
+}
 
 /// Row block `r`'s panel as a CSR matrix (explicit zeros included), for [`FEW_ROWS`].
 fn panel_csr(s: &BlockSparse, r: usize) -> Csr {
@@ -170,10 +196,11 @@ pub fn block_matmul(
             super::csr_matmul(isa, &panel_csr(s, r), b, m, bias, beta, c, par.tasks());
             return;
         }
-        let cols = s.active_columns(r);
-        let a = MatRef::row_major(s.panel(r), rows, cols.len());
-        let bv = MatRef::gathered_rows(b, &cols, m);
-        match bias {
+        let (panel, runs) = (s.panel(r), runs(s, r));
+        let width = runs.last().map_or(0, |run| run.offset + run.width);
+        // The first run's product applies beta (and the bias); later runs accumulate. Without
+        // active blocks an empty product still applies them.
+        let first_beta = |c: &mut [f32], a: MatRef<'_>, bv: MatRef<'_>| match bias {
             Some(bias) if beta == 0.0 => {
                 gemm_bias(1.0, a, bv, bias, MatMut::row_major(c, rows, m), par)
             }
@@ -184,6 +211,22 @@ pub fn block_matmul(
                         row.iter_mut().zip(bias).for_each(|(y, &b)| *y += b);
                     }
                 }
+            }
+        };
+        if runs.is_empty() {
+            first_beta(
+                c,
+                MatRef::row_major(&[], rows, 0),
+                MatRef::row_major(b, 0, m),
+            );
+        }
+        for (t, run) in runs.iter().enumerate() {
+            let a = MatRef::new(&panel[run.offset..], rows, run.width, width, 1);
+            let bv = MatRef::row_major(&b[run.col * m..], run.width, m);
+            if t == 0 {
+                first_beta(c, a, bv);
+            } else {
+                gemm(1.0, a, bv, 1.0, MatMut::row_major(c, rows, m), par);
             }
         }
     };
@@ -247,21 +290,13 @@ pub fn block_sampled_matmul_t(
             );
             return;
         }
-        let mut panel = vec![0.0f32; rows.len() * cols.len()];
         let dy_rows = MatRef::row_major(&dy[rows.start * m..rows.end * m], rows.len(), m);
-        let wt = MatRef::gathered_rows(w, &cols, m).t();
-        gemm(
-            1.0,
-            dy_rows,
-            wt,
-            0.0,
-            MatMut::row_major(&mut panel, rows.len(), cols.len()),
-            par,
-        );
-        for (orow, prow) in out.chunks_exact_mut(k).zip(panel.chunks_exact(cols.len())) {
-            for (&j, &v) in cols.iter().zip(prow) {
-                orow[j as usize] = v;
-            }
+        // Each run's block of the output is written in place: `dY` times the transposed
+        // rows of `W` it covers.
+        for run in runs(s, r) {
+            let wt = MatRef::row_major(&w[run.col * m..], run.width, m).t();
+            let o = MatMut::new(&mut out[run.col..], rows.len(), run.width, k);
+            gemm(1.0, dy_rows, wt, 0.0, o, par);
         }
     };
     let (spread, par) = plan(s, m, threads);
