@@ -151,6 +151,87 @@ fn check_slices(n: usize, k: usize, m: usize, density: f64, empty_rows: bool, se
     }
 }
 
+/// Checks the block-sparse forward, weight gradient and sampled input gradient of one case
+/// on every instruction set and thread count, against f64 dense products.
+fn check_blocks(
+    n: usize,
+    k: usize,
+    m: usize,
+    row_block: usize,
+    col_block: usize,
+    density: f64,
+    seed: u64,
+) {
+    let x = activation(n, k, density, true, seed);
+    let w = activation(k, m, 1.0, false, seed + 1);
+    let bias = activation(1, m, 1.0, false, seed + 2);
+    let dy = activation(n, m, 1.0, false, seed + 3);
+    let c0 = activation(n, m, 1.0, false, seed + 4);
+    for isa in Isa::available() {
+        for threads in [1, 2] {
+            let s = sparse::sparsify_blocks(
+                isa,
+                &x,
+                n,
+                k,
+                row_block,
+                col_block,
+                Select::NONZERO,
+                threads,
+            );
+            assert_eq!(
+                &s,
+                &BlockSparse::from_dense(n, k, &x, row_block, col_block, Select::NONZERO)
+            );
+            for (bias, beta) in [(Some(&bias[..]), 0.0), (None, 0.5), (Some(&bias[..]), 2.0)] {
+                let mut y = if beta == 0.0 {
+                    vec![f32::NAN; n * m]
+                } else {
+                    c0.clone()
+                };
+                sparse::block_matmul(isa, &s, &w, m, bias, beta, &mut y, threads);
+                assert_close(
+                    &y,
+                    &dense(&x, &w, n, k, m, bias, beta, &c0),
+                    "block forward",
+                );
+            }
+            let mut dw = vec![0.0; k * m];
+            sparse::block_matmul(isa, &s.transpose(), &dy, m, None, 0.0, &mut dw, threads);
+            let want = dense(
+                &transpose(&x, n, k),
+                &dy,
+                k,
+                n,
+                m,
+                None,
+                0.0,
+                &vec![0.0; k * m],
+            );
+            assert_close(&dw, &want, "block weight gradient");
+            let mut dx = vec![0.0; n * k];
+            sparse::block_sampled_matmul_t(isa, &s, &dy, &w, m, &mut dx, threads);
+            // The gradient is kept inside every active block, also where x is zero.
+            let inside: Vec<f32> = s
+                .to_dense()
+                .iter()
+                .zip(0..)
+                .map(|(_, e)| {
+                    let (i, j) = (e / k, e % k);
+                    let r = i / row_block;
+                    let c = (j / col_block) as u32;
+                    if s.active(r).contains(&c) { 1.0 } else { 0.0 }
+                })
+                .collect();
+            assert_close(
+                &dx,
+                &sampled_want(&inside, &dy, &w, n, k, m),
+                "block input gradient",
+            );
+        }
+    }
+}
+
 /// Shapes around the panel width (128) and the vector width (16).
 fn width() -> impl Strategy<Value = usize> {
     prop_oneof![1usize..40, Just(127), Just(128), Just(129), 130usize..300]
@@ -181,36 +262,7 @@ proptest! {
         density in prop_oneof![Just(0.0), Just(1.0), 0.0f64..0.2],
         seed in any::<u64>(),
     ) {
-        let x = activation(n, k, density, true, seed);
-        let w = activation(k, m, 1.0, false, seed + 1);
-        let bias = activation(1, m, 1.0, false, seed + 2);
-        let dy = activation(n, m, 1.0, false, seed + 3);
-        let c0 = activation(n, m, 1.0, false, seed + 4);
-        for isa in Isa::available() {
-            for threads in [1, 2] {
-                let s = sparse::sparsify_blocks(isa, &x, n, k, row_block, col_block, Select::NONZERO, threads);
-                prop_assert_eq!(&s, &BlockSparse::from_dense(n, k, &x, row_block, col_block, Select::NONZERO));
-                for (bias, beta) in [(Some(&bias[..]), 0.0), (None, 0.5), (Some(&bias[..]), 2.0)] {
-                    let mut y = if beta == 0.0 { vec![f32::NAN; n * m] } else { c0.clone() };
-                    sparse::block_matmul(isa, &s, &w, m, bias, beta, &mut y, threads);
-                    assert_close(&y, &dense(&x, &w, n, k, m, bias, beta, &c0), "block forward");
-                }
-                let mut dw = vec![0.0; k * m];
-                sparse::block_matmul(isa, &s.transpose(), &dy, m, None, 0.0, &mut dw, threads);
-                let want = dense(&transpose(&x, n, k), &dy, k, n, m, None, 0.0, &vec![0.0; k * m]);
-                assert_close(&dw, &want, "block weight gradient");
-                let mut dx = vec![0.0; n * k];
-                sparse::block_sampled_matmul_t(isa, &s, &dy, &w, m, &mut dx, threads);
-                // The gradient is kept inside every active block, also where x is zero.
-                let inside: Vec<f32> = s.to_dense().iter().zip(0..).map(|(_, e)| {
-                    let (i, j) = (e / k, e % k);
-                    let r = i / row_block;
-                    let c = (j / col_block) as u32;
-                    if s.active(r).contains(&c) { 1.0 } else { 0.0 }
-                }).collect();
-                assert_close(&dx, &sampled_want(&inside, &dy, &w, n, k, m), "block input gradient");
-            }
-        }
+        check_blocks(n, k, m, row_block, col_block, density, seed);
     }
 
     /// Through `SparseBackend`: the CPU kernels, the default bodies on the CPU's core kernels
@@ -264,13 +316,17 @@ proptest! {
     }
 }
 
-/// Products large enough to be split across threads, both ways: many rows (split by rows)
-/// and a single row (split by column panels), with panels and tails.
+/// Products large enough to be split across threads, every way: CSR products by column panels
+/// and by rows, block products by row blocks and by rows within one block.
 #[test]
 fn parallel_splits_compute_the_same_products() {
     check_slices(64, 300, 272, 0.3, true, 7);
     check_slices(1, 4096, 520, 0.8, false, 8);
     check_slices(3, 2048, 1000, 0.9, false, 9);
+    // One row block too large for the CSR kernels, split by rows across the threads; and
+    // many row blocks spread over them.
+    check_blocks(32, 256, 520, 32, 32, 0.03, 10);
+    check_blocks(200, 96, 300, 16, 8, 0.02, 11);
 }
 
 /// NaN and infinity in the sparse operand reach the output as in a dense product, and

@@ -190,22 +190,25 @@ pub fn block_matmul(
         return;
     }
     isa.assert_supported();
-    let one = |r: usize, c: &mut [f32], par: Parallelism| {
-        let rows = s.row_range(r).len();
-        if rows <= FEW_ROWS {
-            super::csr_matmul(isa, &panel_csr(s, r), b, m, bias, beta, c, par.tasks());
+    // Rows `lo..hi` of row block `r` (a few-row block always whole), into `c`, their rows of
+    // C; the GEMMs run on the calling thread, the CSR kernels on `threads`.
+    let one = |r: usize, lo: usize, hi: usize, c: &mut [f32], threads: usize| {
+        let rows = hi - lo;
+        if s.row_range(r).len() <= FEW_ROWS {
+            super::csr_matmul(isa, &panel_csr(s, r), b, m, bias, beta, c, threads);
             return;
         }
         let (panel, runs) = (s.panel(r), runs(s, r));
         let width = runs.last().map_or(0, |run| run.offset + run.width);
+        let seq = Parallelism::Sequential;
         // The first run's product applies beta (and the bias); later runs accumulate. Without
         // active blocks an empty product still applies them.
         let first_beta = |c: &mut [f32], a: MatRef<'_>, bv: MatRef<'_>| match bias {
             Some(bias) if beta == 0.0 => {
-                gemm_bias(1.0, a, bv, bias, MatMut::row_major(c, rows, m), par)
+                gemm_bias(1.0, a, bv, bias, MatMut::row_major(c, rows, m), seq)
             }
             _ => {
-                gemm(1.0, a, bv, beta, MatMut::row_major(c, rows, m), par);
+                gemm(1.0, a, bv, beta, MatMut::row_major(c, rows, m), seq);
                 if let Some(bias) = bias {
                     for row in c.chunks_exact_mut(m) {
                         row.iter_mut().zip(bias).for_each(|(y, &b)| *y += b);
@@ -221,25 +224,52 @@ pub fn block_matmul(
             );
         }
         for (t, run) in runs.iter().enumerate() {
-            let a = MatRef::new(&panel[run.offset..], rows, run.width, width, 1);
+            let a = MatRef::new(&panel[lo * width + run.offset..], rows, run.width, width, 1);
             let bv = MatRef::row_major(&b[run.col * m..], run.width, m);
             if t == 0 {
                 first_beta(c, a, bv);
             } else {
-                gemm(1.0, a, bv, 1.0, MatMut::row_major(c, rows, m), par);
+                gemm(1.0, a, bv, 1.0, MatMut::row_major(c, rows, m), seq);
             }
         }
     };
+    for_row_blocks(s, m, m, threads, c, &one);
+}
+
+/// Runs `one(r, lo, hi, rows, threads)` over every row block `r` of `s`, where `rows` is the
+/// part of `out` (`width` values per row) that rows `lo..hi` of the block own: row blocks
+/// spread over the pool when there are enough of them and the product (`m` columns of
+/// output per stored value) is worth splitting; else each row block's rows are split across
+/// the threads (the per-run GEMMs are too small for the GEMM's own split), except few-row
+/// blocks, whose CSR kernels split their work themselves.
+fn for_row_blocks(
+    s: &BlockSparse,
+    m: usize,
+    width: usize,
+    threads: usize,
+    out: &mut [f32],
+    one: &(dyn Fn(usize, usize, usize, &mut [f32], usize) + Sync),
+) {
+    let chunk = s.row_block() * width;
     let (spread, par) = plan(s, m, threads);
-    let chunk = s.row_block() * m;
     if spread {
-        c.par_chunks_mut(chunk)
+        out.par_chunks_mut(chunk).enumerate().for_each(|(r, o)| {
+            let rows = s.row_range(r).len();
+            one(r, 0, rows, o, 1)
+        });
+        return;
+    }
+    for (r, o) in out.chunks_mut(chunk).enumerate() {
+        let rows = s.row_range(r).len();
+        let tasks = par.tasks().min(rows);
+        if tasks <= 1 || rows <= FEW_ROWS {
+            one(r, 0, rows, o, tasks);
+            continue;
+        }
+        let per = rows.div_ceil(tasks);
+        o.par_chunks_mut(per * width)
             .enumerate()
-            .for_each(|(r, c)| one(r, c, Parallelism::Sequential));
-    } else {
-        c.chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(r, c)| one(r, c, par));
+            .for_each(|(i, o)| one(r, i * per, ((i + 1) * per).min(rows), o, 1));
     }
 }
 
@@ -272,42 +302,25 @@ pub fn block_sampled_matmul_t(
         return;
     }
     isa.assert_supported();
-    let one = |r: usize, out: &mut [f32], par: Parallelism| {
+    let one = |r: usize, lo: usize, hi: usize, out: &mut [f32], threads: usize| {
         let rows = s.row_range(r);
-        let cols = s.active_columns(r);
-        if cols.is_empty() {
+        if s.active(r).is_empty() {
             return;
         }
         if rows.len() <= FEW_ROWS {
-            super::sampled_matmul_t(
-                isa,
-                &panel_csr(s, r),
-                &dy[rows.start * m..rows.end * m],
-                w,
-                m,
-                out,
-                par.tasks(),
-            );
+            let dy_rows = &dy[rows.start * m..rows.end * m];
+            super::sampled_matmul_t(isa, &panel_csr(s, r), dy_rows, w, m, out, threads);
             return;
         }
-        let dy_rows = MatRef::row_major(&dy[rows.start * m..rows.end * m], rows.len(), m);
+        let (first, last) = (rows.start + lo, rows.start + hi);
+        let dy_rows = MatRef::row_major(&dy[first * m..last * m], hi - lo, m);
         // Each run's block of the output is written in place: `dY` times the transposed
         // rows of `W` it covers.
         for run in runs(s, r) {
             let wt = MatRef::row_major(&w[run.col * m..], run.width, m).t();
-            let o = MatMut::new(&mut out[run.col..], rows.len(), run.width, k);
-            gemm(1.0, dy_rows, wt, 0.0, o, par);
+            let o = MatMut::new(&mut out[run.col..], hi - lo, run.width, k);
+            gemm(1.0, dy_rows, wt, 0.0, o, Parallelism::Sequential);
         }
     };
-    let (spread, par) = plan(s, m, threads);
-    let chunk = s.row_block() * k;
-    if spread {
-        out.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(r, o)| one(r, o, Parallelism::Sequential));
-    } else {
-        out.chunks_mut(chunk)
-            .enumerate()
-            .for_each(|(r, o)| one(r, o, par));
-    }
+    for_row_blocks(s, m, k, threads, out, &one);
 }
