@@ -6,6 +6,7 @@ use modula_tensor::{ReduceOp, Transpose, UnaryOp};
 use rand::Rng;
 
 use crate::init::Init;
+use crate::linear::Linear;
 use crate::module::{Ctx, Module};
 use crate::param::{Grads, ParamId, ParamStore};
 
@@ -115,12 +116,10 @@ impl SparseLinear {
         init: Init,
         rng: &mut impl Rng,
     ) -> Self {
-        let w = init.sample(rng, d_in, d_out, d_in * d_out);
-        let weight = params.add(format!("{name}.weight"), backend.upload([d_in, d_out], &w));
-        let bias = params.add(format!("{name}.bias"), backend.zeros([1, d_out]));
+        let linear = Linear::new(backend, params, name, d_in, d_out, init, rng);
         SparseLinear {
-            weight,
-            bias,
+            weight: linear.weight,
+            bias: linear.bias,
             d_in,
             d_out,
             dispatch: Dispatch::Auto,

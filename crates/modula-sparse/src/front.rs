@@ -136,25 +136,39 @@ pub trait SparseBackend: Backend {
     ) -> Self::Tensor;
 }
 
-/// Panics unless `[k, m] = b` follows `s_shape = [n, k]` into `c = [n, m]` and `bias` (if
+/// Panics unless `b = [k, m]` follows `s_shape = [n, k]` into `c = [n, m]` and `bias` (if
 /// any) is `[1, m]`.
 #[track_caller]
-fn product(op: &str, s_shape: Shape, b: Shape, bias: Option<Shape>, c: Shape) {
+fn product<K: SparseKernels>(
+    k: &K,
+    op: &str,
+    s_shape: Shape,
+    b: &K::Tensor,
+    bias: Option<&K::Tensor>,
+    c: &K::Tensor,
+) {
+    let b = Backend::shape(k, b);
     assert!(
         s_shape[1] == b[0],
         "{op}: inner dimensions differ: S is {s_shape:?}, B is {b:?}"
     );
-    check::same_shape(op, [s_shape[0], b[1]], c);
+    check::same_shape(op, [s_shape[0], b[1]], Backend::shape(k, c));
     if let Some(bias) = bias {
-        check::same_shape(op, [1, b[1]], bias);
+        check::same_shape(op, [1, b[1]], Backend::shape(k, bias));
     }
 }
 
 /// Panics unless `dy = [n, m]` and `w = [k, m]` for `s_shape = [n, k]`.
 #[track_caller]
-fn sampled(op: &str, s_shape: Shape, dy: Shape, w: Shape) {
+fn sampled<K: SparseKernels>(op: &str, k: &K, s_shape: Shape, dy: &K::Tensor, w: &K::Tensor) {
+    let dy = Backend::shape(k, dy);
     check::same_rows(op, s_shape, dy);
-    check::same_shape(op, [s_shape[1], dy[1]], w);
+    check::same_shape(op, [s_shape[1], dy[1]], Backend::shape(k, w));
+}
+
+/// A new `[rows, cols(w)]` output for a layer's forward.
+fn output<K: SparseKernels>(k: &K, rows: usize, w: &K::Tensor) -> K::Tensor {
+    Backend::zeros(k, [rows, Backend::shape(k, w)[1]])
 }
 
 impl<K: SparseKernels> SparseBackend for K {
@@ -183,9 +197,7 @@ impl<K: SparseKernels> SparseBackend for K {
         beta: f32,
         c: &mut Self::Tensor,
     ) {
-        let bias_shape = bias.map(|t| Backend::shape(self, t));
-        let (bs, cs) = (Backend::shape(self, b), Backend::shape(self, c));
-        product("sparse_matmul", s.shape(), bs, bias_shape, cs);
+        product(self, "sparse_matmul", s.shape(), b, bias, c);
         SparseKernels::sparse_matmul(self, s, b, bias, beta, c);
     }
 
@@ -196,15 +208,14 @@ impl<K: SparseKernels> SparseBackend for K {
         w: &Self::Tensor,
         bias: Option<&Self::Tensor>,
     ) -> Self::Tensor {
-        let mut y = Backend::zeros(self, [s.rows(), Backend::shape(self, w)[1]]);
+        let mut y = output(self, s.rows(), w);
         SparseBackend::sparse_matmul(self, s, w, bias, 0.0, &mut y);
         y
     }
 
     #[track_caller]
     fn sampled_matmul_t(&self, s: &Csr, dy: &Self::Tensor, w: &Self::Tensor) -> Self::Tensor {
-        let (dys, ws) = (Backend::shape(self, dy), Backend::shape(self, w));
-        sampled("sampled_matmul_t", s.shape(), dys, ws);
+        sampled("sampled_matmul_t", self, s.shape(), dy, w);
         SparseKernels::sampled_matmul_t(self, s, dy, w)
     }
 
@@ -237,9 +248,7 @@ impl<K: SparseKernels> SparseBackend for K {
         beta: f32,
         c: &mut Self::Tensor,
     ) {
-        let bias_shape = bias.map(|t| Backend::shape(self, t));
-        let (bs, cs) = (Backend::shape(self, b), Backend::shape(self, c));
-        product("block_matmul", s.shape(), bs, bias_shape, cs);
+        product(self, "block_matmul", s.shape(), b, bias, c);
         SparseKernels::block_matmul(self, s, b, bias, beta, c);
     }
 
@@ -250,7 +259,7 @@ impl<K: SparseKernels> SparseBackend for K {
         w: &Self::Tensor,
         bias: Option<&Self::Tensor>,
     ) -> Self::Tensor {
-        let mut y = Backend::zeros(self, [s.rows(), Backend::shape(self, w)[1]]);
+        let mut y = output(self, s.rows(), w);
         SparseBackend::block_matmul(self, s, w, bias, 0.0, &mut y);
         y
     }
@@ -262,8 +271,7 @@ impl<K: SparseKernels> SparseBackend for K {
         dy: &Self::Tensor,
         w: &Self::Tensor,
     ) -> Self::Tensor {
-        let (dys, ws) = (Backend::shape(self, dy), Backend::shape(self, w));
-        sampled("block_sampled_matmul_t", s.shape(), dys, ws);
+        sampled("block_sampled_matmul_t", self, s.shape(), dy, w);
         SparseKernels::block_sampled_matmul_t(self, s, dy, w)
     }
 }

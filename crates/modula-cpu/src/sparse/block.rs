@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use modula_sparse::{BlockSparse, Csr, Select};
 
-use super::Isa;
+use super::{Isa, check_product, check_sampled};
 use crate::gemm::{MatMut, MatRef, Parallelism, gemm, gemm_bias, worth_parallel};
 
 /// Row blocks of at most this many rows (a batch of a few examples) run the CSR kernels on
@@ -179,13 +179,8 @@ pub fn block_matmul(
     c: &mut [f32],
     threads: usize,
 ) {
-    let (n, k) = (s.rows(), s.cols());
-    assert_eq!(b.len(), k * m, "block_matmul: B is not {k}x{m}");
-    assert_eq!(c.len(), n * m, "block_matmul: C is not {n}x{m}");
-    assert!(
-        bias.is_none_or(|b| b.len() == m),
-        "block_matmul: bias is not {m} long"
-    );
+    let n = s.rows();
+    check_product("block_matmul", s.shape(), b.len(), m, bias, c.len());
     if m == 0 || n == 0 {
         return;
     }
@@ -236,6 +231,9 @@ pub fn block_matmul(
     for_row_blocks(s, m, m, threads, c, &one);
 }
 
+/// The work on rows `lo..hi` of row block `r`: `(r, lo, hi, their rows of the output, threads)`.
+type RowsTask<'a> = dyn Fn(usize, usize, usize, &mut [f32], usize) + Sync + 'a;
+
 /// Runs `one(r, lo, hi, rows, threads)` over every row block `r` of `s`, where `rows` is the
 /// part of `out` (`width` values per row) that rows `lo..hi` of the block own: row blocks
 /// spread over the pool when there are enough of them and the product (`m` columns of
@@ -248,7 +246,7 @@ fn for_row_blocks(
     width: usize,
     threads: usize,
     out: &mut [f32],
-    one: &(dyn Fn(usize, usize, usize, &mut [f32], usize) + Sync),
+    one: &RowsTask<'_>,
 ) {
     let chunk = s.row_block() * width;
     let (spread, par) = plan(s, m, threads);
@@ -291,12 +289,13 @@ pub fn block_sampled_matmul_t(
     threads: usize,
 ) {
     let (n, k) = (s.rows(), s.cols());
-    assert_eq!(dy.len(), n * m, "block_sampled_matmul_t: dY is not {n}x{m}");
-    assert_eq!(w.len(), k * m, "block_sampled_matmul_t: W is not {k}x{m}");
-    assert_eq!(
+    check_sampled(
+        "block_sampled_matmul_t",
+        s.shape(),
+        dy.len(),
+        w.len(),
+        m,
         out.len(),
-        n * k,
-        "block_sampled_matmul_t: out is not {n}x{k}"
     );
     if n == 0 || k == 0 {
         return;

@@ -79,6 +79,41 @@ impl Isa {
     }
 }
 
+/// Panics unless `B` (`b_len` values) is `k x m`, `C` (`c_len`) is `n x m` and the bias (if
+/// any) holds `m` values, for `S` of `shape = [n, k]`.
+#[track_caller]
+fn check_product(
+    op: &str,
+    [n, k]: [usize; 2],
+    b_len: usize,
+    m: usize,
+    bias: Option<&[f32]>,
+    c_len: usize,
+) {
+    assert_eq!(b_len, k * m, "{op}: B is not {k}x{m}");
+    assert_eq!(c_len, n * m, "{op}: C is not {n}x{m}");
+    assert!(
+        bias.is_none_or(|b| b.len() == m),
+        "{op}: bias is not {m} long"
+    );
+}
+
+/// Panics unless `dY` is `n x m`, `W` is `k x m` and the output is `n x k`, for `S` of
+/// `shape = [n, k]`.
+#[track_caller]
+fn check_sampled(
+    op: &str,
+    [n, k]: [usize; 2],
+    dy_len: usize,
+    w_len: usize,
+    m: usize,
+    out_len: usize,
+) {
+    assert_eq!(dy_len, n * m, "{op}: dY is not {n}x{m}");
+    assert_eq!(w_len, k * m, "{op}: W is not {k}x{m}");
+    assert_eq!(out_len, n * k, "{op}: out is not {n}x{k}");
+}
+
 /// A pointer that parallel tasks write through, each to elements no other task touches.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
@@ -236,13 +271,8 @@ pub fn csr_matmul(
     c: &mut [f32],
     threads: usize,
 ) {
-    let (n, k) = (s.rows(), s.cols());
-    assert_eq!(b.len(), k * m, "csr_matmul: B is not {k}x{m}");
-    assert_eq!(c.len(), n * m, "csr_matmul: C is not {n}x{m}");
-    assert!(
-        bias.is_none_or(|b| b.len() == m),
-        "csr_matmul: bias is not {m} long"
-    );
+    let n = s.rows();
+    check_product("csr_matmul", s.shape(), b.len(), m, bias, c.len());
     isa.assert_supported();
     let out = SharedOut(c.as_mut_ptr());
     let task = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
@@ -333,9 +363,14 @@ pub fn sampled_matmul_t(
     threads: usize,
 ) {
     let (n, k) = (s.rows(), s.cols());
-    assert_eq!(dy.len(), n * m, "sampled_matmul_t: dY is not {n}x{m}");
-    assert_eq!(w.len(), k * m, "sampled_matmul_t: W is not {k}x{m}");
-    assert_eq!(out.len(), n * k, "sampled_matmul_t: out is not {n}x{k}");
+    check_sampled(
+        "sampled_matmul_t",
+        s.shape(),
+        dy.len(),
+        w.len(),
+        m,
+        out.len(),
+    );
     isa.assert_supported();
     let dst = SharedOut(out.as_mut_ptr());
     let task = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
