@@ -13,7 +13,8 @@ use crate::select::Select;
 /// each call before it reaches a kernel here; so a kernel may assume a well-formed call.
 ///
 /// The default bodies densify the sparse operand and call dense core kernels: correct on
-/// every backend and no faster than dense. `modula-cpu`'s `Cpu` overrides all of them; the
+/// every backend and no faster than dense. `modula-cpu`'s `Cpu` overrides all but
+/// [`SparseKernels::densify_blocks`] (whose default, a host copy, is what it would do); the
 /// WGSL backend overrides [`SparseKernels::sparse_matmul`].
 pub trait SparseKernels: GroupedKernels {
     /// Kernel of [`SparseBackend::sparsify`](crate::SparseBackend::sparsify). The default
