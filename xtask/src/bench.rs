@@ -127,6 +127,7 @@ const POST_PROCESSORS: &[(&str, PostProcess)] = &[
     ("data", data_figures),
     ("em", em_figures),
     ("wgpu", wgpu_figures),
+    ("sparse", crate::bench_sparse::figures),
 ];
 
 /// Runs the requested benches and writes their figures.

@@ -13,6 +13,7 @@
 //! in seconds and never slows down the checks it runs.
 
 mod bench;
+mod bench_sparse;
 mod ci;
 mod data;
 mod numpy;

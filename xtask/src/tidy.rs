@@ -200,10 +200,24 @@ fn code(text: &str) -> String {
         .join("\n")
 }
 
+/// Whether a module is a *front*: it holds a blanket implementation of a caller-facing trait
+/// over a kernel trait (`impl<K: GroupedKernels> Backend for K`, or an extension crate's
+/// `impl<K: SparseKernels> SparseBackend for K`). Fronts are where contract checks run, once,
+/// before any backend's kernel.
+fn is_front(code: &str) -> bool {
+    code.lines().any(|l| {
+        let Some(rest) = l.trim().strip_prefix("impl<K: ") else {
+            return false;
+        };
+        let bound = rest.split('>').next().unwrap_or("");
+        bound.contains("Kernels") && rest.contains(" for K {")
+    })
+}
+
 /// The first module of a backend crate that calls a contract check itself. Contract checks
-/// run once, in `modula_tensor::Backend`'s blanket implementation (the module `backend` of
-/// `modula-tensor`); a crate that implements `Kernels` must leave them to it. Returns how
-/// many backend crates were looked at.
+/// run once, in a front ([`is_front`]: `modula_tensor::Backend`'s blanket implementation, or
+/// an extension trait's); a crate that implements kernels must leave them to its front.
+/// Returns how many backend crates were looked at.
 fn backend_checks(root: &Path) -> Result<usize, String> {
     let mut backends = 0;
     for src in library_sources(root) {
@@ -216,13 +230,14 @@ fn backend_checks(root: &Path) -> Result<usize, String> {
             continue;
         }
         backends += 1;
-        let core = src.parent().and_then(Path::file_name) == Some("modula-tensor".as_ref());
         for (module, text) in &mods {
-            let front = core && module.as_slice() == ["backend"];
-            if !front && code(text).contains("check::") {
+            let code = code(text);
+            if !is_front(&code) && code.contains("check::") {
                 return Err(format!(
                     "{}: module {} calls a contract check (`check::`); checks run once, in front \
-                     of every backend (modula_tensor::Backend), so kernels must not repeat them",
+                     of every backend (the blanket `impl<K: ...Kernels> ... for K` of \
+                     modula_tensor::Backend or of an extension trait), so kernels must not \
+                     repeat them",
                     src.display(),
                     name(module)
                 ));
@@ -295,6 +310,51 @@ mod tests {
             problem.contains("module cpu calls a contract check"),
             "{problem}"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An extension crate (the sparse engine) implements its kernel trait for a backend and
+    /// has its own front: the front may check, its kernels may not.
+    #[test]
+    fn an_extension_front_may_check_and_its_kernels_may_not() {
+        let dir = std::env::temp_dir().join(format!("modula-tidy-x-{}", std::process::id()));
+        let src = dir.join("crates/modula-sparse/src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("lib.rs"), "mod front; mod kernels;").unwrap();
+        fs::write(
+            src.join("front.rs"),
+            "impl<K: SparseKernels> SparseBackend for K {\n fn f() { check::same_shape(); }\n}",
+        )
+        .unwrap();
+        fs::write(
+            src.join("kernels.rs"),
+            "impl SparseKernels for Reference {}",
+        )
+        .unwrap();
+        assert_eq!(backend_checks(&dir), Ok(1));
+        fs::write(
+            src.join("kernels.rs"),
+            "impl SparseKernels for Reference { fn f() { check::same_rows(); } }",
+        )
+        .unwrap();
+        let problem = backend_checks(&dir).expect_err("the kernel checks");
+        assert!(
+            problem.contains("module kernels calls a contract check"),
+            "{problem}"
+        );
+        // A blanket impl over something that is not a kernel trait is no front.
+        fs::write(
+            src.join("front.rs"),
+            "impl<K: Clone> SparseBackend for K {\n fn f() { check::same_shape(); }\n}",
+        )
+        .unwrap();
+        fs::write(
+            src.join("kernels.rs"),
+            "impl SparseKernels for Reference {}",
+        )
+        .unwrap();
+        let problem = backend_checks(&dir).expect_err("not a front");
+        assert!(problem.contains("module front calls"), "{problem}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -3,6 +3,8 @@
 
 /// The grouped (routed) products of the modular layers, on the CPU.
 mod grouped;
+/// The sparse products of `modula_sparse`, on the CPU.
+mod sparse;
 
 use std::mem::MaybeUninit;
 use std::sync::Arc;

@@ -3,5 +3,6 @@
 mod cpu;
 pub mod fastexp;
 pub mod gemm;
+pub mod sparse;
 
 pub use cpu::Cpu;

@@ -14,6 +14,7 @@ mod loss;
 mod module;
 mod optim;
 mod param;
+mod sparse_linear;
 
 pub use activation::Activation;
 pub use checkpoint::{
@@ -31,8 +32,10 @@ pub use gru::{
 pub use init::{Init, glorot_uniform, he_normal, normal};
 pub use linear::Linear;
 pub use loss::{
-    gaussian_nll, gaussian_nll_backward, softmax_cross_entropy, softmax_cross_entropy_backward,
+    gaussian_nll, gaussian_nll_backward, l1_penalty, l1_penalty_backward, l1_weights,
+    softmax_cross_entropy, softmax_cross_entropy_backward,
 };
 pub use module::{Ctx, Module};
 pub use optim::{Adam, Optimizer, Sgd};
 pub use param::{Grads, ParamId, ParamStore};
+pub use sparse_linear::{CROSSOVER, Dispatch, SparseLinear, SparseLinearCache, crossover};

@@ -52,7 +52,7 @@ fn reduce_code(op: ReduceOp) -> usize {
 
 impl Wgpu {
     /// Workgroups for a grid-stride loop over `n` items.
-    fn stride_groups(&self, n: usize) -> [u32; 3] {
+    pub(crate) fn stride_groups(&self, n: usize) -> [u32; 3] {
         let wg = self.inner.options.workgroup_size as usize;
         let groups = n.div_ceil(wg).min(MAX_STRIDE_GROUPS);
         [groups as u32, 1, 1]

@@ -3,6 +3,7 @@
 mod backend;
 mod device;
 pub mod shaders;
+mod sparse;
 mod tensor;
 pub mod testing;
 

@@ -99,8 +99,17 @@ pub const OPTIM: ShaderFile = ShaderFile {
     workgroup_override: "WG",
 };
 
+/// The CSR sparse-times-dense product of `modula_sparse`.
+pub const SPARSE: ShaderFile = ShaderFile {
+    name: "sparse.wgsl",
+    source: include_str!("../shaders/sparse.wgsl"),
+    entry_points: &["csr_matmul"],
+    read_only: &[true, true, true, false],
+    workgroup_override: "WG",
+};
+
 /// Every shader file of the backend.
-pub const ALL: [&ShaderFile; 7] = [
+pub const ALL: [&ShaderFile; 8] = [
     &MATMUL,
     &ELEMENTWISE,
     &REDUCE,
@@ -108,6 +117,7 @@ pub const ALL: [&ShaderFile; 7] = [
     &INDEXING,
     &CONV,
     &OPTIM,
+    &SPARSE,
 ];
 
 /// One compute entry point: the key of the pipeline cache.

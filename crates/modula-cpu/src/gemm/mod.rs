@@ -104,7 +104,8 @@ pub enum Parallelism {
 }
 
 impl Parallelism {
-    fn tasks(self) -> usize {
+    /// The most tasks a product may be split into (1 when sequential).
+    pub fn tasks(self) -> usize {
         match self {
             Parallelism::Sequential => 1,
             Parallelism::Rayon(n) => n.max(1),

@@ -1,0 +1,436 @@
+//! Sparse-times-dense kernels on plain slices: the CPU side of `modula_sparse`.
+//!
+//! - [`sparsify`] builds the CSR form of a dense matrix in one pass per thread (AVX-512
+//!   compress of each 16-wide chunk, or a branch-free scalar loop), and [`count_kept`]
+//!   counts what it would keep.
+//! - [`csr_matmul`] computes `C = S B + beta C + 1 bias^T` row by row: a panel of
+//!   [`PANEL`] columns of a row of `C` stays in registers while the row's stored entries
+//!   stream the matching rows of `B` past it (one vector load per FMA; `B`'s panel,
+//!   `k x PANEL` floats, stays in L2 while every row of the task sweeps it).
+//! - [`sampled_matmul_t`] computes `(dY W^T)` at the stored entries only: a panel of a row of
+//!   `dY` stays in registers and each stored `(i, p)` takes its dot product with row `p` of `W`.
+//! - The block-sparse forms ([`block_matmul`], [`block_sampled_matmul_t`]) are one dense
+//!   product per row block, by [`crate::gemm`], whose row-gathered views read just the rows of
+//!   the dense operand at the active columns.
+//!
+//! Every kernel takes an [`Isa`], so that tests run the portable kernels on AVX-512 machines
+//! too; `Cpu` passes [`Isa::detect`]. Parallel kernels split their work into rayon tasks of
+//! the *current* pool (call them inside `Cpu::install`).
+
+/// The AVX-512 kernels.
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+/// The block-sparse products, on the packed GEMM.
+mod block;
+/// The portable kernels (plain Rust, vectorised by the compiler where it can).
+mod portable;
+
+use modula_sparse::{Csr, Select};
+
+pub use block::{block_matmul, block_sampled_matmul_t, sparsify_blocks};
+
+/// Columns of `C` (or of `dY`) one task keeps in registers per pass: 8 AVX-512 vectors. With
+/// `k = 1024`, a panel of `B` is 512 KiB and stays in a 1 MiB L2 across rows.
+pub const PANEL: usize = 128;
+
+/// Multiply-adds below which a product runs on the calling thread (as the GEMM's threshold:
+/// about 30 us of work, against about 10 us to hand work to a pool thread and back).
+pub(crate) const PAR_MIN_MACS: usize = 1 << 20;
+
+/// Elements below which building or counting runs on the calling thread.
+pub(crate) const PAR_MIN_ELEMS: usize = 1 << 16;
+
+/// Which instruction set a sparse kernel uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512F (x86-64 only); only valid where [`Isa::available`] lists it.
+    Avx512,
+    /// Plain Rust, on every machine.
+    Portable,
+}
+
+impl Isa {
+    /// The fastest instruction set this CPU runs.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
+        Isa::Portable
+    }
+
+    /// Every instruction set this CPU runs (for tests that compare them).
+    pub fn available() -> Vec<Isa> {
+        let mut all = vec![Isa::Portable];
+        if Isa::detect() == Isa::Avx512 {
+            all.push(Isa::Avx512);
+        }
+        all
+    }
+
+    /// # Panics
+    /// If this CPU cannot run `self`, so that the `unsafe` AVX-512 calls below are sound.
+    #[track_caller]
+    fn assert_supported(self) {
+        assert!(
+            self == Isa::Portable || Isa::detect() == Isa::Avx512,
+            "sparse kernel: {self:?} is not supported by this CPU"
+        );
+    }
+}
+
+/// Panics unless `B` (`b_len` values) is `k x m`, `C` (`c_len`) is `n x m` and the bias (if
+/// any) holds `m` values, for `S` of `shape = [n, k]`.
+#[track_caller]
+fn check_product(
+    op: &str,
+    [n, k]: [usize; 2],
+    b_len: usize,
+    m: usize,
+    bias: Option<&[f32]>,
+    c_len: usize,
+) {
+    assert_eq!(b_len, k * m, "{op}: B is not {k}x{m}");
+    assert_eq!(c_len, n * m, "{op}: C is not {n}x{m}");
+    assert!(
+        bias.is_none_or(|b| b.len() == m),
+        "{op}: bias is not {m} long"
+    );
+}
+
+/// Panics unless `dY` is `n x m`, `W` is `k x m` and the output is `n x k`, for `S` of
+/// `shape = [n, k]`.
+#[track_caller]
+fn check_sampled(
+    op: &str,
+    [n, k]: [usize; 2],
+    dy_len: usize,
+    w_len: usize,
+    m: usize,
+    out_len: usize,
+) {
+    assert_eq!(dy_len, n * m, "{op}: dY is not {n}x{m}");
+    assert_eq!(w_len, k * m, "{op}: W is not {k}x{m}");
+    assert_eq!(out_len, n * k, "{op}: out is not {n}x{k}");
+}
+
+/// A pointer that parallel tasks write through, each to elements no other task touches.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks only write disjoint elements (each kernel says why), so sharing the pointer
+// across threads is like handing each a disjoint `&mut` sub-slice.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+/// The CSR form of the row-major `rows x cols` matrix `data`, keeping what `select` keeps:
+/// the same matrix as `Csr::from_dense`, in one pass per thread over `data` (each task
+/// compresses its rows into a buffer of its own, then the buffers are concatenated).
+///
+/// # Panics
+/// If `data.len() != rows * cols`, `isa` is unsupported, or the entries do not fit in `u32`.
+#[track_caller]
+pub fn sparsify(
+    isa: Isa,
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    select: Select,
+    threads: usize,
+) -> Csr {
+    use rayon::prelude::*;
+    assert_eq!(data.len(), rows * cols, "sparsify: wrong data length");
+    isa.assert_supported();
+    select.validate();
+    let tasks = if data.len() < PAR_MIN_ELEMS || cols == 0 {
+        1
+    } else {
+        threads.clamp(1, rows.max(1))
+    };
+    let per = rows.div_ceil(tasks).max(1);
+    let parts: Vec<Part> = if tasks == 1 {
+        vec![compress_rows(isa, data, cols, select)]
+    } else {
+        data.par_chunks(per * cols)
+            .map(|chunk| compress_rows(isa, chunk, cols, select))
+            .collect()
+    };
+    let nnz: usize = parts.iter().map(|p| p.indices.len()).sum();
+    assert!(
+        u32::try_from(nnz).is_ok() && u32::try_from(cols).is_ok(),
+        "sparsify: {nnz} entries or {cols} columns do not fit in u32"
+    );
+    let (mut indptr, mut indices, mut values) = (
+        Vec::with_capacity(rows + 1),
+        Vec::with_capacity(nnz),
+        Vec::with_capacity(nnz),
+    );
+    indptr.push(0u32);
+    for part in parts {
+        let base = indices.len() as u32;
+        indptr.extend(part.ends.iter().map(|&e| base + e));
+        indices.extend_from_slice(&part.indices);
+        values.extend_from_slice(&part.values);
+    }
+    indptr.resize(rows + 1, nnz as u32);
+    // SAFETY: every row's columns were produced in increasing order below `cols` by
+    // `compress_rows`, the row ends are cumulative counts ending at `nnz`, and the sizes were
+    // checked to fit in u32 just above.
+    unsafe { Csr::from_parts_unchecked(rows, cols, indptr, indices, values) }
+}
+
+/// The compressed rows of one task: where each row ends (counted from the task's first
+/// entry), and the entries' columns and values.
+struct Part {
+    ends: Vec<u32>,
+    indices: Vec<u32>,
+    values: Vec<f32>,
+}
+
+/// Compresses whole rows of `data` (`cols` wide).
+fn compress_rows(isa: Isa, data: &[f32], cols: usize, select: Select) -> Part {
+    let rows = data.len() / cols.max(1);
+    // Room for every element plus one vector of slack: the kernels store whole vectors
+    // (or, portably, one element) past the last kept entry. Only pages that get written are
+    // ever touched, so the worst-case reservation costs little.
+    let cap = data.len() + 16;
+    let (mut indices, mut values) = (
+        Vec::<u32>::with_capacity(cap),
+        Vec::<f32>::with_capacity(cap),
+    );
+    let mut ends = Vec::with_capacity(rows);
+    let mut n = 0usize;
+    for row in data.chunks_exact(cols.max(1)).take(rows) {
+        let spare_i = indices.spare_capacity_mut();
+        let spare_v = values.spare_capacity_mut();
+        n += match isa {
+            // SAFETY: the CPU runs AVX-512F (checked by the caller's `assert_supported`), and
+            // at least `row.len() + 16` slots remain from `n` (the capacity covers all of
+            // `data` plus 16, and at most `n` elements of earlier rows were kept).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe {
+                avx512::compress_row(row, select, &mut spare_i[n..], &mut spare_v[n..])
+            },
+            _ => portable::compress_row(row, select, &mut spare_i[n..], &mut spare_v[n..]),
+        };
+        ends.push(n as u32);
+    }
+    // SAFETY: the kernels initialised the first `n` slots of both vectors.
+    unsafe {
+        indices.set_len(n);
+        values.set_len(n);
+    }
+    Part {
+        ends,
+        indices,
+        values,
+    }
+}
+
+/// How many entries of `data` `select` keeps.
+///
+/// # Panics
+/// If `isa` is unsupported.
+#[track_caller]
+pub fn count_kept(isa: Isa, data: &[f32], select: Select, threads: usize) -> usize {
+    use rayon::prelude::*;
+    isa.assert_supported();
+    select.validate();
+    let count = |chunk: &[f32]| match isa {
+        // SAFETY: the CPU runs AVX-512F (checked above).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { avx512::count_kept(chunk, select) },
+        _ => chunk.iter().filter(|&&v| select.keeps(v)).count(),
+    };
+    if data.len() < PAR_MIN_ELEMS || threads <= 1 {
+        count(data)
+    } else {
+        data.par_chunks(data.len().div_ceil(threads))
+            .map(count)
+            .sum()
+    }
+}
+
+/// `C = S B + beta C + 1 bias^T`, with `S` `[n x k]`, `B` row-major `[k x m]`, `C` row-major
+/// `[n x m]` and `bias` `m` values. With `beta == 0`, `C` is not read (NaN does not leak).
+///
+/// Work is split into at most `threads` rayon tasks of the current pool: by column panels
+/// when there are enough, else by rows.
+///
+/// # Panics
+/// If the lengths do not match the shapes or `isa` is unsupported.
+#[allow(clippy::too_many_arguments)] // The product's operands and options, as `gemm` takes them.
+#[track_caller]
+pub fn csr_matmul(
+    isa: Isa,
+    s: &Csr,
+    b: &[f32],
+    m: usize,
+    bias: Option<&[f32]>,
+    beta: f32,
+    c: &mut [f32],
+    threads: usize,
+) {
+    let n = s.rows();
+    check_product("csr_matmul", s.shape(), b.len(), m, bias, c.len());
+    isa.assert_supported();
+    let out = SharedOut(c.as_mut_ptr());
+    let task = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
+        let rows_panel = RowsPanel {
+            s,
+            b,
+            m,
+            bias,
+            beta,
+            c: out,
+        };
+        match isa {
+            // SAFETY: AVX-512F is present; `b` is `k x m` and every stored column is below
+            // `k` (a `Csr` invariant); this task writes only rows `rows` x columns `cols` of C,
+            // which no other task writes.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::csr_rows(&rows_panel, rows, cols) },
+            // SAFETY: as above, for the portable kernel.
+            _ => unsafe { portable::csr_rows(&rows_panel, rows, cols) },
+        }
+    };
+    run_grid(n, m, s.nnz().saturating_mul(m), threads, &task);
+}
+
+/// Splits `n` rows by `m` columns into at most `threads` tasks and runs `task` on each:
+/// column ranges of whole panels when there are at least as many panels as threads, else row
+/// ranges. Columns come first because each task then streams only its own panels of the dense
+/// operand into its core's L2, once, and reuses them for every row; a split by rows makes
+/// every task load every panel, which at high sparsity costs more than the arithmetic.
+/// Products under [`PAR_MIN_MACS`] run on the calling thread.
+fn run_grid(
+    n: usize,
+    m: usize,
+    macs: usize,
+    threads: usize,
+    task: &(dyn Fn(std::ops::Range<usize>, std::ops::Range<usize>) + Sync),
+) {
+    if threads <= 1 || macs < PAR_MIN_MACS {
+        task(0..n, 0..m);
+        return;
+    }
+    let panels = m.div_ceil(PANEL);
+    if panels >= threads || n < 2 {
+        let per = panels.div_ceil(threads.min(panels)) * PANEL;
+        rayon::scope(|sc| {
+            for start in (0..m).step_by(per) {
+                sc.spawn(move |_| task(0..n, start..(start + per).min(m)));
+            }
+        });
+    } else {
+        let per = n.div_ceil(threads.min(n));
+        rayon::scope(|sc| {
+            for start in (0..n).step_by(per) {
+                sc.spawn(move |_| task(start..(start + per).min(n), 0..m));
+            }
+        });
+    }
+}
+
+/// The operands of [`csr_matmul`] as one task's kernel sees them.
+struct RowsPanel<'a> {
+    s: &'a Csr,
+    b: &'a [f32],
+    m: usize,
+    bias: Option<&'a [f32]>,
+    beta: f32,
+    c: SharedOut,
+}
+
+/// `out[i * k + p] = (dY W^T)[i, p]` for every stored `(i, p)` of `S` (`[n x k]`), with `dY`
+/// `[n x m]` and `W` `[k x m]` row-major; other elements of `out` are left as they are (the
+/// caller passes zeros).
+///
+/// Work is split by ranges of `p` (each task reads only its rows of `W`) when there are enough,
+/// else by rows; each stored entry is written by exactly one task either way.
+///
+/// # Panics
+/// If the lengths do not match the shapes or `isa` is unsupported.
+#[allow(clippy::too_many_arguments)] // The product's operands, as `csr_matmul` takes them.
+#[track_caller]
+pub fn sampled_matmul_t(
+    isa: Isa,
+    s: &Csr,
+    dy: &[f32],
+    w: &[f32],
+    m: usize,
+    out: &mut [f32],
+    threads: usize,
+) {
+    let (n, k) = (s.rows(), s.cols());
+    check_sampled(
+        "sampled_matmul_t",
+        s.shape(),
+        dy.len(),
+        w.len(),
+        m,
+        out.len(),
+    );
+    isa.assert_supported();
+    let dst = SharedOut(out.as_mut_ptr());
+    let task = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
+        let sampled = Sampled {
+            s,
+            dy,
+            w,
+            m,
+            out: dst,
+        };
+        match isa {
+            // SAFETY: AVX-512F is present; `dy` is `n x m`, `w` is `k x m`, stored columns are
+            // below `k`; this task writes only the stored entries of rows `rows` whose column
+            // lies in `cols`, which no other task writes.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { avx512::sampled_rows(&sampled, rows, cols) },
+            // SAFETY: as above, for the portable kernel.
+            _ => unsafe { portable::sampled_rows(&sampled, rows, cols) },
+        }
+    };
+    // The grid splits columns of the output, here the `k` columns of `S`.
+    run_grid(n, k, s.nnz().saturating_mul(m), threads, &task);
+}
+
+/// The operands of [`sampled_matmul_t`] as one task's kernel sees them.
+struct Sampled<'a> {
+    s: &'a Csr,
+    dy: &'a [f32],
+    w: &'a [f32],
+    m: usize,
+    out: SharedOut,
+}
+
+/// The stored entries of row `i` of `s` whose column lies in `cols`.
+fn row_in<'a>(s: &'a Csr, i: usize, cols: &std::ops::Range<usize>) -> (&'a [u32], &'a [f32]) {
+    let (idx, vals) = s.row(i);
+    let lo = idx.partition_point(|&p| (p as usize) < cols.start);
+    let hi = idx.partition_point(|&p| (p as usize) < cols.end);
+    (&idx[lo..hi], &vals[lo..hi])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The grid covers every row and column exactly once, whichever way it splits.
+    #[test]
+    fn the_grid_covers_the_output_once() {
+        for (n, m, threads) in [(1, 1000, 2), (3, 256, 4), (100, 1024, 2), (7, 64, 3)] {
+            let seen = std::sync::Mutex::new(vec![0u8; n * m]);
+            let task = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
+                let mut seen = seen.lock().unwrap();
+                for i in rows {
+                    for j in cols.clone() {
+                        seen[i * m + j] += 1;
+                    }
+                }
+            };
+            run_grid(n, m, usize::MAX, threads, &task);
+            assert!(seen.into_inner().unwrap().iter().all(|&c| c == 1));
+        }
+    }
+}
