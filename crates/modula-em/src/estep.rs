@@ -234,9 +234,14 @@ pub fn choose_step(
     let mut pairs: Vec<(usize, usize)> = (0..candidates)
         .flat_map(|j| (0..n).map(move |i| (j, i)))
         .collect();
+    // A NaN score ranks last, as it never wins `best` either.
+    let key = |j: usize, i: usize| {
+        let v = scores[j * n + i];
+        if v.is_nan() { f64::NEG_INFINITY } else { v }
+    };
     pairs.sort_by(|&(ja, ia), &(jb, ib)| {
-        scores[jb * n + ib]
-            .total_cmp(&scores[ja * n + ia])
+        key(jb, ib)
+            .total_cmp(&key(ja, ia))
             .then(ja.cmp(&jb))
             .then(ia.cmp(&ib))
     });

@@ -32,6 +32,7 @@ pub struct StepOutcome {
 const STREAM_TABLE: u64 = 1 << 62;
 const STREAM_CTX: u64 = 1 << 60;
 const STREAM_E_BEFORE: u64 = 1 << 59;
+const STREAM_E_CTX: u64 = 1 << 57;
 
 /// Stream `id` of the ChaCha generator seeded by `seed`.
 pub fn stream(seed: u64, id: u64) -> ChaCha8Rng {
@@ -139,7 +140,12 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
             let (mut before_rng, mut before_ctx);
             let (e_rng, e_ctx) = if due == EStepDue::Before {
                 before_rng = stream(self.seed, step | STREAM_E_BEFORE);
-                before_ctx = Ctx::eval();
+                // Scoring runs in evaluation mode; its stream feeds the dropout an E-step
+                // draws only when asked to score with it (`e_dropout`).
+                before_ctx = Ctx {
+                    train: false,
+                    rng: stream(self.seed, step | STREAM_E_CTX),
+                };
                 (&mut before_rng, &mut before_ctx)
             } else {
                 (&mut rng, &mut ctx)

@@ -380,9 +380,15 @@ impl<B: Backend> Job<B> for LmJob<B> {
             effective_modules: usage_perplexity(&test.usage),
             test_usage: test.usage.clone(),
             filtered,
-            ctrl_nll_slot: mean_of(&last_epoch, |r| r.ctrl_nll).map(|v| v / k),
+            // Dense and top-k models have no controller distribution (their logged NLL is 0).
+            ctrl_nll_slot: mean_of(&last_epoch, |r| r.ctrl_nll)
+                .map(|v| v / k)
+                .filter(|_| !modula_em::Model::<B>::table_shapes(&t.model).is_empty()),
             routes_changed: mean_of(&last_epoch, |r| r.changed_mean),
-            coverage: last_epoch.iter().rev().find_map(|r| r.coverage),
+            coverage: records
+                .iter()
+                .rev()
+                .find_map(|r| r.get("coverage").and_then(serde_json::Value::as_f64)),
             seed: r.seed,
             threads: r.threads,
             device: self.device.clone(),

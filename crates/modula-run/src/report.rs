@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::dir::{METRICS_FILE, RunDir, SUMMARY_FILE};
+use crate::config::RunConfig;
+use crate::dir::{CONFIG_FILE, METRICS_FILE, RunDir, SUMMARY_FILE};
 use crate::error::{RunError, run_error};
 use crate::plot::lm::{self as lm_plot, Curve};
 use crate::records::{LmRecord, LmSummary};
@@ -16,7 +17,7 @@ use crate::{console, files, history};
 pub struct RunResult {
     /// The run directory.
     pub run: String,
-    /// The run's name (algorithm and configuration; equal across seeds).
+    /// The run's name (task, algorithm, M and K; runs of other configurations can share it).
     pub name: String,
     /// The algorithm.
     pub algo: String,
@@ -139,7 +140,9 @@ pub fn report(runs: &[PathBuf], out: &Path, json: Option<&Path>) -> Result<(), R
     let mut curves = Vec::new();
     let mut histories = Vec::new();
     let mut results = Vec::new();
+    let mut configs = Vec::new();
     for dir in runs {
+        configs.push(RunConfig::read(&dir.join(CONFIG_FILE))?);
         let path = dir.join(SUMMARY_FILE);
         let text = files::read_limited(&path, files::SUMMARY_LIMIT).map_err(|e| {
             run_error(format!(
@@ -176,7 +179,7 @@ pub fn report(runs: &[PathBuf], out: &Path, json: Option<&Path>) -> Result<(), R
     let last_epoch: Vec<f64> = rows.iter().map(|s| s.epochs as f64 - 1.0).collect();
     let noise = loss_noise(&histories, &last_epoch);
     let mut md = String::from(
-        "| run | algorithm | M, K | hidden | epochs | valid ppl | test ppl | test ppl, filtered mixture (modules/token) | test ppl, posterior routes | parameters | MFLOP/token | tokens/s | effective modules | controller NLL per slot | coverage | last-epoch change of valid ppl | train-loss noise |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| run | name | algorithm | M, K | hidden | epochs | valid ppl | test ppl | test ppl, filtered mixture (modules/token) | test ppl, posterior routes | parameters | MFLOP/token | tokens/s | effective modules | controller NLL per slot | coverage | last-epoch change of valid ppl | train-loss noise |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for ((s, noise), res) in rows.iter().zip(&noise).zip(&results) {
         let mk = match (s.modules, s.k) {
@@ -188,7 +191,8 @@ pub fn report(runs: &[PathBuf], out: &Path, json: Option<&Path>) -> Result<(), R
             _ => "-".into(),
         };
         md.push_str(&format!(
-            "| {} | {} | {mk} | {} | {}{} | {:.1} | {:.1} | {mixture} | {} | {:.2}M | {:.2} | {:.0} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {mk} | {} | {}{} | {:.1} | {:.1} | {mixture} | {} | {:.2}M | {:.2} | {:.0} | {} | {} | {} | {} | {} |\n",
+            res.run,
             s.name,
             s.algo,
             s.hidden,
@@ -207,7 +211,7 @@ pub fn report(runs: &[PathBuf], out: &Path, json: Option<&Path>) -> Result<(), R
             cell(*noise, 3),
         ));
     }
-    md.push_str(&seed_table(&results));
+    md.push_str(&seed_table(&results, &configs));
     let out_dir = RunDir::take(out)?;
     let out = out_dir.path();
     files::replace(&out.join("report.md"), "report", md.as_bytes())?;
@@ -223,15 +227,34 @@ pub fn report(runs: &[PathBuf], out: &Path, json: Option<&Path>) -> Result<(), R
     ))
 }
 
-/// Mean and spread over the seeds of every configuration run with more than one seed (runs
-/// of the same name), as a second markdown table; empty when there is none.
-fn seed_table(results: &[RunResult]) -> String {
-    let mut groups: std::collections::BTreeMap<&str, Vec<&RunResult>> = Default::default();
-    for r in results {
-        groups.entry(&r.name).or_default().push(r);
+/// Groups runs whose configurations differ in nothing that changes what is trained but the
+/// seed (a run's name leaves out EM's options, initialisation and the like, so two runs of
+/// one name may be different experiments): each group lists the indices of its runs.
+fn same_configuration(configs: &[RunConfig]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, c) in configs.iter().enumerate() {
+        let joins = |g: &Vec<usize>| {
+            configs[g[0]]
+                .training_differences(c)
+                .iter()
+                .all(|d| d.field == "seed")
+        };
+        match groups.iter_mut().find(|g| joins(g)) {
+            Some(g) => g.push(i),
+            None => groups.push(vec![i]),
+        }
     }
+    groups
+}
+
+/// Mean and spread over the seeds of every configuration run with more than one seed (see
+/// [`same_configuration`]), as a second markdown table; empty when there is none.
+fn seed_table(results: &[RunResult], configs: &[RunConfig]) -> String {
     let mut md = String::new();
-    for (name, runs) in groups.iter().filter(|(_, runs)| runs.len() > 1) {
+    for group in same_configuration(configs).iter().filter(|g| g.len() > 1) {
+        let runs: Vec<&RunResult> = group.iter().map(|&i| &results[i]).collect();
+        let dirs: Vec<&str> = runs.iter().map(|r| r.run.as_str()).collect();
+        let name = format!("{} ({})", runs[0].name, dirs.join(", "));
         if md.is_empty() {
             md.push_str("\n| configuration | seeds | test ppl (mean ± half range, min-max) | test ppl, filtered mixture | effective modules | controller NLL per slot |\n|---|---|---|---|---|---|\n");
         }
@@ -368,6 +391,26 @@ mod tests {
             loss_noise(&[gap, one], &[-1.0, -1.0]),
             vec![Some(0.0), Some(0.0)]
         );
+    }
+
+    #[test]
+    fn runs_group_by_everything_trained_but_the_seed() {
+        let config = |extra: &str| {
+            RunConfig::parse(
+                &format!("task_name = \"ptb\"\n{extra}\n[train]\ne_every = 1\n"),
+                "test",
+            )
+            .unwrap()
+        };
+        let configs = [
+            config("seed = 0"),
+            config("seed = 1\nthreads = 2"),
+            config("seed = 0\n[model]\nmodule_init_scale = 3.0"),
+            config("seed = 2"),
+        ];
+        // Same name, other initialisation: a different experiment, not another seed; a
+        // thread count is not part of what is trained.
+        assert_eq!(same_configuration(&configs), vec![vec![0, 1, 3], vec![2]]);
     }
 
     #[test]

@@ -86,6 +86,18 @@ pub(crate) fn grouped_product(
     let groups = offsets.len() - 1;
     let (d_in, d_out) = op.block_dims(b.dim().into(), [0, 0], groups);
     let width = if op == GroupedOp::XW { d_out } else { d_in };
+    // Not a contract check (the front ran those): the soundness of `assume_init` below rests
+    // on the groups tiling every output row, so this kernel asserts it itself, for callers
+    // that reach it without the front.
+    assert!(
+        offsets.first() == Some(&0)
+            && offsets.windows(2).all(|w| w[0] <= w[1])
+            && offsets
+                .last()
+                .is_some_and(|&end| end as usize == rows.len()),
+        "grouped_product_rows: the group offsets must tile the {} routed rows",
+        rows.len()
+    );
     let mut out = Array2::<f32>::uninit((rows.len(), width));
     let data = out
         .as_slice_mut()

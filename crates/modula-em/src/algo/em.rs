@@ -139,6 +139,13 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Em {
         }
         self.table =
             AssignmentTable::from_raw(t.examples(), layers).map_err(|p| meta.mismatch(p))?;
+        // Checkpoints written before coverage was recorded lack the tensor: their coverage
+        // starts again from nothing visited.
+        if meta.checkpoint().get("em.visited").is_none() {
+            self.visited.iter_mut().for_each(|v| *v = false);
+            self.covered = 0;
+            return Ok(());
+        }
         let visited = meta
             .checkpoint()
             .u16("em.visited", Some(&[self.visited.len(), 1]))?;
