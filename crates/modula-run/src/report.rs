@@ -168,10 +168,12 @@ pub fn report(runs: &[PathBuf], out: &Path, json: Option<&Path>) -> Result<(), R
             .iter()
             .filter_map(|r| r.valid_ppl.map(|p| (r.tokens as f64, p)))
             .collect();
-        curves.push(Curve {
-            label: s.name.clone(),
-            points,
-        });
+        // The directory names the run: runs of one configuration name (EM's variants, seeds)
+        // would share a label.
+        let label = dir
+            .file_name()
+            .map_or_else(|| s.name.clone(), |f| f.to_string_lossy().into_owned());
+        curves.push(Curve { label, points });
         results.push(RunResult::new(dir, &s, &records));
         histories.push(records);
         rows.push(s);
