@@ -78,7 +78,11 @@ impl RunResult {
             flops_per_token: s.flops_per_token,
             tokens_per_s: s.tokens_per_s,
             effective_modules: s.effective_modules,
-            ctrl_nll: s.ctrl_nll_slot,
+            // Summaries of dense and top-k runs written before they left the field out hold a
+            // meaningless 0 (those models have no controller distribution).
+            ctrl_nll: s
+                .ctrl_nll_slot
+                .filter(|_| matches!(s.algo.as_str(), "em" | "reinforce" | "uniform")),
             coverage: s.coverage,
             last_epoch_slope: last_epoch_slope(records),
         }
