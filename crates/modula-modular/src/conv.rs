@@ -5,6 +5,7 @@ use modula_nn::{Grads, ParamId, ParamStore};
 use modula_tensor::{Backend, GroupedOp, Window2d};
 use rand::Rng;
 
+use crate::gating::{gated_sum, gated_sum_backward, pair_gates};
 use crate::linear::stacked_glorot;
 use crate::selection::Routing;
 
@@ -29,6 +30,9 @@ pub struct ModularConv2d {
 #[derive(Debug)]
 pub struct ModularConvCache<B: Backend> {
     cols: B::Tensor,
+    /// Ungated module outputs in routing order, `[P, OH*OW*C_out]`, and each pair's gate,
+    /// `[P, 1]` (only with gates).
+    gated: Option<(B::Tensor, B::Tensor)>,
 }
 
 impl ModularConv2d {
@@ -73,7 +77,9 @@ impl ModularConv2d {
     }
 
     /// Forward pass: `x [n, H*W*C]` routed by `routing`, returning `[n, OH*OW*C_out]`, the sum
-    /// of each image's distinct selected modules.
+    /// of each image's distinct selected modules, each optionally weighted by a gate
+    /// (`gates: [n, K]`, one weight per slot; a module chosen in two slots uses the weight of
+    /// the first), as in [`crate::ModularLinear::forward`].
     ///
     /// # Panics
     /// If the shapes disagree with the layer or the routing.
@@ -84,6 +90,7 @@ impl ModularConv2d {
         params: &ParamStore<B>,
         x: &B::Tensor,
         routing: &Routing,
+        gates: Option<&B::Tensor>,
     ) -> (B::Tensor, ModularConvCache<B>) {
         assert_eq!(
             b.shape(x),
@@ -110,13 +117,30 @@ impl ModularConv2d {
             Some(params.get(self.bias)),
         );
         let ys = b.reshape(ys, [routing.pairs(), pix * self.out_channels]);
-        (
-            b.segment_sum_rows(&ys, &routing.row_pos, &routing.row_ptr),
-            ModularConvCache { cols },
-        )
+        match gates {
+            None => (
+                b.segment_sum_rows(&ys, &routing.row_pos, &routing.row_ptr),
+                ModularConvCache { cols, gated: None },
+            ),
+            Some(g) => {
+                let pg = pair_gates(b, routing, g);
+                let y = gated_sum(b, routing, &ys, &pg);
+                (
+                    y,
+                    ModularConvCache {
+                        cols,
+                        gated: Some((ys, pg)),
+                    },
+                )
+            }
+        }
     }
 
-    /// Backward pass: accumulates weight and bias gradients and returns `dL/dx`.
+    /// Backward pass: accumulates weight and bias gradients and returns `dL/dx` and, when the
+    /// forward pass had gates, `dL/dgates` (`[n, K]`).
+    ///
+    /// # Panics
+    /// If `dy` is not `[n, OH*OW*C_out]` for the routing.
     #[track_caller]
     pub fn backward<B: Backend>(
         &self,
@@ -126,7 +150,7 @@ impl ModularConv2d {
         cache: ModularConvCache<B>,
         dy: &B::Tensor,
         grads: &mut Grads<B>,
-    ) -> B::Tensor {
+    ) -> (B::Tensor, Option<B::Tensor>) {
         let pix = self.out_pixels();
         assert_eq!(
             b.shape(dy),
@@ -134,7 +158,13 @@ impl ModularConv2d {
             "modular conv output gradient shape"
         );
         let offsets = routing.expanded_offsets(pix);
-        let dys = b.gather_rows(dy, &routing.pair_rows);
+        let (dys, d_gates) = match &cache.gated {
+            None => (b.gather_rows(dy, &routing.pair_rows), None),
+            Some((ys, pg)) => {
+                let (dys, dg) = gated_sum_backward(b, routing, dy, ys, pg);
+                (dys, Some(dg))
+            }
+        };
         let dys = b.reshape(dys, [routing.pairs() * pix, self.out_channels]);
         let patch = self.window.patch_len();
         let (dw, beta) =
@@ -154,6 +184,9 @@ impl ModularConv2d {
             &mut dcols,
         );
         let dimages = b.col2im(&dcols, &self.window);
-        b.segment_sum_rows(&dimages, &routing.row_pos, &routing.row_ptr)
+        (
+            b.segment_sum_rows(&dimages, &routing.row_pos, &routing.row_ptr),
+            d_gates,
+        )
     }
 }

@@ -2,6 +2,7 @@
 
 mod controller;
 mod conv;
+mod gating;
 mod gru;
 mod linear;
 mod pool;

@@ -4,6 +4,7 @@ use modula_nn::{Ctx, Grads, Module, ParamId, ParamStore};
 use modula_tensor::{Backend, GroupedOp};
 use rand::Rng;
 
+use crate::gating::{gated_sum, gated_sum_backward, pair_gates};
 use crate::selection::Routing;
 
 /// Glorot-uniform values over a stacked `[M, d_in, d_out]` tensor: the fans count all `M`
@@ -113,20 +114,8 @@ impl ModularLinear {
                 None,
             ),
             Some(g) => {
-                assert_eq!(
-                    b.shape(g),
-                    [routing.rows(), routing.k()],
-                    "gates must be [n, K]"
-                );
-                let flat = b.reshape(b.duplicate(g), [routing.rows() * routing.k(), 1]);
-                let pg = b.gather_rows(&flat, &routing.pair_slots);
-                let mut scaled = b.duplicate(&ys);
-                b.scale_rows(&mut scaled, &pg);
-                (
-                    b.segment_sum_rows(&scaled, &routing.row_pos, &routing.row_ptr),
-                    Some(ys),
-                    Some(pg),
-                )
+                let pg = pair_gates(b, routing, g);
+                (gated_sum(b, routing, &ys, &pg), Some(ys), Some(pg))
             }
         };
         let x = b.duplicate(x);
@@ -156,17 +145,13 @@ impl ModularLinear {
         };
         // Gated: each pair's output gradient is scaled by its gate, so the scaled rows are
         // written out in routing order and read through the identity.
-        let mut dys = b.gather_rows(dy, &routing.pair_rows);
-        let d_pair = b.row_dot(&dys, ys);
-        let mut dg = b.zeros([routing.rows() * routing.k(), 1]);
-        b.scatter_add_rows(&mut dg, &d_pair, &routing.pair_slots);
-        b.scale_rows(&mut dys, pg);
+        let (dys, dg) = gated_sum_backward(b, routing, dy, ys, pg);
         let xs = b.gather_rows(&cache.x, &routing.pair_rows);
         let identity: Vec<u32> = (0..routing.pairs() as u32).collect();
         self.accumulate(b, routing, &xs, &dys, &identity, grads);
         (
             self.input_grad_from(b, params, routing, &dys, &identity),
-            Some(b.reshape(dg, [routing.rows(), routing.k()])),
+            Some(dg),
         )
     }
 

@@ -64,7 +64,7 @@ proptest! {
 
     #[test]
     fn modular_conv_matches_per_image_oracle_and_finite_differences(
-        window in window_strategy(), n in 1usize..4, m in 1usize..4, k in 1usize..3, c_out in 1usize..3, seed in any::<u64>(),
+        window in window_strategy(), n in 1usize..4, m in 1usize..4, k in 1usize..3, c_out in 1usize..3, gated in any::<bool>(), seed in any::<u64>(),
     ) {
         let b = Cpu::with_threads(1);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -74,7 +74,10 @@ proptest! {
         let sel = random_selection(&mut rng, n, k, m);
         let routing = Routing::new(&sel, m);
         let x = values(&mut rng, n * window.in_len());
-        let (y, _) = layer.forward(&b, &params, &b.upload([n, window.in_len()], &x), &routing);
+        // Gated: each selected module's output is scaled by the gate of its first slot.
+        let gate_values = values(&mut rng, n * k);
+        let gates = gated.then(|| b.upload([n, k], &gate_values));
+        let (y, _) = layer.forward(&b, &params, &b.upload([n, window.in_len()], &x), &routing, gates.as_ref());
         let y = b.download(&y).unwrap();
 
         let w = b.download(params.get(layer.weight)).unwrap();
@@ -89,7 +92,8 @@ proptest! {
                 }
                 let mm = row[s] as usize;
                 let one = conv_one(&x[i * window.in_len()..(i + 1) * window.in_len()], &w[mm * patch * c_out..(mm + 1) * patch * c_out], &bias[mm * c_out..(mm + 1) * c_out], &window, c_out);
-                want.iter_mut().zip(one).for_each(|(a, v)| *a += v);
+                let gate = if gated { gate_values[i * k + s] } else { 1.0 };
+                want.iter_mut().zip(one).for_each(|(a, v)| *a += gate * v);
             }
             for (j, (g, e)) in y[i * out_len..(i + 1) * out_len].iter().zip(&want).enumerate() {
                 prop_assert!((g - e).abs() < 1e-4, "image {} element {}: {} vs {}", i, j, g, e);
@@ -98,14 +102,18 @@ proptest! {
 
         let wts = values(&mut rng, n * out_len);
         let dy = b.upload([n, out_len], &wts);
-        let mut inputs = [b.upload([n, window.in_len()], &x)];
+        let mut inputs = vec![b.upload([n, window.in_len()], &x)];
+        if gated {
+            inputs.push(b.upload([n, k], &gate_values));
+        }
         check(&b, &mut params, &mut inputs, &GradCheck::default(),
-            |b, p, xs| weighted_sum(b, &layer.forward(b, p, &xs[0], &routing).0, &wts),
+            |b, p, xs| weighted_sum(b, &layer.forward(b, p, &xs[0], &routing, xs.get(1)).0, &wts),
             |b, p, xs| {
-                let (_, cache) = layer.forward(b, p, &xs[0], &routing);
+                let (_, cache) = layer.forward(b, p, &xs[0], &routing, xs.get(1));
                 let mut g = Grads::new();
-                let dx = layer.backward(b, p, &routing, cache, &dy, &mut g);
-                (g, vec![dx])
+                let (dx, dg) = layer.backward(b, p, &routing, cache, &dy, &mut g);
+                assert_eq!(dg.is_some(), gated, "a gate gradient exactly when gated");
+                (g, std::iter::once(dx).chain(dg).collect())
             }).map_err(TestCaseError::fail)?;
     }
 
