@@ -2,7 +2,7 @@
 //! [`modula_data::toy`] with a [`ModularMlp`], evaluated greedily on its test split.
 
 use modula_data::toy::{ToyConfig, ToyData, permutation, purity};
-use modula_em::models::{MlpConfig, MlpInput, ModularMlp};
+use modula_em::models::{FeedForward, MlpConfig, MlpInput, ModularMlp};
 use modula_em::{
     Algo, Batch, ConfigError, DEFAULT_DIVERGENCE_FACTOR, DenseMatch, EStepDue, EStepSettings,
     Group, Target, Task, TrainError, TrainSettings, Trainer, effective_count, invalid, stream,
@@ -234,6 +234,7 @@ impl<B: Backend> ToyTask<B> {
             &target,
             &mut route,
             true,
+            false,
             &mut Ctx::eval(),
         )?;
         let pred = b.download(&out.prediction)?;

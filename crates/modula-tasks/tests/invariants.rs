@@ -3,7 +3,7 @@
 use modula_cpu::Cpu;
 use modula_data::toy::ToyConfig;
 use modula_em::estep::e_step;
-use modula_em::models::{MlpConfig, MlpInput, ModularMlp};
+use modula_em::models::{FeedForward, MlpConfig, MlpInput, ModularMlp};
 use modula_em::{
     Algo, AssignmentTable, Batch, EStepSettings, Group, Model, Routes, Target, Trainer,
 };
@@ -95,6 +95,7 @@ fn stored_scores(s: &Setup, table: &AssignmentTable) -> Vec<f64> {
             &s.batch.input.target,
             &mut route,
             false,
+            false,
             &mut Ctx::eval(),
         )
         .unwrap();
@@ -152,7 +153,7 @@ proptest! {
             let mut route = |l: usize, _: &ControllerOutput<Cpu>| {
                 Ok::<_, BackendError>(Selection::new(k, [choices[l].clone(), choices[l].clone()].concat()))
             };
-            let out = s.net.forward_tensors(&s.b, &s.params, &s.batch.input.x, &s.batch.input.target, &mut route, false, &mut Ctx::eval()).unwrap();
+            let out = s.net.forward_tensors(&s.b, &s.params, &s.batch.input.x, &s.batch.input.target, &mut route, false, false, &mut Ctx::eval()).unwrap();
             for (t, l) in total.iter_mut().zip(s.b.download(&out.ctrl_logp).unwrap()) {
                 *t += (l as f64).exp();
             }

@@ -1,17 +1,28 @@
 //! The networks modula trains, in one place: a stack of modular linear layers
-//! ([`ModularMlp`], the toy task's network and its dense baselines), the word-level language
-//! model over a modular, top-k gated or dense GRU cell ([`LanguageModel`]), and the noisy
-//! top-k gate both use for the top-k baseline ([`TopKGate`]). Each implements
-//! [`crate::Model`].
+//! ([`ModularMlp`], the toy task's network and its dense baselines), the image tasks'
+//! networks ([`ImageModel`]: the modular convolutional network [`ConvNet`] and the fully
+//! connected ReLU network [`ReluMlp`] of the sparsity study), the word-level language model
+//! over a modular, top-k gated or dense GRU cell ([`LanguageModel`]), and the noisy top-k
+//! gate the modular ones use for the top-k baseline ([`TopKGate`]). The feed-forward networks
+//! share their gates, output distributions and [`crate::Model`] bodies through
+//! [`feedforward`]. Each implements [`crate::Model`].
 
+pub mod conv;
+pub mod feedforward;
+pub mod image;
 pub mod lm;
 pub mod lm_config;
 pub mod mlp;
+pub mod relu_mlp;
 pub mod topk;
 
+pub use conv::{ConvCache, ConvLayer, ConvNet, ConvPlan};
+pub use feedforward::{FeedForward, FfCache, Gate, MlpInput, MlpOutput};
+pub use image::{ImageCache, ImageModel, ImageModelConfig, ImageNet};
 pub use lm::{
     Cell, FilteredWindow, LanguageModel, LmWindow, TopKGruCell, WindowCache, WindowOutput,
 };
 pub use lm_config::{LmModelConfig, Recurrent};
-pub use mlp::{Gate, MlpCache, MlpConfig, MlpInput, MlpLayer, MlpOutput, ModularMlp};
+pub use mlp::{MlpCache, MlpConfig, MlpLayer, ModularMlp};
+pub use relu_mlp::{ReluMlp, ReluMlpCache};
 pub use topk::{TopKCache, TopKGate};

@@ -1,0 +1,402 @@
+//! The modular convolutional network of the image tasks: modular 3x3 convolutions (each layer
+//! a pool of `M` convolution modules of which `K` run per image, chosen by the layer's gate),
+//! ReLU and 2x2 max pooling, then a dense linear classifier; with one module per layer, the
+//! dense baselines.
+
+use modula_modular::{ModularConv2d, ModularConvCache, Routing};
+use modula_nn::{Ctx, Grads, Linear, MaxPool2d, Module, ParamStore};
+use modula_tensor::{Backend, BackendError, UnaryOp, Window2d};
+use rand::Rng;
+
+use crate::config::{Algo, DenseMatch};
+use crate::model::{Router, Target};
+use crate::models::feedforward::{
+    FeedForward, Gate, GateCache, LossCache, MlpOutput, StatSum, output_loss,
+};
+
+/// One modular convolution layer of a [`ConvNet`].
+#[derive(Clone, Debug)]
+pub struct ConvLayer {
+    /// Module selection, from the layer's flattened input image.
+    pub gate: Gate,
+    /// The convolution modules (3x3 by default, stride 1, padded to keep the image size).
+    pub conv: ModularConv2d,
+    /// The 2x2 max pooling after the ReLU (none once the image is a single pixel wide).
+    pub pool: Option<MaxPool2d>,
+}
+
+/// A stack of modular convolutions (ReLU and max pooling after each) and a dense classifier.
+#[derive(Clone, Debug)]
+pub struct ConvNet {
+    /// The convolution layers, input first.
+    pub layers: Vec<ConvLayer>,
+    /// The linear classifier over the last layer's flattened output.
+    pub classifier: Linear,
+    /// Weight of the noisy top-k importance loss.
+    pub importance_weight: f32,
+}
+
+/// The geometry of a [`ConvNet`] before it is built: its modules and slots per layer, each
+/// layer's convolution window, output channels and pooling, and the classifier's input width.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvPlan {
+    /// Modules per layer.
+    pub modules: usize,
+    /// Modules evaluated per image and layer.
+    pub k: usize,
+    /// Per layer: the convolution's window, its output channels and the pooling after it.
+    pub layers: Vec<(Window2d, usize, Option<MaxPool2d>)>,
+    /// Values per image entering the classifier.
+    pub features: usize,
+    /// Classes.
+    pub classes: usize,
+    /// Whether the gates are noisy top-k's (else controllers).
+    pub topk: bool,
+}
+
+impl ConvPlan {
+    /// The plan of `channels` output channels per layer over `input = [height, width,
+    /// channels]` images with `kernel x kernel` convolutions (padded by `kernel / 2`), `modules`
+    /// modules of which `k` run, and `classes` outputs.
+    pub fn new(
+        input: [usize; 3],
+        channels: &[usize],
+        kernel: usize,
+        (modules, k): (usize, usize),
+        classes: usize,
+        topk: bool,
+    ) -> Self {
+        let [mut h, mut w, mut c] = input;
+        let mut layers = Vec::with_capacity(channels.len());
+        for &c_out in channels {
+            let window = Window2d {
+                height: h,
+                width: w,
+                channels: c,
+                kernel_h: kernel,
+                kernel_w: kernel,
+                stride: 1,
+                padding: kernel / 2,
+            };
+            let (oh, ow) = (window.out_height(), window.out_width());
+            let pool = (oh >= 2 && ow >= 2).then(|| MaxPool2d::new(oh, ow, c_out, 2, 2));
+            (h, w, c) = match &pool {
+                Some(p) => p.out_dims(),
+                None => (oh, ow, c_out),
+            };
+            layers.push((window, c_out, pool));
+        }
+        ConvPlan {
+            modules,
+            k,
+            layers,
+            features: h * w * c,
+            classes,
+            topk,
+        }
+    }
+
+    /// Trainable scalars (saturating): per layer the modules' weights and biases and the
+    /// gate's (a controller's `K` heads, or top-k's clean and noise projections), and the
+    /// classifier's.
+    pub fn parameters(&self) -> usize {
+        let linear = |i: usize, o: usize| i.saturating_mul(o).saturating_add(o);
+        let (m, k) = (self.modules, self.k);
+        self.layers
+            .iter()
+            .map(|(window, c_out, _)| {
+                let gate = if self.topk {
+                    linear(window.in_len(), m).saturating_mul(2)
+                } else {
+                    linear(window.in_len(), k.saturating_mul(m))
+                };
+                linear(window.patch_len(), *c_out)
+                    .saturating_mul(m)
+                    .saturating_add(gate)
+            })
+            .fold(linear(self.features, self.classes), usize::saturating_add)
+    }
+
+    /// Floating-point operations of one image's forward pass: 2 per multiply-add of the gates'
+    /// projections, the `K` evaluated modules' convolutions and the classifier (pooling and
+    /// ReLU are not counted).
+    pub fn flops_per_image(&self) -> u64 {
+        let (m, k) = (self.modules as u64, self.k as u64);
+        let layers: u64 = self
+            .layers
+            .iter()
+            .map(|(window, c_out, _)| {
+                let d_in = window.in_len() as u64;
+                let gate = if self.topk {
+                    2 * d_in * m
+                } else {
+                    d_in * k * m
+                };
+                let pixels = (window.out_height() * window.out_width()) as u64;
+                2 * gate + 2 * k * pixels * window.patch_len() as u64 * *c_out as u64
+            })
+            .sum();
+        layers + 2 * (self.features * self.classes) as u64
+    }
+}
+
+/// The output channels of a dense baseline matched to `modular` in parameters: `channels`
+/// scaled by the factor (on a grid of hundredths, from 1 to `2 M`) whose network's parameter
+/// count is nearest the modular network's, each rounded to a whole channel.
+pub fn params_matched_channels(
+    modular: &ConvPlan,
+    input: [usize; 3],
+    channels: &[usize],
+    kernel: usize,
+) -> Vec<usize> {
+    let target = modular.parameters();
+    let scaled = |s: usize| -> Vec<usize> {
+        channels
+            .iter()
+            .map(|&c| ((c * s) as f64 / 100.0).round().max(1.0) as usize)
+            .collect()
+    };
+    let count = |ch: &[usize]| {
+        ConvPlan::new(input, ch, kernel, (1, 1), modular.classes, false).parameters()
+    };
+    (100..=200 * modular.modules.max(1))
+        .map(scaled)
+        .min_by_key(|ch| count(ch).abs_diff(target))
+        .expect("the grid is not empty")
+}
+
+/// What a [`ConvNet`]'s forward pass keeps for backward.
+pub struct ConvCache<B: Backend> {
+    layers: Vec<ConvLayerCache<B>>,
+    classifier: B::Tensor,
+    loss: LossCache<B>,
+}
+
+impl<B: Backend> std::fmt::Debug for ConvCache<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConvCache")
+            .field("layers", &self.layers.len())
+            .finish()
+    }
+}
+
+struct ConvLayerCache<B: Backend> {
+    gate: GateCache<B>,
+    routing: Routing,
+    conv: ModularConvCache<B>,
+    /// The convolution's output and its ReLU.
+    relu: (B::Tensor, B::Tensor),
+    pool: Option<B::Tensor>,
+}
+
+impl ConvNet {
+    /// Builds the network of `plan` (its modules, slots, windows and pooling): each layer's
+    /// gate (`{layer}.gate` for noisy top-k, `{layer}.ctrl` otherwise) reads the layer's
+    /// flattened input, and the classifier (`classifier`) the last layer's flattened output.
+    pub fn new<B: Backend>(
+        b: &B,
+        params: &mut ParamStore<B>,
+        plan: &ConvPlan,
+        importance_weight: f32,
+        rng: &mut impl Rng,
+    ) -> Self {
+        let algo = if plan.topk { Algo::Topk } else { Algo::Em };
+        let layers = plan
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, (window, c_out, pool))| ConvLayer {
+                gate: Gate::new(
+                    b,
+                    params,
+                    &format!("conv{l}"),
+                    window.in_len(),
+                    plan.modules,
+                    plan.k,
+                    algo,
+                    rng,
+                ),
+                conv: ModularConv2d::new(
+                    b,
+                    params,
+                    &format!("conv{l}.modules"),
+                    plan.modules,
+                    *window,
+                    *c_out,
+                    rng,
+                ),
+                pool: *pool,
+            })
+            .collect();
+        let classifier = Linear::new(
+            b,
+            params,
+            "classifier",
+            plan.features,
+            plan.classes,
+            modula_nn::Init::Glorot,
+            rng,
+        );
+        ConvNet {
+            layers,
+            classifier,
+            importance_weight,
+        }
+    }
+
+    /// `(M, K)` of each modular layer, in forward order.
+    pub fn layer_shapes(&self) -> Vec<(usize, usize)> {
+        self.layers.iter().map(|l| l.gate.shape()).collect()
+    }
+}
+
+impl<B: Backend> FeedForward<B> for ConvNet {
+    type Cache = ConvCache<B>;
+
+    fn layer_shapes(&self) -> Vec<(usize, usize)> {
+        ConvNet::layer_shapes(self)
+    }
+
+    fn forward_tensors(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        x: &B::Tensor,
+        target: &Target<B>,
+        route: &mut Router<'_, B>,
+        stats: bool,
+        hidden: bool,
+        ctx: &mut Ctx,
+    ) -> Result<MlpOutput<B, ConvCache<B>>, BackendError> {
+        let n = b.shape(x)[0];
+        let mut h = b.duplicate(x);
+        let mut ctrl_logp = b.zeros([n, 1]);
+        let mut selections = Vec::with_capacity(self.layers.len());
+        let mut caches = Vec::with_capacity(self.layers.len());
+        let mut kept = Vec::new();
+        let mut stat_sum = StatSum::default();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let gated = layer.gate.route(
+                b,
+                params,
+                &h,
+                l,
+                route,
+                stats.then_some(&mut stat_sum),
+                &mut ctrl_logp,
+                ctx,
+            )?;
+            selections.push(gated.selection);
+            let (y, conv) = layer
+                .conv
+                .forward(b, params, &h, &gated.routing, gated.gates.as_ref());
+            let a = b.unary(UnaryOp::Relu, &y);
+            if hidden {
+                kept.push(b.duplicate(&a));
+            }
+            let (next, pool) = match &layer.pool {
+                Some(p) => {
+                    let (pooled, input) = p.forward(b, params, &a, ctx);
+                    (pooled, Some(input))
+                }
+                None => (b.duplicate(&a), None),
+            };
+            h = next;
+            caches.push(ConvLayerCache {
+                gate: gated.cache,
+                routing: gated.routing,
+                conv,
+                relu: (y, a),
+                pool,
+            });
+        }
+        let (logits, classifier) = self.classifier.forward(b, params, &h, ctx);
+        let (task_nll, loss) = output_loss(b, &logits, target);
+        Ok(MlpOutput {
+            task_nll,
+            ctrl_logp,
+            selections,
+            prediction: logits,
+            stats: stats.then(|| stat_sum.mean()),
+            penalty: 0.0,
+            hidden: kept,
+            cache: ConvCache {
+                layers: caches,
+                classifier,
+                loss,
+            },
+        })
+    }
+
+    fn backward_tensors(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        cache: ConvCache<B>,
+        d_task: &B::Tensor,
+        d_ctrl: &B::Tensor,
+        grads: &mut Grads<B>,
+    ) -> Result<(), BackendError> {
+        let d_logits = cache.loss.backward(b, d_task);
+        let mut dh = self
+            .classifier
+            .backward(b, params, cache.classifier, &d_logits, grads);
+        for (layer, c) in self.layers.iter().zip(cache.layers).rev() {
+            if let (Some(p), Some(input)) = (&layer.pool, c.pool) {
+                dh = p.backward(b, params, input, &dh, grads);
+            }
+            let (y, a) = &c.relu;
+            dh = b.unary_backward(UnaryOp::Relu, y, a, &dh);
+            let (mut dx, d_gates) = layer
+                .conv
+                .backward(b, params, &c.routing, c.conv, &dh, grads);
+            layer.gate.backward(
+                b,
+                params,
+                c.gate,
+                d_gates,
+                d_ctrl,
+                self.importance_weight,
+                &mut dx,
+                grads,
+            )?;
+            dh = dx;
+        }
+        Ok(())
+    }
+}
+
+/// The modules and slots per layer a network for `algo` uses, given the configured `(M, K)`:
+/// one module for a dense baseline, at least two slots for noisy top-k.
+pub fn modules_for(algo: Algo, (modules, k): (usize, usize)) -> (usize, usize) {
+    match algo {
+        Algo::Dense => (1, 1),
+        Algo::Topk => (modules, k.max(2).min(modules)),
+        _ => (modules, k),
+    }
+}
+
+/// The plan of the network `algo` trains: the modular network of `channels`, or for a dense
+/// baseline one module per layer with the same channels (`DenseMatch::Compute`) or channels
+/// widened to the modular network's parameter count (`DenseMatch::Params`).
+#[allow(clippy::too_many_arguments)]
+pub fn plan_for(
+    input: [usize; 3],
+    channels: &[usize],
+    kernel: usize,
+    shape: (usize, usize),
+    classes: usize,
+    algo: Algo,
+    dense_match: DenseMatch,
+) -> ConvPlan {
+    let (modules, k) = modules_for(algo, shape);
+    let topk = algo == Algo::Topk;
+    match (algo, dense_match) {
+        (Algo::Dense, DenseMatch::Params) => {
+            let modular = ConvPlan::new(input, channels, kernel, shape, classes, false);
+            let wide = params_matched_channels(&modular, input, channels, kernel);
+            ConvPlan::new(input, &wide, kernel, (1, 1), classes, false)
+        }
+        _ => ConvPlan::new(input, channels, kernel, (modules, k), classes, topk),
+    }
+}

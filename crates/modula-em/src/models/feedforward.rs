@@ -1,0 +1,538 @@
+//! What the feed-forward networks share ([`crate::models::ModularMlp`], the image networks of
+//! [`crate::models::ImageModel`]): a layer's gate (a controller or noisy top-k) with its
+//! routing and backward, the output distribution and its loss, the [`FeedForward`] trait that
+//! a network implements, and the bodies of the [`crate::Model`] methods every such network
+//! shares (its forward over stored or chosen routes, its weighted backward, and the E-step's
+//! scoring of candidate selections as extra rows of one routed pass).
+
+use modula_modular::{Controller, ControllerOutput, Routing, Selection};
+use modula_nn::{Ctx, Grads, ParamStore};
+use modula_nn::{
+    gaussian_nll, gaussian_nll_backward, softmax_cross_entropy, softmax_cross_entropy_backward,
+};
+use modula_tensor::{Backend, BackendError};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{Algo, EStepSettings};
+use crate::estep::propose;
+use crate::model::{
+    Candidates, ControllerStats, Episodes, Forward, Router, Routes, Target, controller_stats,
+    stored_then_drawn, usage_counts,
+};
+use crate::models::topk::{TopKCache, TopKGate};
+
+/// How a layer chooses its modules.
+#[derive(Clone, Debug)]
+pub enum Gate {
+    /// A controller defining `p(a | x)` (EM, REINFORCE, and trivially dense with `M = 1`).
+    Controller(Controller),
+    /// Noisy top-k gating with gate weights.
+    TopK(TopKGate),
+}
+
+/// What a gate keeps for its backward.
+pub(crate) enum GateCache<B: Backend> {
+    Controller(ControllerOutput<B>, Selection),
+    TopK(TopKCache<B>),
+}
+
+/// A layer's routing, as its gate chose it.
+pub(crate) struct Gated<B: Backend> {
+    /// The routing of the layer's rows.
+    pub routing: Routing,
+    /// The selection behind it.
+    pub selection: Selection,
+    /// Top-k's gate weights `[n, K]` (none for a controller).
+    pub gates: Option<B::Tensor>,
+    /// For the gate's backward.
+    pub cache: GateCache<B>,
+}
+
+/// Controller statistics summed over a network's controller-gated layers.
+#[derive(Default)]
+pub(crate) struct StatSum {
+    sum: ControllerStats,
+    layers: usize,
+}
+
+impl StatSum {
+    /// The mean over the layers added (zeros without any).
+    pub fn mean(&self) -> ControllerStats {
+        let k = self.layers.max(1) as f64;
+        ControllerStats {
+            mean_entropy: self.sum.mean_entropy / k,
+            batch_entropy: self.sum.batch_entropy / k,
+        }
+    }
+}
+
+impl Gate {
+    /// The gate of a layer with input width `d_in` for `algo`: noisy top-k's gate
+    /// `{prefix}.gate` for `Algo::Topk` (which needs `2 <= k <= modules`), a controller
+    /// `{prefix}.ctrl` otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new<B: Backend>(
+        b: &B,
+        params: &mut ParamStore<B>,
+        prefix: &str,
+        d_in: usize,
+        modules: usize,
+        k: usize,
+        algo: Algo,
+        rng: &mut impl Rng,
+    ) -> Self {
+        if algo == Algo::Topk {
+            Gate::TopK(TopKGate::new(
+                b,
+                params,
+                &format!("{prefix}.gate"),
+                d_in,
+                modules,
+                k,
+                rng,
+            ))
+        } else {
+            Gate::Controller(Controller::new(
+                b,
+                params,
+                &format!("{prefix}.ctrl"),
+                d_in,
+                modules,
+                k,
+                rng,
+            ))
+        }
+    }
+
+    /// `(M, K)` of the gate.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            Gate::Controller(c) => (c.modules, c.k),
+            Gate::TopK(g) => (g.modules, g.k),
+        }
+    }
+
+    /// Routes the rows `h` of layer `layer`: a controller asks `route` for the selection and
+    /// adds its `log p(a | h)` to `ctrl_logp` (and its entropies to `stats`, when given);
+    /// noisy top-k draws its own selection and gate weights (noise from `ctx`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn route<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        h: &B::Tensor,
+        layer: usize,
+        route: &mut Router<'_, B>,
+        stats: Option<&mut StatSum>,
+        ctrl_logp: &mut B::Tensor,
+        ctx: &mut Ctx,
+    ) -> Result<Gated<B>, BackendError> {
+        match self {
+            Gate::Controller(c) => {
+                let out = c.forward(b, params, h);
+                if let Some(sum) = stats {
+                    let s = controller_stats(&b.download(&out.log_probs)?, c.modules, c.k);
+                    sum.sum.mean_entropy += s.mean_entropy;
+                    sum.sum.batch_entropy += s.batch_entropy;
+                    sum.layers += 1;
+                }
+                let sel = route(layer, &out)?;
+                b.axpy(1.0, &c.log_prob(b, &out, &sel), ctrl_logp);
+                Ok(Gated {
+                    routing: Routing::new(&sel, c.modules),
+                    selection: sel.clone(),
+                    gates: None,
+                    cache: GateCache::Controller(out, sel),
+                })
+            }
+            Gate::TopK(g) => {
+                let (sel, gates, cache) = g.forward(b, params, h, ctx)?;
+                Ok(Gated {
+                    routing: Routing::new(&sel, g.modules),
+                    selection: sel,
+                    gates: Some(gates),
+                    cache: GateCache::TopK(cache),
+                })
+            }
+        }
+    }
+
+    /// The gate's backward: the controller's from `d_ctrl` (`[n, 1]`, the weight of each row's
+    /// `log p(a | h)`), or top-k's from the gate weights' gradient `d_gates` plus its
+    /// importance loss of weight `importance_weight`; adds the gate's input gradient to `dx`.
+    ///
+    /// # Errors
+    /// Device failures.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        cache: GateCache<B>,
+        d_gates: Option<B::Tensor>,
+        d_ctrl: &B::Tensor,
+        importance_weight: f32,
+        dx: &mut B::Tensor,
+        grads: &mut Grads<B>,
+    ) -> Result<(), BackendError> {
+        match (self, cache) {
+            (Gate::Controller(ctrl), GateCache::Controller(out, sel)) => {
+                b.axpy(1.0, &ctrl.backward(b, params, out, &sel, d_ctrl, grads), dx);
+            }
+            (Gate::TopK(g), GateCache::TopK(tc)) => {
+                let mut dg = b.download(&d_gates.expect("top-k layers are gated"))?;
+                let (_, d_imp) = g.importance_loss(&tc, importance_weight);
+                dg.iter_mut().zip(d_imp).for_each(|(a, v)| *a += v);
+                b.axpy(1.0, &g.backward(b, params, tc, &dg, grads)?, dx);
+            }
+            _ => unreachable!("a layer's cache always matches its gate"),
+        }
+        Ok(())
+    }
+}
+
+/// The output distribution's state for the backward pass.
+pub(crate) enum LossCache<B: Backend> {
+    Regression {
+        prediction: B::Tensor,
+        y: B::Tensor,
+        variance: f32,
+    },
+    Classes {
+        log_probs: B::Tensor,
+        targets: Vec<u32>,
+    },
+}
+
+/// `-log p(y | ., a)` per row (`[n, 1]`) of the network output `h` under `target`'s
+/// distribution, and what its backward needs.
+pub(crate) fn output_loss<B: Backend>(
+    b: &B,
+    h: &B::Tensor,
+    target: &Target<B>,
+) -> (B::Tensor, LossCache<B>) {
+    match target {
+        Target::Regression { y, variance } => (
+            gaussian_nll(b, h, y, *variance),
+            LossCache::Regression {
+                prediction: b.duplicate(h),
+                y: b.duplicate(y),
+                variance: *variance,
+            },
+        ),
+        Target::Classes(t) => {
+            let (nll, log_probs) = softmax_cross_entropy(b, b.duplicate(h), t);
+            (
+                nll,
+                LossCache::Classes {
+                    log_probs,
+                    targets: t.clone(),
+                },
+            )
+        }
+    }
+}
+
+impl<B: Backend> LossCache<B> {
+    /// The gradient with respect to the network output for row weights `d_task` (`[n, 1]`).
+    pub fn backward(&self, b: &B, d_task: &B::Tensor) -> B::Tensor {
+        match self {
+            LossCache::Regression {
+                prediction,
+                y,
+                variance,
+            } => gaussian_nll_backward(b, prediction, y, *variance, d_task),
+            LossCache::Classes { log_probs, targets } => {
+                softmax_cross_entropy_backward(b, log_probs, targets, d_task)
+            }
+        }
+    }
+}
+
+/// What a feed-forward network's forward pass reads: inputs `[n, d_in]` and their targets.
+#[derive(Debug)]
+pub struct MlpInput<B: Backend> {
+    /// Inputs.
+    pub x: B::Tensor,
+    /// Targets.
+    pub target: Target<B>,
+}
+
+/// A feed-forward network's forward pass on the device: per-row terms as tensors and the
+/// prediction.
+#[derive(Debug)]
+pub struct MlpOutput<B: Backend, C> {
+    /// `-log p(y | x, a)` per row, `[n, 1]`.
+    pub task_nll: B::Tensor,
+    /// `log p(a | x)` per row summed over modular layers, `[n, 1]` (zeros for noisy top-k
+    /// gates, which are not distributions, and for networks without modular layers).
+    pub ctrl_logp: B::Tensor,
+    /// The selection used at each modular layer.
+    pub selections: Vec<Selection>,
+    /// The network's output (predicted mean or logits).
+    pub prediction: B::Tensor,
+    /// Controller diagnostics, when requested.
+    pub stats: Option<ControllerStats>,
+    /// The mean over rows of a penalty the network adds to its objective itself (its L1
+    /// penalties; 0 without).
+    pub penalty: f64,
+    /// Each hidden layer's activations after its non-linearity, when requested.
+    pub hidden: Vec<B::Tensor>,
+    /// State for the backward pass.
+    pub cache: C,
+}
+
+/// A feed-forward network: a stack of layers, modular or not, over one batch of rows. The
+/// networks' [`crate::Model`] implementations are [`forward`], [`backward`] and
+/// [`score_candidates`] over it.
+pub trait FeedForward<B: Backend> {
+    /// What the forward pass keeps for backward.
+    type Cache;
+
+    /// `(M, K)` of each modular layer, in forward order (empty without modular layers).
+    fn layer_shapes(&self) -> Vec<(usize, usize)>;
+
+    /// Forward pass over `x` with targets `target`, asking `route` for each controller-gated
+    /// layer's selection (so sampling through it is ancestral over the layers). With `stats`,
+    /// also summarises the controllers' distributions; with `hidden`, keeps each hidden
+    /// layer's activations.
+    ///
+    /// # Errors
+    /// Device failures, and whatever the router returns.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_tensors(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        x: &B::Tensor,
+        target: &Target<B>,
+        route: &mut Router<'_, B>,
+        stats: bool,
+        hidden: bool,
+        ctx: &mut Ctx,
+    ) -> Result<MlpOutput<B, Self::Cache>, BackendError>;
+
+    /// Backward pass for the objective `sum_i d_task[i] * (task_nll[i] + penalty_i) +
+    /// d_ctrl[i] * ctrl_logp[i]` plus top-k's importance loss; accumulates every parameter
+    /// gradient.
+    ///
+    /// # Errors
+    /// Device failures.
+    fn backward_tensors(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        cache: Self::Cache,
+        d_task: &B::Tensor,
+        d_ctrl: &B::Tensor,
+        grads: &mut Grads<B>,
+    ) -> Result<(), BackendError>;
+}
+
+/// A feed-forward network's forward state as [`crate::Model`] keeps it: the network's own and
+/// the batch's rows.
+pub struct FfCache<C> {
+    inner: C,
+    rows: usize,
+}
+
+impl<C> std::fmt::Debug for FfCache<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FfCache").field("rows", &self.rows).finish()
+    }
+}
+
+/// [`crate::Model::forward`] of a feed-forward network.
+///
+/// # Errors
+/// Device failures, and whatever the router returns.
+pub fn forward<B: Backend, N: FeedForward<B>>(
+    net: &N,
+    b: &B,
+    params: &ParamStore<B>,
+    input: &MlpInput<B>,
+    routes: Routes<'_, '_, B>,
+    stats: bool,
+    ctx: &mut Ctx,
+) -> Result<Forward<B, FfCache<N::Cache>>, BackendError> {
+    let (x, t) = (&input.x, &input.target);
+    let out = match routes {
+        Routes::Stored(stored) => {
+            let mut route = |l: usize, _: &ControllerOutput<B>| Ok(stored[l].clone());
+            net.forward_tensors(b, params, x, t, &mut route, stats, false, ctx)?
+        }
+        Routes::Chosen(route) => net.forward_tensors(b, params, x, t, route, stats, false, ctx)?,
+    };
+    let usage = out
+        .selections
+        .iter()
+        .zip(net.layer_shapes())
+        .map(|(s, (m, _))| usage_counts([s], m))
+        .collect();
+    let rows = b.shape(x)[0];
+    Ok(Forward {
+        nll: b.download(&out.task_nll)?,
+        log_p: b.download(&out.ctrl_logp)?,
+        selections: out.selections,
+        usage,
+        stats: out.stats,
+        importance: out.penalty,
+        episodes: Episodes::Rows,
+        carry: None,
+        cache: FfCache {
+            inner: out.cache,
+            rows,
+        },
+    })
+}
+
+/// [`crate::Model::backward`] of a feed-forward network.
+///
+/// # Errors
+/// Device failures.
+pub fn backward<B: Backend, N: FeedForward<B>>(
+    net: &N,
+    b: &B,
+    params: &ParamStore<B>,
+    cache: FfCache<N::Cache>,
+    d_nll: f32,
+    d_logp: &[f32],
+    grads: &mut Grads<B>,
+) -> Result<(), BackendError> {
+    let n = cache.rows;
+    let d_task = b.upload([n, 1], &vec![d_nll; n]);
+    let d_ctrl = if d_logp.is_empty() {
+        b.upload([n, 1], &vec![0.0; n])
+    } else {
+        b.upload([n, 1], d_logp)
+    };
+    net.backward_tensors(b, params, cache.inner, &d_task, &d_ctrl, grads)
+}
+
+/// Row `s * n + i` of the result is row `i` of `batch` (candidate `s` of example `i`).
+fn replicate<B: Backend>(b: &B, input: &MlpInput<B>, copies: usize) -> MlpInput<B> {
+    let n = b.shape(&input.x)[0];
+    let rows: Vec<u32> = (0..copies).flat_map(|_| 0..n as u32).collect();
+    let target = match &input.target {
+        Target::Regression { y, variance } => Target::Regression {
+            y: b.gather_rows(y, &rows),
+            variance: *variance,
+        },
+        Target::Classes(t) => Target::Classes(rows.iter().map(|&r| t[r as usize]).collect()),
+    };
+    MlpInput {
+        x: b.gather_rows(&input.x, &rows),
+        target,
+    }
+}
+
+/// [`crate::Model::score_candidates`] of a feed-forward network: the candidates of every
+/// example are just more rows, so one routed pass scores all of them.
+///
+/// # Errors
+/// Device failures.
+#[allow(clippy::too_many_arguments)]
+pub fn score_candidates<B: Backend, N: FeedForward<B>>(
+    net: &N,
+    b: &B,
+    params: &ParamStore<B>,
+    input: &MlpInput<B>,
+    stored: &[Selection],
+    estep: &EStepSettings,
+    rng: &mut ChaCha8Rng,
+    ctx: &mut Ctx,
+) -> Result<Candidates, BackendError> {
+    // Task validation keeps per-step search to sequence models; a feed-forward network's
+    // candidates are whole selections.
+    let samples = estep.samples;
+    let rep = replicate(b, input, samples);
+    let mut route = |l: usize, out: &ControllerOutput<B>| {
+        // Candidate 0 of every example is its stored assignment; the rest are drawn from
+        // the controller given the candidate's own earlier-layer choices.
+        Ok(stored_then_drawn(
+            &stored[l],
+            &propose(b, out, estep.uniform, rng)?,
+        ))
+    };
+    let out = net.forward_tensors(
+        b,
+        params,
+        &rep.x,
+        &rep.target,
+        &mut route,
+        false,
+        false,
+        ctx,
+    )?;
+    let task = b.download(&out.task_nll)?;
+    let logp = b.download(&out.ctrl_logp)?;
+    let scores = task
+        .iter()
+        .zip(&logp)
+        .map(|(&t, &l)| -(t as f64) + l as f64)
+        .collect();
+    Ok(Candidates {
+        samples,
+        scores,
+        selections: out.selections,
+    })
+}
+
+/// Implements [`crate::Model`] for a [`FeedForward`] network type (one with an inherent
+/// `layer_shapes`) over the backends of `bound`, by [`forward`], [`backward`] and
+/// [`score_candidates`].
+macro_rules! feed_forward_model {
+    ($net:ty, $bound:path) => {
+        impl<B: $bound> $crate::model::Model<B> for $net {
+            type Input = $crate::models::feedforward::MlpInput<B>;
+            type Cache = $crate::models::feedforward::FfCache<
+                <$net as $crate::models::feedforward::FeedForward<B>>::Cache,
+            >;
+
+            fn table_shapes(&self) -> Vec<(usize, usize)> {
+                self.layer_shapes()
+            }
+
+            fn forward(
+                &self,
+                b: &B,
+                params: &modula_nn::ParamStore<B>,
+                input: &Self::Input,
+                routes: $crate::model::Routes<'_, '_, B>,
+                stats: bool,
+                ctx: &mut modula_nn::Ctx,
+            ) -> Result<$crate::model::Forward<B, Self::Cache>, modula_tensor::BackendError> {
+                $crate::models::feedforward::forward(self, b, params, input, routes, stats, ctx)
+            }
+
+            fn backward(
+                &self,
+                b: &B,
+                params: &modula_nn::ParamStore<B>,
+                cache: Self::Cache,
+                d_nll: f32,
+                d_logp: &[f32],
+                grads: &mut modula_nn::Grads<B>,
+            ) -> Result<(), modula_tensor::BackendError> {
+                $crate::models::feedforward::backward(self, b, params, cache, d_nll, d_logp, grads)
+            }
+
+            fn score_candidates(
+                &self,
+                b: &B,
+                params: &modula_nn::ParamStore<B>,
+                input: &Self::Input,
+                stored: &[modula_modular::Selection],
+                estep: &$crate::config::EStepSettings,
+                rng: &mut rand_chacha::ChaCha8Rng,
+                ctx: &mut modula_nn::Ctx,
+            ) -> Result<$crate::model::Candidates, modula_tensor::BackendError> {
+                $crate::models::feedforward::score_candidates(
+                    self, b, params, input, stored, estep, rng, ctx,
+                )
+            }
+        }
+    };
+}
+pub(crate) use feed_forward_model;

@@ -1,0 +1,273 @@
+//! The image networks: the modular convolutional network's and the ReLU network's backward
+//! passes against finite differences (routing, gates, pooling and L1 penalties included),
+//! the ReLU network's sparse products against its dense ones, and the parameter counts the
+//! memory estimate uses against the built networks.
+
+use modula_cpu::Cpu;
+use modula_em::models::{
+    ConvNet, ConvPlan, FeedForward, ImageModel, ImageModelConfig, ImageNet, ReluMlp,
+};
+use modula_em::{Algo, DenseMatch, Target};
+use modula_modular::{ControllerOutput, Selection};
+use modula_nn::gradcheck::{GradCheck, check};
+use modula_nn::{Ctx, Dispatch, Grads, ParamStore};
+use modula_tensor::{Backend, BackendError};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn values(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+/// A smaller step than the default, so that a difference rarely crosses a ReLU's kink, a
+/// pooling window's maximum, a top-k selection or an L1 penalty's kink at zero. Where one
+/// does, the finite difference measures a jump in the slope, not the slope, so the tests use
+/// fixed seeds (rather than proptest) whose cases sit on none; seeds 2 and 7 of the
+/// convolutional network and 1 and 3 of the ReLU network are such cases (a ReLU unit and a
+/// weight within the step of zero).
+const STEP: GradCheck = GradCheck {
+    eps: 1e-3,
+    abs: 2e-3,
+    rel: 2e-2,
+};
+
+#[test]
+fn conv_net_backward_matches_finite_differences() {
+    // Objective: sum_i w_i nll_i + v_i log p(a_i | x_i) over stored random routes (a
+    // controller), or through top-k's gate weights (noise fixed by the seed; the importance
+    // loss, whose gradient `gates.rs` checks, weighs 0 here).
+    for (seed, topk) in [0, 1, 3, 4, 5, 6]
+        .into_iter()
+        .flat_map(|s| [(s, false), (s, true)])
+    {
+        let b = Cpu::with_threads(1);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (n, classes, m) = (3, 3, 3);
+        let k = if topk { 2 } else { 1 };
+        let plan = ConvPlan::new([5, 5, 2], &[2, 3], 3, (m, k), classes, topk);
+        let mut params = ParamStore::new();
+        let net = ConvNet::new(&b, &mut params, &plan, 0.0, &mut rng);
+        let labels: Vec<u32> = (0..n)
+            .map(|_| rng.random_range(0..classes as u32))
+            .collect();
+        let target = Target::Classes(labels);
+        let routes: Vec<Selection> = (0..2)
+            .map(|_| {
+                Selection::new(
+                    k,
+                    (0..n * k).map(|_| rng.random_range(0..m as u32)).collect(),
+                )
+            })
+            .collect();
+        let (w, v) = (values(&mut rng, n), values(&mut rng, n));
+        let x = b.upload([n, 50], &values(&mut rng, n * 50));
+        let forward = |b: &Cpu, p: &ParamStore<Cpu>| {
+            let mut route =
+                |l: usize, _: &ControllerOutput<Cpu>| Ok::<_, BackendError>(routes[l].clone());
+            let mut ctx = Ctx::train(seed + 50);
+            net.forward_tensors(b, p, &x, &target, &mut route, false, false, &mut ctx)
+                .unwrap()
+        };
+        let result = check(
+            &b,
+            &mut params,
+            &mut [],
+            &STEP,
+            |b, p, _| {
+                let out = forward(b, p);
+                let nll = b.download(&out.task_nll).unwrap();
+                let logp = b.download(&out.ctrl_logp).unwrap();
+                (0..n)
+                    .map(|i| w[i] as f64 * nll[i] as f64 + v[i] as f64 * logp[i] as f64)
+                    .sum()
+            },
+            |b, p, _| {
+                let out = forward(b, p);
+                let mut g = Grads::new();
+                let (dw, dv) = (b.upload([n, 1], &w), b.upload([n, 1], &v));
+                net.backward_tensors(b, p, out.cache, &dw, &dv, &mut g)
+                    .unwrap();
+                (g, Vec::new())
+            },
+        );
+        assert!(result.is_ok(), "seed {seed}, top-k {topk}: {result:?}");
+    }
+}
+
+/// Each row's L1 penalty computed from the hidden activations and the weights, the slow way.
+fn row_penalties(
+    net: &ReluMlp,
+    b: &Cpu,
+    p: &ParamStore<Cpu>,
+    hidden: &[<Cpu as Backend>::Tensor],
+    n: usize,
+) -> Vec<f64> {
+    let weights: f64 = std::iter::once(net.first.weight)
+        .chain(net.layers.iter().map(|l| l.weight))
+        .flat_map(|id| b.download(p.get(id)).unwrap())
+        .map(|w| (w as f64).abs())
+        .sum::<f64>()
+        * net.l1_weights as f64;
+    (0..n)
+        .map(|i| {
+            let activations: f64 = hidden
+                .iter()
+                .map(|h| {
+                    let h = b.download(h).unwrap();
+                    let width = h.len() / n;
+                    h[i * width..(i + 1) * width]
+                        .iter()
+                        .map(|&a| (a as f64).abs())
+                        .sum::<f64>()
+                })
+                .sum();
+            activations * net.l1_activations as f64 + weights
+        })
+        .collect()
+}
+
+#[test]
+fn relu_network_backward_matches_finite_differences_on_both_paths() {
+    // Objective: sum_i w_i (nll_i + penalty_i), the penalty recomputed the slow way from the
+    // hidden activations and the weights; the sparse and the dense products must agree.
+    for (seed, dispatch) in [0, 2, 4, 5, 6, 7]
+        .into_iter()
+        .flat_map(|s| [(s, Dispatch::Sparse), (s, Dispatch::Dense)])
+    {
+        let b = Cpu::with_threads(1);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (n, d_in, classes) = (4, 6, 3);
+        let mut params = ParamStore::new();
+        let net = ReluMlp::new(
+            &b,
+            &mut params,
+            d_in,
+            &[5, 4],
+            classes,
+            dispatch,
+            (0.05, 0.01),
+            &mut rng,
+        );
+        let target = Target::Classes((0..n).map(|_| rng.random_range(0..3)).collect());
+        let w = values(&mut rng, n);
+        let x = b.upload([n, d_in], &values(&mut rng, n * d_in));
+        let no_route = |_: usize, _: &ControllerOutput<Cpu>| -> Result<Selection, BackendError> {
+            unreachable!("the ReLU network has no modular layer")
+        };
+        let result = check(
+            &b,
+            &mut params,
+            &mut [],
+            &STEP,
+            |b, p, _| {
+                let out = net
+                    .forward_tensors(
+                        b,
+                        p,
+                        &x,
+                        &target,
+                        &mut { no_route },
+                        false,
+                        true,
+                        &mut Ctx::eval(),
+                    )
+                    .unwrap();
+                let nll = b.download(&out.task_nll).unwrap();
+                let pen = row_penalties(&net, b, p, &out.hidden, n);
+                let mean = pen.iter().sum::<f64>() / n as f64;
+                assert!(
+                    (out.penalty - mean).abs() < 1e-4 * mean.max(1.0),
+                    "{} vs {mean}",
+                    out.penalty
+                );
+                (0..n).map(|i| w[i] as f64 * (nll[i] as f64 + pen[i])).sum()
+            },
+            |b, p, _| {
+                let out = net
+                    .forward_tensors(
+                        b,
+                        p,
+                        &x,
+                        &target,
+                        &mut { no_route },
+                        false,
+                        false,
+                        &mut Ctx::eval(),
+                    )
+                    .unwrap();
+                let mut g = Grads::new();
+                let dw = b.upload([n, 1], &w);
+                net.backward_tensors(b, p, out.cache, &dw, &b.zeros([n, 1]), &mut g)
+                    .unwrap();
+                (g, Vec::new())
+            },
+        );
+        assert!(result.is_ok(), "seed {seed}, {dispatch:?}: {result:?}");
+        let (sparse, all) = net.take_path_counts();
+        assert_eq!(
+            all > 0 && sparse == all,
+            dispatch == Dispatch::Sparse,
+            "{sparse} of {all}"
+        );
+    }
+}
+
+#[test]
+fn parameter_counts_match_the_built_networks_and_the_params_match() {
+    let b = Cpu::with_threads(1);
+    let input = [12, 10, 3];
+    for kind in [ImageNet::Conv, ImageNet::Mlp] {
+        let cfg = ImageModelConfig {
+            kind,
+            channels: vec![4, 6, 5],
+            hidden: vec![7, 9],
+            ..ImageModelConfig::default()
+        };
+        for algo in Algo::ALL {
+            if kind == ImageNet::Mlp && algo != Algo::Dense {
+                assert!(cfg.validate(algo).is_err(), "{algo:?} cannot train the MLP");
+                continue;
+            }
+            for dense_match in [DenseMatch::Compute, DenseMatch::Params] {
+                let mut params = ParamStore::new();
+                let mut rng = ChaCha8Rng::seed_from_u64(0);
+                ImageModel::new(
+                    &b,
+                    &mut params,
+                    input,
+                    4,
+                    &cfg,
+                    algo,
+                    dense_match,
+                    0.1,
+                    &mut rng,
+                );
+                assert_eq!(
+                    params.num_scalars(&b),
+                    cfg.parameters(input, 4, algo, dense_match),
+                    "{kind:?} {algo:?} {dense_match:?}"
+                );
+            }
+        }
+    }
+    // The parameter-matched dense network is within a few percent of the modular one, and
+    // the compute-matched one evaluates the same convolutions as one module.
+    let cfg = ImageModelConfig::default();
+    let count = |algo, m| cfg.parameters([28, 28, 1], 10, algo, m);
+    let (modular, dense) = (
+        count(Algo::Em, DenseMatch::Compute),
+        count(Algo::Dense, DenseMatch::Params),
+    );
+    assert!(
+        (dense as f64 / modular as f64 - 1.0).abs() < 0.05,
+        "{dense} vs {modular}"
+    );
+    let flops = |algo| {
+        cfg.conv_plan([28, 28, 1], 10, algo, DenseMatch::Compute)
+            .flops_per_image()
+    };
+    assert!(
+        flops(Algo::Dense) < flops(Algo::Em),
+        "the modular net adds its controllers"
+    );
+}
