@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use modula_run::dir::read_run_config;
 use modula_run::inspect::InspectOptions;
 use modula_run::{DeviceInfo, RunConfig, RunError};
-use modula_tensor::Backend;
+use modula_sparse::SparseBackend;
 
 use crate::backend::{OnBackend, on_backend};
 
@@ -70,7 +70,7 @@ struct Inspect {
 }
 
 impl OnBackend for Inspect {
-    fn run<B: Backend>(self, backend: B, device: DeviceInfo) -> Result<(), RunError> {
+    fn run<B: SparseBackend>(self, backend: B, device: DeviceInfo) -> Result<(), RunError> {
         modula_run::inspect::inspect(backend, device, &self.cfg, &self.run, &self.options)
     }
 }

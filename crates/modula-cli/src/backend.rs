@@ -3,7 +3,7 @@
 
 use modula_cpu::Cpu;
 use modula_run::{BackendKind, DeviceInfo, RunError, run_error};
-use modula_tensor::Backend;
+use modula_sparse::SparseBackend;
 use modula_wgpu::Wgpu;
 
 /// The backend, as spelled on the command line.
@@ -47,7 +47,7 @@ pub trait OnBackend {
     ///
     /// # Errors
     /// The command's own errors.
-    fn run<B: Backend>(self, backend: B, device: DeviceInfo) -> Result<(), RunError>;
+    fn run<B: SparseBackend>(self, backend: B, device: DeviceInfo) -> Result<(), RunError>;
 }
 
 /// Opens the backend `kind` names (the CPU with `threads` threads, or the best wgpu adapter)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use modula_run::dir::read_run_config;
 use modula_run::{DeviceInfo, RunConfig, RunError};
-use modula_tensor::Backend;
+use modula_sparse::SparseBackend;
 
 use crate::backend::{BackendArg, OnBackend, on_backend, threads_arg};
 
@@ -55,7 +55,7 @@ struct Job {
 }
 
 impl OnBackend for Job {
-    fn run<B: Backend>(self, backend: B, device: DeviceInfo) -> Result<(), RunError> {
+    fn run<B: SparseBackend>(self, backend: B, device: DeviceInfo) -> Result<(), RunError> {
         let eval = modula_run::evaluate(backend, device, &self.cfg, &self.args.run)?;
         let text = if self.args.json {
             serde_json::to_string_pretty(&eval).expect("the evaluation serialises")

@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use modula_em::{Algo, DenseMatch};
 use modula_run::dir::default_run_dir;
 use modula_run::{DeviceInfo, Overrides, RunConfig, RunError, Start};
-use modula_tensor::Backend;
+use modula_sparse::SparseBackend;
 
 use crate::backend::{BackendArg, OnBackend, on_backend, threads_arg};
 
@@ -124,7 +124,7 @@ pub fn run(args: TrainArgs) -> Result<(), RunError> {
 struct Job(Start);
 
 impl OnBackend for Job {
-    fn run<B: Backend>(self, backend: B, device: DeviceInfo) -> Result<(), RunError> {
+    fn run<B: SparseBackend>(self, backend: B, device: DeviceInfo) -> Result<(), RunError> {
         modula_run::train(backend, device, self.0)
     }
 }

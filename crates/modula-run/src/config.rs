@@ -5,9 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use modula_data::toy::ToyConfig;
-use modula_em::models::{LmModelConfig, MlpConfig};
+use modula_em::models::{ImageModelConfig, ImageNet, LmModelConfig, MlpConfig};
 use modula_em::{Algo, DenseMatch};
-use modula_tasks::{LmTrainConfig, TextConfig, ToyTrainConfig};
+use modula_tasks::{
+    IMAGE_TASKS, ImageTaskConfig, ImageTrainConfig, LmTrainConfig, TextConfig, ToyTrainConfig,
+};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{RunError, run_error};
@@ -85,7 +87,14 @@ impl Difference {
 }
 
 /// The task names `task_name` accepts.
-pub const TASKS: [&str; 3] = ["toy", "ptb", "text"];
+pub const TASKS: [&str; 6] = [
+    "toy",
+    "ptb",
+    "text",
+    "fashion-mnist",
+    "mnist-10k",
+    "cifar-10",
+];
 
 /// Everything that determines a toy run: defaults, then the `--config` file, then the flags.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -189,6 +198,74 @@ impl LmRun {
     }
 }
 
+/// Everything that determines an image-classification run (`fashion-mnist`, `mnist-10k` or
+/// `cifar-10`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageRun {
+    /// `"fashion-mnist"`, `"mnist-10k"` or `"cifar-10"`.
+    pub task_name: String,
+    /// Seeds the initialisation, the batches' shuffles and every random choice of training.
+    pub seed: u64,
+    /// The backend.
+    pub backend: BackendKind,
+    /// CPU backend threads; 0 in a file means all cores.
+    pub threads: usize,
+    /// Stop (with a checkpoint, resumable) after this many minutes of wall time; 0: no limit.
+    pub max_minutes: f64,
+    /// Where the data is and how much of it is used.
+    pub task: ImageTaskConfig,
+    /// The network.
+    pub model: ImageModelConfig,
+    /// The algorithm and its schedule.
+    pub train: ImageTrainConfig,
+}
+
+impl Default for ImageRun {
+    fn default() -> Self {
+        ImageRun {
+            task_name: "fashion-mnist".to_string(),
+            seed: 0,
+            backend: BackendKind::Cpu,
+            threads: 0,
+            max_minutes: 0.0,
+            task: ImageTaskConfig::default(),
+            model: ImageModelConfig::default(),
+            train: ImageTrainConfig::default(),
+        }
+    }
+}
+
+impl ImageRun {
+    /// A run name: task, network, and the algorithm with `(M, K)` or the dense match (the
+    /// ReLU network: its L1 strengths, when set).
+    pub fn name(&self) -> String {
+        let task = &self.task_name;
+        let m = &self.model;
+        match (m.kind, self.train.algo, self.train.dense_match) {
+            (ImageNet::Mlp, _, _) => {
+                let mut name = format!("{task}-mlp");
+                if m.l1_activations > 0.0 {
+                    name.push_str(&format!("-l1a{}", m.l1_activations));
+                }
+                if m.l1_weights > 0.0 {
+                    name.push_str(&format!("-l1w{}", m.l1_weights));
+                }
+                name
+            }
+            (ImageNet::Conv, Algo::Dense, DenseMatch::Compute) => {
+                format!("{task}-conv-dense-compute")
+            }
+            (ImageNet::Conv, Algo::Dense, DenseMatch::Params) => {
+                format!("{task}-conv-dense-params-m{}k{}", m.modules, m.k)
+            }
+            (ImageNet::Conv, algo, _) => {
+                format!("{task}-conv-{}-m{}k{}", algo.name(), m.modules, m.k)
+            }
+        }
+    }
+}
+
 /// The resolved configuration of any run.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RunConfig {
@@ -196,6 +273,8 @@ pub enum RunConfig {
     Toy(ToyRun),
     /// Language modelling on Penn Treebank or a text corpus.
     Lm(LmRun),
+    /// Image classification.
+    Image(ImageRun),
 }
 
 /// What every task's configuration has, whatever the task.
@@ -249,6 +328,10 @@ impl RunConfig {
                 task: (task == "text").then(TextConfig::default),
                 ..LmRun::default()
             })),
+            _ if IMAGE_TASKS.contains(&task) => Ok(RunConfig::Image(ImageRun {
+                task_name: task.to_string(),
+                ..ImageRun::default()
+            })),
             _ => Err(unknown_task(task)),
         }
     }
@@ -295,6 +378,9 @@ impl RunConfig {
                 }
                 Ok(RunConfig::Lm(run))
             }
+            _ if IMAGE_TASKS.contains(&task) => {
+                Ok(RunConfig::Image(toml::from_str(text).map_err(invalid)?))
+            }
             other => Err(run_error(format!(
                 "config {}: {}",
                 path.display(),
@@ -322,15 +408,24 @@ impl RunConfig {
                 max_minutes: c.max_minutes,
                 algo: c.train.algo,
             },
+            RunConfig::Image(c) => Common {
+                task_name: &c.task_name,
+                seed: c.seed,
+                backend: c.backend,
+                threads: c.threads,
+                max_minutes: c.max_minutes,
+                algo: c.train.algo,
+            },
         }
     }
 
     /// The run's name for default directories: the algorithm for toy runs, the task,
-    /// algorithm and modular shape for language models.
+    /// network, algorithm and modular shape for language models and image runs.
     pub fn name(&self) -> String {
         match self {
             RunConfig::Toy(c) => c.train.algo.name().to_string(),
             RunConfig::Lm(c) => c.name(),
+            RunConfig::Image(c) => c.name(),
         }
     }
 
@@ -383,6 +478,15 @@ impl RunConfig {
                     c.train.epochs = e as usize;
                 }
             }
+            RunConfig::Image(c) => {
+                common!(c);
+                if let Some(s) = o.steps {
+                    c.train.steps = s as usize;
+                }
+                if let Some(e) = o.epochs {
+                    c.train.epochs = e as usize;
+                }
+            }
         }
     }
 
@@ -393,6 +497,7 @@ impl RunConfig {
         let threads = match self {
             RunConfig::Toy(c) => &mut c.threads,
             RunConfig::Lm(c) => &mut c.threads,
+            RunConfig::Image(c) => &mut c.threads,
         };
         if *threads == 0 {
             *threads = cores;
@@ -474,6 +579,13 @@ impl RunConfig {
                     .and_then(|()| c.model.validate())
                     .and_then(|()| c.train.validate()),
             ),
+            RunConfig::Image(c) => (
+                c.model.modules,
+                c.task
+                    .validate()
+                    .and_then(|()| c.model.validate(c.train.algo))
+                    .and_then(|()| c.train.validate()),
+            ),
         };
         checked.map_err(|e| run_error(e.to_string()))?;
         if let RunConfig::Lm(c) = self {
@@ -509,6 +621,7 @@ impl RunConfig {
         match self {
             RunConfig::Toy(c) => toml::to_string(c),
             RunConfig::Lm(c) => toml::to_string(c),
+            RunConfig::Image(c) => toml::to_string(c),
         }
         .expect("the configuration serialises")
     }

@@ -9,6 +9,7 @@ mod error;
 pub mod fault;
 mod files;
 pub mod history;
+pub mod images;
 pub mod inspect;
 pub mod lm;
 mod lock;
@@ -22,26 +23,37 @@ pub mod toy;
 
 use std::path::Path;
 
-use modula_tensor::Backend;
+use modula_sparse::SparseBackend;
 use serde::Serialize;
 
-pub use config::{BackendKind, LmRun, Overrides, RunConfig, TASKS, ToyRun};
+pub use config::{BackendKind, ImageRun, LmRun, Overrides, RunConfig, TASKS, ToyRun};
 pub use dir::DeviceInfo;
 pub use error::{RunError, run_error};
 pub use lock::LOCK_FILE;
-pub use start::Start;
+pub use start::{RunData, Start};
 
 /// Trains the run `start` prepared ([`Start::fresh`] or [`Start::resume`]) on `backend`.
 ///
 /// # Errors
 /// A run error for unreadable data or checkpoint, a diverged loss or a failed write.
-pub fn train<B: Backend>(backend: B, device: DeviceInfo, mut start: Start) -> Result<(), RunError> {
+pub fn train<B: SparseBackend>(
+    backend: B,
+    device: DeviceInfo,
+    mut start: Start,
+) -> Result<(), RunError> {
     match start.cfg.clone() {
         RunConfig::Toy(run) => driver::train(toy::ToyJob::new(backend, device, &run), start),
+        RunConfig::Image(run) => {
+            let data = match start.data.take() {
+                Some(RunData::Images(data)) => data,
+                _ => images::load_data(&run)?,
+            };
+            driver::train(images::ImageJob::new(backend, device, &run, data), start)
+        }
         RunConfig::Lm(run) => {
             let mut job = match start.data.take() {
-                Some(data) => lm::LmJob::with_data(backend, device, &run, data),
-                None => lm::LmJob::new(backend, device, &run)?,
+                Some(RunData::Lm(data)) => lm::LmJob::with_data(backend, device, &run, data),
+                _ => lm::LmJob::new(backend, device, &run)?,
             };
             if start.checkpoint.is_none() {
                 job.upcycle()?;
@@ -76,6 +88,21 @@ pub struct Evaluation {
 pub enum Figures {
     /// A toy run's test figures.
     Toy(toy::Figures),
+    /// An image run's greedy figures on the whole training and test sets.
+    Image {
+        /// Training accuracy.
+        train_accuracy: f64,
+        /// Test accuracy.
+        test_accuracy: f64,
+        /// Mean test cross-entropy.
+        test_nll: f64,
+        /// `exp` of the entropy of the first modular layer's test usage.
+        effective_modules: Option<f64>,
+        /// Per hidden layer, the fraction of exact zeros on the test set.
+        zero_fraction: Vec<f64>,
+        /// Per hidden layer, the fraction of all-zero blocks of 32 activations per example.
+        block_zero_fraction: Vec<f64>,
+    },
     /// A language model's greedy validation and test perplexities.
     Lm {
         /// Validation perplexity.
@@ -107,6 +134,17 @@ impl Evaluation {
         );
         let figures = match &self.figures {
             Figures::Toy(f) => f.text(),
+            Figures::Image {
+                train_accuracy,
+                test_accuracy,
+                test_nll,
+                effective_modules,
+                zero_fraction,
+                block_zero_fraction,
+            } => format!(
+                "train accuracy {train_accuracy:.4}, test accuracy {test_accuracy:.4}, test NLL {test_nll:.4}{}\nzero fraction per hidden layer (test) {zero_fraction:.3?}, all-zero blocks of 32 {block_zero_fraction:.3?}",
+                effective_modules.map_or(String::new(), |e| format!(", {e:.2} effective modules")),
+            ),
             Figures::Lm {
                 valid_ppl,
                 test_ppl,
@@ -134,7 +172,7 @@ impl Evaluation {
 /// # Errors
 /// A run error when the checkpoint is missing, truncated or from another configuration, the
 /// data cannot be loaded, or the model would not fit in memory.
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: SparseBackend>(
     backend: B,
     device: DeviceInfo,
     cfg: &RunConfig,
@@ -149,6 +187,25 @@ pub fn evaluate<B: Backend>(
             let mut job = toy::ToyJob::new(backend, device.clone(), run);
             job.trainer.restore(&ck).map_err(restore)?;
             (job.trainer.step, Figures::Toy(job.figures()?))
+        }
+        RunConfig::Image(run) => {
+            memory::check(cfg, None)?;
+            let data = images::load_data(run)?;
+            let mut job = images::ImageJob::new(backend, device.clone(), run, data);
+            job.trainer.restore(&ck).map_err(restore)?;
+            let train = job.evaluate(modula_tasks::Split::Train(0))?;
+            let test = job.evaluate(modula_tasks::Split::Test)?;
+            let figures = Figures::Image {
+                train_accuracy: train.accuracy,
+                test_accuracy: test.accuracy,
+                test_nll: test.nll,
+                effective_modules: test
+                    .effective_modules
+                    .filter(|_| run.train.algo != modula_em::Algo::Dense),
+                zero_fraction: test.zero_fraction,
+                block_zero_fraction: test.block_zero_fraction,
+            };
+            (job.trainer.step, figures)
         }
         RunConfig::Lm(run) => {
             let mut job = lm::LmJob::new(backend, device.clone(), run)?;

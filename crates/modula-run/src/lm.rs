@@ -85,7 +85,7 @@ impl<B: Backend> LmJob<B> {
     pub fn run(&self) -> &LmRun {
         match &self.cfg {
             RunConfig::Lm(r) => r,
-            RunConfig::Toy(_) => unreachable!("a language-modelling job holds its configuration"),
+            _ => unreachable!("a language-modelling job holds its configuration"),
         }
     }
 

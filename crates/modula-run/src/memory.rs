@@ -30,9 +30,11 @@
 use std::path::Path;
 
 use modula_em::Algo;
-use modula_tasks::LmData;
+use modula_em::models::ImageNet;
+use modula_tasks::images::{EVAL_CHUNK, geometry};
+use modula_tasks::{ImageTaskConfig, LmData};
 
-use crate::config::{LmRun, RunConfig, ToyRun};
+use crate::config::{ImageRun, LmRun, RunConfig, ToyRun};
 use crate::error::{RunError, run_error};
 
 /// What the program itself occupies besides the run's own allocations: the binary's pages, the
@@ -102,6 +104,7 @@ fn bytes(count: f64, each: f64) -> u64 {
 pub fn estimate(cfg: &RunConfig, data: Option<&LmData>) -> Estimate {
     match cfg {
         RunConfig::Toy(run) => toy(run),
+        RunConfig::Image(run) => images(run),
         RunConfig::Lm(run) => lm(
             run,
             data.expect("a language model's estimate needs its data"),
@@ -144,6 +147,48 @@ fn toy(run: &ToyRun) -> Estimate {
     Estimate {
         parts,
         knobs: "task.train and task.test (data), model.modules, model.hidden and model.layers (parameters), train.batch_size and train.samples (activations)",
+    }
+}
+
+fn images(run: &ImageRun) -> Estimate {
+    let (t, m, tr) = (&run.task, &run.model, &run.train);
+    let f = |n: usize| n as f64;
+    let (input, classes) = geometry(&run.task_name).expect("a validated image task");
+    let (train, test) = t.sizes(&run.task_name).expect("a validated image task");
+    let (full_train, full_test) = ImageTaskConfig::default()
+        .sizes(&run.task_name)
+        .expect("a validated image task");
+    let pixels: usize = input.iter().product();
+    let p = f(m.parameters(input, classes, tr.algo, tr.dense_match));
+    let conv = m.kind == ImageNet::Conv;
+    let slots = if tr.algo == Algo::Em && conv {
+        f(m.k) * f(m.channels.len())
+    } else {
+        0.0
+    };
+    // The rows in flight: a gradient step's batch (forward and backward, about twice the
+    // forward's floats), an E-step's candidates (forward only) or an evaluation's chunk.
+    let per_row = f(m.floats_per_example(input, classes, tr.algo, tr.dense_match));
+    let e_rows = if tr.algo == Algo::Em {
+        f(tr.batch_size) * f(tr.samples)
+    } else {
+        0.0
+    };
+    let rows = (2.0 * f(tr.batch_size)).max(e_rows).max(f(EVAL_CHUNK));
+    let mut parts = common(p, f(train) * slots, bytes(rows, 4.0 * per_row));
+    // Loading holds a split's file and its decoded bytes before the run's subset is copied
+    // out; the run keeps its subsets' bytes, and the ReLU network's timing uploads its batches.
+    let loading = 2.0 * f(full_train + full_test) * f(pixels);
+    let kept = f(train + test) * f(pixels);
+    let timing = if conv {
+        0.0
+    } else {
+        4.0 * f(tr.timing_batches.min(train / tr.batch_size.max(1))) * f(tr.batch_size) * f(pixels)
+    };
+    parts.push(("data", bytes(loading + kept + timing, 1.0)));
+    Estimate {
+        parts,
+        knobs: "model.channels, model.modules and model.hidden (parameters and activations), train.batch_size and train.samples (activations), task.train_fraction and task.train_examples (the table)",
     }
 }
 

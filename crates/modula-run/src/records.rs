@@ -1,8 +1,9 @@
 //! The files a run writes, as types: the lines of `metrics.jsonl` and `summary.json` of toy
-//! runs ([`MetricRecord`], [`Summary`], [`Figures`]) and of language-modelling runs
-//! ([`LmRecord`], [`LmSummary`]), read back by plots, reports and introspection.
+//! runs ([`MetricRecord`], [`Summary`], [`Figures`]), of language-modelling runs
+//! ([`LmRecord`], [`LmSummary`]) and of image runs ([`ImageRecord`], [`ImageSummary`]), read
+//! back by plots, reports and introspection.
 
-use modula_tasks::ToyEval;
+use modula_tasks::{DispatchTiming, ToyEval};
 use serde::{Deserialize, Serialize};
 
 use crate::dir::DeviceInfo;
@@ -233,6 +234,149 @@ pub struct LmSummary {
     /// Share of the training positions any E-step has visited (EM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coverage: Option<f64>,
+    /// The run's seed.
+    pub seed: u64,
+    /// CPU threads.
+    pub threads: usize,
+    /// The backend.
+    #[serde(flatten)]
+    pub device: DeviceInfo,
+}
+
+/// One line of `metrics.jsonl` of an image run: the training statistics of a logging interval
+/// and, at evaluation points, the greedy figures on both splits.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// Iterations completed.
+    pub step: u64,
+    /// Epochs completed plus the fraction of the current one.
+    pub epoch: f64,
+    /// Mean training cross-entropy over the interval's gradient steps (nats).
+    pub train_loss: Option<f64>,
+    /// Mean controller NLL `-log p(a | x)` over the interval's gradient steps.
+    pub ctrl_nll: Option<f64>,
+    /// `exp` of the mean controller entropy over the interval.
+    pub controller_perplexity: Option<f64>,
+    /// Per modular layer, how many training examples each module served during the interval.
+    pub usage: Vec<Vec<u64>>,
+    /// Fraction of `a*` changed by the latest E-step (EM).
+    pub changed: Option<f64>,
+    /// Training examples per second over the interval (E-steps included in the time).
+    pub examples_per_s: f64,
+    /// Seconds of training iterations in the interval.
+    pub seconds: f64,
+    /// ReLU network: the interval's layer passes that took the sparse products, and all of
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse_passes: Option<[u64; 2]>,
+    /// The evaluations, at evaluation points.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalPoint>,
+}
+
+/// What an image run's periodic evaluation measures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalPoint {
+    /// Accuracy on the fixed training subset `train.eval_train_examples`.
+    pub train_accuracy: f64,
+    /// Mean cross-entropy on it.
+    pub train_nll: f64,
+    /// Test accuracy.
+    pub test_accuracy: f64,
+    /// Mean test cross-entropy.
+    pub test_nll: f64,
+    /// `exp` of the entropy of the first modular layer's greedy test usage.
+    pub effective_modules: Option<f64>,
+    /// Per hidden layer, the fraction of exact zeros on the test set.
+    pub zero_fraction: Vec<f64>,
+    /// Per hidden layer, the fraction of all-zero blocks of 32 activations per example.
+    pub block_zero_fraction: Vec<f64>,
+}
+
+/// `summary.json` of an image run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImageSummary {
+    /// `"fashion-mnist"`, `"mnist-10k"` or `"cifar-10"`.
+    pub task: String,
+    /// The network: `"conv"` or `"mlp"`.
+    pub model: String,
+    /// The algorithm.
+    pub algo: String,
+    /// What a dense run is matched to (`"compute"` or `"params"`; absent for other runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense_match: Option<String>,
+    /// The run's name.
+    pub name: String,
+    /// Modules per layer (absent for dense and the ReLU network).
+    pub modules: Option<usize>,
+    /// Modules evaluated per image and layer.
+    pub k: Option<usize>,
+    /// The convolution layers' output channels (the conv net; widened for a
+    /// parameter-matched dense baseline).
+    pub channels: Option<Vec<usize>>,
+    /// The hidden widths (the ReLU network).
+    pub hidden: Option<Vec<usize>>,
+    /// L1 strength on the hidden activations.
+    pub l1_activations: f32,
+    /// L1 strength on the weights.
+    pub l1_weights: f32,
+    /// Whether the ReLU network's products could take the sparse path.
+    pub sparse_dispatch: Option<bool>,
+    /// Whether every configured epoch (or step) was trained.
+    pub finished: bool,
+    /// Epochs completed (with the fraction of the current one).
+    pub epochs: f64,
+    /// Iterations trained.
+    pub steps: u64,
+    /// Training examples in the run's training set.
+    pub train_examples: usize,
+    /// Test examples.
+    pub test_examples: usize,
+    /// Seconds spent in training iterations (E-steps included, evaluations excluded).
+    pub train_seconds: f64,
+    /// Seconds of each whole epoch trained, from the records.
+    pub epoch_seconds: Vec<f64>,
+    /// Trained images per second of training iterations (E-steps included).
+    pub images_per_s: f64,
+    /// Trainable scalars.
+    pub parameters: usize,
+    /// FLOPs of one image's forward pass (2 per multiply-add; every product counted dense).
+    pub flops_per_image: u64,
+    /// EM's E-step schedule: candidates per example, and the period (an E-step replaces every
+    /// `e_every`-th iteration).
+    pub e_step: Option<[usize; 2]>,
+    /// FLOPs one trained image costs under the schedule: 3 forward passes, plus under EM
+    /// `samples / (e_every - 1)` more for the E-steps.
+    pub flops_per_trained_image: Option<f64>,
+    /// Accuracy on the whole training set (greedy routes).
+    pub train_accuracy: f64,
+    /// Mean cross-entropy on it.
+    pub train_nll: f64,
+    /// Test accuracy.
+    pub test_accuracy: f64,
+    /// Mean test cross-entropy.
+    pub test_nll: f64,
+    /// `train_accuracy - test_accuracy`.
+    pub gap: f64,
+    /// `exp` of the entropy of the first modular layer's greedy test usage.
+    pub effective_modules: Option<f64>,
+    /// Per modular layer, how many test images each module served.
+    pub test_usage: Vec<Vec<u64>>,
+    /// The first modular layer's test usage per class (rows: classes, columns: modules).
+    pub class_usage: Vec<Vec<u64>>,
+    /// Class names, in label order.
+    pub class_names: Vec<String>,
+    /// Per hidden layer, the fraction of exact zeros on the test set.
+    pub zero_fraction: Vec<f64>,
+    /// Per hidden layer, the fraction of all-zero blocks of 32 activations per example.
+    pub block_zero_fraction: Vec<f64>,
+    /// ReLU network: the share of the training's layer passes that took the sparse products.
+    pub sparse_share: Option<f64>,
+    /// ReLU network: training and inference time per epoch with the sparse dispatch on and off.
+    pub timing: Option<DispatchTiming>,
+    /// ReLU network: the share of the products' multiply-adds an ideal sparse implementation
+    /// saves at the measured test density.
+    pub ideal_saving: Option<f64>,
     /// The run's seed.
     pub seed: u64,
     /// CPU threads.

@@ -7,12 +7,21 @@
 use std::path::Path;
 
 use modula_nn::Checkpoint;
-use modula_tasks::LmData;
+use modula_tasks::{ImageData, LmData};
 
 use crate::config::{Difference, Overrides, RunConfig};
 use crate::dir::{self, CHECKPOINT_FILE, DirState, META_CONFIG, RunDir};
 use crate::error::{RunError, run_error};
-use crate::{console, lm, memory};
+use crate::{console, images, lm, memory};
+
+/// The data a run loads before it starts.
+#[derive(Debug)]
+pub enum RunData {
+    /// A language model's corpus.
+    Lm(LmData),
+    /// An image run's training and test sets.
+    Images(ImageData),
+}
 
 /// A run ready to train.
 #[derive(Debug)]
@@ -26,8 +35,9 @@ pub struct Start {
     /// Changes to training-defining fields that the resume accepted, to record in
     /// `changes.jsonl`.
     pub changes: Vec<Difference>,
-    /// A language model's corpus, loaded for the memory estimate and kept for the run.
-    pub data: Option<LmData>,
+    /// A language model's corpus or an image run's images, loaded before the run starts (a
+    /// corpus sets the model's size for the memory estimate) and kept for the run.
+    pub data: Option<RunData>,
     /// The memory estimate the run was checked against.
     pub memory: memory::Estimate,
 }
@@ -147,12 +157,17 @@ pub fn fit_threads(cfg: &mut RunConfig) -> Result<(), RunError> {
 
 /// Loads a language model's corpus and checks the run's memory estimate against what this
 /// process may use.
-fn prepare(cfg: &RunConfig) -> Result<(Option<LmData>, memory::Estimate), RunError> {
+fn prepare(cfg: &RunConfig) -> Result<(Option<RunData>, memory::Estimate), RunError> {
     let data = match cfg {
-        RunConfig::Lm(run) => Some(lm::load_data(run)?),
+        RunConfig::Lm(run) => Some(RunData::Lm(lm::load_data(run)?)),
+        RunConfig::Image(run) => Some(RunData::Images(images::load_data(run)?)),
         RunConfig::Toy(_) => None,
     };
-    let estimate = memory::check(cfg, data.as_ref())?;
+    let corpus = match &data {
+        Some(RunData::Lm(d)) => Some(d),
+        _ => None,
+    };
+    let estimate = memory::check(cfg, corpus)?;
     Ok((data, estimate))
 }
 

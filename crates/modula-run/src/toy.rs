@@ -38,7 +38,7 @@ impl<B: Backend> ToyJob<B> {
     fn run(&self) -> &ToyRun {
         match &self.cfg {
             RunConfig::Toy(r) => r,
-            RunConfig::Lm(_) => unreachable!("a toy job holds a toy configuration"),
+            _ => unreachable!("a toy job holds a toy configuration"),
         }
     }
 

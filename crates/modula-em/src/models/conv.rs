@@ -34,6 +34,8 @@ pub struct ConvNet {
     pub classifier: Linear,
     /// Weight of the noisy top-k importance loss.
     pub importance_weight: f32,
+    /// The geometry it was built from.
+    pub plan: ConvPlan,
 }
 
 /// The geometry of a [`ConvNet`] before it is built: its modules and slots per layer, each
@@ -241,6 +243,7 @@ impl ConvNet {
             layers,
             classifier,
             importance_weight,
+            plan: plan.clone(),
         }
     }
 

@@ -282,6 +282,15 @@ impl ImageModel {
         }
     }
 
+    /// Floating-point operations of one image's forward pass (2 per multiply-add of the
+    /// products, every product counted dense).
+    pub fn flops_per_image(&self) -> u64 {
+        match self {
+            ImageModel::Conv(n) => n.plan.flops_per_image(),
+            ImageModel::Mlp(n) => n.flops_per_example(),
+        }
+    }
+
     /// `(M, K)` of each modular layer, in forward order (none for the ReLU network).
     pub fn layer_shapes(&self) -> Vec<(usize, usize)> {
         match self {

@@ -122,7 +122,10 @@ pub fn heatmap(dir: &Path, heat: &Heat) -> Result<Vec<String>, String> {
     Ok(written)
 }
 
-fn draw_heat<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, heat: &Heat) -> Result<(), String> {
+pub(crate) fn draw_heat<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    heat: &Heat,
+) -> Result<(), String> {
     root.fill(&WHITE).map_err(err)?;
     let (nr, nc) = (heat.rows.len(), heat.cols.len());
     let mut chart = ChartBuilder::on(root)

@@ -1,7 +1,9 @@
 //! PNG and SVG plots drawn with plotters and an embedded font (so no system font is needed):
-//! a toy run's loss, module and usage plots ([`toy`]), and the language-modelling report's
-//! curves and introspection figures ([`lm`]).
+//! a toy run's loss, module and usage plots ([`toy`]), the language-modelling report's
+//! curves and introspection figures ([`lm`]), and the image runs' and report's accuracy
+//! curves, class-by-module heat map and sparsity figure ([`images`]).
 
+pub mod images;
 pub mod lm;
 pub mod toy;
 
