@@ -78,10 +78,12 @@ impl OnBackend for Inspect {
 /// Arguments of `modula report`.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Language-modelling run directories with a `summary.json`.
+    /// Run directories with a `summary.json`: language-modelling runs, or image runs
+    /// (fashion-mnist, mnist-10k, cifar-10), one kind at a time.
     #[arg(required = true, value_name = "RUN")]
     pub runs: Vec<PathBuf>,
-    /// Where to write report.md and curves.png/svg.
+    /// Where to write report.md and the figures (language models: curves.png/svg; image runs:
+    /// accuracy, class_modules and sparsity as PNG and SVG).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Also write every run's figures as JSON to FILE (for example a results.json beside an

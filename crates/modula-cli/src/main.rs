@@ -31,13 +31,14 @@ enum Command {
     #[command(subcommand)]
     Data(data::DataCommand),
     /// Train a modular network (EM or a baseline) into a run directory: the toy task,
-    /// Penn Treebank (`task_name = "ptb"`) or any text corpus (`task_name = "text"`).
+    /// Penn Treebank (`task_name = "ptb"`), any text corpus (`task_name = "text"`) or image
+    /// classification (`fashion-mnist`, `mnist-10k`, `cifar-10`).
     Train(train::TrainArgs),
     /// Re-evaluate a run's checkpoint greedily on its held-out splits.
     Eval(eval::EvalArgs),
     /// Show what each module of a language-modelling run specialises in.
     Inspect(analyse::InspectArgs),
-    /// Tabulate language-modelling runs and draw their validation curves together.
+    /// Tabulate language-modelling runs or image runs and draw their curves together.
     Report(analyse::ReportArgs),
 }
 

@@ -24,13 +24,14 @@ pub enum DenseMatchArg {
 /// defaults.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// A TOML file whose `task_name` ("toy", "ptb" or "text") picks the task, with top-level
+    /// A TOML file whose `task_name` ("toy", "ptb", "text", "fashion-mnist", "mnist-10k" or
+    /// "cifar-10") picks the task, with top-level
     /// `seed`, `backend`, `threads`, `max_minutes` and sections `[task]`, `[model]`,
     /// `[train]` (see docs/cli.md); unknown keys are rejected.
     #[arg(long, value_name = "FILE", conflicts_with = "resume")]
     pub config: Option<PathBuf>,
     /// The task, when no `--config` names one [default: toy].
-    #[arg(long, value_parser = ["toy", "ptb", "text"], conflicts_with_all = ["resume", "config"])]
+    #[arg(long, value_parser = modula_run::TASKS, conflicts_with_all = ["resume", "config"])]
     pub task: Option<String>,
     /// Training algorithm: em, reinforce, topk, dense or uniform (see docs/em.md)
     /// [default: em].
@@ -40,7 +41,8 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     pub seed: Option<u64>,
     /// Iterations to train in total (toy: steps, E-steps and M-steps together, 20000 by
-    /// default; language models: windows). With `--resume`, the count to continue to.
+    /// default; language models: windows; image tasks: mini-batches, E-steps included). With
+    /// `--resume`, the count to continue to.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub steps: Option<u64>,
     /// Passes over the training split (toy: converted to steps). With `--resume`, the count to

@@ -1,11 +1,29 @@
 //! The generated toy decomposition data set: inputs from a linear partition into regimes, each
 //! regime with its own linear map. A modular network must find the regimes without being told
-//! them. The training task built on it is `modula_tasks::toy`.
+//! them. A variant with a smooth non-linear target ([`ToyTarget::Smooth`]) has no
+//! decomposition to find, to measure what forcing one costs. The training task built on it is
+//! `modula_tasks::toy`.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
+
+/// What the toy task's target is a function of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToyTarget {
+    /// A separate linear map per regime of a linear partition of `x` (a true decomposition).
+    #[default]
+    Regimes,
+    /// A smooth non-linear function of the whole input, the same everywhere:
+    /// `y = sum_j a_j sin(v_j . x + c_j)` over [`SMOOTH_WAVES`] random waves, so that no
+    /// partition of the input makes it piecewise linear (every example is in regime 0).
+    Smooth,
+}
+
+/// Sine waves summed by the smooth target ([`ToyTarget::Smooth`]).
+pub const SMOOTH_WAVES: usize = 4;
 
 /// Parameters of the generated task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -21,6 +39,9 @@ pub struct ToyConfig {
     pub train: usize,
     /// Test examples.
     pub test: usize,
+    /// The target: per-regime linear maps, or a smooth function without regimes (which
+    /// ignores `regimes`).
+    pub target: ToyTarget,
 }
 
 impl Default for ToyConfig {
@@ -31,6 +52,7 @@ impl Default for ToyConfig {
             noise: 0.1,
             train: 8192,
             test: 2048,
+            target: ToyTarget::Regimes,
         }
     }
 }
@@ -103,19 +125,44 @@ fn normal(rng: &mut ChaCha8Rng) -> f32 {
 impl ToyData {
     /// Generates the task from `seed`: regime directions `u_r`, per-regime weights `w_r` and
     /// biases `b_r`; `x ~ N(0, I)`, `regime(x) = argmax_r u_r . x`,
-    /// `y = w_r . x + b_r + noise * N(0, 1)`.
+    /// `y = w_r . x + b_r + noise * N(0, 1)`. The smooth target instead draws, after those,
+    /// wave directions `v_j ~ N(0, I / dim)`, amplitudes `a_j ~ N(0, 1)` and phases `c_j`
+    /// uniform in `[0, 2 pi)`, and puts every example in regime 0.
     pub fn generate(cfg: &ToyConfig, seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let d = cfg.dim;
         let dirs: Vec<f32> = (0..cfg.regimes * d).map(|_| normal(&mut rng)).collect();
         let weights: Vec<f32> = (0..cfg.regimes * d).map(|_| normal(&mut rng)).collect();
         let biases: Vec<f32> = (0..cfg.regimes).map(|_| normal(&mut rng)).collect();
+        // Drawn after the regimes' parameters, so that the regime target's data stays what
+        // it was before the smooth target existed.
+        let smooth = (cfg.target == ToyTarget::Smooth).then(|| {
+            let scale = 1.0 / (d as f32).sqrt();
+            let waves: Vec<f32> = (0..SMOOTH_WAVES * d)
+                .map(|_| scale * normal(&mut rng))
+                .collect();
+            let amplitudes: Vec<f32> = (0..SMOOTH_WAVES).map(|_| normal(&mut rng)).collect();
+            let phases: Vec<f32> = (0..SMOOTH_WAVES)
+                .map(|_| rng.random_range(0.0..std::f32::consts::TAU))
+                .collect();
+            (waves, amplitudes, phases)
+        });
         let split = |n: usize, rng: &mut ChaCha8Rng| {
             let x: Vec<f32> = (0..n * d).map(|_| normal(rng)).collect();
             let mut y = Vec::with_capacity(n);
             let mut regime = Vec::with_capacity(n);
             for row in x.chunks(d) {
                 let dot = |v: &[f32]| v.iter().zip(row).map(|(a, b)| a * b).sum::<f32>();
+                if let Some((waves, amplitudes, phases)) = &smooth {
+                    let value: f32 = (0..SMOOTH_WAVES)
+                        .map(|j| {
+                            amplitudes[j] * (dot(&waves[j * d..(j + 1) * d]) + phases[j]).sin()
+                        })
+                        .sum();
+                    y.push(value + cfg.noise * normal(rng));
+                    regime.push(0);
+                    continue;
+                }
                 let r = (0..cfg.regimes)
                     .max_by(|&a, &c| {
                         dot(&dirs[a * d..(a + 1) * d]).total_cmp(&dot(&dirs[c * d..(c + 1) * d]))
@@ -232,4 +279,57 @@ pub fn permutation(n: usize, rng: &mut impl Rng) -> Vec<u32> {
         p.swap(i, rng.random_range(0..=i));
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_regime_is_one_linear_map() {
+        let cfg = ToyConfig {
+            regimes: 1,
+            ..ToyConfig::default()
+        };
+        let data = ToyData::generate(&cfg, 3);
+        assert!(data.train.regime.iter().all(|&r| r == 0));
+        // The best linear map leaves only the noise (variance 0.01), up to the fit's error.
+        let mse = data.linear_baseline_mse();
+        assert!(mse < 0.012, "linear MSE {mse} on a single linear regime");
+    }
+
+    #[test]
+    fn smooth_target_has_no_regimes_and_no_linear_fit() {
+        let cfg = ToyConfig {
+            target: ToyTarget::Smooth,
+            noise: 0.0,
+            ..ToyConfig::default()
+        };
+        let data = ToyData::generate(&cfg, 3);
+        assert!(
+            data.train
+                .regime
+                .iter()
+                .chain(&data.test.regime)
+                .all(|&r| r == 0)
+        );
+        // Without noise the target is the sum of the waves, so it is bounded by the sum of
+        // their amplitudes' magnitudes, which are standard normal: 20 is far outside.
+        assert!(data.train.y.iter().all(|y| y.is_finite() && y.abs() < 20.0));
+        // A sum of sines over directions of norm about 1 is far from linear over N(0, I):
+        // the best linear map explains well under all of its variance.
+        let n = data.test.len() as f64;
+        let mean = data.test.y.iter().map(|&y| y as f64).sum::<f64>() / n;
+        let var = data
+            .test
+            .y
+            .iter()
+            .map(|&y| (y as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let mse = data.linear_baseline_mse();
+        assert!(mse > 0.2 * var, "linear MSE {mse} against variance {var}");
+        // The same seed gives the same data.
+        assert_eq!(data, ToyData::generate(&cfg, 3));
+    }
 }

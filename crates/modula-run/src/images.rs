@@ -231,10 +231,14 @@ impl<B: SparseBackend> Job<B> for ImageJob<B> {
     fn due(&self, step: u64, total: u64) -> Due {
         let train = &self.run().train;
         let epoch_end = step.is_multiple_of(self.trainer.task.steps_per_epoch());
-        let periodic = train.eval_every > 0 && step.is_multiple_of(train.eval_every as u64);
-        let evaluate = epoch_end || periodic || step == total;
+        let periodic = match train.eval_every {
+            0 => epoch_end,
+            every => step.is_multiple_of(every as u64),
+        };
+        let evaluate = periodic || step == total;
         Due {
-            log: step.is_multiple_of(train.log_every as u64) || evaluate,
+            // Every epoch end is logged, for the summary's seconds per epoch.
+            log: step.is_multiple_of(train.log_every as u64) || evaluate || epoch_end,
             evaluate,
             checkpoint: step.is_multiple_of(train.checkpoint_every as u64) || epoch_end,
         }

@@ -18,6 +18,7 @@ pub mod memory;
 pub mod plot;
 pub mod records;
 pub mod report;
+pub mod report_images;
 pub mod start;
 pub mod toy;
 

@@ -1,5 +1,6 @@
 //! The report over language-modelling runs (`modula report RUN...`): the table (one row per run) and its validation
-//! curves in one figure, from the runs' `summary.json` and `metrics.jsonl`.
+//! curves in one figure, from the runs' `summary.json` and `metrics.jsonl`. Image runs have a
+//! report of their own ([`crate::report_images`]).
 
 use std::path::{Path, PathBuf};
 
@@ -134,19 +135,25 @@ fn fmt(v: f64, digits: usize) -> String {
 
 /// Tabulates the language-modelling runs `runs` into `out/report.md` and draws their
 /// validation curves together, printing the table; with `json`, also writes every run's
-/// figures there (see [`RunResult`]).
+/// figures there (see [`RunResult`]). When the first run is an image run, every run must be
+/// one, and the image report ([`crate::report_images::report`]) is written instead.
 ///
 /// # Errors
-/// A run error naming a run without a readable summary or metrics (or a toy run), or a failed
-/// write.
+/// A run error naming a run without a readable summary or metrics (or a toy run, or a run of
+/// another kind than the first), or a failed write.
 pub fn report(runs: &[PathBuf], out: &Path, json: Option<&Path>) -> Result<(), RunError> {
+    let configs = runs
+        .iter()
+        .map(|dir| RunConfig::read(&dir.join(CONFIG_FILE)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if matches!(configs.first(), Some(RunConfig::Image(_))) {
+        return crate::report_images::report(runs, &configs, out, json);
+    }
     let mut rows = Vec::new();
     let mut curves = Vec::new();
     let mut histories = Vec::new();
     let mut results = Vec::new();
-    let mut configs = Vec::new();
     for dir in runs {
-        configs.push(RunConfig::read(&dir.join(CONFIG_FILE))?);
         let path = dir.join(SUMMARY_FILE);
         let text = files::read_limited(&path, files::SUMMARY_LIMIT).map_err(|e| {
             run_error(format!(

@@ -86,20 +86,27 @@ pub fn json(path: &Path) -> Value {
 
 /// The data directory holding `ptb/`, or `None` when PTB has not been fetched.
 pub fn ptb_data_dir() -> Option<PathBuf> {
+    fetched_data_dir("ptb", "ptb/ptb.train.txt")
+}
+
+/// The data directory (`$MODULA_DATA`, else the repository's `data/`) when it holds `marker`,
+/// a file of the data set `name` that `modula data fetch NAME` puts there; otherwise `None`
+/// with a note, or a failure under `CI=true`, where CI has fetched it first.
+pub fn fetched_data_dir(name: &str, marker: &str) -> Option<PathBuf> {
     let dir = match std::env::var_os("MODULA_DATA") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
         _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data"),
     };
-    if dir.join("ptb/ptb.train.txt").is_file() {
+    if dir.join(marker).is_file() {
         return Some(dir.canonicalize().expect("an existing directory"));
     }
     let why = format!(
-        "{} has no ptb/; run `cargo run --release -- data fetch ptb`",
+        "{} has no {marker}; run `cargo run --release -- data fetch {name}`",
         dir.display()
     );
     assert!(
         !std::env::var("CI").is_ok_and(|v| v == "true"),
-        "CI=true but PTB is missing: {why}"
+        "CI=true but {name} is missing: {why}"
     );
     eprintln!("skipped: {why}");
     None
