@@ -15,8 +15,8 @@ use modula_data::{DataError, Dataset, ImageSet, ShuffleBatcher, cifar, data_dir,
 use modula_em::models::{FeedForward, ImageModel, ImageModelConfig, MlpInput, ReluMlp};
 use modula_em::{
     Algo, Batch, ConfigError, DEFAULT_DIVERGENCE_FACTOR, DenseMatch, EStepDue, EStepSettings,
-    Group, Model, Routes, Target, Task, TrainError, TrainSettings, Trainer, effective_count,
-    invalid, usage_counts,
+    Model, Routes, Target, Task, TrainError, TrainSettings, Trainer, effective_count, invalid,
+    usage_counts,
 };
 use modula_modular::ControllerOutput;
 use modula_nn::{Checkpoint, Ctx, Dispatch, Grads, ParamStore};
@@ -742,26 +742,11 @@ impl<B: SparseBackend> Task<B> for ImageTask<B> {
         let positions = self.batch_positions(step);
         let input = Self::input(b, &self.data.train, &positions);
         let keys: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
-        let groups = (0..self.layers)
-            .map(|layer| Group {
-                layer,
-                keys: keys.clone(),
-            })
-            .collect();
-        Batch {
-            input,
-            groups,
-            examples: keys.len(),
-            units: keys.len(),
-        }
+        crate::keyed_batch(input, keys, self.layers)
     }
 
     fn e_step_due(&self, step: u64, e_every: usize) -> EStepDue {
-        if step.is_multiple_of(e_every as u64) {
-            EStepDue::Instead
-        } else {
-            EStepDue::No
-        }
+        crate::e_step_every(step, e_every)
     }
 
     fn advance(&mut self, _b: &B, _carry: Option<B::Tensor>) {}

@@ -10,3 +10,34 @@ pub use images::{
 };
 pub use lm::{LmData, LmEval, LmFiltered, LmTask, LmTrainConfig, TextConfig, upcycle};
 pub use toy::{ToyEval, ToyTask, ToyTrainConfig};
+
+use modula_em::{Batch, EStepDue, Group};
+
+/// A batch of a feed-forward task (toy or image): one example per row, keyed by `keys` (its
+/// position in the training set, EM's table row) in the selection group of each of the
+/// network's `layers` modular layers.
+pub(crate) fn keyed_batch<I>(input: I, keys: Vec<u32>, layers: usize) -> Batch<I> {
+    let examples = keys.len();
+    let groups = (0..layers)
+        .map(|layer| Group {
+            layer,
+            keys: keys.clone(),
+        })
+        .collect();
+    Batch {
+        input,
+        groups,
+        examples,
+        units: examples,
+    }
+}
+
+/// The feed-forward tasks' E-step rule: iteration `step` is an E-step instead of a gradient
+/// step when `step % e_every == 0`.
+pub(crate) fn e_step_every(step: u64, e_every: usize) -> EStepDue {
+    if step.is_multiple_of(e_every as u64) {
+        EStepDue::Instead
+    } else {
+        EStepDue::No
+    }
+}

@@ -5,7 +5,7 @@ use modula_data::toy::{ToyConfig, ToyData, permutation, purity};
 use modula_em::models::{FeedForward, MlpConfig, MlpInput, ModularMlp};
 use modula_em::{
     Algo, Batch, ConfigError, DEFAULT_DIVERGENCE_FACTOR, DenseMatch, EStepDue, EStepSettings,
-    Group, Target, Task, TrainError, TrainSettings, Trainer, effective_count, invalid, stream,
+    Target, Task, TrainError, TrainSettings, Trainer, effective_count, invalid, stream,
     usage_counts,
 };
 use modula_nn::{Checkpoint, Ctx, ParamStore};
@@ -289,26 +289,11 @@ impl<B: Backend> Task<B> for ToyTask<B> {
                 variance: self.variance,
             },
         };
-        let groups = (0..self.layers)
-            .map(|layer| Group {
-                layer,
-                keys: idx.clone(),
-            })
-            .collect();
-        Batch {
-            input,
-            groups,
-            examples: idx.len(),
-            units: idx.len(),
-        }
+        crate::keyed_batch(input, idx, self.layers)
     }
 
     fn e_step_due(&self, step: u64, e_every: usize) -> EStepDue {
-        if step.is_multiple_of(e_every as u64) {
-            EStepDue::Instead
-        } else {
-            EStepDue::No
-        }
+        crate::e_step_every(step, e_every)
     }
 
     fn advance(&mut self, _b: &B, _carry: Option<B::Tensor>) {}
