@@ -133,7 +133,12 @@ pub(crate) fn draw_heat<DB: DrawingBackend>(
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(80)
-        .build_cartesian_2d((0..nc).into_segmented(), (0..nr).into_segmented())
+        // A segmented range `0..n` has a segment for every key point, `n` included: the last
+        // index keeps the grid at one cell per row and column.
+        .build_cartesian_2d(
+            (0..nc.saturating_sub(1)).into_segmented(),
+            (0..nr.saturating_sub(1)).into_segmented(),
+        )
         .map_err(err)?;
     let label = |labels: &[String], v: &SegmentValue<usize>| match v {
         SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
