@@ -1,8 +1,6 @@
 //! Packing of `op(B)` into `KC x NR` strips ([`PackedRhs`]) and of `op(A)` into `MR x KC`
 //! strips, and the per-thread scratch buffers that hold packed blocks between calls.
 
-use rayon::prelude::*;
-
 #[cfg(target_arch = "x86_64")]
 use super::kernel::avx512;
 use super::kernel::{MR, NR};
@@ -60,11 +58,12 @@ impl PackedRhs {
             let kc = piece.len() / NR;
             pack_b_strip(&b, p0, kc, j0, piece);
         };
-        if par.tasks() > 1 && k * n >= PAR_MIN_PACK {
-            pieces.into_par_iter().for_each(pack);
+        let par = if k * n >= PAR_MIN_PACK {
+            par
         } else {
-            pieces.into_iter().for_each(pack);
-        }
+            Parallelism::Sequential
+        };
+        par.for_each(pieces, &pack);
         PackedRhs { k, n, buf }
     }
 
