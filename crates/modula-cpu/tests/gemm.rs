@@ -4,7 +4,9 @@
 use std::sync::OnceLock;
 
 use modula_cpu::Cpu;
-use modula_cpu::gemm::{MatMut, MatRef, PackedRhs, Parallelism, gemm, gemm_bias, gemm_packed};
+use modula_cpu::gemm::{
+    KERNEL_VAR, MatMut, MatRef, PackedRhs, Parallelism, gemm, gemm_bias, gemm_packed,
+};
 use modula_tensor::{Backend, Reference, Transpose};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -582,5 +584,31 @@ fn mismatched_shapes_panic() {
         0.0,
         MatMut::row_major(&mut c, 2, 2),
         Parallelism::Sequential,
+    );
+}
+
+/// The whole suite again in a child process restricted to the portable kernel and packing
+/// ([`KERNEL_VAR`]), which AVX-512 machines would otherwise never run past the microkernel
+/// test.
+#[test]
+fn portable_kernels_pass_the_suite() {
+    if std::env::var(KERNEL_VAR).is_ok() {
+        return; // Already the child.
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .env(KERNEL_VAR, "portable")
+        .args([
+            "--skip",
+            "portable_kernels_pass_the_suite",
+            "--test-threads",
+            "2",
+        ])
+        .output()
+        .expect("the test binary runs");
+    assert!(
+        out.status.success(),
+        "the suite failed with {KERNEL_VAR}=portable:\n{}",
+        String::from_utf8_lossy(&out.stdout)
     );
 }

@@ -12,6 +12,7 @@
 //!   broadcast without spilling; 24 independent FMA chains hide the FMA latency.)
 //! - Elsewhere a portable kernel with the same tile and packing is used (compiled for AVX2+FMA
 //!   when the CPU has it), so every machine shares the packing, blocking and threading code.
+//!   Setting [`KERNEL_VAR`] to `portable` selects it on any machine.
 //!
 //! When `op(B)` has unit column stride and `op(A)` has few rows, packing `B` would cost as much
 //! as the product itself (every element of `B` is used only `m` times), so [`gemm`] then lets
@@ -56,6 +57,7 @@ mod view;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use blocking::{Rhs, run};
+pub use kernel::KERNEL_VAR;
 #[cfg(target_arch = "x86_64")]
 use kernel::avx512;
 use kernel::{Kernel, MR, NR};
@@ -122,7 +124,7 @@ impl Parallelism<'_> {
 
     /// Runs `f` on every item, split into at most [`tasks`](Self::tasks) runs of consecutive
     /// items: the calling thread takes the first run and the pool the others. A caller outside
-    /// the pool then spins until they are done rather than sleeping, for the reason given on
+    /// the pool then polls until they are done (yielding its core) rather than sleeping, for the reason given on
     /// [`Parallelism::Pool`]; a pool thread instead waits as rayon's threads do, running
     /// other tasks (its own spawned runs included, should no other thread take them).
     pub(crate) fn for_each<T: Send>(self, items: Vec<T>, f: &(impl Fn(T) + Sync)) {
@@ -150,7 +152,7 @@ impl Parallelism<'_> {
 }
 
 /// The body of [`Parallelism::for_each`] inside its scope: spawns every run but the first,
-/// computes the first, and (outside the pool) spins until `done` counts the others.
+/// computes the first, and (outside the pool) polls until `done` counts the others.
 fn fork<'scope, T: Send + 'scope>(
     scope: &rayon::Scope<'scope>,
     runs: Vec<Vec<T>>,
@@ -168,14 +170,16 @@ fn fork<'scope, T: Send + 'scope>(
     }
     first.into_iter().for_each(f);
     if rayon::current_thread_index().is_none() {
+        // Yielding rather than spinning bare: on a busy machine the pool thread may be waiting
+        // for this very core, and a bare spin would keep it out for the whole wait.
         let start = std::time::Instant::now();
         while done.load(Ordering::Acquire) < spawned && start.elapsed() < SPIN_WAIT {
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
     }
 }
 
-/// How long a caller outside the pool spins for the pool's tasks before it sleeps: longer
+/// How long a caller outside the pool polls for the pool's tasks before it sleeps: longer
 /// than the tasks of a product it splits usually take to finish after its own.
 const SPIN_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
 

@@ -3,7 +3,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::kernel::avx512;
-use super::kernel::{MR, NR};
+use super::kernel::{Kernel, MR, NR};
 use super::view::MatRef;
 use super::{KC, PAR_MIN_PACK, Parallelism};
 
@@ -201,7 +201,7 @@ fn transpose_block(
     assert!(starts.iter().all(|&s| s + len <= src.len()));
     assert!((len - 1) * dst_stride + lanes <= dst.len());
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
+    if matches!(Kernel::detect(), Kernel::Avx512) {
         // SAFETY: AVX-512F is available, and the assertions above keep every read within
         // `src` and every write within `dst`.
         unsafe {

@@ -136,7 +136,11 @@ impl<'a> MatRef<'a> {
 
     /// Columns `j0..j1` of this view.
     pub(super) fn cols_range(self, j0: usize, j1: usize) -> Self {
-        assert!(j0 <= j1 && j1 <= self.cols, "MatRef: columns {j0}..{j1} of {}", self.cols);
+        assert!(
+            j0 <= j1 && j1 <= self.cols,
+            "MatRef: columns {j0}..{j1} of {}",
+            self.cols
+        );
         match self.col_map {
             Some(map) => MatRef {
                 col_map: Some(&map[j0..j1]),
@@ -264,7 +268,11 @@ impl<'a> MatMut<'a> {
 
     /// This view split into its first `at` columns and the rest (like `split_at_mut`).
     pub(super) fn split_cols(self, at: usize) -> (MatMut<'a>, MatMut<'a>) {
-        assert!(at <= self.cols, "MatMut: split at column {at} of {}", self.cols);
+        assert!(
+            at <= self.cols,
+            "MatMut: split at column {at} of {}",
+            self.cols
+        );
         let right = MatMut {
             // Column `at` of row 0; `wrapping_add` keeps an empty right part's pointer defined.
             ptr: self.ptr.wrapping_add(at),
