@@ -11,7 +11,7 @@
 //! Timings on a shared machine drift by more than the gaps they measure, so each comparison is
 //! made in rounds: every subject (modula and each peer) is timed once per round, the order
 //! rotating from round to round, and the figures are medians over rounds of per-round times
-//! and per-round ratios ([`paired_rounds`]).
+//! and per-round ratios ([`paired_rounds`](crate::peer::paired_rounds)).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
