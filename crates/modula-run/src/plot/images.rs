@@ -165,6 +165,11 @@ fn draw_sparsity<DB: DrawingBackend>(
 ) -> Result<(), String> {
     root.fill(&WHITE).map_err(err)?;
     let n = points.len();
+    // Every plotted value is a fraction; the axis starts a little below the smallest.
+    let y_lo = points
+        .iter()
+        .flat_map(|p| p.zero_fraction.iter().chain([&p.test_accuracy]))
+        .fold(1.0f64, |a, &b| a.min(b));
     let mut chart = ChartBuilder::on(root)
         .caption(
             "activation sparsity and test accuracy against L1 strength",
@@ -173,9 +178,17 @@ fn draw_sparsity<DB: DrawingBackend>(
         .margin(10)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(-0.5..(n as f64 - 0.5), 0.0..1.0)
+        .build_cartesian_2d(-0.5..(n as f64 - 0.5), (y_lo - 0.02).max(0.0)..1.0)
         .map_err(err)?;
-    let labels: Vec<String> = points.iter().map(|p| format!("{}", p.l1)).collect();
+    // The strengths are f32 in the configuration: printed as such, `1e-5` rather than the f64
+    // expansion of the nearest f32.
+    let labels: Vec<String> = points
+        .iter()
+        .map(|p| match p.l1 {
+            0.0 => "0".to_string(),
+            l1 => format!("{:e}", l1 as f32),
+        })
+        .collect();
     chart
         .configure_mesh()
         .x_labels(n.max(1))
