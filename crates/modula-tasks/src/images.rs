@@ -679,34 +679,26 @@ impl<B: SparseBackend> ImageTask<B> {
         for round in 0..rounds.max(1) {
             for which in [round % 2, 1 - round % 2] {
                 let net = &nets[which];
-                let t0 = Instant::now();
-                for input in &inputs {
-                    grads.reset();
-                    let out = net.forward(
-                        b,
-                        params,
-                        input,
-                        Routes::Chosen(&mut routes),
-                        false,
-                        &mut Ctx::eval(),
-                    )?;
-                    net.backward(b, params, out.cache, 1.0, &[], &mut grads)?;
+                // Training (forward and backward), then inference (forward only).
+                for (phase, backward) in [true, false].into_iter().enumerate() {
+                    let t0 = Instant::now();
+                    for input in &inputs {
+                        let out = net.forward(
+                            b,
+                            params,
+                            input,
+                            Routes::Chosen(&mut routes),
+                            false,
+                            &mut Ctx::eval(),
+                        )?;
+                        if backward {
+                            grads.reset();
+                            net.backward(b, params, out.cache, 1.0, &[], &mut grads)?;
+                        }
+                    }
+                    b.synchronize()?;
+                    times[which][phase].push(t0.elapsed().as_secs_f64());
                 }
-                b.synchronize()?;
-                times[which][0].push(t0.elapsed().as_secs_f64());
-                let t0 = Instant::now();
-                for input in &inputs {
-                    net.forward(
-                        b,
-                        params,
-                        input,
-                        Routes::Chosen(&mut routes),
-                        false,
-                        &mut Ctx::eval(),
-                    )?;
-                }
-                b.synchronize()?;
-                times[which][1].push(t0.elapsed().as_secs_f64());
             }
         }
         let ImageModel::Mlp(sparse_net) = &nets[0] else {
