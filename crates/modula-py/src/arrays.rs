@@ -106,8 +106,11 @@ pub fn indices(
     }
     // Any integer dtype is accepted; numpy converts it to int64 (a copy only when it is not
     // int64 already), and the values are range-checked below.
+    let copy = pyo3::types::PyDict::new(obj.py());
+    copy.set_item("copy", false)
+        .map_err(|e| Error::new(Kind::Internal, e.to_string()))?;
     let wide = array
-        .call_method1("astype", ("int64",))
+        .call_method("astype", ("int64",), Some(&copy))
         .and_then(|a| a.cast_into::<PyArrayDyn<i64>>().map_err(PyErr::from))
         .map_err(|e| Error::new(Kind::Internal, e.to_string()))?;
     let view = wide

@@ -290,28 +290,26 @@ impl PyModularLinear {
         gradient(py, &self.grads, l.bias, &[l.modules, l.d_out])
     }
 
-    /// Seconds per call of the Rust forward pass alone on `x` and `selection` (already
-    /// converted, so no Python in the loop), the median of `repeats` calls: the Rust side of
-    /// the overhead bench (benches/python/overhead.py).
+    /// Seconds taken by each of `repeats` calls of the Rust forward pass alone on `x` and
+    /// `selection` (already converted, so no Python in the loop): the Rust side of the
+    /// overhead bench (benches/python/overhead.py).
     fn _time_forward(
         &self,
         py: Python<'_>,
         x: &Bound<'_, PyAny>,
         selection: &Bound<'_, PyAny>,
         repeats: usize,
-    ) -> PyResult<f64> {
+    ) -> PyResult<Vec<f64>> {
         let x = matrix(x, "x", Some(self.layer.d_in))?;
         let selection = self.selection(selection, x.nrows())?;
         Ok(detached(py, || {
-            let mut times: Vec<f64> = (0..repeats.max(1))
+            Ok((0..repeats)
                 .map(|_| {
                     let t = Instant::now();
                     std::hint::black_box(self.run_forward(&x, &selection));
                     t.elapsed().as_secs_f64()
                 })
-                .collect();
-            times.sort_by(f64::total_cmp);
-            Ok(times[times.len() / 2])
+                .collect())
         })?)
     }
 
