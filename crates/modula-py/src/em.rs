@@ -23,7 +23,7 @@ const STREAM_E_STEP: u64 = 1 << 62;
 const STREAM_CTX: u64 = 1 << 60;
 
 /// The network an `EM` trains.
-enum Network {
+enum Trained {
     Mlp(Py<PyModularMlp>),
     Lm(Py<PyLanguageModel>),
 }
@@ -49,6 +49,17 @@ struct MStats {
 }
 
 impl State {
+    /// The table: every key of the training set, and their stored selections.
+    fn table(&self) -> &AssignmentTable {
+        Algorithm::<Cpu, modula_em::models::ModularMlp>::table(&self.em)
+            .expect("EM keeps an assignment table")
+    }
+
+    /// Keys in the table.
+    fn examples(&self) -> usize {
+        self.table().examples()
+    }
+
     fn e_step<M: Model<Cpu>>(
         &mut self,
         cpu: &Cpu,
@@ -124,8 +135,93 @@ impl State {
 /// Generalized (Viterbi) EM for a `ModularMlp` or a `LanguageModel`.
 #[pyclass(module = "modula", name = "EM")]
 pub struct PyEm {
-    network: Network,
+    network: Trained,
     state: State,
+}
+
+/// A network `EM` trains: how it reads a batch, and its parts for a step.
+trait Network: pyo3::PyClass<Frozen = pyo3::pyclass::boolean_struct::False> {
+    /// The network of `modula-em`.
+    type Model: Model<Cpu, Input: Sync> + Sync;
+
+    /// The batch of `batch` whose rows have the table keys `keys` (below `examples`).
+    fn batch(
+        &self,
+        batch: &Bound<'_, PyAny>,
+        keys: &Bound<'_, PyAny>,
+        examples: usize,
+    ) -> Result<Batch<<Self::Model as Model<Cpu>>::Input>>;
+
+    /// The backend, the network and its parameters.
+    fn parts(&mut self) -> (&Cpu, &Self::Model, &mut ParamStore<Cpu>);
+}
+
+impl Network for PyModularMlp {
+    type Model = modula_em::models::ModularMlp;
+
+    /// `(x, y)`, and one group per layer, all keyed by the rows' example indices.
+    fn batch(
+        &self,
+        batch: &Bound<'_, PyAny>,
+        keys: &Bound<'_, PyAny>,
+        examples: usize,
+    ) -> Result<Batch<modula_em::models::MlpInput<Cpu>>> {
+        mlp_batch(self, batch, keys, examples)
+    }
+
+    fn parts(&mut self) -> (&Cpu, &Self::Model, &mut ParamStore<Cpu>) {
+        (&self.cpu, &self.net, &mut self.params)
+    }
+}
+
+impl Network for PyLanguageModel {
+    type Model = modula_em::models::LanguageModel;
+
+    /// `(ids, targets)` or `(ids, targets, h0)`, and one group per time step keyed by the
+    /// positions' indices `[T, n]`.
+    fn batch(
+        &self,
+        batch: &Bound<'_, PyAny>,
+        keys: &Bound<'_, PyAny>,
+        examples: usize,
+    ) -> Result<Batch<modula_em::models::LmWindow<Cpu>>> {
+        lm_batch(self, batch, keys, examples)
+    }
+
+    fn parts(&mut self) -> (&Cpu, &Self::Model, &mut ParamStore<Cpu>) {
+        (&self.cpu, &self.net, &mut self.params)
+    }
+}
+
+/// Which of EM's steps to take.
+#[derive(Clone, Copy)]
+enum Which {
+    E,
+    M,
+}
+
+/// What a step reports.
+enum Outcome {
+    E(modula_em::EStats),
+    M(MStats),
+}
+
+/// Takes step `which` on `net` with the GIL released.
+fn run_step<N: Network>(
+    py: Python<'_>,
+    net: &Py<N>,
+    state: &mut State,
+    which: Which,
+    batch: &Bound<'_, PyAny>,
+    keys: &Bound<'_, PyAny>,
+) -> Result<Outcome> {
+    let mut guard = net.bind(py).borrow_mut();
+    let batch = guard.batch(batch, keys, state.examples())?;
+    let (cpu, model, params) = guard.parts();
+    detached(py, || match which {
+        Which::E => state.e_step(cpu, model, params, &batch).map(Outcome::E),
+        Which::M => state.m_step(cpu, model, params, &batch).map(Outcome::M),
+    })
 }
 
 /// A feed-forward batch: the model's input and one group per layer, all keyed by the rows'
@@ -214,15 +310,18 @@ fn lm_batch(
 }
 
 impl PyEm {
-    fn examples(&self) -> usize {
-        self.state.em_examples()
-    }
-}
-
-impl State {
-    fn em_examples(&self) -> usize {
-        Algorithm::<Cpu, modula_em::models::ModularMlp>::table(&self.em)
-            .map_or(0, AssignmentTable::examples)
+    /// Takes step `which` on the network.
+    fn step(
+        &mut self,
+        py: Python<'_>,
+        which: Which,
+        batch: &Bound<'_, PyAny>,
+        indices: &Bound<'_, PyAny>,
+    ) -> Result<Outcome> {
+        match &self.network {
+            Trained::Mlp(net) => run_step(py, net, &mut self.state, which, batch, indices),
+            Trained::Lm(net) => run_step(py, net, &mut self.state, which, batch, indices),
+        }
     }
 }
 
@@ -244,10 +343,10 @@ impl PyEm {
     ) -> PyResult<Self> {
         let (network, shapes) = if let Ok(mlp) = model.cast::<PyModularMlp>() {
             let shapes = mlp.borrow().net.layer_shapes();
-            (Network::Mlp(mlp.clone().unbind()), shapes)
+            (Trained::Mlp(mlp.clone().unbind()), shapes)
         } else if let Ok(lm) = model.cast::<PyLanguageModel>() {
             let shapes = Model::<Cpu>::table_shapes(&lm.borrow().net);
-            (Network::Lm(lm.clone().unbind()), shapes)
+            (Trained::Lm(lm.clone().unbind()), shapes)
         } else {
             return Err(Error::new(
                 Kind::DType,
@@ -300,21 +399,8 @@ impl PyEm {
         batch: &Bound<'py, PyAny>,
         indices: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let examples = self.examples();
-        let state = &mut self.state;
-        let stats = match &self.network {
-            Network::Mlp(m) => {
-                let model = m.bind(py).borrow();
-                let batch = mlp_batch(&model, batch, indices, examples)?;
-                let m = &*model;
-                detached(py, || state.e_step(&m.cpu, &m.net, &m.params, &batch))?
-            }
-            Network::Lm(m) => {
-                let model = m.bind(py).borrow();
-                let batch = lm_batch(&model, batch, indices, examples)?;
-                let m = &*model;
-                detached(py, || state.e_step(&m.cpu, &m.net, &m.params, &batch))?
-            }
+        let Outcome::E(stats) = self.step(py, Which::E, batch, indices)? else {
+            unreachable!("an E-step reports E-step statistics")
         };
         let dict = PyDict::new(py);
         dict.set_item("changed", stats.changed)?;
@@ -333,21 +419,8 @@ impl PyEm {
         batch: &Bound<'py, PyAny>,
         indices: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let examples = self.examples();
-        let state = &mut self.state;
-        let stats = match &self.network {
-            Network::Mlp(m) => {
-                let mut model = m.bind(py).borrow_mut();
-                let batch = mlp_batch(&model, batch, indices, examples)?;
-                let m = &mut *model;
-                detached(py, || state.m_step(&m.cpu, &m.net, &mut m.params, &batch))?
-            }
-            Network::Lm(m) => {
-                let mut model = m.bind(py).borrow_mut();
-                let batch = lm_batch(&model, batch, indices, examples)?;
-                let m = &mut *model;
-                detached(py, || state.m_step(&m.cpu, &m.net, &mut m.params, &batch))?
-            }
+        let Outcome::M(stats) = self.step(py, Which::M, batch, indices)? else {
+            unreachable!("an M-step reports M-step statistics")
         };
         let dict = PyDict::new(py);
         dict.set_item("nll", stats.nll)?;
@@ -368,8 +441,7 @@ impl PyEm {
         indices: &Bound<'py, PyAny>,
         layer: usize,
     ) -> PyResult<Bound<'py, PyArrayDyn<u32>>> {
-        let table = Algorithm::<Cpu, modula_em::models::ModularMlp>::table(&self.state.em)
-            .ok_or_else(|| Error::new(Kind::Internal, "EM has no table"))?;
+        let table = self.state.table();
         let layers = table.layers().len();
         if layer >= layers {
             return Err(Error::new(
