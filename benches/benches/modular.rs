@@ -7,14 +7,17 @@
 //!
 //! Criterion times the modular layer and the dense GEMM a minute apart, and on a shared
 //! machine the speed of the whole machine drifts by more than the gaps to be measured. So each
-//! configuration is also timed in pairs: a modular step and a dense step back to back, in
-//! alternating order, many times; the median of the per-pair ratios goes to
-//! `target/bench/modular-paired.json`, which the xtask reports as `paired_efficiency`.
+//! configuration is also timed in rounds: a modular step, modula's dense step and each
+//! external peer's dense step (MKL, numpy: the same three products timed directly, see
+//! [`modula_benches::peer`]) back to back in rotating order; the medians of the per-round
+//! ratios go to `target/bench/modular-paired.json`, which the xtask reports as
+//! `paired_efficiency` (against modula's dense GEMM) and `efficiency_vs_{mkl,numpy}`.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
+use modula_benches::peer::{Peer, Subject, median, median_ratio, paired_rounds, time_round};
 use modula_benches::{bench_data, gemm_flops};
 use modula_cpu::Cpu;
 use modula_modular::{ModularLinear, ModulePool, Routing, Selection};
@@ -55,62 +58,49 @@ fn selection(n: usize, m: usize, k: usize, seed: u64) -> Selection {
 }
 
 /// Rounds of the paired measurement per configuration.
-const PAIRED_ROUNDS: usize = 31;
-/// Each timed half of a pair repeats its step until it lasts at least this long, so that timer
-/// resolution and one-off hiccups stay small against it.
+const PAIRED_ROUNDS: usize = 21;
+/// Each timed subject of a round repeats its step until it lasts at least this long, so that
+/// timer resolution and one-off hiccups stay small against it.
 const PAIRED_MIN_SAMPLE: Duration = Duration::from_millis(20);
 
-/// Seconds per call of `step`, repeated `reps` times.
-fn seconds_per_step(reps: usize, step: &mut dyn FnMut()) -> f64 {
-    let start = Instant::now();
-    for _ in 0..reps {
-        step();
+/// One configuration's paired rounds: the modular step, modula's dense step, and each peer's
+/// dense step (the three products on `rows x D` operands, timed by the peer directly). The
+/// efficiencies are medians over rounds of `dense / modular`.
+fn paired_entry(
+    label: &str,
+    rows: usize,
+    modular: &mut dyn FnMut(),
+    dense: &mut dyn FnMut(),
+    peers: &mut [Peer],
+) -> serde_json::Value {
+    let names: Vec<&str> = peers.iter().map(|p| p.name).collect();
+    let mut subjects: Vec<Subject<'_>> = vec![
+        Box::new(|min| time_round(min, modular)),
+        Box::new(|min| time_round(min, dense)),
+    ];
+    for peer in peers.iter_mut() {
+        subjects.push(Box::new(move |min| peer.time("step", rows, D, D, min)));
     }
-    start.elapsed().as_secs_f64() / reps as f64
-}
-
-/// The ratios `dense / modular` of [`PAIRED_ROUNDS`] back-to-back pairs, sorted.
-fn paired_ratios(modular: &mut dyn FnMut(), dense: &mut dyn FnMut()) -> Vec<f64> {
-    // Warm up both, then size each half of a pair to at least PAIRED_MIN_SAMPLE.
-    let reps = |step: &mut dyn FnMut()| {
-        let once = seconds_per_step(2, step);
-        ((PAIRED_MIN_SAMPLE.as_secs_f64() / once).ceil() as usize).max(1)
-    };
-    let (mod_reps, dense_reps) = (reps(modular), reps(dense));
-    let mut ratios: Vec<f64> = (0..PAIRED_ROUNDS)
-        .map(|round| {
-            // Alternate which half goes first, so that neither always inherits the other's
-            // cache state or a frequency change.
-            let (m, d) = if round % 2 == 0 {
-                let m = seconds_per_step(mod_reps, modular);
-                (m, seconds_per_step(dense_reps, dense))
-            } else {
-                let d = seconds_per_step(dense_reps, dense);
-                (seconds_per_step(mod_reps, modular), d)
-            };
-            d / m
-        })
+    let seconds = paired_rounds(&mut subjects, PAIRED_ROUNDS, PAIRED_MIN_SAMPLE);
+    let mut ratios: Vec<f64> = seconds[1]
+        .iter()
+        .zip(&seconds[0])
+        .map(|(d, m)| d / m)
         .collect();
     ratios.sort_by(f64::total_cmp);
-    ratios
-}
-
-/// Writes the paired ratios for the xtask (one object per configuration).
-fn record_paired(paired: &[(String, Vec<f64>)]) {
-    let entries: Vec<serde_json::Value> = paired
-        .iter()
-        .map(|(label, r)| {
-            let q = |f: f64| r[((r.len() - 1) as f64 * f).round() as usize];
-            serde_json::json!({
-                "config": label,
-                "rounds": r.len(),
-                "median": q(0.5),
-                "q1": q(0.25),
-                "q3": q(0.75),
-            })
-        })
-        .collect();
-    modula_benches::write_side_file("modular-paired.json", &entries.into());
+    let q = |f: f64| ratios[((ratios.len() - 1) as f64 * f).round() as usize];
+    let mut entry = serde_json::json!({
+        "config": label,
+        "rounds": ratios.len(),
+        "median": median(&ratios),
+        "q1": q(0.25),
+        "q3": q(0.75),
+    });
+    for (name, rounds) in names.iter().zip(&seconds[2..]) {
+        entry[format!("{name}_dense_s")] = median(rounds).into();
+        entry[format!("efficiency_vs_{name}")] = median_ratio(rounds, &seconds[0]).into();
+    }
+    entry
 }
 
 fn modular(c: &mut Criterion) {
@@ -126,6 +116,11 @@ fn modular(c: &mut Criterion) {
     let pairs_wanted =
         !std::env::args().any(|a| ["--test", "--list", "--profile-time"].contains(&a.as_str()));
     let mut paired = Vec::new();
+    let mut peers = if pairs_wanted {
+        Peer::start_all(cpu.threads())
+    } else {
+        Vec::new()
+    };
     for (n, m, k) in CONFIGS {
         let label = format!("n{n}_m{m}_k{k}");
         let flops = 3 * gemm_flops(n * k, D, D);
@@ -181,9 +176,13 @@ fn modular(c: &mut Criterion) {
         });
         // The filter applies to the pairs too: they run when both halves were measured.
         if pairs_wanted && ran == [true; 2] {
-            paired.push((
-                label.clone(),
-                paired_ratios(&mut modular_step, &mut dense_step),
+            eprintln!("bench: paired rounds of {label}");
+            paired.push(paired_entry(
+                &label,
+                rows,
+                &mut modular_step,
+                &mut dense_step,
+                &mut peers,
             ));
         }
 
@@ -215,7 +214,14 @@ fn modular(c: &mut Criterion) {
     }
     group.finish();
     if !paired.is_empty() {
-        record_paired(&paired);
+        let about: serde_json::Map<String, serde_json::Value> = peers
+            .iter()
+            .map(|p| (p.name.to_owned(), p.about.clone()))
+            .collect();
+        modula_benches::write_side_file(
+            "modular-paired.json",
+            &serde_json::json!({"peers": about, "entries": paired}),
+        );
     }
 }
 

@@ -64,3 +64,6 @@ pub fn write_side_file(name: &str, value: &serde_json::Value) {
         eprintln!("bench: cannot write {}: {e}", path.display());
     }
 }
+
+/// External BLAS peers and the paired rounds that compare them with modula.
+pub mod peer;

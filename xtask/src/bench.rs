@@ -18,7 +18,7 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
 
-use crate::{cargo, numpy, target_dir, workspace_root};
+use crate::{cargo, target_dir, workspace_root};
 
 /// Criterion settings that keep a full `cargo xtask bench` within a few minutes on two cores.
 /// Ten samples is criterion's minimum; the figures are for spotting regressions and gaps of
@@ -38,8 +38,12 @@ const CRITERION_ARGS: &[&str] = &[
 pub struct Options {
     /// Bench targets to run; empty means all of them.
     names: Vec<String>,
-    /// Whether to time numpy next to our GEMM (on by default; numpy missing only skips it).
-    numpy: bool,
+    /// Whether the benches time their external BLAS peers (MKL, numpy) beside modula (on by
+    /// default; a peer that is missing is only skipped).
+    peers: bool,
+    /// The Python interpreter that runs the peers (else `$MODULA_BENCH_PYTHON`, else
+    /// `python3`).
+    python: Option<PathBuf>,
     /// Extra arguments for criterion, after `--`.
     criterion_args: Vec<String>,
     /// Results produced elsewhere to turn into JSON instead of running the benches.
@@ -54,16 +58,21 @@ impl Options {
     pub fn parse(args: &[String]) -> Result<Options, String> {
         let mut options = Options {
             names: Vec::new(),
-            numpy: true,
+            peers: true,
+            python: None,
             criterion_args: Vec::new(),
             import: None,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
-                // Accepted for explicitness: the comparison runs whenever numpy imports.
-                "--numpy" => options.numpy = true,
-                "--no-numpy" => options.numpy = false,
+                "--no-peers" => options.peers = false,
+                "--python" => {
+                    let python = args
+                        .next()
+                        .ok_or("`--python` needs an interpreter (one that imports numpy, and mkl or torch)")?;
+                    options.python = Some(PathBuf::from(python));
+                }
                 "--import" => {
                     let dir = args
                         .next()
@@ -101,8 +110,6 @@ pub struct Measurement {
 
 /// What a post-processing function gets besides the measurements.
 pub struct Context {
-    /// Whether to compare with numpy where a bench has a numpy counterpart.
-    pub numpy: bool,
     /// Where the bench wrote its side files (`target/bench`, or `DIR/bench` under `--import`).
     pub side_files: PathBuf,
 }
@@ -157,12 +164,11 @@ pub fn run(options: &Options) -> Result<(), String> {
         Some(dir) => (read_json(&dir.join("machine.json"))?, dir.clone()),
     };
     let context = Context {
-        numpy: options.numpy && options.import.is_none(),
         side_files: results.join("bench"),
     };
     for name in &names {
         let measurements = match &options.import {
-            None => run_criterion(name, &options.criterion_args)?,
+            None => run_criterion(name, options)?,
             Some(dir) => imported_measurements(dir, name)?,
         };
         if measurements.is_empty() {
@@ -227,8 +233,13 @@ fn bench_targets() -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// The variables of `modula_benches::peer`: the interpreter that runs the peers, and the
+/// switch that turns them off.
+const PEER_PYTHON_VAR: &str = "MODULA_BENCH_PYTHON";
+const PEERS_VAR: &str = "MODULA_BENCH_PEERS";
+
 /// Runs one bench target under criterion and reads back the results it wrote.
-fn run_criterion(name: &str, extra: &[String]) -> Result<Vec<Measurement>, String> {
+fn run_criterion(name: &str, options: &Options) -> Result<Vec<Measurement>, String> {
     // Anything criterion writes from now on belongs to this run; older result directories
     // (renamed or filtered-out benchmarks) are ignored by comparing modification times.
     let started = SystemTime::now();
@@ -243,8 +254,14 @@ fn run_criterion(name: &str, extra: &[String]) -> Result<Vec<Measurement>, Strin
             "--",
         ])
         .args(CRITERION_ARGS)
-        .args(extra)
+        .args(&options.criterion_args)
         .current_dir(workspace_root());
+    if !options.peers {
+        command.env(PEERS_VAR, "off");
+    }
+    if let Some(python) = &options.python {
+        command.env(PEER_PYTHON_VAR, python);
+    }
     println!("==> xtask bench: {name}");
     let status = command
         .status()
@@ -378,9 +395,11 @@ fn generic_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures,
     })
 }
 
-/// One GEMM configuration, parsed back from a benchmark id `cpu/matmul/t{threads}/{m}x{k}x{n}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// One GEMM configuration, parsed back from a benchmark id
+/// `cpu/{op}/t{threads}/{rows}x{k}x{n}`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct GemmShape {
+    op: String,
     threads: usize,
     rows: usize,
     k: usize,
@@ -388,91 +407,109 @@ struct GemmShape {
 }
 
 fn parse_gemm_id(id: &str) -> Option<GemmShape> {
-    let rest = id.strip_prefix("cpu/matmul/t")?;
+    let rest = id.strip_prefix("cpu/")?;
+    let (op, rest) = rest.split_once("/t")?;
     let (threads, dims) = rest.split_once('/')?;
     let mut dims = dims.split('x').map(|d| d.parse::<usize>().ok());
     let shape = GemmShape {
+        op: op.to_owned(),
         threads: threads.parse().ok()?,
         rows: dims.next()??,
         k: dims.next()??,
         n: dims.next()??,
     };
-    dims.next().is_none().then_some(shape)
+    (["nn", "tn", "nt"].contains(&op) && dims.next().is_none()).then_some(shape)
 }
 
-/// `gemm.json`: per (rows, threads) the time and GFLOP/s, and optionally numpy's.
+/// The peers whose figures the GEMM and modular JSON carry, strongest first (see
+/// `benches/src/peer.rs`).
+const PEERS: [&str; 2] = ["mkl", "numpy"];
+
+/// `gemm.json`: per (op, rows, threads) modula's GFLOP/s and each peer's, from the bench's
+/// paired rounds (medians over rounds, ratios per round), beside criterion's own figure.
 fn gemm_figures(context: &Context, measurements: &[Measurement]) -> Result<Figures, String> {
-    let mut by_shape = BTreeMap::new();
-    // matrixmultiply's single-threaded figures, by (rows, k, n), joined to our 1-thread entries.
-    let mut reference = BTreeMap::new();
+    let side = read_side(&context.side_files.join("gemm-paired.json"), measurements)?;
+    let mut paired = BTreeMap::new();
+    for entry in side
+        .as_ref()
+        .and_then(|s| s["entries"].as_array())
+        .into_iter()
+        .flatten()
+    {
+        let field = |name: &str| entry[name].as_u64().map_or(0, |v| v as usize);
+        let shape = GemmShape {
+            op: entry["op"].as_str().unwrap_or_default().to_owned(),
+            threads: field("threads"),
+            rows: field("rows"),
+            k: field("k"),
+            n: field("n"),
+        };
+        paired.insert(shape, entry);
+    }
+    let mut entries = Vec::new();
     for m in measurements {
-        if let Some(shape) =
-            m.id.strip_prefix("matrixmultiply/sgemm/")
-                .and_then(|rest| parse_gemm_id(&format!("cpu/matmul/{rest}")))
-        {
-            reference.insert((shape.rows, shape.k, shape.n), m.seconds);
-            continue;
-        }
         let shape = parse_gemm_id(&m.id).ok_or_else(|| {
             format!(
-                "unexpected benchmark id `{}` in the gemm bench; expected cpu/matmul/t<threads>/<rows>x<k>x<n> (see benches/benches/gemm.rs)",
+                "unexpected benchmark id `{}` in the gemm bench; expected cpu/<nn|tn|nt>/t<threads>/<rows>x<k>x<n> (see benches/benches/gemm.rs)",
                 m.id
             )
         })?;
-        by_shape.insert(shape, m);
-    }
-    let numpy = if context.numpy {
-        let shapes: Vec<GemmShape> = by_shape.keys().copied().collect();
-        numpy_gflops(&shapes)
-    } else {
-        None
-    };
-    let mut fields = Map::new();
-    let mut entries = Vec::new();
-    for (shape, m) in &by_shape {
         let flops = 2.0 * shape.rows as f64 * shape.k as f64 * shape.n as f64;
-        let gflops = flops / m.seconds * 1e-9;
+        let gflops = |seconds: f64| flops / seconds * 1e-9;
         let mut entry = Map::new();
+        entry.insert("op".into(), json!(shape.op));
         entry.insert("rows".into(), json!(shape.rows));
         entry.insert("k".into(), json!(shape.k));
         entry.insert("n".into(), json!(shape.n));
         entry.insert("threads".into(), json!(shape.threads));
-        entry.insert("seconds".into(), json!(m.seconds));
-        entry.insert("gflops".into(), json!(gflops));
-        if shape.threads == 1
-            && let Some(&mm_seconds) = reference.get(&(shape.rows, shape.k, shape.n))
-        {
-            entry.insert(
-                "matrixmultiply_gflops".into(),
-                json!(flops / mm_seconds * 1e-9),
-            );
-        }
-        if let Some((_, timings)) = &numpy
-            && let Some(&numpy_seconds) = timings.get(shape)
-        {
-            let numpy_gflops = flops / numpy_seconds * 1e-9;
-            entry.insert("numpy_gflops".into(), json!(numpy_gflops));
-            entry.insert("ratio_vs_numpy".into(), json!(gflops / numpy_gflops));
+        entry.insert("criterion_seconds".into(), json!(m.seconds));
+        entry.insert("criterion_gflops".into(), json!(gflops(m.seconds)));
+        // Without pairs (a filtered or test run) the figure is criterion's.
+        entry.insert("gflops".into(), json!(gflops(m.seconds)));
+        if let Some(pair) = paired.get(&shape) {
+            let seconds = |name: &str| pair[name].as_f64();
+            if let Some(s) = seconds("seconds") {
+                entry.insert("gflops".into(), json!(gflops(s)));
+            }
+            if let Some(s) = seconds("t1_seconds") {
+                entry.insert("t1_gflops".into(), json!(gflops(s)));
+                entry.insert("speedup_over_t1".into(), pair["speedup_over_t1"].clone());
+            }
+            for peer in PEERS {
+                if let Some(s) = seconds(&format!("{peer}_seconds")) {
+                    entry.insert(format!("{peer}_gflops"), json!(gflops(s)));
+                    let ratio = format!("ratio_vs_{peer}");
+                    entry.insert(ratio.clone(), pair[&ratio].clone());
+                }
+            }
         }
         entries.push(entry);
     }
-    let mut columns = vec![
-        "rows",
-        "k",
-        "n",
-        "threads",
-        "seconds",
-        "gflops",
-        "matrixmultiply_gflops",
-    ];
-    if let Some((about, _)) = numpy {
-        fields.insert("numpy".into(), about);
-        columns.extend(["numpy_gflops", "ratio_vs_numpy"]);
+    entries.sort_by_key(|e| {
+        let num = |f: &str| e[f].as_u64().unwrap_or(0);
+        let op = ["nn", "tn", "nt"].iter().position(|o| e["op"] == json!(o));
+        (num("threads"), op, num("rows"))
+    });
+    let mut fields = Map::new();
+    if let Some(side) = &side {
+        fields.insert("peers".into(), side["peers"].clone());
+        fields.insert("paired_rounds".into(), side["rounds"].clone());
     }
     Ok(Figures {
         fields,
         entries,
-        columns,
+        columns: vec![
+            "op",
+            "rows",
+            "threads",
+            "gflops",
+            "t1_gflops",
+            "speedup_over_t1",
+            "mkl_gflops",
+            "ratio_vs_mkl",
+            "numpy_gflops",
+            "ratio_vs_numpy",
+        ],
     })
 }
 
@@ -502,10 +539,17 @@ fn modular_figures(context: &Context, measurements: &[Measurement]) -> Result<Fi
         })?;
         times.entry(config).or_default().insert(kind, m.seconds);
     }
-    let paired = read_paired(
+    let side = read_side(
         &context.side_files.join("modular-paired.json"),
         measurements,
     )?;
+    let paired: BTreeMap<&str, &Value> = side
+        .as_ref()
+        .and_then(|s| s["entries"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["config"].as_str()?, e)))
+        .collect();
     let mut entries = Vec::new();
     for (&[n, m, k], t) in &times {
         let (Some(&modular), Some(&dense)) = (t.get("modular"), t.get("dense")) else {
@@ -523,11 +567,28 @@ fn modular_figures(context: &Context, measurements: &[Measurement]) -> Result<Fi
             entry.insert("naive_s".into(), json!(naive));
             entry.insert("naive_efficiency".into(), json!(dense / naive));
         }
-        if let Some(pair) = paired.get(&format!("n{n}_m{m}_k{k}")) {
+        if let Some(pair) = paired.get(format!("n{n}_m{m}_k{k}").as_str()) {
             entry.insert("paired_efficiency".into(), pair["median"].clone());
             entry.insert("paired_q1".into(), pair["q1"].clone());
             entry.insert("paired_q3".into(), pair["q3"].clone());
             entry.insert("paired_rounds".into(), pair["rounds"].clone());
+            // Against the strongest peer measured: MKL where it ran, else numpy.
+            let mut best = None;
+            for peer in PEERS {
+                let efficiency = &pair[&format!("efficiency_vs_{peer}")];
+                if efficiency.is_number() {
+                    entry.insert(
+                        format!("{peer}_dense_s"),
+                        pair[&format!("{peer}_dense_s")].clone(),
+                    );
+                    entry.insert(format!("efficiency_vs_{peer}"), efficiency.clone());
+                    best = best.or(Some((peer, efficiency.clone())));
+                }
+            }
+            if let Some((peer, efficiency)) = best {
+                entry.insert("best_dense_peer".into(), json!(peer));
+                entry.insert("efficiency_vs_best_peer".into(), efficiency);
+            }
         }
         entries.push(entry);
     }
@@ -542,6 +603,9 @@ fn modular_figures(context: &Context, measurements: &[Measurement]) -> Result<Fi
         })
         .collect();
     let mut fields = Map::new();
+    if let Some(side) = &side {
+        fields.insert("peers".into(), side["peers"].clone());
+    }
     if let Some(&(_, base)) = scaling.first() {
         let series: Vec<Value> = scaling.iter().map(|&(m, s)| json!({"n": 4096, "k": 2, "m": m, "modular_s": s, "relative_to_m4": s / base})).collect();
         fields.insert("scaling_m".into(), Value::Array(series));
@@ -560,39 +624,34 @@ fn modular_figures(context: &Context, measurements: &[Measurement]) -> Result<Fi
             "efficiency",
             "paired_efficiency",
             "naive_efficiency",
+            "best_dense_peer",
+            "efficiency_vs_best_peer",
         ],
     })
 }
 
-/// The paired ratios the modular bench wrote (see benches/benches/modular.rs), by
-/// configuration label; empty when the file predates this run's measurements (a filtered run
-/// that skipped the pairs), so that stale pairs are never reported as fresh.
-fn read_paired(
-    path: &Path,
-    measurements: &[Measurement],
-) -> Result<BTreeMap<String, Value>, String> {
+/// A side file of paired rounds (see benches/benches/{gemm,modular}.rs), or `None` when it
+/// is missing or predates this run's measurements (a filtered run that skipped the pairs), so
+/// that stale pairs are never reported as fresh.
+fn read_side(path: &Path, measurements: &[Measurement]) -> Result<Option<Value>, String> {
     if !path.exists() {
-        return Ok(BTreeMap::new());
+        return Ok(None);
     }
     let written = std::fs::metadata(path).and_then(|m| m.modified()).ok();
     let newest = measurements.iter().filter_map(|m| m.written).max();
     if let (Some(written), Some(newest)) = (written, newest)
         && written < newest
     {
-        return Ok(BTreeMap::new());
+        return Ok(None);
     }
-    let Value::Array(list) = read_json(path)? else {
-        return Err(format!("{}: expected a JSON array", path.display()));
-    };
-    list.into_iter()
-        .map(|entry| {
-            let config = entry["config"]
-                .as_str()
-                .ok_or_else(|| format!("{}: an entry has no `config`", path.display()))?
-                .to_owned();
-            Ok((config, entry))
-        })
-        .collect()
+    let side = read_json(path)?;
+    if !side["entries"].is_array() {
+        return Err(format!(
+            "{}: expected an object with an `entries` array",
+            path.display()
+        ));
+    }
+    Ok(Some(side))
 }
 
 /// `em.json`: the time of one E-step and one M-step on the same batch and model, and their
@@ -625,47 +684,6 @@ fn em_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures, Stri
         entries,
         columns: vec!["config", "e_step_s", "m_step_s", "ratio"],
     })
-}
-
-/// Times numpy for the same shapes, one Python process per thread count; `None` (with a
-/// message) when numpy is unavailable or fails, because the comparison is optional.
-fn numpy_gflops(shapes: &[GemmShape]) -> Option<(Value, BTreeMap<GemmShape, f64>)> {
-    let about = match numpy::probe() {
-        Ok(about) => about,
-        Err(why) => {
-            println!("xtask bench: skipping the numpy comparison: {why}");
-            return None;
-        }
-    };
-    let mut timings = BTreeMap::new();
-    let mut threads: Vec<usize> = shapes.iter().map(|s| s.threads).collect();
-    threads.dedup();
-    for t in threads {
-        let dims: Vec<[usize; 3]> = shapes
-            .iter()
-            .filter(|s| s.threads == t)
-            .map(|s| [s.rows, s.k, s.n])
-            .collect();
-        println!("==> xtask bench: numpy.matmul with OPENBLAS_NUM_THREADS={t}");
-        match numpy::time_matmul(&dims, t) {
-            Ok(seconds) => {
-                for (d, s) in dims.iter().zip(seconds) {
-                    let shape = GemmShape {
-                        threads: t,
-                        rows: d[0],
-                        k: d[1],
-                        n: d[2],
-                    };
-                    timings.insert(shape, s);
-                }
-            }
-            Err(why) => {
-                println!("xtask bench: skipping the numpy comparison: {why}");
-                return None;
-            }
-        }
-    }
-    Some((about, timings))
 }
 
 /// The machine the figures come from: CPU model, usable cores, OS, compiler, and how busy it
@@ -869,41 +887,53 @@ mod tests {
     #[test]
     fn gemm_ids_round_trip() {
         assert_eq!(
-            parse_gemm_id("cpu/matmul/t2/4096x512x512"),
+            parse_gemm_id("cpu/tn/t2/4096x512x512"),
             Some(GemmShape {
+                op: "tn".into(),
                 threads: 2,
                 rows: 4096,
                 k: 512,
                 n: 512
             })
         );
-        assert_eq!(parse_gemm_id("cpu/matmul/t2/4096x512"), None);
-        assert_eq!(parse_gemm_id("cpu/matmul/t2/1x2x3x4"), None);
-        assert_eq!(parse_gemm_id("wgpu/matmul/t2/1x2x3"), None);
+        assert_eq!(parse_gemm_id("cpu/nn/t2/4096x512"), None);
+        assert_eq!(parse_gemm_id("cpu/nt/t2/1x2x3x4"), None);
+        assert_eq!(parse_gemm_id("cpu/matmul/t2/1x2x3"), None);
+        assert_eq!(parse_gemm_id("wgpu/nn/t2/1x2x3"), None);
     }
 
     #[test]
     fn options_split_names_flags_and_criterion_args() {
-        let args: Vec<String> = ["gemm", "--no-numpy", "--", "t1", "--quick"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let args: Vec<String> = [
+            "gemm",
+            "--no-peers",
+            "--python",
+            "py",
+            "--",
+            "t1",
+            "--quick",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let options = Options::parse(&args).unwrap();
         assert_eq!(options.names, ["gemm"]);
-        assert!(!options.numpy);
+        assert!(!options.peers);
+        assert_eq!(options.python, Some(PathBuf::from("py")));
         assert_eq!(options.criterion_args, ["t1", "--quick"]);
         assert!(Options::parse(&["--bogus".to_owned()]).is_err());
         assert!(Options::parse(&["--import".to_owned()]).is_err());
+        assert!(Options::parse(&["--python".to_owned()]).is_err());
     }
 
     #[test]
-    fn paired_ratios_are_read_only_when_newer_than_the_measurements() {
+    fn side_files_are_read_only_when_newer_than_the_measurements() {
         let dir = std::env::temp_dir().join(format!("xtask-paired-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("modular-paired.json");
         std::fs::write(
             &path,
-            r#"[{"config": "n128_m16_k2", "rounds": 31, "median": 0.6, "q1": 0.55, "q3": 0.65}]"#,
+            r#"{"entries": [{"config": "n128_m16_k2", "rounds": 31, "median": 0.6}]}"#,
         )
         .unwrap();
         let written = std::fs::metadata(&path).unwrap().modified().unwrap();
@@ -916,16 +946,12 @@ mod tests {
         };
         let earlier = written - std::time::Duration::from_secs(60);
         let later = written + std::time::Duration::from_secs(60);
-        let fresh = read_paired(&path, &[measured(earlier)]).unwrap();
-        assert_eq!(fresh["n128_m16_k2"]["median"], json!(0.6));
-        assert!(read_paired(&path, &[measured(later)]).unwrap().is_empty());
-        assert!(
-            read_paired(&dir.join("absent.json"), &[])
-                .unwrap()
-                .is_empty()
-        );
-        std::fs::write(&path, r#"{"config": "n128_m16_k2"}"#).unwrap();
-        let err = read_paired(&path, &[measured(earlier)]).unwrap_err();
+        let fresh = read_side(&path, &[measured(earlier)]).unwrap().unwrap();
+        assert_eq!(fresh["entries"][0]["median"], json!(0.6));
+        assert!(read_side(&path, &[measured(later)]).unwrap().is_none());
+        assert!(read_side(&dir.join("absent.json"), &[]).unwrap().is_none());
+        std::fs::write(&path, r#"[{"config": "n128_m16_k2"}]"#).unwrap();
+        let err = read_side(&path, &[measured(earlier)]).unwrap_err();
         assert!(err.contains("modular-paired.json"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -18,7 +18,6 @@ mod bench;
 mod bench_sparse;
 mod ci;
 mod data;
-mod numpy;
 mod python;
 mod tidy;
 
@@ -35,8 +34,9 @@ commands:
                       pytest and numpy: python3 -m pip install maturin pytest numpy)
   wheel               build the Python package's wheel (release) into target/wheels/
   bench [NAME...]     run criterion benches (all if no NAME) and write target/bench/NAME.json
-        --numpy       compare GEMM with numpy/OpenBLAS (default: when python3 has numpy)
-        --no-numpy    skip the numpy comparison
+        --python PY   run the GEMM peers (MKL: the `mkl` wheel or torch; numpy) with PY
+                      (default: $MODULA_BENCH_PYTHON, else python3)
+        --no-peers    time modula alone
         -- ARGS       pass ARGS on to criterion (for example a benchmark-id filter)
         --import DIR  write the JSON from results produced elsewhere (DIR/criterion,
                       DIR/bench, DIR/machine.json) instead of running the benches

@@ -271,8 +271,8 @@ impl Kernels for Cpu {
         let (a, b) = (gemm_view(a, ta), gemm_view(b, tb));
         let c = MatMut::row_major(slice_mut(c), m, n);
         if self.threads() > 1 && gemm::worth_parallel(m, k, n) {
-            let par = Parallelism::Rayon(self.threads());
-            self.install(|| gemm::gemm(alpha, a, b, beta, c, par));
+            // The calling thread computes a part itself rather than waiting for the pool.
+            gemm::gemm(alpha, a, b, beta, c, Parallelism::Pool(&self.pool));
         } else {
             // Entering the pool costs a thread hand-off; small products stay on the caller.
             gemm::gemm(alpha, a, b, beta, c, Parallelism::Sequential);

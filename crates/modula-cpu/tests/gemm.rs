@@ -4,7 +4,9 @@
 use std::sync::OnceLock;
 
 use modula_cpu::Cpu;
-use modula_cpu::gemm::{MatMut, MatRef, PackedRhs, Parallelism, gemm, gemm_bias, gemm_packed};
+use modula_cpu::gemm::{
+    KERNEL_VAR, MatMut, MatRef, PackedRhs, Parallelism, gemm, gemm_bias, gemm_packed,
+};
 use modula_tensor::{Backend, Reference, Transpose};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -366,16 +368,18 @@ fn gathered_rows_check_their_indices() {
 }
 
 /// `A B^T` with B's rows contiguous (a layer's `dY W^T`) for every combination of the given
-/// sizes, with and without reading C.
+/// sizes, with and without reading C, on one thread and on two (which split B's rows between
+/// them when the product is large enough).
 fn check_transposed_b(ms: &[usize], ks: &[usize], ns: &[usize], mut seed: u64) {
     for &m in ms {
         for &k in ks {
             for &n in ns {
                 for (alpha, beta) in [(1.0, 0.0), (0.7, -1.3)] {
-                    seed += 1;
-                    let checked =
-                        check_cpu(1, m, k, n, Transpose::No, Transpose::Yes, alpha, beta, seed);
-                    checked.unwrap();
+                    for threads in [1, 2] {
+                        seed += 1;
+                        let (ta, tb) = (Transpose::No, Transpose::Yes);
+                        check_cpu(threads, m, k, n, ta, tb, alpha, beta, seed).unwrap();
+                    }
                 }
             }
         }
@@ -403,6 +407,14 @@ fn tens_of_rows_times_transposed_b_match_reference() {
         &[1, 11, 12, 13, 40],
         1000,
     );
+}
+
+/// A few rows of A against a transposed B large enough to be split across two threads (B's
+/// rows shared out in runs of whole 12-row tiles, an odd count included), for the row counts of
+/// both in-place paths.
+#[test]
+fn few_rows_times_wide_transposed_b_match_reference() {
+    check_transposed_b(&[1, 5, 16, 17, 100], &[700], &[517, 1000], 2000);
 }
 
 /// Shapes that cross the block sizes (depth blocks of 256, row blocks of 240, column chunks
@@ -572,5 +584,31 @@ fn mismatched_shapes_panic() {
         0.0,
         MatMut::row_major(&mut c, 2, 2),
         Parallelism::Sequential,
+    );
+}
+
+/// The whole suite again in a child process restricted to the portable kernel and packing
+/// ([`KERNEL_VAR`]), which AVX-512 machines would otherwise never run past the microkernel
+/// test.
+#[test]
+fn portable_kernels_pass_the_suite() {
+    if std::env::var(KERNEL_VAR).is_ok() {
+        return; // Already the child.
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = std::process::Command::new(exe)
+        .env(KERNEL_VAR, "portable")
+        .args([
+            "--skip",
+            "portable_kernels_pass_the_suite",
+            "--test-threads",
+            "2",
+        ])
+        .output()
+        .expect("the test binary runs");
+    assert!(
+        out.status.success(),
+        "the suite failed with {KERNEL_VAR}=portable:\n{}",
+        String::from_utf8_lossy(&out.stdout)
     );
 }

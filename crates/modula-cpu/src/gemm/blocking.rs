@@ -1,8 +1,7 @@
 //! The blocked loop nest of the GEMM (BLIS order) over one rectangle of `C`, and [`run`],
 //! which splits `C` into rectangles, one per task.
 
-use rayon::prelude::*;
-
+use super::Parallelism;
 use super::kernel::{Kernel, MR, NR, Tile};
 use super::pack::{PackedRhs, pack_a_strip, with_a_buffer};
 use super::view::{MatMut, MatRef};
@@ -41,7 +40,9 @@ unsafe impl Send for CPtr<'_> {}
 unsafe impl Sync for CPtr<'_> {}
 
 /// Splits `C` into at most `tasks` rectangles (along rows when there are enough row tiles,
-/// otherwise along columns) and computes each one, in parallel when `tasks > 1`.
+/// otherwise along columns) and computes each one, split across threads by `par` when
+/// `tasks > 1`.
+#[allow(clippy::too_many_arguments)] // The product's operands, as `gemm` takes them.
 pub(super) fn run(
     alpha: f32,
     a: MatRef<'_>,
@@ -50,6 +51,7 @@ pub(super) fn run(
     bias: Option<&[f32]>,
     c: MatMut<'_>,
     tasks: usize,
+    par: Parallelism<'_>,
 ) {
     let (m, n) = (c.rows, c.cols);
     let (row_tiles, col_tiles) = (m.div_ceil(MR), n.div_ceil(NR));
@@ -100,13 +102,7 @@ pub(super) fn run(
     }
     let kern = Kernel::detect();
     let store = Store { alpha, beta, bias };
-    if parts.len() == 1 {
-        compute_part(kern, &a, b, &store, &parts[0]);
-    } else {
-        parts
-            .par_iter()
-            .for_each(|part| compute_part(kern, &a, b, &store, part));
-    }
+    par.for_each(parts, &|part| compute_part(kern, &a, b, &store, &part));
 }
 
 /// Range of part `r` of `parts` when `tiles` tiles of `unit` elements (`total` in all) are

@@ -40,18 +40,30 @@ pub(super) enum Kernel {
     Portable,
 }
 
+/// The environment variable that restricts the GEMM to its portable kernel and packing
+/// (value `portable`), read once per process: the test suite runs itself again with it, so
+/// that the fallback is covered on machines with AVX-512 too.
+pub const KERNEL_VAR: &str = "MODULA_GEMM_KERNEL";
+
 impl Kernel {
+    /// The fastest kernel this CPU runs, or the portable one under [`KERNEL_VAR`].
     pub(super) fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                return Kernel::Avx512;
+        static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            if std::env::var(KERNEL_VAR).is_ok_and(|v| v == "portable") {
+                return Kernel::Portable;
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return Kernel::Avx2;
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx512f") {
+                    return Kernel::Avx512;
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    return Kernel::Avx2;
+                }
             }
-        }
-        Kernel::Portable
+            Kernel::Portable
+        })
     }
 
     /// # Safety

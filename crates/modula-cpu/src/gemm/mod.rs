@@ -12,6 +12,7 @@
 //!   broadcast without spilling; 24 independent FMA chains hide the FMA latency.)
 //! - Elsewhere a portable kernel with the same tile and packing is used (compiled for AVX2+FMA
 //!   when the CPU has it), so every machine shares the packing, blocking and threading code.
+//!   Setting [`KERNEL_VAR`] to `portable` selects it on any machine.
 //!
 //! When `op(B)` has unit column stride and `op(A)` has few rows, packing `B` would cost as much
 //! as the product itself (every element of `B` is used only `m` times), so [`gemm`] then lets
@@ -53,7 +54,10 @@ mod pack;
 /// Strided, optionally gathered, views of matrices.
 mod view;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use blocking::{Rhs, run};
+pub use kernel::KERNEL_VAR;
 #[cfg(target_arch = "x86_64")]
 use kernel::avx512;
 use kernel::{Kernel, MR, NR};
@@ -94,24 +98,90 @@ const DOT_MAX_ROWS: usize = 16;
 const WT_MAX_ROWS: usize = 128;
 
 /// How a product may be split across threads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Parallelism {
+#[derive(Clone, Copy, Debug)]
+pub enum Parallelism<'p> {
     /// Run on the calling thread only.
     Sequential,
     /// Split into at most this many rayon tasks, executed in the current rayon pool (call from
     /// inside `Cpu::install` to use that backend's threads).
     Rayon(usize),
+    /// Split into one task per thread of this pool, the calling thread computing the first
+    /// itself: for a caller outside the pool, which would otherwise hand the whole product to
+    /// the pool and sleep until a pool thread woke it again. On a VM a wake-up costs tens of
+    /// microseconds, as long as a whole product of a few rows.
+    Pool(&'p rayon::ThreadPool),
 }
 
-impl Parallelism {
+impl Parallelism<'_> {
     /// The most tasks a product may be split into (1 when sequential).
     pub fn tasks(self) -> usize {
         match self {
             Parallelism::Sequential => 1,
             Parallelism::Rayon(n) => n.max(1),
+            Parallelism::Pool(pool) => pool.current_num_threads(),
+        }
+    }
+
+    /// Runs `f` on every item, split into at most [`tasks`](Self::tasks) runs of consecutive
+    /// items: the calling thread takes the first run and the pool the others. A caller outside
+    /// the pool then polls until they are done (yielding its core) rather than sleeping, for the reason given on
+    /// [`Parallelism::Pool`]; a pool thread instead waits as rayon's threads do, running
+    /// other tasks (its own spawned runs included, should no other thread take them).
+    pub(crate) fn for_each<T: Send>(self, items: Vec<T>, f: &(impl Fn(T) + Sync)) {
+        let tasks = self.tasks().min(items.len());
+        if tasks <= 1 {
+            items.into_iter().for_each(f);
+            return;
+        }
+        let per = items.len().div_ceil(tasks);
+        let mut runs = Vec::with_capacity(tasks);
+        let mut items = items.into_iter();
+        loop {
+            let run: Vec<T> = items.by_ref().take(per).collect();
+            if run.is_empty() {
+                break;
+            }
+            runs.push(run);
+        }
+        let done = AtomicUsize::new(0);
+        match self {
+            Parallelism::Pool(pool) => pool.in_place_scope(|scope| fork(scope, runs, f, &done)),
+            _ => rayon::in_place_scope(|scope| fork(scope, runs, f, &done)),
         }
     }
 }
+
+/// The body of [`Parallelism::for_each`] inside its scope: spawns every run but the first,
+/// computes the first, and (outside the pool) polls until `done` counts the others.
+fn fork<'scope, T: Send + 'scope>(
+    scope: &rayon::Scope<'scope>,
+    runs: Vec<Vec<T>>,
+    f: &'scope (impl Fn(T) + Sync),
+    done: &'scope AtomicUsize,
+) {
+    let spawned = runs.len() - 1;
+    let mut runs = runs.into_iter();
+    let first = runs.next().expect("at least two runs");
+    for run in runs {
+        scope.spawn(move |_| {
+            run.into_iter().for_each(f);
+            done.fetch_add(1, Ordering::Release);
+        });
+    }
+    first.into_iter().for_each(f);
+    if rayon::current_thread_index().is_none() {
+        // Yielding rather than spinning bare: on a busy machine the pool thread may be waiting
+        // for this very core, and a bare spin would keep it out for the whole wait.
+        let start = std::time::Instant::now();
+        while done.load(Ordering::Acquire) < spawned && start.elapsed() < SPIN_WAIT {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// How long a caller outside the pool polls for the pool's tasks before it sleeps: longer
+/// than the tasks of a product it splits usually take to finish after its own.
+const SPIN_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// `C = alpha * op(A) * op(B) + beta * C`, with `op(A)` given by `a` (`m x k`), `op(B)` by `b`
 /// (`k x n`) and `C` by `c` (`m x n`).
@@ -190,44 +260,22 @@ fn gemm_impl(
     // `A W^T` with `W`'s rows contiguous (the backward `dY W^T` of a layer with row-major
     // weights) and only a few rows of A: packing `W^T` would transpose all of `W`, a pass over
     // the weights that overlaps no arithmetic, for a few output rows. Below `WT_MAX_ROWS` rows
-    // the product reads `W` in place instead: by dot products of contiguous rows for the
-    // fewest rows, otherwise by `gemm_wt`.
+    // the product reads `W` in place instead, each task its own rows of `W` (columns of C).
     // (Those paths store no bias: a layer's biases belong to its forward `X W`.)
     #[cfg(target_arch = "x86_64")]
-    let w_in_place = tasks == 1
-        && bias.is_none()
+    if bias.is_none()
         && b.row_stride == 1
         && !b.gathered()
         && m <= WT_MAX_ROWS
-        && matches!(Kernel::detect(), Kernel::Avx512);
-    #[cfg(target_arch = "x86_64")]
-    if w_in_place && (m > DOT_MAX_ROWS || a.col_stride != 1 || a.col_map.is_some()) {
-        gemm_wt(alpha, &a, &b, beta, c);
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if w_in_place {
-        // A's rows may be gathered: the kernel takes where each one starts.
-        let mut a_rows = [std::ptr::null(); DOT_MAX_ROWS];
-        for (i, row) in a_rows[..m].iter_mut().enumerate() {
-            *row = a.data[a.row_offset(i)..].as_ptr();
-        }
-        // SAFETY: the views were bounds-checked at construction (every element (i, p) of A
-        // and (p, j) of op(B) lies inside its slice), C is m x n with its row stride, and
-        // AVX-512F is present.
-        unsafe {
-            avx512::dot_rows(
-                alpha,
-                &a_rows[..m],
-                k,
-                b.data.as_ptr(),
-                b.col_stride,
-                n,
-                beta,
-                c.ptr,
-                c.row_stride,
-            )
+        && matches!(Kernel::detect(), Kernel::Avx512)
+    {
+        let parts = split_cols(b, c, tasks, MR);
+        let par = if parts.len() > 1 {
+            par
+        } else {
+            Parallelism::Sequential
         };
+        par.for_each(parts, &|(b, c)| w_in_place(alpha, &a, &b, beta, c));
         return;
     }
     // Reading B in place (with software prefetch) saves a full packing pass over it, which
@@ -239,24 +287,79 @@ fn gemm_impl(
     } else {
         m
     };
+    let par = if tasks > 1 {
+        par
+    } else {
+        Parallelism::Sequential
+    };
     if b.col_stride == 1 && !b.gathered() && rows_per_task <= 2 * MC {
-        run(alpha, a, Rhs::Direct(b), beta, bias, c, tasks);
+        run(alpha, a, Rhs::Direct(b), beta, bias, c, tasks, par);
     } else {
         // The packed copy of B is scratch: keep its allocation for this thread's next call, as
         // allocating and faulting in a fresh megabyte costs a noticeable share of a product of
         // this size.
         let buf = B_BUFFER.take();
-        let par = if tasks > 1 {
-            par
-        } else {
-            Parallelism::Sequential
-        };
         let packed = PackedRhs::pack_into(b, par, buf);
-        run(alpha, a, Rhs::Packed(&packed), beta, bias, c, tasks);
+        run(alpha, a, Rhs::Packed(&packed), beta, bias, c, tasks, par);
         if packed.buf.vec.len() <= MAX_CACHED_FLOATS {
             B_BUFFER.set(packed.buf);
         }
     }
+}
+
+/// The columns of `C` (and of `op(B)`) split into at most `tasks` runs of whole blocks of
+/// `unit` columns.
+fn split_cols<'b, 'c>(
+    b: MatRef<'b>,
+    mut c: MatMut<'c>,
+    tasks: usize,
+    unit: usize,
+) -> Vec<(MatRef<'b>, MatMut<'c>)> {
+    let blocks = c.cols.div_ceil(unit);
+    let tasks = tasks.clamp(1, blocks.max(1));
+    let mut parts = Vec::with_capacity(tasks);
+    let mut j0 = 0;
+    for t in 1..=tasks {
+        let j1 = (blocks * t / tasks * unit).min(b.cols);
+        let (left, right) = c.split_cols(j1 - j0);
+        parts.push((b.cols_range(j0, j1), left));
+        c = right;
+        j0 = j1;
+    }
+    parts
+}
+
+/// `C = alpha * A * W^T + beta * C` reading `W` in place, where `op(B) = W^T` has `W`'s rows
+/// contiguous and A has at most [`WT_MAX_ROWS`] rows: by dot products of contiguous rows
+/// for the fewest rows, otherwise by [`gemm_wt`].
+#[cfg(target_arch = "x86_64")]
+fn w_in_place(alpha: f32, a: &MatRef<'_>, b: &MatRef<'_>, beta: f32, c: MatMut<'_>) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if m > DOT_MAX_ROWS || a.col_stride != 1 || a.col_map.is_some() {
+        gemm_wt(alpha, a, b, beta, c);
+        return;
+    }
+    // A's rows may be gathered: the kernel takes where each one starts.
+    let mut a_rows = [std::ptr::null(); DOT_MAX_ROWS];
+    for (i, row) in a_rows[..m].iter_mut().enumerate() {
+        *row = a.data[a.row_offset(i)..].as_ptr();
+    }
+    // SAFETY: the views were bounds-checked at construction (every element (i, p) of A and
+    // (p, j) of op(B) lies inside its slice), C is m x n with its row stride, and AVX-512F is
+    // present.
+    unsafe {
+        avx512::dot_rows(
+            alpha,
+            &a_rows[..m],
+            k,
+            b.data.as_ptr(),
+            b.col_stride,
+            n,
+            beta,
+            c.ptr,
+            c.row_stride,
+        )
+    };
 }
 
 /// Depth per pass of [`gemm_wt`]: twelve rows of `W` at this depth (24 KiB) stay in L1 while
@@ -345,15 +448,8 @@ pub fn gemm_packed(
         scale_c(c, beta, None);
         return;
     }
-    run(
-        alpha,
-        a,
-        Rhs::Packed(b),
-        beta,
-        None,
-        c,
-        task_count(m, k, n, par),
-    );
+    let tasks = task_count(m, k, n, par);
+    run(alpha, a, Rhs::Packed(b), beta, None, c, tasks, par);
 }
 
 #[track_caller]

@@ -1,11 +1,9 @@
 //! Packing of `op(B)` into `KC x NR` strips ([`PackedRhs`]) and of `op(A)` into `MR x KC`
 //! strips, and the per-thread scratch buffers that hold packed blocks between calls.
 
-use rayon::prelude::*;
-
 #[cfg(target_arch = "x86_64")]
 use super::kernel::avx512;
-use super::kernel::{MR, NR};
+use super::kernel::{Kernel, MR, NR};
 use super::view::MatRef;
 use super::{KC, PAR_MIN_PACK, Parallelism};
 
@@ -60,11 +58,12 @@ impl PackedRhs {
             let kc = piece.len() / NR;
             pack_b_strip(&b, p0, kc, j0, piece);
         };
-        if par.tasks() > 1 && k * n >= PAR_MIN_PACK {
-            pieces.into_par_iter().for_each(pack);
+        let par = if k * n >= PAR_MIN_PACK {
+            par
         } else {
-            pieces.into_iter().for_each(pack);
-        }
+            Parallelism::Sequential
+        };
+        par.for_each(pieces, &pack);
         PackedRhs { k, n, buf }
     }
 
@@ -202,7 +201,7 @@ fn transpose_block(
     assert!(starts.iter().all(|&s| s + len <= src.len()));
     assert!((len - 1) * dst_stride + lanes <= dst.len());
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
+    if matches!(Kernel::detect(), Kernel::Avx512) {
         // SAFETY: AVX-512F is available, and the assertions above keep every read within
         // `src` and every write within `dst`.
         unsafe {

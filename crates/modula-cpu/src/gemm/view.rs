@@ -134,6 +134,29 @@ impl<'a> MatRef<'a> {
         self.col_map.map_or(j, |m| m[j] as usize) * self.col_stride
     }
 
+    /// Columns `j0..j1` of this view.
+    pub(super) fn cols_range(self, j0: usize, j1: usize) -> Self {
+        assert!(
+            j0 <= j1 && j1 <= self.cols,
+            "MatRef: columns {j0}..{j1} of {}",
+            self.cols
+        );
+        match self.col_map {
+            Some(map) => MatRef {
+                col_map: Some(&map[j0..j1]),
+                cols: j1 - j0,
+                ..self
+            },
+            // Column j0 starts the view; an empty range keeps the data (nothing is read).
+            None if j0 < j1 => MatRef {
+                data: &self.data[j0 * self.col_stride..],
+                cols: j1 - j0,
+                ..self
+            },
+            None => MatRef { cols: 0, ..self },
+        }
+    }
+
     /// Whether the view reads its rows or columns through an index.
     pub(super) fn gathered(&self) -> bool {
         self.row_map.is_some() || self.col_map.is_some()
@@ -241,6 +264,23 @@ impl<'a> MatMut<'a> {
     /// Number of columns.
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// This view split into its first `at` columns and the rest (like `split_at_mut`).
+    pub(super) fn split_cols(self, at: usize) -> (MatMut<'a>, MatMut<'a>) {
+        assert!(
+            at <= self.cols,
+            "MatMut: split at column {at} of {}",
+            self.cols
+        );
+        let right = MatMut {
+            // Column `at` of row 0; `wrapping_add` keeps an empty right part's pointer defined.
+            ptr: self.ptr.wrapping_add(at),
+            cols: self.cols - at,
+            ..self
+        };
+        let left = MatMut { cols: at, ..self };
+        (left, right)
     }
 }
 

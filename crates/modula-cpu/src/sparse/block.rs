@@ -150,7 +150,7 @@ pub fn sparsify_blocks(
 /// How the row blocks of a product run: spread over the pool with a sequential GEMM each
 /// when there are at least as many as threads and the product is worth splitting, else one
 /// at a time with each GEMM split (or all on the caller for small products).
-fn plan(s: &BlockSparse, m: usize, threads: usize) -> (bool, Parallelism) {
+fn plan(s: &BlockSparse, m: usize, threads: usize) -> (bool, Parallelism<'static>) {
     let active = s.values().len();
     let worth = threads > 1 && worth_parallel(active, m, 1);
     let spread = worth && s.row_blocks() >= threads;
