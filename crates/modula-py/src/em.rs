@@ -166,7 +166,30 @@ impl Network for PyModularMlp {
         keys: &Bound<'_, PyAny>,
         examples: usize,
     ) -> Result<Batch<modula_em::models::MlpInput<Cpu>>> {
-        mlp_batch(self, batch, keys, examples)
+        let (x, y) = batch
+            .extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()
+            .map_err(|_| {
+                Error::new(
+                    Kind::DType,
+                    "`batch` must be a tuple (x, y) of numpy arrays for a ModularMlp",
+                )
+            })?;
+        let input = self.input(&x, &y)?;
+        let n = input.x.nrows();
+        let (shape, keys) = indices(keys, "indices", 1, examples, "example indices")?;
+        rows_match("indices", shape[0], n)?;
+        let groups = (0..self.net.layers.len())
+            .map(|layer| Group {
+                layer,
+                keys: keys.clone(),
+            })
+            .collect();
+        Ok(Batch {
+            input,
+            groups,
+            examples: n,
+            units: n,
+        })
     }
 
     fn parts(&mut self) -> (&Cpu, &Self::Model, &mut ParamStore<Cpu>) {
@@ -185,7 +208,47 @@ impl Network for PyLanguageModel {
         keys: &Bound<'_, PyAny>,
         examples: usize,
     ) -> Result<Batch<modula_em::models::LmWindow<Cpu>>> {
-        lm_batch(self, batch, keys, examples)
+        let parts: Vec<Bound<'_, PyAny>> = batch.extract().map_err(|_| {
+            Error::new(
+                Kind::DType,
+                "`batch` must be a tuple (ids, targets) or (ids, targets, h0) for a LanguageModel",
+            )
+        })?;
+        let (ids, targets, h0) = match parts.as_slice() {
+            [ids, targets] => (ids, targets, None),
+            [ids, targets, h0] => (ids, targets, Some(h0)),
+            _ => {
+                return Err(Error::new(
+                    Kind::DType,
+                    format!(
+                        "`batch` has {} items; pass (ids, targets) or (ids, targets, h0)",
+                        parts.len()
+                    ),
+                ));
+            }
+        };
+        let input = self.window(ids, targets, h0)?;
+        let (steps, n) = (input.ids.len(), input.h0.nrows());
+        let (shape, keys) = indices(keys, "indices", 2, examples, "token positions")?;
+        if shape != [steps, n] {
+            return Err(Error::new(
+                Kind::Array,
+                format!("`indices` has shape {shape:?}; it must match `ids`, [{steps}, {n}]"),
+            ));
+        }
+        let groups = keys
+            .chunks(n)
+            .map(|k| Group {
+                layer: 0,
+                keys: k.to_vec(),
+            })
+            .collect();
+        Ok(Batch {
+            input,
+            groups,
+            examples: n,
+            units: steps * n,
+        })
     }
 
     fn parts(&mut self) -> (&Cpu, &Self::Model, &mut ParamStore<Cpu>) {
@@ -214,99 +277,15 @@ fn run_step<N: Network>(
     which: Which,
     batch: &Bound<'_, PyAny>,
     keys: &Bound<'_, PyAny>,
-) -> Result<Outcome> {
-    let mut guard = net.bind(py).borrow_mut();
+) -> PyResult<Outcome> {
+    // A model in use by another thread's call raises PyO3's "already borrowed" RuntimeError.
+    let mut guard = net.bind(py).try_borrow_mut()?;
     let batch = guard.batch(batch, keys, state.examples())?;
     let (cpu, model, params) = guard.parts();
-    detached(py, || match which {
+    Ok(detached(py, || match which {
         Which::E => state.e_step(cpu, model, params, &batch).map(Outcome::E),
         Which::M => state.m_step(cpu, model, params, &batch).map(Outcome::M),
-    })
-}
-
-/// A feed-forward batch: the model's input and one group per layer, all keyed by the rows'
-/// example indices.
-fn mlp_batch(
-    model: &PyModularMlp,
-    batch: &Bound<'_, PyAny>,
-    keys: &Bound<'_, PyAny>,
-    examples: usize,
-) -> Result<Batch<modula_em::models::MlpInput<Cpu>>> {
-    let (x, y) = batch
-        .extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>)>()
-        .map_err(|_| {
-            Error::new(
-                Kind::DType,
-                "`batch` must be a tuple (x, y) of numpy arrays for a ModularMlp",
-            )
-        })?;
-    let input = model.input(&x, &y)?;
-    let n = input.x.nrows();
-    let (shape, keys) = indices(keys, "indices", 1, examples, "example indices")?;
-    rows_match("indices", shape[0], n)?;
-    let groups = (0..model.net.layers.len())
-        .map(|layer| Group {
-            layer,
-            keys: keys.clone(),
-        })
-        .collect();
-    Ok(Batch {
-        input,
-        groups,
-        examples: n,
-        units: n,
-    })
-}
-
-/// A language-model window: `(ids, targets)` or `(ids, targets, h0)`, and one group per time
-/// step keyed by the positions' indices `[T, n]`.
-fn lm_batch(
-    model: &PyLanguageModel,
-    batch: &Bound<'_, PyAny>,
-    keys: &Bound<'_, PyAny>,
-    examples: usize,
-) -> Result<Batch<modula_em::models::LmWindow<Cpu>>> {
-    let parts: Vec<Bound<'_, PyAny>> = batch.extract().map_err(|_| {
-        Error::new(
-            Kind::DType,
-            "`batch` must be a tuple (ids, targets) or (ids, targets, h0) for a LanguageModel",
-        )
-    })?;
-    let (ids, targets, h0) = match parts.as_slice() {
-        [ids, targets] => (ids, targets, None),
-        [ids, targets, h0] => (ids, targets, Some(h0)),
-        _ => {
-            return Err(Error::new(
-                Kind::DType,
-                format!(
-                    "`batch` has {} items; pass (ids, targets) or (ids, targets, h0)",
-                    parts.len()
-                ),
-            ));
-        }
-    };
-    let input = model.window(ids, targets, h0)?;
-    let (steps, n) = (input.ids.len(), input.h0.nrows());
-    let (shape, keys) = indices(keys, "indices", 2, examples, "token positions")?;
-    if shape != [steps, n] {
-        return Err(Error::new(
-            Kind::Array,
-            format!("`indices` has shape {shape:?}; it must match `ids`, [{steps}, {n}]"),
-        ));
-    }
-    let groups = keys
-        .chunks(n)
-        .map(|k| Group {
-            layer: 0,
-            keys: k.to_vec(),
-        })
-        .collect();
-    Ok(Batch {
-        input,
-        groups,
-        examples: n,
-        units: steps * n,
-    })
+    })?)
 }
 
 impl PyEm {
@@ -317,7 +296,7 @@ impl PyEm {
         which: Which,
         batch: &Bound<'_, PyAny>,
         indices: &Bound<'_, PyAny>,
-    ) -> Result<Outcome> {
+    ) -> PyResult<Outcome> {
         match &self.network {
             Trained::Mlp(net) => run_step(py, net, &mut self.state, which, batch, indices),
             Trained::Lm(net) => run_step(py, net, &mut self.state, which, batch, indices),
