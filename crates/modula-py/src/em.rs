@@ -335,6 +335,16 @@ impl PyEm {
         };
         Ok(guarded(|| {
             crate::layers::positive("examples", examples)?;
+            // The table's keys are u32 (batches name their rows by them).
+            if examples > u32::MAX as usize {
+                return Err(Error::new(
+                    Kind::Config,
+                    format!(
+                        "`examples` is {examples}; EM's table holds at most {} keys",
+                        u32::MAX
+                    ),
+                ));
+            }
             let settings = TrainSettings {
                 algo: Algo::Em,
                 lr,

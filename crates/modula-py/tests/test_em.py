@@ -83,6 +83,8 @@ def test_bad_batches_raise_the_documented_exceptions():
         modula.EM(model, examples=8, samples=0)
     with pytest.raises(modula.ConfigError, match="examples"):
         modula.EM(model, examples=0)
+    with pytest.raises(modula.ConfigError, match="examples"):
+        modula.EM(model, examples=2**33)
 
 
 def test_a_diverging_m_step_leaves_the_parameters():
