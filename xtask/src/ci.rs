@@ -1,9 +1,10 @@
-//! `cargo xtask ci`: the project's whole test command.
+//! `cargo xtask ci`: the project's whole test command: the Rust checks and tests, then the
+//! Python package's wheel and its pytest suite.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::{cargo, workspace_root};
+use crate::{cargo, python, workspace_root};
 
 /// One step of the CI run: a name for the log and the cargo arguments.
 struct Step {
@@ -47,28 +48,51 @@ pub fn run() -> Result<(), String> {
     let mut timings = Vec::new();
     for step in STEPS {
         let command_line = format!("cargo {}", step.args.join(" "));
-        println!("==> xtask ci: {} ({command_line})", step.name);
-        let start = Instant::now();
-        let status = Command::new(cargo())
-            .args(step.args)
-            .current_dir(workspace_root())
-            .status()
-            .map_err(|e| format!("could not start `{command_line}`: {e}"))?;
-        let elapsed = start.elapsed();
-        println!("<== xtask ci: {} took {}", step.name, seconds(elapsed));
-        timings.push((step.name, elapsed));
-        if !status.success() {
-            return Err(format!(
-                "step `{}` failed ({status}); reproduce it with `{command_line}`, fix it, and re-run `cargo xtask ci`",
-                step.name
-            ));
-        }
+        timed(step.name, &command_line, &mut timings, || {
+            let status = Command::new(cargo())
+                .args(step.args)
+                .current_dir(workspace_root())
+                .status()
+                .map_err(|e| format!("could not start `{command_line}`: {e}"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "step `{}` failed ({status}); reproduce it with `{command_line}`, fix it, and re-run `cargo xtask ci`",
+                    step.name
+                ))
+            }
+        })?;
     }
+    // After the Rust tests, which built the debug `modula` binary the suite compares with.
+    let wheel = timed("wheel", "cargo xtask wheel", &mut timings, python::wheel)?;
+    timed(
+        "pytest",
+        "pytest crates/modula-py/tests",
+        &mut timings,
+        || python::test(&wheel),
+    )?;
     println!("xtask ci: all steps passed in {}", seconds(total.elapsed()));
     for (name, elapsed) in timings {
         println!("  {name:<8} {}", seconds(elapsed));
     }
     Ok(())
+}
+
+/// Runs one step between its log lines and records how long it took.
+fn timed<T>(
+    name: &'static str,
+    command_line: &str,
+    timings: &mut Vec<(&'static str, Duration)>,
+    step: impl FnOnce() -> Result<T, String>,
+) -> Result<T, String> {
+    println!("==> xtask ci: {name} ({command_line})");
+    let start = Instant::now();
+    let result = step();
+    let elapsed = start.elapsed();
+    println!("<== xtask ci: {name} took {}", seconds(elapsed));
+    timings.push((name, elapsed));
+    result
 }
 
 /// A duration as seconds with one decimal, e.g. `12.3 s`.

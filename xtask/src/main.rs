@@ -1,7 +1,9 @@
 //! Project automation for modula, run as `cargo xtask <command>` (an alias defined in
 //! `.cargo/config.toml`).
 //!
-//! - `cargo xtask ci`: formatting, clippy and the whole test suite, stopping at the first failure.
+//! - `cargo xtask ci`: formatting, clippy and the whole test suite (Rust, then the Python
+//!   package's pytest suite on its freshly built wheel), stopping at the first failure.
+//! - `cargo xtask wheel`: the Python package's wheel, built by maturin into `target/wheels/`.
 //! - `cargo xtask bench [NAME...]`: criterion benches with short sample sizes, turned into JSON
 //!   figures under `target/bench/`.
 //! - `cargo xtask tidy`: source-tree checks (no circular imports between a library crate's
@@ -16,6 +18,7 @@ mod bench;
 mod bench_sparse;
 mod ci;
 mod data;
+mod python;
 mod tidy;
 
 use std::path::PathBuf;
@@ -26,7 +29,10 @@ const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
-  ci                  cargo fmt --check, cargo clippy -D warnings, cargo test --workspace
+  ci                  cargo fmt --check, cargo clippy -D warnings, cargo test --workspace,
+                      then the Python wheel and its pytest suite (needs python3 with maturin,
+                      pytest and numpy: python3 -m pip install maturin pytest numpy)
+  wheel               build the Python package's wheel (release) into target/wheels/
   bench [NAME...]     run criterion benches (all if no NAME) and write target/bench/NAME.json
         --python PY   run the GEMM peers (MKL: the `mkl` wheel or torch; numpy) with PY
                       (default: $MODULA_BENCH_PYTHON, else python3)
@@ -57,6 +63,7 @@ fn main() -> ExitCode {
         },
         "data" => data::run(rest),
         "tidy" if rest.is_empty() => tidy::run(),
+        "wheel" if rest.is_empty() => python::wheel().map(|path| println!("{}", path.display())),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

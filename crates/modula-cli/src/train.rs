@@ -127,6 +127,6 @@ struct Job(Start);
 
 impl OnBackend for Job {
     fn run<B: SparseBackend>(self, backend: B, device: DeviceInfo) -> Result<(), RunError> {
-        modula_run::train(backend, device, self.0)
+        modula_run::train(backend, device, self.0, modula_run::Hooks::default())
     }
 }

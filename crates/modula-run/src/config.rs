@@ -12,7 +12,7 @@ use modula_tasks::{
 };
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::error::{RunError, run_error};
+use crate::error::{RunError, config_error};
 use crate::files;
 
 /// The backend a run computes on, as spelled on the command line and in `config.toml`.
@@ -342,7 +342,8 @@ impl RunConfig {
     /// # Errors
     /// A run error naming the file when it cannot be read or parsed.
     pub fn read(path: &Path) -> Result<Self, RunError> {
-        let cannot = |e: String| run_error(format!("cannot read config {}: {e}", path.display()));
+        let cannot =
+            |e: String| config_error(format!("cannot read config {}: {e}", path.display()));
         let bytes =
             files::read_limited(path, files::CONFIG_LIMIT).map_err(|e| cannot(e.to_string()))?;
         let text = String::from_utf8(bytes).map_err(|_| cannot("it is not UTF-8 text".into()))?;
@@ -357,13 +358,13 @@ impl RunConfig {
     pub fn parse(text: &str, origin: &str) -> Result<Self, RunError> {
         let path = Path::new(origin);
         let invalid =
-            |e: toml::de::Error| run_error(format!("config {} is invalid: {e}", path.display()));
+            |e: toml::de::Error| config_error(format!("config {} is invalid: {e}", path.display()));
         let table: toml::Table = toml::from_str(text).map_err(invalid)?;
         let task = match table.get("task_name") {
             None => "toy",
             Some(toml::Value::String(s)) => s.as_str(),
             Some(v) => {
-                return Err(run_error(format!(
+                return Err(config_error(format!(
                     "config {} is invalid: `task_name` is {v}; use one of {TASKS:?}",
                     path.display()
                 )));
@@ -381,7 +382,7 @@ impl RunConfig {
             _ if IMAGE_TASKS.contains(&task) => {
                 Ok(RunConfig::Image(toml::from_str(text).map_err(invalid)?))
             }
-            other => Err(run_error(format!(
+            other => Err(config_error(format!(
                 "config {}: {}",
                 path.display(),
                 unknown_task(other)
@@ -587,12 +588,12 @@ impl RunConfig {
                     .and_then(|()| c.train.validate()),
             ),
         };
-        checked.map_err(|e| run_error(e.to_string()))?;
+        checked.map_err(|e| config_error(e.to_string()))?;
         if let RunConfig::Lm(c) = self {
             let upcycled = !c.train.init_from.as_os_str().is_empty();
             let modular = matches!(c.train.algo, Algo::Em | Algo::Reinforce | Algo::Uniform);
             if upcycled && !(modular && c.model.k == 1) {
-                return Err(run_error(format!(
+                return Err(config_error(format!(
                     "invalid configuration: `train.init_from` upcycles a dense GRU into a controller-routed modular one with K = 1 (em, reinforce or uniform), not {} with K = {}; remove it or change train.algo and model.k",
                     c.train.algo.name(),
                     c.model.k
@@ -601,12 +602,12 @@ impl RunConfig {
         }
         // Noisy top-k picks at least two modules, so it cannot run on a pool of one.
         if common.algo == Algo::Topk && modules < 2 {
-            return Err(run_error(format!(
+            return Err(config_error(format!(
                 "invalid configuration: `model.modules` is {modules}; noisy top-k (train.algo = \"topk\") needs at least 2 modules"
             )));
         }
         if !(common.max_minutes >= 0.0 && common.max_minutes.is_finite()) {
-            return Err(run_error(format!(
+            return Err(config_error(format!(
                 "invalid configuration: `max_minutes` is {}; use 0 (no limit) or a positive number",
                 common.max_minutes
             )));
@@ -628,7 +629,7 @@ impl RunConfig {
 }
 
 fn unknown_task(task: &str) -> RunError {
-    run_error(format!(
+    config_error(format!(
         "invalid configuration: `task_name` is {task:?}; the tasks are {}",
         TASKS.map(|t| format!("\"{t}\"")).join(", ")
     ))

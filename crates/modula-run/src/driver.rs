@@ -229,8 +229,9 @@ pub trait Job<B: Backend> {
     /// A failed evaluation.
     fn record(&mut self, interval: &Interval, evaluate: bool) -> Result<Logged, RunError>;
 
-    /// Writes `summary.json` (and anything else the task draws) and prints the figures, given
-    /// the training seconds and units over all resumed parts and every record logged.
+    /// Writes `summary.json` (and anything else the task draws) and returns the figures as
+    /// lines for standard output, given the training seconds and units over all resumed parts
+    /// and every record logged.
     ///
     /// # Errors
     /// A failed evaluation or write.
@@ -240,18 +241,33 @@ pub trait Job<B: Backend> {
         train_seconds: f64,
         train_units: u64,
         records: &[serde_json::Value],
-    ) -> Result<(), RunError>;
+    ) -> Result<String, RunError>;
 }
 
-/// How progress is shown: a live bar on a terminal, plain lines otherwise.
+/// How a training call reports and when it stops early, for callers other than the command
+/// line: the `modula` binary prints everything and runs to its bound (`Hooks::default()`),
+/// while the Python bindings may train silently and stop at a Ctrl-C.
+#[derive(Default)]
+pub struct Hooks<'a> {
+    /// Train without printing the banner, progress, figures and memory lines.
+    pub quiet: bool,
+    /// Asked before every iteration; when it answers `true` the run writes its checkpoint
+    /// and ends with [`RunError::Interrupted`] (no summary: the run is not over).
+    pub interrupted: Option<&'a mut (dyn FnMut() -> bool + Send)>,
+}
+
+/// How progress is shown: a live bar on a terminal, plain lines otherwise, or not at all.
 enum Progress {
     Bar(ProgressBar),
     Lines { total: u64 },
+    Quiet,
 }
 
 impl Progress {
-    fn new(total: u64, position: u64) -> Self {
-        if std::io::stderr().is_terminal() {
+    fn new(total: u64, position: u64, quiet: bool) -> Self {
+        if quiet {
+            Progress::Quiet
+        } else if std::io::stderr().is_terminal() {
             let bar = ProgressBar::new(total);
             bar.set_style(
                 ProgressStyle::with_template(
@@ -282,6 +298,7 @@ impl Progress {
             Progress::Lines { total } => {
                 console::eprint(&format!("{} (of {total})\n", logged.line))
             }
+            Progress::Quiet => Ok(()),
         }
     }
 
@@ -309,12 +326,17 @@ struct Driver<B: Backend, J: Job<B>> {
 }
 
 /// Trains `job` into `start.dir`: from step 0, or from `start.checkpoint`, whose history it
-/// first checks and trims to the checkpoint's step.
+/// first checks and trims to the checkpoint's step; `hooks` say whether to print and when to
+/// stop early.
 ///
 /// # Errors
 /// A run error for an unreadable or foreign checkpoint, a history that does not match it, a
-/// diverged loss or a failed write.
-pub fn train<B: Backend, J: Job<B>>(mut job: J, start: Start) -> Result<(), RunError> {
+/// diverged loss or a failed write, and [`RunError::Interrupted`] when `hooks` stopped it.
+pub fn train<B: Backend, J: Job<B>>(
+    mut job: J,
+    start: Start,
+    hooks: Hooks<'_>,
+) -> Result<(), RunError> {
     let Start {
         dir,
         checkpoint,
@@ -397,7 +419,7 @@ pub fn train<B: Backend, J: Job<B>>(mut job: J, start: Start) -> Result<(), RunE
         }
         driver.save_checkpoint()?;
     }
-    driver.run(&memory)
+    driver.run(&memory, hooks)
 }
 
 /// Reads the history of a run resumed from the checkpoint at `step`: the records up to it
@@ -432,19 +454,37 @@ fn trim_history(
 }
 
 impl<B: Backend, J: Job<B>> Driver<B, J> {
-    fn run(mut self, memory: &Estimate) -> Result<(), RunError> {
+    fn run(mut self, memory: &Estimate, mut hooks: Hooks<'_>) -> Result<(), RunError> {
         let total = self.job.total();
-        console::eprint(&format!(
+        let say = |text: String| {
+            if hooks.quiet {
+                Ok(())
+            } else {
+                console::eprint(&text)
+            }
+        };
+        say(format!(
             "{}\nmemory: {}\n",
             self.job.banner(self.dir.path()),
             memory.describe()
         ))?;
         let limit = self.job.config().common().max_minutes * 60.0;
         let start = Instant::now();
-        let progress = Progress::new(total, self.job.trainer().step);
+        let progress = Progress::new(total, self.job.trainer().step, hooks.quiet);
         while self.job.trainer().step < total {
             if limit > 0.0 && start.elapsed().as_secs_f64() >= limit {
                 break;
+            }
+            if hooks.interrupted.as_mut().is_some_and(|stop| stop()) {
+                progress.finish();
+                if self.checkpoint_step != self.job.trainer().step {
+                    self.save_checkpoint()?;
+                }
+                return Err(RunError::Interrupted {
+                    dir: self.dir.path().to_path_buf(),
+                    step: self.checkpoint_step,
+                    unit: self.job.unit(),
+                });
             }
             let t0 = Instant::now();
             let outcome = self.job.trainer_mut().step().map_err(|e| {
@@ -472,14 +512,18 @@ impl<B: Backend, J: Job<B>> Driver<B, J> {
         if self.checkpoint_step != self.job.trainer().step {
             self.save_checkpoint()?;
         }
-        self.job.finish(
+        let figures = self.job.finish(
             self.dir.path(),
             self.train_seconds,
             self.train_units,
             &self.records,
         )?;
+        if hooks.quiet {
+            return Ok(());
+        }
+        console::print(&figures)?;
         match memory::peak() {
-            Some(peak) => console::eprint(&format!(
+            Some(peak) => say(format!(
                 "memory: peak {} (estimated {})\n",
                 memory::size(peak),
                 memory::size(memory.total())

@@ -13,6 +13,29 @@ pub enum RunError {
     /// Any other failure, as a message naming the file or field and what to change.
     #[error("{0}")]
     Message(String),
+    /// A configuration that cannot be read, parsed or validated, as a message naming the file
+    /// or field and what to change. Kept apart so that callers other than the command line
+    /// (the Python bindings) can report it as a configuration error.
+    #[error("{0}")]
+    Config(String),
+    /// A data set that cannot be loaded (missing, truncated or malformed files), as the data
+    /// loader's message.
+    #[error("{0}")]
+    Data(String),
+    /// The caller's interruption check asked the run to stop (a Ctrl-C in the Python
+    /// bindings); the checkpoint at `step` was written first, so `--resume` continues it.
+    #[error(
+        "interrupted at {unit} {step}; the checkpoint is saved, continue the run with `modula train --resume {}`",
+        .dir.display()
+    )]
+    Interrupted {
+        /// The run directory.
+        dir: PathBuf,
+        /// The iteration the checkpoint holds.
+        step: u64,
+        /// What an iteration is called (`step`, `window`).
+        unit: &'static str,
+    },
     /// Another process holds the run directory's lock.
     #[error(
         "{} is in use by another modula process{}; wait for it to finish (or stop it) and try again, or choose another directory",
@@ -36,4 +59,9 @@ pub enum RunError {
 /// Shorthand for a run error built from anything printable.
 pub fn run_error(message: impl Into<String>) -> RunError {
     RunError::Message(message.into())
+}
+
+/// Shorthand for a configuration error built from anything printable.
+pub fn config_error(message: impl Into<String>) -> RunError {
+    RunError::Config(message.into())
 }

@@ -13,8 +13,8 @@ use crate::config::{ImageRun, RunConfig};
 use crate::dir::{CHECKPOINT_FILE, CONFIG_FILE, DeviceInfo, METRICS_FILE, SUMMARY_FILE};
 use crate::driver::{Due, Interval, Job, Logged};
 use crate::error::{RunError, run_error};
+use crate::files;
 pub use crate::records::{EvalPoint, ImageRecord, ImageSummary};
-use crate::{console, files};
 
 /// Rounds of [`ImageTask::time_dispatch`] at the end of a ReLU network's run.
 const TIMING_ROUNDS: usize = 3;
@@ -329,7 +329,7 @@ impl<B: SparseBackend> Job<B> for ImageJob<B> {
         train_seconds: f64,
         train_units: u64,
         records: &[serde_json::Value],
-    ) -> Result<(), RunError> {
+    ) -> Result<String, RunError> {
         let s = self.summary(train_seconds, train_units, records)?;
         let json = serde_json::to_string_pretty(&s).expect("the summary serialises");
         files::replace(&dir.join(SUMMARY_FILE), "summary", (json + "\n").as_bytes())?;
@@ -364,7 +364,7 @@ impl<B: SparseBackend> Job<B> for ImageJob<B> {
                 100.0 * s.ideal_saving.unwrap_or(0.0)
             )
         });
-        console::print(&format!(
+        Ok(format!(
             "{}: {:.2} epochs, {} steps, {:.0} images/s ({state})\ntrain accuracy {:.4}, test accuracy {:.4} (gap {:.4}), test NLL {:.4}, {} parameters, {:.2} MFLOP/image{}\nzero / all-zero-block fraction per hidden layer (test): {sparsity}{timing}\nrun directory: {}\n  {}\n",
             s.name,
             s.epochs,

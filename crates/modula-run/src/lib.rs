@@ -29,27 +29,36 @@ use serde::Serialize;
 
 pub use config::{BackendKind, ImageRun, LmRun, Overrides, RunConfig, TASKS, ToyRun};
 pub use dir::DeviceInfo;
-pub use error::{RunError, run_error};
+pub use driver::Hooks;
+pub use error::{RunError, config_error, run_error};
 pub use lock::LOCK_FILE;
 pub use start::{RunData, Start};
 
-/// Trains the run `start` prepared ([`Start::fresh`] or [`Start::resume`]) on `backend`.
+/// Trains the run `start` prepared ([`Start::fresh`] or [`Start::resume`]) on `backend`;
+/// `hooks` say whether it prints and when it stops early (`Hooks::default()` prints
+/// everything and runs to the run's bound, as `modula train` does).
 ///
 /// # Errors
-/// A run error for unreadable data or checkpoint, a diverged loss or a failed write.
+/// A run error for unreadable data or checkpoint, a diverged loss or a failed write, and
+/// [`RunError::Interrupted`] when `hooks` stopped it.
 pub fn train<B: SparseBackend>(
     backend: B,
     device: DeviceInfo,
     mut start: Start,
+    hooks: Hooks<'_>,
 ) -> Result<(), RunError> {
     match start.cfg.clone() {
-        RunConfig::Toy(run) => driver::train(toy::ToyJob::new(backend, device, &run), start),
+        RunConfig::Toy(run) => driver::train(toy::ToyJob::new(backend, device, &run), start, hooks),
         RunConfig::Image(run) => {
             let data = match start.data.take() {
                 Some(RunData::Images(data)) => data,
                 _ => images::load_data(&run)?,
             };
-            driver::train(images::ImageJob::new(backend, device, &run, data), start)
+            driver::train(
+                images::ImageJob::new(backend, device, &run, data),
+                start,
+                hooks,
+            )
         }
         RunConfig::Lm(run) => {
             let mut job = match start.data.take() {
@@ -59,7 +68,7 @@ pub fn train<B: SparseBackend>(
             if start.checkpoint.is_none() {
                 job.upcycle()?;
             }
-            driver::train(job, start)
+            driver::train(job, start, hooks)
         }
     }
 }

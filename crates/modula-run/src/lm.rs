@@ -13,7 +13,7 @@ use crate::config::{LmRun, RunConfig};
 use crate::dir::{DeviceInfo, SUMMARY_FILE};
 use crate::driver::{Due, Interval, Job, Logged};
 use crate::error::{RunError, run_error};
-use crate::{console, files, memory};
+use crate::{files, memory};
 
 pub use crate::records::{EpochEnd, Filtered, LmRecord, LmSummary};
 
@@ -35,8 +35,8 @@ pub fn load_data(run: &LmRun) -> Result<LmData, RunError> {
         Some(text) => text.load(),
         None => TextCorpus::load_ptb(&data_dir(run.data_dir.as_deref()).join("ptb")),
     }
-    .map_err(|e| run_error(e.to_string()))?;
-    LmData::new(corpus, &run.train).map_err(run_error)
+    .map_err(|e| RunError::Data(e.to_string()))?;
+    LmData::new(corpus, &run.train).map_err(RunError::Data)
 }
 
 /// A language-modelling run: its configuration, device and trainer.
@@ -333,7 +333,7 @@ impl<B: Backend> Job<B> for LmJob<B> {
         train_seconds: f64,
         train_units: u64,
         records: &[serde_json::Value],
-    ) -> Result<(), RunError> {
+    ) -> Result<String, RunError> {
         let r = self.run();
         let limit = r.train.eval_tokens;
         let Evaluations {
@@ -404,7 +404,7 @@ impl<B: Backend> Job<B> for LmJob<B> {
                 dir.display()
             )
         };
-        console::print(&format!(
+        Ok(format!(
             "{}: {} epochs, {} windows, {:.0} tokens/s ({state})\nvalid ppl {:.2}, test ppl {:.2}{}, {} parameters, {:.2} MFLOP/token{}\nrun directory: {}\n",
             summary.name,
             summary.epochs,

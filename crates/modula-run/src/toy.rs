@@ -10,8 +10,8 @@ use crate::config::{RunConfig, ToyRun};
 use crate::dir::{CHECKPOINT_FILE, CONFIG_FILE, DeviceInfo, METRICS_FILE, SUMMARY_FILE};
 use crate::driver::{Due, Interval, Job, Logged};
 use crate::error::{RunError, run_error};
+use crate::files;
 pub use crate::records::{Figures, MetricRecord, Summary};
-use crate::{console, files};
 
 /// A toy run: its configuration, device and trainer.
 pub struct ToyJob<B: Backend> {
@@ -154,7 +154,7 @@ impl<B: Backend> Job<B> for ToyJob<B> {
         train_seconds: f64,
         _train_units: u64,
         records: &[serde_json::Value],
-    ) -> Result<(), RunError> {
+    ) -> Result<String, RunError> {
         let r = self.run();
         let t = &self.trainer;
         let summary = Summary {
@@ -180,7 +180,7 @@ impl<B: Backend> Job<B> for ToyJob<B> {
             .map(String::from)
             .collect::<Vec<_>>();
         names.extend(plots);
-        console::print(&format!(
+        Ok(format!(
             "{} on the {} task: {} steps in {:.1} s ({}, seed {}, {} parameters)\n{}\nrun directory: {}\n  {}\n",
             summary.algo,
             summary.task,
