@@ -572,6 +572,12 @@ fn modular_figures(context: &Context, measurements: &[Measurement]) -> Result<Fi
             entry.insert("paired_q1".into(), pair["q1"].clone());
             entry.insert("paired_q3".into(), pair["q3"].clone());
             entry.insert("paired_rounds".into(), pair["rounds"].clone());
+            // The memory floor (see benches/src/floor.rs), absent from older side files.
+            for field in ["floor_s", "floor_share"] {
+                if pair[field].is_number() {
+                    entry.insert(field.into(), pair[field].clone());
+                }
+            }
             // Against the strongest peer measured: MKL where it ran, else numpy.
             let mut best = None;
             for peer in PEERS {
@@ -582,12 +588,19 @@ fn modular_figures(context: &Context, measurements: &[Measurement]) -> Result<Fi
                         pair[&format!("{peer}_dense_s")].clone(),
                     );
                     entry.insert(format!("efficiency_vs_{peer}"), efficiency.clone());
-                    best = best.or(Some((peer, efficiency.clone())));
+                    let bound = pair[&format!("floor_efficiency_vs_{peer}")].clone();
+                    if bound.is_number() {
+                        entry.insert(format!("floor_efficiency_vs_{peer}"), bound.clone());
+                    }
+                    best = best.or(Some((peer, efficiency.clone(), bound)));
                 }
             }
-            if let Some((peer, efficiency)) = best {
+            if let Some((peer, efficiency, bound)) = best {
                 entry.insert("best_dense_peer".into(), json!(peer));
                 entry.insert("efficiency_vs_best_peer".into(), efficiency);
+                if bound.is_number() {
+                    entry.insert("floor_efficiency_vs_best_peer".into(), bound);
+                }
             }
         }
         entries.push(entry);
@@ -626,6 +639,8 @@ fn modular_figures(context: &Context, measurements: &[Measurement]) -> Result<Fi
             "naive_efficiency",
             "best_dense_peer",
             "efficiency_vs_best_peer",
+            "floor_share",
+            "floor_efficiency_vs_best_peer",
         ],
     })
 }
