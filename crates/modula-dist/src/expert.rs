@@ -1,0 +1,377 @@
+//! Expert parallelism for the modular linear layer: the modules of a layer are sharded across
+//! ranks and the routed rows travel to their modules' owners by all-to-all.
+//!
+//! Module `m` lives on rank `m mod P`, as local module `m / P` there. Each rank routes its own
+//! rows as the single-process layer does ([`Routing`]); then
+//!
+//! 1. the per-module row counts go to the modules' owners (an all-to-all-v of `u32`s whose
+//!    sizes every rank knows: one count per module of the receiving rank),
+//! 2. the routed input rows follow (an all-to-all-v of `f32` rows, grouped by destination
+//!    rank, then by module),
+//! 3. each rank runs one grouped product over the rows it received for its own modules,
+//!    reading them through an index (no copy into module order), and
+//! 4. the per-pair outputs go back to the rows' owners (a second all-to-all-v), which sum each
+//!    row's pairs exactly as the single-process layer does.
+//!
+//! The backward pass reverses both exchanges: the output gradients of each pair go to the
+//! module's owner, which accumulates its modules' weight gradients (they never leave it) and
+//! sends the pairs' input gradients back to the rows' owners.
+
+use modula_modular::{ModularLinear, Routing};
+use modula_nn::{Grads, ParamId, ParamStore};
+use modula_tensor::{Backend, GroupedOp};
+
+use crate::DistError;
+use crate::comm::Comm;
+
+/// Number of the `modules` modules that rank `rank` of `ranks` owns (`m mod ranks == rank`).
+pub fn local_modules(modules: usize, ranks: usize, rank: usize) -> usize {
+    modules.saturating_sub(rank).div_ceil(ranks)
+}
+
+/// The shard of a [`ModularLinear`] that one rank holds: the stacked weights and biases of the
+/// modules `m` with `m mod P == rank`, in increasing `m` (local module `l` is module
+/// `l * P + rank`).
+#[derive(Clone, Debug)]
+pub struct ExpertLinear {
+    /// Stacked weights of the local modules, `[M_local * d_in, d_out]`.
+    pub weight: ParamId,
+    /// Stacked biases of the local modules, `[M_local, d_out]`.
+    pub bias: ParamId,
+    /// Number of modules `M` of the whole layer.
+    pub modules: usize,
+    /// Input width.
+    pub d_in: usize,
+    /// Output width.
+    pub d_out: usize,
+    rank: usize,
+    ranks: usize,
+}
+
+/// The host-side plan of one step's two exchanges, built from a rank's routing and the
+/// counts its peers sent; the same plan serves forward and backward.
+#[derive(Debug)]
+struct Exchange {
+    /// Pairs this rank sends to each rank.
+    send_counts: Vec<usize>,
+    /// Input row of each sent pair, in send order (by destination rank, then module).
+    send_rows: Vec<u32>,
+    /// The routing's `row_pos` mapped into send order: where each row's pairs come back.
+    combine_pos: Vec<u32>,
+    /// Pairs this rank receives from each rank.
+    recv_counts: Vec<usize>,
+    /// Received pair (row of the received buffer) of each local pair in module order.
+    recv_order: Vec<u32>,
+    /// Start of each local module's block in `recv_order`; `M_local + 1` entries.
+    local_offsets: Vec<u32>,
+}
+
+/// What [`ExpertLinear::forward`] keeps for the backward pass.
+#[derive(Debug)]
+pub struct ExpertCache<B: Backend> {
+    plan: Exchange,
+    /// The input rows this rank received for its modules, `[R, d_in]`.
+    received: B::Tensor,
+    /// Row pointers of the caller's routing (`n + 1` entries).
+    row_ptr: Vec<u32>,
+}
+
+/// Copies rows `rows` of the row-major `src` (rows of `width`) into one buffer, in order.
+fn pack(src: &[f32], width: usize, rows: impl Iterator<Item = usize>) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows.size_hint().0 * width);
+    for r in rows {
+        out.extend_from_slice(&src[r * width..(r + 1) * width]);
+    }
+    out
+}
+
+/// Rows of `src` (module order) written back into received order: `out[order[k]] = src[k]`.
+fn unpermute(src: &[f32], width: usize, order: &[u32]) -> Vec<f32> {
+    let mut out = vec![0.0; src.len()];
+    for (k, &at) in order.iter().enumerate() {
+        let at = at as usize;
+        out[at * width..(at + 1) * width].copy_from_slice(&src[k * width..(k + 1) * width]);
+    }
+    out
+}
+
+/// Elements of each block when every pair carries `width` values.
+fn times(counts: &[usize], width: usize) -> Vec<usize> {
+    counts.iter().map(|c| c * width).collect()
+}
+
+impl ExpertLinear {
+    /// This rank's shard of the single-process layer `full` (whose parameters are in
+    /// `full_params`), registered in `params` as `{name}.weight` and `{name}.bias`.
+    ///
+    /// # Errors
+    /// [`DistError::Setup`] if the layer has fewer modules than there are ranks (a rank
+    /// without modules would hold empty parameters), or a device error while reading `full`.
+    pub fn shard<B: Backend>(
+        b: &B,
+        comm: &impl Comm,
+        params: &mut ParamStore<B>,
+        name: &str,
+        full: &ModularLinear,
+        full_params: &ParamStore<B>,
+    ) -> Result<Self, DistError> {
+        let (rank, ranks) = (comm.rank(), comm.size());
+        if full.modules < ranks {
+            return Err(DistError::Setup(format!(
+                "layer {name} has {} modules but the job has {ranks} ranks; expert parallelism \
+                 needs at least one module per rank (run with fewer ranks, or use data \
+                 parallelism)",
+                full.modules
+            )));
+        }
+        let w = b.download(full_params.get(full.weight))?;
+        let bias = b.download(full_params.get(full.bias))?;
+        let local = local_modules(full.modules, ranks, rank);
+        let owned = || (0..local).map(|l| l * ranks + rank);
+        let block = full.d_in * full.d_out;
+        let w_local: Vec<f32> = owned()
+            .flat_map(|m| &w[m * block..(m + 1) * block])
+            .copied()
+            .collect();
+        let bias_local = pack(&bias, full.d_out, owned());
+        Ok(ExpertLinear {
+            weight: params.add(
+                format!("{name}.weight"),
+                b.upload([local * full.d_in, full.d_out], &w_local),
+            ),
+            bias: params.add(
+                format!("{name}.bias"),
+                b.upload([local, full.d_out], &bias_local),
+            ),
+            modules: full.modules,
+            d_in: full.d_in,
+            d_out: full.d_out,
+            rank,
+            ranks,
+        })
+    }
+
+    /// Number of modules this rank owns.
+    pub fn local_modules(&self) -> usize {
+        local_modules(self.modules, self.ranks, self.rank)
+    }
+
+    /// Checks that `comm` is the group this shard was made for.
+    fn check_comm(&self, comm: &impl Comm) -> Result<(), DistError> {
+        if (comm.rank(), comm.size()) == (self.rank, self.ranks) {
+            Ok(())
+        } else {
+            Err(DistError::Setup(format!(
+                "expert layer sharded for rank {} of {} called on rank {} of {}",
+                self.rank,
+                self.ranks,
+                comm.rank(),
+                comm.size()
+            )))
+        }
+    }
+
+    /// Exchanges the per-module counts and builds the step's plan (collective).
+    fn plan(&self, comm: &impl Comm, routing: &Routing) -> Result<Exchange, DistError> {
+        let p = self.ranks;
+        // Send order: destination rank q, then q's modules q, q + P, ... in increasing order,
+        // each module's pairs in the routing's (row) order.
+        let mut send_pairs = Vec::with_capacity(routing.pairs());
+        let mut send_counts = vec![0usize; p];
+        let mut module_counts = Vec::with_capacity(self.modules);
+        let mut meta_counts = vec![0usize; p];
+        for (q, (sent, meta)) in send_counts.iter_mut().zip(&mut meta_counts).enumerate() {
+            for m in (q..self.modules).step_by(p) {
+                let (lo, hi) = (routing.offsets[m], routing.offsets[m + 1]);
+                send_pairs.extend(lo..hi);
+                module_counts.push(hi - lo);
+                *sent += (hi - lo) as usize;
+            }
+            *meta = local_modules(self.modules, p, q);
+        }
+        let local = self.local_modules();
+        // Counts first: rank s learns how many rows each of its modules gets from every rank.
+        let got = comm.all_to_all_v(&module_counts, &meta_counts, &vec![local; p])?;
+        let recv_counts: Vec<usize> = got
+            .chunks(local)
+            .map(|c| c.iter().map(|&x| x as usize).sum())
+            .collect();
+        // Where source s's rows for local module l start in the received buffer.
+        let mut starts = Vec::with_capacity(p * local);
+        let mut at = 0u32;
+        for c in got.chunks(local) {
+            for &n in c {
+                starts.push(at);
+                at += n;
+            }
+        }
+        let mut recv_order = Vec::with_capacity(at as usize);
+        let mut local_offsets = Vec::with_capacity(local + 1);
+        local_offsets.push(0u32);
+        for l in 0..local {
+            for s in 0..p {
+                let start = starts[s * local + l];
+                recv_order.extend(start..start + got[s * local + l]);
+            }
+            local_offsets.push(recv_order.len() as u32);
+        }
+        let mut slot_of_pair = vec![0u32; routing.pairs()];
+        for (j, &pair) in send_pairs.iter().enumerate() {
+            slot_of_pair[pair as usize] = j as u32;
+        }
+        Ok(Exchange {
+            send_counts,
+            send_rows: send_pairs
+                .iter()
+                .map(|&pair| routing.pair_rows[pair as usize])
+                .collect(),
+            combine_pos: routing
+                .row_pos
+                .iter()
+                .map(|&pos| slot_of_pair[pos as usize])
+                .collect(),
+            recv_counts,
+            recv_order,
+            local_offsets,
+        })
+    }
+
+    /// Sends rows `plan.send_rows` of `t` (`[n, width]`) to their modules' owners and returns
+    /// what this rank received, `[R, width]` in received order (collective).
+    fn dispatch<B: Backend>(
+        b: &B,
+        comm: &impl Comm,
+        plan: &Exchange,
+        t: &B::Tensor,
+        width: usize,
+    ) -> Result<B::Tensor, DistError> {
+        let host = b.download(t)?;
+        let send = pack(&host, width, plan.send_rows.iter().map(|&r| r as usize));
+        let got = comm.all_to_all_v(
+            &send,
+            &times(&plan.send_counts, width),
+            &times(&plan.recv_counts, width),
+        )?;
+        Ok(b.upload([plan.recv_order.len(), width], &got))
+    }
+
+    /// Sends per-pair rows `t` (`[R, width]`, local module order) back to the rows' owners
+    /// and sums each row's pairs there: the result is `[n, width]` (collective).
+    fn combine<B: Backend>(
+        b: &B,
+        comm: &impl Comm,
+        plan: &Exchange,
+        row_ptr: &[u32],
+        t: &B::Tensor,
+        width: usize,
+    ) -> Result<B::Tensor, DistError> {
+        let host = b.download(t)?;
+        let send = unpermute(&host, width, &plan.recv_order);
+        let got = comm.all_to_all_v(
+            &send,
+            &times(&plan.recv_counts, width),
+            &times(&plan.send_counts, width),
+        )?;
+        let pairs = b.upload([plan.send_rows.len(), width], &got);
+        Ok(b.segment_sum_rows(&pairs, &plan.combine_pos, row_ptr))
+    }
+
+    /// Forward pass for this rank's rows `x` (`[n, d_in]`, `n` may be 0) routed by `routing`
+    /// (built from this rank's selection over all `M` modules); returns `[n, d_out]`, equal
+    /// (up to summation order inside the products) to [`ModularLinear::forward`] without
+    /// gates. Collective: every rank calls it in the same step.
+    ///
+    /// # Errors
+    /// [`DistError::Setup`] if `x` or `routing` disagree with the layer or `comm` is not the
+    /// group of this shard; communication and device errors.
+    pub fn forward<B: Backend>(
+        &self,
+        b: &B,
+        comm: &impl Comm,
+        params: &ParamStore<B>,
+        x: &B::Tensor,
+        routing: &Routing,
+    ) -> Result<(B::Tensor, ExpertCache<B>), DistError> {
+        self.check_comm(comm)?;
+        if b.shape(x) != [routing.rows(), self.d_in] || routing.modules() != self.modules {
+            return Err(DistError::Setup(format!(
+                "expert layer ({} modules, d_in {}) got input {:?} and a routing of {} rows over \
+                 {} modules",
+                self.modules,
+                self.d_in,
+                b.shape(x),
+                routing.rows(),
+                routing.modules()
+            )));
+        }
+        let plan = self.plan(comm, routing)?;
+        let received = Self::dispatch(b, comm, &plan, x, self.d_in)?;
+        let ys = b.grouped_product_rows(
+            GroupedOp::XW,
+            &received,
+            params.get(self.weight),
+            &plan.recv_order,
+            &plan.local_offsets,
+            Some(params.get(self.bias)),
+        );
+        let y = Self::combine(b, comm, &plan, &routing.row_ptr, &ys, self.d_out)?;
+        Ok((
+            y,
+            ExpertCache {
+                plan,
+                received,
+                row_ptr: routing.row_ptr.clone(),
+            },
+        ))
+    }
+
+    /// Backward pass: accumulates the gradients of this rank's modules (from every rank's
+    /// rows routed to them) into `grads` and returns `dL/dx` for this rank's rows,
+    /// `[n, d_in]`. Collective.
+    ///
+    /// # Errors
+    /// [`DistError::Setup`] if `dy` is not `[n, d_out]`; communication and device errors.
+    pub fn backward<B: Backend>(
+        &self,
+        b: &B,
+        comm: &impl Comm,
+        params: &ParamStore<B>,
+        cache: ExpertCache<B>,
+        dy: &B::Tensor,
+        grads: &mut Grads<B>,
+    ) -> Result<B::Tensor, DistError> {
+        self.check_comm(comm)?;
+        let rows = cache.row_ptr.len() - 1;
+        if b.shape(dy) != [rows, self.d_out] {
+            return Err(DistError::Setup(format!(
+                "expert layer output gradient is {:?}, expected [{rows}, {}]",
+                b.shape(dy),
+                self.d_out
+            )));
+        }
+        let plan = &cache.plan;
+        let dys = Self::dispatch(b, comm, plan, dy, self.d_out)?;
+        let local = self.local_modules();
+        let (dw, beta) = grads.product_entry(b, self.weight, [local * self.d_in, self.d_out]);
+        b.grouped_matmul_rows(
+            GroupedOp::XtY,
+            &cache.received,
+            &dys,
+            &plan.recv_order,
+            &plan.local_offsets,
+            beta,
+            dw,
+        );
+        let db = b.segment_sum_rows(&dys, &plan.recv_order, &plan.local_offsets);
+        grads.accumulate(b, self.bias, &db);
+        let dxs = b.grouped_product_rows(
+            GroupedOp::XWt,
+            &dys,
+            params.get(self.weight),
+            &plan.recv_order,
+            &plan.local_offsets,
+            None,
+        );
+        Self::combine(b, comm, plan, &cache.row_ptr, &dxs, self.d_in)
+    }
+}
