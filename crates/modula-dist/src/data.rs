@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use modula_nn::{Grads, ParamStore};
+use modula_nn::{Grads, ParamId, ParamStore};
 use modula_tensor::{Backend, Shape};
 
 use crate::DistError;
@@ -18,8 +18,13 @@ pub fn shard_range(n: usize, rank: usize, ranks: usize) -> Range<usize> {
     start..start + base + usize::from(rank < extra)
 }
 
-/// Replaces every gradient in `grads` by the sum over ranks of `scale` times it, so that after
-/// the call every rank holds the same gradients.
+/// Replaces the gradient of every parameter in `replicated` by the sum over ranks of `scale`
+/// times it, so that after the call every rank holds the same gradients for them.
+///
+/// `replicated` lists the parameters every rank holds a copy of, in the same order on every
+/// rank (for example all of `params.ids()` in a purely data-parallel model). The shards of an
+/// expert-parallel layer must not be listed: their gradients are already complete on their
+/// owner, and their shapes differ between ranks.
 ///
 /// `scale` is this rank's weight in the global loss: with per-rank losses that are means over
 /// the rank's `n_r` rows of a global batch of `N`, pass `n_r / N`, and the sum is the gradient
@@ -32,6 +37,7 @@ pub fn shard_range(n: usize, rank: usize, ranks: usize) -> Range<usize> {
 pub fn all_reduce_grads<B: Backend>(
     b: &B,
     comm: &impl Comm,
+    replicated: &[ParamId],
     params: &ParamStore<B>,
     grads: &mut Grads<B>,
     scale: f32,
@@ -42,16 +48,16 @@ pub fn all_reduce_grads<B: Backend>(
             "gradient buckets must hold at least one value".into(),
         ));
     }
-    let ids: Vec<_> = params.ids().collect();
     // Which parameters have a gradient anywhere: one small allreduce, so that all ranks pack
     // the same buckets.
-    let mut present: Vec<f32> = ids
+    let mut present: Vec<f32> = replicated
         .iter()
         .map(|&id| f32::from(u8::from(grads.get(id).is_some())))
         .collect();
     comm.all_reduce_sum(&mut present)?;
-    let live: Vec<_> = ids
-        .into_iter()
+    let live: Vec<_> = replicated
+        .iter()
+        .copied()
         .zip(present)
         .filter(|&(_, p)| p > 0.0)
         .map(|(id, _)| (id, b.shape(params.get(id))))

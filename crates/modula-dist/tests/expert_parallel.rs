@@ -10,7 +10,7 @@
 use modula_cpu::Cpu;
 use modula_dist::{Comm, ExpertLinear, LocalComm, all_reduce_grads, shard_range};
 use modula_modular::{ModularLinear, Routing, Selection};
-use modula_nn::{Grads, ParamStore};
+use modula_nn::{Ctx, Grads, Init, Linear, Module, Optimizer, ParamStore, Sgd};
 use modula_tensor::Backend;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -236,7 +236,7 @@ fn check_allreduce(comm: &impl Comm) -> Result<(), String> {
         grads.accumulate(&b, id, &b.upload(s, &v));
     }
     let scale = 0.5;
-    all_reduce_grads(&b, comm, &params, &mut grads, scale, 5).map_err(|e| e.to_string())?;
+    all_reduce_grads(&b, comm, &ids, &params, &mut grads, scale, 5).map_err(|e| e.to_string())?;
     for (i, (&id, &s)) in ids.iter().zip(&shapes).enumerate() {
         let want: Vec<f32> = (0..s[0] * s[1])
             .map(|j| {
@@ -254,12 +254,163 @@ fn check_allreduce(comm: &impl Comm) -> Result<(), String> {
     Ok(())
 }
 
+/// The regression head and squared-error loss of [`check_training`] on rows `h` with
+/// targets `t`, as a part of a global batch of `total` rows: returns this part's share of the
+/// mean loss and `dL/dh`, and accumulates the head's gradients.
+fn head_step(
+    b: &Cpu,
+    params: &ParamStore<Cpu>,
+    head: &Linear,
+    h: &<Cpu as Backend>::Tensor,
+    t: &[f32],
+    total: usize,
+    grads: &mut Grads<Cpu>,
+) -> Result<(f32, <Cpu as Backend>::Tensor), String> {
+    let (y, cache) = head.forward(b, params, h, &mut Ctx::eval());
+    let y = b.download(&y).map_err(|e| e.to_string())?;
+    let loss = y.iter().zip(t).map(|(y, t)| (y - t) * (y - t)).sum::<f32>() / total as f32;
+    let dy: Vec<f32> = y
+        .iter()
+        .zip(t)
+        .map(|(y, t)| 2.0 * (y - t) / total as f32)
+        .collect();
+    let dy = b.upload([t.len() / head.d_out, head.d_out], &dy);
+    Ok((loss, head.backward(b, params, cache, &dy, grads)))
+}
+
+/// Training with both kinds of parallelism: an expert-parallel modular layer (its gradients
+/// complete on the modules' owners) under a replicated linear head (data-parallel, gradients
+/// summed by [`all_reduce_grads`]), a few SGD-with-momentum steps on fixed selections. Each
+/// step's global loss and the final parameters must equal one process training on the whole
+/// batch. (SGD rather than Adam: Adam's first steps move every weight by about `lr` times the
+/// sign of its gradient, which turns a rounding difference in a near-zero gradient into a
+/// full step.)
+fn check_training(comm: &impl Comm) -> Result<(), String> {
+    const STEPS: usize = 4;
+    let (rows, modules, k, d_in, hidden, d_out) = (14, 6, 2, 4, 5, 3);
+    let b = Cpu::with_threads(1);
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut full_params = ParamStore::new();
+    let full = ModularLinear::new(
+        &b,
+        &mut full_params,
+        "expert",
+        modules,
+        d_in,
+        hidden,
+        &mut rng,
+    );
+    let head = Linear::new(
+        &b,
+        &mut full_params,
+        "head",
+        hidden,
+        d_out,
+        Init::Glorot,
+        &mut rng,
+    );
+    let x = values(&mut rng, rows * d_in);
+    let t = values(&mut rng, rows * d_out);
+    let picks: Vec<u32> = (0..rows * k)
+        .map(|_| rng.random_range(0..modules as u32))
+        .collect();
+
+    // This rank's replica of the head and shard of the modules, taken before training starts.
+    let (rank, ranks) = (comm.rank(), comm.size());
+    let mut params = ParamStore::new();
+    let layer = ExpertLinear::shard(&b, comm, &mut params, "expert", &full, &full_params)
+        .map_err(|e| e.to_string())?;
+    let my_head = Linear {
+        weight: params.add("head.weight", b.duplicate(full_params.get(head.weight))),
+        bias: params.add("head.bias", b.duplicate(full_params.get(head.bias))),
+        ..head.clone()
+    };
+
+    // One process on the whole batch.
+    let routing = Routing::new(&Selection::new(k, picks.clone()), modules);
+    let xs = b.upload([rows, d_in], &x);
+    let mut opt = Sgd::new(0.2, 0.9);
+    let mut want_losses = Vec::new();
+    for _ in 0..STEPS {
+        let mut grads = Grads::new();
+        let (h, cache) = full.forward(&b, &full_params, &xs, &routing, None);
+        let (loss, dh) = head_step(&b, &full_params, &head, &h, &t, rows, &mut grads)?;
+        full.backward(&b, &full_params, &routing, cache, &dh, &mut grads);
+        opt.step(&b, &mut full_params, &grads);
+        want_losses.push(loss);
+    }
+
+    // This rank's rows.
+    let mine = shard_range(rows, rank, ranks);
+    let routing = Routing::new(
+        &Selection::new(k, picks[mine.start * k..mine.end * k].to_vec()),
+        modules,
+    );
+    let xs = b.upload([mine.len(), d_in], &x[mine.start * d_in..mine.end * d_in]);
+    let my_t = &t[mine.start * d_out..mine.end * d_out];
+    let mut opt = Sgd::new(0.2, 0.9);
+    let err = |e: modula_dist::DistError| e.to_string();
+    for (step, want) in want_losses.iter().enumerate() {
+        let mut grads = Grads::new();
+        let (h, cache) = layer
+            .forward(&b, comm, &params, &xs, &routing)
+            .map_err(err)?;
+        let (part, dh) = head_step(&b, &params, &my_head, &h, my_t, rows, &mut grads)?;
+        layer
+            .backward(&b, comm, &params, cache, &dh, &mut grads)
+            .map_err(err)?;
+        // Per-rank losses already carry the global batch's 1/N, so the sum needs no scale.
+        all_reduce_grads(
+            &b,
+            comm,
+            &[my_head.weight, my_head.bias],
+            &params,
+            &mut grads,
+            1.0,
+            4,
+        )
+        .map_err(err)?;
+        opt.step(&b, &mut params, &grads);
+        let mut loss = [part];
+        comm.all_reduce_sum(&mut loss).map_err(err)?;
+        close(
+            &format!("loss of step {step} on rank {rank}"),
+            &loss,
+            &[*want],
+        )?;
+    }
+    let dl = |p: &ParamStore<Cpu>, id| b.download(p.get(id)).map_err(|e| e.to_string());
+    let at = |what: &str| format!("after training (rank {rank} of {ranks}): {what}");
+    close(
+        &at("head weight"),
+        &dl(&params, my_head.weight)?,
+        &dl(&full_params, head.weight)?,
+    )?;
+    close(
+        &at("head bias"),
+        &dl(&params, my_head.bias)?,
+        &dl(&full_params, head.bias)?,
+    )?;
+    let (w, w_ref) = (dl(&params, layer.weight)?, dl(&full_params, full.weight)?);
+    let block = d_in * hidden;
+    for l in 0..layer.local_modules() {
+        let m = l * ranks + rank;
+        close(
+            &at(&format!("weight of module {m}")),
+            &w[l * block..(l + 1) * block],
+            &w_ref[m * block..(m + 1) * block],
+        )?;
+    }
+    Ok(())
+}
+
 /// Every check of this file on one rank of `comm`.
 fn check_all(comm: &impl Comm) -> Result<(), String> {
     for case in CASES {
         check_case(comm, case)?;
     }
-    check_allreduce(comm)
+    check_allreduce(comm)?;
+    check_training(comm)
 }
 
 #[test]
@@ -318,12 +469,17 @@ mod under_mpi {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    /// A job that has not finished by then has hung (the checks take well under a second).
+    /// A job that has not finished by then has hung (the checks take about a second).
     const DEADLINE: Duration = Duration::from_secs(120);
 
-    /// Runs this test binary's worker under `mpirun -np ranks` and fails with its output
-    /// unless every rank passed.
-    fn launch(ranks: usize) {
+    /// How soon a job whose rank died must end (issue 23's bound); mpirun takes about a
+    /// second.
+    const DEAD_RANK_LIMIT: Duration = Duration::from_secs(60);
+
+    /// Runs this test binary's ignored test `test` on every rank of `mpirun -np ranks`;
+    /// returns whether the job succeeded, its output, and how long it ran. A job still
+    /// running after [`DEADLINE`] is killed and counts as failed.
+    fn run_job(ranks: usize, test: &str) -> (bool, String, Duration) {
         let exe = std::env::current_exe().expect("test binary path");
         let mut child = Command::new("mpirun")
             .args(["--oversubscribe", "--allow-run-as-root", "-np"])
@@ -332,7 +488,7 @@ mod under_mpi {
             .args([
                 "--ignored",
                 "--exact",
-                "under_mpi::worker",
+                test,
                 "--test-threads=1",
                 "--nocapture",
             ])
@@ -358,11 +514,16 @@ mod under_mpi {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        (out.status.success(), log, start.elapsed())
+    }
+
+    /// Runs the checks under `mpirun -np ranks` and fails with the job's output unless every
+    /// rank passed.
+    fn launch(ranks: usize) {
+        let (ok, log, took) = run_job(ranks, "under_mpi::worker");
         assert!(
-            out.status.success() && log.matches("worker passed on rank").count() == ranks,
-            "mpirun -np {ranks} failed ({}, after {:?}):\n{log}",
-            out.status,
-            start.elapsed()
+            ok && log.matches("worker passed on rank").count() == ranks,
+            "mpirun -np {ranks} failed after {took:?}:\n{log}"
         );
     }
 
@@ -374,6 +535,39 @@ mod under_mpi {
     #[test]
     fn four_ranks_equal_one_process() {
         launch(4);
+    }
+
+    #[test]
+    fn a_dead_rank_ends_the_job_with_its_rank_named() {
+        let (ok, log, took) = run_job(3, "under_mpi::dying_worker");
+        assert!(!ok, "the job with a dead rank succeeded:\n{log}");
+        assert!(
+            took < DEAD_RANK_LIMIT,
+            "the job with a dead rank took {took:?} to end:\n{log}"
+        );
+        assert!(
+            log.contains("rank 1 exits before the barrier")
+                && log.contains(DEAD_RANK_REPORT)
+                && log.contains("Exit code:    3"),
+            "mpirun's output does not name the failed rank:\n{log}"
+        );
+    }
+
+    /// How mpirun (OpenMPI 4) names the first process that exited non-zero: `[[job,1],rank]`,
+    /// here rank 1.
+    const DEAD_RANK_REPORT: &str = ",1],1]";
+
+    /// Rank 1 exits with status 3 while the others wait for it in a barrier that can never
+    /// complete: mpirun must end the job.
+    #[test]
+    #[ignore = "runs on every rank of the MPI job that the dead-rank test starts"]
+    fn dying_worker() {
+        let comm = modula_dist::MpiComm::init().unwrap();
+        if modula_dist::Comm::rank(&comm) == 1 {
+            eprintln!("rank 1 exits before the barrier");
+            std::process::exit(3);
+        }
+        modula_dist::Comm::barrier(&comm).unwrap();
     }
 
     /// The body of the MPI job: runs on every rank, started by `launch`.
