@@ -703,7 +703,7 @@ fn em_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures, Stri
 
 /// The machine the figures come from: CPU model, usable cores, OS, compiler, and how busy it
 /// was.
-fn machine() -> Value {
+pub(crate) fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -735,7 +735,7 @@ fn machine() -> Value {
     })
 }
 
-fn machine_line(machine: &Value) -> String {
+pub(crate) fn machine_line(machine: &Value) -> String {
     // Imported figures (`--import`) may come from a machine with a GPU, which it names.
     let gpu = machine["gpu"]
         .as_str()
@@ -757,7 +757,7 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
 }
 
 /// Prints `entries` as an aligned table with the given columns.
-fn print_table(columns: &[&str], entries: &[Map<String, Value>]) {
+pub(crate) fn print_table(columns: &[&str], entries: &[Map<String, Value>]) {
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| columns.iter().map(|c| format_cell(e.get(*c))).collect())

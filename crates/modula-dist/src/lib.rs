@@ -5,12 +5,14 @@ mod data;
 mod expert;
 #[cfg(feature = "mpi")]
 mod mpi_comm;
+mod timed;
 
 pub use comm::{Comm, LocalComm, Wire};
 pub use data::{all_reduce_grads, shard_range};
 pub use expert::{ExpertCache, ExpertLinear, local_modules};
 #[cfg(feature = "mpi")]
 pub use mpi_comm::MpiComm;
+pub use timed::TimedComm;
 
 /// What can go wrong in distributed code that one rank can detect and report.
 ///

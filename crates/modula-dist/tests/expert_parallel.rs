@@ -8,7 +8,7 @@
 //! weight and bias gradients of the modules it owns.
 
 use modula_cpu::Cpu;
-use modula_dist::{Comm, ExpertLinear, LocalComm, all_reduce_grads, shard_range};
+use modula_dist::{Comm, ExpertLinear, LocalComm, TimedComm, all_reduce_grads, shard_range};
 use modula_modular::{ModularLinear, Routing, Selection};
 use modula_nn::{Ctx, Grads, Init, Linear, Module, Optimizer, ParamStore, Sgd};
 use modula_tensor::Backend;
@@ -157,6 +157,7 @@ fn check_case(comm: &impl Comm, case: &Case) -> Result<(), String> {
         case.modules,
     );
     let err = |e: modula_dist::DistError| e.to_string();
+    let comm = &TimedComm::new(comm);
     let (y, cache) = layer
         .forward(
             &b,
@@ -184,6 +185,38 @@ fn check_case(comm: &impl Comm, case: &Case) -> Result<(), String> {
         )
         .map_err(err)?;
     let at = |what: &str| format!("{} (rank {rank} of {ranks}): {what}", case.name);
+    // Bytes to other ranks: the counts of their modules, then each remote pair's input row
+    // and output gradient out and its output and input gradient back.
+    let owner_rows = |r: usize| {
+        let rows = shard_range(case.rows, r, ranks);
+        Routing::new(
+            &Selection::new(
+                case.k,
+                picks[rows.start * case.k..rows.end * case.k].to_vec(),
+            ),
+            case.modules,
+        )
+    };
+    let remote = |from: usize, to: usize| -> usize {
+        let routing = owner_rows(from);
+        (0..case.modules)
+            .filter(|m| m % ranks == to)
+            .map(|m| routing.count(m))
+            .sum()
+    };
+    let others = || (0..ranks).filter(|&q| q != rank);
+    let counts: usize = others()
+        .map(|q| modula_dist::local_modules(case.modules, ranks, q))
+        .sum();
+    let pairs_out: usize = others().map(|q| remote(rank, q)).sum();
+    let pairs_in: usize = others().map(|s| remote(s, rank)).sum();
+    let want_bytes = 4 * (counts + (pairs_out + pairs_in) * (case.d_in + case.d_out));
+    let sent = comm.take().1;
+    if sent != want_bytes as u64 {
+        return Err(at(&format!(
+            "sent {sent} bytes to other ranks, expected {want_bytes}"
+        )));
+    }
     close(
         &at("y"),
         &dl(&y)?,
