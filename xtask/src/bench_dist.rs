@@ -32,9 +32,13 @@ pub fn run() -> Result<(), String> {
         "--example",
         "dist_step",
     ];
+    // `--manifest-path` rather than a working directory: the timed run may be started from
+    // outside the worktree (so that /tmp/quiet.sh, which pauses every process working in a
+    // helper worktree, leaves this one running).
     let status = Command::new(cargo())
         .args(build)
-        .current_dir(workspace_root())
+        .arg("--manifest-path")
+        .arg(workspace_root().join("Cargo.toml"))
         .status()
         .map_err(|e| format!("could not start cargo: {e}"))?;
     if !status.success() {

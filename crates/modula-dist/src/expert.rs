@@ -156,6 +156,11 @@ impl ExpertLinear {
         local_modules(self.modules, self.ranks, self.rank)
     }
 
+    /// The layer's index of this rank's local module `local` (`local * P + rank`).
+    pub fn module(&self, local: usize) -> usize {
+        local * self.ranks + self.rank
+    }
+
     /// Checks that `comm` is the group this shard was made for.
     fn check_comm(&self, comm: &impl Comm) -> Result<(), DistError> {
         if (comm.rank(), comm.size()) == (self.rank, self.ranks) {

@@ -229,18 +229,25 @@ fn check_case(comm: &impl Comm, case: &Case) -> Result<(), String> {
     )?;
     let dw = dl(grads.get(layer.weight).ok_or("no weight gradient")?)?;
     let db = dl(grads.get(layer.bias).ok_or("no bias gradient")?)?;
-    let block = case.d_in * case.d_out;
+    owned_blocks(&at("dW"), &layer, case.d_in * case.d_out, &dw, &dw_ref)?;
+    owned_blocks(&at("db"), &layer, case.d_out, &db, &db_ref)
+}
+
+/// Compares each module block (`block` values) of this rank's shard `local` with the same
+/// module's block of the single-process `full`.
+fn owned_blocks(
+    what: &str,
+    layer: &ExpertLinear,
+    block: usize,
+    local: &[f32],
+    full: &[f32],
+) -> Result<(), String> {
     for l in 0..layer.local_modules() {
-        let m = l * ranks + rank;
+        let m = layer.module(l);
         close(
-            &at(&format!("dW of module {m}")),
-            &dw[l * block..(l + 1) * block],
-            &dw_ref[m * block..(m + 1) * block],
-        )?;
-        close(
-            &at(&format!("db of module {m}")),
-            &db[l * case.d_out..(l + 1) * case.d_out],
-            &db_ref[m * case.d_out..(m + 1) * case.d_out],
+            &format!("{what} of module {m}"),
+            &local[l * block..(l + 1) * block],
+            &full[m * block..(m + 1) * block],
         )?;
     }
     Ok(())
@@ -425,16 +432,7 @@ fn check_training(comm: &impl Comm) -> Result<(), String> {
         &dl(&full_params, head.bias)?,
     )?;
     let (w, w_ref) = (dl(&params, layer.weight)?, dl(&full_params, full.weight)?);
-    let block = d_in * hidden;
-    for l in 0..layer.local_modules() {
-        let m = l * ranks + rank;
-        close(
-            &at(&format!("weight of module {m}")),
-            &w[l * block..(l + 1) * block],
-            &w_ref[m * block..(m + 1) * block],
-        )?;
-    }
-    Ok(())
+    owned_blocks(&at("weight"), &layer, d_in * hidden, &w, &w_ref)
 }
 
 /// Every check of this file on one rank of `comm`.
