@@ -151,6 +151,67 @@ impl ExpertLinear {
         })
     }
 
+    /// The whole layer's stacked weights (`[M * d_in, d_out]`, row-major) and biases
+    /// (`[M, d_out]`) gathered from every rank's shard on rank `root`, in the single-process
+    /// layout (module `m`'s block at `m`), for example to write one checkpoint that any number
+    /// of ranks can resume from; `None` on the other ranks. Collective.
+    ///
+    /// # Errors
+    /// [`DistError::Setup`] if `comm` is not the group of this shard or `root` is not a rank;
+    /// communication and device errors.
+    pub fn gather<B: Backend>(
+        &self,
+        b: &B,
+        comm: &impl Comm,
+        params: &ParamStore<B>,
+        root: usize,
+    ) -> Result<Option<(Vec<f32>, Vec<f32>)>, DistError> {
+        self.check_comm(comm)?;
+        if root >= self.ranks {
+            return Err(DistError::Setup(format!(
+                "cannot gather layer shards on rank {root} of {}",
+                self.ranks
+            )));
+        }
+        let p = self.ranks;
+        // Each rank's weights, then its biases, to `root` only.
+        let width = self.d_in * self.d_out + self.d_out;
+        let mut send = b.download(params.get(self.weight))?;
+        send.extend(b.download(params.get(self.bias))?);
+        let to_root: Vec<usize> = (0..p)
+            .map(|q| if q == root { send.len() } else { 0 })
+            .collect();
+        let from: Vec<usize> = (0..p)
+            .map(|s| {
+                if self.rank == root {
+                    local_modules(self.modules, p, s) * width
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let got = comm.all_to_all_v(&send, &to_root, &from)?;
+        if self.rank != root {
+            return Ok(None);
+        }
+        let block = self.d_in * self.d_out;
+        let mut weight = vec![0.0; self.modules * block];
+        let mut bias = vec![0.0; self.modules * self.d_out];
+        let mut at = 0;
+        for s in 0..p {
+            let local = local_modules(self.modules, p, s);
+            let (w, rest) = got[at..at + local * width].split_at(local * block);
+            for l in 0..local {
+                let m = l * p + s;
+                weight[m * block..(m + 1) * block].copy_from_slice(&w[l * block..(l + 1) * block]);
+                bias[m * self.d_out..(m + 1) * self.d_out]
+                    .copy_from_slice(&rest[l * self.d_out..(l + 1) * self.d_out]);
+            }
+            at += local * width;
+        }
+        Ok(Some((weight, bias)))
+    }
+
     /// Number of modules this rank owns.
     pub fn local_modules(&self) -> usize {
         local_modules(self.modules, self.ranks, self.rank)

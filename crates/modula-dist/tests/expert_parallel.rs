@@ -432,7 +432,17 @@ fn check_training(comm: &impl Comm) -> Result<(), String> {
         &dl(&full_params, head.bias)?,
     )?;
     let (w, w_ref) = (dl(&params, layer.weight)?, dl(&full_params, full.weight)?);
-    owned_blocks(&at("weight"), &layer, d_in * hidden, &w, &w_ref)
+    owned_blocks(&at("weight"), &layer, d_in * hidden, &w, &w_ref)?;
+    // The shards gathered on the last rank are the whole trained layer, module by module.
+    let gathered = layer.gather(&b, comm, &params, ranks - 1).map_err(err)?;
+    match gathered {
+        Some((w, bias)) if rank == ranks - 1 => {
+            close(&at("gathered weights"), &w, &w_ref)?;
+            close(&at("gathered biases"), &bias, &dl(&full_params, full.bias)?)
+        }
+        None if rank != ranks - 1 => Ok(()),
+        _ => Err(at("gather returned the layer on the wrong rank")),
+    }
 }
 
 /// Every check of this file on one rank of `comm`.
