@@ -66,6 +66,16 @@ struct Exchange {
     local_offsets: Vec<u32>,
 }
 
+/// A whole modular linear layer's parameters gathered from its shards by
+/// [`ExpertLinear::gather`], in the single-process layout of [`ModularLinear`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatheredLayer {
+    /// Stacked weights `[M * d_in, d_out]`, row-major; module `m`'s block at `m`.
+    pub weight: Vec<f32>,
+    /// Stacked biases `[M, d_out]`, row-major.
+    pub bias: Vec<f32>,
+}
+
 /// What [`ExpertLinear::forward`] keeps for the backward pass.
 #[derive(Debug)]
 pub struct ExpertCache<B: Backend> {
@@ -151,10 +161,10 @@ impl ExpertLinear {
         })
     }
 
-    /// The whole layer's stacked weights (`[M * d_in, d_out]`, row-major) and biases
-    /// (`[M, d_out]`) gathered from every rank's shard on rank `root`, in the single-process
-    /// layout (module `m`'s block at `m`), for example to write one checkpoint that any number
-    /// of ranks can resume from; `None` on the other ranks. Collective.
+    /// The whole layer's stacked weights and biases gathered from every rank's shard on rank
+    /// `root`, in the single-process layout (module `m`'s block at `m`), for example to write
+    /// one checkpoint that any number of ranks can resume from; `None` on the other ranks.
+    /// Collective.
     ///
     /// # Errors
     /// [`DistError::Setup`] if `comm` is not the group of this shard or `root` is not a rank;
@@ -165,7 +175,7 @@ impl ExpertLinear {
         comm: &impl Comm,
         params: &ParamStore<B>,
         root: usize,
-    ) -> Result<Option<(Vec<f32>, Vec<f32>)>, DistError> {
+    ) -> Result<Option<GatheredLayer>, DistError> {
         self.check_comm(comm)?;
         if root >= self.ranks {
             return Err(DistError::Setup(format!(
@@ -209,7 +219,7 @@ impl ExpertLinear {
             }
             at += local * width;
         }
-        Ok(Some((weight, bias)))
+        Ok(Some(GatheredLayer { weight, bias }))
     }
 
     /// Number of modules this rank owns.

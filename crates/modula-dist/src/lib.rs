@@ -9,7 +9,7 @@ mod timed;
 
 pub use comm::{Comm, LocalComm, Wire};
 pub use data::{all_reduce_grads, shard_range};
-pub use expert::{ExpertCache, ExpertLinear, local_modules};
+pub use expert::{ExpertCache, ExpertLinear, GatheredLayer, local_modules};
 #[cfg(feature = "mpi")]
 pub use mpi_comm::MpiComm;
 pub use timed::TimedComm;

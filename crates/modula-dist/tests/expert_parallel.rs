@@ -436,9 +436,13 @@ fn check_training(comm: &impl Comm) -> Result<(), String> {
     // The shards gathered on the last rank are the whole trained layer, module by module.
     let gathered = layer.gather(&b, comm, &params, ranks - 1).map_err(err)?;
     match gathered {
-        Some((w, bias)) if rank == ranks - 1 => {
-            close(&at("gathered weights"), &w, &w_ref)?;
-            close(&at("gathered biases"), &bias, &dl(&full_params, full.bias)?)
+        Some(whole) if rank == ranks - 1 => {
+            close(&at("gathered weights"), &whole.weight, &w_ref)?;
+            close(
+                &at("gathered biases"),
+                &whole.bias,
+                &dl(&full_params, full.bias)?,
+            )
         }
         None if rank != ranks - 1 => Ok(()),
         _ => Err(at("gather returned the layer on the wrong rank")),
