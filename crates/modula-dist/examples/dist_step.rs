@@ -89,9 +89,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             comm.take();
             let start = Instant::now();
             let routing = Routing::new(&selection, m);
-            let (y, cache) = layer.forward(&b, &comm, &params, &x, &routing)?;
+            let (y, cache) = layer.forward(&b, &comm, &params, &x, &routing, None)?;
             grads.reset();
-            let dx = layer.backward(&b, &comm, &params, cache, &dy, &mut grads)?;
+            let (dx, _) = layer.backward(&b, &comm, &params, cache, &dy, &mut grads)?;
             b.synchronize()?;
             let total = start.elapsed();
             let (in_comm, sent) = comm.take();

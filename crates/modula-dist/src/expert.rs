@@ -17,7 +17,7 @@
 //! module's owner, which accumulates its modules' weight gradients (they never leave it) and
 //! sends the pairs' input gradients back to the rows' owners.
 
-use modula_modular::{ModularLinear, Routing};
+use modula_modular::{ModularLinear, Routing, gated_sum, gated_sum_backward, pair_gates};
 use modula_nn::{Grads, ParamId, ParamStore};
 use modula_tensor::{Backend, GroupedOp};
 
@@ -56,6 +56,10 @@ struct Exchange {
     send_counts: Vec<usize>,
     /// Input row of each sent pair, in send order (by destination rank, then module).
     send_rows: Vec<u32>,
+    /// Routing pair (index in the routing's module order) of each sent pair.
+    send_pairs: Vec<u32>,
+    /// Send slot of each routing pair: the inverse of `send_pairs`.
+    slot_of_pair: Vec<u32>,
     /// The routing's `row_pos` mapped into send order: where each row's pairs come back.
     combine_pos: Vec<u32>,
     /// Pairs this rank receives from each rank.
@@ -82,8 +86,11 @@ pub struct ExpertCache<B: Backend> {
     plan: Exchange,
     /// The input rows this rank received for its modules, `[R, d_in]`.
     received: B::Tensor,
-    /// Row pointers of the caller's routing (`n + 1` entries).
-    row_ptr: Vec<u32>,
+    /// The caller's routing.
+    routing: Routing,
+    /// With gates: the pairs' ungated outputs in routing order (`[pairs, d_out]`) and each
+    /// pair's gate (`[pairs, 1]`).
+    gated: Option<(B::Tensor, B::Tensor)>,
 }
 
 /// Copies rows `rows` of the row-major `src` (rows of `width`) into one buffer, in order.
@@ -301,28 +308,33 @@ impl ExpertLinear {
                 .iter()
                 .map(|&pair| routing.pair_rows[pair as usize])
                 .collect(),
+            send_pairs,
             combine_pos: routing
                 .row_pos
                 .iter()
                 .map(|&pos| slot_of_pair[pos as usize])
                 .collect(),
+            slot_of_pair,
             recv_counts,
             recv_order,
             local_offsets,
         })
     }
 
-    /// Sends rows `plan.send_rows` of `t` (`[n, width]`) to their modules' owners and returns
-    /// what this rank received, `[R, width]` in received order (collective).
+    /// Sends rows `rows` of `t` (one per sent pair, in send order: `plan.send_rows` of the
+    /// rows' tensors, or `plan.send_pairs` of a tensor in routing order) to their modules'
+    /// owners and returns what this rank received, `[R, width]` in received order
+    /// (collective).
     fn dispatch<B: Backend>(
         b: &B,
         comm: &impl Comm,
         plan: &Exchange,
         t: &B::Tensor,
+        rows: &[u32],
         width: usize,
     ) -> Result<B::Tensor, DistError> {
         let host = b.download(t)?;
-        let send = pack(&host, width, plan.send_rows.iter().map(|&r| r as usize));
+        let send = pack(&host, width, rows.iter().map(|&r| r as usize));
         let got = comm.all_to_all_v(
             &send,
             &times(&plan.send_counts, width),
@@ -331,13 +343,12 @@ impl ExpertLinear {
         Ok(b.upload([plan.recv_order.len(), width], &got))
     }
 
-    /// Sends per-pair rows `t` (`[R, width]`, local module order) back to the rows' owners
-    /// and sums each row's pairs there: the result is `[n, width]` (collective).
-    fn combine<B: Backend>(
+    /// Sends per-pair rows `t` (`[R, width]`, local module order) back to the rows' owners;
+    /// returns what this rank's pairs got, `[pairs, width]` in send order (collective).
+    fn collect<B: Backend>(
         b: &B,
         comm: &impl Comm,
         plan: &Exchange,
-        row_ptr: &[u32],
         t: &B::Tensor,
         width: usize,
     ) -> Result<B::Tensor, DistError> {
@@ -348,18 +359,30 @@ impl ExpertLinear {
             &times(&plan.recv_counts, width),
             &times(&plan.send_counts, width),
         )?;
-        let pairs = b.upload([plan.send_rows.len(), width], &got);
-        Ok(b.segment_sum_rows(&pairs, &plan.combine_pos, row_ptr))
+        Ok(b.upload([plan.send_rows.len(), width], &got))
+    }
+
+    /// Sums each of this rank's rows' pairs `pairs` (`[pairs, width]`, send order), in the
+    /// single-process layer's order: `[n, width]`.
+    fn sum_rows<B: Backend>(
+        b: &B,
+        plan: &Exchange,
+        routing: &Routing,
+        pairs: &B::Tensor,
+    ) -> B::Tensor {
+        b.segment_sum_rows(pairs, &plan.combine_pos, &routing.row_ptr)
     }
 
     /// Forward pass for this rank's rows `x` (`[n, d_in]`, `n` may be 0) routed by `routing`
-    /// (built from this rank's selection over all `M` modules); returns `[n, d_out]`, equal
-    /// (up to summation order inside the products) to [`ModularLinear::forward`] without
-    /// gates. Collective: every rank calls it in the same step.
+    /// (built from this rank's selection over all `M` modules), optionally weighting each
+    /// selected module's output by a gate (`gates: [n, K]`, applied on this rank when the
+    /// outputs come back); returns `[n, d_out]`, equal (up to summation order inside the
+    /// products) to [`ModularLinear::forward`]. Collective: every rank calls it in the same
+    /// step.
     ///
     /// # Errors
-    /// [`DistError::Setup`] if `x` or `routing` disagree with the layer or `comm` is not the
-    /// group of this shard; communication and device errors.
+    /// [`DistError::Setup`] if `x`, `routing` or `gates` disagree with the layer or each
+    /// other, or `comm` is not the group of this shard; communication and device errors.
     pub fn forward<B: Backend>(
         &self,
         b: &B,
@@ -367,21 +390,27 @@ impl ExpertLinear {
         params: &ParamStore<B>,
         x: &B::Tensor,
         routing: &Routing,
+        gates: Option<&B::Tensor>,
     ) -> Result<(B::Tensor, ExpertCache<B>), DistError> {
         self.check_comm(comm)?;
-        if b.shape(x) != [routing.rows(), self.d_in] || routing.modules() != self.modules {
+        let gate_shape = gates.map(|g| b.shape(g));
+        if b.shape(x) != [routing.rows(), self.d_in]
+            || routing.modules() != self.modules
+            || gate_shape.is_some_and(|s| s != [routing.rows(), routing.k()])
+        {
             return Err(DistError::Setup(format!(
-                "expert layer ({} modules, d_in {}) got input {:?} and a routing of {} rows over \
-                 {} modules",
+                "expert layer ({} modules, d_in {}) got input {:?}, a routing of {} rows of {} \
+                 slots over {} modules, and gates {gate_shape:?}",
                 self.modules,
                 self.d_in,
                 b.shape(x),
                 routing.rows(),
+                routing.k(),
                 routing.modules()
             )));
         }
         let plan = self.plan(comm, routing)?;
-        let received = Self::dispatch(b, comm, &plan, x, self.d_in)?;
+        let received = Self::dispatch(b, comm, &plan, x, &plan.send_rows, self.d_in)?;
         let ys = b.grouped_product_rows(
             GroupedOp::XW,
             &received,
@@ -390,20 +419,30 @@ impl ExpertLinear {
             &plan.local_offsets,
             Some(params.get(self.bias)),
         );
-        let y = Self::combine(b, comm, &plan, &routing.row_ptr, &ys, self.d_out)?;
+        let pairs = Self::collect(b, comm, &plan, &ys, self.d_out)?;
+        let (y, gated) = match gates {
+            None => (Self::sum_rows(b, &plan, routing, &pairs), None),
+            Some(g) => {
+                // The single-process layer's gated sum, on the outputs in routing order.
+                let ys = b.gather_rows(&pairs, &plan.slot_of_pair);
+                let pg = pair_gates(b, routing, g);
+                (gated_sum(b, routing, &ys, &pg), Some((ys, pg)))
+            }
+        };
         Ok((
             y,
             ExpertCache {
                 plan,
                 received,
-                row_ptr: routing.row_ptr.clone(),
+                routing: routing.clone(),
+                gated,
             },
         ))
     }
 
     /// Backward pass: accumulates the gradients of this rank's modules (from every rank's
-    /// rows routed to them) into `grads` and returns `dL/dx` for this rank's rows,
-    /// `[n, d_in]`. Collective.
+    /// rows routed to them) into `grads` and returns `dL/dx` for this rank's rows
+    /// (`[n, d_in]`) and, when the forward pass had gates, `dL/dgates` (`[n, K]`). Collective.
     ///
     /// # Errors
     /// [`DistError::Setup`] if `dy` is not `[n, d_out]`; communication and device errors.
@@ -415,9 +454,9 @@ impl ExpertLinear {
         cache: ExpertCache<B>,
         dy: &B::Tensor,
         grads: &mut Grads<B>,
-    ) -> Result<B::Tensor, DistError> {
+    ) -> Result<(B::Tensor, Option<B::Tensor>), DistError> {
         self.check_comm(comm)?;
-        let rows = cache.row_ptr.len() - 1;
+        let rows = cache.routing.rows();
         if b.shape(dy) != [rows, self.d_out] {
             return Err(DistError::Setup(format!(
                 "expert layer output gradient is {:?}, expected [{rows}, {}]",
@@ -425,8 +464,19 @@ impl ExpertLinear {
                 self.d_out
             )));
         }
-        let plan = &cache.plan;
-        let dys = Self::dispatch(b, comm, plan, dy, self.d_out)?;
+        let (plan, routing) = (&cache.plan, &cache.routing);
+        let (dys, dgates) = match &cache.gated {
+            None => (
+                Self::dispatch(b, comm, plan, dy, &plan.send_rows, self.d_out)?,
+                None,
+            ),
+            Some((ys, pg)) => {
+                // The pairs' gated output gradients, in routing order, travel instead of rows.
+                let (dys, dg) = gated_sum_backward(b, routing, dy, ys, pg);
+                let sent = Self::dispatch(b, comm, plan, &dys, &plan.send_pairs, self.d_out)?;
+                (sent, Some(dg))
+            }
+        };
         let local = self.local_modules();
         let (dw, beta) = grads.product_entry(b, self.weight, [local * self.d_in, self.d_out]);
         b.grouped_matmul_rows(
@@ -448,6 +498,7 @@ impl ExpertLinear {
             &plan.local_offsets,
             None,
         );
-        Self::combine(b, comm, plan, &cache.row_ptr, &dxs, self.d_in)
+        let pairs = Self::collect(b, comm, plan, &dxs, self.d_in)?;
+        Ok((Self::sum_rows(b, plan, routing, &pairs), dgates))
     }
 }

@@ -94,8 +94,9 @@ fn close(what: &str, got: &[f32], want: &[f32]) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `case` on this rank of `comm` and compares with the single-process layer.
-fn check_case(comm: &impl Comm, case: &Case) -> Result<(), String> {
+/// Runs `case` on this rank of `comm`, with per-slot gates when `gated`, and compares with
+/// the single-process layer.
+fn check_case(comm: &impl Comm, case: &Case, gated: bool) -> Result<(), String> {
     let b = Cpu::with_threads(1);
     let mut rng = ChaCha8Rng::seed_from_u64(case.rows as u64 * 1000 + case.modules as u64);
     let mut full_params = ParamStore::new();
@@ -116,6 +117,15 @@ fn check_case(comm: &impl Comm, case: &Case) -> Result<(), String> {
     let picks: Vec<u32> = (0..case.rows * case.k)
         .map(|_| rng.random_range(0..case.used as u32))
         .collect();
+    let gates = values(&mut rng, case.rows * case.k);
+    let gates_of = |rows: std::ops::Range<usize>| {
+        gated.then(|| {
+            b.upload(
+                [rows.len(), case.k],
+                &gates[rows.start * case.k..rows.end * case.k],
+            )
+        })
+    };
 
     // The reference: the whole batch in one process.
     let routing = Routing::new(&Selection::new(case.k, picks.clone()), case.modules);
@@ -124,10 +134,10 @@ fn check_case(comm: &impl Comm, case: &Case) -> Result<(), String> {
         &full_params,
         &b.upload([case.rows, case.d_in], &x),
         &routing,
-        None,
+        gates_of(0..case.rows).as_ref(),
     );
     let mut g_ref = Grads::new();
-    let (dx_ref, _) = full.backward(
+    let (dx_ref, dg_ref) = full.backward(
         &b,
         &full_params,
         &routing,
@@ -135,8 +145,9 @@ fn check_case(comm: &impl Comm, case: &Case) -> Result<(), String> {
         &b.upload([case.rows, case.d_out], &dy),
         &mut g_ref,
     );
-    let dl = |t| b.download(t).map_err(|e| e.to_string());
+    let dl = |t: &<Cpu as Backend>::Tensor| b.download(t).map_err(|e| e.to_string());
     let (y_ref, dx_ref) = (dl(&y_ref)?, dl(&dx_ref)?);
+    let dg_ref = dg_ref.map(|g| dl(&g)).transpose()?;
     let dw_ref = dl(g_ref
         .get(full.weight)
         .ok_or("no reference weight gradient")?)?;
@@ -168,10 +179,11 @@ fn check_case(comm: &impl Comm, case: &Case) -> Result<(), String> {
                 &x[mine.start * case.d_in..mine.end * case.d_in],
             ),
             &local_routing,
+            gates_of(mine.clone()).as_ref(),
         )
         .map_err(err)?;
     let mut grads = Grads::new();
-    let dx = layer
+    let (dx, dg) = layer
         .backward(
             &b,
             comm,
@@ -184,7 +196,10 @@ fn check_case(comm: &impl Comm, case: &Case) -> Result<(), String> {
             &mut grads,
         )
         .map_err(err)?;
-    let at = |what: &str| format!("{} (rank {rank} of {ranks}): {what}", case.name);
+    let at = |what: &str| {
+        let kind = if gated { "gated" } else { "ungated" };
+        format!("{}, {kind} (rank {rank} of {ranks}): {what}", case.name)
+    };
     // Bytes to other ranks: the counts of their modules, then each remote pair's input row
     // and output gradient out and its output and input gradient back.
     let owner_rows = |r: usize| {
@@ -227,6 +242,15 @@ fn check_case(comm: &impl Comm, case: &Case) -> Result<(), String> {
         &dl(&dx)?,
         &dx_ref[mine.start * case.d_in..mine.end * case.d_in],
     )?;
+    match (dg, dg_ref) {
+        (None, None) => {}
+        (Some(dg), Some(dg_ref)) => close(
+            &at("dgates"),
+            &dl(&dg)?,
+            &dg_ref[mine.start * case.k..mine.end * case.k],
+        )?,
+        _ => return Err(at("gate gradients on one side only")),
+    }
     let dw = dl(grads.get(layer.weight).ok_or("no weight gradient")?)?;
     let db = dl(grads.get(layer.bias).ok_or("no bias gradient")?)?;
     owned_blocks(&at("dW"), &layer, case.d_in * case.d_out, &dw, &dw_ref)?;
@@ -393,7 +417,7 @@ fn check_training(comm: &impl Comm) -> Result<(), String> {
     for (step, want) in want_losses.iter().enumerate() {
         let mut grads = Grads::new();
         let (h, cache) = layer
-            .forward(&b, comm, &params, &xs, &routing)
+            .forward(&b, comm, &params, &xs, &routing, None)
             .map_err(err)?;
         let (part, dh) = head_step(&b, &params, &my_head, &h, my_t, rows, &mut grads)?;
         layer
@@ -452,7 +476,8 @@ fn check_training(comm: &impl Comm) -> Result<(), String> {
 /// Every check of this file on one rank of `comm`.
 fn check_all(comm: &impl Comm) -> Result<(), String> {
     for case in CASES {
-        check_case(comm, case)?;
+        check_case(comm, case, false)?;
+        check_case(comm, case, true)?;
     }
     check_allreduce(comm)?;
     check_training(comm)
