@@ -112,9 +112,19 @@ fn unpermute(src: &[f32], width: usize, order: &[u32]) -> Vec<f32> {
     out
 }
 
-/// Elements of each block when every pair carries `width` values.
-fn times(counts: &[usize], width: usize) -> Vec<usize> {
-    counts.iter().map(|c| c * width).collect()
+/// One all-to-all-v of rows of `width` values: `send` holds `out[q]` rows for each rank `q`;
+/// returns the `in_[s]` rows from each rank `s`, uploaded as one `[rows, width]` tensor.
+fn exchange<B: Backend>(
+    b: &B,
+    comm: &impl Comm,
+    send: &[f32],
+    out: &[usize],
+    in_: &[usize],
+    width: usize,
+) -> Result<B::Tensor, DistError> {
+    let values = |counts: &[usize]| counts.iter().map(|c| c * width).collect::<Vec<_>>();
+    let got = comm.all_to_all_v(send, &values(out), &values(in_))?;
+    Ok(b.upload([in_.iter().sum(), width], &got))
 }
 
 impl ExpertLinear {
@@ -335,12 +345,7 @@ impl ExpertLinear {
     ) -> Result<B::Tensor, DistError> {
         let host = b.download(t)?;
         let send = pack(&host, width, rows.iter().map(|&r| r as usize));
-        let got = comm.all_to_all_v(
-            &send,
-            &times(&plan.send_counts, width),
-            &times(&plan.recv_counts, width),
-        )?;
-        Ok(b.upload([plan.recv_order.len(), width], &got))
+        exchange(b, comm, &send, &plan.send_counts, &plan.recv_counts, width)
     }
 
     /// Sends per-pair rows `t` (`[R, width]`, local module order) back to the rows' owners;
@@ -354,12 +359,7 @@ impl ExpertLinear {
     ) -> Result<B::Tensor, DistError> {
         let host = b.download(t)?;
         let send = unpermute(&host, width, &plan.recv_order);
-        let got = comm.all_to_all_v(
-            &send,
-            &times(&plan.recv_counts, width),
-            &times(&plan.send_counts, width),
-        )?;
-        Ok(b.upload([plan.send_rows.len(), width], &got))
+        exchange(b, comm, &send, &plan.recv_counts, &plan.send_counts, width)
     }
 
     /// Sums each of this rank's rows' pairs `pairs` (`[pairs, width]`, send order), in the
