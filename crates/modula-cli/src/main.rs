@@ -9,6 +9,7 @@ mod analyse;
 mod backend;
 mod data;
 mod eval;
+mod modularity;
 mod train;
 
 use std::io::Write;
@@ -40,6 +41,9 @@ enum Command {
     Inspect(analyse::InspectArgs),
     /// Tabulate language-modelling runs or image runs and draw their curves together.
     Report(analyse::ReportArgs),
+    /// Look for modules inside a trained dense ReLU network: co-activation partitions of its
+    /// hidden layers, the groups an input leaves inactive, routed groups.
+    Modularity(modularity::ModularityArgs),
 }
 
 /// glibc hands large freed blocks back to the OS, so every training step would page-fault its
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => finish("eval", eval::run(args)),
         Command::Inspect(args) => finish("inspect", analyse::inspect(args)),
         Command::Report(args) => finish("report", analyse::report(args)),
+        Command::Modularity(args) => finish("modularity", modularity::run(args)),
     }
 }
 

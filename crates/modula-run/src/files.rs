@@ -133,6 +133,31 @@ pub(crate) fn remove_leftovers(dir: &Path) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Writes a report's tables as `report.md` into `out` and, with `json`, its results there as
+/// JSON, then prints the tables and the files written (`figures`, already in `out`).
+///
+/// # Errors
+/// A run error naming a file that cannot be written, or [`RunError::OutputClosed`].
+pub(crate) fn write_report(
+    out: &Path,
+    md: &str,
+    json: Option<&Path>,
+    results: &impl serde::Serialize,
+    figures: &[String],
+) -> Result<(), RunError> {
+    replace(&out.join("report.md"), "report", md.as_bytes())?;
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(results).expect("the results serialise");
+        replace(path, "results", (text + "\n").as_bytes())?;
+    }
+    crate::console::print(&format!(
+        "{md}wrote report.md{}{} into {}\n",
+        if figures.is_empty() { "" } else { ", " },
+        figures.join(", "),
+        out.display()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

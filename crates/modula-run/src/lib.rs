@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod lm;
 mod lock;
 pub mod memory;
+pub mod modularity;
 #[cfg(feature = "plots")]
 pub mod plot;
 pub mod records;

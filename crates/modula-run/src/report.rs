@@ -11,7 +11,7 @@ use crate::dir::{CONFIG_FILE, METRICS_FILE, RunDir, SUMMARY_FILE};
 use crate::error::{RunError, run_error};
 use crate::plot::lm::{self as lm_plot, Curve};
 use crate::records::{LmRecord, LmSummary};
-use crate::{console, files, history};
+use crate::{files, history};
 
 /// One run's figures as `results.json` lists them (`modula report --json`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -227,17 +227,8 @@ pub fn report(runs: &[PathBuf], out: &Path, json: Option<&Path>) -> Result<(), R
     md.push_str(&seed_table(&results, &configs));
     let out_dir = RunDir::take(out)?;
     let out = out_dir.path();
-    files::replace(&out.join("report.md"), "report", md.as_bytes())?;
     let figures = lm_plot::curves(out, &curves).map_err(run_error)?;
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&results).expect("the results serialise");
-        files::replace(path, "results", (text + "\n").as_bytes())?;
-    }
-    console::print(&format!(
-        "{md}wrote report.md, {} into {}\n",
-        figures.join(", "),
-        out.display()
-    ))
+    files::write_report(out, &md, json, &results, &figures)
 }
 
 /// Groups runs whose configurations differ in nothing that changes what is trained but the

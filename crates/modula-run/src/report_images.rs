@@ -13,7 +13,7 @@ use crate::dir::{METRICS_FILE, RunDir, SUMMARY_FILE};
 use crate::error::{RunError, run_error};
 use crate::plot::images::{self as plot, SparsityPoint};
 use crate::records::{ImageRecord, ImageSummary};
-use crate::{console, files, history};
+use crate::{files, history};
 
 /// One image run's figures as `results.json` lists them (`modula report --json`).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -231,17 +231,7 @@ pub fn report(
     if !points.is_empty() {
         figures.extend(plot::sparsity(out, &points).map_err(run_error)?);
     }
-    files::replace(&out.join("report.md"), "report", md.as_bytes())?;
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&results).expect("the results serialise");
-        files::replace(path, "results", (text + "\n").as_bytes())?;
-    }
-    console::print(&format!(
-        "{md}wrote report.md{}{} into {}\n",
-        if figures.is_empty() { "" } else { ", " },
-        figures.join(", "),
-        out.display()
-    ))
+    files::write_report(out, &md, json, &results, &figures)
 }
 
 /// One row per run: accuracy on both splits, the gap, module usage and cost.
