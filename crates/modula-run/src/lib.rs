@@ -2,6 +2,7 @@
 
 pub mod classes;
 pub mod config;
+pub mod continual;
 pub mod console;
 pub mod dir;
 pub mod driver;

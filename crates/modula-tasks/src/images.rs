@@ -271,7 +271,7 @@ pub struct ImageData {
 }
 
 /// The images of `set` at `positions`, in that order.
-fn subset(set: &ImageSet, positions: &[usize]) -> ImageSet {
+pub(crate) fn subset(set: &ImageSet, positions: &[usize]) -> ImageSet {
     let mut pixels = Vec::with_capacity(positions.len() * set.image_bytes());
     let mut labels = Vec::with_capacity(positions.len());
     for &p in positions {
@@ -291,7 +291,7 @@ fn subset(set: &ImageSet, positions: &[usize]) -> ImageSet {
 }
 
 /// The first `keep` positions of `0..len` shuffled by ChaCha8 seeded with `seed`.
-fn shuffled_prefix(len: usize, keep: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn shuffled_prefix(len: usize, keep: usize, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..len).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     order.truncate(keep);

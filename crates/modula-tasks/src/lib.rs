@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod continual;
 pub mod images;
 pub mod lm;
 pub mod toy;
