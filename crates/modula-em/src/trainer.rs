@@ -146,8 +146,9 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
     /// Registers the training examples the task added since the last iteration (a continual
     /// run's next task) in EM's table: they take the next keys, their assignments drawn from
     /// a stream of the seed named by the table's size before the growth, so that a run is a
-    /// function of its seed and its tasks' sizes.
-    fn register_examples(&mut self) {
+    /// function of its seed and its tasks' sizes. [`Trainer::step`] calls it first; a caller
+    /// that reads the table for a new task's first batch calls it before.
+    pub fn register_examples(&mut self) {
         let rows = self.task.table_rows();
         let have = self.table().map_or(rows, AssignmentTable::examples);
         if rows > have {

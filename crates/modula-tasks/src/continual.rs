@@ -21,7 +21,7 @@ use modula_data::{Dataset, ImageSet, ShuffleBatcher, data_dir};
 use modula_em::ewc::{Ewc, fisher_diagonal};
 use modula_em::models::{FeedForward, MlpConfig, MlpInput, ModularMlp};
 use modula_em::{
-    Algo, AssignmentTable, Batch, ConfigError, DEFAULT_DIVERGENCE_FACTOR, DenseMatch, EStepDue,
+    Algo, AssignmentTable, Batch, ConfigError, DenseMatch, EStepDue,
     EStepSettings, Target, Task, TrainError, TrainSettings, Trainer, invalid, stream,
     usage_counts,
 };
@@ -235,7 +235,9 @@ impl ContinualTrainConfig {
             ctrl_weight: 1.0,
             ctrl_mask: false,
             reinforce_decay: self.reinforce_decay,
-            divergence_factor: DEFAULT_DIVERGENCE_FACTOR,
+            // A new task's first batches cost many times the first task's initial loss (the
+            // network is confident in the old classes): only a non-finite loss stops a run.
+            divergence_factor: 0.0,
         }
     }
 }
@@ -969,6 +971,7 @@ pub fn run_sequence<B: SparseBackend>(
     for i in 0..count {
         let step = trainer.step;
         trainer.task.begin(i, step);
+        trainer.register_examples();
         for _ in 0..trainer.task.steps_for(i, train.epochs) {
             let step = trainer.step;
             let (task, table) = trainer.task_and_table();
