@@ -4,7 +4,8 @@
 //! figure).
 //!
 //! The directory holds `config.toml` (the resolved configuration; a later run into the same
-//! directory must resolve to the same one) and `METHOD-sSEED.json` per finished method and
+//! directory must resolve to the same one, or extend it by seeds and methods) and
+//! `METHOD-sSEED.json` per finished method and
 //! seed, each written atomically once that method's sequence (and its from-scratch runs) has
 //! finished. A stopped experiment is resumed by running the same command again: finished
 //! files are kept and only the missing ones run. A method's sequence is not checkpointed
@@ -111,27 +112,33 @@ pub fn read_config(path: &Path) -> Result<ContinualConfig, RunError> {
     Ok(cfg)
 }
 
-/// Records `cfg` in `dir` (created if needed), or checks that the configuration already there
-/// is the same.
+/// Whether `new` only extends `old`: the same sequence and budget, every seed and method of
+/// `old` still there (a method unchanged), perhaps more of them.
+fn extends(old: &ContinualConfig, new: &ContinualConfig) -> bool {
+    old.sequence == new.sequence
+        && old.train == new.train
+        && old.seeds.iter().all(|s| new.seeds.contains(s))
+        && old.methods.iter().all(|m| new.methods.contains(m))
+}
+
+/// Records `cfg` in `dir` (created if needed), or checks that it extends the configuration
+/// already there (results in the directory stay valid) and records it in its place.
 fn record_config(dir: &Path, cfg: &ContinualConfig) -> Result<(), RunError> {
     fs::create_dir_all(dir)
         .map_err(|e| run_error(format!("cannot create {}: {e}", dir.display())))?;
     let text = toml::to_string(cfg).map_err(|e| run_error(e.to_string()))?;
     let path = dir.join(CONFIG_FILE);
-    match fs::read_to_string(&path) {
-        Ok(old) => {
-            let old: ContinualConfig = toml::from_str(&old)
-                .map_err(|e| config_error(format!("{}: {e}", path.display())))?;
-            if &old != cfg {
-                return Err(config_error(format!(
-                    "{} holds another configuration than this run's; continue it with the same configuration, or choose another --out",
-                    path.display()
-                )));
-            }
-            Ok(())
+    if let Ok(old) = fs::read_to_string(&path) {
+        let old: ContinualConfig = toml::from_str(&old)
+            .map_err(|e| config_error(format!("{}: {e}", path.display())))?;
+        if !extends(&old, cfg) {
+            return Err(config_error(format!(
+                "{} holds a configuration this run's does not extend (a run may only add seeds and methods); continue it with the same configuration, or choose another --out",
+                path.display()
+            )));
         }
-        Err(_) => replace(&path, "continual-config", text.as_bytes()),
     }
+    replace(&path, "continual-config", text.as_bytes())
 }
 
 /// Runs every method of `cfg` (only those named in `only`, when not empty) for every seed

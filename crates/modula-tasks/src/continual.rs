@@ -126,6 +126,9 @@ pub struct MethodConfig {
     pub replay: Replay,
     /// Elastic weight consolidation with strength `train.ewc_lambda`.
     pub ewc: bool,
+    /// EWC's strength for this method, in place of `train.ewc_lambda`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ewc_lambda: Option<f64>,
 }
 
 impl Default for MethodConfig {
@@ -139,6 +142,7 @@ impl Default for MethodConfig {
             k: 2,
             replay: Replay::None,
             ewc: false,
+            ewc_lambda: None,
         }
     }
 }
@@ -336,6 +340,12 @@ impl ContinualConfig {
                         "and train.replay_per_task must be positive for method {:?}, which replays",
                         m.name
                     ),
+                ));
+            }
+            if let Some(l) = m.ewc_lambda.filter(|l| !(*l >= 0.0 && l.is_finite())) {
+                return Err(invalid(
+                    "methods.ewc_lambda",
+                    format!("is {l} for method {:?}; use 0 or more", m.name),
                 ));
             }
             if m.ewc && t.fisher_examples == 0 {
@@ -963,7 +973,7 @@ pub fn run_sequence<B: SparseBackend>(
     let count = tasks.len();
     let task = ContinualTask::new(tasks, method, train, net.layer_shapes().len(), seed);
     let mut trainer = Trainer::new(backend, task, net, params, train.settings(method.algo), seed);
-    let mut ewc = Ewc::new(train.ewc_lambda);
+    let mut ewc = Ewc::new(method.ewc_lambda.unwrap_or(train.ewc_lambda));
     let mut run = SequenceRun {
         parameters,
         ..SequenceRun::default()
