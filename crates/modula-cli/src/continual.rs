@@ -7,8 +7,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use modula_run::{BackendKind, DeviceInfo, RunError, continual};
 use modula_run::continual::ContinualConfig;
+use modula_run::{BackendKind, DeviceInfo, RunError, continual};
 use modula_sparse::SparseBackend;
 
 use crate::backend::{BackendArg, OnBackend, on_backend, threads_arg};
@@ -87,8 +87,12 @@ pub fn run(command: ContinualCommand) -> Result<(), RunError> {
         }
         ContinualCommand::Report(args) => {
             let report = continual::report(&args.dir)?;
-            let written =
-                continual::write(&report, &args.dir, args.json.as_deref(), args.figures.as_deref())?;
+            let written = continual::write(
+                &report,
+                &args.dir,
+                args.json.as_deref(),
+                args.figures.as_deref(),
+            )?;
             let mut out = std::io::stdout().lock();
             let closed = |_| RunError::OutputClosed {
                 stream: "standard output",

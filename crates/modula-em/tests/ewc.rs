@@ -16,8 +16,12 @@ fn random(rng: &mut ChaCha8Rng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(lo..hi)).collect()
 }
 
-/// `lambda / 2 * sum_t sum_i F_t,i (theta_i - anchor_t,i)^2`, term by term.
-fn definition(lambda: f64, tasks: &[(Vec<Vec<f32>>, Vec<Vec<f32>>)], theta: &[Vec<f32>]) -> f64 {
+/// One host vector per parameter.
+type Host = Vec<Vec<f32>>;
+
+/// `lambda / 2 * sum_t sum_i F_t,i (theta_i - anchor_t,i)^2`, term by term, over the tasks'
+/// (Fisher, anchor) pairs.
+fn definition(lambda: f64, tasks: &[(Host, Host)], theta: &[Vec<f32>]) -> f64 {
     let mut sum = 0.0;
     for (fisher, anchor) in tasks {
         for ((f, a), t) in fisher.iter().zip(anchor).zip(theta) {
@@ -78,7 +82,7 @@ proptest! {
             *params.get_mut(id) = b.upload(s, t);
         }
         let mut grads = Grads::new();
-        grads.accumulate(&b, ids[0], &b.upload(SHAPES[0], &vec![1.0; 12]));
+        grads.accumulate(&b, ids[0], &b.upload(SHAPES[0], &[1.0; 12]));
         let reported = ewc.add_gradient(&b, &params, &mut grads).unwrap();
         prop_assert!((reported - value).abs() <= 1e-9 * value.abs().max(1.0));
         let g0 = b.download(grads.get(ids[0]).unwrap()).unwrap();
@@ -115,6 +119,11 @@ fn a_grown_table_keeps_its_rows_and_draws_like_a_fresh_one() {
         let k = layer.k();
         assert_eq!(layer.as_slice().len(), 15 * k);
         assert_eq!(&layer.as_slice()[..10 * k], fresh.layers()[l].as_slice());
-        assert!(layer.as_slice().iter().all(|&m| (m as usize) < layer.modules()));
+        assert!(
+            layer
+                .as_slice()
+                .iter()
+                .all(|&m| (m as usize) < layer.modules())
+        );
     }
 }

@@ -74,9 +74,8 @@ impl State {
     /// The largest index plus one a batch may name: the training set's size, or, for a
     /// growable table, [`MAX_GROWTH`] past its current size (at most the `u32` keys).
     fn index_bound(&self) -> usize {
-        self.fixed.unwrap_or_else(|| {
-            (self.examples() + MAX_GROWTH).min(u32::MAX as usize + 1)
-        })
+        self.fixed
+            .unwrap_or_else(|| (self.examples() + MAX_GROWTH).min(u32::MAX as usize + 1))
     }
 
     /// Registers the examples up to the largest of `keys` in a growable table (new rows drawn

@@ -18,8 +18,7 @@ use std::time::Instant;
 use modula_sparse::SparseBackend;
 pub use modula_tasks::continual::ContinualConfig;
 use modula_tasks::continual::{
-    MethodConfig, Replay, SequenceRun, Summary, load_sequence, overlap,
-    run_sequence, summarise,
+    MethodConfig, Replay, SequenceRun, Summary, load_sequence, overlap, run_sequence, summarise,
 };
 use serde::{Deserialize, Serialize};
 
@@ -105,8 +104,8 @@ fn result_path(dir: &Path, method: &str, seed: u64) -> std::path::PathBuf {
 pub fn read_config(path: &Path) -> Result<ContinualConfig, RunError> {
     let text = fs::read_to_string(path)
         .map_err(|e| config_error(format!("cannot read {}: {e}", path.display())))?;
-    let cfg: ContinualConfig = toml::from_str(&text)
-        .map_err(|e| config_error(format!("{}: {e}", path.display())))?;
+    let cfg: ContinualConfig =
+        toml::from_str(&text).map_err(|e| config_error(format!("{}: {e}", path.display())))?;
     cfg.validate()
         .map_err(|e| config_error(format!("{}: {e}", path.display())))?;
     Ok(cfg)
@@ -129,8 +128,8 @@ fn record_config(dir: &Path, cfg: &ContinualConfig) -> Result<(), RunError> {
     let text = toml::to_string(cfg).map_err(|e| run_error(e.to_string()))?;
     let path = dir.join(CONFIG_FILE);
     if let Ok(old) = fs::read_to_string(&path) {
-        let old: ContinualConfig = toml::from_str(&old)
-            .map_err(|e| config_error(format!("{}: {e}", path.display())))?;
+        let old: ContinualConfig =
+            toml::from_str(&old).map_err(|e| config_error(format!("{}: {e}", path.display())))?;
         if !extends(&old, cfg) {
             return Err(config_error(format!(
                 "{} holds a configuration this run's does not extend (a run may only add seeds and methods); continue it with the same configuration, or choose another --out",
@@ -153,7 +152,10 @@ pub fn run<B: SparseBackend>(
     dir: &Path,
     only: &[String],
 ) -> Result<(), RunError> {
-    if let Some(bad) = only.iter().find(|n| !cfg.methods.iter().any(|m| &m.name == *n)) {
+    if let Some(bad) = only
+        .iter()
+        .find(|n| !cfg.methods.iter().any(|m| &m.name == *n))
+    {
         return Err(config_error(format!(
             "--method {bad:?} is not a method of the configuration (it has {:?})",
             cfg.methods.iter().map(|m| &m.name).collect::<Vec<_>>()
@@ -184,10 +186,20 @@ pub fn run<B: SparseBackend>(
                     ..method.clone()
                 };
                 for t in &tasks {
-                    let r = run_sequence(backend.clone(), vec![t.clone()], cfg, &alone, seed, |_, _| {})
-                        .map_err(|e| {
-                            run_error(format!("method {:?} from scratch, seed {seed}: {e}", method.name))
-                        })?;
+                    let r = run_sequence(
+                        backend.clone(),
+                        vec![t.clone()],
+                        cfg,
+                        &alone,
+                        seed,
+                        |_, _| {},
+                    )
+                    .map_err(|e| {
+                        run_error(format!(
+                            "method {:?} from scratch, seed {seed}: {e}",
+                            method.name
+                        ))
+                    })?;
                     scratch.push(r.accuracy[0][0]);
                     scratch_task.push(r.task_accuracy[0][0]);
                 }
@@ -206,13 +218,14 @@ pub fn run<B: SparseBackend>(
             let s = result.summary(Head::Shared);
             eprintln!(
                 "{} seed {seed}: average accuracy {:.4}, backward transfer {:+.4}, {:.0} s",
-                method.name,
-                s.average_accuracy,
-                s.backward_transfer,
-                result.seconds
+                method.name, s.average_accuracy, s.backward_transfer, result.seconds
             );
             let json = serde_json::to_vec_pretty(&result).map_err(|e| run_error(e.to_string()))?;
-            replace(&result_path(dir, &method.name, seed), "continual-result", &json)?;
+            replace(
+                &result_path(dir, &method.name, seed),
+                "continual-result",
+                &json,
+            )?;
         }
     }
     Ok(())
@@ -236,7 +249,9 @@ impl Spread {
         let mean = values.iter().sum::<f64>() / values.len() as f64;
         let (lo, hi) = values
             .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
         Some(Spread {
             mean,
             spread: (hi - lo) / 2.0,
@@ -445,7 +460,11 @@ pub fn write(
             .map_err(|e| run_error(format!("cannot create {}: {e}", figs.display())))?;
         let (_, results) = load(dir)?;
         let files = crate::plot::continual::figures(figs, report, &results).map_err(run_error)?;
-        written.extend(files.into_iter().map(|f| figs.join(f).display().to_string()));
+        written.extend(
+            files
+                .into_iter()
+                .map(|f| figs.join(f).display().to_string()),
+        );
     }
     #[cfg(not(feature = "plots"))]
     let _ = (dir, figures);

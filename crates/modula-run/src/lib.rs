@@ -2,8 +2,8 @@
 
 pub mod classes;
 pub mod config;
-pub mod continual;
 pub mod console;
+pub mod continual;
 pub mod dir;
 pub mod driver;
 mod error;

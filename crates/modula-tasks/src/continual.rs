@@ -21,9 +21,8 @@ use modula_data::{Dataset, ImageSet, ShuffleBatcher, data_dir};
 use modula_em::ewc::{Ewc, fisher_diagonal};
 use modula_em::models::{FeedForward, MlpConfig, MlpInput, ModularMlp};
 use modula_em::{
-    Algo, AssignmentTable, Batch, ConfigError, DenseMatch, EStepDue,
-    EStepSettings, Target, Task, TrainError, TrainSettings, Trainer, invalid, stream,
-    usage_counts,
+    Algo, AssignmentTable, Batch, ConfigError, DenseMatch, EStepDue, EStepSettings, Target, Task,
+    TrainError, TrainSettings, Trainer, invalid, stream, usage_counts,
 };
 use modula_modular::ControllerOutput;
 use modula_nn::{Checkpoint, Ctx, ParamStore};
@@ -306,7 +305,10 @@ impl ContinualConfig {
             ));
         }
         if self.methods.is_empty() {
-            return Err(invalid("methods", "is empty; list at least one [[methods]]"));
+            return Err(invalid(
+                "methods",
+                "is empty; list at least one [[methods]]",
+            ));
         }
         for (i, m) in self.methods.iter().enumerate() {
             if self.methods[..i].iter().any(|o| o.name == m.name) {
@@ -315,10 +317,18 @@ impl ContinualConfig {
                     format!("{:?} is used twice; give every method its own name", m.name),
                 ));
             }
-            if m.name.is_empty() || !m.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_+".contains(c)) {
+            if m.name.is_empty()
+                || !m
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_+".contains(c))
+            {
                 return Err(invalid(
                     "methods.name",
-                    format!("{:?} is not a file name; use letters, digits, '-', '_' and '+'", m.name),
+                    format!(
+                        "{:?} is not a file name; use letters, digits, '-', '_' and '+'",
+                        m.name
+                    ),
                 ));
             }
             m.mlp().validate()?;
@@ -351,7 +361,10 @@ impl ContinualConfig {
             if m.ewc && t.fisher_examples == 0 {
                 return Err(invalid(
                     "train.fisher_examples",
-                    format!("is 0 but method {:?} uses EWC; use 1 or more (200 by default)", m.name),
+                    format!(
+                        "is 0 but method {:?} uses EWC; use 1 or more (200 by default)",
+                        m.name
+                    ),
                 ));
             }
         }
@@ -390,11 +403,7 @@ pub fn permute_pixels(set: &ImageSet, permutation: &[usize]) -> ImageSet {
     let size = set.image_bytes();
     assert_eq!(permutation.len(), size, "a permutation of every pixel");
     let mut out = set.clone();
-    for (dst, src) in out
-        .pixels
-        .chunks_mut(size)
-        .zip(set.pixels.chunks(size))
-    {
+    for (dst, src) in out.pixels.chunks_mut(size).zip(set.pixels.chunks(size)) {
         for (d, &p) in dst.iter_mut().zip(permutation) {
             *d = src[p];
         }
@@ -554,7 +563,8 @@ impl ReplayBuffer {
         let mut positions: Vec<usize> = (0..len).collect();
         positions.shuffle(rng);
         positions.truncate(self.per_task);
-        self.entries.extend(positions.into_iter().map(|p| (task, p)));
+        self.entries
+            .extend(positions.into_iter().map(|p| (task, p)));
         self.tasks += 1;
     }
 
@@ -564,7 +574,12 @@ impl ReplayBuffer {
     /// # Panics
     /// If `weights` has another length than the entries.
     #[track_caller]
-    pub fn draw(&self, n: usize, weights: Option<&[f64]>, rng: &mut ChaCha8Rng) -> Vec<(usize, usize)> {
+    pub fn draw(
+        &self,
+        n: usize,
+        weights: Option<&[f64]>,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(usize, usize)> {
         let n = n.min(self.entries.len());
         let picks: Vec<usize> = match weights {
             None => rand::seq::index::sample(rng, self.entries.len(), n).into_vec(),
@@ -909,7 +924,10 @@ pub fn evaluate<B: SparseBackend>(
         }
         for (layer, sel) in out.selections.iter().enumerate() {
             let counts = usage_counts([sel], shapes[layer].0);
-            usage[layer].iter_mut().zip(counts).for_each(|(a, c)| *a += c);
+            usage[layer]
+                .iter_mut()
+                .zip(counts)
+                .for_each(|(a, c)| *a += c);
         }
     }
     let n = set.len().max(1) as f64;
@@ -972,7 +990,14 @@ pub fn run_sequence<B: SparseBackend>(
     let parameters = params.num_scalars(&backend);
     let count = tasks.len();
     let task = ContinualTask::new(tasks, method, train, net.layer_shapes().len(), seed);
-    let mut trainer = Trainer::new(backend, task, net, params, train.settings(method.algo), seed);
+    let mut trainer = Trainer::new(
+        backend,
+        task,
+        net,
+        params,
+        train.settings(method.algo),
+        seed,
+    );
     let mut ewc = Ewc::new(method.ewc_lambda.unwrap_or(train.ewc_lambda));
     let mut run = SequenceRun {
         parameters,
@@ -1006,7 +1031,8 @@ pub fn run_sequence<B: SparseBackend>(
         run.task_accuracy.push(task_row);
         if method.ewc && i + 1 < count {
             let inputs = fisher_inputs(&trainer, i, train.fisher_examples, seed);
-            let fisher = fisher_diagonal(&trainer.model, &trainer.backend, &trainer.params, &inputs)?;
+            let fisher =
+                fisher_diagonal(&trainer.model, &trainer.backend, &trainer.params, &inputs)?;
             ewc.consolidate(&trainer.backend, &trainer.params, &fisher)?;
             trainer.penalty = Some(Box::new(ewc.clone()));
         }
@@ -1059,7 +1085,10 @@ pub struct Summary {
 #[track_caller]
 pub fn summarise(r: &[Vec<f64>], scratch: Option<&[f64]>) -> Summary {
     let t = r.len();
-    assert!(t > 0 && r.iter().all(|row| row.len() == t), "a square accuracy matrix");
+    assert!(
+        t > 0 && r.iter().all(|row| row.len() == t),
+        "a square accuracy matrix"
+    );
     let last = &r[t - 1];
     let mean = |v: &mut dyn Iterator<Item = f64>, n: usize| v.sum::<f64>() / n.max(1) as f64;
     let average_accuracy = mean(&mut last.iter().copied(), t);

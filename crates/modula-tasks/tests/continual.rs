@@ -108,16 +108,25 @@ fn slow_accuracy(
         let mut route = |_: usize, out: &ControllerOutput<Cpu>| out.greedy(b);
         let out = trainer
             .model
-            .forward_tensors(b, &trainer.params, &x, &target, &mut route, false, false, &mut Ctx::eval())
+            .forward_tensors(
+                b,
+                &trainer.params,
+                &x,
+                &target,
+                &mut route,
+                false,
+                false,
+                &mut Ctx::eval(),
+            )
             .expect("forward");
         let logits = b.download(&out.prediction).expect("download");
         let mut best = None::<(usize, f32)>;
-        for c in 0..logits.len() {
+        for (c, &logit) in logits.iter().enumerate() {
             if own && !task.classes.contains(&(c as u32)) {
                 continue;
             }
-            if best.is_none_or(|(_, v)| logits[c] > v) {
-                best = Some((c, logits[c]));
+            if best.is_none_or(|(_, v)| logit > v) {
+                best = Some((c, logit));
             }
         }
         correct += usize::from(best.expect("a class").0 == usize::from(image.label));
@@ -191,7 +200,12 @@ fn replay_never_exceeds_its_buffer_and_is_never_e_stepped() {
             let buffer = trainer.buffer.clone();
             assert!(buffer.entries().len() <= buffer.capacity());
             assert!(buffer.capacity() <= cfg.train.replay_per_task * t);
-            assert!(buffer.entries().iter().all(|&(task, p)| task < t && p < sizes[task]));
+            assert!(
+                buffer
+                    .entries()
+                    .iter()
+                    .all(|&(task, p)| task < t && p < sizes[task])
+            );
             for _ in 0..trainer.steps_for(t, 1) {
                 if replay == Replay::Modules {
                     let table = modula_em::AssignmentTable::random(
@@ -213,7 +227,10 @@ fn replay_never_exceeds_its_buffer_and_is_never_e_stepped() {
                     .map(|&p| trainer.key(t, p))
                     .collect();
                 if let Some(e) = trainer.e_step_batch(&b, step) {
-                    assert_eq!(e.groups[0].keys, current, "E-steps see the current task only");
+                    assert_eq!(
+                        e.groups[0].keys, current,
+                        "E-steps see the current task only"
+                    );
                 } else {
                     assert!(replayed.is_empty());
                 }
@@ -238,7 +255,9 @@ fn the_replay_buffer_keeps_a_fixed_number_per_task() {
     assert_eq!(distinct.len(), buffer.entries().len());
     let drawn = buffer.draw(100, None, &mut rng);
     assert_eq!(drawn.len(), buffer.entries().len());
-    let weights: Vec<f64> = (0..buffer.entries().len()).map(|i| i as f64 + 1.0).collect();
+    let weights: Vec<f64> = (0..buffer.entries().len())
+        .map(|i| i as f64 + 1.0)
+        .collect();
     assert_eq!(buffer.draw(4, Some(&weights), &mut rng).len(), 4);
 }
 
@@ -248,11 +267,18 @@ fn em_registers_each_tasks_examples_and_e_steps_only_the_current_task() {
     let tasks = split_tasks(2);
     let sizes: Vec<usize> = tasks.iter().map(|t| t.train.len()).collect();
     let mut snapshots = Vec::new();
-    run_sequence(Cpu::with_threads(1), tasks, &cfg, &method, 5, |i, trainer| {
-        let table = trainer.table().expect("EM has a table");
-        assert_eq!(table.examples(), sizes[..=i].iter().sum::<usize>());
-        snapshots.push(table.clone());
-    })
+    run_sequence(
+        Cpu::with_threads(1),
+        tasks,
+        &cfg,
+        &method,
+        5,
+        |i, trainer| {
+            let table = trainer.table().expect("EM has a table");
+            assert_eq!(table.examples(), sizes[..=i].iter().sum::<usize>());
+            snapshots.push(table.clone());
+        },
+    )
     .expect("the sequence trains");
     // Every earlier task's rows are as its own training left them.
     for i in 1..snapshots.len() {
@@ -260,7 +286,10 @@ fn em_registers_each_tasks_examples_and_e_steps_only_the_current_task() {
         for (l, layer) in snapshots[i].layers().iter().enumerate() {
             let old = &snapshots[i - 1].layers()[l];
             let k = layer.k();
-            assert_eq!(&layer.as_slice()[..before * k], &old.as_slice()[..before * k]);
+            assert_eq!(
+                &layer.as_slice()[..before * k],
+                &old.as_slice()[..before * k]
+            );
         }
     }
 }
@@ -283,10 +312,19 @@ fn the_sequence_and_its_permutations_follow_the_seed() {
     let mnist = data(3);
     let a = build_sequence(&cfg, 4, None, Some(&mnist)).expect("permuted");
     assert_eq!(a.len(), 5);
-    assert_eq!(a, build_sequence(&cfg, 4, None, Some(&mnist)).expect("permuted"));
-    assert_ne!(a, build_sequence(&cfg, 9, None, Some(&mnist)).expect("permuted"));
+    assert_eq!(
+        a,
+        build_sequence(&cfg, 4, None, Some(&mnist)).expect("permuted")
+    );
+    assert_ne!(
+        a,
+        build_sequence(&cfg, 9, None, Some(&mnist)).expect("permuted")
+    );
     for (t, task) in a.iter().enumerate() {
-        assert_eq!(task.train, permute_pixels(&mnist.train, &permutation(4, t, 16)));
+        assert_eq!(
+            task.train,
+            permute_pixels(&mnist.train, &permutation(4, t, 16))
+        );
         assert_eq!(task.train.labels, mnist.train.labels);
     }
     assert!(build_sequence(&cfg, 4, Some(&mnist), None).is_err());
@@ -296,8 +334,18 @@ fn the_sequence_and_its_permutations_follow_the_seed() {
     for (t, task) in split.iter().enumerate() {
         let classes = [2 * t as u32, 2 * t as u32 + 1];
         assert_eq!(task.classes, classes);
-        assert!(task.train.labels.iter().all(|&l| classes.contains(&u32::from(l))));
-        assert!(task.test.labels.iter().all(|&l| classes.contains(&u32::from(l))));
+        assert!(
+            task.train
+                .labels
+                .iter()
+                .all(|&l| classes.contains(&u32::from(l)))
+        );
+        assert!(
+            task.test
+                .labels
+                .iter()
+                .all(|&l| classes.contains(&u32::from(l)))
+        );
     }
     let both = SequenceConfig {
         family: Family::MnistFashion,
@@ -307,7 +355,10 @@ fn the_sequence_and_its_permutations_follow_the_seed() {
     };
     let seq = build_sequence(&both, 0, Some(&data(1)), Some(&data(2))).expect("two data sets");
     assert_eq!(seq.len(), 2);
-    assert!(seq.iter().all(|t| t.train.len() == 50 && t.test.len() == 20));
+    assert!(
+        seq.iter()
+            .all(|t| t.train.len() == 50 && t.test.len() == 20)
+    );
 }
 
 #[test]
@@ -318,7 +369,10 @@ fn bad_configurations_name_their_field() {
     assert_eq!(e.field, "methods.replay");
     let (mut cfg, _) = config(Algo::Em, Replay::None);
     cfg.methods.push(cfg.methods[0].clone());
-    assert_eq!(cfg.validate().expect_err("a name twice").field, "methods.name");
+    assert_eq!(
+        cfg.validate().expect_err("a name twice").field,
+        "methods.name"
+    );
     let (mut cfg, _) = config(Algo::Em, Replay::None);
     cfg.sequence.family = Family::PermutedMnist;
     cfg.sequence.permutations = 1;

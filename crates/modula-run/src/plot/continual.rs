@@ -67,7 +67,13 @@ pub fn figures(
         .collect();
     let usage: Vec<Heat> = chosen
         .iter()
-        .filter(|r| r.run.usage.first().and_then(|u| u.first()).is_some_and(|l| l.len() > 1))
+        .filter(|r| {
+            r.run
+                .usage
+                .first()
+                .and_then(|u| u.first())
+                .is_some_and(|l| l.len() > 1)
+        })
         .map(|r| {
             let layer0: Vec<&Vec<u64>> = r.run.usage.iter().map(|u| &u[0]).collect();
             let modules = layer0[0].len();
