@@ -20,7 +20,7 @@ pub enum ContinualCommand {
     /// a directory; finished methods are skipped, so the same command resumes a stopped
     /// experiment.
     Run(RunArgs),
-    /// Print the table of an experiment's directory and write its results.json and figures.
+    /// Print the tables of experiments' directories and write their results.json and figures.
     Report(ReportArgs),
 }
 
@@ -59,13 +59,14 @@ pub struct RunArgs {
 /// Arguments of `modula continual report`.
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The experiment's directory.
-    #[arg(value_name = "DIR")]
-    pub dir: PathBuf,
-    /// Write the report as JSON here (e.g. docs/experiments/continual/results.json).
+    /// The experiments' directories.
+    #[arg(value_name = "DIR", required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Write the reports as one JSON file here (e.g. docs/experiments/continual/results.json).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Write accuracy.png/.svg and usage.png/.svg into this directory.
+    /// Write each experiment's accuracy.png/.svg and usage.png/.svg into DIR/NAME/, NAME its
+    /// directory's name.
     #[arg(long, value_name = "DIR")]
     pub figures: Option<PathBuf>,
 }
@@ -86,22 +87,30 @@ pub fn run(command: ContinualCommand) -> Result<(), RunError> {
             on_backend(kind, threads, Job { cfg, args })
         }
         ContinualCommand::Report(args) => {
-            let report = continual::report(&args.dir)?;
-            let written = continual::write(
-                &report,
-                &args.dir,
-                args.json.as_deref(),
-                args.figures.as_deref(),
-            )?;
+            let reports = args
+                .dirs
+                .iter()
+                .map(|d| continual::report(d).map(|r| (r, d.as_path())))
+                .collect::<Result<Vec<_>, _>>()?;
+            let written =
+                continual::write(&reports, args.json.as_deref(), args.figures.as_deref())?;
             let mut out = std::io::stdout().lock();
             let closed = |_| RunError::OutputClosed {
                 stream: "standard output",
             };
-            for (head, title) in [
-                (continual::Head::Shared, "shared head"),
-                (continual::Head::PerTask, "per-task head"),
-            ] {
-                writeln!(out, "{title}:\n\n{}", continual::table(&report, head)).map_err(closed)?;
+            for (report, _) in &reports {
+                for (head, title) in [
+                    (continual::Head::Shared, "shared head"),
+                    (continual::Head::PerTask, "per-task head"),
+                ] {
+                    writeln!(
+                        out,
+                        "{}, {title}:\n\n{}",
+                        report.name,
+                        continual::table(report, head)
+                    )
+                    .map_err(closed)?;
+                }
             }
             for file in written {
                 writeln!(out, "wrote {file}").map_err(closed)?;

@@ -308,9 +308,11 @@ pub struct MethodRow {
     pub accuracy: Vec<Vec<Vec<f64>>>,
 }
 
-/// The report of an experiment: `results.json`'s content.
+/// The report of an experiment: an entry of `results.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ContinualReport {
+    /// The experiment's name: its directory's.
+    pub name: String,
     /// The resolved configuration.
     pub config: ContinualConfig,
     /// The tasks' names.
@@ -384,6 +386,9 @@ pub fn report(dir: &Path) -> Result<ContinualReport, RunError> {
         })
         .collect();
     Ok(ContinualReport {
+        name: dir
+            .file_name()
+            .map_or_else(|| "experiment".into(), |n| n.to_string_lossy().into_owned()),
         config: cfg,
         tasks,
         methods,
@@ -436,37 +441,45 @@ pub fn table(report: &ContinualReport, head: Head) -> String {
     out
 }
 
-/// Writes `results.json` (to `json`) and, with plots, the figures (into `figures`):
-/// `accuracy.png`/`.svg`, the accuracy matrices of the first seed of every method, and
-/// `usage.png`/`.svg`, each modular method's first-layer module usage per task.
+/// Writes the reports of several experiments (each with its directory) as one JSON object,
+/// `{"experiments": [...]}`, to `json`, and, with plots, each experiment's figures into
+/// `figures/NAME/`: `accuracy.png`/`.svg`, the accuracy matrices of the first seed of every
+/// method, and `usage.png`/`.svg`, each modular method's first-layer module usage per task.
+/// Returns the files written.
 ///
 /// # Errors
 /// A failed write or drawing.
 pub fn write(
-    report: &ContinualReport,
-    dir: &Path,
+    reports: &[(ContinualReport, &Path)],
     json: Option<&Path>,
     figures: Option<&Path>,
 ) -> Result<Vec<String>, RunError> {
     let mut written = Vec::new();
     if let Some(json) = json {
-        let bytes = serde_json::to_vec_pretty(report).map_err(|e| run_error(e.to_string()))?;
+        let all = serde_json::json!({
+            "experiments": reports.iter().map(|(r, _)| r).collect::<Vec<_>>()
+        });
+        let bytes = serde_json::to_vec_pretty(&all).map_err(|e| run_error(e.to_string()))?;
         replace(json, "continual-report", &bytes)?;
         written.push(json.display().to_string());
     }
     #[cfg(feature = "plots")]
-    if let Some(figs) = figures {
-        fs::create_dir_all(figs)
-            .map_err(|e| run_error(format!("cannot create {}: {e}", figs.display())))?;
-        let (_, results) = load(dir)?;
-        let files = crate::plot::continual::figures(figs, report, &results).map_err(run_error)?;
-        written.extend(
-            files
-                .into_iter()
-                .map(|f| figs.join(f).display().to_string()),
-        );
+    if let Some(figures) = figures {
+        for (report, dir) in reports {
+            let figs = figures.join(&report.name);
+            fs::create_dir_all(&figs)
+                .map_err(|e| run_error(format!("cannot create {}: {e}", figs.display())))?;
+            let (_, results) = load(dir)?;
+            let files =
+                crate::plot::continual::figures(&figs, report, &results).map_err(run_error)?;
+            written.extend(
+                files
+                    .into_iter()
+                    .map(|f| figs.join(f).display().to_string()),
+            );
+        }
     }
     #[cfg(not(feature = "plots"))]
-    let _ = (dir, figures);
+    let _ = figures;
     Ok(written)
 }

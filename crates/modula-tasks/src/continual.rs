@@ -19,13 +19,12 @@ use std::path::PathBuf;
 
 use modula_data::{Dataset, ImageSet, ShuffleBatcher, data_dir};
 use modula_em::ewc::{Ewc, fisher_diagonal};
-use modula_em::models::{FeedForward, MlpConfig, MlpInput, ModularMlp};
+use modula_em::models::{MlpConfig, MlpInput, ModularMlp};
 use modula_em::{
     Algo, AssignmentTable, Batch, ConfigError, DenseMatch, EStepDue, EStepSettings, Target, Task,
     TrainError, TrainSettings, Trainer, invalid, stream, usage_counts,
 };
-use modula_modular::ControllerOutput;
-use modula_nn::{Checkpoint, Ctx, ParamStore};
+use modula_nn::{Checkpoint, ParamStore};
 use modula_sparse::SparseBackend;
 use modula_tensor::BackendError;
 use rand::SeedableRng;
@@ -878,13 +877,6 @@ pub struct TaskEval {
     pub usage: Vec<Vec<u64>>,
 }
 
-/// The class among `candidates` with the largest logit in `row`, ties to the lower label.
-fn predict(row: &[f32], candidates: impl Iterator<Item = usize>) -> usize {
-    candidates
-        .max_by(|&a, &c| row[a].total_cmp(&row[c]).then(c.cmp(&a)))
-        .expect("at least one class")
-}
-
 /// Greedy evaluation of `model` on `task`'s test set, [`EVAL_CHUNK`] examples per pass, with
 /// the shared head and the per-task head.
 ///
@@ -905,22 +897,12 @@ pub fn evaluate<B: SparseBackend>(
         let batch = set.batch(chunk);
         let x = b.upload([chunk.len(), set.image_bytes()], &batch.pixels);
         let target = Target::Classes(batch.labels.clone());
-        let mut route = |_: usize, out: &ControllerOutput<B>| out.greedy(b);
-        let out = model.forward_tensors(
-            b,
-            params,
-            &x,
-            &target,
-            &mut route,
-            false,
-            false,
-            &mut Ctx::eval(),
-        )?;
+        let out = crate::greedy_forward(b, model, params, &x, &target, false, false)?;
         let logits = b.download(&out.prediction)?;
         for (row, &label) in logits.chunks(set.classes).zip(&batch.labels) {
-            correct += usize::from(predict(row, 0..set.classes) == label as usize);
+            correct += usize::from(crate::predicted_class(row, 0..set.classes) == label as usize);
             let own = task.classes.iter().map(|&c| c as usize);
-            task_correct += usize::from(predict(row, own) == label as usize);
+            task_correct += usize::from(crate::predicted_class(row, own) == label as usize);
         }
         for (layer, sel) in out.selections.iter().enumerate() {
             let counts = usage_counts([sel], shapes[layer].0);
