@@ -17,6 +17,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
+use modula_benches::floor::MemoryFloor;
 use modula_benches::peer::{Peer, Subject, median, median_ratio, paired_rounds, time_round};
 use modula_benches::{bench_data, gemm_flops};
 use modula_cpu::Cpu;
@@ -63,20 +64,25 @@ const PAIRED_ROUNDS: usize = 21;
 /// timer resolution and one-off hiccups stay small against it.
 const PAIRED_MIN_SAMPLE: Duration = Duration::from_millis(20);
 
-/// One configuration's paired rounds: the modular step, modula's dense step, and each peer's
-/// dense step (the three products on `rows x D` operands, timed by the peer directly). The
-/// efficiencies are medians over rounds of `dense / modular`.
+/// One configuration's paired rounds: the modular step, modula's dense step, the step's memory
+/// floor ([`MemoryFloor`]) and each peer's dense step (the three products on `rows x D`
+/// operands, timed by the peer directly). The efficiencies are medians over rounds of
+/// `dense / modular`; `floor_share` is the median of `floor / modular` (1 = the layer runs at
+/// the speed its weight traffic allows) and `floor_efficiency_vs_{peer}` the median of
+/// `peer / floor` (the efficiency a purely memory-bound step would reach).
 fn paired_entry(
     label: &str,
     rows: usize,
     modular: &mut dyn FnMut(),
     dense: &mut dyn FnMut(),
+    floor: &mut dyn FnMut(),
     peers: &mut [Peer],
 ) -> serde_json::Value {
     let names: Vec<&str> = peers.iter().map(|p| p.name).collect();
     let mut subjects: Vec<Subject<'_>> = vec![
         Box::new(|min| time_round(min, modular)),
         Box::new(|min| time_round(min, dense)),
+        Box::new(|min| time_round(min, floor)),
     ];
     for peer in peers.iter_mut() {
         subjects.push(Box::new(move |min| peer.time("step", rows, D, D, min)));
@@ -95,10 +101,13 @@ fn paired_entry(
         "median": median(&ratios),
         "q1": q(0.25),
         "q3": q(0.75),
+        "floor_s": median(&seconds[2]),
+        "floor_share": median_ratio(&seconds[2], &seconds[0]),
     });
-    for (name, rounds) in names.iter().zip(&seconds[2..]) {
+    for (name, rounds) in names.iter().zip(&seconds[3..]) {
         entry[format!("{name}_dense_s")] = median(rounds).into();
         entry[format!("efficiency_vs_{name}")] = median_ratio(rounds, &seconds[0]).into();
+        entry[format!("floor_efficiency_vs_{name}")] = median_ratio(rounds, &seconds[2]).into();
     }
     entry
 }
@@ -177,11 +186,13 @@ fn modular(c: &mut Criterion) {
         // The filter applies to the pairs too: they run when both halves were measured.
         if pairs_wanted && ran == [true; 2] {
             eprintln!("bench: paired rounds of {label}");
+            let mut floor = MemoryFloor::new(m * D * D, cpu.threads());
             paired.push(paired_entry(
                 &label,
                 rows,
                 &mut modular_step,
                 &mut dense_step,
+                &mut || floor.step(),
                 &mut peers,
             ));
         }

@@ -65,5 +65,7 @@ pub fn write_side_file(name: &str, value: &serde_json::Value) {
     }
 }
 
+/// The memory floor of a layer step (two reads and one write of its weights).
+pub mod floor;
 /// External BLAS peers and the paired rounds that compare them with modula.
 pub mod peer;

@@ -572,6 +572,12 @@ fn modular_figures(context: &Context, measurements: &[Measurement]) -> Result<Fi
             entry.insert("paired_q1".into(), pair["q1"].clone());
             entry.insert("paired_q3".into(), pair["q3"].clone());
             entry.insert("paired_rounds".into(), pair["rounds"].clone());
+            // The memory floor (see benches/src/floor.rs), absent from older side files.
+            for field in ["floor_s", "floor_share"] {
+                if pair[field].is_number() {
+                    entry.insert(field.into(), pair[field].clone());
+                }
+            }
             // Against the strongest peer measured: MKL where it ran, else numpy.
             let mut best = None;
             for peer in PEERS {
@@ -582,12 +588,19 @@ fn modular_figures(context: &Context, measurements: &[Measurement]) -> Result<Fi
                         pair[&format!("{peer}_dense_s")].clone(),
                     );
                     entry.insert(format!("efficiency_vs_{peer}"), efficiency.clone());
-                    best = best.or(Some((peer, efficiency.clone())));
+                    let bound = pair[&format!("floor_efficiency_vs_{peer}")].clone();
+                    if bound.is_number() {
+                        entry.insert(format!("floor_efficiency_vs_{peer}"), bound.clone());
+                    }
+                    best = best.or(Some((peer, efficiency.clone(), bound)));
                 }
             }
-            if let Some((peer, efficiency)) = best {
+            if let Some((peer, efficiency, bound)) = best {
                 entry.insert("best_dense_peer".into(), json!(peer));
                 entry.insert("efficiency_vs_best_peer".into(), efficiency);
+                if bound.is_number() {
+                    entry.insert("floor_efficiency_vs_best_peer".into(), bound);
+                }
             }
         }
         entries.push(entry);
@@ -626,6 +639,8 @@ fn modular_figures(context: &Context, measurements: &[Measurement]) -> Result<Fi
             "naive_efficiency",
             "best_dense_peer",
             "efficiency_vs_best_peer",
+            "floor_share",
+            "floor_efficiency_vs_best_peer",
         ],
     })
 }
@@ -688,7 +703,7 @@ fn em_figures(_: &Context, measurements: &[Measurement]) -> Result<Figures, Stri
 
 /// The machine the figures come from: CPU model, usable cores, OS, compiler, and how busy it
 /// was.
-fn machine() -> Value {
+pub(crate) fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -720,7 +735,7 @@ fn machine() -> Value {
     })
 }
 
-fn machine_line(machine: &Value) -> String {
+pub(crate) fn machine_line(machine: &Value) -> String {
     // Imported figures (`--import`) may come from a machine with a GPU, which it names.
     let gpu = machine["gpu"]
         .as_str()
@@ -742,7 +757,7 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
 }
 
 /// Prints `entries` as an aligned table with the given columns.
-fn print_table(columns: &[&str], entries: &[Map<String, Value>]) {
+pub(crate) fn print_table(columns: &[&str], entries: &[Map<String, Value>]) {
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| columns.iter().map(|c| format_cell(e.get(*c))).collect())

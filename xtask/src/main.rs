@@ -5,7 +5,8 @@
 //!   package's pytest suite on its freshly built wheel), stopping at the first failure.
 //! - `cargo xtask wheel`: the Python package's wheel, built by maturin into `target/wheels/`.
 //! - `cargo xtask bench [NAME...]`: criterion benches with short sample sizes, turned into JSON
-//!   figures under `target/bench/`.
+//!   figures under `target/bench/`; `cargo xtask bench dist` times the expert-parallel layer
+//!   under `mpirun` instead.
 //! - `cargo xtask tidy`: source-tree checks (no circular imports between a library crate's
 //!   files), also run by the test suite.
 //! - `cargo xtask data NAME [ARGS...]`: fetch a data set, by running `modula data fetch` (the
@@ -15,6 +16,7 @@
 //! in seconds and never slows down the checks it runs.
 
 mod bench;
+mod bench_dist;
 mod bench_sparse;
 mod ci;
 mod data;
@@ -40,6 +42,8 @@ commands:
         -- ARGS       pass ARGS on to criterion (for example a benchmark-id filter)
         --import DIR  write the JSON from results produced elsewhere (DIR/criterion,
                       DIR/bench, DIR/machine.json) instead of running the benches
+  bench dist          the expert-parallel modular layer under mpirun at 1, 2 and 4 ranks
+                      (compute and exchange time, bytes) into target/bench/dist.json
   data NAME [ARGS]    fetch a data set (ptb, fashion-mnist, mnist-10k, cifar-10) into data/
                       via `modula data fetch NAME ARGS` (e.g. --from PATH, --data-dir DIR)
   tidy                check that no library crate's files import each other in a circle
@@ -54,6 +58,8 @@ fn main() -> ExitCode {
     };
     let result = match command.as_str() {
         "ci" if rest.is_empty() => ci::run(),
+        // Not a criterion bench: an MPI job at several rank counts.
+        "bench" if rest == ["dist"] => bench_dist::run(),
         "bench" => match bench::Options::parse(rest) {
             Ok(options) => bench::run(&options),
             Err(message) => {

@@ -1,6 +1,7 @@
-//! Gate weights on routed module outputs, shared by the modular linear and convolution layers:
-//! each (row, module) pair's output is scaled by its slot's gate before the pairs of a row are
-//! summed, as noisy top-k gating needs.
+//! Gate weights on routed module outputs, shared by the modular linear and convolution layers
+//! (and the expert-parallel layer of modula-dist, which applies them where a row's pairs come
+//! back): each (row, module) pair's output is scaled by its slot's gate before the pairs of a
+//! row are summed, as noisy top-k gating needs.
 
 use modula_tensor::Backend;
 
@@ -12,7 +13,7 @@ use crate::selection::Routing;
 /// # Panics
 /// If `gates` is not `[n, K]` for the routing.
 #[track_caller]
-pub(crate) fn pair_gates<B: Backend>(b: &B, routing: &Routing, gates: &B::Tensor) -> B::Tensor {
+pub fn pair_gates<B: Backend>(b: &B, routing: &Routing, gates: &B::Tensor) -> B::Tensor {
     assert_eq!(
         b.shape(gates),
         [routing.rows(), routing.k()],
@@ -24,7 +25,7 @@ pub(crate) fn pair_gates<B: Backend>(b: &B, routing: &Routing, gates: &B::Tensor
 
 /// Sums each row's pair outputs `ys` (`[P, w]`, routing order) scaled by their gates `pg`:
 /// the gated layer's output `[n, w]`.
-pub(crate) fn gated_sum<B: Backend>(
+pub fn gated_sum<B: Backend>(
     b: &B,
     routing: &Routing,
     ys: &B::Tensor,
@@ -38,7 +39,7 @@ pub(crate) fn gated_sum<B: Backend>(
 /// Backward of [`gated_sum`] for the output gradient `dy` (`[n, w]`): the pairs' output
 /// gradients scaled by their gates, in routing order (`[P, w]`), and the gates' gradient
 /// (`[n, K]`).
-pub(crate) fn gated_sum_backward<B: Backend>(
+pub fn gated_sum_backward<B: Backend>(
     b: &B,
     routing: &Routing,
     dy: &B::Tensor,

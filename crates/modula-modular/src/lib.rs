@@ -11,6 +11,7 @@ mod selection;
 
 pub use controller::{Controller, ControllerOutput};
 pub use conv::{ModularConv2d, ModularConvCache};
+pub use gating::{gated_sum, gated_sum_backward, pair_gates};
 pub use gru::{
     ModularGruCache, ModularGruCell, ModularGruModules, ModularGruModulesCache, ModularGruSeq,
     ModularGruStepCache, PreparedStep, StepInputGrads,

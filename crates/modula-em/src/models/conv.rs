@@ -11,7 +11,8 @@ use rand::Rng;
 use crate::config::{Algo, DenseMatch};
 use crate::model::{Router, Target};
 use crate::models::feedforward::{
-    FeedForward, Gate, GateCache, LossCache, MlpOutput, StatSum, output_loss,
+    FeedForward, Gate, GatedCache, GatedLayer, LossCache, MlpOutput, gated_backward, gated_forward,
+    output_loss,
 };
 
 /// One modular convolution layer of a [`ConvNet`].
@@ -169,7 +170,7 @@ pub fn params_matched_channels(
 
 /// What a [`ConvNet`]'s forward pass keeps for backward.
 pub struct ConvCache<B: Backend> {
-    layers: Vec<ConvLayerCache<B>>,
+    layers: Vec<GatedCache<B, BodyCache<B>>>,
     classifier: B::Tensor,
     loss: LossCache<B>,
 }
@@ -182,14 +183,13 @@ impl<B: Backend> std::fmt::Debug for ConvCache<B> {
     }
 }
 
-struct ConvLayerCache<B: Backend> {
-    gate: GateCache<B>,
-    routing: Routing,
-    conv: ModularConvCache<B>,
-    /// The convolution's output and its ReLU.
-    relu: (B::Tensor, B::Tensor),
-    pool: Option<B::Tensor>,
-}
+/// What a conv layer's body keeps: the convolution's cache, its output and ReLU, and the
+/// pooling's input.
+type BodyCache<B> = (
+    ModularConvCache<B>,
+    (<B as Backend>::Tensor, <B as Backend>::Tensor),
+    Option<<B as Backend>::Tensor>,
+);
 
 impl ConvNet {
     /// Builds the network of `plan` (its modules, slots, windows and pooling): each layer's
@@ -271,60 +271,19 @@ impl<B: Backend> FeedForward<B> for ConvNet {
         hidden: bool,
         ctx: &mut Ctx,
     ) -> Result<MlpOutput<B, ConvCache<B>>, BackendError> {
-        let n = b.shape(x)[0];
-        let mut h = b.duplicate(x);
-        let mut ctrl_logp = b.zeros([n, 1]);
-        let mut selections = Vec::with_capacity(self.layers.len());
-        let mut caches = Vec::with_capacity(self.layers.len());
-        let mut kept = Vec::new();
-        let mut stat_sum = StatSum::default();
-        for (l, layer) in self.layers.iter().enumerate() {
-            let gated = layer.gate.route(
-                b,
-                params,
-                &h,
-                l,
-                route,
-                stats.then_some(&mut stat_sum),
-                &mut ctrl_logp,
-                ctx,
-            )?;
-            selections.push(gated.selection);
-            let (y, conv) = layer
-                .conv
-                .forward(b, params, &h, &gated.routing, gated.gates.as_ref());
-            let a = b.unary(UnaryOp::Relu, &y);
-            if hidden {
-                kept.push(b.duplicate(&a));
-            }
-            let (next, pool) = match &layer.pool {
-                Some(p) => {
-                    let (pooled, input) = p.forward(b, params, &a, ctx);
-                    (pooled, Some(input))
-                }
-                None => (b.duplicate(&a), None),
-            };
-            h = next;
-            caches.push(ConvLayerCache {
-                gate: gated.cache,
-                routing: gated.routing,
-                conv,
-                relu: (y, a),
-                pool,
-            });
-        }
-        let (logits, classifier) = self.classifier.forward(b, params, &h, ctx);
+        let stack = gated_forward(&self.layers, b, params, x, route, stats, hidden, ctx)?;
+        let (logits, classifier) = self.classifier.forward(b, params, &stack.output, ctx);
         let (task_nll, loss) = output_loss(b, &logits, target);
         Ok(MlpOutput {
             task_nll,
-            ctrl_logp,
-            selections,
+            ctrl_logp: stack.ctrl_logp,
+            selections: stack.selections,
             prediction: logits,
-            stats: stats.then(|| stat_sum.mean()),
+            stats: stack.stats,
             penalty: 0.0,
-            hidden: kept,
+            hidden: stack.hidden,
             cache: ConvCache {
-                layers: caches,
+                layers: stack.caches,
                 classifier,
                 loss,
             },
@@ -341,31 +300,71 @@ impl<B: Backend> FeedForward<B> for ConvNet {
         grads: &mut Grads<B>,
     ) -> Result<(), BackendError> {
         let d_logits = cache.loss.backward(b, d_task);
-        let mut dh = self
+        let dh = self
             .classifier
             .backward(b, params, cache.classifier, &d_logits, grads);
-        for (layer, c) in self.layers.iter().zip(cache.layers).rev() {
-            if let (Some(p), Some(input)) = (&layer.pool, c.pool) {
-                dh = p.backward(b, params, input, &dh, grads);
-            }
-            let (y, a) = &c.relu;
-            dh = b.unary_backward(UnaryOp::Relu, y, a, &dh);
-            let (mut dx, d_gates) = layer
-                .conv
-                .backward(b, params, &c.routing, c.conv, &dh, grads);
-            layer.gate.backward(
-                b,
-                params,
-                c.gate,
-                d_gates,
-                d_ctrl,
-                self.importance_weight,
-                &mut dx,
-                grads,
-            )?;
-            dh = dx;
-        }
+        let importance = self.importance_weight;
+        gated_backward(
+            &self.layers,
+            b,
+            params,
+            cache.layers,
+            dh,
+            d_ctrl,
+            importance,
+            grads,
+        )?;
         Ok(())
+    }
+}
+
+impl<B: Backend> GatedLayer<B> for ConvLayer {
+    type Cache = BodyCache<B>;
+
+    fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    fn forward_body(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        h: &B::Tensor,
+        routing: &Routing,
+        gates: Option<&B::Tensor>,
+        kept: Option<&mut Vec<B::Tensor>>,
+        ctx: &mut Ctx,
+    ) -> (B::Tensor, BodyCache<B>) {
+        let (y, conv) = self.conv.forward(b, params, h, routing, gates);
+        let a = b.unary(UnaryOp::Relu, &y);
+        if let Some(kept) = kept {
+            kept.push(b.duplicate(&a));
+        }
+        let (next, pool) = match &self.pool {
+            Some(p) => {
+                let (pooled, input) = p.forward(b, params, &a, ctx);
+                (pooled, Some(input))
+            }
+            None => (b.duplicate(&a), None),
+        };
+        (next, (conv, (y, a), pool))
+    }
+
+    fn backward_body(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        routing: &Routing,
+        (conv, (y, a), pool): BodyCache<B>,
+        dy: &B::Tensor,
+        grads: &mut Grads<B>,
+    ) -> (B::Tensor, Option<B::Tensor>) {
+        let pooled_dy = match (&self.pool, pool) {
+            (Some(p), Some(input)) => Some(p.backward(b, params, input, dy, grads)),
+            _ => None,
+        };
+        let dy = b.unary_backward(UnaryOp::Relu, &y, &a, pooled_dy.as_ref().unwrap_or(dy));
+        self.conv.backward(b, params, routing, conv, &dy, grads)
     }
 }
 

@@ -192,6 +192,161 @@ impl Gate {
     }
 }
 
+/// What follows a gate in one layer of a gated network: the modular product and whatever the
+/// network puts after it (a ReLU, pooling). [`gated_forward`] and [`gated_backward`] run the
+/// gates and the bookkeeping every gated stack shares around the bodies.
+pub(crate) trait GatedLayer<B: Backend> {
+    /// What the body keeps for its backward.
+    type Cache;
+
+    /// The layer's gate.
+    fn gate(&self) -> &Gate;
+
+    /// The body's forward over `h` routed by `routing` (with top-k's gate weights `gates`):
+    /// the layer's output and its cache. A body with a hidden activation pushes a copy of it
+    /// to `kept` when given.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_body(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        h: &B::Tensor,
+        routing: &Routing,
+        gates: Option<&B::Tensor>,
+        kept: Option<&mut Vec<B::Tensor>>,
+        ctx: &mut Ctx,
+    ) -> (B::Tensor, Self::Cache);
+
+    /// The body's backward from its output gradient `dy`: the gradient of its input and of
+    /// the gate weights (top-k only).
+    fn backward_body(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        routing: &Routing,
+        cache: Self::Cache,
+        dy: &B::Tensor,
+        grads: &mut Grads<B>,
+    ) -> (B::Tensor, Option<B::Tensor>);
+}
+
+/// One gated layer's forward state: its gate's, its routing and its body's.
+pub(crate) struct GatedCache<B: Backend, C> {
+    gate: GateCache<B>,
+    routing: Routing,
+    body: C,
+}
+
+/// The forward pass of a stack of gated layers, before the network's output layer.
+pub(crate) struct GatedStack<B: Backend, C> {
+    /// The last layer's output.
+    pub output: B::Tensor,
+    /// `log p(a | x)` per row summed over the controller-gated layers, `[n, 1]`.
+    pub ctrl_logp: B::Tensor,
+    /// The selection of each layer.
+    pub selections: Vec<Selection>,
+    /// Each layer's state for [`gated_backward`].
+    pub caches: Vec<GatedCache<B, C>>,
+    /// The hidden activations the bodies kept (when asked to).
+    pub hidden: Vec<B::Tensor>,
+    /// The controllers' mean statistics (when asked for).
+    pub stats: Option<ControllerStats>,
+}
+
+/// Runs `layers` over `x`: each layer's gate routes its input (asking `route` for a
+/// controller's selection, see [`FeedForward::forward_tensors`]), then its body runs.
+///
+/// # Errors
+/// Device failures and a `route` that fails.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gated_forward<B: Backend, L: GatedLayer<B>>(
+    layers: &[L],
+    b: &B,
+    params: &ParamStore<B>,
+    x: &B::Tensor,
+    route: &mut Router<'_, B>,
+    stats: bool,
+    hidden: bool,
+    ctx: &mut Ctx,
+) -> Result<GatedStack<B, L::Cache>, BackendError> {
+    let n = b.shape(x)[0];
+    let mut h = b.duplicate(x);
+    let mut ctrl_logp = b.zeros([n, 1]);
+    let mut selections = Vec::with_capacity(layers.len());
+    let mut caches = Vec::with_capacity(layers.len());
+    let mut kept = Vec::new();
+    let mut stat_sum = StatSum::default();
+    for (l, layer) in layers.iter().enumerate() {
+        let gated = layer.gate().route(
+            b,
+            params,
+            &h,
+            l,
+            route,
+            stats.then_some(&mut stat_sum),
+            &mut ctrl_logp,
+            ctx,
+        )?;
+        selections.push(gated.selection);
+        let (next, body) = layer.forward_body(
+            b,
+            params,
+            &h,
+            &gated.routing,
+            gated.gates.as_ref(),
+            hidden.then_some(&mut kept),
+            ctx,
+        );
+        h = next;
+        caches.push(GatedCache {
+            gate: gated.cache,
+            routing: gated.routing,
+            body,
+        });
+    }
+    Ok(GatedStack {
+        output: h,
+        ctrl_logp,
+        selections,
+        caches,
+        hidden: kept,
+        stats: stats.then(|| stat_sum.mean()),
+    })
+}
+
+/// The backward of [`gated_forward`] from the gradient `dh` of the last layer's output and the
+/// controllers' `d_ctrl` (see [`Gate::backward`]): the gradient of the stack's input.
+///
+/// # Errors
+/// Device failures.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gated_backward<B: Backend, L: GatedLayer<B>>(
+    layers: &[L],
+    b: &B,
+    params: &ParamStore<B>,
+    caches: Vec<GatedCache<B, L::Cache>>,
+    mut dh: B::Tensor,
+    d_ctrl: &B::Tensor,
+    importance_weight: f32,
+    grads: &mut Grads<B>,
+) -> Result<B::Tensor, BackendError> {
+    for (layer, c) in layers.iter().zip(caches).rev() {
+        let (mut dx, d_gates) = layer.backward_body(b, params, &c.routing, c.body, &dh, grads);
+        layer.gate().backward(
+            b,
+            params,
+            c.gate,
+            d_gates,
+            d_ctrl,
+            importance_weight,
+            &mut dx,
+            grads,
+        )?;
+        dh = dx;
+    }
+    Ok(dh)
+}
+
 /// The output distribution's state for the backward pass.
 pub(crate) enum LossCache<B: Backend> {
     Regression {

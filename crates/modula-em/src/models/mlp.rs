@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Algo, ConfigError, DenseMatch, invalid};
 use crate::model::{Router, Target};
 use crate::models::feedforward::{
-    FeedForward, Gate, GateCache, LossCache, MlpOutput, StatSum, feed_forward_model, output_loss,
+    FeedForward, Gate, GatedCache, GatedLayer, LossCache, MlpOutput, feed_forward_model,
+    gated_backward, gated_forward, output_loss,
 };
 
 /// Shape of a [`ModularMlp`] and its output distribution (the `[model]` section of a
@@ -161,16 +162,15 @@ pub struct ModularMlp {
     pub importance_weight: f32,
 }
 
-struct LayerCache<B: Backend> {
-    gate: GateCache<B>,
-    routing: Routing,
-    modules: ModularCache<B>,
-    relu: Option<(B::Tensor, B::Tensor)>,
-}
+/// What a layer's body keeps: its modules' cache, and its ReLU's input and output.
+type BodyCache<B> = (
+    ModularCache<B>,
+    Option<(<B as Backend>::Tensor, <B as Backend>::Tensor)>,
+);
 
 /// Forward state of a [`ModularMlp`].
 pub struct MlpCache<B: Backend> {
-    layers: Vec<LayerCache<B>>,
+    layers: Vec<GatedCache<B, BodyCache<B>>>,
     loss: LossCache<B>,
 }
 
@@ -249,58 +249,18 @@ impl<B: Backend> FeedForward<B> for ModularMlp {
         hidden: bool,
         ctx: &mut Ctx,
     ) -> Result<MlpOutput<B, MlpCache<B>>, BackendError> {
-        let n = b.shape(x)[0];
-        let mut h = b.duplicate(x);
-        let mut ctrl_logp = b.zeros([n, 1]);
-        let mut selections = Vec::with_capacity(self.layers.len());
-        let mut caches = Vec::with_capacity(self.layers.len());
-        let mut kept = Vec::new();
-        let mut stat_sum = StatSum::default();
-        for (l, layer) in self.layers.iter().enumerate() {
-            let gated = layer.gate.route(
-                b,
-                params,
-                &h,
-                l,
-                route,
-                stats.then_some(&mut stat_sum),
-                &mut ctrl_logp,
-                ctx,
-            )?;
-            selections.push(gated.selection);
-            let (y, modules) =
-                layer
-                    .modules
-                    .forward(b, params, &h, &gated.routing, gated.gates.as_ref());
-            let (next, relu) = if layer.relu {
-                let a = b.unary(UnaryOp::Relu, &y);
-                if hidden {
-                    kept.push(b.duplicate(&a));
-                }
-                let keep = (y, b.duplicate(&a));
-                (a, Some(keep))
-            } else {
-                (y, None)
-            };
-            h = next;
-            caches.push(LayerCache {
-                gate: gated.cache,
-                routing: gated.routing,
-                modules,
-                relu,
-            });
-        }
-        let (task_nll, loss) = output_loss(b, &h, target);
+        let stack = gated_forward(&self.layers, b, params, x, route, stats, hidden, ctx)?;
+        let (task_nll, loss) = output_loss(b, &stack.output, target);
         Ok(MlpOutput {
             task_nll,
-            ctrl_logp,
-            selections,
-            prediction: h,
-            stats: stats.then(|| stat_sum.mean()),
+            ctrl_logp: stack.ctrl_logp,
+            selections: stack.selections,
+            prediction: stack.output,
+            stats: stack.stats,
             penalty: 0.0,
-            hidden: kept,
+            hidden: stack.hidden,
             cache: MlpCache {
-                layers: caches,
+                layers: stack.caches,
                 loss,
             },
         })
@@ -315,27 +275,64 @@ impl<B: Backend> FeedForward<B> for ModularMlp {
         d_ctrl: &B::Tensor,
         grads: &mut Grads<B>,
     ) -> Result<(), BackendError> {
-        let mut dh = cache.loss.backward(b, d_task);
-        for (layer, c) in self.layers.iter().zip(cache.layers).rev() {
-            if let Some((x, y)) = &c.relu {
-                dh = b.unary_backward(UnaryOp::Relu, x, y, &dh);
-            }
-            let (mut dx, d_gates) = layer
-                .modules
-                .backward(b, params, &c.routing, c.modules, &dh, grads);
-            layer.gate.backward(
-                b,
-                params,
-                c.gate,
-                d_gates,
-                d_ctrl,
-                self.importance_weight,
-                &mut dx,
-                grads,
-            )?;
-            dh = dx;
-        }
+        let dy = cache.loss.backward(b, d_task);
+        let importance = self.importance_weight;
+        gated_backward(
+            &self.layers,
+            b,
+            params,
+            cache.layers,
+            dy,
+            d_ctrl,
+            importance,
+            grads,
+        )?;
         Ok(())
+    }
+}
+
+impl<B: Backend> GatedLayer<B> for MlpLayer {
+    type Cache = BodyCache<B>;
+
+    fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    fn forward_body(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        h: &B::Tensor,
+        routing: &Routing,
+        gates: Option<&B::Tensor>,
+        kept: Option<&mut Vec<B::Tensor>>,
+        _ctx: &mut Ctx,
+    ) -> (B::Tensor, BodyCache<B>) {
+        let (y, modules) = self.modules.forward(b, params, h, routing, gates);
+        if !self.relu {
+            return (y, (modules, None));
+        }
+        let a = b.unary(UnaryOp::Relu, &y);
+        if let Some(kept) = kept {
+            kept.push(b.duplicate(&a));
+        }
+        let relu = (y, b.duplicate(&a));
+        (a, (modules, Some(relu)))
+    }
+
+    fn backward_body(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        routing: &Routing,
+        (modules, relu): BodyCache<B>,
+        dy: &B::Tensor,
+        grads: &mut Grads<B>,
+    ) -> (B::Tensor, Option<B::Tensor>) {
+        let relu_dy = relu.map(|(x, y)| b.unary_backward(UnaryOp::Relu, &x, &y, dy));
+        let dy = relu_dy.as_ref().unwrap_or(dy);
+        self.modules
+            .backward(b, params, routing, modules, dy, grads)
     }
 }
 
