@@ -470,8 +470,19 @@ pub fn write(
             fs::create_dir_all(&figs)
                 .map_err(|e| run_error(format!("cannot create {}: {e}", figs.display())))?;
             let (_, results) = load(dir)?;
+            // Each method's first seed.
+            let runs: Vec<(String, &SequenceRun)> = report
+                .methods
+                .iter()
+                .filter_map(|m| {
+                    results
+                        .iter()
+                        .find(|r| r.method == m.method && Some(&r.seed) == m.seeds.first())
+                        .map(|r| (format!("{} (seed {})", r.method, r.seed), &r.run))
+                })
+                .collect();
             let files =
-                crate::plot::continual::figures(&figs, report, &results).map_err(run_error)?;
+                crate::plot::continual::figures(&figs, &report.tasks, &runs).map_err(run_error)?;
             written.extend(
                 files
                     .into_iter()

@@ -6,7 +6,8 @@ use std::path::Path;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::continual::{ContinualReport, MethodResult};
+use modula_tasks::continual::SequenceRun;
+
 use crate::plot::lm::{Heat, draw_heat};
 use crate::plot::{err, register_font, save};
 
@@ -27,58 +28,42 @@ fn draw_grid<DB: DrawingBackend>(
     Ok(())
 }
 
-/// The first seed's result of each method of `report`, in the report's order.
-fn first_seed<'a>(report: &ContinualReport, results: &'a [MethodResult]) -> Vec<&'a MethodResult> {
-    report
-        .methods
-        .iter()
-        .filter_map(|m| {
-            results
-                .iter()
-                .find(|r| r.method == m.method && Some(&r.seed) == m.seeds.first())
-        })
-        .collect()
-}
-
-/// Writes `accuracy.png`/`.svg` (one heat map `R[i][j]` per method, rows the task just
-/// trained, columns the task tested, darker is more accurate) and, when a method has modular
-/// layers, `usage.png`/`.svg` (per modular method, the share of each task's test examples
-/// each module of the first layer serves right after the task is trained) into `dir`;
-/// returns the file names.
+/// Writes `accuracy.png`/`.svg` (one heat map `R[i][j]` per labelled run of a sequence of
+/// `tasks`, rows the task just trained, columns the task tested, darker is more accurate)
+/// and, when a run has modular layers, `usage.png`/`.svg` (per modular run, the share of each
+/// task's test examples each module of the first layer serves right after the task is
+/// trained) into `dir`; returns the file names.
 ///
 /// # Errors
 /// A message when a figure cannot be drawn or written.
 pub fn figures(
     dir: &Path,
-    report: &ContinualReport,
-    results: &[MethodResult],
+    tasks: &[String],
+    runs: &[(String, &SequenceRun)],
 ) -> Result<Vec<String>, String> {
     register_font()?;
-    let chosen = first_seed(report, results);
-    let tasks = &report.tasks;
-    let accuracy: Vec<Heat> = chosen
+    let accuracy: Vec<Heat> = runs
         .iter()
-        .map(|r| Heat {
+        .map(|(label, run)| Heat {
             rows: tasks.iter().map(|t| format!("after {t}")).collect(),
-            cols: tasks.clone(),
-            values: r.run.accuracy.clone(),
-            caption: format!("{} (seed {})", r.method, r.seed),
+            cols: tasks.to_vec(),
+            values: run.accuracy.clone(),
+            caption: label.clone(),
         })
         .collect();
-    let usage: Vec<Heat> = chosen
+    let usage: Vec<Heat> = runs
         .iter()
-        .filter(|r| {
-            r.run
-                .usage
+        .filter(|(_, run)| {
+            run.usage
                 .first()
                 .and_then(|u| u.first())
                 .is_some_and(|l| l.len() > 1)
         })
-        .map(|r| {
-            let layer0: Vec<&Vec<u64>> = r.run.usage.iter().map(|u| &u[0]).collect();
+        .map(|(label, run)| {
+            let layer0: Vec<&Vec<u64>> = run.usage.iter().map(|u| &u[0]).collect();
             let modules = layer0[0].len();
             Heat {
-                rows: tasks.clone(),
+                rows: tasks.to_vec(),
                 cols: (0..modules).map(|m| format!("m{m}")).collect(),
                 values: layer0
                     .iter()
@@ -87,7 +72,7 @@ pub fn figures(
                         u.iter().map(|&c| c as f64 / total).collect()
                     })
                     .collect(),
-                caption: format!("{}: first-layer module share", r.method),
+                caption: format!("{label}: first-layer module share"),
             }
         })
         .collect();
