@@ -1,12 +1,13 @@
 #![doc = include_str!("../README.md")]
 //!
-//! Each subcommand group lives in its own module (`data`, `train`, `eval`), which defines its
+//! Each subcommand group lives in its own module (`data`, `train`, `eval`, `continual`), which defines its
 //! clap arguments and a `run` function. Exit status: 0 on success, 1 for run, configuration,
 //! data and checkpoint errors, 2 for usage errors, [`OUTPUT_CLOSED`] when standard output or
 //! error was closed.
 
 mod analyse;
 mod backend;
+mod continual;
 mod data;
 mod eval;
 mod modularity;
@@ -44,6 +45,10 @@ enum Command {
     /// Look for modules inside a trained dense ReLU network: co-activation partitions of its
     /// hidden layers, the groups an input leaves inactive, routed groups.
     Modularity(modularity::ModularityArgs),
+    /// Continual learning: train a sequence of tasks with every method of a configuration,
+    /// and report the accuracy matrices, forgetting and module usage.
+    #[command(subcommand)]
+    Continual(continual::ContinualCommand),
 }
 
 /// glibc hands large freed blocks back to the OS, so every training step would page-fault its
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => finish("inspect", analyse::inspect(args)),
         Command::Report(args) => finish("report", analyse::report(args)),
         Command::Modularity(args) => finish("modularity", modularity::run(args)),
+        Command::Continual(command) => finish(command.name(), continual::run(command)),
     }
 }
 

@@ -4,6 +4,7 @@ pub mod algo;
 pub mod config;
 mod error;
 pub mod estep;
+pub mod ewc;
 mod guard;
 mod meta;
 pub mod model;
@@ -24,4 +25,4 @@ pub use model::{
 };
 pub use table::{AssignmentTable, LayerAssignments};
 pub use task::{Batch, EStepDue, Group, Task};
-pub use trainer::{StepOutcome, Trainer, stream};
+pub use trainer::{Penalty, StepOutcome, Trainer, stream};

@@ -43,6 +43,19 @@ impl AssignmentTable {
     /// If a layer has `M = 0`, `K = 0` or `M > 65536`.
     #[track_caller]
     pub fn random(examples: usize, shapes: &[(usize, usize)], rng: &mut impl Rng) -> Self {
+        let mut table = AssignmentTable::empty(shapes);
+        table.grow(examples, rng);
+        table
+    }
+
+    /// A table with no examples yet, for layers of shapes `(M, K)`: examples are registered
+    /// by [`AssignmentTable::grow`] as they arrive (a continual run's tasks, or a Python
+    /// loop's batches).
+    ///
+    /// # Panics
+    /// If a layer has `M = 0`, `K = 0` or `M > 65536`.
+    #[track_caller]
+    pub fn empty(shapes: &[(usize, usize)]) -> Self {
         let layers = shapes
             .iter()
             .map(|&(m, k)| {
@@ -53,13 +66,27 @@ impl AssignmentTable {
                 LayerAssignments {
                     modules: m,
                     k,
-                    data: (0..examples * k)
-                        .map(|_| rng.random_range(0..m) as u16)
-                        .collect(),
+                    data: Vec::new(),
                 }
             })
             .collect();
-        AssignmentTable { examples, layers }
+        AssignmentTable {
+            examples: 0,
+            layers,
+        }
+    }
+
+    /// Registers `added` new examples after the existing ones, each layer's assignments drawn
+    /// uniformly at random from `rng` (layer by layer, as [`AssignmentTable::random`] draws
+    /// them). The existing examples keep their indices and assignments; the new ones take the
+    /// next indices.
+    pub fn grow(&mut self, added: usize, rng: &mut impl Rng) {
+        for t in &mut self.layers {
+            let m = t.modules;
+            t.data
+                .extend((0..added * t.k).map(|_| rng.random_range(0..m) as u16));
+        }
+        self.examples += added;
     }
 
     /// A table from raw per-layer data (for loading checkpoints).

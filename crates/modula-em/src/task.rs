@@ -95,6 +95,18 @@ pub trait Task<B: Backend> {
     /// Whether iteration `step` runs an E-step, for an E-step period of `e_every`.
     fn e_step_due(&self, step: u64, e_every: usize) -> EStepDue;
 
+    /// The batch the E-step of iteration `step` runs on when it is not the iteration's
+    /// training batch (`None`, the default: the same batch). A continual run trains on
+    /// replayed examples of earlier tasks beside the current task's, and E-steps only the
+    /// current task's.
+    fn e_step_batch(
+        &mut self,
+        _b: &B,
+        _step: u64,
+    ) -> Option<Batch<<Self::Model as Model<B>>::Input>> {
+        None
+    }
+
     /// Called after every iteration with the state its forward pass left (`None` after an
     /// E-step-only iteration).
     fn advance(&mut self, b: &B, carry: Option<B::Tensor>);

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use modula_nn::{Adam, Checkpoint, Ctx, ExtraTensors, Grads, Optimizer, ParamStore, StoredTensor};
-use modula_tensor::Backend;
+use modula_tensor::{Backend, BackendError};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -33,12 +33,31 @@ const STREAM_TABLE: u64 = 1 << 62;
 const STREAM_CTX: u64 = 1 << 60;
 const STREAM_E_BEFORE: u64 = 1 << 59;
 const STREAM_E_CTX: u64 = 1 << 57;
+/// With the table's row count before the growth: the assignments of examples registered
+/// during a run (a continual run's later tasks).
+const STREAM_GROW: u64 = 1 << 58;
 
 /// Stream `id` of the ChaCha generator seeded by `seed`.
 pub fn stream(seed: u64, id: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(id);
     rng
+}
+
+/// A term of the training objective that does not depend on the batch, such as EWC's
+/// quadratic penalty: the trainer adds its gradient after the algorithm's, before clipping and
+/// the optimiser step.
+pub trait Penalty<B: Backend>: std::fmt::Debug {
+    /// Adds the term's gradient with respect to `params` into `grads` and returns its value.
+    ///
+    /// # Errors
+    /// A device failure.
+    fn add_gradient(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        grads: &mut Grads<B>,
+    ) -> Result<f64, BackendError>;
 }
 
 /// A training run in memory, for any task `T` and any algorithm.
@@ -62,6 +81,9 @@ pub struct Trainer<B: Backend, T: Task<B>> {
     pub step: u64,
     /// The divergence guard, with the run's initial loss.
     pub guard: DivergenceGuard,
+    /// A term added to every gradient step's objective whatever the batch (a continual run's
+    /// EWC penalty); none by default.
+    pub penalty: Option<Box<dyn Penalty<B>>>,
     algorithm: Box<dyn Algorithm<B, T::Model>>,
     /// Gradient buffers, reset (not freed) every step.
     grads: Grads<B>,
@@ -99,6 +121,7 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
             seed,
             step: 0,
             guard: DivergenceGuard::new(settings.divergence_factor),
+            penalty: None,
             algorithm,
             grads: Grads::new(),
         }
@@ -114,6 +137,26 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
         self.algorithm.table()
     }
 
+    /// The task, to prepare its next batch, beside EM's table (EM runs only), which a task
+    /// may read to choose it (module-aware replay).
+    pub fn task_and_table(&mut self) -> (&mut T, Option<&AssignmentTable>) {
+        (&mut self.task, self.algorithm.table())
+    }
+
+    /// Registers the training examples the task added since the last iteration (a continual
+    /// run's next task) in EM's table: they take the next keys, their assignments drawn from
+    /// a stream of the seed named by the table's size before the growth, so that a run is a
+    /// function of its seed and its tasks' sizes. [`Trainer::step`] calls it first; a caller
+    /// that reads the table for a new task's first batch calls it before.
+    pub fn register_examples(&mut self) {
+        let rows = self.task.table_rows();
+        let have = self.table().map_or(rows, AssignmentTable::examples);
+        if rows > have {
+            let mut rng = stream(self.seed, STREAM_GROW | have as u64);
+            self.algorithm.grow(rows, &mut rng);
+        }
+    }
+
     /// Runs the next iteration: an E-step when the task says one is due (EM only), and the
     /// algorithm's gradient step unless the E-step replaces it.
     ///
@@ -121,6 +164,7 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
     /// [`TrainError::Diverged`] when the loss is not finite (parameters stay as they were),
     /// or a device failure.
     pub fn step(&mut self) -> Result<StepOutcome, TrainError> {
+        self.register_examples();
         let step = self.step;
         let batch = self.task.batch(&self.backend, step);
         let due = if self.algorithm.has_e_step() {
@@ -135,6 +179,7 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
         };
         let mut outcome = StepOutcome::default();
         if due != EStepDue::No {
+            let e_batch = self.task.e_step_batch(&self.backend, step);
             // An E-step in place of a gradient step draws from the iteration's own stream; one
             // before a gradient step leaves that stream to it.
             let (mut before_rng, mut before_ctx);
@@ -160,7 +205,7 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
             };
             let mut e = self
                 .algorithm
-                .e_step(s, &batch)
+                .e_step(s, e_batch.as_ref().unwrap_or(&batch))
                 .expect("an algorithm with E-steps runs them")?;
             let visited = self.algorithm.visited().unwrap_or(0);
             e.coverage = visited as f64 / self.task.trained_keys().max(1) as f64;
@@ -180,7 +225,10 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
             rng: &mut rng,
             ctx: &mut ctx,
         };
-        let g = self.algorithm.gradient(s, &batch)?;
+        let mut g = self.algorithm.gradient(s, &batch)?;
+        if let Some(penalty) = &self.penalty {
+            g.stats.penalty = penalty.add_gradient(&self.backend, &self.params, &mut self.grads)?;
+        }
         self.guard.check(step, g.stats.loss())?;
         let b = &self.backend;
         if self.settings.grad_clip > 0.0 {

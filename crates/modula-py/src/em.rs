@@ -21,6 +21,14 @@ use crate::models::{PyLanguageModel, PyModularMlp, rows_match};
 /// dropout masks), apart from each other for every step count.
 const STREAM_E_STEP: u64 = 1 << 62;
 const STREAM_CTX: u64 = 1 << 60;
+/// With the table's size before the growth: the assignments of examples a growable table
+/// registers as their indices arrive.
+const STREAM_GROW: u64 = 1 << 58;
+
+/// How far past its size one batch may grow a table without `examples`: an index further out
+/// is more likely a mistake than a training set numbered from 0 (and would allocate the rows
+/// in between).
+const MAX_GROWTH: usize = 1 << 24;
 
 /// The network an `EM` trains.
 enum Trained {
@@ -36,6 +44,9 @@ struct State {
     grads: Grads<Cpu>,
     settings: TrainSettings,
     seed: u64,
+    /// The training set's size when `EM` was given one; without it the table grows to the
+    /// largest index a batch names.
+    fixed: Option<usize>,
     /// Steps taken, E and M together: step `i` draws from its own streams of the seed.
     step: u64,
 }
@@ -58,6 +69,24 @@ impl State {
     /// Keys in the table.
     fn examples(&self) -> usize {
         self.table().examples()
+    }
+
+    /// The largest index plus one a batch may name: the training set's size, or, for a
+    /// growable table, [`MAX_GROWTH`] past its current size (at most the `u32` keys).
+    fn index_bound(&self) -> usize {
+        self.fixed
+            .unwrap_or_else(|| (self.examples() + MAX_GROWTH).min(u32::MAX as usize + 1))
+    }
+
+    /// Registers the examples up to the largest of `keys` in a growable table (new rows drawn
+    /// from a stream of the seed named by the table's size before the growth).
+    fn register(&mut self, keys: impl Iterator<Item = u32>) {
+        let rows = keys.map(|k| k as usize + 1).max().unwrap_or(0);
+        let have = self.examples();
+        if rows > have {
+            let mut rng = stream(self.seed, STREAM_GROW | have as u64);
+            Algorithm::<Cpu, modula_em::models::ModularMlp>::grow(&mut self.em, rows, &mut rng);
+        }
     }
 
     fn e_step<M: Model<Cpu>>(
@@ -280,7 +309,8 @@ fn run_step<N: Network>(
 ) -> PyResult<Outcome> {
     // A model in use by another thread's call raises PyO3's "already borrowed" RuntimeError.
     let mut guard = net.bind(py).try_borrow_mut()?;
-    let batch = guard.batch(batch, keys, state.examples())?;
+    let batch = guard.batch(batch, keys, state.index_bound())?;
+    state.register(batch.groups.iter().flat_map(|g| g.keys.iter().copied()));
     let (cpu, model, params) = guard.parts();
     Ok(detached(py, || match which {
         Which::E => state.e_step(cpu, model, params, &batch).map(Outcome::E),
@@ -307,13 +337,15 @@ impl PyEm {
 #[pymethods]
 impl PyEm {
     /// EM for `model` over a training set of `examples` examples (token positions for a
-    /// language model), whose assignments start uniformly random from `seed`.
+    /// language model), whose assignments start uniformly random from `seed`. Without
+    /// `examples` the table starts empty and grows as batches name new indices (a continual
+    /// loop's later tasks): each new example's assignment is drawn when it first arrives.
     #[new]
-    #[pyo3(signature = (model, examples, samples = 10, lr = 0.01, grad_clip = 0.0, ctrl_weight = 1.0, seed = 0))]
+    #[pyo3(signature = (model, examples = None, samples = 10, lr = 0.01, grad_clip = 0.0, ctrl_weight = 1.0, seed = 0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         model: &Bound<'_, PyAny>,
-        examples: usize,
+        examples: Option<usize>,
         samples: usize,
         lr: f32,
         grad_clip: f32,
@@ -334,16 +366,18 @@ impl PyEm {
             .into());
         };
         Ok(guarded(|| {
-            crate::layers::positive("examples", examples)?;
-            // The table's keys are u32 (batches name their rows by them).
-            if examples > u32::MAX as usize {
-                return Err(Error::new(
-                    Kind::Config,
-                    format!(
-                        "`examples` is {examples}; EM's table holds at most {} keys",
-                        u32::MAX
-                    ),
-                ));
+            if let Some(examples) = examples {
+                crate::layers::positive("examples", examples)?;
+                // The table's keys are u32 (batches name their rows by them).
+                if examples > u32::MAX as usize {
+                    return Err(Error::new(
+                        Kind::Config,
+                        format!(
+                            "`examples` is {examples}; EM's table holds at most {} keys",
+                            u32::MAX
+                        ),
+                    ));
+                }
             }
             let settings = TrainSettings {
                 algo: Algo::Em,
@@ -357,7 +391,8 @@ impl PyEm {
                 divergence_factor: 0.0,
             };
             settings.validate(0.0)?;
-            let table = AssignmentTable::random(examples, &shapes, &mut stream(seed, 1 << 61));
+            let table =
+                AssignmentTable::random(examples.unwrap_or(0), &shapes, &mut stream(seed, 1 << 61));
             Ok(PyEm {
                 network,
                 state: State {
@@ -366,10 +401,18 @@ impl PyEm {
                     grads: Grads::new(),
                     settings,
                     seed,
+                    fixed: examples,
                     step: 0,
                 },
             })
         })?)
+    }
+
+    /// Examples in the assignment table: the training set's size, or for a table created
+    /// without `examples`, the largest index seen so far plus one.
+    #[getter]
+    fn examples(&self) -> usize {
+        self.state.examples()
     }
 
     /// Steps taken so far (E-steps and M-steps together).

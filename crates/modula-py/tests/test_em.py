@@ -52,6 +52,33 @@ def test_em_is_reproducible_from_its_seed():
         np.testing.assert_array_equal(value, params[1][name], err_msg=name)
 
 
+def test_a_table_without_examples_grows_as_indices_arrive():
+    x, y = regimes(96, 6)
+    model = modula.ModularMlp(2, 1, modules=3, k=1, layers=2, hidden=4, seed=2)
+    em = modula.EM(model, seed=2)
+    assert em.examples == 0
+    first, second = np.arange(64), np.arange(64, 96)
+    em.e_step((x[first], y[first]), first)
+    assert em.examples == 64
+    kept = em.assignments(first, layer=1)
+    # A second task's examples take the next indices; the first task's keep theirs.
+    em.e_step((x[second], y[second]), second)
+    assert em.examples == 96
+    np.testing.assert_array_equal(em.assignments(first, layer=1), kept)
+    m = em.m_step((x, y), np.arange(96))
+    assert np.isfinite(m["nll"])
+    with pytest.raises(modula.ArrayError, match="indices"):
+        em.assignments(np.arange(90, 100))
+    with pytest.raises(modula.ArrayError, match="indices"):
+        em.e_step((x[:1], y[:1]), np.array([2**30]))
+    assert em.examples == 96
+
+    # The same calls from the same seed draw the same new rows.
+    again = modula.EM(modula.ModularMlp(2, 1, modules=3, k=1, layers=2, hidden=4, seed=2), seed=2)
+    again.e_step((x[first], y[first]), first)
+    np.testing.assert_array_equal(again.assignments(first, layer=1), kept)
+
+
 def test_classification_targets_are_integer_classes():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(32, 4)).astype(np.float32)

@@ -3,6 +3,7 @@
 pub mod classes;
 pub mod config;
 pub mod console;
+pub mod continual;
 pub mod dir;
 pub mod driver;
 mod error;

@@ -1,6 +1,7 @@
 //! Every configuration shipped under `configs/` (the experiments' pages name them in their
 //! commands) parses and validates, so that a renamed or removed key breaks this test instead
-//! of a user's run hours into an experiment.
+//! of a user's run hours into an experiment. The continual experiments' files
+//! (`configs/continual-*.toml`) are read as such.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,20 @@ fn every_shipped_configuration_parses_and_validates() {
         files.iter().any(|f| f.ends_with("ptb-em-step.toml")),
         "the walk missed configs/: {files:?}"
     );
+    assert!(
+        files
+            .iter()
+            .any(|f| f.ends_with("continual-split-fashion.toml")),
+        "the walk missed the continual experiments: {files:?}"
+    );
     for file in files {
+        // A continual experiment's file is its own format (`modula continual run`).
+        let name = file.file_name().unwrap().to_string_lossy();
+        if name.starts_with("continual-") {
+            modula_run::continual::read_config(&file)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            continue;
+        }
         let cfg = RunConfig::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         cfg.validate()
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));

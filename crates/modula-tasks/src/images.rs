@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use modula_data::{DataError, Dataset, ImageSet, ShuffleBatcher, cifar, data_dir, idx, mnist_json};
-use modula_em::models::{FeedForward, ImageModel, ImageModelConfig, MlpInput, ReluMlp};
+use modula_em::models::{ImageModel, ImageModelConfig, MlpInput, ReluMlp};
 use modula_em::{
     Algo, Batch, ConfigError, DEFAULT_DIVERGENCE_FACTOR, DenseMatch, EStepDue, EStepSettings,
     Model, Routes, Target, Task, TrainError, TrainSettings, Trainer, effective_count, invalid,
@@ -271,7 +271,7 @@ pub struct ImageData {
 }
 
 /// The images of `set` at `positions`, in that order.
-fn subset(set: &ImageSet, positions: &[usize]) -> ImageSet {
+pub(crate) fn subset(set: &ImageSet, positions: &[usize]) -> ImageSet {
     let mut pixels = Vec::with_capacity(positions.len() * set.image_bytes());
     let mut labels = Vec::with_capacity(positions.len());
     for &p in positions {
@@ -291,7 +291,7 @@ fn subset(set: &ImageSet, positions: &[usize]) -> ImageSet {
 }
 
 /// The first `keep` positions of `0..len` shuffled by ChaCha8 seeded with `seed`.
-fn shuffled_prefix(len: usize, keep: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn shuffled_prefix(len: usize, keep: usize, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..len).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     order.truncate(keep);
@@ -592,23 +592,11 @@ impl<B: SparseBackend> ImageTask<B> {
             let Target::Classes(labels) = &input.target else {
                 unreachable!("image inputs have class targets")
             };
-            let mut route = |_: usize, out: &ControllerOutput<B>| out.greedy(b);
-            let out = model.forward_tensors(
-                b,
-                params,
-                &input.x,
-                &input.target,
-                &mut route,
-                false,
-                true,
-                &mut Ctx::eval(),
-            )?;
+            let out =
+                crate::greedy_forward(b, model, params, &input.x, &input.target, false, true)?;
             let logits = b.download(&out.prediction)?;
             for (row, &label) in logits.chunks(classes).zip(labels) {
-                let best = (0..classes)
-                    .max_by(|&a, &c| row[a].total_cmp(&row[c]).then(c.cmp(&a)))
-                    .expect("at least one class");
-                correct += usize::from(best == label as usize);
+                correct += usize::from(crate::predicted_class(row, 0..classes) == label as usize);
             }
             nll_sum += b
                 .download(&out.task_nll)?

@@ -2,13 +2,13 @@
 //! [`modula_data::toy`] with a [`ModularMlp`], evaluated greedily on its test split.
 
 use modula_data::toy::{ToyConfig, ToyData, permutation, purity};
-use modula_em::models::{FeedForward, MlpConfig, MlpInput, ModularMlp};
+use modula_em::models::{MlpConfig, MlpInput, ModularMlp};
 use modula_em::{
     Algo, Batch, ConfigError, DEFAULT_DIVERGENCE_FACTOR, DenseMatch, EStepDue, EStepSettings,
     Target, Task, TrainError, TrainSettings, Trainer, effective_count, invalid, stream,
     usage_counts,
 };
-use modula_nn::{Checkpoint, Ctx, ParamStore};
+use modula_nn::{Checkpoint, ParamStore};
 use modula_tensor::{Backend, BackendError};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -226,17 +226,7 @@ impl<B: Backend> ToyTask<B> {
             y: b.duplicate(&self.test_y),
             variance: self.variance,
         };
-        let mut route = |_: usize, out: &modula_modular::ControllerOutput<B>| out.greedy(b);
-        let out = model.forward_tensors(
-            b,
-            params,
-            &self.test_x,
-            &target,
-            &mut route,
-            true,
-            false,
-            &mut Ctx::eval(),
-        )?;
+        let out = crate::greedy_forward(b, model, params, &self.test_x, &target, true, false)?;
         let pred = b.download(&out.prediction)?;
         let test = &self.data.test;
         let n = pred.len();

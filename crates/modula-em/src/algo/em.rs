@@ -5,6 +5,7 @@
 
 use modula_nn::{Checkpoint, StoredTensor};
 use modula_tensor::{Backend, BackendError};
+use rand_chacha::ChaCha8Rng;
 
 use super::{Algorithm, Gradient, StepContext, routed_gradient};
 use crate::config::{Algo, EStepSettings, TrainSettings};
@@ -82,6 +83,12 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Em {
         Some(self.covered)
     }
 
+    fn grow(&mut self, rows: usize, rng: &mut ChaCha8Rng) {
+        let added = rows.saturating_sub(self.table.examples());
+        self.table.grow(added, rng);
+        self.visited.resize(self.table.examples(), false);
+    }
+
     fn e_step(
         &mut self,
         s: StepContext<'_, B, M>,
@@ -129,16 +136,27 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Em {
 
     fn restore(&mut self, meta: &MetaReader<'_>) -> Result<(), TrainError> {
         let t = &self.table;
+        // A table that grew during the run (a continual run's later tasks) has more rows than
+        // a fresh one; fewer rows than the task's examples is another run's table.
+        let rows = match meta.checkpoint().get("em.assignments.0") {
+            Some(stored) => stored.shape().first().copied().unwrap_or(0),
+            None => t.examples(),
+        };
+        if rows < t.examples() {
+            return Err(meta.mismatch(format!(
+                "em.assignments.0 has {rows} rows, fewer than the task's {} training examples",
+                t.examples()
+            )));
+        }
         let mut layers = Vec::new();
         for (l, layer) in t.layers().iter().enumerate() {
-            let data = meta.checkpoint().u16(
-                &format!("em.assignments.{l}"),
-                Some(&[t.examples(), layer.k()]),
-            )?;
+            let data = meta
+                .checkpoint()
+                .u16(&format!("em.assignments.{l}"), Some(&[rows, layer.k()]))?;
             layers.push((layer.modules(), layer.k(), data.to_vec()));
         }
-        self.table =
-            AssignmentTable::from_raw(t.examples(), layers).map_err(|p| meta.mismatch(p))?;
+        self.table = AssignmentTable::from_raw(rows, layers).map_err(|p| meta.mismatch(p))?;
+        self.visited.resize(rows, false);
         // Checkpoints written before coverage was recorded lack the tensor: their coverage
         // starts again from nothing visited.
         if meta.checkpoint().get("em.visited").is_none() {

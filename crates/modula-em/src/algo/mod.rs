@@ -35,6 +35,8 @@ pub struct StepStats {
     pub ctrl_nll: f64,
     /// The model's auxiliary loss (top-k's importance loss), 0 when it reports none.
     pub importance: f64,
+    /// The trainer's batch-independent penalty ([`crate::Penalty`], EWC's), 0 without one.
+    pub penalty: f64,
     /// Controller entropies, when the model reports them.
     pub controller: Option<ControllerStats>,
     /// Per table layer, how many (row, slot) pairs each module served.
@@ -46,7 +48,7 @@ pub struct StepStats {
 impl StepStats {
     /// The loss whose finiteness the trainer checks.
     pub fn loss(&self) -> f64 {
-        self.nll + self.ctrl_nll + self.importance
+        self.nll + self.ctrl_nll + self.importance + self.penalty
     }
 }
 
@@ -150,6 +152,11 @@ pub trait Algorithm<B: Backend, M: Model<B>>: std::fmt::Debug {
         None
     }
 
+    /// Registers training keys up to `rows` (EM's table grows by the new examples, their
+    /// assignments drawn from `rng`; keys already registered keep theirs). Algorithms without
+    /// a table ignore it.
+    fn grow(&mut self, _rows: usize, _rng: &mut ChaCha8Rng) {}
+
     /// Writes the algorithm's own state (EM's table, REINFORCE's baseline) into `ck`.
     fn save(&self, _ck: &mut Checkpoint) {}
 
@@ -206,6 +213,7 @@ fn routed_gradient<B: Backend, M: Model<B>>(
         nll: mean(&out.nll),
         ctrl_nll: -mean(&out.log_p),
         importance: out.importance,
+        penalty: 0.0,
         controller: out.stats.clone(),
         usage: out.usage.clone(),
         units: batch.units,

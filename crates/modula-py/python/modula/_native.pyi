@@ -116,13 +116,15 @@ class EM:
     def __init__(
         self,
         model: Any,
-        examples: int,
+        examples: Optional[int] = None,
         samples: int = 10,
         lr: float = 0.01,
         grad_clip: float = 0.0,
         ctrl_weight: float = 1.0,
         seed: int = 0,
     ) -> None: ...
+    @property
+    def examples(self) -> int: ...
     @property
     def steps(self) -> int: ...
     def e_step(self, batch: Tuple[Any, ...], indices: Indices) -> Dict[str, float]: ...
