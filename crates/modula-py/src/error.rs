@@ -136,3 +136,30 @@ pub fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 pub fn detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     py.detach(|| guarded(f))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_internal_error_that_names_it() {
+        for payload in [0, 1] {
+            let err = guarded::<()>(|| match payload {
+                0 => panic!("broken invariant"),
+                _ => panic!("{} invariant", "broken"),
+            })
+            .unwrap_err();
+            assert!(matches!(err.kind, Kind::Internal), "{err:?}");
+            assert_eq!(err.kind.class(), "InternalError");
+            assert!(err.message.contains("broken invariant"), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn an_error_returned_without_a_panic_passes_through() {
+        let err = guarded::<()>(|| Err(Error::new(Kind::Data, "missing file"))).unwrap_err();
+        assert!(matches!(err.kind, Kind::Data));
+        assert_eq!(err.message, "missing file");
+        assert_eq!(guarded(|| Ok(3)).unwrap(), 3);
+    }
+}
