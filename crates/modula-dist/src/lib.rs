@@ -5,6 +5,7 @@ mod data;
 mod expert;
 #[cfg(feature = "mpi")]
 mod mpi_comm;
+mod replicas;
 mod timed;
 
 pub use comm::{Comm, LocalComm, Wire};
@@ -12,6 +13,7 @@ pub use data::{all_reduce_grads, shard_range};
 pub use expert::{ExpertCache, ExpertLinear, GatheredLayer, local_modules};
 #[cfg(feature = "mpi")]
 pub use mpi_comm::MpiComm;
+pub use replicas::{DEFAULT_BUCKET, DataParallel};
 pub use timed::TimedComm;
 
 /// What can go wrong in distributed code that one rank can detect and report.

@@ -535,81 +535,31 @@ fn too_few_modules_for_the_ranks_is_an_error() {
 }
 
 #[cfg(feature = "mpi")]
-mod under_mpi {
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+mod common;
 
-    /// A job that has not finished by then has hung (the checks take about a second).
-    const DEADLINE: Duration = Duration::from_secs(120);
+#[cfg(feature = "mpi")]
+mod under_mpi {
+    use std::time::Duration;
+
+    use super::common::{launch, run_job};
 
     /// How soon a job whose rank died must end (issue 23's bound); mpirun takes about a
     /// second.
     const DEAD_RANK_LIMIT: Duration = Duration::from_secs(60);
 
-    /// Runs this test binary's ignored test `test` on every rank of `mpirun -np ranks`;
-    /// returns whether the job succeeded, its output, and how long it ran. A job still
-    /// running after [`DEADLINE`] is killed and counts as failed.
-    fn run_job(ranks: usize, test: &str) -> (bool, String, Duration) {
-        let exe = std::env::current_exe().expect("test binary path");
-        let mut child = Command::new("mpirun")
-            .args(["--oversubscribe", "--allow-run-as-root", "-np"])
-            .arg(ranks.to_string())
-            .arg(exe)
-            .args([
-                "--ignored",
-                "--exact",
-                test,
-                "--test-threads=1",
-                "--nocapture",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect(
-                "could not start mpirun; install openmpi-bin (see .ci/run), or test without \
-                 the mpi feature",
-            );
-        let start = Instant::now();
-        while child.try_wait().expect("waiting for mpirun").is_none() {
-            if start.elapsed() > DEADLINE {
-                // The id is our own child's; nothing else is touched.
-                child.kill().expect("killing a hung mpirun");
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = child.wait_with_output().expect("mpirun output");
-        let log = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), log, start.elapsed())
-    }
-
-    /// Runs the checks under `mpirun -np ranks` and fails with the job's output unless every
-    /// rank passed.
-    fn launch(ranks: usize) {
-        let (ok, log, took) = run_job(ranks, "under_mpi::worker");
-        assert!(
-            ok && log.matches("worker passed on rank").count() == ranks,
-            "mpirun -np {ranks} failed after {took:?}:\n{log}"
-        );
-    }
-
     #[test]
     fn two_ranks_equal_one_process() {
-        launch(2);
+        launch(2, "under_mpi::worker", &[]);
     }
 
     #[test]
     fn four_ranks_equal_one_process() {
-        launch(4);
+        launch(4, "under_mpi::worker", &[]);
     }
 
     #[test]
     fn a_dead_rank_ends_the_job_with_its_rank_named() {
-        let (ok, log, took) = run_job(3, "under_mpi::dying_worker");
+        let (ok, log, took) = run_job(3, "under_mpi::dying_worker", &[]);
         assert!(!ok, "the job with a dead rank succeeded:\n{log}");
         assert!(
             took < DEAD_RANK_LIMIT,

@@ -39,6 +39,9 @@ pub enum TrainError {
     /// A checkpoint could not be read or written.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// Data-parallel training failed: its setup does not allow it, or a collective failed.
+    #[error("distributed training: {0}")]
+    Distributed(String),
     /// A checkpoint does not belong to this run's model or data.
     #[error("checkpoint {path} does not match this run: {problem}")]
     Mismatch {

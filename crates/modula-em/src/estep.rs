@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use modula_modular::{ControllerOutput, Selection};
 use modula_nn::{Ctx, ParamStore};
 use modula_tensor::{Backend, BackendError};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::EStepSettings;
@@ -78,7 +78,8 @@ pub fn e_step<B: Backend, M: Model<B>>(
 ) -> Result<EStats, BackendError> {
     let n = batch.examples;
     let stored = stored_selections(table, batch);
-    let cands = model.score_candidates(b, params, &batch.input, &stored, estep, rng, ctx)?;
+    let keys = batch.groups.first().map_or(&[][..], |g| &g.keys[..]);
+    let cands = model.score_candidates(b, params, &batch.input, &stored, keys, estep, rng, ctx)?;
     let best = best_candidates(&cands.scores, n, cands.samples);
     let (mut before, mut after) = (0.0, 0.0);
     for (i, &row) in best.iter().enumerate() {
@@ -146,6 +147,54 @@ pub fn propose<B: Backend>(
         out.k,
         draw_slots(&lp, out.modules, uniform, rng),
     ))
+}
+
+/// One random stream per example of an E-step, for examples with table keys `keys`: stream
+/// `key` of a generator whose seed is drawn from `rng`, the step's own stream.
+///
+/// An example's draws thus depend on the run's seed, the iteration and its key only, not on
+/// which other examples share its batch: a data-parallel rank that E-steps its share of a
+/// batch draws for each example what one process drawing for the whole batch draws.
+pub fn example_streams(rng: &mut ChaCha8Rng, keys: &[u32]) -> Vec<ChaCha8Rng> {
+    let base: u64 = rng.random();
+    keys.iter()
+        .map(|&key| {
+            let mut stream = ChaCha8Rng::seed_from_u64(base);
+            stream.set_stream(u64::from(key));
+            stream
+        })
+        .collect()
+}
+
+/// [`propose`] with one stream per example: the controller's `rows` rows are candidates
+/// `rows / n` deep of the `n = streams.len()` examples (row `j` is example `j % n`'s), and
+/// each row's slots draw from its example's stream, in row order.
+///
+/// # Errors
+/// If the device fails while reading the probabilities.
+///
+/// # Panics
+/// If the rows are not a multiple of the examples.
+pub fn propose_per_example<B: Backend>(
+    b: &B,
+    out: &ControllerOutput<B>,
+    uniform: f32,
+    streams: &mut [ChaCha8Rng],
+) -> Result<Selection, BackendError> {
+    let lp = b.download(&out.log_probs)?;
+    let row_len = out.k * out.modules;
+    let rows = lp.len() / row_len.max(1);
+    let n = streams.len();
+    assert!(
+        n > 0 && rows.is_multiple_of(n) || rows == 0,
+        "{rows} candidate rows for {n} examples"
+    );
+    let picks = lp
+        .chunks(row_len)
+        .enumerate()
+        .flat_map(|(j, row)| draw_slots(row, out.modules, uniform, &mut streams[j % n]))
+        .collect();
+    Ok(Selection::new(out.k, picks))
 }
 
 /// A step of a per-step search: for each of `n` streams, which of its `candidates` to keep.

@@ -9,6 +9,7 @@ mod guard;
 mod meta;
 pub mod model;
 pub mod models;
+mod replicas;
 mod table;
 pub mod task;
 mod trainer;
@@ -23,6 +24,7 @@ pub use model::{
     Candidates, ControllerStats, Episodes, Forward, Model, Router, Routes, Target,
     controller_stats, effective_count, usage_counts,
 };
+pub use replicas::Replicas;
 pub use table::{AssignmentTable, LayerAssignments};
 pub use task::{Batch, EStepDue, Group, Task};
 pub use trainer::{Penalty, StepOutcome, Trainer, stream};

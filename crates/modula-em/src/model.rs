@@ -147,6 +147,11 @@ pub trait Model<B: Backend> {
     /// `estep.samples - 1` are drawn ancestrally from the controllers with `rng`, with
     /// `Search::Step` (sequence models) candidate 1 is the path a per-step search found.
     ///
+    /// `keys` are the table keys of the batch's examples (its first group's). A feed-forward
+    /// network draws each example's candidates from a stream of its own, named by `rng` and
+    /// the example's key ([`crate::estep::example_streams`]), so that the draws do not depend
+    /// on which other examples share the batch, or on how a data-parallel run shards it.
+    ///
     /// # Errors
     /// Device failures.
     #[allow(clippy::too_many_arguments)]
@@ -156,6 +161,7 @@ pub trait Model<B: Backend> {
         params: &ParamStore<B>,
         input: &Self::Input,
         stored: &[Selection],
+        keys: &[u32],
         estep: &EStepSettings,
         rng: &mut ChaCha8Rng,
         ctx: &mut Ctx,

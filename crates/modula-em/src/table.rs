@@ -30,8 +30,12 @@ impl LayerAssignments {
 
 /// The assignment table `a*[n]` of generalized EM, keyed by each example's stable index, one
 /// [`LayerAssignments`] per modular layer (or per time step's layer for sequences).
+///
+/// A table holds the keys `first..first + examples`: all of them (`first = 0`), or, on a rank
+/// of a data-parallel run, the block of examples the rank owns ([`AssignmentTable::shard`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AssignmentTable {
+    first: usize,
     examples: usize,
     layers: Vec<LayerAssignments>,
 }
@@ -71,6 +75,7 @@ impl AssignmentTable {
             })
             .collect();
         AssignmentTable {
+            first: 0,
             examples: 0,
             layers,
         }
@@ -117,14 +122,49 @@ impl AssignmentTable {
             });
         }
         Ok(AssignmentTable {
+            first: 0,
             examples,
             layers: out,
         })
     }
 
+    /// The table of the keys `keys` only (a data-parallel rank's block of examples), which
+    /// keeps their assignments and their keys.
+    ///
+    /// # Panics
+    /// If `keys` is not within the table's keys.
+    #[track_caller]
+    pub fn shard(&self, keys: std::ops::Range<usize>) -> Self {
+        let own = self.keys();
+        assert!(
+            own.start <= keys.start && keys.end <= own.end,
+            "keys {keys:?} are not within the table's {own:?}"
+        );
+        let rows = keys.start - own.start..keys.end - own.start;
+        let layers = self
+            .layers
+            .iter()
+            .map(|t| LayerAssignments {
+                modules: t.modules,
+                k: t.k,
+                data: t.data[rows.start * t.k..rows.end * t.k].to_vec(),
+            })
+            .collect();
+        AssignmentTable {
+            first: keys.start,
+            examples: keys.len(),
+            layers,
+        }
+    }
+
     /// Number of examples.
     pub fn examples(&self) -> usize {
         self.examples
+    }
+
+    /// The keys the table holds: `0..examples`, or a data-parallel rank's block.
+    pub fn keys(&self) -> std::ops::Range<usize> {
+        self.first..self.first + self.examples
     }
 
     /// The per-layer tables.
@@ -142,9 +182,8 @@ impl AssignmentTable {
         let picks = idx
             .iter()
             .flat_map(|&i| {
-                t.data[i as usize * t.k..(i as usize + 1) * t.k]
-                    .iter()
-                    .map(|&a| a as u32)
+                let i = i as usize - self.first;
+                t.data[i * t.k..(i + 1) * t.k].iter().map(|&a| a as u32)
             })
             .collect();
         Selection::new(t.k, picks)
@@ -159,7 +198,8 @@ impl AssignmentTable {
     pub fn store(&mut self, layer: usize, example: u32, selection: &Selection, row: usize) -> bool {
         let t = &mut self.layers[layer];
         assert_eq!(selection.k(), t.k, "selection has another K than the table");
-        let slot = &mut t.data[example as usize * t.k..(example as usize + 1) * t.k];
+        let i = example as usize - self.first;
+        let slot = &mut t.data[i * t.k..(i + 1) * t.k];
         let mut changed = false;
         for (s, &m) in slot.iter_mut().zip(selection.row(row)) {
             assert!((m as usize) < t.modules, "module {m} out of range");

@@ -2,6 +2,8 @@
 //! EM's E-step runs, and the state it carries between batches. The data sets, evaluations and
 //! metrics of concrete tasks live in `modula-tasks`.
 
+use std::ops::Range;
+
 use modula_nn::Checkpoint;
 use modula_tensor::{Backend, BackendError};
 
@@ -105,6 +107,18 @@ pub trait Task<B: Backend> {
         _step: u64,
     ) -> Option<Batch<<Self::Model as Model<B>>::Input>> {
         None
+    }
+
+    /// Restricts every later batch (and E-step batch) to the examples whose keys lie in
+    /// `keys`, the block a data-parallel rank owns, keeping each batch's order and keys.
+    ///
+    /// # Errors
+    /// [`TrainError::Distributed`] from tasks that cannot be sharded (the default: tasks
+    /// whose examples grow during a run, or whose batches are sequences).
+    fn shard(&mut self, _keys: Range<usize>) -> Result<(), TrainError> {
+        Err(TrainError::Distributed(
+            "this task cannot be trained data-parallel yet; only the toy task can".into(),
+        ))
     }
 
     /// Called after every iteration with the state its forward pass left (`None` after an

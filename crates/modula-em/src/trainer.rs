@@ -10,12 +10,14 @@ use modula_tensor::{Backend, BackendError};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::algo::{self, Algorithm, StepContext, StepStats};
+use crate::algo::{self, Algorithm, Gradient, StepContext, StepStats};
 use crate::config::{Algo, TrainSettings};
 use crate::error::TrainError;
 use crate::estep::EStats;
 use crate::guard::{DivergenceGuard, Reference};
 use crate::meta::MetaReader;
+use crate::model::ControllerStats;
+use crate::replicas::{Replicas, global_e_step, global_step};
 use crate::table::AssignmentTable;
 use crate::task::{EStepDue, Task};
 
@@ -87,6 +89,8 @@ pub struct Trainer<B: Backend, T: Task<B>> {
     algorithm: Box<dyn Algorithm<B, T::Model>>,
     /// Gradient buffers, reset (not freed) every step.
     grads: Grads<B>,
+    /// The other ranks of a data-parallel run ([`Trainer::distribute`]); none alone.
+    replicas: Option<Box<dyn Replicas<B>>>,
 }
 
 /// Checkpoint metadata key of the run's initial loss (its bit pattern), the divergence
@@ -124,7 +128,43 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
             penalty: None,
             algorithm,
             grads: Grads::new(),
+            replicas: None,
         }
+    }
+
+    /// Makes this trainer one rank of a data-parallel run: from now on it trains on the
+    /// examples of every batch that it owns (`replicas.owned`), E-steps them against its own
+    /// block of EM's table, and sums gradients and statistics with the other ranks, so that
+    /// every rank takes the step one process would take on the whole batch. Call it on a new
+    /// trainer (a restored checkpoint is sharded as it is read).
+    ///
+    /// # Errors
+    /// [`TrainError::Distributed`] when the algorithm or the task cannot be trained
+    /// data-parallel (EM on a task of fixed size whose batches can be sharded, so far).
+    pub fn distribute(&mut self, replicas: Box<dyn Replicas<B>>) -> Result<(), TrainError> {
+        let owned = replicas.owned(self.task.table_rows());
+        if self.algo() != Algo::Em {
+            return Err(TrainError::Distributed(format!(
+                "train.algo = \"{}\" cannot be trained data-parallel yet; use \"em\"",
+                self.algo().name()
+            )));
+        }
+        self.task.shard(owned.clone())?;
+        if !self.algorithm.keep_shard(owned) {
+            return Err(TrainError::Distributed(format!(
+                "the {} algorithm keeps no shardable state",
+                self.algo().name()
+            )));
+        }
+        self.replicas = Some(replicas);
+        Ok(())
+    }
+
+    /// This trainer's rank and the number of ranks: `(0, 1)` alone.
+    pub fn rank(&self) -> (usize, usize) {
+        self.replicas
+            .as_ref()
+            .map_or((0, 1), |r| (r.rank(), r.ranks()))
     }
 
     /// The algorithm being run.
@@ -149,6 +189,10 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
     /// function of its seed and its tasks' sizes. [`Trainer::step`] calls it first; a caller
     /// that reads the table for a new task's first batch calls it before.
     pub fn register_examples(&mut self) {
+        // A data-parallel run's tasks have a fixed size (`Task::shard` refuses the others).
+        if self.replicas.is_some() {
+            return;
+        }
         let rows = self.task.table_rows();
         let have = self.table().map_or(rows, AssignmentTable::examples);
         if rows > have {
@@ -203,12 +247,21 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
                 rng: e_rng,
                 ctx: e_ctx,
             };
-            let mut e = self
-                .algorithm
-                .e_step(s, e_batch.as_ref().unwrap_or(&batch))
-                .expect("an algorithm with E-steps runs them")?;
+            let e_batch = e_batch.as_ref().unwrap_or(&batch);
+            // A rank that owns none of the batch's examples has nothing to E-step.
+            let mut e = if e_batch.examples > 0 {
+                self.algorithm
+                    .e_step(s, e_batch)
+                    .expect("an algorithm with E-steps runs them")?
+            } else {
+                EStats::default()
+            };
             let visited = self.algorithm.visited().unwrap_or(0);
-            e.coverage = visited as f64 / self.task.trained_keys().max(1) as f64;
+            let trained = self.task.trained_keys();
+            e.coverage = visited as f64 / trained.max(1) as f64;
+            if let Some(r) = &self.replicas {
+                e = global_e_step(r.as_ref(), &e, e_batch.examples, visited, trained)?;
+            }
             outcome.e_step = Some(e);
             if due == EStepDue::Instead {
                 self.task.advance(&self.backend, None);
@@ -225,7 +278,32 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
             rng: &mut rng,
             ctx: &mut ctx,
         };
-        let mut g = self.algorithm.gradient(s, &batch)?;
+        let mut g = if batch.examples > 0 {
+            self.algorithm.gradient(s, &batch)?
+        } else {
+            // A rank without examples in this batch adds nothing to the sums, in the shape
+            // of the other ranks' statistics.
+            let usage = self.table().map_or_else(Vec::new, |t| {
+                t.layers().iter().map(|l| vec![0; l.modules()]).collect()
+            });
+            Gradient {
+                stats: StepStats {
+                    controller: Some(ControllerStats::default()),
+                    usage,
+                    ..StepStats::default()
+                },
+                carry: None,
+            }
+        };
+        if let Some(r) = &self.replicas {
+            // The gradients are of the rank's mean loss: weighted by its share of the batch,
+            // they sum to the gradient of the global mean. Statistics are summed first, so
+            // that every rank knows the global batch and checks the same loss below.
+            let (stats, total) = global_step(r.as_ref(), g.stats, batch.examples)?;
+            g.stats = stats;
+            let share = batch.examples as f32 / total.max(1) as f32;
+            r.sum_grads(&self.backend, &self.params, &mut self.grads, share)?;
+        }
         if let Some(penalty) = &self.penalty {
             g.stats.penalty = penalty.add_gradient(&self.backend, &self.params, &mut self.grads)?;
         }
@@ -244,6 +322,11 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
     /// Everything needed to resume: parameters, Adam's moments and step count, the
     /// algorithm's state, the task's cursor and the iteration counter.
     ///
+    /// In a data-parallel run this is a collective (every rank calls it) and rank 0's
+    /// checkpoint is the whole run's, in the one-process format, to be resumed on any number
+    /// of ranks; the other ranks' hold only their own block of EM's table and are not to be
+    /// written.
+    ///
     /// # Errors
     /// A device failure while downloading tensors.
     pub fn checkpoint(&self) -> Result<Checkpoint, TrainError> {
@@ -261,6 +344,19 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
             }
         }
         self.algorithm.save(&mut ck);
+        if let Some(r) = &self.replicas {
+            // The checkpoint of a data-parallel run is the one-process checkpoint: each
+            // per-example tensor's blocks, gathered in rank order, are the whole tensor.
+            for name in self.algorithm.sharded_state() {
+                let local = ck.u16(&name, None)?.to_vec();
+                let cols = ck.get(&name).map_or(1, |t| t.shape()[1]);
+                let whole = r.gather(&local)?;
+                ck.insert(
+                    name,
+                    StoredTensor::u16(vec![whole.len() / cols, cols], whole),
+                );
+            }
+        }
         self.task.save(b, &mut ck)?;
         let meta: BTreeMap<String, String> = [
             ("step", self.step.to_string()),
@@ -300,6 +396,19 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
             }
         }
         self.algorithm.restore(&meta)?;
+        if let Some(r) = &self.replicas {
+            // The checkpoint holds every example's state, whatever number of ranks wrote
+            // it: keep this rank's block.
+            let owned = r.owned(self.task.table_rows());
+            let keys = self.table().map_or(0..0, AssignmentTable::keys);
+            if owned.end > keys.end {
+                return Err(meta.mismatch(format!(
+                    "its EM table holds {} examples, fewer than the task's {}",
+                    keys.end, owned.end
+                )));
+            }
+            self.algorithm.keep_shard(owned);
+        }
         self.task.restore(b, ck)?;
         self.optimizer.restore(adam_t, moments);
         self.step = step;

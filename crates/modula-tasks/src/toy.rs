@@ -154,6 +154,8 @@ pub struct ToyTask<B: Backend> {
     seed: u64,
     layers: usize,
     epoch: Option<(u64, Vec<u32>)>,
+    /// The keys a data-parallel rank owns ([`Task::shard`]); every key alone.
+    owned: Option<std::ops::Range<usize>>,
 }
 
 impl<B: Backend> ToyTask<B> {
@@ -193,6 +195,7 @@ impl<B: Backend> ToyTask<B> {
             seed,
             layers: net.layers.len(),
             epoch: None,
+            owned: None,
             data,
         };
         Trainer::new(backend, task, net, params, train.settings(), seed)
@@ -271,7 +274,10 @@ impl<B: Backend> Task<B> for ToyTask<B> {
     }
 
     fn batch(&mut self, b: &B, step: u64) -> Batch<MlpInput<B>> {
-        let idx = self.batch_indices(step);
+        let mut idx = self.batch_indices(step);
+        if let Some(owned) = &self.owned {
+            idx.retain(|&i| owned.contains(&(i as usize)));
+        }
         let input = MlpInput {
             x: b.gather_rows(&self.train_x, &idx),
             target: Target::Regression {
@@ -284,6 +290,11 @@ impl<B: Backend> Task<B> for ToyTask<B> {
 
     fn e_step_due(&self, step: u64, e_every: usize) -> EStepDue {
         crate::e_step_every(step, e_every)
+    }
+
+    fn shard(&mut self, keys: std::ops::Range<usize>) -> Result<(), TrainError> {
+        self.owned = Some(keys);
+        Ok(())
     }
 
     fn advance(&mut self, _b: &B, _carry: Option<B::Tensor>) {}

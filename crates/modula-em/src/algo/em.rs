@@ -3,6 +3,8 @@
 //! ([`crate::estep`]), and M-steps that train the modules and the controllers on the stored
 //! assignments by gradient descent on `-mean log p(y | ., a*) - mean log p(a* | .)`.
 
+use std::ops::Range;
+
 use modula_nn::{Checkpoint, StoredTensor};
 use modula_tensor::{Backend, BackendError};
 use rand_chacha::ChaCha8Rng;
@@ -63,10 +65,17 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Em {
             if !mask {
                 return vec![d; out.log_p.len()];
             }
+            let first = self.table.keys().start;
             batch
                 .row_keys(out.log_p.len())
                 .iter()
-                .map(|&key| if visited[key as usize] { d } else { 0.0 })
+                .map(|&key| {
+                    if visited[key as usize - first] {
+                        d
+                    } else {
+                        0.0
+                    }
+                })
                 .collect()
         })
     }
@@ -104,15 +113,31 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Em {
             s.rng,
             s.ctx,
         );
+        let first = self.table.keys().start;
         Some(stats.inspect(|_| {
             for group in &batch.groups {
                 for &key in &group.keys {
-                    let seen = &mut self.visited[key as usize];
+                    let seen = &mut self.visited[key as usize - first];
                     self.covered += usize::from(!*seen);
                     *seen = true;
                 }
             }
         }))
+    }
+
+    fn keep_shard(&mut self, keys: Range<usize>) -> bool {
+        let rows = keys.start - self.table.keys().start..keys.end - self.table.keys().start;
+        self.table = self.table.shard(keys);
+        self.visited = self.visited[rows].to_vec();
+        self.covered = self.visited.iter().filter(|&&v| v).count();
+        true
+    }
+
+    fn sharded_state(&self) -> Vec<String> {
+        let layers = self.table.layers().len();
+        std::iter::once("em.visited".to_string())
+            .chain((0..layers).map(|l| format!("em.assignments.{l}")))
+            .collect()
     }
 
     fn save(&self, ck: &mut Checkpoint) {

@@ -13,6 +13,8 @@ pub mod reinforce;
 pub mod topk;
 pub mod uniform;
 
+use std::ops::Range;
+
 use modula_modular::ControllerOutput;
 use modula_nn::{Checkpoint, Ctx, Grads, ParamStore};
 use modula_tensor::{Backend, BackendError};
@@ -156,6 +158,20 @@ pub trait Algorithm<B: Backend, M: Model<B>>: std::fmt::Debug {
     /// assignments drawn from `rng`; keys already registered keep theirs). Algorithms without
     /// a table ignore it.
     fn grow(&mut self, _rows: usize, _rng: &mut ChaCha8Rng) {}
+
+    /// Keeps only the per-example state of the keys `keys` (a data-parallel rank's block of
+    /// examples: EM's table and its record of visited keys) and returns true; an algorithm
+    /// that cannot be trained data-parallel keeps everything and returns false.
+    fn keep_shard(&mut self, _keys: Range<usize>) -> bool {
+        false
+    }
+
+    /// The names of the checkpoint tensors [`Algorithm::save`] writes whose rows are the
+    /// examples a data-parallel rank owns (after [`Algorithm::keep_shard`]): the trainer
+    /// gathers them from every rank into one whole tensor.
+    fn sharded_state(&self) -> Vec<String> {
+        Vec::new()
+    }
 
     /// Writes the algorithm's own state (EM's table, REINFORCE's baseline) into `ck`.
     fn save(&self, _ck: &mut Checkpoint) {}

@@ -15,7 +15,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{Algo, EStepSettings};
-use crate::estep::propose;
+use crate::estep::{example_streams, propose_per_example};
 use crate::model::{
     Candidates, ControllerStats, Episodes, Forward, Router, Routes, Target, controller_stats,
     stored_then_drawn, usage_counts,
@@ -594,6 +594,7 @@ pub fn score_candidates<B: Backend, N: FeedForward<B>>(
     params: &ParamStore<B>,
     input: &MlpInput<B>,
     stored: &[Selection],
+    keys: &[u32],
     estep: &EStepSettings,
     rng: &mut ChaCha8Rng,
     ctx: &mut Ctx,
@@ -602,12 +603,14 @@ pub fn score_candidates<B: Backend, N: FeedForward<B>>(
     // candidates are whole selections.
     let samples = estep.samples;
     let rep = replicate(b, input, samples);
+    let mut streams = example_streams(rng, keys);
     let mut route = |l: usize, out: &ControllerOutput<B>| {
         // Candidate 0 of every example is its stored assignment; the rest are drawn from
-        // the controller given the candidate's own earlier-layer choices.
+        // the controller given the candidate's own earlier-layer choices, each example's
+        // from its own stream.
         Ok(stored_then_drawn(
             &stored[l],
-            &propose(b, out, estep.uniform, rng)?,
+            &propose_per_example(b, out, estep.uniform, &mut streams)?,
         ))
     };
     let out = net.forward_tensors(
@@ -679,12 +682,13 @@ macro_rules! feed_forward_model {
                 params: &modula_nn::ParamStore<B>,
                 input: &Self::Input,
                 stored: &[modula_modular::Selection],
+                keys: &[u32],
                 estep: &$crate::config::EStepSettings,
                 rng: &mut rand_chacha::ChaCha8Rng,
                 ctx: &mut modula_nn::Ctx,
             ) -> Result<$crate::model::Candidates, modula_tensor::BackendError> {
                 $crate::models::feedforward::score_candidates(
-                    self, b, params, input, stored, estep, rng, ctx,
+                    self, b, params, input, stored, keys, estep, rng, ctx,
                 )
             }
         }

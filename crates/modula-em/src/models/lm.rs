@@ -1152,10 +1152,13 @@ impl<B: Backend> Model<B> for LanguageModel {
         params: &ParamStore<B>,
         input: &LmWindow<B>,
         stored: &[Selection],
+        _keys: &[u32],
         estep: &EStepSettings,
         rng: &mut ChaCha8Rng,
         ctx: &mut Ctx,
     ) -> Result<Candidates, BackendError> {
+        // A window's candidates draw from the batch's stream: language models are not trained
+        // data-parallel, so nothing asks for per-example streams here.
         let (ids, targets, h0) = (&input.ids, &input.targets, &input.h0);
         if estep.search == Search::Step {
             return self.search_steps(b, params, ids, targets, h0, stored, estep, rng, ctx);
