@@ -7,6 +7,8 @@
 //! - `cargo xtask bench [NAME...]`: criterion benches with short sample sizes, turned into JSON
 //!   figures under `target/bench/`; `cargo xtask bench dist` times the expert-parallel layer
 //!   under `mpirun` instead.
+//! - `cargo xtask dist-model`: the cost model of docs/distributed.md, projecting the
+//!   expert-parallel step time to 8..1024 ranks from `bench dist`'s figures.
 //! - `cargo xtask tidy`: source-tree checks (no circular imports between a library crate's
 //!   files), also run by the test suite.
 //! - `cargo xtask data NAME [ARGS...]`: fetch a data set, by running `modula data fetch` (the
@@ -20,6 +22,7 @@ mod bench_dist;
 mod bench_sparse;
 mod ci;
 mod data;
+mod dist_model;
 mod python;
 mod tidy;
 
@@ -44,6 +47,13 @@ commands:
                       DIR/bench, DIR/machine.json) instead of running the benches
   bench dist          the expert-parallel modular layer under mpirun at 1, 2 and 4 ranks
                       (compute and exchange time, bytes) into target/bench/dist.json
+  dist-model          project the expert-parallel step time and scaling efficiency to
+                      P = 8..1024 ranks from target/bench/dist.json's one-rank compute times
+        --input FILE  read FILE instead (e.g. docs/distributed-results.json)
+        --bandwidth-gbs B --latency-us L
+                      a network of B GB/s and L us per rank (default: two assumed fabrics)
+        --speedup X   divide the measured compute by X (default: 1 and 100)
+        --json FILE   also write the rows as JSON
   data NAME [ARGS]    fetch a data set (ptb, fashion-mnist, mnist-10k, cifar-10) into data/
                       via `modula data fetch NAME ARGS` (e.g. --from PATH, --data-dir DIR)
   tidy                check that no library crate's files import each other in a circle
@@ -68,6 +78,7 @@ fn main() -> ExitCode {
             }
         },
         "data" => data::run(rest),
+        "dist-model" => dist_model::run(rest),
         "tidy" if rest.is_empty() => tidy::run(),
         "wheel" if rest.is_empty() => python::wheel().map(|path| println!("{}", path.display())),
         "help" | "--help" | "-h" => {
