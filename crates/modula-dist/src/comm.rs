@@ -59,70 +59,53 @@ pub trait Comm {
     fn broadcast<T: Wire>(&self, data: &mut [T], root: usize) -> Result<(), DistError>;
 }
 
-/// A borrowed communicator is one, so wrappers such as [`crate::TimedComm`] can borrow it.
-impl<C: Comm> Comm for &C {
-    fn rank(&self) -> usize {
-        (**self).rank()
-    }
+/// Implements [`Comm`] for a pointer type by forwarding every call to the communicator it
+/// points to.
+macro_rules! forward_comm {
+    ($(#[$doc:meta])* $ty:ty) => {
+        $(#[$doc])*
+        impl<C: Comm> Comm for $ty {
+            fn rank(&self) -> usize {
+                (**self).rank()
+            }
 
-    fn size(&self) -> usize {
-        (**self).size()
-    }
+            fn size(&self) -> usize {
+                (**self).size()
+            }
 
-    fn barrier(&self) -> Result<(), DistError> {
-        (**self).barrier()
-    }
+            fn barrier(&self) -> Result<(), DistError> {
+                (**self).barrier()
+            }
 
-    fn all_reduce_sum(&self, data: &mut [f32]) -> Result<(), DistError> {
-        (**self).all_reduce_sum(data)
-    }
+            fn all_reduce_sum(&self, data: &mut [f32]) -> Result<(), DistError> {
+                (**self).all_reduce_sum(data)
+            }
 
-    fn all_to_all_v<T: Wire>(
-        &self,
-        send: &[T],
-        send_counts: &[usize],
-        recv_counts: &[usize],
-    ) -> Result<Vec<T>, DistError> {
-        (**self).all_to_all_v(send, send_counts, recv_counts)
-    }
+            fn all_to_all_v<T: Wire>(
+                &self,
+                send: &[T],
+                send_counts: &[usize],
+                recv_counts: &[usize],
+            ) -> Result<Vec<T>, DistError> {
+                (**self).all_to_all_v(send, send_counts, recv_counts)
+            }
 
-    fn broadcast<T: Wire>(&self, data: &mut [T], root: usize) -> Result<(), DistError> {
-        (**self).broadcast(data, root)
-    }
+            fn broadcast<T: Wire>(&self, data: &mut [T], root: usize) -> Result<(), DistError> {
+                (**self).broadcast(data, root)
+            }
+        }
+    };
 }
 
-/// A shared communicator is one, so that several users (the trainers of a test) can hold
-/// the same group.
-impl<C: Comm> Comm for std::rc::Rc<C> {
-    fn rank(&self) -> usize {
-        (**self).rank()
-    }
-
-    fn size(&self) -> usize {
-        (**self).size()
-    }
-
-    fn barrier(&self) -> Result<(), DistError> {
-        (**self).barrier()
-    }
-
-    fn all_reduce_sum(&self, data: &mut [f32]) -> Result<(), DistError> {
-        (**self).all_reduce_sum(data)
-    }
-
-    fn all_to_all_v<T: Wire>(
-        &self,
-        send: &[T],
-        send_counts: &[usize],
-        recv_counts: &[usize],
-    ) -> Result<Vec<T>, DistError> {
-        (**self).all_to_all_v(send, send_counts, recv_counts)
-    }
-
-    fn broadcast<T: Wire>(&self, data: &mut [T], root: usize) -> Result<(), DistError> {
-        (**self).broadcast(data, root)
-    }
-}
+forward_comm!(
+    /// A borrowed communicator is one, so wrappers such as [`crate::TimedComm`] can borrow it.
+    &C
+);
+forward_comm!(
+    /// A shared communicator is one, so that several users (the trainers of a test) can hold
+    /// the same group.
+    std::rc::Rc<C>
+);
 
 /// Checks the arguments of [`Comm::all_to_all_v`] on one rank and returns the number of
 /// elements it receives.
