@@ -166,6 +166,16 @@ pub trait Model<B: Backend> {
         rng: &mut ChaCha8Rng,
         ctx: &mut Ctx,
     ) -> Result<Candidates, BackendError>;
+
+    /// Moves this step's gradients of derived parameters ([`ParamStore::mark_derived`]) onto
+    /// the parameters they derive from. The trainer calls it after each training step's
+    /// backward pass, before clipping and the optimiser; a network without derived
+    /// parameters has nothing to do.
+    fn fold_grads(&self, _b: &B, _grads: &mut Grads<B>) {}
+
+    /// Recomputes derived parameters from the trained ones. The trainer calls it after every
+    /// optimiser step and after restoring a checkpoint.
+    fn refresh(&self, _b: &B, _params: &mut ParamStore<B>) {}
 }
 
 /// The selection of candidate rows `samples * n`: the stored rows first (candidate 0), then the

@@ -8,6 +8,7 @@ mod linear;
 mod pool;
 mod reference;
 mod selection;
+mod shared;
 
 pub use controller::{Controller, ControllerOutput};
 pub use conv::{ModularConv2d, ModularConvCache};
@@ -20,3 +21,4 @@ pub use linear::{ModularCache, ModularLinear, Routed, stacked_glorot};
 pub use pool::{ModulePool, PoolCache};
 pub use reference::{NaiveGrads, NaiveLayer};
 pub use selection::{Routing, Selection};
+pub use shared::SharedBase;
