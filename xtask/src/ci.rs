@@ -37,16 +37,20 @@ const STEPS: &[Step] = &[
         name: "test",
         args: &["test", "--workspace"],
     },
-    // The distributed crate's MPI feature is off in the workspace build (a plain build needs
-    // no MPI library); CI lints it and runs its tests, which start `mpirun` with 2 and 4 ranks.
+    // The MPI feature of the distributed crate and of the binary is off in the workspace
+    // build (a plain build needs no MPI library); CI lints both with it and runs their
+    // distributed tests, which start `mpirun` with 2 and 4 ranks (the binary's: only
+    // `tests/dist.rs`, the rest of its suite ran above).
     Step {
         name: "mpi-clippy",
         args: &[
             "clippy",
             "-p",
             "modula-dist",
+            "-p",
+            "modula-cli",
             "--features",
-            "mpi",
+            "modula-dist/mpi,modula-cli/mpi",
             "--all-targets",
             "--",
             "-D",
@@ -56,6 +60,18 @@ const STEPS: &[Step] = &[
     Step {
         name: "mpi-test",
         args: &["test", "-p", "modula-dist", "--features", "mpi"],
+    },
+    Step {
+        name: "mpi-cli-test",
+        args: &[
+            "test",
+            "-p",
+            "modula-cli",
+            "--features",
+            "mpi",
+            "--test",
+            "dist",
+        ],
     },
 ];
 

@@ -76,6 +76,18 @@ pub struct TrainArgs {
     /// parameter count [default: the config's `train.dense_match`, else compute].
     #[arg(long, value_enum, conflicts_with = "resume")]
     pub dense_match: Option<DenseMatchArg>,
+    /// Train on the ranks of an MPI job (`mpirun -np P modula train --dist data ...`): each
+    /// rank trains its share of every batch, rank 0 writes the run directory (EM on the toy
+    /// task only so far; needs a modula built with `--features mpi`).
+    #[arg(long, value_enum, conflicts_with = "accept_config_change")]
+    pub dist: Option<DistArg>,
+}
+
+/// How a run is spread over the ranks of an MPI job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DistArg {
+    /// Data parallelism: every rank holds the whole network and trains the examples it owns.
+    Data,
 }
 
 /// The algorithms' names, from the one list `modula_em::Algo::ALL`.
@@ -102,24 +114,116 @@ pub fn run(args: TrainArgs) -> Result<(), RunError> {
         backend: args.backend.map(Into::into),
         threads: args.threads.map(|t| t as usize),
     };
-    let start = match &args.resume {
-        Some(dir) => Start::resume(dir, &overrides, args.accept_config_change)?,
+    if args.dist.is_some() {
+        return dist::run(&args, &overrides);
+    }
+    let start = prepare(&args, &overrides)?;
+    let (backend, threads) = (start.cfg.common().backend, start.cfg.common().threads);
+    on_backend(backend, threads, Job(start))
+}
+
+/// The configuration `args` give a new run (defaults, then `--config`, then flags).
+fn fresh_config(args: &TrainArgs, overrides: &Overrides) -> Result<RunConfig, RunError> {
+    let mut cfg = match (&args.config, &args.task) {
+        (Some(path), _) => RunConfig::read(path)?,
+        (None, task) => RunConfig::default_for(task.as_deref().unwrap_or("toy"))?,
+    };
+    cfg.apply(overrides, false);
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The run `args` ask for, its directory taken: a new one, or the continuation of `--resume`.
+fn prepare(args: &TrainArgs, overrides: &Overrides) -> Result<Start, RunError> {
+    match &args.resume {
+        Some(dir) => Start::resume(dir, overrides, args.accept_config_change),
         None => {
-            let mut cfg = match (&args.config, &args.task) {
-                (Some(path), _) => RunConfig::read(path)?,
-                (None, task) => RunConfig::default_for(task.as_deref().unwrap_or("toy"))?,
-            };
-            cfg.apply(&overrides, false);
-            cfg.validate()?;
+            let cfg = fresh_config(args, overrides)?;
             let dir = args
                 .out
                 .clone()
                 .unwrap_or_else(|| default_run_dir(&cfg.name(), cfg.common().seed));
-            Start::fresh(cfg, &dir)?
+            Start::fresh(cfg, &dir)
         }
-    };
-    let (backend, threads) = (start.cfg.common().backend, start.cfg.common().threads);
-    on_backend(backend, threads, Job(start))
+    }
+}
+
+/// `--dist data` without MPI: this binary was built without the `mpi` feature.
+#[cfg(not(feature = "mpi"))]
+mod dist {
+    use modula_run::{Overrides, RunError, run_error};
+
+    use super::TrainArgs;
+
+    pub fn run(_args: &TrainArgs, _overrides: &Overrides) -> Result<(), RunError> {
+        Err(run_error(
+            "--dist needs a modula built with MPI: install Debian's libopenmpi-dev, openmpi-bin \
+             and libclang-dev, build with `cargo build --release -p modula-cli --features mpi` \
+             and start it with `mpirun -np P modula train --dist data ...`"
+                .to_string(),
+        ))
+    }
+}
+
+/// `--dist data`: this process is one rank of the MPI job that `mpirun` started.
+#[cfg(feature = "mpi")]
+mod dist {
+    use modula_dist::{DEFAULT_BUCKET, DataParallel, MpiComm};
+    use modula_run::{DeviceInfo, Overrides, Rank, RunError, dir, run_error, start};
+    use modula_sparse::SparseBackend;
+
+    use super::{TrainArgs, fresh_config, prepare};
+    use crate::backend::{OnBackend, on_backend};
+
+    pub fn run(args: &TrainArgs, overrides: &Overrides) -> Result<(), RunError> {
+        let comm = MpiComm::init().map_err(|e| run_error(e.to_string()))?;
+        let rank = if modula_dist::Comm::rank(&comm) == 0 {
+            Rank::Lead(Box::new(prepare(args, overrides)?))
+        } else {
+            // The other ranks resolve the same configuration and read rank 0's checkpoint
+            // without taking the directory; they write nothing.
+            match &args.resume {
+                Some(path) => {
+                    let mut cfg = dir::read_run_config(path)?;
+                    cfg.apply(overrides, true);
+                    cfg.validate()?;
+                    start::fit_threads(&mut cfg)?;
+                    Rank::Follow {
+                        checkpoint: dir::read_checkpoint(path).ok().map(Box::new),
+                        cfg: Box::new(cfg),
+                    }
+                }
+                None => {
+                    let mut cfg = fresh_config(args, overrides)?;
+                    start::fit_threads(&mut cfg)?;
+                    Rank::Follow {
+                        cfg: Box::new(cfg),
+                        checkpoint: None,
+                    }
+                }
+            }
+        };
+        let cfg = match &rank {
+            Rank::Lead(start) => &start.cfg,
+            Rank::Follow { cfg, .. } => cfg,
+        };
+        let (backend, threads) = (cfg.common().backend, cfg.common().threads);
+        on_backend(backend, threads, RankJob { rank, comm })
+    }
+
+    /// A rank's part, waiting for its backend.
+    struct RankJob {
+        rank: Rank,
+        comm: MpiComm,
+    }
+
+    impl OnBackend for RankJob {
+        fn run<B: SparseBackend>(self, backend: B, device: DeviceInfo) -> Result<(), RunError> {
+            let replicas = DataParallel::new(self.comm, DEFAULT_BUCKET)
+                .map_err(|e| run_error(e.to_string()))?;
+            modula_run::train_data_parallel(backend, device, self.rank, Box::new(replicas))
+        }
+    }
 }
 
 /// A prepared training command, waiting for its backend.

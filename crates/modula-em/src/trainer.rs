@@ -160,6 +160,21 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
         Ok(())
     }
 
+    /// Whether any rank passes `flag` (a collective in a data-parallel run: every rank calls
+    /// it at the same point, so that a decision one rank takes, such as stopping at a time
+    /// limit, is taken by all); `flag` itself alone.
+    ///
+    /// # Errors
+    /// [`TrainError::Distributed`] when the transport fails.
+    pub fn agree(&self, flag: bool) -> Result<bool, TrainError> {
+        let Some(r) = &self.replicas else {
+            return Ok(flag);
+        };
+        let mut v = [f64::from(u8::from(flag))];
+        r.sum(&mut v)?;
+        Ok(v[0] > 0.0)
+    }
+
     /// This trainer's rank and the number of ranks: `(0, 1)` alone.
     pub fn rank(&self) -> (usize, usize) {
         self.replicas

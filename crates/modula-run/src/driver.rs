@@ -422,6 +422,48 @@ pub fn train<B: Backend, J: Job<B>>(
     driver.run(&memory, hooks)
 }
 
+/// A failed collective of a data-parallel run, as the driver reports it.
+fn train_failed(e: modula_em::TrainError) -> RunError {
+    run_error(e.to_string())
+}
+
+/// The part of a data-parallel run that a rank other than 0 plays: it trains `job` (whose
+/// trainer is distributed) in step with rank 0's [`train`], from `checkpoint` (rank 0's run
+/// directory's, read by this rank) or from the start, taking part in every collective rank 0
+/// takes (checkpoints, the stop decision) and writing nothing: rank 0 owns the run directory.
+///
+/// # Errors
+/// A diverged loss (which every rank sees alike), a failed collective or a foreign checkpoint.
+pub fn follow<B: Backend, J: Job<B>>(
+    mut job: J,
+    checkpoint: Option<Checkpoint>,
+) -> Result<(), RunError> {
+    let t = job.trainer_mut();
+    if let Some(ck) = &checkpoint {
+        t.restore(ck).map_err(train_failed)?;
+    } else {
+        // Rank 0 writes a checkpoint before the first step.
+        t.checkpoint().map_err(train_failed)?;
+    }
+    let total = job.total();
+    let mut checkpoint_step = job.trainer().step;
+    while job.trainer().step < total {
+        if job.trainer().agree(false).map_err(train_failed)? {
+            break;
+        }
+        job.trainer_mut().step().map_err(train_failed)?;
+        let step = job.trainer().step;
+        if job.due(step, total).checkpoint {
+            job.trainer().checkpoint().map_err(train_failed)?;
+            checkpoint_step = step;
+        }
+    }
+    if checkpoint_step != job.trainer().step {
+        job.trainer().checkpoint().map_err(train_failed)?;
+    }
+    Ok(())
+}
+
 /// Reads the history of a run resumed from the checkpoint at `step`: the records up to it
 /// (later ones were logged after the checkpoint and will be logged again), which must number
 /// `logged` when the checkpoint says. The file is replaced (atomically) when it held more, so
@@ -472,7 +514,15 @@ impl<B: Backend, J: Job<B>> Driver<B, J> {
         let start = Instant::now();
         let progress = Progress::new(total, self.job.trainer().step, hooks.quiet);
         while self.job.trainer().step < total {
-            if limit > 0.0 && start.elapsed().as_secs_f64() >= limit {
+            let out_of_time = limit > 0.0 && start.elapsed().as_secs_f64() >= limit;
+            // In a data-parallel run this rank (0) decides for all: the followers ask the
+            // same question at the same point ([`follow`]).
+            if self
+                .job
+                .trainer()
+                .agree(out_of_time)
+                .map_err(train_failed)?
+            {
                 break;
             }
             if hooks.interrupted.as_mut().is_some_and(|stop| stop()) {

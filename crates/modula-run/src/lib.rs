@@ -75,6 +75,54 @@ pub fn train<B: SparseBackend>(
     }
 }
 
+/// A process's part in a data-parallel run (`modula train --dist data` under `mpirun`).
+#[derive(Debug)]
+pub enum Rank {
+    /// Rank 0: it owns the run directory, as [`train`] does, and writes every file.
+    Lead(Box<Start>),
+    /// Any other rank: it trains the same configuration in step with rank 0 and writes
+    /// nothing.
+    Follow {
+        /// The run's resolved configuration (as rank 0 resolves it).
+        cfg: Box<RunConfig>,
+        /// The run directory's checkpoint when the run continues from one.
+        checkpoint: Option<Box<modula_nn::Checkpoint>>,
+    },
+}
+
+/// Trains this process's part of a data-parallel run over `replicas` (every rank calls it
+/// with its [`Rank`]): each rank trains the examples it owns of every batch, and rank 0 logs,
+/// evaluates and writes the checkpoints, which hold the whole run in the one-process format.
+///
+/// # Errors
+/// A run error for a task or algorithm that cannot be trained data-parallel yet (only EM on
+/// the toy task can), and whatever [`train`] returns.
+pub fn train_data_parallel<B: SparseBackend>(
+    backend: B,
+    device: DeviceInfo,
+    rank: Rank,
+    replicas: Box<dyn modula_em::Replicas<B>>,
+) -> Result<(), RunError> {
+    let cfg = match &rank {
+        Rank::Lead(start) => &start.cfg,
+        Rank::Follow { cfg, .. } => cfg,
+    };
+    let RunConfig::Toy(run) = cfg else {
+        return Err(run_error(format!(
+            "--dist data trains the toy task only so far, not task_name = \"{}\"; train it without --dist",
+            cfg.common().task_name
+        )));
+    };
+    let mut job = toy::ToyJob::new(backend, device, run);
+    job.trainer
+        .distribute(replicas)
+        .map_err(|e| run_error(e.to_string()))?;
+    match rank {
+        Rank::Lead(start) => driver::train(job, *start, Hooks::default()),
+        Rank::Follow { checkpoint, .. } => driver::follow(job, checkpoint.map(|c| *c)),
+    }
+}
+
 /// What `modula eval` reports: the run's identity and its greedy figures.
 #[derive(Clone, Debug, Serialize)]
 pub struct Evaluation {

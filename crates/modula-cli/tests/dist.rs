@@ -1,0 +1,193 @@
+//! `modula train --dist data`: without the `mpi` feature a clear error; with it, under
+//! `mpirun`, a run written by four ranks resumes on two ranks and in one process with the
+//! continuation of the uninterrupted one-process run.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// A small toy EM run: 240 examples in batches of 48, two modular layers of four modules
+/// with two slots, an E-step every third iteration, a record every third.
+const CONFIG: &str = "task_name = \"toy\"
+seed = 3
+threads = 1
+[task]
+train = 240
+test = 64
+[model]
+modules = 4
+k = 2
+layers = 2
+hidden = 8
+[train]
+steps = 12
+batch_size = 48
+samples = 4
+e_every = 3
+log_every = 3
+checkpoint_every = 6
+";
+
+fn modula() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_modula"))
+}
+
+/// Runs `cmd` and returns its output, failing the test with it unless it ended as `ok` says.
+fn expect(cmd: &mut Command, ok: bool) -> Output {
+    let out = cmd.output().expect("the command starts");
+    assert_eq!(
+        out.status.success(),
+        ok,
+        "{cmd:?}\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn write_config(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("toy.toml");
+    std::fs::write(&path, CONFIG).unwrap();
+    path
+}
+
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn dist_without_mpi_says_how_to_build_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path());
+    let out = expect(
+        modula()
+            .arg("train")
+            .arg("--config")
+            .arg(&config)
+            .arg("--out")
+            .arg(tmp.path().join("run"))
+            .args(["--dist", "data"]),
+        false,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--features mpi"), "{err}");
+    assert!(!tmp.path().join("run").exists(), "a run directory was made");
+}
+
+#[cfg(feature = "mpi")]
+mod under_mpi {
+    use std::path::Path;
+    use std::process::Command;
+
+    use super::{expect, modula, write_config};
+
+    /// Largest accepted `|got - want| / (1 + |want|)` between a data-parallel run's records
+    /// and one process's: the data-parallel gradient is a sum of per-rank sums, so parameters
+    /// differ by f32 rounding (under 1e-7 in modula-dist's data-parallel tests, which explain
+    /// the bound).
+    const TOL: f64 = 1e-4;
+
+    /// The records' figures that every rank count must reproduce (the controller's batch
+    /// perplexity is the ranks' mean in a data-parallel run, and throughput is a timing).
+    const FIGURES: [&str; 7] = [
+        "task_nll", "ctrl_nll", "changed", "test_mse", "test_nll", "purity", "step",
+    ];
+
+    fn mpirun(ranks: usize) -> Command {
+        let mut cmd = Command::new("mpirun");
+        cmd.args(["--oversubscribe", "--allow-run-as-root", "-np"])
+            .arg(ranks.to_string())
+            .arg(env!("CARGO_BIN_EXE_modula"));
+        cmd
+    }
+
+    fn records(dir: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn same_records(what: &str, got: &Path, want: &Path) {
+        let (got, want) = (records(got), records(want));
+        assert_eq!(got.len(), want.len(), "{what}: record count");
+        for (g, w) in got.iter().zip(&want) {
+            for key in FIGURES {
+                let (gv, wv) = (g[key].as_f64(), w[key].as_f64());
+                let (Some(gv), Some(wv)) = (gv, wv) else {
+                    assert_eq!(gv, wv, "{what}: {key} in {g} against {w}");
+                    continue;
+                };
+                assert!(
+                    (gv - wv).abs() <= TOL * (1.0 + wv.abs()),
+                    "{what}: {key} is {gv}, one process has {wv}, at step {}",
+                    w["step"]
+                );
+            }
+            assert_eq!(
+                g["usage"], w["usage"],
+                "{what}: usage at step {}",
+                w["step"]
+            );
+        }
+    }
+
+    #[test]
+    fn a_four_rank_run_resumes_on_two_ranks_and_in_one_process() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = write_config(tmp.path());
+        let dir = |name: &str| tmp.path().join(name);
+        expect(
+            modula()
+                .arg("train")
+                .arg("--config")
+                .arg(&config)
+                .arg("--out")
+                .arg(dir("one")),
+            true,
+        );
+        expect(
+            mpirun(4)
+                .arg("train")
+                .arg("--config")
+                .arg(&config)
+                .args(["--steps", "6", "--dist", "data", "--out"])
+                .arg(dir("four")),
+            true,
+        );
+        for name in ["on-two", "in-one"] {
+            std::fs::create_dir(dir(name)).unwrap();
+            for file in ["config.toml", "metrics.jsonl", "checkpoint.safetensors"] {
+                std::fs::copy(dir("four").join(file), dir(name).join(file)).unwrap();
+            }
+        }
+        expect(
+            mpirun(2)
+                .args(["train", "--steps", "12", "--dist", "data", "--resume"])
+                .arg(dir("on-two")),
+            true,
+        );
+        expect(
+            modula()
+                .args(["train", "--steps", "12", "--resume"])
+                .arg(dir("in-one")),
+            true,
+        );
+        same_records("four ranks, then two", &dir("on-two"), &dir("one"));
+        same_records("four ranks, then one process", &dir("in-one"), &dir("one"));
+    }
+
+    #[test]
+    fn a_run_that_cannot_be_distributed_is_refused_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = write_config(tmp.path());
+        let out = expect(
+            mpirun(2)
+                .arg("train")
+                .arg("--config")
+                .arg(&config)
+                .args(["--algo", "reinforce", "--dist", "data", "--out"])
+                .arg(tmp.path().join("run")),
+            false,
+        );
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("train.algo"), "{text}");
+    }
+}
