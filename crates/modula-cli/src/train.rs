@@ -168,6 +168,8 @@ mod dist {
 /// `--dist data`: this process is one rank of the MPI job that `mpirun` started.
 #[cfg(feature = "mpi")]
 mod dist {
+    use std::rc::Rc;
+
     use modula_dist::{DEFAULT_BUCKET, DataParallel, MpiComm};
     use modula_run::{DeviceInfo, Overrides, Rank, RunError, dir, run_error, start};
     use modula_sparse::SparseBackend;
@@ -176,7 +178,22 @@ mod dist {
     use crate::backend::{OnBackend, on_backend};
 
     pub fn run(args: &TrainArgs, overrides: &Overrides) -> Result<(), RunError> {
-        let comm = MpiComm::init().map_err(|e| run_error(e.to_string()))?;
+        let comm = Rc::new(MpiComm::init().map_err(|e| run_error(e.to_string()))?);
+        let result = run_rank(args, overrides, Rc::clone(&comm));
+        if result.is_err() {
+            // Finalizing MPI would wait for the other ranks, which may be waiting in a
+            // collective for this one: exit without it instead, which makes mpirun end the
+            // whole job (naming this rank) after the error is printed.
+            std::mem::forget(comm);
+        }
+        result
+    }
+
+    fn run_rank(
+        args: &TrainArgs,
+        overrides: &Overrides,
+        comm: Rc<MpiComm>,
+    ) -> Result<(), RunError> {
         let rank = if modula_dist::Comm::rank(&comm) == 0 {
             Rank::Lead(Box::new(prepare(args, overrides)?))
         } else {
@@ -214,7 +231,7 @@ mod dist {
     /// A rank's part, waiting for its backend.
     struct RankJob {
         rank: Rank,
-        comm: MpiComm,
+        comm: Rc<MpiComm>,
     }
 
     impl OnBackend for RankJob {

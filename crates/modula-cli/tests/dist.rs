@@ -174,6 +174,61 @@ mod under_mpi {
         same_records("four ranks, then one process", &dir("in-one"), &dir("one"));
     }
 
+    /// A rank that fails ends the whole job, named, instead of leaving the others waiting in
+    /// a collective: rank 0 refuses a directory that holds a run while rank 1 goes on to the
+    /// first checkpoint's collective. A job still running after 60 s (issue 23's bound) is
+    /// killed and fails the test as hung.
+    #[test]
+    fn a_failed_rank_ends_the_job_and_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = write_config(tmp.path());
+        let run = tmp.path().join("run");
+        expect(
+            modula()
+                .arg("train")
+                .arg("--config")
+                .arg(&config)
+                .args(["--steps", "1", "--out"])
+                .arg(&run),
+            true,
+        );
+        let mut child = mpirun(2)
+            .arg("train")
+            .arg("--config")
+            .arg(&config)
+            .args(["--dist", "data", "--out"])
+            .arg(&run)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > std::time::Duration::from_secs(60) {
+                // Our own child, by its id.
+                child.kill().unwrap();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "the job succeeded:\n{text}");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the job hung:\n{text}"
+        );
+        // OpenMPI 4 names the first failed process `[[job,1],rank]`.
+        assert!(
+            text.contains("already holds a run") && text.contains(",1],0]"),
+            "the failed rank is not named:\n{text}"
+        );
+    }
+
     #[test]
     fn a_run_that_cannot_be_distributed_is_refused_by_name() {
         let tmp = tempfile::tempdir().unwrap();
