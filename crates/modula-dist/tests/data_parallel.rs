@@ -31,10 +31,14 @@ const TOL: f64 = 1e-4;
 const BEFORE: u64 = 7;
 const AFTER: u64 = 5;
 
-/// The toy run of every check: 240 training examples in batches of 48 (five per epoch), two
-/// modular layers of four modules with two slots each, an E-step (instead of a gradient step)
-/// every third iteration with four candidates per example.
-fn trainer() -> Trainer<Cpu, ToyTask<Cpu>> {
+/// Batch sizes of the checks: five batches per epoch, and batches of three, of which two or
+/// more of four ranks own no example (they take part in every sum with nothing).
+const BATCHES: [usize; 2] = [48, 3];
+
+/// The toy run of every check: 240 training examples in batches of `batch`, two modular
+/// layers of four modules with two slots each, an E-step (instead of a gradient step) every
+/// third iteration with four candidates per example.
+fn trainer(batch: usize) -> Trainer<Cpu, ToyTask<Cpu>> {
     let task = ToyConfig {
         train: 240,
         test: 64,
@@ -48,7 +52,7 @@ fn trainer() -> Trainer<Cpu, ToyTask<Cpu>> {
         ..MlpConfig::default()
     };
     let train = ToyTrainConfig {
-        batch_size: 48,
+        batch_size: batch,
         samples: 4,
         e_every: 3,
         lr: 0.01,
@@ -59,8 +63,11 @@ fn trainer() -> Trainer<Cpu, ToyTask<Cpu>> {
 
 /// A data-parallel trainer on the ranks of `comm`, summing gradients in buckets of 40 values
 /// (smaller than some parameters, so that a step takes several buckets).
-fn distributed<C: Comm + std::fmt::Debug + 'static>(comm: C) -> Trainer<Cpu, ToyTask<Cpu>> {
-    let mut t = trainer();
+fn distributed<C: Comm + std::fmt::Debug + 'static>(
+    comm: C,
+    batch: usize,
+) -> Trainer<Cpu, ToyTask<Cpu>> {
+    let mut t = trainer(batch);
     t.distribute(Box::new(DataParallel::new(comm, 40).unwrap()))
         .unwrap();
     t
@@ -130,21 +137,23 @@ fn table(ck: &Checkpoint) -> Vec<u16> {
         .collect()
 }
 
-/// The one-process run: its figures before and after the checkpoint, the checkpoint, and the
-/// final parameters.
+/// The one-process run: its batch size, its figures before and after the checkpoint, the
+/// checkpoint, and the final parameters.
 struct Reference {
+    batch: usize,
     before: Vec<Vec<f64>>,
     after: Vec<Vec<f64>>,
     checkpoint: Checkpoint,
     params: Vec<f64>,
 }
 
-fn reference() -> Reference {
-    let mut t = trainer();
+fn reference(batch: usize) -> Reference {
+    let mut t = trainer(batch);
     let before = run(&mut t, BEFORE).unwrap();
     let checkpoint = t.checkpoint().unwrap();
     let after = run(&mut t, AFTER).unwrap();
     Reference {
+        batch,
         before,
         after,
         params: parameters(&t),
@@ -175,7 +184,7 @@ fn check_training<C: Comm + Clone + std::fmt::Debug + 'static>(
 ) -> Result<Checkpoint, String> {
     let (rank, ranks) = (comm.rank(), comm.size());
     let at = |m: &str| format!("rank {rank} of {ranks}: {m}");
-    let mut t = distributed(comm.clone());
+    let mut t = distributed(comm.clone(), want.batch);
     close_runs(&at("training"), &run(&mut t, BEFORE)?, &want.before)?;
     let ck = t.checkpoint().map_err(|e| at(&e.to_string()))?;
     if rank == 0 {
@@ -187,7 +196,7 @@ fn check_training<C: Comm + Clone + std::fmt::Debug + 'static>(
     }
     check_continuation(&at("continued"), &mut t, want)?;
     // The one-process checkpoint, resumed on these ranks.
-    let mut resumed = distributed(comm);
+    let mut resumed = distributed(comm, want.batch);
     resumed
         .restore(&want.checkpoint)
         .map_err(|e| at(&e.to_string()))?;
@@ -198,16 +207,18 @@ fn check_training<C: Comm + Clone + std::fmt::Debug + 'static>(
 /// Resumes `ck` (written after [`BEFORE`] iterations by some number of ranks) in one process
 /// and checks the continuation.
 fn check_one_process_resume(ck: &Checkpoint, want: &Reference) -> Result<(), String> {
-    let mut t = trainer();
+    let mut t = trainer(want.batch);
     t.restore(ck).map_err(|e| e.to_string())?;
     check_continuation("a ranks' checkpoint resumed in one process", &mut t, want)
 }
 
 #[test]
 fn one_rank_trains_as_one_process() {
-    let want = reference();
-    let ck = check_training(LocalComm, &want).unwrap();
-    check_one_process_resume(&ck, &want).unwrap();
+    for batch in BATCHES {
+        let want = reference(batch);
+        let ck = check_training(LocalComm, &want).unwrap();
+        check_one_process_resume(&ck, &want).unwrap();
+    }
 }
 
 #[test]
@@ -231,7 +242,7 @@ fn data_parallel_runs_need_em_on_a_shardable_task() {
 
 #[test]
 fn a_checkpoint_with_too_few_examples_is_refused() {
-    let want = reference();
+    let want = reference(48);
     let mut ck = want.checkpoint;
     // Half the table: another run's checkpoint.
     for l in 0..2 {
@@ -239,7 +250,7 @@ fn a_checkpoint_with_too_few_examples_is_refused() {
         let half = ck.u16(&name, None).unwrap()[..120 * 2].to_vec();
         ck.insert(name, modula_nn::StoredTensor::u16(vec![120, 2], half));
     }
-    let mut t = distributed(LocalComm);
+    let mut t = distributed(LocalComm, 48);
     let err = t.restore(&ck).unwrap_err().to_string();
     assert!(err.contains("em.assignments.0"), "{err}");
 }
@@ -250,7 +261,7 @@ mod common;
 #[cfg(feature = "mpi")]
 mod under_mpi {
     use super::common::launch;
-    use super::{Reference, check_one_process_resume, check_training, reference};
+    use super::{BATCHES, Reference, check_one_process_resume, check_training, reference};
     use std::rc::Rc;
 
     use modula_dist::{Comm, MpiComm};
@@ -273,13 +284,13 @@ mod under_mpi {
         launch(4, "under_mpi::worker", &[(CK_OUT, path)]);
         launch(2, "under_mpi::worker", &[(CK_IN, path)]);
         let ck = Checkpoint::read(path).unwrap();
-        check_one_process_resume(&ck, &reference()).unwrap();
+        check_one_process_resume(&ck, &reference(BATCHES[0])).unwrap();
     }
 
     /// Resumes the checkpoint at `path` on the ranks of `comm`.
     fn resume(comm: MpiComm, path: &str, want: &Reference) -> Result<(), String> {
         let ck = Checkpoint::read(path).map_err(|e| e.to_string())?;
-        let mut t = super::trainer();
+        let mut t = super::trainer(want.batch);
         t.distribute(Box::new(
             modula_dist::DataParallel::new(comm, 40).map_err(|e| e.to_string())?,
         ))
@@ -296,15 +307,20 @@ mod under_mpi {
     fn worker() {
         let comm = MpiComm::init().unwrap();
         let rank = comm.rank();
-        let want = reference();
         let result = if let Ok(path) = std::env::var(CK_IN) {
-            resume(comm, &path, &want)
+            resume(comm, &path, &reference(BATCHES[0]))
         } else {
             // Shared by the trainers `check_training` builds; MPI is finalized when the last
             // one is dropped.
-            check_training(Rc::new(comm), &want).and_then(|ck| match std::env::var(CK_OUT) {
-                Ok(path) if rank == 0 => ck.write(&path).map_err(|e| e.to_string()),
-                _ => Ok(()),
+            let comm = Rc::new(comm);
+            BATCHES.iter().try_for_each(|&batch| {
+                let ck = check_training(Rc::clone(&comm), &reference(batch))?;
+                match std::env::var(CK_OUT) {
+                    Ok(path) if rank == 0 && batch == BATCHES[0] => {
+                        ck.write(&path).map_err(|e| e.to_string())
+                    }
+                    _ => Ok(()),
+                }
             })
         };
         if let Err(e) = result {

@@ -175,13 +175,6 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
         Ok(v[0] > 0.0)
     }
 
-    /// This trainer's rank and the number of ranks: `(0, 1)` alone.
-    pub fn rank(&self) -> (usize, usize) {
-        self.replicas
-            .as_ref()
-            .map_or((0, 1), |r| (r.rank(), r.ranks()))
-    }
-
     /// The algorithm being run.
     pub fn algo(&self) -> Algo {
         self.algorithm.algo()
