@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod controller;
+mod groups;
 mod conv;
 mod gating;
 mod gru;
@@ -9,7 +10,8 @@ mod pool;
 mod reference;
 mod selection;
 
-pub use controller::{Controller, ControllerOutput};
+pub use controller::{Controller, ControllerOutput, draw_distinct};
+pub use groups::{GroupedRelu, GroupedReluCache};
 pub use conv::{ModularConv2d, ModularConvCache};
 pub use gating::{gated_sum, gated_sum_backward, pair_gates};
 pub use gru::{
