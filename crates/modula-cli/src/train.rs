@@ -79,7 +79,8 @@ pub struct TrainArgs {
 }
 
 /// The algorithms' names, from the one list `modula_em::Algo::ALL`.
-fn algo_names() -> clap::builder::PossibleValuesParser {
+/// The algorithms' names, as a clap value parser.
+pub(crate) fn algo_names() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(Algo::ALL.map(Algo::name))
 }
 

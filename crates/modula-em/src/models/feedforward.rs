@@ -132,7 +132,7 @@ impl Gate {
             Gate::Controller(c) => {
                 let out = c.forward(b, params, h);
                 if let Some(sum) = stats {
-                    let s = controller_stats(&b.download(&out.log_probs)?, c.modules, c.k);
+                    let s = controller_stats(&b.download(&out.log_probs)?, c.modules, c.heads());
                     sum.sum.mean_entropy += s.mean_entropy;
                     sum.sum.batch_entropy += s.batch_entropy;
                     sum.layers += 1;
