@@ -24,7 +24,9 @@ use serde::Serialize;
 use crate::config::RunConfig;
 use crate::dir::{DeviceInfo, RunDir, read_checkpoint, read_run_config};
 use crate::error::{RunError, run_error};
-use crate::files::write_report;
+use crate::convert::{ConvertedResult, converted_results, converted_table};
+use crate::dir::SUMMARY_FILE;
+use crate::files::{self, write_report};
 use crate::images::{ImageJob, load_data};
 use crate::{console, memory};
 
@@ -54,6 +56,18 @@ pub struct ModularityOptions {
     pub out: PathBuf,
     /// Where results.json goes, if anywhere.
     pub json: Option<PathBuf>,
+    /// Converted runs (`modula convert`) and networks of groups trained from scratch,
+    /// tabulated against the dense runs analysed.
+    pub converted: Vec<PathBuf>,
+}
+
+/// What `modula modularity` writes to results.json.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModularityResults {
+    /// The analysis of each dense run.
+    pub runs: Vec<RunModularity>,
+    /// The converted and scratch networks of groups, against the dense runs.
+    pub converted: Vec<ConvertedResult>,
 }
 
 /// One hidden layer under one partition method, on the test set.
@@ -406,7 +420,7 @@ pub fn modularity<B: SparseBackend>(
     device: DeviceInfo,
     runs: &[PathBuf],
     options: &ModularityOptions,
-) -> Result<Vec<RunModularity>, RunError> {
+) -> Result<ModularityResults, RunError> {
     let out_dir = RunDir::take(&options.out)?;
     let out = out_dir.path();
     let mut results = Vec::new();
@@ -430,14 +444,29 @@ pub fn modularity<B: SparseBackend>(
         figures.extend(crate::plot::modularity::coactivation(out, &layers).map_err(run_error)?);
     }
     drop(first);
-    write_report(
-        out,
-        &report(&results),
-        options.json.as_deref(),
-        &results,
-        &figures,
-    )?;
-    Ok(results)
+    let dense = runs
+        .iter()
+        .zip(&results)
+        .map(|(dir, r)| {
+            let flops = files::read_limited(&dir.join(SUMMARY_FILE), files::SUMMARY_LIMIT)
+                .ok()
+                .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+                .and_then(|s| s["flops_per_image"].as_u64());
+            (r.run.clone(), r.run_seed, r.dense_test_accuracy, flops)
+        })
+        .collect::<Vec<_>>();
+    let converted = converted_results(&options.converted, &dense)?;
+    let mut md = report(&results);
+    if !converted.is_empty() {
+        md.push_str("\n## Converted networks\n");
+        md.push_str(&converted_table(&converted));
+    }
+    let all = ModularityResults {
+        runs: results,
+        converted,
+    };
+    write_report(out, &md, options.json.as_deref(), &all, &figures)?;
+    Ok(all)
 }
 
 /// The co-activation counts of one run's hidden layers with their partitions, for the
