@@ -444,8 +444,21 @@ fn convert_a_small_relu_network() {
     let convert = |k: &str, algo: &str, out: &str| {
         modula_env(
             &[
-                "convert", "--run", "mlp", "--modules", "8", "--k", k, "--algo", algo,
-                "--router-epochs", "1", "--epochs", "1", "--out", out,
+                "convert",
+                "--run",
+                "mlp",
+                "--modules",
+                "8",
+                "--k",
+                k,
+                "--algo",
+                algo,
+                "--router-epochs",
+                "1",
+                "--epochs",
+                "1",
+                "--out",
+                out,
             ],
             tmp.path(),
             &env,
@@ -479,8 +492,20 @@ fn convert_a_small_relu_network() {
     }
     assert_ok(&modula_env(
         &[
-            "modularity", "mlp", "--groups", "8", "--methods", "metis", "--router-epochs", "1",
-            "--converted", "half-em,half-topk", "--out", "mod", "--json", "mod/results.json",
+            "modularity",
+            "mlp",
+            "--groups",
+            "8",
+            "--methods",
+            "metis",
+            "--router-epochs",
+            "1",
+            "--converted",
+            "half-em,half-topk",
+            "--out",
+            "mod",
+            "--json",
+            "mod/results.json",
         ],
         tmp.path(),
         &env,
@@ -501,7 +526,17 @@ fn convert_a_small_relu_network() {
     assert_fails(&convert("4", "em", "all"), 1, &["already holds a run"]);
     assert_fails(
         &modula_env(
-            &["convert", "--run", "all", "--k", "2", "--modules", "8", "--out", "bad"],
+            &[
+                "convert",
+                "--run",
+                "all",
+                "--k",
+                "2",
+                "--modules",
+                "8",
+                "--out",
+                "bad",
+            ],
             tmp.path(),
             &env,
         ),

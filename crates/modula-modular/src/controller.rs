@@ -318,7 +318,9 @@ impl DistinctPlan {
             }
         }
         DistinctPlan {
-            tile: (0..n as u32).flat_map(|i| std::iter::repeat_n(i, k)).collect(),
+            tile: (0..n as u32)
+                .flat_map(|i| std::iter::repeat_n(i, k))
+                .collect(),
             mask,
             live,
             modules,
@@ -341,7 +343,11 @@ impl DistinctPlan {
 /// If `k` exceeds the modules.
 #[track_caller]
 pub fn draw_distinct(row: &[f32], k: usize, uniform: f32, rng: &mut impl Rng) -> Vec<u32> {
-    assert!(k <= row.len(), "cannot draw {k} distinct of {} modules", row.len());
+    assert!(
+        k <= row.len(),
+        "cannot draw {k} distinct of {} modules",
+        row.len()
+    );
     let flat = uniform as f64 / row.len() as f64;
     let mut weight: Vec<f64> = row
         .iter()
@@ -377,11 +383,7 @@ pub fn draw_distinct(row: &[f32], k: usize, uniform: f32, rng: &mut impl Rng) ->
 /// The indices of the `k` largest values, largest first (ties to the lower index).
 fn top_k(row: &[f32], k: usize) -> Vec<u32> {
     let mut idx: Vec<u32> = (0..row.len() as u32).collect();
-    idx.sort_by(|&a, &c| {
-        row[c as usize]
-            .total_cmp(&row[a as usize])
-            .then(a.cmp(&c))
-    });
+    idx.sort_by(|&a, &c| row[c as usize].total_cmp(&row[a as usize]).then(a.cmp(&c)));
     idx.truncate(k);
     idx
 }

@@ -62,7 +62,10 @@ impl GroupedRelu {
         d_in: usize,
         rng: &mut impl Rng,
     ) -> Self {
-        assert!(modules > 0 && width > 0, "a group layer needs groups of neurons");
+        assert!(
+            modules > 0 && width > 0,
+            "a group layer needs groups of neurons"
+        );
         let w = Init::He.sample(rng, d_in, modules * width, modules * d_in * width);
         let weight = params.add(
             format!("{name}.weight"),
@@ -179,8 +182,17 @@ impl GroupedRelu {
         // once and every product reads through the identity.
         let xs = b.gather_rows(&cache.x, &routing.pair_rows);
         let identity: Vec<u32> = (0..routing.pairs() as u32).collect();
-        let (dw, beta) = grads.product_entry(b, self.weight, [self.modules * self.d_in, self.width]);
-        b.grouped_matmul_rows(GroupedOp::XtY, &xs, &dz, &identity, &routing.offsets, beta, dw);
+        let (dw, beta) =
+            grads.product_entry(b, self.weight, [self.modules * self.d_in, self.width]);
+        b.grouped_matmul_rows(
+            GroupedOp::XtY,
+            &xs,
+            &dz,
+            &identity,
+            &routing.offsets,
+            beta,
+            dw,
+        );
         let db = b.segment_sum_rows(&dz, &identity, &routing.offsets);
         grads.accumulate(b, self.bias, &db);
         let dxs = b.grouped_product_rows(
@@ -191,6 +203,9 @@ impl GroupedRelu {
             &routing.offsets,
             None,
         );
-        (b.segment_sum_rows(&dxs, &routing.row_pos, &routing.row_ptr), dg)
+        (
+            b.segment_sum_rows(&dxs, &routing.row_pos, &routing.row_ptr),
+            dg,
+        )
     }
 }

@@ -1,9 +1,9 @@
 #![doc = include_str!("../README.md")]
 
 mod controller;
-mod groups;
 mod conv;
 mod gating;
+mod groups;
 mod gru;
 mod linear;
 mod pool;
@@ -11,9 +11,9 @@ mod reference;
 mod selection;
 
 pub use controller::{Controller, ControllerOutput, draw_distinct};
-pub use groups::{GroupedRelu, GroupedReluCache};
 pub use conv::{ModularConv2d, ModularConvCache};
 pub use gating::{gated_sum, gated_sum_backward, pair_gates};
+pub use groups::{GroupedRelu, GroupedReluCache};
 pub use gru::{
     ModularGruCache, ModularGruCell, ModularGruModules, ModularGruModulesCache, ModularGruSeq,
     ModularGruStepCache, PreparedStep, StepInputGrads,

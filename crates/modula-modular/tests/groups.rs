@@ -239,7 +239,12 @@ proptest! {
     }
 }
 
-fn distinct_controller(d_in: usize, m: usize, k: usize, seed: u64) -> (Cpu, ParamStore<Cpu>, Controller) {
+fn distinct_controller(
+    d_in: usize,
+    m: usize,
+    k: usize,
+    seed: u64,
+) -> (Cpu, ParamStore<Cpu>, Controller) {
     let b = Cpu::with_threads(1);
     let mut params = ParamStore::new();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -357,7 +362,10 @@ fn distinct_samples_follow_plackett_luce() {
             let f = counts[a as usize][c as usize] as f64 / draws as f64;
             // Four standard deviations of a binomial frequency.
             let sd = (p * (1.0 - p) / draws as f64).sqrt();
-            assert!((f - p).abs() < 4.0 * sd + 1e-3, "pair ({a}, {c}): frequency {f}, probability {p}");
+            assert!(
+                (f - p).abs() < 4.0 * sd + 1e-3,
+                "pair ({a}, {c}): frequency {f}, probability {p}"
+            );
         }
     }
 }

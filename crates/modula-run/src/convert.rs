@@ -188,7 +188,10 @@ pub fn converted_params<B: SparseBackend>(
         );
         previous = Some(p);
     }
-    let last = net.layers.last().expect("a ReLU network has an output layer");
+    let last = net
+        .layers
+        .last()
+        .expect("a ReLU network has an output layer");
     let w = b.download(params.get(last.weight)).map_err(device_error)?;
     let bias = b.download(params.get(last.bias)).map_err(device_error)?;
     let p = previous.expect("a ReLU network has a hidden layer");
@@ -321,7 +324,14 @@ pub fn convert<B: SparseBackend>(
                 ))
             })
             .collect::<Result<Vec<_>, RunError>>()?;
-        let ck = converted_params(b, net, &t.params, &partitions, &router_weights, options.algo)?;
+        let ck = converted_params(
+            b,
+            net,
+            &t.params,
+            &partitions,
+            &router_weights,
+            options.algo,
+        )?;
         let conversion = Conversion {
             dense_run: dense.display().to_string(),
             method: options.method.name().to_string(),
@@ -372,7 +382,9 @@ pub fn convert<B: SparseBackend>(
 pub struct ConvertedResult {
     /// The run directory.
     pub run: String,
-    /// `"converted"` (by `modula convert`) or `"scratch"` (trained from its seed).
+    /// `"converted"` (by `modula convert`), `"scratch"` (a network of groups trained from its
+    /// seed) or `"dense"` (a dense ReLU run, such as the dense network trained further: a
+    /// control for the refinement's extra epochs).
     pub origin: String,
     /// The dense run it was converted from (converted runs).
     pub dense_run: Option<String>,
@@ -426,9 +438,10 @@ pub fn converted_results(
     runs.iter()
         .map(|dir| {
             let s = read(&dir.join(crate::dir::SUMMARY_FILE))?;
-            if s["model"] != "groups" {
+            let dense_model = s["model"] == "mlp";
+            if s["model"] != "groups" && !dense_model {
                 return Err(run_error(format!(
-                    "{} is not a network of neuron groups (model \"{}\"); --converted takes runs written by `modula convert` or trained with model.kind = \"groups\"",
+                    "{} is neither a network of neuron groups nor a dense ReLU network (model \"{}\"); --converted takes runs written by `modula convert`, trained with model.kind = \"groups\" or \"mlp\"",
                     dir.display(),
                     s["model"].as_str().unwrap_or("?")
                 )));
@@ -451,7 +464,12 @@ pub fn converted_results(
                     run_error(format!("{} lacks `{key}`", dir.join("summary.json").display()))
                 })
             };
-            let (modules, k) = (number("modules")? as usize, number("k")? as usize);
+            // A dense network computes its one group.
+            let (modules, k) = if dense_model {
+                (1, 1)
+            } else {
+                (number("modules")? as usize, number("k")? as usize)
+            };
             let test_accuracy = number("test_accuracy")?;
             let dense_accuracy = base.map(|d| d.2);
             let lost = c
@@ -460,7 +478,12 @@ pub fn converted_results(
                 .map(|(d, i)| d - i);
             Ok(ConvertedResult {
                 run: dir.display().to_string(),
-                origin: if c.is_some() { "converted" } else { "scratch" }.into(),
+                origin: match (&c, dense_model) {
+                    (Some(_), _) => "converted",
+                    (None, true) => "dense",
+                    (None, false) => "scratch",
+                }
+                .into(),
                 dense_run,
                 method: c.as_ref().and_then(|c| c["method"].as_str().map(String::from)),
                 seed,
@@ -505,9 +528,12 @@ pub fn converted_table(results: &[ConvertedResult]) -> String {
             pct(r.dense_test_accuracy),
             pct(r.initial_test_accuracy),
             r.test_accuracy,
-            r.routing_lost.map_or("-".into(), |l| format!("{:.2}", 100.0 * l)),
-            r.recovered_share.map_or("-".into(), |s| format!("{:.0}%", 100.0 * s)),
-            r.network_flops_share.map_or("-".into(), |s| format!("{:.3}", s)),
+            r.routing_lost
+                .map_or("-".into(), |l| format!("{:.2}", 100.0 * l)),
+            r.recovered_share
+                .map_or("-".into(), |s| format!("{:.0}%", 100.0 * s)),
+            r.network_flops_share
+                .map_or("-".into(), |s| format!("{:.3}", s)),
         ));
     }
     md

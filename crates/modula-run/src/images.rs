@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
+use modula_em::Task;
 use modula_em::models::{ImageModel, MlpInput};
 use modula_em::{Algo, DenseMatch, Model, Routes, Target, Trainer};
 use modula_modular::ControllerOutput;
 use modula_nn::{Checkpoint, Ctx, StoredTensor};
-use modula_em::Task;
 use modula_sparse::SparseBackend;
 use modula_tasks::{ImageData, ImageEval, ImageTask, Split};
 
@@ -63,7 +63,11 @@ impl<B: SparseBackend> ImageJob<B> {
     /// shape, or a device failure.
     pub fn initialise(&mut self, initial: &Checkpoint) -> Result<(), RunError> {
         let t = &mut self.trainer;
-        let names: Vec<String> = t.params.ids().map(|id| t.params.name(id).to_string()).collect();
+        let names: Vec<String> = t
+            .params
+            .ids()
+            .map(|id| t.params.name(id).to_string())
+            .collect();
         if let Some((name, _)) = initial.iter().find(|(n, _)| !names.iter().any(|p| p == n)) {
             return Err(run_error(format!(
                 "the initial tensors name `{name}`, which is not a parameter of this network"
@@ -92,7 +96,14 @@ impl<B: SparseBackend> ImageJob<B> {
             let mut greedy = |_: usize, out: &ControllerOutput<B>| out.greedy(b);
             let out = t
                 .model
-                .forward(b, &t.params, &input, Routes::Chosen(&mut greedy), false, &mut Ctx::eval())
+                .forward(
+                    b,
+                    &t.params,
+                    &input,
+                    Routes::Chosen(&mut greedy),
+                    false,
+                    &mut Ctx::eval(),
+                )
                 .map_err(crate::modularity::device_error)?;
             for (table, sel) in tables.iter_mut().zip(&out.selections) {
                 table.extend(sel.as_slice().iter().map(|&a| a as u16));

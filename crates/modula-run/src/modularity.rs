@@ -22,10 +22,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::config::RunConfig;
-use crate::dir::{DeviceInfo, RunDir, read_checkpoint, read_run_config};
-use crate::error::{RunError, run_error};
 use crate::convert::{ConvertedResult, converted_results, converted_table};
 use crate::dir::SUMMARY_FILE;
+use crate::dir::{DeviceInfo, RunDir, read_checkpoint, read_run_config};
+use crate::error::{RunError, run_error};
 use crate::files::{self, write_report};
 use crate::images::{ImageJob, load_data};
 use crate::{console, memory};

@@ -101,8 +101,11 @@ fn setup(m: usize, k: usize, seed: u64) -> (f32, Vec<f32>, Vec<f32>, Vec<f32>) {
         0.0,
         &mut rng,
     );
-    ck.load_params(&b, &mut params, ExtraTensors::Reject).unwrap();
-    let xs: Vec<f32> = (0..ROWS * D_IN).map(|_| rng.random_range(-1.0..1.0)).collect();
+    ck.load_params(&b, &mut params, ExtraTensors::Reject)
+        .unwrap();
+    let xs: Vec<f32> = (0..ROWS * D_IN)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
     let x = b.upload([ROWS, D_IN], &xs);
     let mut greedy = |_: usize, out: &ControllerOutput<Cpu>| out.greedy(&b);
     let out = converted
@@ -166,6 +169,11 @@ fn a_routed_conversion_is_the_dense_network_without_its_unselected_groups() {
         assert_eq!(kept, 0.5, "K = 2 of 4 keeps half the neurons");
         assert_close(&converted, &masked, "two groups of four");
         // The routing matters: without it the logits would be the dense ones.
-        assert!(converted.iter().zip(&dense).any(|(c, d)| (c - d).abs() > 1e-3));
+        assert!(
+            converted
+                .iter()
+                .zip(&dense)
+                .any(|(c, d)| (c - d).abs() > 1e-3)
+        );
     }
 }

@@ -241,7 +241,11 @@ impl ImageModelConfig {
                 if self.modules == 0 || self.modules > u16::MAX as usize {
                     return Err(invalid(
                         "model.modules",
-                        format!("is {}; use 1 to {} groups per hidden layer", self.modules, u16::MAX),
+                        format!(
+                            "is {}; use 1 to {} groups per hidden layer",
+                            self.modules,
+                            u16::MAX
+                        ),
                     ));
                 }
                 if self.k == 0 || self.k > self.modules {
