@@ -16,6 +16,7 @@ use crate::error::TrainError;
 use crate::estep::EStats;
 use crate::guard::{DivergenceGuard, Reference};
 use crate::meta::MetaReader;
+use crate::model::Model;
 use crate::table::AssignmentTable;
 use crate::task::{EStepDue, Task};
 
@@ -229,12 +230,14 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
         if let Some(penalty) = &self.penalty {
             g.stats.penalty = penalty.add_gradient(&self.backend, &self.params, &mut self.grads)?;
         }
+        self.model.fold_grads(&self.backend, &mut self.grads);
         self.guard.check(step, g.stats.loss())?;
         let b = &self.backend;
         if self.settings.grad_clip > 0.0 {
             self.grads.clip_norm(b, self.settings.grad_clip)?;
         }
         self.optimizer.step(b, &mut self.params, &self.grads);
+        self.model.refresh(b, &mut self.params);
         self.task.advance(b, g.carry);
         self.step += 1;
         outcome.gradient = Some(g.stats);
@@ -289,6 +292,9 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
         let (step, adam_t) = (meta.number("step")?, meta.number("adam_t")?);
         let b = &self.backend;
         ck.load_params(b, &mut self.params, ExtraTensors::Ignore)?;
+        // Derived parameters are saved too, but recomputing them keeps the invariant whatever
+        // wrote the checkpoint.
+        self.model.refresh(b, &mut self.params);
         let mut moments = Vec::new();
         for id in self.params.ids() {
             let name = self.params.name(id);

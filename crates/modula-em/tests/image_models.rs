@@ -271,3 +271,58 @@ fn parameter_counts_match_the_built_networks_and_the_params_match() {
         "the modular net adds its controllers"
     );
 }
+
+/// A per-task head's targets: each row's loss is the negative log-softmax of its label over
+/// its own allowed classes only, computed here by hand from the network's logits.
+#[test]
+fn masked_targets_are_the_softmax_over_each_rows_allowed_classes() {
+    let b = Cpu::with_threads(1);
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (n, d_in, classes) = (4, 6, 5);
+    let mut params = ParamStore::new();
+    let net = ReluMlp::new(
+        &b,
+        &mut params,
+        d_in,
+        &[7],
+        classes,
+        Dispatch::Dense,
+        (0.0, 0.0),
+        &mut rng,
+    );
+    let allowed: [&[u32]; 4] = [&[0, 1], &[2, 3, 4], &[1], &[0, 4]];
+    let labels = vec![1, 3, 1, 4];
+    let target = Target::among(&b, labels.clone(), &allowed, classes);
+    let x = b.upload([n, d_in], &values(&mut rng, n * d_in));
+    let mut no_route = |_: usize, _: &ControllerOutput<Cpu>| -> Result<Selection, BackendError> {
+        unreachable!("the ReLU network has no modular layer")
+    };
+    let out = net
+        .forward_tensors(
+            &b,
+            &params,
+            &x,
+            &target,
+            &mut no_route,
+            false,
+            false,
+            &mut Ctx::eval(),
+        )
+        .unwrap();
+    let logits = b.download(&out.prediction).unwrap();
+    let nll = b.download(&out.task_nll).unwrap();
+    for row in 0..n {
+        let z = &logits[row * classes..(row + 1) * classes];
+        let lse = allowed[row]
+            .iter()
+            .map(|&c| (z[c as usize] as f64).exp())
+            .sum::<f64>()
+            .ln();
+        let want = lse - z[labels[row] as usize] as f64;
+        assert!(
+            (nll[row] as f64 - want).abs() < 1e-5,
+            "row {row}: {} vs {want}",
+            nll[row]
+        );
+    }
+}

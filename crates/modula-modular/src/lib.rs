@@ -9,6 +9,7 @@ mod linear;
 mod pool;
 mod reference;
 mod selection;
+mod shared;
 
 pub use controller::{Controller, ControllerOutput, draw_distinct};
 pub use conv::{ModularConv2d, ModularConvCache};
@@ -22,3 +23,4 @@ pub use linear::{ModularCache, ModularLinear, Routed, stacked_glorot};
 pub use pool::{ModulePool, PoolCache};
 pub use reference::{NaiveGrads, NaiveLayer};
 pub use selection::{Routing, Selection};
+pub use shared::SharedBase;

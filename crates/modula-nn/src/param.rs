@@ -22,6 +22,9 @@ impl ParamId {
 pub struct ParamStore<B: Backend> {
     names: Vec<String>,
     values: Vec<B::Tensor>,
+    /// Whether each parameter is derived: recomputed from others after every update (see
+    /// [`ParamStore::mark_derived`]) rather than trained.
+    derived: Vec<bool>,
 }
 
 impl<B: Backend> Default for ParamStore<B> {
@@ -29,6 +32,7 @@ impl<B: Backend> Default for ParamStore<B> {
         ParamStore {
             names: Vec::new(),
             values: Vec::new(),
+            derived: Vec::new(),
         }
     }
 }
@@ -54,7 +58,24 @@ impl<B: Backend> ParamStore<B> {
         let id = ParamId(u32::try_from(self.values.len()).expect("fewer than 2^32 parameters"));
         self.names.push(name);
         self.values.push(value);
+        self.derived.push(false);
         id
+    }
+
+    /// Marks a parameter as derived: a function of other parameters that its owner recomputes
+    /// after every update (for example the modules of a shared-base modular layer, each the
+    /// base plus its own delta). Forward and backward passes read it like any parameter; its
+    /// owner moves its gradient onto the parameters it derives from, and it is left out of
+    /// [`ParamStore::num_scalars`], which counts what is trained.
+    #[track_caller]
+    pub fn mark_derived(&mut self, id: ParamId) {
+        self.derived[id.index()] = true;
+    }
+
+    /// Whether a parameter is derived (see [`ParamStore::mark_derived`]).
+    #[track_caller]
+    pub fn is_derived(&self, id: ParamId) -> bool {
+        self.derived[id.index()]
     }
 
     /// The tensor of a parameter.
@@ -104,11 +125,13 @@ impl<B: Backend> ParamStore<B> {
         (0..self.values.len() as u32).map(ParamId)
     }
 
-    /// Total number of scalar parameters.
+    /// Total number of trained scalar parameters (derived ones left out).
     pub fn num_scalars(&self, backend: &B) -> usize {
         self.values
             .iter()
-            .map(|t| backend.shape(t).iter().product::<usize>())
+            .zip(&self.derived)
+            .filter(|(_, derived)| !**derived)
+            .map(|(t, _)| backend.shape(t).iter().product::<usize>())
             .sum()
     }
 }
@@ -222,6 +245,14 @@ impl<B: Backend> Grads<B> {
             .and_then(Option::as_ref)
             .filter(|s| s.live)
             .map(|s| &s.tensor)
+    }
+
+    /// Drops the gradient of `id` from this step (keeping its buffer), for an owner that has
+    /// moved it onto other parameters.
+    pub fn discard(&mut self, id: ParamId) {
+        if let Some(Some(slot)) = self.slots.get_mut(id.index()) {
+            slot.live = false;
+        }
     }
 
     /// Every present gradient with its id.

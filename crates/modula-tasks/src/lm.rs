@@ -371,6 +371,13 @@ pub fn upcycle<B: Backend>(
     }
     for (from, to) in stack {
         let id = find(params, to)?;
+        if params.is_derived(id) {
+            return Err(format!(
+                "`{to}` is derived from a shared base (model.shared_base = true), which \
+                 upcycling does not initialise; set model.shared_base = false or leave \
+                 train.init_from out"
+            ));
+        }
         let [rows, cols] = b.shape(params.get(id));
         let block = [rows / modules, cols];
         // A bias is one row per module; a weight is one block of rows per module.

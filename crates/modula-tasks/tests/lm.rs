@@ -4,7 +4,7 @@
 use modula_cpu::Cpu;
 use modula_data::{Streams, Vocab};
 use modula_em::models::{LanguageModel, LmModelConfig, Recurrent};
-use modula_em::{Algo, EStepSettings, Routes, Search, Task, Trainer, estep};
+use modula_em::{Algo, EStepSettings, Model, Routes, Search, Task, Trainer, estep};
 use modula_modular::Selection;
 use modula_nn::gradcheck::{GradCheck, check};
 use modula_nn::{Ctx, Grads, ParamStore};
@@ -17,6 +17,16 @@ use rand_chacha::ChaCha8Rng;
 const VOCAB: usize = 7;
 
 fn tiny_model(b: &Cpu, recurrent: Recurrent, seed: u64) -> (LanguageModel, ParamStore<Cpu>) {
+    tiny_model_with(b, recurrent, seed, false)
+}
+
+/// [`tiny_model`], with the modules on a shared base or not.
+fn tiny_model_with(
+    b: &Cpu,
+    recurrent: Recurrent,
+    seed: u64,
+    shared_base: bool,
+) -> (LanguageModel, ParamStore<Cpu>) {
     let cfg = LmModelConfig {
         embed: 2,
         hidden: 2,
@@ -26,6 +36,7 @@ fn tiny_model(b: &Cpu, recurrent: Recurrent, seed: u64) -> (LanguageModel, Param
         controller_input_grad: true,
         dense_init_scale: 1.0,
         module_init_scale: 1.0,
+        shared_base,
     };
     let mut params = ParamStore::new();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -69,8 +80,36 @@ fn check_window(
     seed: u64,
     fixed: bool,
 ) -> Result<(), String> {
+    check_window_with(recurrent, steps, n, seed, fixed, false)
+}
+
+/// A copy of `p` whose derived parameters are recomputed by `model`: what the trainer's
+/// forward pass reads after an update of the trained parameters.
+fn refreshed(b: &Cpu, model: &LanguageModel, p: &ParamStore<Cpu>) -> ParamStore<Cpu> {
+    let mut q = ParamStore::new();
+    for id in p.ids() {
+        let copy = q.add(p.name(id), b.duplicate(p.get(id)));
+        if p.is_derived(id) {
+            q.mark_derived(copy);
+        }
+    }
+    Model::<Cpu>::refresh(model, b, &mut q);
+    q
+}
+
+/// [`check_window`], with the modules on a shared base or not: the objective reads the
+/// modules recomputed from the base and the deltas, and the analytic gradients are folded
+/// onto them, so the check covers the reparametrisation too.
+fn check_window_with(
+    recurrent: Recurrent,
+    steps: usize,
+    n: usize,
+    seed: u64,
+    fixed: bool,
+    shared_base: bool,
+) -> Result<(), String> {
     let b = Cpu::with_threads(1);
-    let (model, mut params) = tiny_model(&b, recurrent, seed);
+    let (model, mut params) = tiny_model_with(&b, recurrent, seed, shared_base);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 1);
     let (ids, targets, sels) = random_window(&model, steps, n, &mut rng);
     let w_p: Vec<f32> = (0..steps * n)
@@ -99,7 +138,7 @@ fn check_window(
         &mut [],
         &GradCheck::default(),
         |b, p, _| {
-            let out = run(b, p);
+            let out = run(b, &refreshed(b, &model, p));
             let nll: f64 = out.nll.iter().map(|&v| v as f64).sum();
             let lp: f64 = out
                 .log_p
@@ -110,12 +149,14 @@ fn check_window(
             d_nll as f64 * nll + lp + out.importance
         },
         |b, p, _| {
+            let p = &refreshed(b, &model, p);
             let out = run(b, p);
             let mut g = Grads::new();
             let d_logp = if uses_logp { w_p.clone() } else { Vec::new() };
             model
                 .backward_window(b, p, out.cache, d_nll, &d_logp, &mut g)
                 .unwrap();
+            Model::<Cpu>::fold_grads(&model, b, &mut g);
             (g, Vec::new())
         },
     )
@@ -148,6 +189,22 @@ proptest! {
     ) {
         let cell = Recurrent::TopK { modules: 2, k: 2, importance_weight: 0.5 };
         check_window(cell, steps, n, seed, false).map_err(TestCaseError::fail)?;
+    }
+
+    /// Modules on a shared base: the gradients of the base (summed over modules) and of the
+    /// deltas, for the controller-routed and the top-k gated cell.
+    #[test]
+    fn shared_base_window_backward_matches_finite_differences(
+        steps in 1usize..4, n in 1usize..3, seed in any::<u64>(), fixed in any::<bool>(),
+        topk in any::<bool>(),
+    ) {
+        let cell = if topk {
+            Recurrent::TopK { modules: 2, k: 2, importance_weight: 0.5 }
+        } else {
+            Recurrent::Modular { modules: 3, k: 2 }
+        };
+        check_window_with(cell, steps, n, seed, fixed && !topk, true)
+            .map_err(TestCaseError::fail)?;
     }
 
     /// The window-wide input projection of fixed routes is a fast path of the step-by-step
@@ -379,6 +436,7 @@ fn parameter_formulas_count_the_built_models() {
         controller_input_grad: true,
         dense_init_scale: 1.0,
         module_init_scale: 1.0,
+        shared_base: false,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut count = |recurrent| {
@@ -391,6 +449,19 @@ fn parameter_formulas_count_the_built_models() {
     assert_eq!(
         count(Recurrent::Dense { hidden: 6 }),
         cfg.dense_params(VOCAB, 6)
+    );
+    // A shared base adds one module's weights; the modules it derives are not counted.
+    let shared = LmModelConfig {
+        shared_base: true,
+        ..cfg.clone()
+    };
+    let mut params = ParamStore::new();
+    let recurrent = Recurrent::Modular { modules: 5, k: 2 };
+    LanguageModel::new(&b, &mut params, &shared, recurrent, VOCAB, &mut rng);
+    assert_eq!(params.num_scalars(&b), shared.modular_params(VOCAB));
+    assert_eq!(
+        shared.modular_params(VOCAB) - modular,
+        (3 + 4) * 3 * 4 + 6 * 4
     );
 }
 
@@ -618,6 +689,11 @@ fn per_step_em_is_reproducible_resumable_and_covers_the_corpus() {
 /// The trainer of a tiny modular GRU (M = 3, K = 1) on the patterned corpus, with the
 /// algorithm and E-step settings of `train` (windows of 5 steps over 4 streams).
 fn trainer_with(train: &LmTrainConfig, seed: u64) -> Trainer<Cpu, LmTask<Cpu>> {
+    trainer_on(train, false, seed)
+}
+
+/// [`trainer_with`], with the modules on a shared base or not.
+fn trainer_on(train: &LmTrainConfig, shared_base: bool, seed: u64) -> Trainer<Cpu, LmTask<Cpu>> {
     let b = Cpu::with_threads(1);
     let model_cfg = LmModelConfig {
         embed: 8,
@@ -628,6 +704,7 @@ fn trainer_with(train: &LmTrainConfig, seed: u64) -> Trainer<Cpu, LmTask<Cpu>> {
         controller_input_grad: true,
         dense_init_scale: 1.0,
         module_init_scale: 1.0,
+        shared_base,
     };
     let train = LmTrainConfig {
         bptt: 5,
@@ -685,5 +762,53 @@ fn an_upcycled_model_computes_its_dense_parent() {
     assert!(
         err.contains("softmax.weight") || err.contains("gru."),
         "{err}"
+    );
+}
+
+/// A shared-base EM run: after every step each module equals the base plus its delta, the
+/// base is trained, and a restored run continues bit for bit.
+#[test]
+fn a_shared_base_run_keeps_its_modules_derived_and_resumes_exactly() {
+    let train = LmTrainConfig {
+        algo: Algo::Em,
+        samples: 4,
+        e_every: 3,
+        ..LmTrainConfig::default()
+    };
+    let mut a = trainer_on(&train, true, 5);
+    let values = |t: &Trainer<Cpu, LmTask<Cpu>>, name: &str| {
+        let id = t.params.find(name).unwrap();
+        t.backend.download(t.params.get(id)).unwrap()
+    };
+    let base_before = values(&a, "gru.recurrent.base.weight");
+    for _ in 0..7 {
+        a.step().unwrap();
+    }
+    assert_ne!(values(&a, "gru.recurrent.base.weight"), base_before);
+    for side in ["gru.input", "gru.recurrent"] {
+        for part in ["weight", "bias"] {
+            let base = values(&a, &format!("{side}.base.{part}"));
+            let delta = values(&a, &format!("{side}.delta.{part}"));
+            let module = values(&a, &format!("{side}.{part}"));
+            assert_eq!(module.len(), delta.len());
+            for (i, (v, d)) in module.iter().zip(&delta).enumerate() {
+                let want = base[i % base.len()] + d;
+                assert!(
+                    (v - want).abs() <= 1e-6,
+                    "{side}.{part}[{i}]: {v} vs {want}"
+                );
+            }
+        }
+    }
+    let ck = a.checkpoint().unwrap();
+    let ck = modula_nn::Checkpoint::from_bytes(&ck.to_bytes().unwrap(), "mem").unwrap();
+    let mut b = trainer_on(&train, true, 5);
+    b.restore(&ck).unwrap();
+    for _ in 0..9 {
+        assert_eq!(a.step().unwrap(), b.step().unwrap());
+    }
+    assert_eq!(
+        values(&a, "gru.input.weight"),
+        values(&b, "gru.input.weight")
     );
 }

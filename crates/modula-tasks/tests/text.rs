@@ -30,9 +30,7 @@ fn small_model() -> LmModelConfig {
         modules: 2,
         k: 1,
         dropout: 0.0,
-        controller_input_grad: true,
-        dense_init_scale: 1.0,
-        module_init_scale: 1.0,
+        ..LmModelConfig::default()
     }
 }
 

@@ -10,7 +10,7 @@ use modula_nn::{Ctx, Grads, ParamStore};
 use modula_nn::{
     gaussian_nll, gaussian_nll_backward, softmax_cross_entropy, softmax_cross_entropy_backward,
 };
-use modula_tensor::{Backend, BackendError};
+use modula_tensor::{Backend, BackendError, BinaryOp};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -386,6 +386,18 @@ pub(crate) fn output_loss<B: Backend>(
                 },
             )
         }
+        // The mask is a constant offset, so the logits' gradient is the masked softmax's.
+        Target::ClassesAmong { labels, mask } => {
+            let masked = b.binary(BinaryOp::Add, h, mask);
+            let (nll, log_probs) = softmax_cross_entropy(b, masked, labels);
+            (
+                nll,
+                LossCache::Classes {
+                    log_probs,
+                    targets: labels.clone(),
+                },
+            )
+        }
     }
 }
 
@@ -575,6 +587,10 @@ fn replicate<B: Backend>(b: &B, input: &MlpInput<B>, copies: usize) -> MlpInput<
             variance: *variance,
         },
         Target::Classes(t) => Target::Classes(rows.iter().map(|&r| t[r as usize]).collect()),
+        Target::ClassesAmong { labels, mask } => Target::ClassesAmong {
+            labels: rows.iter().map(|&r| labels[r as usize]).collect(),
+            mask: b.gather_rows(mask, &rows),
+        },
     };
     MlpInput {
         x: b.gather_rows(&input.x, &rows),

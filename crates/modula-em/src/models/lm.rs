@@ -3,7 +3,7 @@
 
 use modula_modular::{
     ModularCache, ModularGruCache, ModularGruCell, ModularGruModules, ModularGruModulesCache,
-    Routing, Selection,
+    Routing, Selection, SharedBase,
 };
 use modula_nn::{
     Ctx, Dropout, Embedding, Grads, GruCell, GruCellCache, Init, Linear, Module, ParamStore,
@@ -61,6 +61,9 @@ pub struct LanguageModel {
     pub dropout: Dropout,
     /// Hidden width.
     pub hidden: usize,
+    /// With `model.shared_base`, the reparametrisations of the modules' input and hidden
+    /// sides (empty otherwise).
+    pub shared: Vec<SharedBase>,
 }
 
 /// Per-step state kept for the backward pass.
@@ -227,6 +230,22 @@ impl LanguageModel {
                 b.scale(params.get_mut(id), config.module_init_scale);
             }
         }
+        // The base is drawn after the modules, like a dense GRU's weights (Glorot over one
+        // gate's fans), so that without it the random stream is unchanged.
+        let shared = match modules.filter(|_| config.shared_base) {
+            Some(m) => [(&m.input, "gru.input"), (&m.recurrent, "gru.recurrent")]
+                .map(|(layer, name)| {
+                    let base = Init::Glorot.sample(
+                        rng,
+                        layer.d_in,
+                        layer.d_out / 3,
+                        layer.d_in * layer.d_out,
+                    );
+                    SharedBase::new(b, params, name, layer, &base)
+                })
+                .to_vec(),
+            None => Vec::new(),
+        };
         let output = Linear::new(b, params, "softmax", hidden, vocab, Init::Glorot, rng);
         LanguageModel {
             embedding,
@@ -234,6 +253,7 @@ impl LanguageModel {
             output,
             dropout: Dropout::new(config.dropout),
             hidden,
+            shared,
         }
     }
 
@@ -1167,5 +1187,17 @@ impl<B: Backend> Model<B> for LanguageModel {
             scores,
             selections,
         })
+    }
+
+    fn fold_grads(&self, b: &B, grads: &mut Grads<B>) {
+        for shared in &self.shared {
+            shared.fold_grads(b, grads);
+        }
+    }
+
+    fn refresh(&self, b: &B, params: &mut ParamStore<B>) {
+        for shared in &self.shared {
+            shared.refresh(b, params);
+        }
     }
 }

@@ -35,6 +35,12 @@ pub struct LmModelConfig {
     /// than a standalone GRU's when `embed = hidden`). `sqrt(2 M)` starts every module at a
     /// dense GRU's scale.
     pub module_init_scale: f32,
+    /// Modular and top-k runs only: each module's weights are a base shared by all modules
+    /// plus the module's own delta ([`modula_modular::SharedBase`]), the base started like a
+    /// dense GRU's weights and the deltas like the modules' own. A routed row still costs one
+    /// module's product; the base learns from every position whatever the routing, so that
+    /// no module learns from its share of the stream alone.
+    pub shared_base: bool,
 }
 
 impl Default for LmModelConfig {
@@ -48,6 +54,7 @@ impl Default for LmModelConfig {
             controller_input_grad: true,
             dense_init_scale: 1.0,
             module_init_scale: 1.0,
+            shared_base: false,
         }
     }
 }
@@ -145,11 +152,12 @@ impl LmModelConfig {
         sum(&[prod(&[vocab, self.embed]), prod(&[h, vocab]), vocab])
     }
 
-    /// The `M` GRU modules' input and recurrent projections (three gates each, with biases).
+    /// The `M` GRU modules' input and recurrent projections (three gates each, with biases),
+    /// and with a shared base one more set, the base's.
     fn modules_params(&self) -> usize {
         let (d, h) = (self.embed, self.hidden);
         prod(&[
-            self.modules,
+            self.modules.saturating_add(usize::from(self.shared_base)),
             sum(&[prod(&[d.saturating_add(h), 3, h]), prod(&[6, h])]),
         ])
     }
