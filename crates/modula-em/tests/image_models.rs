@@ -5,7 +5,7 @@
 
 use modula_cpu::Cpu;
 use modula_em::models::{
-    ConvNet, ConvPlan, FeedForward, ImageModel, ImageModelConfig, ImageNet, ReluMlp,
+    ConvNet, ConvPlan, FeedForward, GroupNet, ImageModel, ImageModelConfig, ImageNet, ReluMlp,
 };
 use modula_em::{Algo, DenseMatch, Target};
 use modula_modular::{ControllerOutput, Selection};
@@ -61,6 +61,70 @@ fn conv_net_backward_matches_finite_differences() {
             .collect();
         let (w, v) = (values(&mut rng, n), values(&mut rng, n));
         let x = b.upload([n, 50], &values(&mut rng, n * 50));
+        let forward = |b: &Cpu, p: &ParamStore<Cpu>| {
+            let mut route =
+                |l: usize, _: &ControllerOutput<Cpu>| Ok::<_, BackendError>(routes[l].clone());
+            let mut ctx = Ctx::train(seed + 50);
+            net.forward_tensors(b, p, &x, &target, &mut route, false, false, &mut ctx)
+                .unwrap()
+        };
+        let result = check(
+            &b,
+            &mut params,
+            &mut [],
+            &STEP,
+            |b, p, _| {
+                let out = forward(b, p);
+                let nll = b.download(&out.task_nll).unwrap();
+                let logp = b.download(&out.ctrl_logp).unwrap();
+                (0..n)
+                    .map(|i| w[i] as f64 * nll[i] as f64 + v[i] as f64 * logp[i] as f64)
+                    .sum()
+            },
+            |b, p, _| {
+                let out = forward(b, p);
+                let mut g = Grads::new();
+                let (dw, dv) = (b.upload([n, 1], &w), b.upload([n, 1], &v));
+                net.backward_tensors(b, p, out.cache, &dw, &dv, &mut g)
+                    .unwrap();
+                (g, Vec::new())
+            },
+        );
+        assert!(result.is_ok(), "seed {seed}, top-k {topk}: {result:?}");
+    }
+}
+
+#[test]
+fn group_net_backward_matches_finite_differences() {
+    // Objective: sum_i w_i nll_i + v_i log p(a_i | x_i) over stored routes of K distinct
+    // groups (distinct controllers), or through top-k's gate weights.
+    for (seed, topk) in [0, 1, 2, 3]
+        .into_iter()
+        .flat_map(|s| [(s, false), (s, true)])
+    {
+        let b = Cpu::with_threads(1);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (n, d_in, classes, m, k) = (3, 5, 3, 3, 2);
+        let algo = if topk { Algo::Topk } else { Algo::Em };
+        let mut params = ParamStore::new();
+        let net = GroupNet::new(&b, &mut params, d_in, &[6, 9], classes, (m, k), algo, 0.0, &mut rng);
+        let labels: Vec<u32> = (0..n)
+            .map(|_| rng.random_range(0..classes as u32))
+            .collect();
+        let target = Target::Classes(labels);
+        let routes: Vec<Selection> = (0..2)
+            .map(|_| {
+                let picks = (0..n)
+                    .flat_map(|_| {
+                        let first = rng.random_range(0..m as u32);
+                        [first, (first + rng.random_range(1..m as u32)) % m as u32]
+                    })
+                    .collect();
+                Selection::new(k, picks)
+            })
+            .collect();
+        let (w, v) = (values(&mut rng, n), values(&mut rng, n));
+        let x = b.upload([n, d_in], &values(&mut rng, n * d_in));
         let forward = |b: &Cpu, p: &ParamStore<Cpu>| {
             let mut route =
                 |l: usize, _: &ControllerOutput<Cpu>| Ok::<_, BackendError>(routes[l].clone());
@@ -216,11 +280,15 @@ fn relu_network_backward_matches_finite_differences_on_both_paths() {
 fn parameter_counts_match_the_built_networks_and_the_params_match() {
     let b = Cpu::with_threads(1);
     let input = [12, 10, 3];
-    for kind in [ImageNet::Conv, ImageNet::Mlp] {
+    for kind in [ImageNet::Conv, ImageNet::Mlp, ImageNet::Groups] {
         let cfg = ImageModelConfig {
             kind,
             channels: vec![4, 6, 5],
-            hidden: vec![7, 9],
+            hidden: if kind == ImageNet::Groups {
+                vec![10, 15]
+            } else {
+                vec![7, 9]
+            },
             ..ImageModelConfig::default()
         };
         for algo in Algo::ALL {
