@@ -10,15 +10,15 @@
 //! outputs as they are.
 
 use modula_modular::{Controller, GroupedRelu, GroupedReluCache, Routing};
-use modula_nn::{Ctx, Grads, Init, Linear, Module, ParamStore};
+use modula_nn::{Ctx, Grads, Init, Linear, ParamStore};
 use modula_tensor::{Backend, BackendError};
 use rand::Rng;
 
 use crate::config::Algo;
 use crate::model::{Router, Target};
 use crate::models::feedforward::{
-    FeedForward, Gate, GatedCache, GatedLayer, LossCache, MlpOutput, gated_backward, gated_forward,
-    output_loss,
+    ClassifiedCache, FeedForward, Gate, GatedLayer, MlpOutput, classified_backward,
+    classified_forward,
 };
 use crate::models::topk::TopKGate;
 
@@ -43,19 +43,7 @@ pub struct GroupNet {
 }
 
 /// What a [`GroupNet`]'s forward pass keeps for backward.
-pub struct GroupNetCache<B: Backend> {
-    layers: Vec<GatedCache<B, GroupedReluCache<B>>>,
-    classifier: B::Tensor,
-    loss: LossCache<B>,
-}
-
-impl<B: Backend> std::fmt::Debug for GroupNetCache<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupNetCache")
-            .field("layers", &self.layers.len())
-            .finish()
-    }
-}
+pub type GroupNetCache<B> = ClassifiedCache<B, GroupedReluCache<B>>;
 
 /// The groups and slots per layer a network for `algo` uses, given the configured `(M, K)`:
 /// one group (the whole layer) for the dense baseline, at least two slots for noisy top-k.
@@ -186,23 +174,18 @@ impl<B: Backend> FeedForward<B> for GroupNet {
         hidden: bool,
         ctx: &mut Ctx,
     ) -> Result<MlpOutput<B, GroupNetCache<B>>, BackendError> {
-        let stack = gated_forward(&self.layers, b, params, x, route, stats, hidden, ctx)?;
-        let (logits, classifier) = self.classifier.forward(b, params, &stack.output, ctx);
-        let (task_nll, loss) = output_loss(b, &logits, target);
-        Ok(MlpOutput {
-            task_nll,
-            ctrl_logp: stack.ctrl_logp,
-            selections: stack.selections,
-            prediction: logits,
-            stats: stack.stats,
-            penalty: 0.0,
-            hidden: stack.hidden,
-            cache: GroupNetCache {
-                layers: stack.caches,
-                classifier,
-                loss,
-            },
-        })
+        classified_forward(
+            &self.layers,
+            &self.classifier,
+            b,
+            params,
+            x,
+            target,
+            route,
+            stats,
+            hidden,
+            ctx,
+        )
     }
 
     fn backward_tensors(
@@ -214,21 +197,17 @@ impl<B: Backend> FeedForward<B> for GroupNet {
         d_ctrl: &B::Tensor,
         grads: &mut Grads<B>,
     ) -> Result<(), BackendError> {
-        let d_logits = cache.loss.backward(b, d_task);
-        let dh = self
-            .classifier
-            .backward(b, params, cache.classifier, &d_logits, grads);
-        gated_backward(
+        classified_backward(
             &self.layers,
+            &self.classifier,
+            self.importance_weight,
             b,
             params,
-            cache.layers,
-            dh,
+            cache,
+            d_task,
             d_ctrl,
-            self.importance_weight,
             grads,
-        )?;
-        Ok(())
+        )
     }
 }
 

@@ -19,7 +19,7 @@ pub mod relu_mlp;
 pub mod topk;
 
 pub use conv::{ConvCache, ConvLayer, ConvNet, ConvPlan};
-pub use feedforward::{FeedForward, FfCache, Gate, MlpInput, MlpOutput};
+pub use feedforward::{ClassifiedCache, FeedForward, FfCache, Gate, MlpInput, MlpOutput};
 pub use groups::{GroupLayer, GroupNet, GroupNetCache, group_shape};
 pub use image::{ImageCache, ImageModel, ImageModelConfig, ImageNet};
 pub use lm::{
