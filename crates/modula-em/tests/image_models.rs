@@ -69,7 +69,7 @@ fn check_stored_routes<N: FeedForward<Cpu>>(
         |b, p, _| {
             let out = forward(b, p);
             let mut g = Grads::new();
-            let (dw, dv) = (b.upload([n, 1], &w), b.upload([n, 1], &v));
+            let (dw, dv) = (b.upload([n, 1], w), b.upload([n, 1], v));
             net.backward_tensors(b, p, out.cache, &dw, &dv, &mut g)
                 .unwrap();
             (g, Vec::new())
