@@ -171,11 +171,11 @@ pub fn params_matched_channels(
 /// What a [`ConvNet`]'s forward pass keeps for backward.
 pub type ConvCache<B> = ClassifiedCache<B, BodyCache<B>>;
 
-/// What a conv layer's body keeps: the convolution's cache, its output and ReLU, and the
-/// pooling's input.
+/// What a conv layer's body keeps: the convolution's cache, its output (the ReLU's input),
+/// and the pooling's input.
 type BodyCache<B> = (
     ModularConvCache<B>,
-    (<B as Backend>::Tensor, <B as Backend>::Tensor),
+    <B as Backend>::Tensor,
     Option<<B as Backend>::Tensor>,
 );
 
@@ -323,9 +323,9 @@ impl<B: Backend> GatedLayer<B> for ConvLayer {
                 let (pooled, input) = p.forward(b, params, &a, ctx);
                 (pooled, Some(input))
             }
-            None => (b.duplicate(&a), None),
+            None => (a, None),
         };
-        (next, (conv, (y, a), pool))
+        (next, (conv, y, pool))
     }
 
     fn backward_body(
@@ -333,7 +333,7 @@ impl<B: Backend> GatedLayer<B> for ConvLayer {
         b: &B,
         params: &ParamStore<B>,
         routing: &Routing,
-        (conv, (y, a), pool): BodyCache<B>,
+        (conv, y, pool): BodyCache<B>,
         dy: &B::Tensor,
         grads: &mut Grads<B>,
     ) -> (B::Tensor, Option<B::Tensor>) {
@@ -341,7 +341,9 @@ impl<B: Backend> GatedLayer<B> for ConvLayer {
             (Some(p), Some(input)) => Some(p.backward(b, params, input, dy, grads)),
             _ => None,
         };
-        let dy = b.unary_backward(UnaryOp::Relu, &y, &a, pooled_dy.as_ref().unwrap_or(dy));
+        // ReLU's slope is 1 exactly where its input is positive, which is also where its
+        // output is, so the kept convolution output stands for both (no copy of the output).
+        let dy = b.unary_backward(UnaryOp::Relu, &y, &y, pooled_dy.as_ref().unwrap_or(dy));
         self.conv.backward(b, params, routing, conv, &dy, grads)
     }
 }
