@@ -248,6 +248,13 @@ pub fn convert<B: SparseBackend>(
             "--k {k} with --modules {m}: use 1 <= K <= M groups per image"
         )));
     }
+    // Noisy top-k keeps at least two groups (with one its gate gets no gradient), so a
+    // top-k run of K = 1 would record one K and compute another.
+    if options.algo == Algo::Topk && k < 2 {
+        return Err(run_error(format!(
+            "--algo topk computes at least 2 groups per image, not --k {k}; use --k 2 or more"
+        )));
+    }
     if let Some(&w) = run.model.hidden.iter().find(|&&w| !w.is_multiple_of(m)) {
         return Err(run_error(format!(
             "--modules {m} does not divide the hidden width {w} of {}; choose a divisor",

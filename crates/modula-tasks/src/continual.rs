@@ -890,8 +890,8 @@ pub struct TaskEval {
     /// class-incremental for split Fashion-MNIST).
     pub accuracy: f64,
     /// Fraction classified correctly by the argmax over the task's own classes (a per-task
-    /// head: the task is known at test time; training is the same, a softmax over all
-    /// outputs).
+    /// head: the task is known at test time; it was also trained as one when `train.head` is
+    /// `"task"`).
     pub task_accuracy: f64,
     /// Per modular layer, how many (example, slot) pairs each module served.
     pub usage: Vec<Vec<u64>>,

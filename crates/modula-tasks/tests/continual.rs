@@ -386,7 +386,8 @@ fn bad_configurations_name_their_field() {
 }
 
 /// With the per-task head the loss is a softmax over the current task's classes only, so the
-/// output biases of every other class (in every module of the output layer) get no gradient during the first task (Adam leaves a
+/// output biases of every other class (in every module of the output layer, which start at
+/// zero) get no gradient during the first task (Adam leaves a
 /// parameter with zero gradient where it is); with the shared head they move.
 #[test]
 fn the_task_head_trains_only_the_tasks_own_outputs() {

@@ -20,6 +20,7 @@ use crate::models::feedforward::{
     ClassifiedCache, FeedForward, Gate, GatedLayer, MlpOutput, classified_backward,
     classified_forward,
 };
+use crate::models::conv::modules_for;
 use crate::models::topk::TopKGate;
 
 /// One hidden layer of a [`GroupNet`]: its gate (reading the layer's input) and its groups.
@@ -45,16 +46,6 @@ pub struct GroupNet {
 /// What a [`GroupNet`]'s forward pass keeps for backward.
 pub type GroupNetCache<B> = ClassifiedCache<B, GroupedReluCache<B>>;
 
-/// The groups and slots per layer a network for `algo` uses, given the configured `(M, K)`:
-/// one group (the whole layer) for the dense baseline, at least two slots for noisy top-k.
-pub fn group_shape(algo: Algo, (modules, k): (usize, usize)) -> (usize, usize) {
-    match algo {
-        Algo::Dense => (1, 1),
-        Algo::Topk => (modules, k.max(2).min(modules)),
-        _ => (modules, k),
-    }
-}
-
 impl GroupNet {
     /// Builds `d_in -> hidden... -> classes` with `(modules, k)` groups per hidden layer
     /// (every width a multiple of the groups, `1 <= k <= modules`) for `algo`: per layer `l` a
@@ -76,7 +67,8 @@ impl GroupNet {
         importance_weight: f32,
         rng: &mut impl Rng,
     ) -> Self {
-        let (modules, k) = group_shape(algo, shape);
+        // One group (the whole layer) for the dense baseline, at least two slots for top-k.
+        let (modules, k) = modules_for(algo, shape);
         let mut width_in = d_in;
         let layers = hidden
             .iter()

@@ -13,7 +13,8 @@ use crate::config::{Algo, ConfigError, DenseMatch, invalid};
 use crate::model::{Router, Target};
 use crate::models::conv::{ConvCache, ConvNet, ConvPlan, plan_for};
 use crate::models::feedforward::{FeedForward, MlpOutput, feed_forward_model};
-use crate::models::groups::{GroupNet, GroupNetCache, group_shape};
+use crate::models::conv::modules_for;
+use crate::models::groups::{GroupNet, GroupNetCache};
 use crate::models::relu_mlp::{ReluMlp, ReluMlpCache};
 
 /// Which network an image task trains.
@@ -122,7 +123,7 @@ impl ImageModelConfig {
                 }
                 // Each layer's gate: a distinct controller's `d_in x M` scores, or top-k's
                 // clean and noise ones.
-                let (m, _) = group_shape(algo, (self.modules, self.k));
+                let (m, _) = modules_for(algo, (self.modules, self.k));
                 let heads = if algo == Algo::Topk { 2 } else { 1 };
                 std::iter::once(d_in)
                     .chain(self.hidden.iter().copied())

@@ -20,7 +20,7 @@ pub mod topk;
 
 pub use conv::{ConvCache, ConvLayer, ConvNet, ConvPlan};
 pub use feedforward::{ClassifiedCache, FeedForward, FfCache, Gate, MlpInput, MlpOutput};
-pub use groups::{GroupLayer, GroupNet, GroupNetCache, group_shape};
+pub use groups::{GroupLayer, GroupNet, GroupNetCache};
 pub use image::{ImageCache, ImageModel, ImageModelConfig, ImageNet};
 pub use lm::{
     Cell, FilteredWindow, LanguageModel, LmWindow, TopKGruCell, WindowCache, WindowOutput,
