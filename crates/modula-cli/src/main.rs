@@ -8,6 +8,7 @@
 mod analyse;
 mod backend;
 mod continual;
+mod convert;
 mod data;
 mod eval;
 mod modularity;
@@ -45,6 +46,9 @@ enum Command {
     /// Look for modules inside a trained dense ReLU network: co-activation partitions of its
     /// hidden layers, the groups an input leaves inactive, routed groups.
     Modularity(modularity::ModularityArgs),
+    /// Convert a trained dense ReLU network into a modular one (its neurons' groups the
+    /// modules, routers the gates), written as a new run that `train --resume` refines.
+    Convert(convert::ConvertArgs),
     /// Continual learning: train a sequence of tasks with every method of a configuration,
     /// and report the accuracy matrices, forgetting and module usage.
     #[command(subcommand)]
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => finish("inspect", analyse::inspect(args)),
         Command::Report(args) => finish("report", analyse::report(args)),
         Command::Modularity(args) => finish("modularity", modularity::run(args)),
+        Command::Convert(args) => finish("convert", convert::run(args)),
         Command::Continual(command) => finish(command.name(), continual::run(command)),
     }
 }

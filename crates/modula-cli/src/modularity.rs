@@ -45,6 +45,10 @@ pub struct ModularityArgs {
     /// Also write the results as JSON to FILE (the results.json beside the experiment's page).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Runs of neuron groups (written by `modula convert`, or trained from scratch with
+    /// `model.kind = "groups"`) to tabulate against the dense runs.
+    #[arg(long, value_delimiter = ',', value_name = "RUN")]
+    pub converted: Vec<PathBuf>,
 }
 
 /// Runs `modula modularity` on the CPU backend.
@@ -77,6 +81,7 @@ pub fn run(args: ModularityArgs) -> Result<(), RunError> {
         k_shares: args.k_shares,
         out: args.out,
         json: args.json,
+        converted: args.converted,
     };
     on_backend(
         BackendKind::Cpu,

@@ -91,7 +91,8 @@ pub enum DistArg {
 }
 
 /// The algorithms' names, from the one list `modula_em::Algo::ALL`.
-fn algo_names() -> clap::builder::PossibleValuesParser {
+/// The algorithms' names, as a clap value parser.
+pub(crate) fn algo_names() -> clap::builder::PossibleValuesParser {
     clap::builder::PossibleValuesParser::new(Algo::ALL.map(Algo::name))
 }
 

@@ -12,7 +12,7 @@ use modula_data::{Dataset, ImageSet, cifar, mnist_json};
 use serde_json::Value;
 
 mod common;
-use common::{assert_fails, assert_ok, fetched_data_dir, json, modula, modula_env};
+use common::{assert_fails, assert_ok, fetched_data_dir, json, modula, modula_env, toy_metrics};
 
 /// A small conv net and a short schedule: a few seconds per run in test builds.
 const SMALL_CONV: &str = r#"
@@ -393,7 +393,7 @@ fn modularity_of_a_small_relu_network() {
         );
     }
     let results = json(&tmp.path().join("mod/results.json"));
-    let r = &results.as_array().unwrap()[0];
+    let r = &results["runs"].as_array().unwrap()[0];
     let dense = r["dense_test_accuracy"].as_f64().unwrap();
     assert!(dense > 0.3, "dense accuracy {dense}");
     let tested = r["test_examples"].as_u64().unwrap();
@@ -423,6 +423,125 @@ fn modularity_of_a_small_relu_network() {
         ),
         1,
         &["--groups 7", "128"],
+    );
+}
+
+/// `modula convert` on a small trained ReLU network: with every group selected (K = M) the
+/// converted run's step-0 and `eval` accuracies are the dense network's; a routed conversion
+/// resumes by EM and by noisy top-k and trains; `modula modularity --converted` tabulates
+/// them; bad arguments are refused by name.
+#[test]
+fn convert_a_small_relu_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_mnist_10k(tmp.path());
+    let env = [("MODULA_DATA", data.to_str().unwrap())];
+    let cfg = write_config(tmp.path(), "mlp.toml", "mnist-10k", SMALL_MLP);
+    assert_ok(&modula_env(
+        &["train", "--config", &cfg, "--out", "mlp"],
+        tmp.path(),
+        &env,
+    ));
+    let convert = |k: &str, algo: &str, out: &str| {
+        modula_env(
+            &[
+                "convert",
+                "--run",
+                "mlp",
+                "--modules",
+                "8",
+                "--k",
+                k,
+                "--algo",
+                algo,
+                "--router-epochs",
+                "1",
+                "--epochs",
+                "1",
+                "--out",
+                out,
+            ],
+            tmp.path(),
+            &env,
+        )
+    };
+    assert_ok(&convert("8", "em", "all"));
+    let eval = |run: &str| {
+        let out = modula_env(&["eval", "--run", run, "--json"], tmp.path(), &env);
+        assert_ok(&out);
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let dense = eval("mlp")["test_accuracy"].as_f64().unwrap();
+    assert_eq!(eval("all")["test_accuracy"].as_f64(), Some(dense));
+    let first = &toy_metrics(&tmp.path().join("all"))[0];
+    assert_eq!(first["step"], 0);
+    assert_eq!(first["test_accuracy"].as_f64(), Some(dense));
+    for algo in ["em", "topk"] {
+        let out = format!("half-{algo}");
+        assert_ok(&convert("4", algo, &out));
+        assert!(tmp.path().join(&out).join("convert.json").is_file());
+        assert_ok(&modula_env(
+            &["train", "--resume", &out, "--steps", "30"],
+            tmp.path(),
+            &env,
+        ));
+        let s = json(&tmp.path().join(&out).join("summary.json"));
+        assert_eq!(s["steps"], 30);
+        assert_eq!(s["model"], "groups");
+        assert_eq!(s["algo"], algo);
+        assert_eq!(s["k"], 4);
+    }
+    assert_ok(&modula_env(
+        &[
+            "modularity",
+            "mlp",
+            "--groups",
+            "8",
+            "--methods",
+            "metis",
+            "--router-epochs",
+            "1",
+            "--converted",
+            "half-em,half-topk",
+            "--out",
+            "mod",
+            "--json",
+            "mod/results.json",
+        ],
+        tmp.path(),
+        &env,
+    ));
+    let results = json(&tmp.path().join("mod/results.json"));
+    let rows = results["converted"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        assert_eq!(row["origin"], "converted");
+        assert_eq!(row["k_share"], 0.5);
+        assert_eq!(row["dense_test_accuracy"].as_f64(), Some(dense));
+        let initial = row["initial_test_accuracy"].as_f64().unwrap();
+        assert_eq!(row["routing_lost"].as_f64(), Some(dense - initial));
+    }
+    // Bad arguments name what to change; the directory of a run is not overwritten.
+    assert_fails(&convert("9", "em", "bad"), 1, &["--k 9", "--modules 8"]);
+    assert_fails(&convert("4", "dense", "bad"), 1, &["--algo dense"]);
+    assert_fails(&convert("4", "em", "all"), 1, &["already holds a run"]);
+    assert_fails(
+        &modula_env(
+            &[
+                "convert",
+                "--run",
+                "all",
+                "--k",
+                "2",
+                "--modules",
+                "8",
+                "--out",
+                "bad",
+            ],
+            tmp.path(),
+            &env,
+        ),
+        1,
+        &["not a fully connected ReLU image run"],
     );
 }
 

@@ -129,7 +129,8 @@ pub fn draw_slots(log_probs: &[f32], modules: usize, uniform: f32, rng: &mut imp
 }
 
 /// Proposals from a controller's output: its own samples, or, with `uniform > 0`, draws from
-/// its mixture with the uniform distribution ([`draw_slots`]).
+/// its mixture with the uniform distribution ([`draw_slots`]; without repetition for a
+/// distinct controller).
 ///
 /// # Errors
 /// If the device fails while reading the probabilities.
@@ -143,6 +144,13 @@ pub fn propose<B: Backend>(
         return out.sample(b, rng);
     }
     let lp = b.download(&out.log_probs)?;
+    if out.distinct {
+        let picks = lp
+            .chunks(out.modules)
+            .flat_map(|row| modula_modular::draw_distinct(row, out.k, uniform, rng))
+            .collect();
+        return Ok(Selection::new(out.k, picks));
+    }
     Ok(Selection::new(
         out.k,
         draw_slots(&lp, out.modules, uniform, rng),

@@ -21,7 +21,7 @@ pub use estep::EStats;
 pub use guard::{DEFAULT_DIVERGENCE_FACTOR, DivergenceGuard, Reference};
 pub use meta::MetaReader;
 pub use model::{
-    Candidates, ControllerStats, Episodes, Forward, Model, Router, Routes, Target,
+    Candidates, ControllerStats, Episodes, Forward, MASKED_LOGIT, Model, Router, Routes, Target,
     controller_stats, effective_count, usage_counts,
 };
 pub use replicas::Replicas;

@@ -26,6 +26,45 @@ pub enum Target<B: Backend> {
     },
     /// Class (or next-word) indices, one per row, under a softmax.
     Classes(Vec<u32>),
+    /// Class indices, one per row, under a softmax over each row's allowed classes only (a
+    /// per-task output head): `mask [n, classes]`, 0 at an allowed class and
+    /// [`MASKED_LOGIT`] elsewhere, is added to the logits. Build it with
+    /// [`Target::among`].
+    ClassesAmong {
+        /// The class of each row, one of its allowed classes.
+        labels: Vec<u32>,
+        /// The additive mask.
+        mask: B::Tensor,
+    },
+}
+
+/// The logit offset of a class outside a row's allowed ones: its probability underflows to
+/// exactly zero, and so does its gradient.
+pub const MASKED_LOGIT: f32 = -1e30;
+
+impl<B: Backend> Target<B> {
+    /// Class targets under a softmax over each row's `allowed` classes (of `classes` in all).
+    ///
+    /// # Panics
+    /// If `allowed` has another length than `labels`, or a label or allowed class is not
+    /// below `classes`, or a label is not among its row's allowed classes.
+    #[track_caller]
+    pub fn among(b: &B, labels: Vec<u32>, allowed: &[&[u32]], classes: usize) -> Self {
+        assert_eq!(allowed.len(), labels.len(), "one allowed set per row");
+        let mut mask = vec![MASKED_LOGIT; labels.len() * classes];
+        for (row, (own, &label)) in allowed.iter().zip(&labels).enumerate() {
+            assert!(
+                own.contains(&label),
+                "row {row}: label {label} is not allowed"
+            );
+            for &c in own.iter() {
+                assert!((c as usize) < classes, "class {c} of {classes}");
+                mask[row * classes + c as usize] = 0.0;
+            }
+        }
+        let mask = b.upload([labels.len(), classes], &mask);
+        Target::ClassesAmong { labels, mask }
+    }
 }
 
 /// Chooses the selection of group `g` from its controller's distributions. A network calls

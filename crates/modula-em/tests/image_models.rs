@@ -1,11 +1,11 @@
-//! The image networks: the modular convolutional network's and the ReLU network's backward
-//! passes against finite differences (routing, gates, pooling and L1 penalties included),
+//! The image networks: the modular convolutional network's, the network of neuron groups' and
+//! the ReLU network's backward passes against finite differences (routing, gates, pooling and L1 penalties included),
 //! the ReLU network's sparse products against its dense ones, and the parameter counts the
 //! memory estimate uses against the built networks.
 
 use modula_cpu::Cpu;
 use modula_em::models::{
-    ConvNet, ConvPlan, FeedForward, ImageModel, ImageModelConfig, ImageNet, ReluMlp,
+    ConvNet, ConvPlan, FeedForward, GroupNet, ImageModel, ImageModelConfig, ImageNet, ReluMlp,
 };
 use modula_em::{Algo, DenseMatch, Target};
 use modula_modular::{ControllerOutput, Selection};
@@ -30,6 +30,52 @@ const STEP: GradCheck = GradCheck {
     abs: 2e-3,
     rel: 2e-2,
 };
+
+/// Checks a gated network's backward against finite differences for the objective
+/// `sum_i w_i nll_i + v_i log p(a_i | x_i)` (`weights` = `(w, v)`) over the stored `routes`,
+/// top-k's noise fixed by `seed`.
+#[allow(clippy::too_many_arguments)]
+fn check_stored_routes<N: FeedForward<Cpu>>(
+    b: &Cpu,
+    net: &N,
+    params: &mut ParamStore<Cpu>,
+    x: &<Cpu as Backend>::Tensor,
+    target: &Target<Cpu>,
+    routes: &[Selection],
+    seed: u64,
+    (w, v): &(Vec<f32>, Vec<f32>),
+) -> Result<(), String> {
+    let n = b.shape(x)[0];
+    let forward = |b: &Cpu, p: &ParamStore<Cpu>| {
+        let mut route =
+            |l: usize, _: &ControllerOutput<Cpu>| Ok::<_, BackendError>(routes[l].clone());
+        let mut ctx = Ctx::train(seed + 50);
+        net.forward_tensors(b, p, x, target, &mut route, false, false, &mut ctx)
+            .unwrap()
+    };
+    check(
+        b,
+        params,
+        &mut [],
+        &STEP,
+        |b, p, _| {
+            let out = forward(b, p);
+            let nll = b.download(&out.task_nll).unwrap();
+            let logp = b.download(&out.ctrl_logp).unwrap();
+            (0..n)
+                .map(|i| w[i] as f64 * nll[i] as f64 + v[i] as f64 * logp[i] as f64)
+                .sum()
+        },
+        |b, p, _| {
+            let out = forward(b, p);
+            let mut g = Grads::new();
+            let (dw, dv) = (b.upload([n, 1], w), b.upload([n, 1], v));
+            net.backward_tensors(b, p, out.cache, &dw, &dv, &mut g)
+                .unwrap();
+            (g, Vec::new())
+        },
+    )
+}
 
 #[test]
 fn conv_net_backward_matches_finite_differences() {
@@ -59,37 +105,63 @@ fn conv_net_backward_matches_finite_differences() {
                 )
             })
             .collect();
-        let (w, v) = (values(&mut rng, n), values(&mut rng, n));
+        let weights = (values(&mut rng, n), values(&mut rng, n));
         let x = b.upload([n, 50], &values(&mut rng, n * 50));
-        let forward = |b: &Cpu, p: &ParamStore<Cpu>| {
-            let mut route =
-                |l: usize, _: &ControllerOutput<Cpu>| Ok::<_, BackendError>(routes[l].clone());
-            let mut ctx = Ctx::train(seed + 50);
-            net.forward_tensors(b, p, &x, &target, &mut route, false, false, &mut ctx)
-                .unwrap()
-        };
-        let result = check(
+        let result =
+            check_stored_routes(&b, &net, &mut params, &x, &target, &routes, seed, &weights);
+        assert!(result.is_ok(), "seed {seed}, top-k {topk}: {result:?}");
+    }
+}
+
+#[test]
+fn group_net_backward_matches_finite_differences() {
+    // Objective: sum_i w_i nll_i + v_i log p(a_i | x_i) over stored routes of K distinct
+    // groups (distinct controllers), or through top-k's gate weights.
+    // Seed 0 without top-k is a case on a kink (a ReLU unit within the step of zero).
+    for (seed, topk) in (1..7).flat_map(|s| [(s, false), (s, true)]) {
+        let b = Cpu::with_threads(1);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (n, d_in, classes, m, k) = (3, 5, 3, 3, 2);
+        let algo = if topk { Algo::Topk } else { Algo::Em };
+        let mut params = ParamStore::new();
+        let net = GroupNet::new(
             &b,
             &mut params,
-            &mut [],
-            &STEP,
-            |b, p, _| {
-                let out = forward(b, p);
-                let nll = b.download(&out.task_nll).unwrap();
-                let logp = b.download(&out.ctrl_logp).unwrap();
-                (0..n)
-                    .map(|i| w[i] as f64 * nll[i] as f64 + v[i] as f64 * logp[i] as f64)
-                    .sum()
-            },
-            |b, p, _| {
-                let out = forward(b, p);
-                let mut g = Grads::new();
-                let (dw, dv) = (b.upload([n, 1], &w), b.upload([n, 1], &v));
-                net.backward_tensors(b, p, out.cache, &dw, &dv, &mut g)
-                    .unwrap();
-                (g, Vec::new())
-            },
+            d_in,
+            &[6, 9],
+            classes,
+            (m, k),
+            algo,
+            0.0,
+            &mut rng,
         );
+        // Non-zero biases keep the pre-activations off the ReLU's kink at zero, where a row
+        // whose selected groups are all silent would otherwise sit.
+        for id in params.ids().collect::<Vec<_>>() {
+            if params.name(id).ends_with(".bias") {
+                let shape = b.shape(params.get(id));
+                *params.get_mut(id) = b.upload(shape, &values(&mut rng, shape[0] * shape[1]));
+            }
+        }
+        let labels: Vec<u32> = (0..n)
+            .map(|_| rng.random_range(0..classes as u32))
+            .collect();
+        let target = Target::Classes(labels);
+        let routes: Vec<Selection> = (0..2)
+            .map(|_| {
+                let picks = (0..n)
+                    .flat_map(|_| {
+                        let first = rng.random_range(0..m as u32);
+                        [first, (first + rng.random_range(1..m as u32)) % m as u32]
+                    })
+                    .collect();
+                Selection::new(k, picks)
+            })
+            .collect();
+        let weights = (values(&mut rng, n), values(&mut rng, n));
+        let x = b.upload([n, d_in], &values(&mut rng, n * d_in));
+        let result =
+            check_stored_routes(&b, &net, &mut params, &x, &target, &routes, seed, &weights);
         assert!(result.is_ok(), "seed {seed}, top-k {topk}: {result:?}");
     }
 }
@@ -216,11 +288,15 @@ fn relu_network_backward_matches_finite_differences_on_both_paths() {
 fn parameter_counts_match_the_built_networks_and_the_params_match() {
     let b = Cpu::with_threads(1);
     let input = [12, 10, 3];
-    for kind in [ImageNet::Conv, ImageNet::Mlp] {
+    for kind in [ImageNet::Conv, ImageNet::Mlp, ImageNet::Groups] {
         let cfg = ImageModelConfig {
             kind,
             channels: vec![4, 6, 5],
-            hidden: vec![7, 9],
+            hidden: if kind == ImageNet::Groups {
+                vec![10, 15]
+            } else {
+                vec![7, 9]
+            },
             ..ImageModelConfig::default()
         };
         for algo in Algo::ALL {
@@ -270,4 +346,59 @@ fn parameter_counts_match_the_built_networks_and_the_params_match() {
         flops(Algo::Dense) < flops(Algo::Em),
         "the modular net adds its controllers"
     );
+}
+
+/// A per-task head's targets: each row's loss is the negative log-softmax of its label over
+/// its own allowed classes only, computed here by hand from the network's logits.
+#[test]
+fn masked_targets_are_the_softmax_over_each_rows_allowed_classes() {
+    let b = Cpu::with_threads(1);
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (n, d_in, classes) = (4, 6, 5);
+    let mut params = ParamStore::new();
+    let net = ReluMlp::new(
+        &b,
+        &mut params,
+        d_in,
+        &[7],
+        classes,
+        Dispatch::Dense,
+        (0.0, 0.0),
+        &mut rng,
+    );
+    let allowed: [&[u32]; 4] = [&[0, 1], &[2, 3, 4], &[1], &[0, 4]];
+    let labels = vec![1, 3, 1, 4];
+    let target = Target::among(&b, labels.clone(), &allowed, classes);
+    let x = b.upload([n, d_in], &values(&mut rng, n * d_in));
+    let mut no_route = |_: usize, _: &ControllerOutput<Cpu>| -> Result<Selection, BackendError> {
+        unreachable!("the ReLU network has no modular layer")
+    };
+    let out = net
+        .forward_tensors(
+            &b,
+            &params,
+            &x,
+            &target,
+            &mut no_route,
+            false,
+            false,
+            &mut Ctx::eval(),
+        )
+        .unwrap();
+    let logits = b.download(&out.prediction).unwrap();
+    let nll = b.download(&out.task_nll).unwrap();
+    for row in 0..n {
+        let z = &logits[row * classes..(row + 1) * classes];
+        let lse = allowed[row]
+            .iter()
+            .map(|&c| (z[c as usize] as f64).exp())
+            .sum::<f64>()
+            .ln();
+        let want = lse - z[labels[row] as usize] as f64;
+        assert!(
+            (nll[row] as f64 - want).abs() < 1e-5,
+            "row {row}: {} vs {want}",
+            nll[row]
+        );
+    }
 }

@@ -3,6 +3,7 @@
 mod controller;
 mod conv;
 mod gating;
+mod groups;
 mod gru;
 mod linear;
 mod pool;
@@ -10,9 +11,10 @@ mod reference;
 mod selection;
 mod shared;
 
-pub use controller::{Controller, ControllerOutput};
+pub use controller::{Controller, ControllerOutput, draw_distinct};
 pub use conv::{ModularConv2d, ModularConvCache};
 pub use gating::{gated_sum, gated_sum_backward, pair_gates};
+pub use groups::{GroupedRelu, GroupedReluCache};
 pub use gru::{
     ModularGruCache, ModularGruCell, ModularGruModules, ModularGruModulesCache, ModularGruSeq,
     ModularGruStepCache, PreparedStep, StepInputGrads,

@@ -67,12 +67,18 @@ impl<B: Backend> ParamStore<B> {
     /// base plus its own delta). Forward and backward passes read it like any parameter; its
     /// owner moves its gradient onto the parameters it derives from, and it is left out of
     /// [`ParamStore::num_scalars`], which counts what is trained.
+    ///
+    /// # Panics
+    /// If the id belongs to another store.
     #[track_caller]
     pub fn mark_derived(&mut self, id: ParamId) {
         self.derived[id.index()] = true;
     }
 
     /// Whether a parameter is derived (see [`ParamStore::mark_derived`]).
+    ///
+    /// # Panics
+    /// If the id belongs to another store.
     #[track_caller]
     pub fn is_derived(&self, id: ParamId) -> bool {
         self.derived[id.index()]

@@ -147,10 +147,14 @@ impl State {
                 ),
             ));
         }
+        // As the trainer does: derived parameters (shared-base modules) pass their gradients
+        // on before clipping, and are recomputed from what the optimiser moved.
+        model.fold_grads(cpu, &mut self.grads);
         if self.settings.grad_clip > 0.0 {
             self.grads.clip_norm(cpu, self.settings.grad_clip)?;
         }
         self.optimizer.step(cpu, params, &self.grads);
+        model.refresh(cpu, params);
         self.step += 1;
         Ok(MStats {
             nll: g.stats.nll,

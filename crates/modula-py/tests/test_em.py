@@ -144,3 +144,32 @@ def test_language_model_windows_with_em():
         em.m_step((ids, targets), keys[:, :2].copy())
     with pytest.raises(modula.ConfigError, match="unknown field"):
         modula.LanguageModel(vocab, hiden=8)
+
+
+def test_shared_base_modules_stay_the_base_plus_their_deltas():
+    # An M-step trains the shared base and the deltas; each module's tensors are then
+    # recomputed as the base plus its delta, as the Rust trainer does.
+    rng = np.random.default_rng(6)
+    vocab, steps, streams, modules = 12, 5, 3, 3
+    model = modula.LanguageModel(
+        vocab, seed=2, embed=8, hidden=8, modules=modules, k=1, shared_base=True
+    )
+    ids = rng.integers(0, vocab, size=(steps, streams))
+    targets = rng.integers(0, vocab, size=(steps, streams))
+    _, h = model.nll(ids, targets)
+    em = modula.EM(model, examples=steps * streams, samples=3, seed=2)
+    keys = np.arange(steps * streams).reshape(steps, streams)
+    before = model.parameters()
+    em.m_step((ids, targets, h), keys)
+    after = model.parameters()
+    base = "gru.recurrent.base.weight"
+    assert not np.array_equal(after[base], before[base])
+    for side in ("gru.input", "gru.recurrent"):
+        for part in ("weight", "bias"):
+            shared = np.tile(after[f"{side}.base.{part}"], (modules, 1))
+            np.testing.assert_allclose(
+                after[f"{side}.{part}"],
+                shared + after[f"{side}.delta.{part}"],
+                atol=1e-6,
+                err_msg=f"{side}.{part}",
+            )

@@ -262,6 +262,9 @@ impl ImageRun {
             (ImageNet::Conv, algo, _) => {
                 format!("{task}-conv-{}-m{}k{}", algo.name(), m.modules, m.k)
             }
+            (ImageNet::Groups, algo, _) => {
+                format!("{task}-groups-{}-m{}k{}", algo.name(), m.modules, m.k)
+            }
         }
     }
 }

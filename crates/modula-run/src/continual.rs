@@ -304,8 +304,10 @@ pub struct MethodRow {
     pub per_task: HeadRow,
     /// Per modular layer, the mean pairwise overlap of the tasks' module usage.
     pub overlap: Vec<Option<Spread>>,
-    /// Each seed's accuracy matrix, in `seeds` order.
+    /// Each seed's accuracy matrix with the shared head, in `seeds` order.
     pub accuracy: Vec<Vec<Vec<f64>>>,
+    /// Each seed's accuracy matrix with the per-task head, in `seeds` order.
+    pub task_accuracy: Vec<Vec<Vec<f64>>>,
 }
 
 /// The report of an experiment: an entry of `results.json`.
@@ -382,6 +384,7 @@ pub fn report(dir: &Path) -> Result<ContinualReport, RunError> {
                     .map(|l| Spread::of(&overlaps.iter().map(|o| o[l]).collect::<Vec<_>>()))
                     .collect(),
                 accuracy: rs.iter().map(|r| r.run.accuracy.clone()).collect(),
+                task_accuracy: rs.iter().map(|r| r.run.task_accuracy.clone()).collect(),
             })
         })
         .collect();

@@ -4,8 +4,11 @@
 
 use std::path::Path;
 
-use modula_em::models::ImageModel;
-use modula_em::{Algo, DenseMatch, Trainer};
+use modula_em::Task;
+use modula_em::models::{ImageModel, MlpInput};
+use modula_em::{Algo, DenseMatch, Model, Routes, Target, Trainer};
+use modula_modular::ControllerOutput;
+use modula_nn::{Checkpoint, Ctx, StoredTensor};
 use modula_sparse::SparseBackend;
 use modula_tasks::{ImageData, ImageEval, ImageTask, Split};
 
@@ -15,6 +18,9 @@ use crate::driver::{Due, Interval, Job, Logged};
 use crate::error::{RunError, run_error};
 use crate::files;
 pub use crate::records::{EvalPoint, ImageRecord, ImageSummary};
+
+/// Training images per forward pass when a converted run's EM table is initialised.
+const INIT_CHUNK: usize = 500;
 
 /// Rounds of [`ImageTask::time_dispatch`] at the end of a ReLU network's run.
 const TIMING_ROUNDS: usize = 3;
@@ -47,6 +53,71 @@ impl<B: SparseBackend> ImageJob<B> {
         }
     }
 
+    /// Starts this (fresh) run from `initial`'s tensors instead of its seeded
+    /// initialisation: each names a parameter and replaces it, and for an EM run every
+    /// training image's stored assignment becomes the greedy selection of the network so
+    /// initialised (rather than a random one).
+    ///
+    /// # Errors
+    /// A run error naming a tensor that is not a parameter of this network or has another
+    /// shape, or a device failure.
+    pub fn initialise(&mut self, initial: &Checkpoint) -> Result<(), RunError> {
+        let t = &mut self.trainer;
+        let names: Vec<String> = t
+            .params
+            .ids()
+            .map(|id| t.params.name(id).to_string())
+            .collect();
+        if let Some((name, _)) = initial.iter().find(|(n, _)| !names.iter().any(|p| p == n)) {
+            return Err(run_error(format!(
+                "the initial tensors name `{name}`, which is not a parameter of this network"
+            )));
+        }
+        let fail = |e: modula_em::TrainError| run_error(format!("cannot initialise the run: {e}"));
+        let mut ck = t.checkpoint().map_err(fail)?;
+        for (name, tensor) in initial.iter() {
+            ck.insert(name, tensor.clone());
+        }
+        t.restore(&ck).map_err(fail)?;
+        if t.algo() != Algo::Em {
+            return Ok(());
+        }
+        let shapes = t.model.layer_shapes();
+        let train = &t.task.data.train;
+        let mut tables: Vec<Vec<u16>> = vec![Vec::new(); shapes.len()];
+        let positions: Vec<usize> = (0..t.task.table_rows()).collect();
+        for chunk in positions.chunks(INIT_CHUNK) {
+            let (x, labels) = crate::modularity::images(&t.backend, train, chunk);
+            let input = MlpInput {
+                x,
+                target: Target::Classes(labels),
+            };
+            let b = &t.backend;
+            let mut greedy = |_: usize, out: &ControllerOutput<B>| out.greedy(b);
+            let out = t
+                .model
+                .forward(
+                    b,
+                    &t.params,
+                    &input,
+                    Routes::Chosen(&mut greedy),
+                    false,
+                    &mut Ctx::eval(),
+                )
+                .map_err(crate::modularity::device_error)?;
+            for (table, sel) in tables.iter_mut().zip(&out.selections) {
+                table.extend(sel.as_slice().iter().map(|&a| a as u16));
+            }
+        }
+        for (l, (table, (_, k))) in tables.into_iter().zip(shapes).enumerate() {
+            ck.insert(
+                format!("em.assignments.{l}"),
+                StoredTensor::u16(vec![positions.len(), k], table),
+            );
+        }
+        t.restore(&ck).map_err(fail)
+    }
+
     /// The run's configuration.
     pub fn run(&self) -> &ImageRun {
         match &self.cfg {
@@ -74,7 +145,7 @@ impl<B: SparseBackend> ImageJob<B> {
                 let (sparse, all) = n.take_path_counts();
                 Some([sparse, all])
             }
-            ImageModel::Conv(_) => None,
+            ImageModel::Conv(_) | ImageModel::Groups(_) => None,
         }
     }
 
@@ -125,13 +196,24 @@ impl<B: SparseBackend> ImageJob<B> {
         };
         let conv = match &t.model {
             ImageModel::Conv(n) => Some(n),
-            ImageModel::Mlp(_) => None,
+            ImageModel::Mlp(_) | ImageModel::Groups(_) => None,
         };
-        let modular = conv.filter(|_| r.train.algo != Algo::Dense);
+        let mlp = matches!(t.model, ImageModel::Mlp(_));
+        let shape = t
+            .model
+            .layer_shapes()
+            .first()
+            .copied()
+            .filter(|_| r.train.algo != Algo::Dense);
         let flops = t.model.flops_per_image();
         Ok(ImageSummary {
             task: r.task_name.clone(),
-            model: if conv.is_some() { "conv" } else { "mlp" }.into(),
+            model: match &t.model {
+                ImageModel::Conv(_) => "conv",
+                ImageModel::Mlp(_) => "mlp",
+                ImageModel::Groups(_) => "groups",
+            }
+            .into(),
             algo: r.train.algo.name().into(),
             dense_match: (r.train.algo == Algo::Dense && conv.is_some()).then(|| {
                 match r.train.dense_match {
@@ -141,21 +223,13 @@ impl<B: SparseBackend> ImageJob<B> {
                 .to_string()
             }),
             name: r.name(),
-            modules: modular.map(|n| n.plan.modules),
-            k: modular.map(|n| n.plan.k),
+            modules: shape.map(|s| s.0),
+            k: shape.map(|s| s.1),
             channels: conv.map(|n| n.plan.layers.iter().map(|l| l.1).collect()),
             hidden: conv.is_none().then(|| r.model.hidden.clone()),
-            l1_activations: if conv.is_none() {
-                r.model.l1_activations
-            } else {
-                0.0
-            },
-            l1_weights: if conv.is_none() {
-                r.model.l1_weights
-            } else {
-                0.0
-            },
-            sparse_dispatch: conv.is_none().then_some(r.model.sparse_dispatch),
+            l1_activations: if mlp { r.model.l1_activations } else { 0.0 },
+            l1_weights: if mlp { r.model.l1_weights } else { 0.0 },
+            sparse_dispatch: mlp.then_some(r.model.sparse_dispatch),
             finished: t.step >= self.total(),
             epochs: self.epoch(),
             steps: t.step,
@@ -173,7 +247,7 @@ impl<B: SparseBackend> ImageJob<B> {
             test_accuracy: test.accuracy,
             test_nll: test.nll,
             gap: train.accuracy - test.accuracy,
-            effective_modules: test.effective_modules.filter(|_| modular.is_some()),
+            effective_modules: test.effective_modules.filter(|_| shape.is_some()),
             test_usage: test.usage,
             class_usage: test.class_usage,
             class_names: t.task.data.class_names.clone(),

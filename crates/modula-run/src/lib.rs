@@ -4,6 +4,7 @@ pub mod classes;
 pub mod config;
 pub mod console;
 pub mod continual;
+pub mod convert;
 pub mod dir;
 pub mod driver;
 mod error;
@@ -56,11 +57,13 @@ pub fn train<B: SparseBackend>(
                 Some(RunData::Images(data)) => data,
                 _ => images::load_data(&run)?,
             };
-            driver::train(
-                images::ImageJob::new(backend, device, &run, data),
-                start,
-                hooks,
-            )
+            let mut job = images::ImageJob::new(backend, device, &run, data);
+            if start.checkpoint.is_none()
+                && let Some(initial) = start.initial.take()
+            {
+                job.initialise(&initial)?;
+            }
+            driver::train(job, start, hooks)
         }
         RunConfig::Lm(run) => {
             let mut job = match start.data.take() {

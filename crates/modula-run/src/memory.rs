@@ -160,11 +160,10 @@ fn images(run: &ImageRun) -> Estimate {
         .expect("a validated image task");
     let pixels: usize = input.iter().product();
     let p = f(m.parameters(input, classes, tr.algo, tr.dense_match));
-    let conv = m.kind == ImageNet::Conv;
-    let slots = if tr.algo == Algo::Em && conv {
-        f(m.k) * f(m.channels.len())
-    } else {
-        0.0
+    let slots = match m.kind {
+        ImageNet::Conv if tr.algo == Algo::Em => f(m.k) * f(m.channels.len()),
+        ImageNet::Groups if tr.algo == Algo::Em => f(m.k) * f(m.hidden.len()),
+        _ => 0.0,
     };
     // The rows in flight: a gradient step's batch (forward and backward, about twice the
     // forward's floats), an E-step's candidates (forward only) or an evaluation's chunk.
@@ -180,10 +179,10 @@ fn images(run: &ImageRun) -> Estimate {
     // out; the run keeps its subsets' bytes, and the ReLU network's timing uploads its batches.
     let loading = 2.0 * f(full_train + full_test) * f(pixels);
     let kept = f(train + test) * f(pixels);
-    let timing = if conv {
-        0.0
-    } else {
+    let timing = if m.kind == ImageNet::Mlp {
         4.0 * f(tr.timing_batches.min(train / tr.batch_size.max(1))) * f(tr.batch_size) * f(pixels)
+    } else {
+        0.0
     };
     parts.push(("data", bytes(loading + kept + timing, 1.0)));
     Estimate {

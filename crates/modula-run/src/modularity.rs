@@ -22,9 +22,11 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::config::RunConfig;
+use crate::convert::{ConvertedResult, converted_results, converted_table};
+use crate::dir::SUMMARY_FILE;
 use crate::dir::{DeviceInfo, RunDir, read_checkpoint, read_run_config};
 use crate::error::{RunError, run_error};
-use crate::files::write_report;
+use crate::files::{self, write_report};
 use crate::images::{ImageJob, load_data};
 use crate::{console, memory};
 
@@ -54,6 +56,18 @@ pub struct ModularityOptions {
     pub out: PathBuf,
     /// Where results.json goes, if anywhere.
     pub json: Option<PathBuf>,
+    /// Converted runs (`modula convert`) and networks of groups trained from scratch,
+    /// tabulated against the dense runs analysed.
+    pub converted: Vec<PathBuf>,
+}
+
+/// What `modula modularity` writes to results.json.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModularityResults {
+    /// The analysis of each dense run.
+    pub runs: Vec<RunModularity>,
+    /// The converted and scratch networks of groups, against the dense runs.
+    pub converted: Vec<ConvertedResult>,
 }
 
 /// One hidden layer under one partition method, on the test set.
@@ -146,21 +160,31 @@ pub struct RunModularity {
 
 /// The dense network's pieces the analysis uses: its hidden layers' input products and the
 /// products that follow them, as `(weight [d_in, d_out], bias [1, d_out])`.
-struct Layers<'a, B: SparseBackend> {
-    net: &'a ReluMlp,
-    params: &'a ParamStore<B>,
+pub(crate) struct Layers<'a, B: SparseBackend> {
+    pub(crate) net: &'a ReluMlp,
+    pub(crate) params: &'a ParamStore<B>,
 }
 
 impl<B: SparseBackend> Layers<'_, B> {
-    fn hidden(&self) -> Vec<usize> {
+    /// The hidden layers' widths.
+    pub(crate) fn hidden(&self) -> Vec<usize> {
         std::iter::once(self.net.first.d_out)
             .chain(self.net.layers.iter().map(|l| l.d_out))
             .take(self.net.layers.len())
             .collect()
     }
 
+    /// The input width of each hidden layer (the image's for the first).
+    pub(crate) fn inputs(&self) -> Vec<usize> {
+        let hidden = self.hidden();
+        std::iter::once(self.net.first.d_in)
+            .chain(hidden.iter().copied())
+            .take(hidden.len())
+            .collect()
+    }
+
     /// The weight of the product into hidden layer `l`'s neurons (`[d_in, width]`).
-    fn input_weight(&self, l: usize) -> &B::Tensor {
+    pub(crate) fn input_weight(&self, l: usize) -> &B::Tensor {
         match l {
             0 => self.params.get(self.net.first.weight),
             _ => self.params.get(self.net.layers[l - 1].weight),
@@ -252,10 +276,10 @@ fn forward<B: SparseBackend>(
 
 /// Linear routers, one per hidden layer: each reads the layer's input and scores its groups,
 /// trained to predict which groups hold an active neuron.
-struct Routers<B: SparseBackend> {
-    params: ParamStore<B>,
-    linears: Vec<Linear>,
-    partitions: Vec<Partition>,
+pub(crate) struct Routers<B: SparseBackend> {
+    pub(crate) params: ParamStore<B>,
+    pub(crate) linears: Vec<Linear>,
+    pub(crate) partitions: Vec<Partition>,
 }
 
 impl<B: SparseBackend> Routers<B> {
@@ -373,7 +397,7 @@ fn predictions(logits: &[f32], classes: usize) -> Vec<usize> {
 }
 
 /// The images of a set at `positions` as a `[n, pixels]` tensor, and their labels.
-fn images<B: SparseBackend>(
+pub(crate) fn images<B: SparseBackend>(
     b: &B,
     set: &modula_data::ImageSet,
     positions: &[usize],
@@ -396,7 +420,7 @@ pub fn modularity<B: SparseBackend>(
     device: DeviceInfo,
     runs: &[PathBuf],
     options: &ModularityOptions,
-) -> Result<Vec<RunModularity>, RunError> {
+) -> Result<ModularityResults, RunError> {
     let out_dir = RunDir::take(&options.out)?;
     let out = out_dir.path();
     let mut results = Vec::new();
@@ -420,14 +444,29 @@ pub fn modularity<B: SparseBackend>(
         figures.extend(crate::plot::modularity::coactivation(out, &layers).map_err(run_error)?);
     }
     drop(first);
-    write_report(
-        out,
-        &report(&results),
-        options.json.as_deref(),
-        &results,
-        &figures,
-    )?;
-    Ok(results)
+    let dense = runs
+        .iter()
+        .zip(&results)
+        .map(|(dir, r)| {
+            let flops = files::read_limited(&dir.join(SUMMARY_FILE), files::SUMMARY_LIMIT)
+                .ok()
+                .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+                .and_then(|s| s["flops_per_image"].as_u64());
+            (r.run.clone(), r.run_seed, r.dense_test_accuracy, flops)
+        })
+        .collect::<Vec<_>>();
+    let converted = converted_results(&options.converted, &dense)?;
+    let mut md = report(&results);
+    if !converted.is_empty() {
+        md.push_str("\n## Converted networks\n");
+        md.push_str(&converted_table(&converted));
+    }
+    let all = ModularityResults {
+        runs: results,
+        converted,
+    };
+    write_report(out, &md, options.json.as_deref(), &all, &figures)?;
+    Ok(all)
 }
 
 /// The co-activation counts of one run's hidden layers with their partitions, for the
@@ -492,69 +531,30 @@ fn analyse_run<B: SparseBackend>(
         dir.display()
     ))?;
 
-    // Co-activation counts over the training images.
-    let mut counts: Vec<CoActivation> = hidden.iter().map(|&w| CoActivation::new(w)).collect();
-    for chunk in train_positions.chunks(CHUNK) {
-        let (x, _) = images(b, train, chunk);
-        let pass = forward(b, &layers, &x, &Compute::Dense).map_err(device_error)?;
-        for (c, h) in counts.iter_mut().zip(&pass.hidden) {
-            c.add(b, h).map_err(device_error)?;
-        }
-    }
+    let counts = coactivations(b, &layers, train, &train_positions)?;
 
     // Partitions of every hidden layer by every method.
-    let mut partitions: Vec<Vec<Partition>> = Vec::new();
-    for &method in &options.methods {
-        let mut per_layer = Vec::new();
-        for (l, co) in counts.iter().enumerate() {
-            let seed = options.seed.wrapping_add(l as u64);
-            let p = match method {
-                Method::Metis => Partition::metis(co, m, seed),
-                Method::Kmeans => {
-                    let w = b.download(layers.input_weight(l)).map_err(device_error)?;
-                    let [d_in, width] = b.shape(layers.input_weight(l));
-                    // Neuron i reads column i of the weight: its vector is that column.
-                    let points: Vec<f32> = (0..width)
-                        .flat_map(|i| (0..d_in).map(move |k| (k, i)))
-                        .map(|(k, i)| w[k * width + i])
-                        .collect();
-                    Partition::balanced_kmeans(&points, d_in, m, seed)
-                }
-                Method::Random => Partition::random(co.width(), m, seed),
-            }
-            .map_err(|e| run_error(format!("layer {} of {}: {e}", l + 1, dir.display())))?;
-            per_layer.push(p);
-        }
-        partitions.push(per_layer);
-    }
+    let partitions = options
+        .methods
+        .iter()
+        .map(|&method| partition_layers(b, &layers, &counts, method, m, options.seed, dir))
+        .collect::<Result<Vec<_>, _>>()?;
 
     // The routers, one set per method, trained on the dense activations.
     console::eprint(&format!(
         "modula modularity: training the routers ({} epochs)\n",
         options.router_epochs
     ))?;
-    let inputs: Vec<usize> = std::iter::once(net.first.d_in)
-        .chain(hidden.iter().copied())
-        .take(hidden.len())
-        .collect();
-    let mut routers: Vec<Routers<B>> = partitions
-        .iter()
-        .map(|p| Routers::new(b, &inputs, p.clone(), options.seed))
-        .collect();
-    let mut adams: Vec<Adam<B>> = routers.iter().map(|_| Adam::new(ROUTER_LR)).collect();
-    let mut grads = Grads::new();
-    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-    for _ in 0..options.router_epochs {
-        let mut order = train_positions.clone();
-        order.shuffle(&mut rng);
-        for batch in order.chunks(ROUTER_BATCH) {
-            let (x, _) = images(b, train, batch);
-            let pass = forward(b, &layers, &x, &Compute::Dense).map_err(device_error)?;
-            for (r, adam) in routers.iter_mut().zip(&mut adams) {
-                r.step(b, adam, &mut grads, &pass).map_err(device_error)?;
-            }
-        }
-    }
+    let inputs = layers.inputs();
+    let routers = train_routers(
+        b,
+        &layers,
+        train,
+        &train_positions,
+        &partitions,
+        options.router_epochs,
+        options.seed,
+    )?;
 
     // The test set: dense, exact skip and routed forwards.
     console::eprint("modula modularity: evaluating on the test set\n")?;
@@ -750,12 +750,103 @@ fn analyse_run<B: SparseBackend>(
     Ok((result, coact, job.trainer.backend))
 }
 
+/// The co-activation counts of every hidden layer of `layers` over the images of `set` at
+/// `positions`.
+pub(crate) fn coactivations<B: SparseBackend>(
+    b: &B,
+    layers: &Layers<'_, B>,
+    set: &modula_data::ImageSet,
+    positions: &[usize],
+) -> Result<Vec<CoActivation>, RunError> {
+    let mut counts: Vec<CoActivation> = layers
+        .hidden()
+        .iter()
+        .map(|&w| CoActivation::new(w))
+        .collect();
+    for chunk in positions.chunks(CHUNK) {
+        let (x, _) = images(b, set, chunk);
+        let pass = forward(b, layers, &x, &Compute::Dense).map_err(device_error)?;
+        for (c, h) in counts.iter_mut().zip(&pass.hidden) {
+            c.add(b, h).map_err(device_error)?;
+        }
+    }
+    Ok(counts)
+}
+
+/// The partition of every hidden layer into `m` groups by `method` (layer `l` seeded by
+/// `seed + l`), from its co-activation `counts` or its input weights; errors name the run
+/// `dir`.
+pub(crate) fn partition_layers<B: SparseBackend>(
+    b: &B,
+    layers: &Layers<'_, B>,
+    counts: &[CoActivation],
+    method: Method,
+    m: usize,
+    seed: u64,
+    dir: &Path,
+) -> Result<Vec<Partition>, RunError> {
+    let mut per_layer = Vec::new();
+    for (l, co) in counts.iter().enumerate() {
+        let seed = seed.wrapping_add(l as u64);
+        let p = match method {
+            Method::Metis => Partition::metis(co, m, seed),
+            Method::Kmeans => {
+                let w = b.download(layers.input_weight(l)).map_err(device_error)?;
+                let [d_in, width] = b.shape(layers.input_weight(l));
+                // Neuron i reads column i of the weight: its vector is that column.
+                let points: Vec<f32> = (0..width)
+                    .flat_map(|i| (0..d_in).map(move |k| (k, i)))
+                    .map(|(k, i)| w[k * width + i])
+                    .collect();
+                Partition::balanced_kmeans(&points, d_in, m, seed)
+            }
+            Method::Random => Partition::random(co.width(), m, seed),
+        }
+        .map_err(|e| run_error(format!("layer {} of {}: {e}", l + 1, dir.display())))?;
+        per_layer.push(p);
+    }
+    Ok(per_layer)
+}
+
+/// One set of routers per set of partitions, trained for `epochs` passes (shuffled from
+/// `seed`) over the images of `set` at `positions` on the dense network's activations.
+pub(crate) fn train_routers<B: SparseBackend>(
+    b: &B,
+    layers: &Layers<'_, B>,
+    set: &modula_data::ImageSet,
+    positions: &[usize],
+    partitions: &[Vec<Partition>],
+    epochs: usize,
+    seed: u64,
+) -> Result<Vec<Routers<B>>, RunError> {
+    let inputs = layers.inputs();
+    let mut routers: Vec<Routers<B>> = partitions
+        .iter()
+        .map(|p| Routers::new(b, &inputs, p.clone(), seed))
+        .collect();
+    let mut adams: Vec<Adam<B>> = routers.iter().map(|_| Adam::new(ROUTER_LR)).collect();
+    let mut grads = Grads::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for _ in 0..epochs {
+        let mut order = positions.to_vec();
+        order.shuffle(&mut rng);
+        for batch in order.chunks(ROUTER_BATCH) {
+            let (x, _) = images(b, set, batch);
+            let pass = forward(b, layers, &x, &Compute::Dense).map_err(device_error)?;
+            for (r, adam) in routers.iter_mut().zip(&mut adams) {
+                r.step(b, adam, &mut grads, &pass).map_err(device_error)?;
+            }
+        }
+    }
+    Ok(routers)
+}
+
 /// The rows of a row-major matrix `width` wide.
 fn h_rows(h: &[f32], width: usize) -> std::slice::Chunks<'_, f32> {
     h.chunks(width.max(1))
 }
 
-fn device_error(e: BackendError) -> RunError {
+pub(crate) fn device_error(e: BackendError) -> RunError {
     run_error(format!("device failure during the analysis: {e}"))
 }
 

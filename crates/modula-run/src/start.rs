@@ -40,6 +40,9 @@ pub struct Start {
     pub data: Option<RunData>,
     /// The memory estimate the run was checked against.
     pub memory: memory::Estimate,
+    /// Tensors a new run starts from instead of its seeded initialisation (an image run's
+    /// converted network, see `modula convert`); read only when there is no `checkpoint`.
+    pub initial: Option<Checkpoint>,
 }
 
 impl Start {
@@ -79,6 +82,7 @@ impl Start {
             changes: Vec::new(),
             data,
             memory,
+            initial: None,
         })
     }
 
@@ -138,6 +142,7 @@ impl Start {
             changes,
             data,
             memory,
+            initial: None,
         })
     }
 }

@@ -58,6 +58,18 @@ pub enum Family {
     MnistFashion,
 }
 
+/// Which output head a continual run trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Head {
+    /// One softmax over every class (class-incremental where tasks hold different classes).
+    #[default]
+    Shared,
+    /// A softmax over the example's own task's classes only (task-incremental: the task is
+    /// known in training and at test), as separate output heads per task would give.
+    Task,
+}
+
 /// The `[sequence]` section: which tasks, and how much of their data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -204,6 +216,9 @@ pub struct ContinualTrainConfig {
     pub fisher_examples: usize,
     /// Also train each method from scratch on each task alone, for forward transfer.
     pub scratch: bool,
+    /// The output head the training loss uses; evaluation reports both heads' accuracy
+    /// whatever it is.
+    pub head: Head,
 }
 
 impl Default for ContinualTrainConfig {
@@ -221,6 +236,7 @@ impl Default for ContinualTrainConfig {
             ewc_lambda: 100.0,
             fisher_examples: 200,
             scratch: true,
+            head: Head::Shared,
         }
     }
 }
@@ -612,6 +628,7 @@ pub struct ContinualTask<B: SparseBackend> {
     /// EM's E-step period (`None` for the other algorithms, which have no E-step).
     e_every: Option<usize>,
     layers: usize,
+    head: Head,
     seed: u64,
     /// Module-aware replay: the draw's weights for the iteration they were planned for.
     planned: Option<(u64, Vec<f64>)>,
@@ -648,6 +665,7 @@ impl<B: SparseBackend> ContinualTask<B> {
             replay_batch: train.replay_batch,
             e_every: (method.algo == Algo::Em).then_some(train.e_every),
             layers,
+            head: train.head,
             seed,
             planned: None,
             epoch: None,
@@ -794,6 +812,7 @@ impl<B: SparseBackend> ContinualTask<B> {
         let mut pixels = Vec::with_capacity(rows * size);
         let mut labels = Vec::with_capacity(rows);
         let mut keys = Vec::with_capacity(rows);
+        let mut allowed = Vec::with_capacity(rows);
         let pairs = positions
             .iter()
             .map(|&p| (self.current, p))
@@ -803,10 +822,11 @@ impl<B: SparseBackend> ContinualTask<B> {
             pixels.extend(image.pixels.iter().map(|&v| v as f32 / 255.0));
             labels.push(image.label as u32);
             keys.push(self.key(t, p));
+            allowed.push(&self.tasks[t].classes[..]);
         }
         let input = MlpInput {
             x: b.upload([rows, size], &pixels),
-            target: Target::Classes(labels),
+            target: head_target(b, self.head, labels, &allowed, current.classes),
         };
         crate::keyed_batch(input, keys, self.layers)
     }
@@ -870,8 +890,8 @@ pub struct TaskEval {
     /// class-incremental for split Fashion-MNIST).
     pub accuracy: f64,
     /// Fraction classified correctly by the argmax over the task's own classes (a per-task
-    /// head: the task is known at test time; training is the same, a softmax over all
-    /// outputs).
+    /// head: the task is known at test time; it was also trained as one when `train.head` is
+    /// `"task"`).
     pub task_accuracy: f64,
     /// Per modular layer, how many (example, slot) pairs each module served.
     pub usage: Vec<Vec<u64>>,
@@ -1024,8 +1044,22 @@ pub fn run_sequence<B: SparseBackend>(
     Ok(run)
 }
 
+/// The targets of `labels` under `head`, each row's task holding the classes `allowed`.
+fn head_target<B: SparseBackend>(
+    b: &B,
+    head: Head,
+    labels: Vec<u32>,
+    allowed: &[&[u32]],
+    classes: usize,
+) -> Target<B> {
+    match head {
+        Head::Shared => Target::Classes(labels),
+        Head::Task => Target::among(b, labels, allowed, classes),
+    }
+}
+
 /// One-example inputs of `n` training examples of task `task` (a seeded choice), for the
-/// Fisher estimate.
+/// Fisher estimate, whose loss is the one the run trains with.
 fn fisher_inputs<B: SparseBackend>(
     trainer: &Trainer<B, ContinualTask<B>>,
     task: usize,
@@ -1038,9 +1072,10 @@ fn fisher_inputs<B: SparseBackend>(
         .into_iter()
         .map(|p| {
             let batch = set.batch(&[p]);
+            let own = &trainer.task.tasks[task].classes[..];
             MlpInput {
                 x: b.upload([1, set.image_bytes()], &batch.pixels),
-                target: Target::Classes(batch.labels),
+                target: head_target(b, trainer.task.head, batch.labels, &[own], set.classes),
             }
         })
         .collect()

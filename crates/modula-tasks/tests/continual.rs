@@ -11,7 +11,7 @@ use modula_modular::ControllerOutput;
 use modula_nn::Ctx;
 use modula_tasks::ImageData;
 use modula_tasks::continual::{
-    ContinualConfig, ContinualTask, ContinualTrainConfig, Family, MethodConfig, Replay,
+    ContinualConfig, ContinualTask, ContinualTrainConfig, Family, Head, MethodConfig, Replay,
     ReplayBuffer, SequenceConfig, SequenceTask, build_sequence, overlap, permutation,
     permute_pixels, run_sequence, summarise,
 };
@@ -390,4 +390,52 @@ fn bad_configurations_name_their_field() {
     let text = "seeds = [0]\n[train]\nepoch = 2\n";
     let err = toml::from_str::<ContinualConfig>(text).expect_err("unknown key");
     assert!(err.to_string().contains("epoch"), "{err}");
+}
+
+/// With the per-task head the loss is a softmax over the current task's classes only, so the
+/// output biases of every other class (in every module of the output layer, which start at
+/// zero) get no gradient during the first task (Adam leaves a
+/// parameter with zero gradient where it is); with the shared head they move.
+#[test]
+fn the_task_head_trains_only_the_tasks_own_outputs() {
+    for algo in [Algo::Dense, Algo::Em] {
+        for head in [Head::Shared, Head::Task] {
+            let (mut cfg, method) = config(algo, Replay::Uniform);
+            cfg.train.head = head;
+            let tasks = split_tasks(0);
+            let own = tasks[0].classes.clone();
+            let b = Cpu::with_threads(1);
+            let mut first = None;
+            let run = run_sequence(b.clone(), tasks.clone(), &cfg, &method, 0, |i, trainer| {
+                if i == 0 {
+                    // The output layer's bias `[M, 10]` is the last layer's modules' bias.
+                    let id = trainer
+                        .params
+                        .ids()
+                        .filter(|&id| trainer.params.name(id).ends_with("modules.bias"))
+                        .last()
+                        .expect("an output bias");
+                    first = Some(b.download(trainer.params.get(id)).expect("download"));
+                }
+            })
+            .expect("the sequence trains");
+            let bias = first.expect("task 0 ran");
+            let others: Vec<f32> = (0..bias.len())
+                .filter(|i| !own.contains(&((i % 10) as u32)))
+                .map(|i| bias[i])
+                .collect();
+            match head {
+                Head::Task => assert!(others.iter().all(|&v| v == 0.0), "{algo:?}: {others:?}"),
+                Head::Shared => assert!(others.iter().any(|&v| v != 0.0), "{algo:?}: {others:?}"),
+            }
+            // Under the task head, the task is learnt at least as the per-task argmax counts.
+            if head == Head::Task {
+                assert!(
+                    run.task_accuracy[0][0] > 0.6,
+                    "{algo:?}: {:?}",
+                    run.task_accuracy
+                );
+            }
+        }
+    }
 }

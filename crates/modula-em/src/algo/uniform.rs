@@ -29,7 +29,7 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Uniform {
         let (rng, pass) = s.split();
         let b = pass.backend;
         let mut route = |_: usize, out: &ControllerOutput<B>| {
-            let rows = b.shape(&out.log_probs)[0] / out.k;
+            let rows = out.rows(b);
             let picks = (0..rows)
                 .flat_map(|_| index::sample(rng, out.modules, out.k).into_iter())
                 .map(|m| m as u32)

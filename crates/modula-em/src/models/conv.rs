@@ -11,8 +11,8 @@ use rand::Rng;
 use crate::config::{Algo, DenseMatch};
 use crate::model::{Router, Target};
 use crate::models::feedforward::{
-    FeedForward, Gate, GatedCache, GatedLayer, LossCache, MlpOutput, gated_backward, gated_forward,
-    output_loss,
+    ClassifiedCache, FeedForward, Gate, GatedLayer, MlpOutput, classified_backward,
+    classified_forward,
 };
 
 /// One modular convolution layer of a [`ConvNet`].
@@ -169,25 +169,13 @@ pub fn params_matched_channels(
 }
 
 /// What a [`ConvNet`]'s forward pass keeps for backward.
-pub struct ConvCache<B: Backend> {
-    layers: Vec<GatedCache<B, BodyCache<B>>>,
-    classifier: B::Tensor,
-    loss: LossCache<B>,
-}
+pub type ConvCache<B> = ClassifiedCache<B, BodyCache<B>>;
 
-impl<B: Backend> std::fmt::Debug for ConvCache<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConvCache")
-            .field("layers", &self.layers.len())
-            .finish()
-    }
-}
-
-/// What a conv layer's body keeps: the convolution's cache, its output and ReLU, and the
-/// pooling's input.
+/// What a conv layer's body keeps: the convolution's cache, its output (the ReLU's input),
+/// and the pooling's input.
 type BodyCache<B> = (
     ModularConvCache<B>,
-    (<B as Backend>::Tensor, <B as Backend>::Tensor),
+    <B as Backend>::Tensor,
     Option<<B as Backend>::Tensor>,
 );
 
@@ -271,23 +259,18 @@ impl<B: Backend> FeedForward<B> for ConvNet {
         hidden: bool,
         ctx: &mut Ctx,
     ) -> Result<MlpOutput<B, ConvCache<B>>, BackendError> {
-        let stack = gated_forward(&self.layers, b, params, x, route, stats, hidden, ctx)?;
-        let (logits, classifier) = self.classifier.forward(b, params, &stack.output, ctx);
-        let (task_nll, loss) = output_loss(b, &logits, target);
-        Ok(MlpOutput {
-            task_nll,
-            ctrl_logp: stack.ctrl_logp,
-            selections: stack.selections,
-            prediction: logits,
-            stats: stack.stats,
-            penalty: 0.0,
-            hidden: stack.hidden,
-            cache: ConvCache {
-                layers: stack.caches,
-                classifier,
-                loss,
-            },
-        })
+        classified_forward(
+            &self.layers,
+            &self.classifier,
+            b,
+            params,
+            x,
+            target,
+            route,
+            stats,
+            hidden,
+            ctx,
+        )
     }
 
     fn backward_tensors(
@@ -299,22 +282,17 @@ impl<B: Backend> FeedForward<B> for ConvNet {
         d_ctrl: &B::Tensor,
         grads: &mut Grads<B>,
     ) -> Result<(), BackendError> {
-        let d_logits = cache.loss.backward(b, d_task);
-        let dh = self
-            .classifier
-            .backward(b, params, cache.classifier, &d_logits, grads);
-        let importance = self.importance_weight;
-        gated_backward(
+        classified_backward(
             &self.layers,
+            &self.classifier,
+            self.importance_weight,
             b,
             params,
-            cache.layers,
-            dh,
+            cache,
+            d_task,
             d_ctrl,
-            importance,
             grads,
-        )?;
-        Ok(())
+        )
     }
 }
 
@@ -345,9 +323,9 @@ impl<B: Backend> GatedLayer<B> for ConvLayer {
                 let (pooled, input) = p.forward(b, params, &a, ctx);
                 (pooled, Some(input))
             }
-            None => (b.duplicate(&a), None),
+            None => (a, None),
         };
-        (next, (conv, (y, a), pool))
+        (next, (conv, y, pool))
     }
 
     fn backward_body(
@@ -355,7 +333,7 @@ impl<B: Backend> GatedLayer<B> for ConvLayer {
         b: &B,
         params: &ParamStore<B>,
         routing: &Routing,
-        (conv, (y, a), pool): BodyCache<B>,
+        (conv, y, pool): BodyCache<B>,
         dy: &B::Tensor,
         grads: &mut Grads<B>,
     ) -> (B::Tensor, Option<B::Tensor>) {
@@ -363,7 +341,9 @@ impl<B: Backend> GatedLayer<B> for ConvLayer {
             (Some(p), Some(input)) => Some(p.backward(b, params, input, dy, grads)),
             _ => None,
         };
-        let dy = b.unary_backward(UnaryOp::Relu, &y, &a, pooled_dy.as_ref().unwrap_or(dy));
+        // ReLU's slope is 1 exactly where its input is positive, which is also where its
+        // output is, so the kept convolution output stands for both (no copy of the output).
+        let dy = b.unary_backward(UnaryOp::Relu, &y, &y, pooled_dy.as_ref().unwrap_or(dy));
         self.conv.backward(b, params, routing, conv, &dy, grads)
     }
 }

@@ -6,11 +6,11 @@
 //! scoring of candidate selections as extra rows of one routed pass).
 
 use modula_modular::{Controller, ControllerOutput, Routing, Selection};
-use modula_nn::{Ctx, Grads, ParamStore};
+use modula_nn::{Ctx, Grads, Linear, Module, ParamStore};
 use modula_nn::{
     gaussian_nll, gaussian_nll_backward, softmax_cross_entropy, softmax_cross_entropy_backward,
 };
-use modula_tensor::{Backend, BackendError};
+use modula_tensor::{Backend, BackendError, BinaryOp};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -132,7 +132,7 @@ impl Gate {
             Gate::Controller(c) => {
                 let out = c.forward(b, params, h);
                 if let Some(sum) = stats {
-                    let s = controller_stats(&b.download(&out.log_probs)?, c.modules, c.k);
+                    let s = controller_stats(&b.download(&out.log_probs)?, c.modules, c.heads());
                     sum.sum.mean_entropy += s.mean_entropy;
                     sum.sum.batch_entropy += s.batch_entropy;
                     sum.layers += 1;
@@ -347,6 +347,91 @@ pub(crate) fn gated_backward<B: Backend, L: GatedLayer<B>>(
     Ok(dh)
 }
 
+/// What a stack of gated layers under a linear classifier keeps for backward (the image
+/// networks: [`crate::models::ConvNet`], [`crate::models::GroupNet`]).
+pub struct ClassifiedCache<B: Backend, C> {
+    layers: Vec<GatedCache<B, C>>,
+    classifier: B::Tensor,
+    loss: LossCache<B>,
+}
+
+impl<B: Backend, C> std::fmt::Debug for ClassifiedCache<B, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClassifiedCache")
+            .field("layers", &self.layers.len())
+            .finish()
+    }
+}
+
+/// The forward pass of gated `layers` (see [`gated_forward`]) and then `classifier`, its
+/// logits scored against `target`; no penalty.
+///
+/// # Errors
+/// Device failures and a `route` that fails.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn classified_forward<B: Backend, L: GatedLayer<B>>(
+    layers: &[L],
+    classifier: &Linear,
+    b: &B,
+    params: &ParamStore<B>,
+    x: &B::Tensor,
+    target: &Target<B>,
+    route: &mut Router<'_, B>,
+    stats: bool,
+    hidden: bool,
+    ctx: &mut Ctx,
+) -> Result<MlpOutput<B, ClassifiedCache<B, L::Cache>>, BackendError> {
+    let stack = gated_forward(layers, b, params, x, route, stats, hidden, ctx)?;
+    let (logits, classifier) = classifier.forward(b, params, &stack.output, ctx);
+    let (task_nll, loss) = output_loss(b, &logits, target);
+    Ok(MlpOutput {
+        task_nll,
+        ctrl_logp: stack.ctrl_logp,
+        selections: stack.selections,
+        prediction: logits,
+        stats: stack.stats,
+        penalty: 0.0,
+        hidden: stack.hidden,
+        cache: ClassifiedCache {
+            layers: stack.caches,
+            classifier,
+            loss,
+        },
+    })
+}
+
+/// The backward of [`classified_forward`] (see [`FeedForward::backward_tensors`]), with
+/// top-k's importance loss weighted by `importance_weight`.
+///
+/// # Errors
+/// Device failures.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn classified_backward<B: Backend, L: GatedLayer<B>>(
+    layers: &[L],
+    classifier: &Linear,
+    importance_weight: f32,
+    b: &B,
+    params: &ParamStore<B>,
+    cache: ClassifiedCache<B, L::Cache>,
+    d_task: &B::Tensor,
+    d_ctrl: &B::Tensor,
+    grads: &mut Grads<B>,
+) -> Result<(), BackendError> {
+    let d_logits = cache.loss.backward(b, d_task);
+    let dh = classifier.backward(b, params, cache.classifier, &d_logits, grads);
+    gated_backward(
+        layers,
+        b,
+        params,
+        cache.layers,
+        dh,
+        d_ctrl,
+        importance_weight,
+        grads,
+    )?;
+    Ok(())
+}
+
 /// The output distribution's state for the backward pass.
 pub(crate) enum LossCache<B: Backend> {
     Regression {
@@ -383,6 +468,18 @@ pub(crate) fn output_loss<B: Backend>(
                 LossCache::Classes {
                     log_probs,
                     targets: t.clone(),
+                },
+            )
+        }
+        // The mask is a constant offset, so the logits' gradient is the masked softmax's.
+        Target::ClassesAmong { labels, mask } => {
+            let masked = b.binary(BinaryOp::Add, h, mask);
+            let (nll, log_probs) = softmax_cross_entropy(b, masked, labels);
+            (
+                nll,
+                LossCache::Classes {
+                    log_probs,
+                    targets: labels.clone(),
                 },
             )
         }
@@ -575,6 +672,10 @@ fn replicate<B: Backend>(b: &B, input: &MlpInput<B>, copies: usize) -> MlpInput<
             variance: *variance,
         },
         Target::Classes(t) => Target::Classes(rows.iter().map(|&r| t[r as usize]).collect()),
+        Target::ClassesAmong { labels, mask } => Target::ClassesAmong {
+            labels: rows.iter().map(|&r| labels[r as usize]).collect(),
+            mask: b.gather_rows(mask, &rows),
+        },
     };
     MlpInput {
         x: b.gather_rows(&input.x, &rows),

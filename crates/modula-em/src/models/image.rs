@@ -1,6 +1,7 @@
 //! The networks of the image tasks, chosen by the `[model]` section: the modular convolutional
-//! network ([`ConvNet`]) that EM and the baselines train, or the fully connected ReLU network
-//! of the sparsity study ([`ReluMlp`]), trained dense.
+//! network ([`ConvNet`]) that EM and the baselines train, the fully connected ReLU network
+//! of the sparsity study ([`ReluMlp`]), trained dense, or the network of neuron groups
+//! ([`GroupNet`]) that `modula convert` makes of a trained ReLU network.
 
 use modula_nn::{Ctx, Dispatch, Grads, ParamStore};
 use modula_sparse::SparseBackend;
@@ -12,6 +13,8 @@ use crate::config::{Algo, ConfigError, DenseMatch, invalid};
 use crate::model::{Router, Target};
 use crate::models::conv::{ConvCache, ConvNet, ConvPlan, plan_for};
 use crate::models::feedforward::{FeedForward, MlpOutput, feed_forward_model};
+use crate::models::conv::modules_for;
+use crate::models::groups::{GroupNet, GroupNetCache};
 use crate::models::relu_mlp::{ReluMlp, ReluMlpCache};
 
 /// Which network an image task trains.
@@ -23,25 +26,29 @@ pub enum ImageNet {
     Conv,
     /// The fully connected ReLU network (dense training only).
     Mlp,
+    /// The fully connected network whose hidden layers are groups of neurons, `K` of `M`
+    /// computed per image.
+    Groups,
 }
 
 /// The `[model]` section of an image task. `kind = "conv"` reads `modules`, `k`, `channels`
 /// and `kernel`; `kind = "mlp"` reads `hidden`, `l1_activations`, `l1_weights` and
-/// `sparse_dispatch`.
+/// `sparse_dispatch`; `kind = "groups"` reads `modules` (groups per hidden layer), `k` and
+/// `hidden`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImageModelConfig {
     /// The network.
     pub kind: ImageNet,
-    /// Conv: modules per modular layer, `M`.
+    /// Conv: modules per modular layer, `M`; groups: groups per hidden layer.
     pub modules: usize,
-    /// Conv: modules evaluated per image and layer, `K`.
+    /// Conv: modules evaluated per image and layer, `K`; groups: groups computed.
     pub k: usize,
     /// Conv: output channels of each modular convolution layer, input first.
     pub channels: Vec<usize>,
     /// Conv: the convolutions' kernel size (odd; padded by `kernel / 2`, stride 1).
     pub kernel: usize,
-    /// MLP: the hidden layers' widths.
+    /// MLP and groups: the hidden layers' widths.
     pub hidden: Vec<usize>,
     /// MLP: L1 strength on the hidden activations, per example (`lambda * sum |relu(z)|`).
     pub l1_activations: f32,
@@ -102,15 +109,27 @@ impl ImageModelConfig {
             ImageNet::Conv => self
                 .conv_plan(input, classes, algo, dense_match)
                 .parameters(),
-            ImageNet::Mlp => {
+            ImageNet::Mlp | ImageNet::Groups => {
                 let d_in = input.iter().product::<usize>();
-                std::iter::once(d_in)
+                let dense = std::iter::once(d_in)
                     .chain(self.hidden.iter().copied())
                     .chain([classes])
                     .collect::<Vec<_>>()
                     .windows(2)
                     .map(|w| w[0].saturating_mul(w[1]).saturating_add(w[1]))
-                    .fold(0, usize::saturating_add)
+                    .fold(0, usize::saturating_add);
+                if self.kind == ImageNet::Mlp {
+                    return dense;
+                }
+                // Each layer's gate: a distinct controller's `d_in x M` scores, or top-k's
+                // clean and noise ones.
+                let (m, _) = modules_for(algo, (self.modules, self.k));
+                let heads = if algo == Algo::Topk { 2 } else { 1 };
+                std::iter::once(d_in)
+                    .chain(self.hidden.iter().copied())
+                    .take(self.hidden.len())
+                    .map(|d| d.saturating_add(1).saturating_mul(m).saturating_mul(heads))
+                    .fold(dense, usize::saturating_add)
             }
         }
     }
@@ -142,7 +161,7 @@ impl ImageModelConfig {
                     .sum();
                 layers + 4 * classes
             }
-            ImageNet::Mlp => {
+            ImageNet::Mlp | ImageNet::Groups => {
                 let d_in: usize = input.iter().product();
                 2 * d_in + 4 * self.hidden.iter().sum::<usize>() + 4 * classes
             }
@@ -219,6 +238,46 @@ impl ImageModelConfig {
                     ));
                 }
             }
+            ImageNet::Groups => {
+                if self.modules == 0 || self.modules > u16::MAX as usize {
+                    return Err(invalid(
+                        "model.modules",
+                        format!(
+                            "is {}; use 1 to {} groups per hidden layer",
+                            self.modules,
+                            u16::MAX
+                        ),
+                    ));
+                }
+                if self.k == 0 || self.k > self.modules {
+                    return Err(invalid(
+                        "model.k",
+                        format!(
+                            "is {} with model.modules = {}; use 1 to M groups per image",
+                            self.k, self.modules
+                        ),
+                    ));
+                }
+                if let Some(&w) = self
+                    .hidden
+                    .iter()
+                    .find(|&&w| w == 0 || !w.is_multiple_of(self.modules))
+                {
+                    return Err(invalid(
+                        "model.hidden",
+                        format!(
+                            "holds {w}, which is not a positive multiple of model.modules = {}; every hidden layer splits into M equal groups",
+                            self.modules
+                        ),
+                    ));
+                }
+                if self.hidden.is_empty() {
+                    return Err(invalid(
+                        "model.hidden",
+                        "is empty; list at least one hidden width, e.g. [1024, 1024]",
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -231,6 +290,8 @@ pub enum ImageModel {
     Conv(ConvNet),
     /// The fully connected ReLU network.
     Mlp(ReluMlp),
+    /// The network of neuron groups.
+    Groups(GroupNet),
 }
 
 /// What an [`ImageModel`]'s forward pass keeps for backward.
@@ -240,6 +301,8 @@ pub enum ImageCache<B: SparseBackend> {
     Conv(ConvCache<B>),
     /// The ReLU network's.
     Mlp(ReluMlpCache<B>),
+    /// The group network's.
+    Groups(GroupNetCache<B>),
 }
 
 impl ImageModel {
@@ -279,6 +342,17 @@ impl ImageModel {
                     rng,
                 ))
             }
+            ImageNet::Groups => ImageModel::Groups(GroupNet::new(
+                b,
+                params,
+                input.iter().product(),
+                &model.hidden,
+                classes,
+                (model.modules, model.k),
+                algo,
+                importance_weight,
+                rng,
+            )),
         }
     }
 
@@ -288,6 +362,7 @@ impl ImageModel {
         match self {
             ImageModel::Conv(n) => n.plan.flops_per_image(),
             ImageModel::Mlp(n) => n.flops_per_example(),
+            ImageModel::Groups(n) => n.flops_per_image(),
         }
     }
 
@@ -296,6 +371,7 @@ impl ImageModel {
         match self {
             ImageModel::Conv(n) => n.layer_shapes(),
             ImageModel::Mlp(_) => Vec::new(),
+            ImageModel::Groups(n) => n.layer_shapes(),
         }
     }
 }
@@ -342,6 +418,10 @@ impl<B: SparseBackend> FeedForward<B> for ImageModel {
                 n.forward_tensors(b, params, x, target, route, stats, hidden, ctx)?,
                 ImageCache::Mlp,
             ),
+            ImageModel::Groups(n) => wrap(
+                n.forward_tensors(b, params, x, target, route, stats, hidden, ctx)?,
+                ImageCache::Groups,
+            ),
         })
     }
 
@@ -359,6 +439,9 @@ impl<B: SparseBackend> FeedForward<B> for ImageModel {
                 n.backward_tensors(b, params, c, d_task, d_ctrl, grads)
             }
             (ImageModel::Mlp(n), ImageCache::Mlp(c)) => {
+                n.backward_tensors(b, params, c, d_task, d_ctrl, grads)
+            }
+            (ImageModel::Groups(n), ImageCache::Groups(c)) => {
                 n.backward_tensors(b, params, c, d_task, d_ctrl, grads)
             }
             _ => unreachable!("a network's cache always matches the network"),

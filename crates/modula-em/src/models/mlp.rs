@@ -162,11 +162,8 @@ pub struct ModularMlp {
     pub importance_weight: f32,
 }
 
-/// What a layer's body keeps: its modules' cache, and its ReLU's input and output.
-type BodyCache<B> = (
-    ModularCache<B>,
-    Option<(<B as Backend>::Tensor, <B as Backend>::Tensor)>,
-);
+/// What a layer's body keeps: its modules' cache, and its ReLU's input.
+type BodyCache<B> = (ModularCache<B>, Option<<B as Backend>::Tensor>);
 
 /// Forward state of a [`ModularMlp`].
 pub struct MlpCache<B: Backend> {
@@ -316,8 +313,7 @@ impl<B: Backend> GatedLayer<B> for MlpLayer {
         if let Some(kept) = kept {
             kept.push(b.duplicate(&a));
         }
-        let relu = (y, b.duplicate(&a));
-        (a, (modules, Some(relu)))
+        (a, (modules, Some(y)))
     }
 
     fn backward_body(
@@ -329,7 +325,9 @@ impl<B: Backend> GatedLayer<B> for MlpLayer {
         dy: &B::Tensor,
         grads: &mut Grads<B>,
     ) -> (B::Tensor, Option<B::Tensor>) {
-        let relu_dy = relu.map(|(x, y)| b.unary_backward(UnaryOp::Relu, &x, &y, dy));
+        // ReLU's slope is 1 exactly where its input is positive, which is also where its
+        // output is, so the kept pre-activation stands for both (no copy of the output).
+        let relu_dy = relu.map(|x| b.unary_backward(UnaryOp::Relu, &x, &x, dy));
         let dy = relu_dy.as_ref().unwrap_or(dy);
         self.modules
             .backward(b, params, routing, modules, dy, grads)

@@ -1,7 +1,8 @@
 //! The networks modula trains, in one place: a stack of modular linear layers
 //! ([`ModularMlp`], the toy task's network and its dense baselines), the image tasks'
 //! networks ([`ImageModel`]: the modular convolutional network [`ConvNet`] and the fully
-//! connected ReLU network [`ReluMlp`] of the sparsity study), the word-level language model
+//! connected ReLU network [`ReluMlp`] of the sparsity study and the network of neuron groups
+//! [`GroupNet`] converted from it), the word-level language model
 //! over a modular, top-k gated or dense GRU cell ([`LanguageModel`]), and the noisy top-k
 //! gate the modular ones use for the top-k baseline ([`TopKGate`]). The feed-forward networks
 //! share their gates, output distributions and [`crate::Model`] bodies through
@@ -9,6 +10,7 @@
 
 pub mod conv;
 pub mod feedforward;
+pub mod groups;
 pub mod image;
 pub mod lm;
 pub mod lm_config;
@@ -17,7 +19,8 @@ pub mod relu_mlp;
 pub mod topk;
 
 pub use conv::{ConvCache, ConvLayer, ConvNet, ConvPlan};
-pub use feedforward::{FeedForward, FfCache, Gate, MlpInput, MlpOutput};
+pub use feedforward::{ClassifiedCache, FeedForward, FfCache, Gate, MlpInput, MlpOutput};
+pub use groups::{GroupLayer, GroupNet, GroupNetCache};
 pub use image::{ImageCache, ImageModel, ImageModelConfig, ImageNet};
 pub use lm::{
     Cell, FilteredWindow, LanguageModel, LmWindow, TopKGruCell, WindowCache, WindowOutput,
