@@ -174,9 +174,10 @@ pub fn example_streams(rng: &mut ChaCha8Rng, keys: &[u32]) -> Vec<ChaCha8Rng> {
         .collect()
 }
 
-/// [`propose`] with one stream per example: the controller's `rows` rows are candidates
-/// `rows / n` deep of the `n = streams.len()` examples (row `j` is example `j % n`'s), and
-/// each row's slots draw from its example's stream, in row order.
+/// [`propose`] with one stream per example: the controller's rows are candidates `rows / n`
+/// deep of the `n = streams.len()` examples (row `j` is example `j % n`'s), and each row's
+/// slots draw from its example's stream, in row order (without repetition for a distinct
+/// controller).
 ///
 /// # Errors
 /// If the device fails while reading the probabilities.
@@ -190,7 +191,8 @@ pub fn propose_per_example<B: Backend>(
     streams: &mut [ChaCha8Rng],
 ) -> Result<Selection, BackendError> {
     let lp = b.download(&out.log_probs)?;
-    let row_len = out.k * out.modules;
+    let heads = if out.distinct { 1 } else { out.k };
+    let row_len = heads * out.modules;
     let rows = lp.len() / row_len.max(1);
     let n = streams.len();
     assert!(
@@ -200,7 +202,14 @@ pub fn propose_per_example<B: Backend>(
     let picks = lp
         .chunks(row_len)
         .enumerate()
-        .flat_map(|(j, row)| draw_slots(row, out.modules, uniform, &mut streams[j % n]))
+        .flat_map(|(j, row)| {
+            let stream = &mut streams[j % n];
+            if out.distinct {
+                modula_modular::draw_distinct(row, out.k, uniform, stream)
+            } else {
+                draw_slots(row, out.modules, uniform, stream)
+            }
+        })
         .collect();
     Ok(Selection::new(out.k, picks))
 }
