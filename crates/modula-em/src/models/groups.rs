@@ -16,11 +16,11 @@ use rand::Rng;
 
 use crate::config::Algo;
 use crate::model::{Router, Target};
+use crate::models::conv::modules_for;
 use crate::models::feedforward::{
     ClassifiedCache, FeedForward, Gate, GatedLayer, MlpOutput, classified_backward,
     classified_forward,
 };
-use crate::models::conv::modules_for;
 use crate::models::topk::TopKGate;
 
 /// One hidden layer of a [`GroupNet`]: its gate (reading the layer's input) and its groups.

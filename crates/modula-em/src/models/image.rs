@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Algo, ConfigError, DenseMatch, invalid};
 use crate::model::{Router, Target};
+use crate::models::conv::modules_for;
 use crate::models::conv::{ConvCache, ConvNet, ConvPlan, plan_for};
 use crate::models::feedforward::{FeedForward, MlpOutput, feed_forward_model};
-use crate::models::conv::modules_for;
 use crate::models::groups::{GroupNet, GroupNetCache};
 use crate::models::relu_mlp::{ReluMlp, ReluMlpCache};
 
