@@ -17,6 +17,8 @@ use crate::{files, history, memory};
 
 /// The resolved configuration of a run, as written to the run directory.
 pub const CONFIG_FILE: &str = "config.toml";
+/// File in a converted run's directory recording where it came from (`modula convert`).
+pub const CONVERT_FILE: &str = "convert.json";
 /// One JSON object per logging interval.
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// The latest checkpoint (written atomically).

@@ -87,7 +87,7 @@ impl<B: SparseBackend> ImageJob<B> {
         let mut tables: Vec<Vec<u16>> = vec![Vec::new(); shapes.len()];
         let positions: Vec<usize> = (0..t.task.table_rows()).collect();
         for chunk in positions.chunks(INIT_CHUNK) {
-            let (x, labels) = crate::modularity::images(&t.backend, train, chunk);
+            let (x, labels) = images(&t.backend, train, chunk);
             let input = MlpInput {
                 x,
                 target: Target::Classes(labels),
@@ -104,7 +104,7 @@ impl<B: SparseBackend> ImageJob<B> {
                     false,
                     &mut Ctx::eval(),
                 )
-                .map_err(crate::modularity::device_error)?;
+                .map_err(device_error)?;
             for (table, sel) in tables.iter_mut().zip(&out.selections) {
                 table.extend(sel.as_slice().iter().map(|&a| a as u16));
             }
@@ -487,4 +487,22 @@ fn plots(
         let _ = (dir, summary, records);
         Ok(Vec::new())
     }
+}
+
+/// The images of a set at `positions` as a `[n, pixels]` tensor, and their labels.
+pub(crate) fn images<B: SparseBackend>(
+    b: &B,
+    set: &modula_data::ImageSet,
+    positions: &[usize],
+) -> (B::Tensor, Vec<u32>) {
+    let batch = set.batch(positions);
+    (
+        b.upload([positions.len(), set.image_bytes()], &batch.pixels),
+        batch.labels,
+    )
+}
+
+/// A device failure during an analysis or a conversion, as a run error.
+pub(crate) fn device_error(e: modula_tensor::BackendError) -> RunError {
+    run_error(format!("device failure during the analysis: {e}"))
 }

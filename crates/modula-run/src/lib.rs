@@ -5,6 +5,7 @@ pub mod config;
 pub mod console;
 pub mod continual;
 pub mod convert;
+pub mod converted;
 pub mod dir;
 pub mod driver;
 mod error;

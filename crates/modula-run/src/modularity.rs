@@ -22,12 +22,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::config::RunConfig;
-use crate::convert::{ConvertedResult, converted_results, converted_table};
+use crate::converted::{ConvertedResult, converted_results, converted_table};
 use crate::dir::SUMMARY_FILE;
 use crate::dir::{DeviceInfo, RunDir, read_checkpoint, read_run_config};
 use crate::error::{RunError, run_error};
 use crate::files::{self, write_report};
-use crate::images::{ImageJob, load_data};
+use crate::images::{ImageJob, device_error, images, load_data};
 use crate::{console, memory};
 
 /// Images per forward pass of the analysis.
@@ -394,19 +394,6 @@ fn predictions(logits: &[f32], classes: usize) -> Vec<usize> {
                 .expect("at least one class")
         })
         .collect()
-}
-
-/// The images of a set at `positions` as a `[n, pixels]` tensor, and their labels.
-pub(crate) fn images<B: SparseBackend>(
-    b: &B,
-    set: &modula_data::ImageSet,
-    positions: &[usize],
-) -> (B::Tensor, Vec<u32>) {
-    let batch = set.batch(positions);
-    (
-        b.upload([positions.len(), set.image_bytes()], &batch.pixels),
-        batch.labels,
-    )
 }
 
 /// Analyses the dense ReLU network of each run in `runs` and writes `report.md`, the
@@ -844,10 +831,6 @@ pub(crate) fn train_routers<B: SparseBackend>(
 /// The rows of a row-major matrix `width` wide.
 fn h_rows(h: &[f32], width: usize) -> std::slice::Chunks<'_, f32> {
     h.chunks(width.max(1))
-}
-
-pub(crate) fn device_error(e: BackendError) -> RunError {
-    run_error(format!("device failure during the analysis: {e}"))
 }
 
 /// The report's tables.
