@@ -92,6 +92,23 @@ pub enum Search {
     Step,
 }
 
+/// Along which path a per-step search walks, and so which routes the M-step trains the
+/// modules on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EPath {
+    /// The search walks along the best prefix it has found; the stored path is a route,
+    /// and the M-step runs the modules along it (the paper's EM).
+    #[default]
+    Best,
+    /// The search walks along the controller's greedy routes and stores, at each step, the
+    /// candidate that scores best from the greedy state: a target for the controller, not
+    /// a route. The M-step runs the modules along the greedy routes (those a greedy
+    /// evaluation takes) and pulls the controller towards the stored targets, so the
+    /// modules never train on routes chosen knowing the next word.
+    Greedy,
+}
+
 /// EM's E-step settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EStepSettings {
@@ -118,6 +135,8 @@ pub struct EStepSettings {
     pub uniform: f32,
     /// Score candidates with dropout active, as the M-step trains (off: without dropout).
     pub dropout: bool,
+    /// `Search::Step`: the path the search walks and the M-step's routes.
+    pub path: EPath,
 }
 
 impl EStepSettings {
@@ -132,6 +151,7 @@ impl EStepSettings {
             sample: false,
             uniform: 0.0,
             dropout: false,
+            path: EPath::Best,
         }
     }
 
@@ -165,6 +185,12 @@ impl EStepSettings {
                     "is {}; use 0 (no limit) or a factor of at least 1 over an even share of the streams",
                     self.capacity
                 ),
+            ));
+        }
+        if self.path == EPath::Greedy && self.search != Search::Step {
+            return Err(invalid(
+                "train.e_path",
+                "is \"greedy\", which walks a per-step search; set train.e_search = \"step\" or use e_path = \"best\"",
             ));
         }
         if !(0.0..=1.0).contains(&self.uniform) {

@@ -15,7 +15,9 @@ pub mod task;
 mod trainer;
 
 pub use algo::{Algorithm, StepStats};
-pub use config::{Algo, ConfigError, DenseMatch, EStepSettings, Search, TrainSettings, invalid};
+pub use config::{
+    Algo, ConfigError, DenseMatch, EPath, EStepSettings, Search, TrainSettings, invalid,
+};
 pub use error::TrainError;
 pub use estep::EStats;
 pub use guard::{DEFAULT_DIVERGENCE_FACTOR, DivergenceGuard, Reference};

@@ -78,6 +78,17 @@ pub enum Routes<'a, 'r, B: Backend> {
     Stored(&'a [Selection]),
     /// Chosen group by group from the controller's output (sampling, greedy, uniform).
     Chosen(&'a mut Router<'r, B>),
+    /// The modules follow `route`'s choices while `log p(a | .)` is taken at `targets` (one
+    /// per group), which the controller's loss then pulls it towards: EM along the greedy
+    /// path ([`crate::EPath::Greedy`]), where the modules train on the routes the controller
+    /// picks at test time and the E-step's choices only teach the controller. Sequence
+    /// models only.
+    Guided {
+        /// The controller's target selection of each group.
+        targets: &'a [Selection],
+        /// Chooses the selection the modules run.
+        route: &'a mut Router<'r, B>,
+    },
 }
 
 /// Summary of the controllers' distributions over a batch (for diagnostics).

@@ -255,7 +255,8 @@ pub struct ModularGruSeq<B: Backend> {
 #[derive(Debug)]
 pub struct ModularGruCache<B: Backend> {
     controller: ControllerOutput<B>,
-    selection: Selection,
+    /// The selection `log p(a_t | .)` was taken at: the routed one, or a guided step's target.
+    target: Selection,
     routing: Routing,
     /// The input-side modules' cache, absent when the caller computed `gx` itself.
     input: Option<ModularCache<B>>,
@@ -358,21 +359,39 @@ impl ModularGruCell {
         h_prev: &B::Tensor,
         selection: Selection,
     ) -> (B::Tensor, B::Tensor, ModularGruCache<B>) {
+        let target = selection.clone();
+        self.finish_guided(b, params, step, h_prev, selection, target)
+    }
+
+    /// [`ModularGruCell::finish`] routed by `selection` but with the controller's
+    /// log-probability (and, in the backward pass, its loss) taken at `target`: the modules
+    /// run the route the controller chose while the controller learns towards another
+    /// selection (EM's per-step targets along the greedy path). Returns `h_t`,
+    /// `log p(target | x_t, h_{t-1}) [n, 1]` and the step cache.
+    ///
+    /// # Panics
+    /// If `target` has another shape than `selection`.
+    #[track_caller]
+    pub fn finish_guided<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        step: PreparedStep<B>,
+        h_prev: &B::Tensor,
+        selection: Selection,
+        target: Selection,
+    ) -> (B::Tensor, B::Tensor, ModularGruCache<B>) {
+        assert_eq!(
+            (target.rows(), target.k()),
+            (selection.rows(), selection.k()),
+            "a guided step's target must have the route's rows and K"
+        );
         let routing = Routing::new(&selection, self.modules.modules());
         let (gx, input) = self
             .modules
             .input
             .forward(b, params, &step.x, &routing, None);
-        self.finish_routed(
-            b,
-            params,
-            step,
-            &gx,
-            Some(input),
-            h_prev,
-            selection,
-            routing,
-        )
+        self.finish_routed(b, params, step, &gx, Some(input), h_prev, target, routing)
     }
 
     /// [`ModularGruCell::finish`] with the input-side modules' output `gx [n, 3h]` for this
@@ -402,16 +421,16 @@ impl ModularGruCell {
         gx: &B::Tensor,
         input: Option<ModularCache<B>>,
         h_prev: &B::Tensor,
-        selection: Selection,
+        target: Selection,
         routing: Routing,
     ) -> (B::Tensor, B::Tensor, ModularGruCache<B>) {
-        let log_p = self.controller.log_prob(b, &step.controller, &selection);
+        let log_p = self.controller.log_prob(b, &step.controller, &target);
         let (h, cache) = self
             .modules
             .recurrent_forward(b, params, gx, h_prev, &routing, None);
         let cache = ModularGruCache {
             controller: step.controller,
-            selection,
+            target,
             routing,
             input,
             step: cache,
@@ -439,7 +458,7 @@ impl ModularGruCell {
     ) -> (B::Tensor, B::Tensor) {
         let ModularGruCache {
             controller,
-            selection,
+            target,
             routing,
             input,
             step,
@@ -449,15 +468,8 @@ impl ModularGruCell {
         let (d_gx, mut dh_prev, _) = self
             .modules
             .recurrent_backward(b, params, &routing, step, dh, grads);
-        let dx_controller = self.controller_backward(
-            b,
-            params,
-            controller,
-            &selection,
-            d_logp,
-            &mut dh_prev,
-            grads,
-        );
+        let dx_controller =
+            self.controller_backward(b, params, controller, &target, d_logp, &mut dh_prev, grads);
         let (mut dx, _) = self
             .modules
             .input
@@ -485,7 +497,7 @@ impl ModularGruCell {
     ) -> StepInputGrads<B> {
         let ModularGruCache {
             controller,
-            selection,
+            target,
             routing,
             step,
             ..
@@ -493,15 +505,8 @@ impl ModularGruCell {
         let (d_gx, d_gh, mut dh_prev) = self
             .modules
             .recurrent_backward_deferred(b, params, &routing, step, dh);
-        let dx_controller = self.controller_backward(
-            b,
-            params,
-            controller,
-            &selection,
-            d_logp,
-            &mut dh_prev,
-            grads,
-        );
+        let dx_controller =
+            self.controller_backward(b, params, controller, &target, d_logp, &mut dh_prev, grads);
         StepInputGrads {
             d_gx,
             d_gh,

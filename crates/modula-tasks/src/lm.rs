@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use modula_data::{DataError, Streams, TextCorpus, TextOptions, Vocab, Window};
 use modula_em::models::{LanguageModel, LmModelConfig, LmWindow};
 use modula_em::{
-    Algo, Batch, ConfigError, DEFAULT_DIVERGENCE_FACTOR, DenseMatch, EStepDue, EStepSettings,
-    Group, Routes, Search, Task, TrainError, TrainSettings, Trainer, invalid,
+    Algo, Batch, ConfigError, DEFAULT_DIVERGENCE_FACTOR, DenseMatch, EPath, EStepDue,
+    EStepSettings, Group, Routes, Search, Task, TrainError, TrainSettings, Trainer, invalid,
 };
 use modula_modular::{ControllerOutput, Selection};
 use modula_nn::{Checkpoint, Ctx, ParamStore, StoredTensor};
@@ -61,6 +61,11 @@ pub struct LmTrainConfig {
     pub e_uniform: f32,
     /// EM: score candidates with dropout, as the M-step trains.
     pub e_dropout: bool,
+    /// EM, per-step search: `"best"` walks the best prefix and trains the modules along the
+    /// stored routes; `"greedy"` walks the controller's greedy routes, stores each step's
+    /// best candidate as the controller's target and trains the modules along the greedy
+    /// routes (see [`EPath`]).
+    pub e_path: EPath,
     /// EM: weight of the controller loss `-log p(a* | .)` in the M-step.
     pub ctrl_weight: f32,
     /// EM: leave the controller loss out at positions no E-step has visited yet.
@@ -112,6 +117,7 @@ impl Default for LmTrainConfig {
             e_sample: false,
             e_uniform: 0.0,
             e_dropout: false,
+            e_path: EPath::Best,
             ctrl_weight: 1.0,
             ctrl_mask: false,
             init_from: PathBuf::new(),
@@ -174,6 +180,7 @@ impl LmTrainConfig {
                 sample: self.e_sample,
                 uniform: self.e_uniform,
                 dropout: self.e_dropout,
+                path: self.e_path,
             },
             e_every: self.e_every,
             ctrl_weight: self.ctrl_weight,

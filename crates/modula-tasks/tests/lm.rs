@@ -4,8 +4,8 @@
 use modula_cpu::Cpu;
 use modula_data::{Streams, Vocab};
 use modula_em::models::{LanguageModel, LmModelConfig, Recurrent};
-use modula_em::{Algo, EStepSettings, Model, Routes, Search, Task, Trainer, estep};
-use modula_modular::Selection;
+use modula_em::{Algo, EPath, EStepSettings, Model, Routes, Search, Task, Trainer, estep};
+use modula_modular::{ControllerOutput, Selection};
 use modula_nn::gradcheck::{GradCheck, check};
 use modula_nn::{Ctx, Grads, ParamStore};
 use modula_tasks::{LmData, LmTask, LmTrainConfig};
@@ -70,17 +70,30 @@ fn random_window(
     (ids, targets, sels)
 }
 
-/// Checks the window's backward pass against finite differences; `fixed` hands the
-/// selections over as [`Routes::Stored`] (the window-wide input projection) rather than
-/// returning them step by step.
+/// How a gradient check's window is routed: the selections handed over as
+/// [`Routes::Stored`] (the window-wide input projection), returned step by step by a router,
+/// or run by the router while the controller's terms are taken at other (target) selections
+/// ([`Routes::Guided`]).
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    Stored,
+    Chosen,
+    Guided,
+}
+
+fn via(pick: usize) -> Via {
+    [Via::Stored, Via::Chosen, Via::Guided][pick % 3]
+}
+
+/// Checks the window's backward pass against finite differences, routed as `routes` says.
 fn check_window(
     recurrent: Recurrent,
     steps: usize,
     n: usize,
     seed: u64,
-    fixed: bool,
+    routes: Via,
 ) -> Result<(), String> {
-    check_window_with(recurrent, steps, n, seed, fixed, false)
+    check_window_with(recurrent, steps, n, seed, routes, false)
 }
 
 /// A copy of `p` whose derived parameters are recomputed by `model`: what the trainer's
@@ -105,13 +118,15 @@ fn check_window_with(
     steps: usize,
     n: usize,
     seed: u64,
-    fixed: bool,
+    via: Via,
     shared_base: bool,
 ) -> Result<(), String> {
     let b = Cpu::with_threads(1);
     let (model, mut params) = tiny_model_with(&b, recurrent, seed, shared_base);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 1);
     let (ids, targets, sels) = random_window(&model, steps, n, &mut rng);
+    // A guided window's targets: other selections than the routes the modules run.
+    let (_, _, targets_of_guided) = random_window(&model, steps, n, &mut rng);
     let w_p: Vec<f32> = (0..steps * n)
         .map(|_| rng.random_range(-1.0..1.0))
         .collect();
@@ -121,10 +136,13 @@ fn check_window_with(
         // A fresh context per call: the same dropout masks and top-k noise every time.
         let mut ctx = Ctx::train(seed);
         let mut route = |t: usize, _: &_| Ok(sels[t].clone());
-        let routes = if fixed {
-            Routes::Stored(&sels)
-        } else {
-            Routes::Chosen(&mut route)
+        let routes = match via {
+            Via::Stored => Routes::Stored(&sels),
+            Via::Chosen => Routes::Chosen(&mut route),
+            Via::Guided => Routes::Guided {
+                targets: &targets_of_guided,
+                route: &mut route,
+            },
         };
         let h0 = b.upload([n, 2], &h0);
         model
@@ -167,9 +185,9 @@ proptest! {
 
     #[test]
     fn modular_window_backward_matches_finite_differences(
-        steps in 1usize..4, n in 1usize..3, seed in any::<u64>(), fixed in any::<bool>(),
+        steps in 1usize..4, n in 1usize..3, seed in any::<u64>(), routes in 0usize..3,
     ) {
-        check_window(Recurrent::Modular { modules: 3, k: 2 }, steps, n, seed, fixed)
+        check_window(Recurrent::Modular { modules: 3, k: 2 }, steps, n, seed, via(routes))
             .map_err(TestCaseError::fail)?;
     }
 
@@ -177,7 +195,7 @@ proptest! {
     fn dense_window_backward_matches_finite_differences(
         steps in 1usize..4, n in 1usize..3, seed in any::<u64>(),
     ) {
-        check_window(Recurrent::Dense { hidden: 2 }, steps, n, seed, false)
+        check_window(Recurrent::Dense { hidden: 2 }, steps, n, seed, Via::Chosen)
             .map_err(TestCaseError::fail)?;
     }
 
@@ -188,14 +206,14 @@ proptest! {
         steps in 1usize..4, n in 1usize..3, seed in any::<u64>(),
     ) {
         let cell = Recurrent::TopK { modules: 2, k: 2, importance_weight: 0.5 };
-        check_window(cell, steps, n, seed, false).map_err(TestCaseError::fail)?;
+        check_window(cell, steps, n, seed, Via::Chosen).map_err(TestCaseError::fail)?;
     }
 
     /// Modules on a shared base: the gradients of the base (summed over modules) and of the
     /// deltas, for the controller-routed and the top-k gated cell.
     #[test]
     fn shared_base_window_backward_matches_finite_differences(
-        steps in 1usize..4, n in 1usize..3, seed in any::<u64>(), fixed in any::<bool>(),
+        steps in 1usize..4, n in 1usize..3, seed in any::<u64>(), routes in 0usize..3,
         topk in any::<bool>(),
     ) {
         let cell = if topk {
@@ -203,8 +221,47 @@ proptest! {
         } else {
             Recurrent::Modular { modules: 3, k: 2 }
         };
-        check_window_with(cell, steps, n, seed, fixed && !topk, true)
+        let routes = if topk { Via::Chosen } else { via(routes) };
+        check_window_with(cell, steps, n, seed, routes, true)
             .map_err(TestCaseError::fail)?;
+    }
+
+    /// Guided routes run the modules along the router's choices (the same losses and states
+    /// as routing by them) and take `log p(a_t | .)` at the targets, read off the controller's
+    /// distributions the router saw.
+    #[test]
+    fn guided_routes_score_the_targets_along_the_routes(
+        steps in 1usize..5, n in 1usize..4, seed in any::<u64>(),
+    ) {
+        let b = Cpu::with_threads(1);
+        let (model, params) = tiny_model(&b, Recurrent::Modular { modules: 3, k: 2 }, seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 3);
+        let (ids, targets, sels) = random_window(&model, steps, n, &mut rng);
+        let (_, _, goals) = random_window(&model, steps, n, &mut rng);
+        let h0: Vec<f32> = (0..n * 2).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let h0 = b.upload([n, 2], &h0);
+        let mut expected = Vec::new();
+        let mut route = |t: usize, out: &ControllerOutput<Cpu>| {
+            let lp = b.download(&out.log_probs)?;
+            expected.extend((0..n).map(|i| {
+                (0..2).map(|s| lp[(i * 2 + s) * 3 + goals[t].as_slice()[i * 2 + s] as usize]).sum::<f32>()
+            }));
+            Ok(sels[t].clone())
+        };
+        let guided = model
+            .forward_window(&b, &params, &ids, &targets, &h0, Routes::Guided { targets: &goals, route: &mut route }, false, &mut Ctx::eval())
+            .unwrap();
+        let routed = model
+            .forward_window(&b, &params, &ids, &targets, &h0, Routes::Stored(&sels), false, &mut Ctx::eval())
+            .unwrap();
+        prop_assert_eq!(&guided.selections, &sels);
+        for (g, r) in guided.nll.iter().zip(&routed.nll) {
+            prop_assert!((g - r).abs() <= 1e-5 * r.abs().max(1.0), "{} vs {}", g, r);
+        }
+        prop_assert_eq!(guided.log_p.len(), expected.len());
+        for (g, e) in guided.log_p.iter().zip(&expected) {
+            prop_assert!((g - e).abs() <= 1e-5 * e.abs().max(1.0), "{} vs {}", g, e);
+        }
     }
 
     /// The window-wide input projection of fixed routes is a fast path of the step-by-step
@@ -559,10 +616,13 @@ proptest! {
     /// With K = 1 and S = M, the per-step search's path (before the E-step compares it with
     /// the stored one) takes at every step the exact argmax over all M modules of
     /// `-log p(w_{t+1} | h_t(m)) + prior * log p(m | .)`, the prefix being its own earlier
-    /// choices; and its reported window scores are those of the two paths.
+    /// choices (along the greedy path: the controller's argmax at every earlier step); and
+    /// its reported window scores are those of the two paths (along the greedy path: of the
+    /// two sets of targets, each scored from the greedy prefix).
     #[test]
     fn per_step_search_takes_the_exact_per_step_argmax(
         seed in any::<u64>(), prior in 0usize..3, steps in 1usize..5, n in 1usize..4,
+        greedy in any::<bool>(),
     ) {
         let b = Cpu::with_threads(1);
         let (model, params) = tiny_model(&b, Recurrent::Modular { modules: 3, k: 1 }, seed);
@@ -571,7 +631,8 @@ proptest! {
         let h0: Vec<f32> = (0..n * 2).map(|_| rng.random_range(-1.0..1.0)).collect();
         let h0 = b.upload([n, 2], &h0);
         let weight = prior as f32 * 0.5;
-        let estep = per_step(3, weight);
+        let path_kind = if greedy { EPath::Greedy } else { EPath::Best };
+        let estep = EStepSettings { path: path_kind, ..per_step(3, weight) };
         let cands = model
             .search_steps(&b, &params, &ids, &targets, &h0, &stored, &estep, &mut rng, &mut Ctx::eval())
             .unwrap();
@@ -584,30 +645,41 @@ proptest! {
             let mut path: Vec<Selection> = stored.clone();
             let (mut stored_score, mut found_score) = (0.0, 0.0);
             for t in 0..steps {
-                let (nll, lp) = step_terms(&b, &model, &params, &ids, &targets, &h0, &stored, t, i);
-                stored_score += -nll + lp;
-                let mut best = (f64::NEG_INFINITY, 0u32);
+                if !greedy {
+                    let (nll, lp) = step_terms(&b, &model, &params, &ids, &targets, &h0, &stored, t, i);
+                    stored_score += -nll + lp;
+                }
+                // Every module from the prefix: the best by the search's score, and the
+                // controller's own choice (its distribution does not depend on the module).
+                let mut terms = Vec::new();
                 for m in 0..3u32 {
                     let mut picks = path[t].as_slice().to_vec();
                     picks[i] = m;
                     path[t] = Selection::new(1, picks);
-                    let (nll, lp) = step_terms(&b, &model, &params, &ids, &targets, &h0, &path, t, i);
-                    let score = -nll + weight as f64 * lp;
-                    if score > best.0 + 1e-9 {
-                        best = (score, m);
-                    }
+                    terms.push(step_terms(&b, &model, &params, &ids, &targets, &h0, &path, t, i));
                 }
-                let got = found[t * n + i];
-                let mut picks = path[t].as_slice().to_vec();
-                picks[i] = got;
-                path[t] = Selection::new(1, picks);
-                let (nll, lp) = step_terms(&b, &model, &params, &ids, &targets, &h0, &path, t, i);
+                let search = |m: usize| -terms[m].0 + weight as f64 * terms[m].1;
+                let best = (0..3).fold(0, |a, m| if search(m) > search(a) + 1e-9 { m } else { a });
+                let mode = (0..3).fold(0, |a, m| if terms[m].1 > terms[a].1 { m } else { a });
+                let got = found[t * n + i] as usize;
                 // Equal scores (up to rounding) may go either way.
                 prop_assert!(
-                    got == best.1 || (-nll + weight as f64 * lp - best.0).abs() < 1e-5,
-                    "stream {} step {}: search took {}, the argmax is {}", i, t, got, best.1
+                    got == best || (search(got) - search(best)).abs() < 1e-5,
+                    "stream {} step {}: search took {}, the argmax is {}", i, t, got, best
                 );
-                found_score += -nll + lp;
+                found_score += -terms[got].0 + terms[got].1;
+                // Along the greedy path the stored target is scored from the same prefix,
+                // and the walk goes on with the controller's choice, not the search's.
+                let next = if greedy {
+                    let s = stored[t].as_slice()[i] as usize;
+                    stored_score += -terms[s].0 + terms[s].1;
+                    mode
+                } else {
+                    got
+                };
+                let mut picks = path[t].as_slice().to_vec();
+                picks[i] = next as u32;
+                path[t] = Selection::new(1, picks);
             }
             prop_assert!((cands.scores[i] - stored_score).abs() < 1e-4, "{} vs {}", cands.scores[i], stored_score);
             prop_assert!((cands.scores[n + i] - found_score).abs() < 1e-4, "{} vs {}", cands.scores[n + i], found_score);
@@ -655,11 +727,19 @@ proptest! {
 /// bit for bit, and an epoch of it visits every training position.
 #[test]
 fn per_step_em_is_reproducible_resumable_and_covers_the_corpus() {
+    for e_path in [EPath::Best, EPath::Greedy] {
+        per_step_em_run(e_path);
+    }
+}
+
+/// [`per_step_em_is_reproducible_resumable_and_covers_the_corpus`] along one kind of path.
+fn per_step_em_run(e_path: EPath) {
     let train = LmTrainConfig {
         algo: Algo::Em,
         e_every: 1,
         e_search: Search::Step,
         e_prior: 0.5,
+        e_path,
         samples: 3,
         ctrl_mask: true,
         ..LmTrainConfig::default()
@@ -682,8 +762,25 @@ fn per_step_em_is_reproducible_resumable_and_covers_the_corpus() {
     assert_eq!(a.table(), c.table());
     assert_eq!(
         coverage, 1.0,
-        "one epoch of E-steps on every window visits every position"
+        "one epoch of E-steps on every window visits every position ({e_path:?})"
     );
+}
+
+/// Walking the greedy path is a per-step search's option: a whole-path E-step refuses it,
+/// naming the field.
+#[test]
+fn the_greedy_path_needs_the_per_step_search() {
+    let train = LmTrainConfig {
+        e_path: EPath::Greedy,
+        ..LmTrainConfig::default()
+    };
+    let err = train.validate().unwrap_err();
+    assert_eq!(err.field, "train.e_path");
+    let step = LmTrainConfig {
+        e_search: Search::Step,
+        ..train
+    };
+    assert_eq!(step.validate(), Ok(()));
 }
 
 /// The trainer of a tiny modular GRU (M = 3, K = 1) on the patterned corpus, with the

@@ -1,16 +1,19 @@
 //! Generalized (Viterbi) EM: an assignment table `a*` of every training example's selection,
 //! E-steps that replace stored assignments by better-scoring candidates
 //! ([`crate::estep`]), and M-steps that train the modules and the controllers on the stored
-//! assignments by gradient descent on `-mean log p(y | ., a*) - mean log p(a* | .)`.
+//! assignments by gradient descent on `-mean log p(y | ., a*) - mean log p(a* | .)`. Along
+//! the greedy path ([`EPath::Greedy`], sequence models), the stored assignments are the
+//! controller's targets only and the modules run the controller's greedy routes.
 
 use std::ops::Range;
 
+use modula_modular::ControllerOutput;
 use modula_nn::{Checkpoint, StoredTensor};
 use modula_tensor::{Backend, BackendError};
 use rand_chacha::ChaCha8Rng;
 
 use super::{Algorithm, Gradient, StepContext, routed_gradient};
-use crate::config::{Algo, EStepSettings, TrainSettings};
+use crate::config::{Algo, EPath, EStepSettings, TrainSettings};
 use crate::error::TrainError;
 use crate::estep::{self, EStats, stored_selections};
 use crate::meta::MetaReader;
@@ -60,7 +63,16 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Em {
         let stored = stored_selections(&self.table, batch);
         let (_, pass) = s.split();
         let (weight, mask, visited) = (self.ctrl_weight, self.ctrl_mask, &self.visited);
-        routed_gradient(pass, batch, Routes::Stored(&stored), |out| {
+        let b = pass.backend;
+        let mut greedy = |_: usize, out: &ControllerOutput<B>| out.greedy(b);
+        let routes = match self.estep.path {
+            EPath::Best => Routes::Stored(&stored),
+            EPath::Greedy => Routes::Guided {
+                targets: &stored,
+                route: &mut greedy,
+            },
+        };
+        routed_gradient(pass, batch, routes, |out| {
             let d = -weight / out.nll.len() as f32;
             if !mask {
                 return vec![d; out.log_p.len()];

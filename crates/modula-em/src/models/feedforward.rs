@@ -615,6 +615,9 @@ pub fn forward<B: Backend, N: FeedForward<B>>(
             net.forward_tensors(b, params, x, t, &mut route, stats, false, ctx)?
         }
         Routes::Chosen(route) => net.forward_tensors(b, params, x, t, route, stats, false, ctx)?,
+        Routes::Guided { .. } => {
+            unreachable!("guided routes are a sequence-model setting; no feed-forward task sets it")
+        }
     };
     let usage = out
         .selections

@@ -14,7 +14,7 @@ use rand::Rng;
 
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::{EStepSettings, Search};
+use crate::config::{EPath, EStepSettings, Search};
 use crate::estep::{choose_step, draw_slots, propose};
 use crate::model::{
     Candidates, ControllerStats, Episodes, Forward, Model, Routes, controller_stats,
@@ -316,15 +316,21 @@ impl LanguageModel {
                 if let Some(acc) = stats {
                     acc.extend(b.download(&prepared.controller.log_probs)?);
                 }
-                let selection = match routes {
-                    Routes::Stored(selections) => selections[t].clone(),
-                    Routes::Chosen(route) => route(t, &prepared.controller)?,
+                let (selection, target) = match routes {
+                    Routes::Stored(selections) => (selections[t].clone(), None),
+                    Routes::Chosen(route) => (route(t, &prepared.controller)?, None),
+                    Routes::Guided { targets, route } => {
+                        (route(t, &prepared.controller)?, Some(targets[t].clone()))
+                    }
                 };
-                let (h, log_p, cache) = match gx {
-                    Some(gx) => {
+                let (h, log_p, cache) = match (gx, target) {
+                    (Some(gx), _) => {
                         cell.finish_with_input(b, params, prepared, gx, h_prev, selection.clone())
                     }
-                    None => cell.finish(b, params, prepared, h_prev, selection.clone()),
+                    (None, Some(target)) => {
+                        cell.finish_guided(b, params, prepared, h_prev, selection.clone(), target)
+                    }
+                    (None, None) => cell.finish(b, params, prepared, h_prev, selection.clone()),
                 };
                 Ok(StepResult {
                     h,
@@ -790,6 +796,12 @@ impl LanguageModel {
     /// `sum_t log p(w_{t+1} | ., a) + log p(a_t | .)` (the bound, whatever the search's
     /// weights), so that the E-step keeps the better and the bound never decreases.
     ///
+    /// Along the greedy path ([`EPath::Greedy`]) the walk goes on from each stream's greedy
+    /// candidate instead of its best (with proposals, candidate 0 is the greedy choice in
+    /// place of the stored one), so what is found is one target per step, not a path; the
+    /// stored targets are scored from the same greedy prefix, and the two window sums
+    /// compare the two sets of targets.
+    ///
     /// # Errors
     /// Device failures.
     ///
@@ -833,13 +845,25 @@ impl LanguageModel {
             // The candidates start from the best prefix's state, the stored path from its own.
             let h_all = stack_rows(b, &b.gather_rows(&h, &cand), &hs);
             let prepared = cell.prepare(b, params, &x_all, &h_all);
+            // Along the greedy path, the walk goes on from each stream's greedy candidate:
+            // candidate 0 when proposals are drawn, module `g` (row `g * n + i`) when all
+            // modules are enumerated. Every candidate row of a stream shares its input and
+            // state, so the first `n` rows' controller gives the greedy choices.
+            let greedy = match estep.path {
+                EPath::Greedy => {
+                    let all = prepared.controller.greedy(b)?;
+                    Some(Selection::new(k, all.as_slice()[..n * k].to_vec()))
+                }
+                EPath::Best => None,
+            };
             let mut picks = if enumerate {
                 (0..c as u32)
                     .flat_map(|j| std::iter::repeat_n(j, n))
                     .collect()
             } else {
                 let lp = b.download(&prepared.controller.log_probs)?;
-                let mut drawn = stored[t].as_slice().to_vec();
+                let first = greedy.as_ref().unwrap_or(&stored[t]);
+                let mut drawn = first.as_slice().to_vec();
                 drawn.extend(draw_slots(
                     &lp[n * k * m..c * n * k * m],
                     m,
@@ -893,8 +917,28 @@ impl LanguageModel {
                 })
                 .collect();
             found.push(Selection::new(k, picked));
-            h = b.gather_rows(&h_next, &rows);
-            hs = b.gather_rows(&h_next, &stored_rows);
+            match &greedy {
+                Some(g) => {
+                    // The stored targets are scored from the greedy state too, so that the
+                    // comparison below weighs two sets of targets along the same path.
+                    let follow: Vec<u32> = (0..n)
+                        .map(|i| {
+                            let j = if enumerate {
+                                g.as_slice()[i] as usize
+                            } else {
+                                0
+                            };
+                            (j * n + i) as u32
+                        })
+                        .collect();
+                    h = b.gather_rows(&h_next, &follow);
+                    hs = b.duplicate(&h);
+                }
+                None => {
+                    h = b.gather_rows(&h_next, &rows);
+                    hs = b.gather_rows(&h_next, &stored_rows);
+                }
+            }
         }
         let selections = stored
             .iter()
