@@ -118,7 +118,7 @@ pub fn run(args: TrainArgs) -> Result<(), RunError> {
     if args.dist.is_some() {
         return dist::run(&args, &overrides);
     }
-    let start = prepare(&args, &overrides)?;
+    let start = prepare(&args, &overrides, |_| Ok(()))?;
     let (backend, threads) = (start.cfg.common().backend, start.cfg.common().threads);
     on_backend(backend, threads, Job(start))
 }
@@ -135,11 +135,17 @@ fn fresh_config(args: &TrainArgs, overrides: &Overrides) -> Result<RunConfig, Ru
 }
 
 /// The run `args` ask for, its directory taken: a new one, or the continuation of `--resume`.
-fn prepare(args: &TrainArgs, overrides: &Overrides) -> Result<Start, RunError> {
+/// `admit` may refuse a new run's configuration before its directory is created.
+fn prepare(
+    args: &TrainArgs,
+    overrides: &Overrides,
+    admit: impl Fn(&RunConfig) -> Result<(), RunError>,
+) -> Result<Start, RunError> {
     match &args.resume {
         Some(dir) => Start::resume(dir, overrides, args.accept_config_change),
         None => {
             let cfg = fresh_config(args, overrides)?;
+            admit(&cfg)?;
             let dir = args
                 .out
                 .clone()
@@ -196,7 +202,11 @@ mod dist {
         comm: Rc<MpiComm>,
     ) -> Result<(), RunError> {
         let rank = if modula_dist::Comm::rank(&comm) == 0 {
-            Rank::Lead(Box::new(prepare(args, overrides)?))
+            Rank::Lead(Box::new(prepare(
+                args,
+                overrides,
+                modula_run::check_data_parallel,
+            )?))
         } else {
             // The other ranks resolve the same configuration and read rank 0's checkpoint
             // without taking the directory; they write nothing.

@@ -244,5 +244,9 @@ mod under_mpi {
         );
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(text.contains("train.algo"), "{text}");
+        assert!(
+            !tmp.path().join("run").exists(),
+            "a refused run left its directory behind"
+        );
     }
 }

@@ -111,11 +111,9 @@ pub fn train_data_parallel<B: SparseBackend>(
         Rank::Lead(start) => &start.cfg,
         Rank::Follow { cfg, .. } => cfg,
     };
+    check_data_parallel(cfg)?;
     let RunConfig::Toy(run) = cfg else {
-        return Err(run_error(format!(
-            "--dist data trains the toy task only so far, not task_name = \"{}\"; train it without --dist",
-            cfg.common().task_name
-        )));
+        unreachable!("check_data_parallel admits the toy task only");
     };
     let mut job = toy::ToyJob::new(backend, device, run);
     job.trainer
@@ -125,6 +123,29 @@ pub fn train_data_parallel<B: SparseBackend>(
         Rank::Lead(start) => driver::train(job, *start, Hooks::default()),
         Rank::Follow { checkpoint, .. } => driver::follow(job, checkpoint.map(|c| *c)),
     }
+}
+
+/// Refuses a configuration `--dist data` cannot train yet (another task than the toy one, or
+/// another algorithm than EM), naming the field. The command line calls it before it takes a
+/// run directory, so that a refused run leaves nothing behind.
+///
+/// # Errors
+/// A [`RunError`] naming `task_name` or `train.algo` and what to change.
+pub fn check_data_parallel(cfg: &RunConfig) -> Result<(), RunError> {
+    let common = cfg.common();
+    if !matches!(cfg, RunConfig::Toy(_)) {
+        return Err(run_error(format!(
+            "--dist data trains the toy task only so far, not task_name = \"{}\"; train it without --dist",
+            common.task_name
+        )));
+    }
+    if common.algo != modula_em::Algo::Em {
+        return Err(run_error(format!(
+            "train.algo = \"{}\" cannot be trained data-parallel yet; use \"em\" or train it without --dist",
+            common.algo.name()
+        )));
+    }
+    Ok(())
 }
 
 /// What `modula eval` reports: the run's identity and its greedy figures.
