@@ -241,7 +241,7 @@ fn relu_network_backward_matches_finite_differences_on_both_paths() {
                         &mut { no_route },
                         false,
                         true,
-                        &mut Ctx::eval(),
+                        &mut Ctx::train(seed),
                     )
                     .unwrap();
                 let nll = b.download(&out.task_nll).unwrap();
@@ -251,6 +251,26 @@ fn relu_network_backward_matches_finite_differences_on_both_paths() {
                     (out.penalty - mean).abs() < 1e-4 * mean.max(1.0),
                     "{} vs {mean}",
                     out.penalty
+                );
+                // An evaluation's pass leaves the weights' term out (it trains nothing).
+                let eval = net
+                    .forward_tensors(
+                        b,
+                        p,
+                        &x,
+                        &target,
+                        &mut { no_route },
+                        false,
+                        true,
+                        &mut Ctx::eval(),
+                    )
+                    .unwrap();
+                let weights = row_penalties(&net, b, p, &[], n)[0];
+                assert!(
+                    (eval.penalty - (mean - weights)).abs() < 1e-4 * mean.max(1.0),
+                    "evaluation penalty {} vs {}",
+                    eval.penalty,
+                    mean - weights
                 );
                 (0..n).map(|i| w[i] as f64 * (nll[i] as f64 + pen[i])).sum()
             },
@@ -264,7 +284,7 @@ fn relu_network_backward_matches_finite_differences_on_both_paths() {
                         &mut { no_route },
                         false,
                         false,
-                        &mut Ctx::eval(),
+                        &mut Ctx::train(seed),
                     )
                     .unwrap();
                 let mut g = Grads::new();

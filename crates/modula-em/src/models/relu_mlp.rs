@@ -212,7 +212,9 @@ impl<B: SparseBackend> FeedForward<B> for ReluMlp {
             layers.push(cache);
             z = next;
         }
-        if self.l1_weights > 0.0 {
+        // The weights' penalty is a training term only: an evaluation's pass (which has no
+        // backward pass) would spend a pass over every weight on a figure nobody reads.
+        if self.l1_weights > 0.0 && ctx.train {
             for id in self.weights() {
                 let rows = b.download(&l1_penalty(b, params.get(id), self.l1_weights))?;
                 penalty += rows.iter().map(|&v| v as f64).sum::<f64>();
