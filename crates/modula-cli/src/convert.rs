@@ -24,7 +24,7 @@ pub struct ConvertArgs {
     /// Groups computed per image, `K`.
     #[arg(long)]
     pub k: usize,
-    /// How the neurons are grouped: metis, kmeans or random.
+    /// How the neurons are grouped: metis, kmeans, random or blocks.
     #[arg(long, default_value = "metis")]
     pub method: String,
     /// The algorithm the new run continues with (`modula train --resume`).
@@ -57,7 +57,7 @@ pub struct ConvertArgs {
 pub fn run(args: ConvertArgs) -> Result<(), RunError> {
     let method = modula_cluster::Method::from_name(&args.method).ok_or_else(|| {
         run_error(format!(
-            "--method names {:?}; use metis, kmeans or random",
+            "--method names {:?}; use metis, kmeans, random or blocks",
             args.method
         ))
     })?;

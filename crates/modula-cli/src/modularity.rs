@@ -21,7 +21,8 @@ pub struct ModularityArgs {
     /// Groups per hidden layer, `M` (it must divide every hidden width).
     #[arg(long, default_value_t = 32)]
     pub groups: usize,
-    /// Partition methods, comma-separated: metis, kmeans, random.
+    /// Partition methods, comma-separated: metis, kmeans, random, blocks (the layer's own
+    /// order in consecutive blocks).
     #[arg(long, value_delimiter = ',', default_value = "metis,kmeans,random")]
     pub methods: Vec<String>,
     /// Seeds the partitions and the routers.
@@ -62,7 +63,7 @@ pub fn run(args: ModularityArgs) -> Result<(), RunError> {
         .map(|name| {
             modula_cluster::Method::from_name(name).ok_or_else(|| {
                 run_error(format!(
-                    "--methods names {name:?}; use metis, kmeans or random"
+                    "--methods names {name:?}; use metis, kmeans, random or blocks"
                 ))
             })
         })

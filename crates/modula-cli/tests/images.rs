@@ -234,6 +234,7 @@ fn fashion_mnist_smoke_runs_train_report_and_time_the_sparse_dispatch() {
         "seed",
         "l1_activations",
         "l1_weights",
+        "l1_groups",
         "train_accuracy",
         "test_accuracy",
         "zero_fraction",

@@ -23,11 +23,19 @@ pub enum Method {
     Kmeans,
     /// A seeded random permutation, the control ([`Partition::random`]).
     Random,
+    /// The layer's own order cut into equal consecutive blocks ([`Partition::blocks`]): the
+    /// fixed blocks a group-sparsity penalty trains the network towards.
+    Blocks,
 }
 
 impl Method {
     /// Every method, in the order the experiment reports them.
-    pub const ALL: [Method; 3] = [Method::Metis, Method::Kmeans, Method::Random];
+    pub const ALL: [Method; 4] = [
+        Method::Metis,
+        Method::Kmeans,
+        Method::Random,
+        Method::Blocks,
+    ];
 
     /// The method's name on the command line and in results.
     pub fn name(self) -> &'static str {
@@ -35,6 +43,7 @@ impl Method {
             Method::Metis => "metis",
             Method::Kmeans => "kmeans",
             Method::Random => "random",
+            Method::Blocks => "blocks",
         }
     }
 
@@ -117,6 +126,16 @@ impl Partition {
             group_of[i] = (p / size) as u32;
         }
         Partition::from_assignment(groups, group_of)
+    }
+
+    /// The neurons in their own order, cut into `groups` consecutive blocks of equal size:
+    /// group `g` holds neurons `g * width / groups` to `(g + 1) * width / groups - 1`.
+    ///
+    /// # Errors
+    /// [`ClusterError::Unbalanced`] when `width` is not a multiple of `groups`.
+    pub fn blocks(width: usize, groups: usize) -> Result<Self, ClusterError> {
+        let size = check_sizes(width, groups)?;
+        Partition::from_assignment(groups, (0..width).map(|i| (i / size) as u32).collect())
     }
 
     /// Balanced k-means on the neurons' weight vectors, as MoEfication splits a layer by its

@@ -78,7 +78,7 @@ proptest! {
     }
 
     /// Every method gives an exact permutation with equal groups, whose order lists each
-    /// group's members.
+    /// group's members; consecutive blocks keep the neurons' own order.
     #[test]
     fn partitions_are_balanced_permutations(
         seed in 0u64..1000,
@@ -92,6 +92,7 @@ proptest! {
             Partition::metis(&co, groups, seed).unwrap(),
             Partition::balanced_kmeans(&points, 5, groups, seed).unwrap(),
             Partition::random(width, groups, seed).unwrap(),
+            Partition::blocks(width, groups).unwrap(),
         ];
         for p in parts {
             prop_assert_eq!(p.width(), width);
@@ -99,6 +100,10 @@ proptest! {
             let mut seen = p.order().to_vec();
             seen.sort_unstable();
             prop_assert_eq!(seen, (0..width as u32).collect::<Vec<_>>());
+            if p == Partition::blocks(width, groups).unwrap() {
+                let identity: Vec<u32> = (0..width as u32).collect();
+                prop_assert_eq!(p.order(), identity.as_slice());
+            }
             for g in 0..groups {
                 prop_assert_eq!(p.members(g).len(), size);
                 for &i in p.members(g) {

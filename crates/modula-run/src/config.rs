@@ -251,6 +251,9 @@ impl ImageRun {
                 if m.l1_weights > 0.0 {
                     name.push_str(&format!("-l1w{}", m.l1_weights));
                 }
+                if m.l1_groups > 0.0 {
+                    name.push_str(&format!("-l1g{}", m.l1_groups));
+                }
                 name
             }
             (ImageNet::Conv, Algo::Dense, DenseMatch::Compute) => {

@@ -266,6 +266,7 @@ pub fn convert<B: SparseBackend>(
     new.model.k = k;
     new.model.l1_activations = 0.0;
     new.model.l1_weights = 0.0;
+    new.model.l1_groups = 0.0;
     new.train.algo = options.algo;
     new.train.epochs = options.epochs;
     let new_cfg = RunConfig::Image(new);

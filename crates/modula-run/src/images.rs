@@ -229,6 +229,7 @@ impl<B: SparseBackend> ImageJob<B> {
             hidden: conv.is_none().then(|| r.model.hidden.clone()),
             l1_activations: if mlp { r.model.l1_activations } else { 0.0 },
             l1_weights: if mlp { r.model.l1_weights } else { 0.0 },
+            l1_groups: if mlp { r.model.l1_groups } else { 0.0 },
             sparse_dispatch: mlp.then_some(r.model.sparse_dispatch),
             finished: t.step >= self.total(),
             epochs: self.epoch(),

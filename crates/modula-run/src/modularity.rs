@@ -788,6 +788,7 @@ pub(crate) fn partition_layers<B: SparseBackend>(
                 Partition::balanced_kmeans(&points, d_in, m, seed)
             }
             Method::Random => Partition::random(co.width(), m, seed),
+            Method::Blocks => Partition::blocks(co.width(), m),
         }
         .map_err(|e| run_error(format!("layer {} of {}: {e}", l + 1, dir.display())))?;
         per_layer.push(p);

@@ -320,6 +320,10 @@ pub struct ImageSummary {
     pub l1_activations: f32,
     /// L1 strength on the weights.
     pub l1_weights: f32,
+    /// Group-sparsity strength over fixed blocks of neurons (absent from summaries written
+    /// before it existed: 0).
+    #[serde(default)]
+    pub l1_groups: f32,
     /// Whether the ReLU network's products could take the sparse path.
     pub sparse_dispatch: Option<bool>,
     /// Whether every configured epoch (or step) was trained.

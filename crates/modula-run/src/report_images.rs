@@ -40,6 +40,8 @@ pub struct ImageResult {
     pub l1_activations: f32,
     /// L1 strength on the weights (the ReLU network).
     pub l1_weights: f32,
+    /// Group-sparsity strength over fixed blocks of neurons (the ReLU network).
+    pub l1_groups: f32,
     /// Epochs trained.
     pub epochs: f64,
     /// Iterations trained.
@@ -98,6 +100,7 @@ impl ImageResult {
             train_examples: s.train_examples,
             l1_activations: s.l1_activations,
             l1_weights: s.l1_weights,
+            l1_groups: s.l1_groups,
             epochs: s.epochs,
             steps: s.steps,
             finished: s.finished,
@@ -220,7 +223,7 @@ pub fn report(
     }
     let mut points: Vec<SparsityPoint> = results
         .iter()
-        .filter(|r| r.model == "mlp" && r.l1_weights == 0.0)
+        .filter(|r| r.model == "mlp" && r.l1_weights == 0.0 && r.l1_groups == 0.0)
         .map(|r| SparsityPoint {
             l1: f64::from(r.l1_activations),
             zero_fraction: r.zero_fraction.clone(),
@@ -308,7 +311,7 @@ fn sparsity_table(results: &[ImageResult]) -> String {
         return String::new();
     }
     let mut md = String::from(
-        "\n| run | L1 activations | L1 weights | test accuracy | zero fraction per layer | all-zero blocks of 32 per layer | sparse share of products | training s/epoch, sparse on / off | inference s/epoch, sparse on / off | ideal saving |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "\n| run | L1 activations | L1 weights | group L1 | test accuracy | zero fraction per layer | all-zero blocks of 32 per layer | sparse share of products | training s/epoch, sparse on / off | inference s/epoch, sparse on / off | ideal saving |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &mlps {
         let pair = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -316,10 +319,11 @@ fn sparsity_table(results: &[ImageResult]) -> String {
             _ => "-".into(),
         };
         md.push_str(&format!(
-            "| {} | {} | {} | {:.4} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {:.4} | {} | {} | {} | {} | {} | {} |\n",
             r.run,
             r.l1_activations,
             r.l1_weights,
+            r.l1_groups,
             r.test_accuracy,
             fractions(&r.zero_fraction),
             fractions(&r.block_zero_fraction),
@@ -331,7 +335,7 @@ fn sparsity_table(results: &[ImageResult]) -> String {
     }
     for base in mlps
         .iter()
-        .filter(|r| r.l1_activations == 0.0 && r.l1_weights == 0.0)
+        .filter(|r| r.l1_activations == 0.0 && r.l1_weights == 0.0 && r.l1_groups == 0.0)
     {
         let pick = strongest_within_a_point(base, &mlps);
         md.push_str(&format!(
@@ -365,6 +369,7 @@ fn strongest_within_a_point<'a>(
             r.task == base.task
                 && r.train_examples == base.train_examples
                 && r.l1_weights == 0.0
+                && r.l1_groups == 0.0
                 && r.l1_activations > 0.0
                 && r.test_accuracy >= base.test_accuracy - 0.01
         })

@@ -32,8 +32,8 @@ pub enum ImageNet {
 }
 
 /// The `[model]` section of an image task. `kind = "conv"` reads `modules`, `k`, `channels`
-/// and `kernel`; `kind = "mlp"` reads `hidden`, `l1_activations`, `l1_weights` and
-/// `sparse_dispatch`; `kind = "groups"` reads `modules` (groups per hidden layer), `k` and
+/// and `kernel`; `kind = "mlp"` reads `hidden`, `l1_activations`, `l1_weights`, `l1_groups`,
+/// `l1_group_size` and `sparse_dispatch`; `kind = "groups"` reads `modules` (groups per hidden layer), `k` and
 /// `hidden`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -54,6 +54,12 @@ pub struct ImageModelConfig {
     pub l1_activations: f32,
     /// MLP: L1 strength on the weight matrices (`lambda * sum |W|`).
     pub l1_weights: f32,
+    /// MLP: group-sparsity strength over fixed blocks of `l1_group_size` consecutive neurons
+    /// of every hidden layer, per example (`lambda * sum_blocks ||relu(z)_block||_2`): the
+    /// locality constraint, which silences whole blocks together (0: off).
+    pub l1_groups: f32,
+    /// MLP: neurons per block of `l1_groups` (it must divide every hidden width).
+    pub l1_group_size: usize,
     /// MLP: whether the hidden layers' products may take the sparse path (dispatching on the
     /// batch's measured density); off, they are always dense.
     pub sparse_dispatch: bool,
@@ -70,6 +76,8 @@ impl Default for ImageModelConfig {
             hidden: vec![1024, 1024],
             l1_activations: 0.0,
             l1_weights: 0.0,
+            l1_groups: 0.0,
+            l1_group_size: 32,
             sparse_dispatch: true,
         }
     }
@@ -223,10 +231,22 @@ impl ImageModelConfig {
                 for (field, v) in [
                     ("model.l1_activations", self.l1_activations),
                     ("model.l1_weights", self.l1_weights),
+                    ("model.l1_groups", self.l1_groups),
                 ] {
                     if !(v >= 0.0 && v.is_finite()) {
                         return Err(invalid(field, format!("is {v}; use 0 (off) or more")));
                     }
+                }
+                let size = self.l1_group_size;
+                if self.l1_groups > 0.0 && (size == 0 || self.hidden.iter().any(|h| h % size != 0))
+                {
+                    return Err(invalid(
+                        "model.l1_group_size",
+                        format!(
+                            "is {size}; the blocks of model.l1_groups must divide every hidden width {:?} (32 by default)",
+                            self.hidden
+                        ),
+                    ));
                 }
                 if algo != Algo::Dense {
                     return Err(invalid(
@@ -331,7 +351,7 @@ impl ImageModel {
                 } else {
                     Dispatch::Dense
                 };
-                ImageModel::Mlp(ReluMlp::new(
+                let net = ReluMlp::new(
                     b,
                     params,
                     input.iter().product(),
@@ -340,7 +360,12 @@ impl ImageModel {
                     dispatch,
                     (model.l1_activations, model.l1_weights),
                     rng,
-                ))
+                );
+                ImageModel::Mlp(if model.l1_groups > 0.0 {
+                    net.with_group_penalty(model.l1_groups, model.l1_group_size)
+                } else {
+                    net
+                })
             }
             ImageNet::Groups => ImageModel::Groups(GroupNet::new(
                 b,

@@ -1,7 +1,9 @@
 //! The fully connected ReLU network of the sparsity study: a linear first layer, then each
 //! further layer a [`SparseLinear`] (the ReLU of the previous layer's pre-activation and a
 //! linear map, whose products skip the ReLU's zeros when the batch is sparse enough), with
-//! optional L1 penalties on the hidden activations and on the weights.
+//! optional L1 penalties on the hidden activations and on the weights, and a group-sparsity
+//! penalty over fixed blocks of neurons (the locality constraint of
+//! `docs/experiments/modularity.md`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,7 +12,7 @@ use modula_nn::{
     SparseLinearCache, l1_penalty, l1_penalty_backward,
 };
 use modula_sparse::SparseBackend;
-use modula_tensor::{BackendError, UnaryOp};
+use modula_tensor::{BackendError, ReduceOp, UnaryOp};
 use rand::Rng;
 
 use crate::model::{Router, Target};
@@ -45,7 +47,21 @@ pub struct ReluMlp {
     pub l1_activations: f32,
     /// L1 strength on every weight matrix (0: none).
     pub l1_weights: f32,
+    /// Group-sparsity strength over fixed blocks of `group_size` consecutive neurons of every
+    /// hidden layer, per example: `lambda * sum_blocks ||relu(z)_block||_2` (0: none). Unlike
+    /// L1, which silences single neurons, it pushes whole blocks to zero together, so that
+    /// the next layer's product could skip them.
+    pub l1_groups: f32,
+    /// Neurons per block of the group penalty (it must divide every hidden width).
+    pub group_size: usize,
     paths: PathCount,
+}
+
+/// What the group penalty keeps of one hidden layer for its gradient: `relu(z)` and the
+/// norm of each (example, block), row-major.
+struct GroupTerm<T> {
+    activations: T,
+    norms: Vec<f32>,
 }
 
 /// What a [`ReluMlp`]'s forward pass keeps for backward.
@@ -54,6 +70,8 @@ pub struct ReluMlpCache<B: SparseBackend> {
     layers: Vec<SparseLinearCache<B::Tensor>>,
     /// Each hidden layer's `relu(z)`, kept for the activation penalty's gradient.
     penalised: Vec<B::Tensor>,
+    /// Each hidden layer's group-penalty terms.
+    grouped: Vec<GroupTerm<B::Tensor>>,
     loss: LossCache<B>,
 }
 
@@ -105,8 +123,76 @@ impl ReluMlp {
             layers,
             l1_activations,
             l1_weights,
+            l1_groups: 0.0,
+            group_size: 32,
             paths: PathCount::default(),
         }
+    }
+
+    /// The same network with the group penalty `lambda` over blocks of `size` neurons.
+    ///
+    /// # Panics
+    /// If `size` is 0 or does not divide every hidden width, or `lambda` is negative.
+    #[track_caller]
+    pub fn with_group_penalty(self, lambda: f32, size: usize) -> Self {
+        assert!(
+            lambda >= 0.0,
+            "the group penalty must be 0 or more, got {lambda}"
+        );
+        assert!(
+            size > 0 && self.layers.iter().all(|l| l.d_in % size == 0),
+            "blocks of {size} neurons must divide every hidden width"
+        );
+        ReluMlp {
+            l1_groups: lambda,
+            group_size: size,
+            ..self
+        }
+    }
+
+    /// The group penalty's norms of `relu(z)` `a [n, d]`: one per (example, block of
+    /// `group_size` neurons), row-major.
+    fn group_norms<B: SparseBackend>(
+        &self,
+        b: &B,
+        a: &B::Tensor,
+    ) -> Result<Vec<f32>, BackendError> {
+        let [n, d] = b.shape(a);
+        let blocks = b.reshape(
+            b.unary(UnaryOp::Square, a),
+            [n * d / self.group_size, self.group_size],
+        );
+        let squares = b.download(&b.reduce_rows(ReduceOp::Sum, &blocks))?;
+        Ok(squares.iter().map(|&q| q.sqrt()).collect())
+    }
+
+    /// The group penalty's gradient with respect to `relu(z)`, given each example's weight
+    /// `d_rows`: `d_rows[i] * lambda * a_ij / ||a_i,block(j)||`, zero in an all-zero block
+    /// (the subgradient that keeps it at zero). Where `a` is zero so is the gradient, so it
+    /// is also the gradient with respect to `z`.
+    fn group_backward<B: SparseBackend>(
+        &self,
+        b: &B,
+        term: GroupTerm<B::Tensor>,
+        d_rows: &[f32],
+    ) -> B::Tensor {
+        let [n, d] = b.shape(&term.activations);
+        let per_row = d / self.group_size;
+        let scale: Vec<f32> = term
+            .norms
+            .iter()
+            .enumerate()
+            .map(|(r, &norm)| {
+                if norm > 0.0 {
+                    d_rows[r / per_row] * self.l1_groups / norm
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut blocks = b.reshape(term.activations, [n * per_row, self.group_size]);
+        b.scale_rows(&mut blocks, &b.upload([n * per_row, 1], &scale));
+        b.reshape(blocks, [n, d])
     }
 
     /// The same network (the same parameters) with another [`Dispatch`], for timing the
@@ -190,15 +276,24 @@ impl<B: SparseBackend> FeedForward<B> for ReluMlp {
         let n = b.shape(x)[0];
         let (mut z, first) = self.first.forward(b, params, x, ctx);
         let mut layers = Vec::with_capacity(self.layers.len());
-        let (mut penalised, mut kept) = (Vec::new(), Vec::new());
+        let (mut penalised, mut grouped, mut kept) = (Vec::new(), Vec::new(), Vec::new());
         let mut penalty = 0.0;
         for layer in &self.layers {
-            if self.l1_activations > 0.0 || hidden {
+            if self.l1_activations > 0.0 || self.l1_groups > 0.0 || hidden {
                 let a = b.unary(UnaryOp::Relu, &z);
                 if self.l1_activations > 0.0 {
                     let rows = b.download(&l1_penalty(b, &a, self.l1_activations))?;
                     penalty += rows.iter().map(|&v| v as f64).sum::<f64>() / n.max(1) as f64;
                     penalised.push(b.duplicate(&a));
+                }
+                if self.l1_groups > 0.0 {
+                    let norms = self.group_norms(b, &a)?;
+                    let sum: f64 = norms.iter().map(|&v| v as f64).sum();
+                    penalty += self.l1_groups as f64 * sum / n.max(1) as f64;
+                    grouped.push(GroupTerm {
+                        activations: b.duplicate(&a),
+                        norms,
+                    });
                 }
                 if hidden {
                     kept.push(a);
@@ -233,6 +328,7 @@ impl<B: SparseBackend> FeedForward<B> for ReluMlp {
                 first,
                 layers,
                 penalised,
+                grouped,
                 loss,
             },
         })
@@ -249,8 +345,17 @@ impl<B: SparseBackend> FeedForward<B> for ReluMlp {
     ) -> Result<(), BackendError> {
         let mut dz = cache.loss.backward(b, d_task);
         let mut penalised = cache.penalised;
+        let mut grouped = cache.grouped;
+        let d_rows = if grouped.is_empty() {
+            Vec::new()
+        } else {
+            b.download(d_task)?
+        };
         for (layer, c) in self.layers.iter().zip(cache.layers).rev() {
             dz = layer.backward(b, params, c, &dz, grads);
+            if let Some(term) = grouped.pop() {
+                b.axpy(1.0, &self.group_backward(b, term, &d_rows), &mut dz);
+            }
             // `relu(z)`'s penalty: lambda where z > 0 (the ReLU's slope), zero elsewhere.
             if let Some(a) = penalised.pop() {
                 b.axpy(
