@@ -361,6 +361,8 @@ fn a_runaway_loss_stops_the_run_and_no_shipped_configuration_trips_the_guard() {
         ("ptb-m15k3.toml", "reinforce"),
         ("ptb-em-step.toml", "em"),
         ("ptb-em-step-m15k3.toml", "em"),
+        ("ptb-em-greedy.toml", "em"),
+        ("ptb-em-greedy-m15k3.toml", "em"),
     ];
     for (name, algo) in runs {
         let text = fs::read_to_string(configs.join(name)).unwrap();

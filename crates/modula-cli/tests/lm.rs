@@ -151,14 +151,15 @@ fn ptb_smoke_run_trains_resumes_and_reports() {
         );
     }
 
-    // EM with the per-step E-step on every window: one epoch visits every training position,
-    // the perplexity falls, and the epoch end logs all three evaluations.
+    // EM with the per-step E-step on every window along the greedy path (the settings of
+    // configs/ptb-em-greedy.toml): one epoch visits every training position, the perplexity
+    // falls, and the epoch end logs all three evaluations.
     let step_cfg = tmp.path().join("step.toml");
     let text = fs::read_to_string(cfg).unwrap();
     // `[train]` is the file's last section, so these lines land in it.
     fs::write(
         &step_cfg,
-        text + "e_every = 1\ne_search = \"step\"\ne_prior = 0.5\n",
+        text + "e_every = 1\ne_search = \"step\"\ne_prior = 0.0\ne_capacity = 1.5\ne_path = \"greedy\"\n",
     )
     .unwrap();
     let step_cfg = step_cfg.to_str().unwrap();
