@@ -253,6 +253,9 @@ impl ImageRun {
                 }
                 if m.l1_groups > 0.0 {
                     name.push_str(&format!("-l1g{}", m.l1_groups));
+                    if m.l1_group_size != 32 {
+                        name.push_str(&format!("x{}", m.l1_group_size));
+                    }
                 }
                 name
             }

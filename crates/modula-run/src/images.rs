@@ -230,6 +230,7 @@ impl<B: SparseBackend> ImageJob<B> {
             l1_activations: if mlp { r.model.l1_activations } else { 0.0 },
             l1_weights: if mlp { r.model.l1_weights } else { 0.0 },
             l1_groups: if mlp { r.model.l1_groups } else { 0.0 },
+            l1_group_size: (mlp && r.model.l1_groups > 0.0).then_some(r.model.l1_group_size),
             sparse_dispatch: mlp.then_some(r.model.sparse_dispatch),
             finished: t.step >= self.total(),
             epochs: self.epoch(),

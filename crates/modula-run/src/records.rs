@@ -324,6 +324,9 @@ pub struct ImageSummary {
     /// before it existed: 0).
     #[serde(default)]
     pub l1_groups: f32,
+    /// Neurons per block of the group penalty (only with `l1_groups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l1_group_size: Option<usize>,
     /// Whether the ReLU network's products could take the sparse path.
     pub sparse_dispatch: Option<bool>,
     /// Whether every configured epoch (or step) was trained.

@@ -42,6 +42,9 @@ pub struct ImageResult {
     pub l1_weights: f32,
     /// Group-sparsity strength over fixed blocks of neurons (the ReLU network).
     pub l1_groups: f32,
+    /// Neurons per block of the group penalty (only with `l1_groups`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l1_group_size: Option<usize>,
     /// Epochs trained.
     pub epochs: f64,
     /// Iterations trained.
@@ -101,6 +104,7 @@ impl ImageResult {
             l1_activations: s.l1_activations,
             l1_weights: s.l1_weights,
             l1_groups: s.l1_groups,
+            l1_group_size: s.l1_group_size,
             epochs: s.epochs,
             steps: s.steps,
             finished: s.finished,
@@ -393,6 +397,8 @@ mod tests {
             train_examples: 60_000,
             l1_activations: l1,
             l1_weights: 0.0,
+            l1_groups: 0.0,
+            l1_group_size: None,
             epochs: 1.0,
             steps: 1,
             finished: true,
@@ -432,5 +438,9 @@ mod tests {
         let mut other = mlp(1e-3, 0.95);
         other.task = "mnist-10k".into();
         assert!(strongest_within_a_point(&base, &[&other]).is_none());
+        // Nor is a run with the group penalty as well: the pick is about activation L1 alone.
+        let mut grouped = mlp(1e-3, 0.8899);
+        grouped.l1_groups = 1e-3;
+        assert!(strongest_within_a_point(&base, &[&grouped]).is_none());
     }
 }

@@ -686,6 +686,54 @@ proptest! {
         }
     }
 
+    /// Along the greedy path with proposals (K = 2 of M = 3, so the modules are not
+    /// enumerated): the walk follows the controller's greedy selections, candidate 0 is the
+    /// greedy selection itself, so each stored target scores at least as well as it from the
+    /// same prefix, and the reported window scores are the targets' along that prefix.
+    #[test]
+    fn greedy_path_with_proposals_follows_the_controller(
+        seed in any::<u64>(), steps in 1usize..5, n in 1usize..4,
+    ) {
+        let b = Cpu::with_threads(1);
+        let (model, params) = tiny_model(&b, Recurrent::Modular { modules: 3, k: 2 }, seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 7);
+        let (ids, targets, stored) = random_window(&model, steps, n, &mut rng);
+        let h0: Vec<f32> = (0..n * 2).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let h0 = b.upload([n, 2], &h0);
+        let estep = EStepSettings { path: EPath::Greedy, ..per_step(3, 0.0) };
+        let cands = model
+            .search_steps(&b, &params, &ids, &targets, &h0, &stored, &estep, &mut rng, &mut Ctx::eval())
+            .unwrap();
+        // The greedy path itself, routed by the controller's argmax.
+        let mut greedy = |_: usize, out: &ControllerOutput<Cpu>| out.greedy(&b);
+        let walk = model
+            .forward_window(&b, &params, &ids, &targets, &h0, Routes::Chosen(&mut greedy), false, &mut Ctx::eval())
+            .unwrap()
+            .selections;
+        for i in 0..n {
+            let (mut stored_score, mut found_score) = (0.0, 0.0);
+            for t in 0..steps {
+                // Step t of stream i with selection `pick`, after the greedy prefix.
+                let score = |pick: &[u32]| {
+                    let mut path = walk.clone();
+                    let mut picks = path[t].as_slice().to_vec();
+                    picks[2 * i..2 * i + 2].copy_from_slice(pick);
+                    path[t] = Selection::new(2, picks);
+                    step_terms(&b, &model, &params, &ids, &targets, &h0, &path, t, i)
+                };
+                let found = &cands.selections[t].as_slice()[2 * (n + i)..2 * (n + i) + 2];
+                let (nll, lp) = score(found);
+                let (greedy_nll, _) = score(&walk[t].as_slice()[2 * i..2 * i + 2]);
+                prop_assert!(nll <= greedy_nll + 1e-5, "step {} stream {}: target {} against greedy {}", t, i, nll, greedy_nll);
+                found_score += -nll + lp;
+                let (nll, lp) = score(&stored[t].as_slice()[2 * i..2 * i + 2]);
+                stored_score += -nll + lp;
+            }
+            prop_assert!((cands.scores[i] - stored_score).abs() < 1e-4, "{} vs {}", cands.scores[i], stored_score);
+            prop_assert!((cands.scores[n + i] - found_score).abs() < 1e-4, "{} vs {}", cands.scores[n + i], found_score);
+        }
+    }
+
     /// The filtered mixture's per-step likelihood equals the brute-force marginal
     /// `sum_m p(m | .) p(w_{t+1} | h_t(m))` along the committed routes, each committed route
     /// is the posterior argmax, and the posterior figure is that route's likelihood.
