@@ -249,24 +249,27 @@ fn relu_network_backward_matches_finite_differences_on_both_paths() {
         let no_route = |_: usize, _: &ControllerOutput<Cpu>| -> Result<Selection, BackendError> {
             unreachable!("the ReLU network has no modular layer")
         };
+        // The forward pass, keeping the hidden activations or not, in training or evaluation.
+        let forward = |b: &Cpu, p: &ParamStore<Cpu>, hidden: bool, mut ctx: Ctx| {
+            net.forward_tensors(
+                b,
+                p,
+                &x,
+                &target,
+                &mut { no_route },
+                false,
+                hidden,
+                &mut ctx,
+            )
+            .unwrap()
+        };
         let result = check(
             &b,
             &mut params,
             &mut [],
             &STEP,
             |b, p, _| {
-                let out = net
-                    .forward_tensors(
-                        b,
-                        p,
-                        &x,
-                        &target,
-                        &mut { no_route },
-                        false,
-                        true,
-                        &mut Ctx::train(seed),
-                    )
-                    .unwrap();
+                let out = forward(b, p, true, Ctx::train(seed));
                 let nll = b.download(&out.task_nll).unwrap();
                 let pen = row_penalties(&net, b, p, &out.hidden, n);
                 let mean = pen.iter().sum::<f64>() / n as f64;
@@ -276,18 +279,7 @@ fn relu_network_backward_matches_finite_differences_on_both_paths() {
                     out.penalty
                 );
                 // An evaluation's pass leaves the weights' term out (it trains nothing).
-                let eval = net
-                    .forward_tensors(
-                        b,
-                        p,
-                        &x,
-                        &target,
-                        &mut { no_route },
-                        false,
-                        true,
-                        &mut Ctx::eval(),
-                    )
-                    .unwrap();
+                let eval = forward(b, p, true, Ctx::eval());
                 let weights = row_penalties(&net, b, p, &[], n)[0];
                 assert!(
                     (eval.penalty - (mean - weights)).abs() < 1e-4 * mean.max(1.0),
@@ -298,18 +290,7 @@ fn relu_network_backward_matches_finite_differences_on_both_paths() {
                 (0..n).map(|i| w[i] as f64 * (nll[i] as f64 + pen[i])).sum()
             },
             |b, p, _| {
-                let out = net
-                    .forward_tensors(
-                        b,
-                        p,
-                        &x,
-                        &target,
-                        &mut { no_route },
-                        false,
-                        false,
-                        &mut Ctx::train(seed),
-                    )
-                    .unwrap();
+                let out = forward(b, p, false, Ctx::train(seed));
                 let mut g = Grads::new();
                 let dw = b.upload([n, 1], &w);
                 net.backward_tensors(b, p, out.cache, &dw, &b.zeros([n, 1]), &mut g)
