@@ -171,7 +171,11 @@ impl ImageModelConfig {
             }
             ImageNet::Mlp | ImageNet::Groups => {
                 let d_in: usize = input.iter().product();
-                2 * d_in + 4 * self.hidden.iter().sum::<usize>() + 4 * classes
+                // A penalty on the activations keeps one more copy of every hidden layer.
+                let penalised = self.kind == ImageNet::Mlp
+                    && (self.l1_activations > 0.0 || self.l1_groups > 0.0);
+                let hidden = (4 + usize::from(penalised)) * self.hidden.iter().sum::<usize>();
+                2 * d_in + hidden + 4 * classes
             }
         }
     }

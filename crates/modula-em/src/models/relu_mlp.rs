@@ -57,21 +57,16 @@ pub struct ReluMlp {
     paths: PathCount,
 }
 
-/// What the group penalty keeps of one hidden layer for its gradient: `relu(z)` and the
-/// norm of each (example, block), row-major.
-struct GroupTerm<T> {
-    activations: T,
-    norms: Vec<f32>,
-}
-
 /// What a [`ReluMlp`]'s forward pass keeps for backward.
 pub struct ReluMlpCache<B: SparseBackend> {
     first: B::Tensor,
     layers: Vec<SparseLinearCache<B::Tensor>>,
-    /// Each hidden layer's `relu(z)`, kept for the activation penalty's gradient.
+    /// Each hidden layer's `relu(z)`, kept for the activation penalties' gradients (one copy
+    /// for both penalties).
     penalised: Vec<B::Tensor>,
-    /// Each hidden layer's group-penalty terms.
-    grouped: Vec<GroupTerm<B::Tensor>>,
+    /// Each hidden layer's group norms, one per (example, block), row-major (with the group
+    /// penalty only).
+    norms: Vec<Vec<f32>>,
     loss: LossCache<B>,
 }
 
@@ -173,13 +168,13 @@ impl ReluMlp {
     fn group_backward<B: SparseBackend>(
         &self,
         b: &B,
-        term: GroupTerm<B::Tensor>,
+        a: &B::Tensor,
+        norms: &[f32],
         d_rows: &[f32],
     ) -> B::Tensor {
-        let [n, d] = b.shape(&term.activations);
+        let [n, d] = b.shape(a);
         let per_row = d / self.group_size;
-        let scale: Vec<f32> = term
-            .norms
+        let scale: Vec<f32> = norms
             .iter()
             .enumerate()
             .map(|(r, &norm)| {
@@ -190,7 +185,7 @@ impl ReluMlp {
                 }
             })
             .collect();
-        let mut blocks = b.reshape(term.activations, [n * per_row, self.group_size]);
+        let mut blocks = b.reshape(b.duplicate(a), [n * per_row, self.group_size]);
         b.scale_rows(&mut blocks, &b.upload([n * per_row, 1], &scale));
         b.reshape(blocks, [n, d])
     }
@@ -276,7 +271,7 @@ impl<B: SparseBackend> FeedForward<B> for ReluMlp {
         let n = b.shape(x)[0];
         let (mut z, first) = self.first.forward(b, params, x, ctx);
         let mut layers = Vec::with_capacity(self.layers.len());
-        let (mut penalised, mut grouped, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut penalised, mut norms, mut kept) = (Vec::new(), Vec::new(), Vec::new());
         let mut penalty = 0.0;
         for layer in &self.layers {
             if self.l1_activations > 0.0 || self.l1_groups > 0.0 || hidden {
@@ -284,16 +279,15 @@ impl<B: SparseBackend> FeedForward<B> for ReluMlp {
                 if self.l1_activations > 0.0 {
                     let rows = b.download(&l1_penalty(b, &a, self.l1_activations))?;
                     penalty += rows.iter().map(|&v| v as f64).sum::<f64>() / n.max(1) as f64;
-                    penalised.push(b.duplicate(&a));
                 }
                 if self.l1_groups > 0.0 {
-                    let norms = self.group_norms(b, &a)?;
-                    let sum: f64 = norms.iter().map(|&v| v as f64).sum();
+                    let layer_norms = self.group_norms(b, &a)?;
+                    let sum: f64 = layer_norms.iter().map(|&v| v as f64).sum();
                     penalty += self.l1_groups as f64 * sum / n.max(1) as f64;
-                    grouped.push(GroupTerm {
-                        activations: b.duplicate(&a),
-                        norms,
-                    });
+                    norms.push(layer_norms);
+                }
+                if self.l1_activations > 0.0 || self.l1_groups > 0.0 {
+                    penalised.push(b.duplicate(&a));
                 }
                 if hidden {
                     kept.push(a);
@@ -328,7 +322,7 @@ impl<B: SparseBackend> FeedForward<B> for ReluMlp {
                 first,
                 layers,
                 penalised,
-                grouped,
+                norms,
                 loss,
             },
         })
@@ -345,19 +339,24 @@ impl<B: SparseBackend> FeedForward<B> for ReluMlp {
     ) -> Result<(), BackendError> {
         let mut dz = cache.loss.backward(b, d_task);
         let mut penalised = cache.penalised;
-        let mut grouped = cache.grouped;
-        let d_rows = if grouped.is_empty() {
+        let mut norms = cache.norms;
+        let d_rows = if norms.is_empty() {
             Vec::new()
         } else {
             b.download(d_task)?
         };
         for (layer, c) in self.layers.iter().zip(cache.layers).rev() {
             dz = layer.backward(b, params, c, &dz, grads);
-            if let Some(term) = grouped.pop() {
-                b.axpy(1.0, &self.group_backward(b, term, &d_rows), &mut dz);
+            let a = penalised.pop();
+            if let (Some(a), Some(layer_norms)) = (&a, norms.pop()) {
+                b.axpy(
+                    1.0,
+                    &self.group_backward(b, a, &layer_norms, &d_rows),
+                    &mut dz,
+                );
             }
             // `relu(z)`'s penalty: lambda where z > 0 (the ReLU's slope), zero elsewhere.
-            if let Some(a) = penalised.pop() {
+            if let Some(a) = a.filter(|_| self.l1_activations > 0.0) {
                 b.axpy(
                     1.0,
                     &l1_penalty_backward(b, &a, d_task, self.l1_activations),
