@@ -389,7 +389,7 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
     ///
     /// # Errors
     /// [`TrainError::Mismatch`] when the checkpoint is for another algorithm, model or data, or
-    /// a [`CheckpointError`] naming a missing or malformed tensor.
+    /// a [`modula_nn::CheckpointError`] naming a missing or malformed tensor.
     pub fn restore(&mut self, ck: &Checkpoint) -> Result<(), TrainError> {
         let meta = MetaReader::new(ck, self.algo())?;
         let (step, adam_t) = (meta.number("step")?, meta.number("adam_t")?);

@@ -5,15 +5,11 @@
 
 use modula_modular::{ModularConv2d, ModularConvCache, Routing};
 use modula_nn::{Ctx, Grads, Linear, MaxPool2d, Module, ParamStore};
-use modula_tensor::{Backend, BackendError, UnaryOp, Window2d};
+use modula_tensor::{Backend, UnaryOp, Window2d};
 use rand::Rng;
 
 use crate::config::{Algo, DenseMatch};
-use crate::model::{Router, Target};
-use crate::models::feedforward::{
-    ClassifiedCache, FeedForward, Gate, GatedLayer, MlpOutput, classified_backward,
-    classified_forward,
-};
+use crate::models::feedforward::{ClassifiedCache, Gate, GatedLayer, classified_feed_forward};
 
 /// One modular convolution layer of a [`ConvNet`].
 #[derive(Clone, Debug)]
@@ -241,60 +237,7 @@ impl ConvNet {
     }
 }
 
-impl<B: Backend> FeedForward<B> for ConvNet {
-    type Cache = ConvCache<B>;
-
-    fn layer_shapes(&self) -> Vec<(usize, usize)> {
-        ConvNet::layer_shapes(self)
-    }
-
-    fn forward_tensors(
-        &self,
-        b: &B,
-        params: &ParamStore<B>,
-        x: &B::Tensor,
-        target: &Target<B>,
-        route: &mut Router<'_, B>,
-        stats: bool,
-        hidden: bool,
-        ctx: &mut Ctx,
-    ) -> Result<MlpOutput<B, ConvCache<B>>, BackendError> {
-        classified_forward(
-            &self.layers,
-            &self.classifier,
-            b,
-            params,
-            x,
-            target,
-            route,
-            stats,
-            hidden,
-            ctx,
-        )
-    }
-
-    fn backward_tensors(
-        &self,
-        b: &B,
-        params: &ParamStore<B>,
-        cache: ConvCache<B>,
-        d_task: &B::Tensor,
-        d_ctrl: &B::Tensor,
-        grads: &mut Grads<B>,
-    ) -> Result<(), BackendError> {
-        classified_backward(
-            &self.layers,
-            &self.classifier,
-            self.importance_weight,
-            b,
-            params,
-            cache,
-            d_task,
-            d_ctrl,
-            grads,
-        )
-    }
-}
+classified_feed_forward!(ConvNet, ConvCache);
 
 impl<B: Backend> GatedLayer<B> for ConvLayer {
     type Cache = BodyCache<B>;

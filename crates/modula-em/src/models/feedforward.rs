@@ -799,3 +799,69 @@ macro_rules! feed_forward_model {
     };
 }
 pub(crate) use feed_forward_model;
+
+/// Implements [`FeedForward`] for a network type of gated layers under a linear classifier
+/// (fields `layers`, `classifier` and `importance_weight`, an inherent `layer_shapes`) whose
+/// forward pass caches `$cache<B>`, by [`classified_forward`] and [`classified_backward`].
+macro_rules! classified_feed_forward {
+    ($net:ty, $cache:ident) => {
+        impl<B: modula_tensor::Backend> $crate::models::feedforward::FeedForward<B> for $net {
+            type Cache = $cache<B>;
+
+            fn layer_shapes(&self) -> Vec<(usize, usize)> {
+                <$net>::layer_shapes(self)
+            }
+
+            fn forward_tensors(
+                &self,
+                b: &B,
+                params: &modula_nn::ParamStore<B>,
+                x: &B::Tensor,
+                target: &$crate::model::Target<B>,
+                route: &mut $crate::model::Router<'_, B>,
+                stats: bool,
+                hidden: bool,
+                ctx: &mut modula_nn::Ctx,
+            ) -> Result<
+                $crate::models::feedforward::MlpOutput<B, $cache<B>>,
+                modula_tensor::BackendError,
+            > {
+                $crate::models::feedforward::classified_forward(
+                    &self.layers,
+                    &self.classifier,
+                    b,
+                    params,
+                    x,
+                    target,
+                    route,
+                    stats,
+                    hidden,
+                    ctx,
+                )
+            }
+
+            fn backward_tensors(
+                &self,
+                b: &B,
+                params: &modula_nn::ParamStore<B>,
+                cache: $cache<B>,
+                d_task: &B::Tensor,
+                d_ctrl: &B::Tensor,
+                grads: &mut modula_nn::Grads<B>,
+            ) -> Result<(), modula_tensor::BackendError> {
+                $crate::models::feedforward::classified_backward(
+                    &self.layers,
+                    &self.classifier,
+                    self.importance_weight,
+                    b,
+                    params,
+                    cache,
+                    d_task,
+                    d_ctrl,
+                    grads,
+                )
+            }
+        }
+    };
+}
+pub(crate) use classified_feed_forward;

@@ -11,16 +11,12 @@
 
 use modula_modular::{Controller, GroupedRelu, GroupedReluCache, Routing};
 use modula_nn::{Ctx, Grads, Init, Linear, ParamStore};
-use modula_tensor::{Backend, BackendError};
+use modula_tensor::Backend;
 use rand::Rng;
 
 use crate::config::Algo;
-use crate::model::{Router, Target};
 use crate::models::conv::modules_for;
-use crate::models::feedforward::{
-    ClassifiedCache, FeedForward, Gate, GatedLayer, MlpOutput, classified_backward,
-    classified_forward,
-};
+use crate::models::feedforward::{ClassifiedCache, Gate, GatedLayer, classified_feed_forward};
 use crate::models::topk::TopKGate;
 
 /// One hidden layer of a [`GroupNet`]: its gate (reading the layer's input) and its groups.
@@ -148,60 +144,7 @@ impl GroupNet {
     }
 }
 
-impl<B: Backend> FeedForward<B> for GroupNet {
-    type Cache = GroupNetCache<B>;
-
-    fn layer_shapes(&self) -> Vec<(usize, usize)> {
-        GroupNet::layer_shapes(self)
-    }
-
-    fn forward_tensors(
-        &self,
-        b: &B,
-        params: &ParamStore<B>,
-        x: &B::Tensor,
-        target: &Target<B>,
-        route: &mut Router<'_, B>,
-        stats: bool,
-        hidden: bool,
-        ctx: &mut Ctx,
-    ) -> Result<MlpOutput<B, GroupNetCache<B>>, BackendError> {
-        classified_forward(
-            &self.layers,
-            &self.classifier,
-            b,
-            params,
-            x,
-            target,
-            route,
-            stats,
-            hidden,
-            ctx,
-        )
-    }
-
-    fn backward_tensors(
-        &self,
-        b: &B,
-        params: &ParamStore<B>,
-        cache: GroupNetCache<B>,
-        d_task: &B::Tensor,
-        d_ctrl: &B::Tensor,
-        grads: &mut Grads<B>,
-    ) -> Result<(), BackendError> {
-        classified_backward(
-            &self.layers,
-            &self.classifier,
-            self.importance_weight,
-            b,
-            params,
-            cache,
-            d_task,
-            d_ctrl,
-            grads,
-        )
-    }
-}
+classified_feed_forward!(GroupNet, GroupNetCache);
 
 impl<B: Backend> GatedLayer<B> for GroupLayer {
     type Cache = GroupedReluCache<B>;
