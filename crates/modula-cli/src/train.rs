@@ -81,6 +81,10 @@ pub struct TrainArgs {
     /// task only so far; needs a modula built with `--features mpi`).
     #[arg(long, value_enum, conflicts_with = "accept_config_change")]
     pub dist: Option<DistArg>,
+    /// With `--dist`: how many seconds a rank may wait for the others to reach a collective
+    /// before the job is ended with the missing rank named (0: wait for ever) [default: 50].
+    #[arg(long, requires = "dist")]
+    pub dist_timeout: Option<u64>,
 }
 
 /// How a run is spread over the ranks of an MPI job.
@@ -176,6 +180,7 @@ mod dist {
 #[cfg(feature = "mpi")]
 mod dist {
     use std::rc::Rc;
+    use std::time::Duration;
 
     use modula_dist::{DEFAULT_BUCKET, DataParallel, MpiComm};
     use modula_run::{DeviceInfo, Overrides, Rank, RunError, dir, run_error, start};
@@ -185,7 +190,11 @@ mod dist {
     use crate::backend::{OnBackend, on_backend};
 
     pub fn run(args: &TrainArgs, overrides: &Overrides) -> Result<(), RunError> {
-        let comm = Rc::new(MpiComm::init().map_err(|e| run_error(e.to_string()))?);
+        let mut comm = MpiComm::init().map_err(|e| run_error(e.to_string()))?;
+        if let Some(secs) = args.dist_timeout {
+            comm = comm.with_timeout((secs > 0).then(|| Duration::from_secs(secs)));
+        }
+        let comm = Rc::new(comm);
         let result = run_rank(args, overrides, Rc::clone(&comm));
         if result.is_err() {
             // Finalizing MPI would wait for the other ranks, which may be waiting in a

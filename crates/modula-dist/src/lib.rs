@@ -12,7 +12,7 @@ pub use comm::{Comm, LocalComm, Wire};
 pub use data::{all_reduce_grads, shard_range};
 pub use expert::{ExpertCache, ExpertLinear, GatheredLayer, local_modules};
 #[cfg(feature = "mpi")]
-pub use mpi_comm::MpiComm;
+pub use mpi_comm::{DEFAULT_TIMEOUT, MpiComm};
 pub use replicas::{DEFAULT_BUCKET, DataParallel};
 pub use timed::TimedComm;
 

@@ -577,6 +577,70 @@ mod under_mpi {
     /// here rank 1.
     const DEAD_RANK_REPORT: &str = ",1],1]";
 
+    #[test]
+    fn a_panicking_rank_ends_the_job_with_its_rank_named() {
+        let (ok, log, took) = run_job(3, "under_mpi::panicking_worker", &[]);
+        assert!(!ok, "the job with a panicking rank succeeded:\n{log}");
+        assert!(
+            took < DEAD_RANK_LIMIT,
+            "the job with a panicking rank took {took:?} to end:\n{log}"
+        );
+        assert!(
+            log.contains("rank 1 panics before the barrier")
+                && log.contains(DEAD_RANK_REPORT)
+                && log.contains("Exit code:    101"),
+            "mpirun's output does not name the panicking rank:\n{log}"
+        );
+    }
+
+    /// Rank 1 panics while the others wait for it in a barrier: the panic must end its
+    /// process (the hook `MpiComm::init` installs) instead of unwinding into MPI's
+    /// finalization.
+    #[test]
+    #[ignore = "runs on every rank of the MPI job that the panicking-rank test starts"]
+    fn panicking_worker() {
+        let comm = modula_dist::MpiComm::init().unwrap();
+        assert_ne!(
+            modula_dist::Comm::rank(&comm),
+            1,
+            "rank 1 panics before the barrier"
+        );
+        modula_dist::Comm::barrier(&comm).unwrap();
+    }
+
+    #[test]
+    fn a_hung_rank_is_named_and_ends_the_job() {
+        let (ok, log, took) = run_job(3, "under_mpi::hanging_worker", &[]);
+        assert!(!ok, "the job with a hung rank succeeded:\n{log}");
+        assert!(
+            took < DEAD_RANK_LIMIT,
+            "the job with a hung rank took {took:?} to end:\n{log}"
+        );
+        assert!(
+            log.contains("rank 1 hangs before the barrier")
+                && log
+                    .contains("rank 0 waited 2s for rank(s) [1] to reach collective #1 (barrier)"),
+            "the output does not name the hung rank:\n{log}"
+        );
+    }
+
+    /// Every rank passes one barrier; then rank 1 sleeps far longer than the arrival timeout
+    /// (2 s here) while the others wait for it in a second barrier, which MPI alone would
+    /// wait in for ever.
+    #[test]
+    #[ignore = "runs on every rank of the MPI job that the hung-rank test starts"]
+    fn hanging_worker() {
+        let comm = modula_dist::MpiComm::init()
+            .unwrap()
+            .with_timeout(Some(Duration::from_secs(2)));
+        modula_dist::Comm::barrier(&comm).unwrap();
+        if modula_dist::Comm::rank(&comm) == 1 {
+            eprintln!("rank 1 hangs before the barrier");
+            std::thread::sleep(Duration::from_secs(600));
+        }
+        modula_dist::Comm::barrier(&comm).unwrap();
+    }
+
     /// Rank 1 exits with status 3 while the others wait for it in a barrier that can never
     /// complete: mpirun must end the job.
     #[test]
