@@ -557,19 +557,33 @@ mod under_mpi {
         launch(4, "under_mpi::worker", &[]);
     }
 
-    #[test]
-    fn a_dead_rank_ends_the_job_with_its_rank_named() {
-        let (ok, log, took) = run_job(3, "under_mpi::dying_worker", &[]);
-        assert!(!ok, "the job with a dead rank succeeded:\n{log}");
+    /// Runs `test` on three ranks, which must fail within [`DEAD_RANK_LIMIT`] with every one of
+    /// `expected` in the job's output (`what` names the faulty rank in the messages).
+    fn assert_job_ends(test: &str, what: &str, expected: &[&str]) {
+        let (ok, log, took) = run_job(3, test, &[]);
+        assert!(!ok, "the job with {what} succeeded:\n{log}");
         assert!(
             took < DEAD_RANK_LIMIT,
-            "the job with a dead rank took {took:?} to end:\n{log}"
+            "the job with {what} took {took:?} to end:\n{log}"
         );
-        assert!(
-            log.contains("rank 1 exits before the barrier")
-                && log.contains(DEAD_RANK_REPORT)
-                && log.contains("Exit code:    3"),
-            "mpirun's output does not name the failed rank:\n{log}"
+        for text in expected {
+            assert!(
+                log.contains(text),
+                "the output of the job with {what} lacks `{text}`:\n{log}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_dead_rank_ends_the_job_with_its_rank_named() {
+        assert_job_ends(
+            "under_mpi::dying_worker",
+            "a dead rank",
+            &[
+                "rank 1 exits before the barrier",
+                DEAD_RANK_REPORT,
+                "Exit code:    3",
+            ],
         );
     }
 
@@ -579,17 +593,14 @@ mod under_mpi {
 
     #[test]
     fn a_panicking_rank_ends_the_job_with_its_rank_named() {
-        let (ok, log, took) = run_job(3, "under_mpi::panicking_worker", &[]);
-        assert!(!ok, "the job with a panicking rank succeeded:\n{log}");
-        assert!(
-            took < DEAD_RANK_LIMIT,
-            "the job with a panicking rank took {took:?} to end:\n{log}"
-        );
-        assert!(
-            log.contains("rank 1 panics before the barrier")
-                && log.contains(DEAD_RANK_REPORT)
-                && log.contains("Exit code:    101"),
-            "mpirun's output does not name the panicking rank:\n{log}"
+        assert_job_ends(
+            "under_mpi::panicking_worker",
+            "a panicking rank",
+            &[
+                "rank 1 panics before the barrier",
+                DEAD_RANK_REPORT,
+                "Exit code:    101",
+            ],
         );
     }
 
@@ -610,17 +621,13 @@ mod under_mpi {
 
     #[test]
     fn a_hung_rank_is_named_and_ends_the_job() {
-        let (ok, log, took) = run_job(3, "under_mpi::hanging_worker", &[]);
-        assert!(!ok, "the job with a hung rank succeeded:\n{log}");
-        assert!(
-            took < DEAD_RANK_LIMIT,
-            "the job with a hung rank took {took:?} to end:\n{log}"
-        );
-        assert!(
-            log.contains("rank 1 hangs before the barrier")
-                && log
-                    .contains("rank 0 waited 2s for rank(s) [1] to reach collective #1 (barrier)"),
-            "the output does not name the hung rank:\n{log}"
+        assert_job_ends(
+            "under_mpi::hanging_worker",
+            "a hung rank",
+            &[
+                "rank 1 hangs before the barrier",
+                "rank 0 waited 2s for rank(s) [1] to reach collective #1 (barrier)",
+            ],
         );
     }
 
