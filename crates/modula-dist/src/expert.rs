@@ -51,13 +51,13 @@ pub struct ExpertLinear {
 /// The host-side plan of one step's two exchanges, built from a rank's routing and the
 /// counts its peers sent; the same plan serves forward and backward.
 #[derive(Debug)]
-struct Exchange {
+pub(crate) struct Exchange {
     /// Pairs this rank sends to each rank.
     send_counts: Vec<usize>,
     /// Input row of each sent pair, in send order (by destination rank, then module).
-    send_rows: Vec<u32>,
+    pub(crate) send_rows: Vec<u32>,
     /// Routing pair (index in the routing's module order) of each sent pair.
-    send_pairs: Vec<u32>,
+    pub(crate) send_pairs: Vec<u32>,
     /// Send slot of each routing pair: the inverse of `send_pairs`.
     slot_of_pair: Vec<u32>,
     /// The routing's `row_pos` mapped into send order: where each row's pairs come back.
@@ -80,6 +80,10 @@ pub struct GatheredLayer {
     pub bias: Vec<f32>,
 }
 
+/// With gates, the pairs' ungated outputs in routing order (`[pairs, d_out]`) and each pair's
+/// gate (`[pairs, 1]`).
+pub(crate) type Gated<B> = Option<(<B as Backend>::Tensor, <B as Backend>::Tensor)>;
+
 /// What [`ExpertLinear::forward`] keeps for the backward pass.
 #[derive(Debug)]
 pub struct ExpertCache<B: Backend> {
@@ -88,18 +92,8 @@ pub struct ExpertCache<B: Backend> {
     received: B::Tensor,
     /// The caller's routing.
     routing: Routing,
-    /// With gates: the pairs' ungated outputs in routing order (`[pairs, d_out]`) and each
-    /// pair's gate (`[pairs, 1]`).
-    gated: Option<(B::Tensor, B::Tensor)>,
-}
-
-/// Copies rows `rows` of the row-major `src` (rows of `width`) into one buffer, in order.
-fn pack(src: &[f32], width: usize, rows: impl Iterator<Item = usize>) -> Vec<f32> {
-    let mut out = Vec::with_capacity(rows.size_hint().0 * width);
-    for r in rows {
-        out.extend_from_slice(&src[r * width..(r + 1) * width]);
-    }
-    out
+    /// With gates, what the gated backward needs.
+    gated: Gated<B>,
 }
 
 /// Rows of `src` (module order) written back into received order: `out[order[k]] = src[k]`.
@@ -112,19 +106,56 @@ fn unpermute(src: &[f32], width: usize, order: &[u32]) -> Vec<f32> {
     out
 }
 
-/// One all-to-all-v of rows of `width` values: `send` holds `out[q]` rows for each rank `q`;
-/// returns the `in_[s]` rows from each rank `s`, uploaded as one `[rows, width]` tensor.
-fn exchange<B: Backend>(
+/// Downloads `ts` (each `[rows, width]`) with their widths.
+fn download_all<B: Backend, const N: usize>(
+    b: &B,
+    ts: &[&B::Tensor; N],
+) -> Result<(Vec<Vec<f32>>, [usize; N]), DistError> {
+    let hosts = ts.iter().map(|t| b.download(t)).collect::<Result<_, _>>()?;
+    Ok((hosts, ts.map(|t| b.shape(t)[1])))
+}
+
+/// Rows `rows` of the row-major `hosts` (rows of `widths`), each output row the tensors' rows
+/// side by side, in order.
+fn interleave(hosts: &[Vec<f32>], widths: &[usize], rows: impl Iterator<Item = usize>) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows.size_hint().0 * widths.iter().sum::<usize>());
+    for r in rows {
+        for (h, &w) in hosts.iter().zip(widths) {
+            out.extend_from_slice(&h[r * w..(r + 1) * w]);
+        }
+    }
+    out
+}
+
+/// One all-to-all-v of rows holding one row of each of several tensors side by side (of
+/// `widths`): `send` holds `out[q]` rows for each rank `q`; returns the `in_[s]` rows from
+/// each rank `s`, split back into one `[rows, width]` tensor per width.
+fn exchange<B: Backend, const N: usize>(
     b: &B,
     comm: &impl Comm,
     send: &[f32],
     out: &[usize],
     in_: &[usize],
-    width: usize,
-) -> Result<B::Tensor, DistError> {
+    widths: [usize; N],
+) -> Result<[B::Tensor; N], DistError> {
+    let width: usize = widths.iter().sum();
     let values = |counts: &[usize]| counts.iter().map(|c| c * width).collect::<Vec<_>>();
     let got = comm.all_to_all_v(send, &values(out), &values(in_))?;
-    Ok(b.upload([in_.iter().sum(), width], &got))
+    let rows: usize = in_.iter().sum();
+    let mut start = 0;
+    Ok(widths.map(|w| {
+        let t = if w == width {
+            b.upload([rows, w], &got)
+        } else {
+            let part: Vec<f32> = (0..rows)
+                .flat_map(|r| &got[r * width + start..r * width + start + w])
+                .copied()
+                .collect();
+            b.upload([rows, w], &part)
+        };
+        start += w;
+        t
+    }))
 }
 
 impl ExpertLinear {
@@ -160,7 +191,7 @@ impl ExpertLinear {
             .flat_map(|m| &w[m * block..(m + 1) * block])
             .copied()
             .collect();
-        let bias_local = pack(&bias, full.d_out, owned());
+        let bias_local = interleave(std::slice::from_ref(&bias), &[full.d_out], owned());
         Ok(ExpertLinear {
             weight: params.add(
                 format!("{name}.weight"),
@@ -250,7 +281,7 @@ impl ExpertLinear {
     }
 
     /// Checks that `comm` is the group this shard was made for.
-    fn check_comm(&self, comm: &impl Comm) -> Result<(), DistError> {
+    pub(crate) fn check_comm(&self, comm: &impl Comm) -> Result<(), DistError> {
         if (comm.rank(), comm.size()) == (self.rank, self.ranks) {
             Ok(())
         } else {
@@ -265,7 +296,7 @@ impl ExpertLinear {
     }
 
     /// Exchanges the per-module counts and builds the step's plan (collective).
-    fn plan(&self, comm: &impl Comm, routing: &Routing) -> Result<Exchange, DistError> {
+    pub(crate) fn plan(&self, comm: &impl Comm, routing: &Routing) -> Result<Exchange, DistError> {
         let p = self.ranks;
         // Send order: destination rank q, then q's modules q, q + P, ... in increasing order,
         // each module's pairs in the routing's (row) order.
@@ -331,46 +362,183 @@ impl ExpertLinear {
         })
     }
 
-    /// Sends rows `rows` of `t` (one per sent pair, in send order: `plan.send_rows` of the
-    /// rows' tensors, or `plan.send_pairs` of a tensor in routing order) to their modules'
-    /// owners and returns what this rank received, `[R, width]` in received order
-    /// (collective).
-    fn dispatch<B: Backend>(
+    /// Sends rows `rows` of each tensor of `ts` (one per sent pair, in send order:
+    /// `plan.send_rows` of the rows' tensors, or `plan.send_pairs` of tensors in routing
+    /// order) to their modules' owners, all tensors' rows side by side in one exchange, and
+    /// returns what this rank received of each, `[R, width]` in received order (collective).
+    pub(crate) fn dispatch<B: Backend, const N: usize>(
         b: &B,
         comm: &impl Comm,
         plan: &Exchange,
-        t: &B::Tensor,
+        ts: [&B::Tensor; N],
         rows: &[u32],
-        width: usize,
-    ) -> Result<B::Tensor, DistError> {
-        let host = b.download(t)?;
-        let send = pack(&host, width, rows.iter().map(|&r| r as usize));
-        exchange(b, comm, &send, &plan.send_counts, &plan.recv_counts, width)
+    ) -> Result<[B::Tensor; N], DistError> {
+        let (hosts, widths) = download_all(b, &ts)?;
+        let send = interleave(&hosts, &widths, rows.iter().map(|&r| r as usize));
+        exchange(b, comm, &send, &plan.send_counts, &plan.recv_counts, widths)
     }
 
-    /// Sends per-pair rows `t` (`[R, width]`, local module order) back to the rows' owners;
-    /// returns what this rank's pairs got, `[pairs, width]` in send order (collective).
-    fn collect<B: Backend>(
+    /// Sends per-pair rows `ts` (each `[R, width]`, local module order) back to the rows'
+    /// owners in one exchange; returns what this rank's pairs got of each, `[pairs, width]` in
+    /// send order (collective).
+    pub(crate) fn collect<B: Backend, const N: usize>(
         b: &B,
         comm: &impl Comm,
         plan: &Exchange,
-        t: &B::Tensor,
-        width: usize,
-    ) -> Result<B::Tensor, DistError> {
-        let host = b.download(t)?;
-        let send = unpermute(&host, width, &plan.recv_order);
-        exchange(b, comm, &send, &plan.recv_counts, &plan.send_counts, width)
+        ts: [&B::Tensor; N],
+    ) -> Result<[B::Tensor; N], DistError> {
+        let (hosts, widths) = download_all(b, &ts)?;
+        let send = unpermute(
+            &interleave(&hosts, &widths, 0..plan.recv_order.len()),
+            widths.iter().sum(),
+            &plan.recv_order,
+        );
+        exchange(b, comm, &send, &plan.recv_counts, &plan.send_counts, widths)
     }
 
     /// Sums each of this rank's rows' pairs `pairs` (`[pairs, width]`, send order), in the
     /// single-process layer's order: `[n, width]`.
-    fn sum_rows<B: Backend>(
+    pub(crate) fn sum_rows<B: Backend>(
         b: &B,
         plan: &Exchange,
         routing: &Routing,
         pairs: &B::Tensor,
     ) -> B::Tensor {
         b.segment_sum_rows(pairs, &plan.combine_pos, &routing.row_ptr)
+    }
+
+    /// Checks one forward pass's input `x`, routing and gates against the layer.
+    pub(crate) fn check_input<B: Backend>(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+        routing: &Routing,
+        gates: Option<&B::Tensor>,
+    ) -> Result<(), DistError> {
+        let gate_shape = gates.map(|g| b.shape(g));
+        if b.shape(x) != [routing.rows(), self.d_in]
+            || routing.modules() != self.modules
+            || gate_shape.is_some_and(|s| s != [routing.rows(), routing.k()])
+        {
+            return Err(DistError::Setup(format!(
+                "expert layer ({} modules, d_in {}) got input {:?}, a routing of {} rows of {} \
+                 slots over {} modules, and gates {gate_shape:?}",
+                self.modules,
+                self.d_in,
+                b.shape(x),
+                routing.rows(),
+                routing.k(),
+                routing.modules()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The grouped product of this rank's modules over the rows it received (`[R, d_in]`):
+    /// one output row per received pair, `[R, d_out]`.
+    pub(crate) fn local_forward<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        plan: &Exchange,
+        received: &B::Tensor,
+    ) -> B::Tensor {
+        b.grouped_product_rows(
+            GroupedOp::XW,
+            received,
+            params.get(self.weight),
+            &plan.recv_order,
+            &plan.local_offsets,
+            Some(params.get(self.bias)),
+        )
+    }
+
+    /// This rank's rows' outputs `[n, d_out]` from their pairs' outputs (`[pairs, d_out]` in
+    /// send order), gated or not, and what the gated backward needs.
+    pub(crate) fn combine<B: Backend>(
+        b: &B,
+        plan: &Exchange,
+        routing: &Routing,
+        pairs: &B::Tensor,
+        gates: Option<&B::Tensor>,
+    ) -> (B::Tensor, Gated<B>) {
+        match gates {
+            None => (Self::sum_rows(b, plan, routing, pairs), None),
+            Some(g) => {
+                // The single-process layer's gated sum, on the outputs in routing order.
+                let ys = b.gather_rows(pairs, &plan.slot_of_pair);
+                let pg = pair_gates(b, routing, g);
+                (gated_sum(b, routing, &ys, &pg), Some((ys, pg)))
+            }
+        }
+    }
+
+    /// What travels to the modules' owners in the backward pass for output gradient `dy`:
+    /// with gates, the pairs' gated output gradients in routing order (sent by
+    /// `plan.send_pairs`) and `dL/dgates`; without, nothing new (`dy`'s rows are sent by
+    /// `plan.send_rows`).
+    pub(crate) fn gated_grads<B: Backend>(
+        b: &B,
+        routing: &Routing,
+        gated: &Gated<B>,
+        dy: &B::Tensor,
+    ) -> Option<(B::Tensor, B::Tensor)> {
+        gated
+            .as_ref()
+            .map(|(ys, pg)| gated_sum_backward(b, routing, dy, ys, pg))
+    }
+
+    /// The backward pass on the module owner: accumulates this rank's modules' weight and
+    /// bias gradients from the received rows (`[R, d_in]`) and their output gradients
+    /// (`[R, d_out]`), and returns the pairs' input gradients `[R, d_in]`.
+    pub(crate) fn local_backward<B: Backend>(
+        &self,
+        b: &B,
+        params: &ParamStore<B>,
+        plan: &Exchange,
+        received: &B::Tensor,
+        dys: &B::Tensor,
+        grads: &mut Grads<B>,
+    ) -> B::Tensor {
+        let local = self.local_modules();
+        let (dw, beta) = grads.product_entry(b, self.weight, [local * self.d_in, self.d_out]);
+        b.grouped_matmul_rows(
+            GroupedOp::XtY,
+            received,
+            dys,
+            &plan.recv_order,
+            &plan.local_offsets,
+            beta,
+            dw,
+        );
+        let db = b.segment_sum_rows(dys, &plan.recv_order, &plan.local_offsets);
+        grads.accumulate(b, self.bias, &db);
+        b.grouped_product_rows(
+            GroupedOp::XWt,
+            dys,
+            params.get(self.weight),
+            &plan.recv_order,
+            &plan.local_offsets,
+            None,
+        )
+    }
+
+    /// Checks an output gradient's shape against the layer and the forward pass's rows.
+    pub(crate) fn check_grad<B: Backend>(
+        &self,
+        b: &B,
+        rows: usize,
+        dy: &B::Tensor,
+    ) -> Result<(), DistError> {
+        if b.shape(dy) == [rows, self.d_out] {
+            Ok(())
+        } else {
+            Err(DistError::Setup(format!(
+                "expert layer output gradient is {:?}, expected [{rows}, {}]",
+                b.shape(dy),
+                self.d_out
+            )))
+        }
     }
 
     /// Forward pass for this rank's rows `x` (`[n, d_in]`, `n` may be 0) routed by `routing`
@@ -393,42 +561,12 @@ impl ExpertLinear {
         gates: Option<&B::Tensor>,
     ) -> Result<(B::Tensor, ExpertCache<B>), DistError> {
         self.check_comm(comm)?;
-        let gate_shape = gates.map(|g| b.shape(g));
-        if b.shape(x) != [routing.rows(), self.d_in]
-            || routing.modules() != self.modules
-            || gate_shape.is_some_and(|s| s != [routing.rows(), routing.k()])
-        {
-            return Err(DistError::Setup(format!(
-                "expert layer ({} modules, d_in {}) got input {:?}, a routing of {} rows of {} \
-                 slots over {} modules, and gates {gate_shape:?}",
-                self.modules,
-                self.d_in,
-                b.shape(x),
-                routing.rows(),
-                routing.k(),
-                routing.modules()
-            )));
-        }
+        self.check_input(b, x, routing, gates)?;
         let plan = self.plan(comm, routing)?;
-        let received = Self::dispatch(b, comm, &plan, x, &plan.send_rows, self.d_in)?;
-        let ys = b.grouped_product_rows(
-            GroupedOp::XW,
-            &received,
-            params.get(self.weight),
-            &plan.recv_order,
-            &plan.local_offsets,
-            Some(params.get(self.bias)),
-        );
-        let pairs = Self::collect(b, comm, &plan, &ys, self.d_out)?;
-        let (y, gated) = match gates {
-            None => (Self::sum_rows(b, &plan, routing, &pairs), None),
-            Some(g) => {
-                // The single-process layer's gated sum, on the outputs in routing order.
-                let ys = b.gather_rows(&pairs, &plan.slot_of_pair);
-                let pg = pair_gates(b, routing, g);
-                (gated_sum(b, routing, &ys, &pg), Some((ys, pg)))
-            }
-        };
+        let [received] = Self::dispatch(b, comm, &plan, [x], &plan.send_rows)?;
+        let ys = self.local_forward(b, params, &plan, &received);
+        let [pairs] = Self::collect(b, comm, &plan, [&ys])?;
+        let (y, gated) = Self::combine(b, &plan, routing, &pairs, gates);
         Ok((
             y,
             ExpertCache {
@@ -456,49 +594,18 @@ impl ExpertLinear {
         grads: &mut Grads<B>,
     ) -> Result<(B::Tensor, Option<B::Tensor>), DistError> {
         self.check_comm(comm)?;
-        let rows = cache.routing.rows();
-        if b.shape(dy) != [rows, self.d_out] {
-            return Err(DistError::Setup(format!(
-                "expert layer output gradient is {:?}, expected [{rows}, {}]",
-                b.shape(dy),
-                self.d_out
-            )));
-        }
         let (plan, routing) = (&cache.plan, &cache.routing);
-        let (dys, dgates) = match &cache.gated {
-            None => (
-                Self::dispatch(b, comm, plan, dy, &plan.send_rows, self.d_out)?,
-                None,
+        self.check_grad(b, routing.rows(), dy)?;
+        let (dys, dgates) = match Self::gated_grads(b, routing, &cache.gated, dy) {
+            None => (Self::dispatch(b, comm, plan, [dy], &plan.send_rows)?, None),
+            Some((dys, dg)) => (
+                Self::dispatch(b, comm, plan, [&dys], &plan.send_pairs)?,
+                Some(dg),
             ),
-            Some((ys, pg)) => {
-                // The pairs' gated output gradients, in routing order, travel instead of rows.
-                let (dys, dg) = gated_sum_backward(b, routing, dy, ys, pg);
-                let sent = Self::dispatch(b, comm, plan, &dys, &plan.send_pairs, self.d_out)?;
-                (sent, Some(dg))
-            }
         };
-        let local = self.local_modules();
-        let (dw, beta) = grads.product_entry(b, self.weight, [local * self.d_in, self.d_out]);
-        b.grouped_matmul_rows(
-            GroupedOp::XtY,
-            &cache.received,
-            &dys,
-            &plan.recv_order,
-            &plan.local_offsets,
-            beta,
-            dw,
-        );
-        let db = b.segment_sum_rows(&dys, &plan.recv_order, &plan.local_offsets);
-        grads.accumulate(b, self.bias, &db);
-        let dxs = b.grouped_product_rows(
-            GroupedOp::XWt,
-            &dys,
-            params.get(self.weight),
-            &plan.recv_order,
-            &plan.local_offsets,
-            None,
-        );
-        let pairs = Self::collect(b, comm, plan, &dxs, self.d_in)?;
+        let [dys] = dys;
+        let dxs = self.local_backward(b, params, plan, &cache.received, &dys, grads);
+        let [pairs] = Self::collect(b, comm, plan, [&dxs])?;
         Ok((Self::sum_rows(b, plan, routing, &pairs), dgates))
     }
 }

@@ -3,6 +3,7 @@
 mod comm;
 mod data;
 mod expert;
+mod expert_gru;
 #[cfg(feature = "mpi")]
 mod mpi_comm;
 mod replicas;
@@ -11,6 +12,7 @@ mod timed;
 pub use comm::{Comm, LocalComm, Wire};
 pub use data::{all_reduce_grads, shard_range};
 pub use expert::{ExpertCache, ExpertLinear, GatheredLayer, local_modules};
+pub use expert_gru::{ExpertGruCache, ExpertGruGrads, ExpertGruModules};
 #[cfg(feature = "mpi")]
 pub use mpi_comm::{DEFAULT_TIMEOUT, MpiComm};
 pub use replicas::{DEFAULT_BUCKET, DataParallel};

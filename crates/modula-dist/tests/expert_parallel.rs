@@ -5,11 +5,14 @@
 //!
 //! Every rank builds the whole single-process layer and the whole batch from one seed, runs
 //! the reference on all of it, and checks its own share: its rows of `y` and `dx`, and the
-//! weight and bias gradients of the modules it owns.
+//! weight and bias gradients of the modules it owns. The same for one step of the modular
+//! GRU's modules.
 
 use modula_cpu::Cpu;
-use modula_dist::{Comm, ExpertLinear, LocalComm, TimedComm, all_reduce_grads, shard_range};
-use modula_modular::{ModularLinear, Routing, Selection};
+use modula_dist::{
+    Comm, ExpertGruModules, ExpertLinear, LocalComm, TimedComm, all_reduce_grads, shard_range,
+};
+use modula_modular::{ModularGruModules, ModularLinear, Routing, Selection};
 use modula_nn::{Ctx, Grads, Init, Linear, Module, Optimizer, ParamStore, Sgd};
 use modula_tensor::Backend;
 use rand::{Rng, SeedableRng};
@@ -202,30 +205,8 @@ fn check_case(comm: &impl Comm, case: &Case, gated: bool) -> Result<(), String> 
     };
     // Bytes to other ranks: the counts of their modules, then each remote pair's input row
     // and output gradient out and its output and input gradient back.
-    let owner_rows = |r: usize| {
-        let rows = shard_range(case.rows, r, ranks);
-        Routing::new(
-            &Selection::new(
-                case.k,
-                picks[rows.start * case.k..rows.end * case.k].to_vec(),
-            ),
-            case.modules,
-        )
-    };
-    let remote = |from: usize, to: usize| -> usize {
-        let routing = owner_rows(from);
-        (0..case.modules)
-            .filter(|m| m % ranks == to)
-            .map(|m| routing.count(m))
-            .sum()
-    };
-    let others = || (0..ranks).filter(|&q| q != rank);
-    let counts: usize = others()
-        .map(|q| modula_dist::local_modules(case.modules, ranks, q))
-        .sum();
-    let pairs_out: usize = others().map(|q| remote(rank, q)).sum();
-    let pairs_in: usize = others().map(|s| remote(s, rank)).sum();
-    let want_bytes = 4 * (counts + (pairs_out + pairs_in) * (case.d_in + case.d_out));
+    let (counts, pairs) = traffic(case, &picks, rank, ranks);
+    let want_bytes = 4 * (counts + pairs * (case.d_in + case.d_out));
     let sent = comm.take().1;
     if sent != want_bytes as u64 {
         return Err(at(&format!(
@@ -255,6 +236,175 @@ fn check_case(comm: &impl Comm, case: &Case, gated: bool) -> Result<(), String> 
     let db = dl(grads.get(layer.bias).ok_or("no bias gradient")?)?;
     owned_blocks(&at("dW"), &layer, case.d_in * case.d_out, &dw, &dw_ref)?;
     owned_blocks(&at("db"), &layer, case.d_out, &db, &db_ref)
+}
+
+/// What rank `rank` of `ranks` exchanges with the others in one step of `case` with the
+/// selections `picks` (`k` per row of the global batch): the number of per-module counts it
+/// sends, and the number of its pairs routed to other ranks' modules plus the number of
+/// other ranks' pairs routed to its modules.
+fn traffic(case: &Case, picks: &[u32], rank: usize, ranks: usize) -> (usize, usize) {
+    let remote = |from: usize, to: usize| -> usize {
+        let rows = shard_range(case.rows, from, ranks);
+        let routing = Routing::new(
+            &Selection::new(
+                case.k,
+                picks[rows.start * case.k..rows.end * case.k].to_vec(),
+            ),
+            case.modules,
+        );
+        (0..case.modules)
+            .filter(|m| m % ranks == to)
+            .map(|m| routing.count(m))
+            .sum()
+    };
+    let others = || (0..ranks).filter(|&q| q != rank);
+    let counts = others()
+        .map(|q| modula_dist::local_modules(case.modules, ranks, q))
+        .sum();
+    let pairs = others().map(|q| remote(rank, q) + remote(q, rank)).sum();
+    (counts, pairs)
+}
+
+/// The expert-parallel GRU modules against [`ModularGruModules`] on `case` (`d_in` the input
+/// width, `d_out` the hidden width), with per-slot gates when `gated`: this rank's rows of
+/// `h_t`, `dx` and `dh_prev` (and `dgates`), its modules' gradients on both sides, and one
+/// exchange each way per pass (one set of counts, each pair's `[x | h]` and `[gx | gh]` rows
+/// once).
+fn check_gru_case(comm: &impl Comm, case: &Case, gated: bool) -> Result<(), String> {
+    let b = Cpu::with_threads(1);
+    let (d_in, hid, k) = (case.d_in, case.d_out, case.k);
+    let mut rng = ChaCha8Rng::seed_from_u64(case.rows as u64 * 77 + case.modules as u64);
+    let mut full_params = ParamStore::new();
+    let full = ModularGruModules::new(
+        &b,
+        &mut full_params,
+        "gru",
+        d_in,
+        hid,
+        case.modules,
+        &mut rng,
+    );
+    for bias in [full.input.bias, full.recurrent.bias] {
+        let v = values(&mut rng, case.modules * 3 * hid);
+        *full_params.get_mut(bias) = b.upload([case.modules, 3 * hid], &v);
+    }
+    let x = values(&mut rng, case.rows * d_in);
+    let h0 = values(&mut rng, case.rows * hid);
+    let dh = values(&mut rng, case.rows * hid);
+    let picks: Vec<u32> = (0..case.rows * k)
+        .map(|_| rng.random_range(0..case.used as u32))
+        .collect();
+    let gates = values(&mut rng, case.rows * k);
+    let rows_of = |v: &[f32], width: usize, rows: std::ops::Range<usize>| {
+        b.upload(
+            [rows.len(), width],
+            &v[rows.start * width..rows.end * width],
+        )
+    };
+    let routing_of = |rows: std::ops::Range<usize>| {
+        Routing::new(
+            &Selection::new(k, picks[rows.start * k..rows.end * k].to_vec()),
+            case.modules,
+        )
+    };
+    let gates_of = |rows: std::ops::Range<usize>| gated.then(|| rows_of(&gates, k, rows));
+    let dl = |t: &<Cpu as Backend>::Tensor| b.download(t).map_err(|e| e.to_string());
+
+    let all = 0..case.rows;
+    let routing = routing_of(all.clone());
+    let (h_ref, cache) = full.forward(
+        &b,
+        &full_params,
+        &rows_of(&x, d_in, all.clone()),
+        &rows_of(&h0, hid, all.clone()),
+        &routing,
+        gates_of(all.clone()).as_ref(),
+    );
+    let mut g_ref = Grads::new();
+    let (dx_ref, dh0_ref, dg_ref) = full.backward(
+        &b,
+        &full_params,
+        &routing,
+        cache,
+        &rows_of(&dh, hid, all),
+        &mut g_ref,
+    );
+
+    let (rank, ranks) = (comm.rank(), comm.size());
+    let mine = shard_range(case.rows, rank, ranks);
+    let mut params = ParamStore::new();
+    let err = |e: modula_dist::DistError| e.to_string();
+    let shard =
+        ExpertGruModules::shard(&b, comm, &mut params, "gru", &full, &full_params).map_err(err)?;
+    let comm = &TimedComm::new(comm);
+    let (h, cache) = shard
+        .step(
+            &b,
+            comm,
+            &params,
+            &rows_of(&x, d_in, mine.clone()),
+            &rows_of(&h0, hid, mine.clone()),
+            &routing_of(mine.clone()),
+            gates_of(mine.clone()).as_ref(),
+        )
+        .map_err(err)?;
+    let mut grads = Grads::new();
+    let modula_dist::ExpertGruGrads {
+        dx,
+        dh_prev: dh0,
+        d_gates: dg,
+    } = shard
+        .step_backward(
+            &b,
+            comm,
+            &params,
+            cache,
+            &rows_of(&dh, hid, mine.clone()),
+            &mut grads,
+        )
+        .map_err(err)?;
+    let at = |what: &str| {
+        let kind = if gated { "gated" } else { "ungated" };
+        format!("GRU {}, {kind} (rank {rank} of {ranks}): {what}", case.name)
+    };
+    let (counts, pairs) = traffic(case, &picks, rank, ranks);
+    let want_bytes = 4 * (counts + pairs * (d_in + hid + 6 * hid));
+    let sent = comm.take().1;
+    if sent != want_bytes as u64 {
+        return Err(at(&format!(
+            "sent {sent} bytes to other ranks, expected {want_bytes}"
+        )));
+    }
+    let mine_of = |v: &[f32], width: usize| v[mine.start * width..mine.end * width].to_vec();
+    close(&at("h"), &dl(&h)?, &mine_of(&dl(&h_ref)?, hid))?;
+    close(&at("dx"), &dl(&dx)?, &mine_of(&dl(&dx_ref)?, d_in))?;
+    close(&at("dh_prev"), &dl(&dh0)?, &mine_of(&dl(&dh0_ref)?, hid))?;
+    match (dg, dg_ref) {
+        (None, None) => {}
+        (Some(dg), Some(dg_ref)) => close(&at("dgates"), &dl(&dg)?, &mine_of(&dl(&dg_ref)?, k))?,
+        _ => return Err(at("gate gradients on one side only")),
+    }
+    for (side, layer, full_layer) in [
+        ("input", &shard.input, &full.input),
+        ("recurrent", &shard.recurrent, &full.recurrent),
+    ] {
+        let grad = |g: &Grads<Cpu>, id| dl(g.get(id).ok_or(at(&format!("no {side} gradient")))?);
+        owned_blocks(
+            &at(&format!("{side} dW")),
+            layer,
+            layer.d_in * layer.d_out,
+            &grad(&grads, layer.weight)?,
+            &grad(&g_ref, full_layer.weight)?,
+        )?;
+        owned_blocks(
+            &at(&format!("{side} db")),
+            layer,
+            layer.d_out,
+            &grad(&grads, layer.bias)?,
+            &grad(&g_ref, full_layer.bias)?,
+        )?;
+    }
+    Ok(())
 }
 
 /// Compares each module block (`block` values) of this rank's shard `local` with the same
@@ -478,6 +628,8 @@ fn check_all(comm: &impl Comm) -> Result<(), String> {
     for case in CASES {
         check_case(comm, case, false)?;
         check_case(comm, case, true)?;
+        check_gru_case(comm, case, false)?;
+        check_gru_case(comm, case, true)?;
     }
     check_allreduce(comm)?;
     check_training(comm)
