@@ -82,8 +82,9 @@ pub struct TrainArgs {
     #[arg(long, value_enum, conflicts_with = "accept_config_change")]
     pub dist: Option<DistArg>,
     /// With `--dist`: how many seconds a rank may wait for the others to reach a collective
-    /// before the job is ended with the missing rank named (0: wait for ever) [default: 50].
-    #[arg(long, requires = "dist")]
+    /// before the job is ended with the missing rank named (0: wait for ever; at most a day)
+    /// [default: 50].
+    #[arg(long, requires = "dist", value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub dist_timeout: Option<u64>,
 }
 

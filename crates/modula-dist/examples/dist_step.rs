@@ -95,12 +95,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let (dx, _) = layer.backward(&b, &comm, &params, cache, &dy, &mut grads)?;
             b.synchronize()?;
             let total = start.elapsed();
-            let (in_comm, sent) = comm.take();
+            let traffic = comm.take();
             std::hint::black_box((y, dx));
             if rep > 0 {
-                compute.push(total.saturating_sub(in_comm).as_secs_f64());
-                exchange.push(in_comm.as_secs_f64());
-                bytes = sent;
+                compute.push(total.saturating_sub(traffic.time).as_secs_f64());
+                exchange.push(traffic.time.as_secs_f64());
+                bytes = traffic.bytes;
             }
         }
         // Every rank's medians and bytes, gathered on rank 0 by an all-to-all that only

@@ -473,10 +473,10 @@ impl ExpertLinear {
         }
     }
 
-    /// What travels to the modules' owners in the backward pass for output gradient `dy`:
-    /// with gates, the pairs' gated output gradients in routing order (sent by
-    /// `plan.send_pairs`) and `dL/dgates`; without, nothing new (`dy`'s rows are sent by
-    /// `plan.send_rows`).
+    /// With gates, the backward pass's gated part for output gradient `dy`: the pairs' gated
+    /// output gradients in routing order (what travels to the modules' owners, by
+    /// `plan.send_pairs`) and `dL/dgates` (which stays on the rows' rank). Without gates,
+    /// `None`: `dy`'s own rows travel, by `plan.send_rows`.
     pub(crate) fn gated_grads<B: Backend>(
         b: &B,
         routing: &Routing,

@@ -126,6 +126,21 @@ impl ExpertGruModules {
     ) -> Result<(B::Tensor, ExpertGruCache<B>), DistError> {
         let (input, recurrent) = (&self.input, &self.recurrent);
         input.check_comm(comm)?;
+        recurrent.check_comm(comm)?;
+        if (input.modules, input.d_out) != (recurrent.modules, recurrent.d_out)
+            || input.d_out != 3 * recurrent.d_in
+        {
+            return Err(DistError::Setup(format!(
+                "expert GRU sides disagree: input side {} modules {} -> {}, hidden side {} \
+                 modules {} -> {} (both must have M modules, hidden side h -> 3h)",
+                input.modules,
+                input.d_in,
+                input.d_out,
+                recurrent.modules,
+                recurrent.d_in,
+                recurrent.d_out
+            )));
+        }
         input.check_input(b, x, routing, gates)?;
         recurrent.check_input(b, h_prev, routing, gates)?;
         let plan = input.plan(comm, routing)?;
@@ -186,10 +201,11 @@ impl ExpertGruModules {
                 b.axpy(1.0, &dg_h, &mut dg);
                 (sent, Some(dg))
             }
-            _ => (
+            (None, None) => (
                 ExpertLinear::dispatch(b, comm, plan, [&dgx, &dgh], &plan.send_rows)?,
                 None,
             ),
+            _ => unreachable!("both sides of a step take the same gates"),
         };
         let [rx, rh] = &cache.received;
         let dxs = input.local_backward(b, params, plan, rx, &dys[0], grads);

@@ -16,7 +16,7 @@ pub use expert_gru::{ExpertGruCache, ExpertGruGrads, ExpertGruModules};
 #[cfg(feature = "mpi")]
 pub use mpi_comm::{DEFAULT_TIMEOUT, MpiComm};
 pub use replicas::{DEFAULT_BUCKET, DataParallel};
-pub use timed::TimedComm;
+pub use timed::{TimedComm, Traffic};
 
 /// What can go wrong in distributed code that one rank can detect and report.
 ///

@@ -7,10 +7,11 @@
 //! stopped process) leaves every other rank waiting inside its next collective for ever, and
 //! `mpirun` sees no process exit. So, unless turned off, every collective starts with an
 //! arrival check of small point-to-point messages that can be polled against a deadline:
-//! each rank tells rank 0 the number of the collective it has reached, and rank 0, once all
-//! have arrived with the same number, tells them to go on. A rank that does not arrive in
-//! time is named by rank 0, which then aborts the job (`MPI_Abort`); a rank that arrived
-//! with another number (the ranks call collectives in different orders) is named at once.
+//! each rank tells rank 0 which collective it has reached (its number in the rank's sequence,
+//! its kind, its length and root), and rank 0, once all have arrived at the same one, tells
+//! them to go on. A rank that does not arrive in time is named by rank 0, which then aborts
+//! the job (`MPI_Abort`); a rank that arrived at another collective (the ranks call
+//! collectives in different orders, or with different lengths) is named at once.
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -46,18 +47,43 @@ pub struct MpiComm {
 /// minute.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(50);
 
-/// The exit code `MPI_Abort` gives the job when a rank did not arrive.
+/// The exit code `MPI_Abort` gives the job when a rank did not arrive or arrived elsewhere.
 const HUNG_EXIT: i32 = 75;
+
 /// Point-to-point tags of the arrival check (collectives do not match tags, so these cannot
 /// be confused with them).
 const TAG_ARRIVE: i32 = 0x6d6f;
 const TAG_GO: i32 = 0x6d70;
+
+/// The collectives, as the arrival check names them; the discriminant travels.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Barrier,
+    AllReduce,
+    AllToAllV,
+    Broadcast,
+}
+
+/// The kinds' names, by discriminant.
+const KIND_NAMES: [&str; 4] = ["barrier", "allreduce", "all-to-all-v", "broadcast"];
+
+/// Which collective a rank has reached, as it travels: its number in the rank's sequence of
+/// collectives, its kind, and the length (bytes) and root that every rank must pass alike (0
+/// where a collective has none, or where ranks pass different ones, as all-to-all-v's counts).
+type Arrival = [u64; 4];
+
+/// An arrival as a message names it.
+fn describe([seq, kind, len, root]: Arrival) -> String {
+    let kind = KIND_NAMES.get(kind as usize).copied().unwrap_or("unknown");
+    format!("collective #{seq} ({kind}, {len} bytes, root {root})")
+}
 
 impl std::fmt::Debug for MpiComm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MpiComm")
             .field("rank", &self.rank())
             .field("size", &self.size())
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -66,9 +92,11 @@ impl MpiComm {
     /// Initializes MPI (single-threaded) and returns the world communicator, with the
     /// arrival check at [`DEFAULT_TIMEOUT`].
     ///
-    /// It also makes a panic end the process (exit code 101, after the panic's message)
-    /// instead of unwinding into MPI's finalization, which would wait for the other ranks
-    /// while they wait for this one; `mpirun` then ends the job and names the rank.
+    /// It also installs a process-wide panic hook, for the rest of the process's life: a
+    /// panic prints this rank's number and the panic's message and ends the process (exit
+    /// code 101) instead of unwinding into MPI's finalization, which would wait for the other
+    /// ranks while they wait for this one; `mpirun` then ends the job and names the rank.
+    /// Panics caught by `catch_unwind` end the process too.
     ///
     /// # Errors
     /// [`DistError::Init`] if MPI was already initialized in this process.
@@ -79,13 +107,16 @@ impl MpiComm {
                     .into(),
             )
         })?;
+        let world = universe.world();
+        let rank = world.rank();
         let report = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
+            eprintln!("modula-dist: rank {rank} panicked; ending its process");
             report(info);
             std::process::exit(101);
         }));
         Ok(MpiComm {
-            world: universe.world(),
+            world,
             _universe: universe,
             timeout: Some(DEFAULT_TIMEOUT),
             entered: Cell::new(0),
@@ -101,10 +132,10 @@ impl MpiComm {
         self
     }
 
-    /// The arrival check before collective `what` (see the module's documentation). Ends the
-    /// job through `MPI_Abort` when a rank does not arrive within the timeout or arrives at
-    /// another collective.
-    fn arrive(&self, what: &str) {
+    /// The arrival check before a collective of `kind` with `len` bytes and root `root`
+    /// (see the module's documentation). Ends the job through `MPI_Abort` when a rank does
+    /// not arrive within the timeout or arrives at another collective.
+    fn arrive(&self, kind: Kind, len: usize, root: usize) {
         let Some(timeout) = self.timeout else { return };
         let seq = self.entered.get();
         self.entered.set(seq + 1);
@@ -112,8 +143,10 @@ impl MpiComm {
         if size == 1 {
             return;
         }
+        let wire: Arrival = [seq, kind as u64, len as u64, root as u64];
+        let what = describe(wire);
         if rank == 0 {
-            let mut arrived = vec![0u64; size - 1];
+            let mut arrived: Vec<Arrival> = vec![[0; 4]; size - 1];
             mpi::request::scope(|scope| {
                 let pending = arrived
                     .iter_mut()
@@ -122,49 +155,53 @@ impl MpiComm {
                         let from = self.world.process_at_rank(i as i32 + 1);
                         (
                             i + 1,
-                            from.immediate_receive_into_with_tag(scope, slot, TAG_ARRIVE),
+                            from.immediate_receive_into_with_tag(scope, &mut slot[..], TAG_ARRIVE),
                         )
                     })
                     .collect();
                 let late = poll(pending, Instant::now() + timeout);
                 if !late.is_empty() {
                     eprintln!(
-                        "modula-dist: rank 0 waited {}s for rank(s) {late:?} to reach collective #{seq} ({what}); they hung or stopped, so the job ends here",
+                        "modula-dist: rank 0 waited {}s for rank(s) {late:?} to reach {what}; they hung or stopped, so the job ends here",
                         timeout.as_secs_f32()
                     );
                     self.world.abort(HUNG_EXIT);
                 }
             });
-            if let Some((i, other)) = arrived.iter().enumerate().find(|(_, s)| **s != seq) {
+            if let Some((i, other)) = arrived.iter().enumerate().find(|(_, w)| **w != wire) {
                 eprintln!(
-                    "modula-dist: rank {} reached collective #{other} while rank 0 reached #{seq} ({what}): the ranks call collectives in different orders; the job ends here",
-                    i + 1
+                    "modula-dist: rank {} reached {} while rank 0 reached {what}: the ranks call collectives in different orders or with different arguments; the job ends here",
+                    i + 1,
+                    describe(*other)
                 );
                 self.world.abort(HUNG_EXIT);
             }
             for q in 1..size {
                 self.world
                     .process_at_rank(q as i32)
-                    .send_with_tag(&seq, TAG_GO);
+                    .send_with_tag(&wire[..], TAG_GO);
             }
         } else {
-            let mut go = 0u64;
-            // Rank 0 knows which rank is missing and reports it first; this rank waits a
-            // little longer so that its own, vaguer report only comes when rank 0 is the one
-            // that hung.
-            let patience = timeout + timeout / 5;
+            let mut go: Arrival = [0; 4];
+            // Rank 0 starts its clock when it arrives itself, possibly later than this rank
+            // (after evaluating or writing a checkpoint): twice the timeout leaves it the time
+            // to name the missing rank first.
+            let patience = timeout * 2;
             mpi::request::scope(|scope| {
                 let lead = self.world.process_at_rank(0);
                 let pending = vec![
-                    (0, lead.immediate_send_with_tag(scope, &seq, TAG_ARRIVE)),
                     (
                         0,
-                        lead.immediate_receive_into_with_tag(scope, &mut go, TAG_GO),
+                        lead.immediate_send_with_tag(scope, &wire[..], TAG_ARRIVE),
+                    ),
+                    (
+                        0,
+                        lead.immediate_receive_into_with_tag(scope, &mut go[..], TAG_GO),
                     ),
                 ];
                 if !poll(pending, Instant::now() + patience).is_empty() {
                     eprintln!(
-                        "modula-dist: rank {rank} waited {}s for rank 0 to release collective #{seq} ({what}); rank 0 hung or stopped, so the job ends here",
+                        "modula-dist: rank {rank} waited {}s for rank 0 to release {what}; rank 0, or a rank it waits for, hung or stopped, so the job ends here",
                         patience.as_secs_f32()
                     );
                     self.world.abort(HUNG_EXIT);
@@ -178,7 +215,7 @@ impl MpiComm {
 /// has passed; returns the ranks still pending, in order. It yields the core between polls
 /// (ranks may share cores) and sleeps a millisecond between them once the wait is long.
 fn poll<'a>(
-    mut requests: Vec<(usize, Request<'a, u64, &LocalScope<'a>>)>,
+    mut requests: Vec<(usize, Request<'a, [u64], &LocalScope<'a>>)>,
     deadline: Instant,
 ) -> Vec<usize> {
     let start = Instant::now();
@@ -193,8 +230,9 @@ fn poll<'a>(
         if Instant::now() > deadline {
             let mut late: Vec<usize> = requests.iter().map(|(q, _)| *q).collect();
             late.dedup();
-            // The job is about to be aborted; forgetting the requests keeps the scope from
-            // panicking over them first.
+            // The job is about to be aborted; dropping an incomplete request would panic
+            // (rsmpi's `Request::drop`), and the panic hook would end the process before
+            // the message and `MPI_Abort`.
             std::mem::forget(requests);
             return late;
         }
@@ -239,14 +277,14 @@ impl Comm for MpiComm {
     }
 
     fn barrier(&self) -> Result<(), DistError> {
-        self.arrive("barrier");
+        self.arrive(Kind::Barrier, 0, 0);
         self.world.barrier();
         Ok(())
     }
 
     fn all_reduce_sum(&self, data: &mut [f32]) -> Result<(), DistError> {
         count(data.len() * 4, "an allreduce buffer")?;
-        self.arrive("allreduce");
+        self.arrive(Kind::AllReduce, size_of_val(data), 0);
         // rsmpi has no MPI_IN_PLACE for allreduce; the copy is one pass over a bucket.
         let send = data.to_vec();
         self.world
@@ -264,7 +302,7 @@ impl Comm for MpiComm {
         let width = size_of::<T>();
         let (send_bytes, send_displs) = byte_partition(send_counts, width)?;
         let (recv_bytes, recv_displs) = byte_partition(recv_counts, width)?;
-        self.arrive("all-to-all-v");
+        self.arrive(Kind::AllToAllV, 0, 0);
         let mut out = vec![T::zeroed(); received];
         let send_buf = Partition::new(bytemuck::cast_slice::<T, u8>(send), send_bytes, send_displs);
         let mut recv_buf = PartitionMut::new(
@@ -280,7 +318,7 @@ impl Comm for MpiComm {
     fn broadcast<T: Wire>(&self, data: &mut [T], root: usize) -> Result<(), DistError> {
         check_root(self.size(), root)?;
         count(size_of_val(data), "a broadcast buffer")?;
-        self.arrive("broadcast");
+        self.arrive(Kind::Broadcast, size_of_val(data), root);
         self.world
             .process_at_rank(root as i32)
             .broadcast_into(bytemuck::cast_slice_mut::<T, u8>(data));

@@ -7,14 +7,26 @@ use crate::DistError;
 use crate::comm::{Comm, Wire};
 
 /// Wraps a communicator and counts, since creation or the last [`TimedComm::take`], the time
-/// spent in its collectives (including the wait for slower ranks) and the bytes this rank's
-/// all-to-alls sent to other ranks (what crossed the network; the block a rank keeps is not
-/// counted).
+/// spent in its collectives (including the wait for slower ranks), the collectives called,
+/// and the bytes this rank's all-to-alls sent to other ranks (what crossed the network; the
+/// block a rank keeps is not counted).
 #[derive(Debug)]
 pub struct TimedComm<C> {
     inner: C,
     time: Cell<Duration>,
     bytes: Cell<u64>,
+    calls: Cell<u64>,
+}
+
+/// What a [`TimedComm`] counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Traffic {
+    /// Time spent inside collectives.
+    pub time: Duration,
+    /// Bytes this rank's all-to-alls sent to other ranks.
+    pub bytes: u64,
+    /// Collectives called (every kind).
+    pub calls: u64,
 }
 
 impl<C: Comm> TimedComm<C> {
@@ -24,17 +36,22 @@ impl<C: Comm> TimedComm<C> {
             inner,
             time: Cell::new(Duration::ZERO),
             bytes: Cell::new(0),
+            calls: Cell::new(0),
         }
     }
 
-    /// The time spent in collectives and the bytes sent to other ranks so far; both counters
-    /// restart from zero.
-    pub fn take(&self) -> (Duration, u64) {
-        (self.time.take(), self.bytes.take())
+    /// What was counted so far; the counters restart from zero.
+    pub fn take(&self) -> Traffic {
+        Traffic {
+            time: self.time.take(),
+            bytes: self.bytes.take(),
+            calls: self.calls.take(),
+        }
     }
 
-    /// Runs `f` and adds its duration to the collective time.
+    /// Runs the collective `f`, counting it and adding its duration to the collective time.
     fn timed<T>(&self, f: impl FnOnce(&C) -> T) -> T {
+        self.calls.set(self.calls.get() + 1);
         let start = Instant::now();
         let out = f(&self.inner);
         self.time.set(self.time.get() + start.elapsed());
@@ -91,6 +108,7 @@ mod tests {
     fn one_rank_sends_no_bytes_to_others() {
         let comm = TimedComm::new(LocalComm);
         comm.all_to_all_v(&[1.0f32; 6], &[6], &[6]).unwrap();
-        assert_eq!(comm.take().1, 0);
+        let traffic = comm.take();
+        assert_eq!((traffic.bytes, traffic.calls), (0, 1));
     }
 }
