@@ -51,6 +51,8 @@ mod blocking;
 mod kernel;
 /// Packing of operands into strips, and the scratch buffers that hold them.
 mod pack;
+
+pub(crate) use pack::AlignedBuf;
 /// Strided, optionally gathered, views of matrices.
 mod view;
 

@@ -238,7 +238,7 @@ fn transpose_block_scalar(
 /// An f32 buffer whose first element is 64-byte aligned, so that packed strips start on
 /// cache-line boundaries.
 #[derive(Debug, Default)]
-pub(super) struct AlignedBuf {
+pub(crate) struct AlignedBuf {
     pub(super) vec: Vec<f32>,
     pub(super) offset: usize,
     pub(super) len: usize,
@@ -255,9 +255,16 @@ impl Clone for AlignedBuf {
 }
 
 impl AlignedBuf {
+    /// An empty buffer (no allocation), for `const` thread-local initialisers.
+    pub(crate) const EMPTY: AlignedBuf = AlignedBuf {
+        vec: Vec::new(),
+        offset: 0,
+        len: 0,
+    };
+
     /// This buffer resized to `len` elements: the allocation is kept (with stale contents)
     /// when it is large enough, otherwise replaced by a zeroed one.
-    pub(super) fn with_len(self, len: usize) -> Self {
+    pub(crate) fn with_len(self, len: usize) -> Self {
         if !self.vec.is_empty() && self.offset + len <= self.vec.len() {
             AlignedBuf { len, ..self }
         } else {
@@ -271,11 +278,11 @@ impl AlignedBuf {
         AlignedBuf { vec, offset, len }
     }
 
-    pub(super) fn as_slice(&self) -> &[f32] {
+    pub(crate) fn as_slice(&self) -> &[f32] {
         &self.vec[self.offset..self.offset + self.len]
     }
 
-    pub(super) fn as_mut_slice(&mut self) -> &mut [f32] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
         &mut self.vec[self.offset..self.offset + self.len]
     }
 }

@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use modula_sparse::Select;
 
-use super::{PANEL, RowsPanel, Sampled, row_in};
+use super::{BPanel, PANEL, RowsPanel, Sampled, row_in};
 
 /// Vectors per panel.
 const V: usize = PANEL / 16;
@@ -94,24 +94,29 @@ pub(super) unsafe fn or_kept_bits(row: &[f32], select: Select, bits: &mut [u64])
     }
 }
 
-/// Rows `rows` x columns `cols` of `C = S B + beta C + 1 bias^T`: full panels keep eight
-/// vectors of a row of `C` in registers, the last partial panel goes a vector at a time.
+/// Rows `rows` x columns `j0..j0 + width` (one panel) of `C = S B + beta C + 1 bias^T`,
+/// reading `B`'s columns from `panel`: a full panel keeps eight vectors of a row of `C` in
+/// registers, a partial one goes a vector at a time.
 ///
 /// # Safety
-/// AVX-512F must be present; `p.c` addresses the `n x m` output, whose block `rows x cols`
-/// no other thread writes; `p.b` is `k x m` and the stored columns of `p.s` are below `k`.
+/// AVX-512F must be present; `p.c` addresses the `n x m` output, whose block
+/// `rows x j0..j0 + width` no other thread writes; `panel` holds `width` columns of every row
+/// `q` below `k`, and the stored columns of `p.s` are below `k`.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn csr_rows(p: &RowsPanel<'_>, rows: Range<usize>, cols: Range<usize>) {
-    for j0 in cols.clone().step_by(PANEL) {
-        let width = PANEL.min(cols.end - j0);
-        for i in rows.clone() {
-            // SAFETY: forwarded from the caller.
-            unsafe {
-                if width == PANEL {
-                    csr_panel(p, i, j0)
-                } else {
-                    csr_partial(p, i, j0, width)
-                }
+pub(super) unsafe fn csr_rows(
+    p: &RowsPanel<'_>,
+    rows: Range<usize>,
+    j0: usize,
+    width: usize,
+    panel: &BPanel<'_>,
+) {
+    for i in rows {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            if width == PANEL {
+                csr_panel(p, i, j0, panel)
+            } else {
+                csr_partial(p, i, j0, width, panel)
             }
         }
     }
@@ -120,12 +125,12 @@ pub(super) unsafe fn csr_rows(p: &RowsPanel<'_>, rows: Range<usize>, cols: Range
 /// One full panel of row `i` of `C`, from column `j0`.
 ///
 /// # Safety
-/// As [`csr_rows`], with `j0 + PANEL <= m`.
+/// As [`csr_rows`], with `width == PANEL`.
 #[target_feature(enable = "avx512f")]
-unsafe fn csr_panel(p: &RowsPanel<'_>, i: usize, j0: usize) {
+unsafe fn csr_panel(p: &RowsPanel<'_>, i: usize, j0: usize, panel: &BPanel<'_>) {
     let m = p.m;
-    // SAFETY: the caller guarantees the pointers: row i's columns j0..j0 + PANEL lie in C
-    // and in the bias, and row q's in B for every stored column q.
+    // SAFETY: the caller guarantees the pointers: row i's columns j0..j0 + PANEL lie in C and
+    // in the bias, and the panel holds PANEL columns of row q for every stored column q.
     unsafe {
         let c = p.c.0.add(i * m + j0);
         let mut acc = [_mm512_setzero_ps(); V];
@@ -141,9 +146,9 @@ unsafe fn csr_panel(p: &RowsPanel<'_>, i: usize, j0: usize) {
             }
         }
         let (idx, vals) = p.s.row(i);
-        let b = p.b.as_ptr().add(j0);
+        let b = panel.b.as_ptr();
         for (&q, &s) in idx.iter().zip(vals) {
-            let row = b.add(q as usize * m);
+            let row = b.add(q as usize * panel.ld);
             let s = _mm512_set1_ps(s);
             for (v, a) in acc.iter_mut().enumerate() {
                 *a = _mm512_fmadd_ps(s, _mm512_loadu_ps(row.add(16 * v)), *a);
@@ -158,16 +163,16 @@ unsafe fn csr_panel(p: &RowsPanel<'_>, i: usize, j0: usize) {
 /// A partial panel (`width < PANEL` columns) of row `i` of `C`, one vector at a time.
 ///
 /// # Safety
-/// As [`csr_rows`], with `j0 + width <= m`.
+/// As [`csr_rows`].
 #[target_feature(enable = "avx512f")]
-unsafe fn csr_partial(p: &RowsPanel<'_>, i: usize, j0: usize, width: usize) {
+unsafe fn csr_partial(p: &RowsPanel<'_>, i: usize, j0: usize, width: usize, panel: &BPanel<'_>) {
     let m = p.m;
     let (idx, vals) = p.s.row(i);
     for v0 in (0..width).step_by(16) {
         let lanes = first((width - v0).min(16));
         let j = j0 + v0;
         // SAFETY: masked loads and stores touch only columns j..j + lanes of row i (C, the
-        // bias) and of the stored rows of B, all inside their slices.
+        // bias) and of the stored rows of the panel, all inside their slices.
         unsafe {
             let c = p.c.0.add(i * m + j);
             let mut acc = _mm512_setzero_ps();
@@ -178,7 +183,7 @@ unsafe fn csr_partial(p: &RowsPanel<'_>, i: usize, j0: usize, width: usize) {
                 acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(lanes, bias.as_ptr().add(j)));
             }
             for (&q, &s) in idx.iter().zip(vals) {
-                let row = p.b.as_ptr().add(q as usize * m + j);
+                let row = panel.b.as_ptr().add(q as usize * panel.ld + v0);
                 acc = _mm512_fmadd_ps(_mm512_set1_ps(s), _mm512_maskz_loadu_ps(lanes, row), acc);
             }
             _mm512_mask_storeu_ps(c, lanes, acc);

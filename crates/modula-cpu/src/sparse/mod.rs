@@ -6,7 +6,10 @@
 //! - [`csr_matmul`] computes `C = S B + beta C + 1 bias^T` row by row: a panel of
 //!   [`PANEL`] columns of a row of `C` stays in registers while the row's stored entries
 //!   stream the matching rows of `B` past it (one vector load per FMA; `B`'s panel,
-//!   `k x PANEL` floats, stays in L2 while every row of the task sweeps it).
+//!   `k x PANEL` floats, stays in L2 while every row of the task sweeps it). When the task's
+//!   rows use each row of `B` [`PACK_REUSE`] times or more, the panel is first copied into a
+//!   contiguous buffer: in place, its rows lie `m` floats apart, and with `m` a power of two
+//!   (1024 here) they fall into a few cache sets, which hold a fraction of the panel.
 //! - [`sampled_matmul_t`] computes `(dY W^T)` at the stored entries only: a panel of a row of
 //!   `dY` stays in registers and each stored `(i, p)` takes its dot product with row `p` of `W`.
 //! - The block-sparse forms ([`block_matmul`], [`block_sampled_matmul_t`]) are one dense
@@ -27,11 +30,25 @@ mod portable;
 
 use modula_sparse::{Csr, Select};
 
+use crate::gemm::AlignedBuf;
+
 pub use block::{block_matmul, block_sampled_matmul_t, sparsify_blocks};
 
 /// Columns of `C` (or of `dY`) one task keeps in registers per pass: 8 AVX-512 vectors. With
 /// `k = 1024`, a panel of `B` is 512 KiB and stays in a 1 MiB L2 across rows.
 pub const PANEL: usize = 128;
+
+/// Stored entries per row of `B` (per task) from which [`csr_matmul`] copies each panel of
+/// `B` into a contiguous, cache-line-aligned buffer before its rows use it: the copy reads
+/// the panel once, and saves the cache-set conflicts of the strided panel on every later use.
+pub const PACK_REUSE: usize = 16;
+
+thread_local! {
+    /// Per-thread scratch for [`csr_matmul`]'s copied panels, kept between calls.
+    static PANEL_BUFFER: std::cell::Cell<AlignedBuf> = const {
+        std::cell::Cell::new(AlignedBuf::EMPTY)
+    };
+}
 
 /// Multiply-adds below which a product runs on the calling thread (as the GEMM's threshold:
 /// about 30 us of work, against about 10 us to hand work to a pool thread and back).
@@ -278,20 +295,49 @@ pub fn csr_matmul(
     let task = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
         let rows_panel = RowsPanel {
             s,
-            b,
             m,
             bias,
             beta,
             c: out,
         };
-        match isa {
-            // SAFETY: AVX-512F is present; `b` is `k x m` and every stored column is below
-            // `k` (a `Csr` invariant); this task writes only rows `rows` x columns `cols` of C,
-            // which no other task writes.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { avx512::csr_rows(&rows_panel, rows, cols) },
-            // SAFETY: as above, for the portable kernel.
-            _ => unsafe { portable::csr_rows(&rows_panel, rows, cols) },
+        let k = s.cols();
+        let indptr = s.indptr();
+        let pack = (indptr[rows.end] - indptr[rows.start]) as usize >= PACK_REUSE * k;
+        // Taken from the thread's cache while in use (a nested call allocates its own).
+        let mut packed = if pack {
+            PANEL_BUFFER.take().with_len(k * PANEL)
+        } else {
+            AlignedBuf::default()
+        };
+        for j0 in cols.clone().step_by(PANEL) {
+            let width = PANEL.min(cols.end - j0);
+            let panel = if pack {
+                let dst = &mut packed.as_mut_slice()[..k * width];
+                for (q, row) in dst.chunks_exact_mut(width).enumerate() {
+                    row.copy_from_slice(&b[q * m + j0..q * m + j0 + width]);
+                }
+                BPanel {
+                    b: &packed.as_slice()[..k * width],
+                    ld: width,
+                }
+            } else {
+                BPanel { b: &b[j0..], ld: m }
+            };
+            match isa {
+                // SAFETY: AVX-512F is present; the panel holds `k` rows of `width` columns
+                // and every stored column is below `k` (a `Csr` invariant); this task writes
+                // only rows `rows` x columns `j0..j0 + width` of C, which no other task
+                // writes.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe {
+                    avx512::csr_rows(&rows_panel, rows.clone(), j0, width, &panel)
+                },
+                // SAFETY: as above, for the portable kernel.
+                _ => unsafe { portable::csr_rows(&rows_panel, rows.clone(), j0, width, &panel) },
+            }
+        }
+        if pack {
+            PANEL_BUFFER.set(packed);
         }
     };
     run_grid(n, m, s.nnz().saturating_mul(m), threads, &task);
@@ -332,10 +378,17 @@ fn run_grid(
     }
 }
 
+/// The columns `j0..j0 + width` of `B` that one panel of [`csr_matmul`] reads: row `q`'s
+/// start at `b[q * ld]`, in place (`ld = m`) or copied (`ld = width`).
+struct BPanel<'a> {
+    b: &'a [f32],
+    ld: usize,
+}
+
 /// The operands of [`csr_matmul`] as one task's kernel sees them.
+/// (`B` comes separately, as a [`BPanel`] per panel.)
 struct RowsPanel<'a> {
     s: &'a Csr,
-    b: &'a [f32],
     m: usize,
     bias: Option<&'a [f32]>,
     beta: f32,

@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use modula_sparse::Select;
 
-use super::{PANEL, RowsPanel, Sampled, row_in};
+use super::{BPanel, PANEL, RowsPanel, Sampled, row_in};
 
 /// Writes the kept entries of `row` (their columns and values) to the front of `idx` and
 /// `val` and returns how many. Branch-free: every element is written at the next free slot,
@@ -26,35 +26,38 @@ pub(super) fn compress_row(
     n
 }
 
-/// Rows `rows` x columns `cols` of `C = S B + beta C + 1 bias^T`, a panel of [`PANEL`]
-/// columns at a time.
+/// Rows `rows` x columns `j0..j0 + width` (one panel, `width <= PANEL`) of
+/// `C = S B + beta C + 1 bias^T`, reading `B`'s columns from `panel`.
 ///
 /// # Safety
 /// `p.c` addresses the `n x m` output, which no other thread writes in this block.
-pub(super) unsafe fn csr_rows(p: &RowsPanel<'_>, rows: Range<usize>, cols: Range<usize>) {
+pub(super) unsafe fn csr_rows(
+    p: &RowsPanel<'_>,
+    rows: Range<usize>,
+    j0: usize,
+    width: usize,
+    panel: &BPanel<'_>,
+) {
     let m = p.m;
-    for j0 in cols.clone().step_by(PANEL) {
-        let width = PANEL.min(cols.end - j0);
-        for i in rows.clone() {
-            // SAFETY: row i's columns j0..j0 + width lie inside C and belong to this task.
-            let out = unsafe { std::slice::from_raw_parts_mut(p.c.0.add(i * m + j0), width) };
-            let mut acc = [0.0f32; PANEL];
-            let acc = &mut acc[..width];
-            if p.beta != 0.0 {
-                acc.iter_mut()
-                    .zip(&*out)
-                    .for_each(|(a, &c)| *a = p.beta * c);
-            }
-            if let Some(bias) = p.bias {
-                acc.iter_mut().zip(&bias[j0..]).for_each(|(a, &b)| *a += b);
-            }
-            let (idx, vals) = p.s.row(i);
-            for (&q, &v) in idx.iter().zip(vals) {
-                let b = &p.b[q as usize * m + j0..][..width];
-                acc.iter_mut().zip(b).for_each(|(a, &b)| *a += v * b);
-            }
-            out.copy_from_slice(acc);
+    for i in rows {
+        // SAFETY: row i's columns j0..j0 + width lie inside C and belong to this task.
+        let out = unsafe { std::slice::from_raw_parts_mut(p.c.0.add(i * m + j0), width) };
+        let mut acc = [0.0f32; PANEL];
+        let acc = &mut acc[..width];
+        if p.beta != 0.0 {
+            acc.iter_mut()
+                .zip(&*out)
+                .for_each(|(a, &c)| *a = p.beta * c);
         }
+        if let Some(bias) = p.bias {
+            acc.iter_mut().zip(&bias[j0..]).for_each(|(a, &b)| *a += b);
+        }
+        let (idx, vals) = p.s.row(i);
+        for (&q, &v) in idx.iter().zip(vals) {
+            let b = &panel.b[q as usize * panel.ld..][..width];
+            acc.iter_mut().zip(b).for_each(|(a, &b)| *a += v * b);
+        }
+        out.copy_from_slice(acc);
     }
 }
 
