@@ -78,7 +78,7 @@ pub struct TrainArgs {
     pub dense_match: Option<DenseMatchArg>,
     /// Train on the ranks of an MPI job (`mpirun -np P modula train --dist data ...`): each
     /// rank trains its share of every batch, rank 0 writes the run directory (EM on the toy
-    /// task only so far; needs a modula built with `--features mpi`).
+    /// and image tasks so far; needs a modula built with `--features mpi`).
     #[arg(long, value_enum, conflicts_with = "accept_config_change")]
     pub dist: Option<DistArg>,
     /// With `--dist`: how many seconds a rank may wait for the others to reach a collective

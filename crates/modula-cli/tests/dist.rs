@@ -1,6 +1,7 @@
 //! `modula train --dist data`: without the `mpi` feature a clear error; with it, under
 //! `mpirun`, a run written by four ranks resumes on two ranks and in one process with the
-//! continuation of the uninterrupted one-process run.
+//! continuation of the uninterrupted one-process run, and an image run on two ranks trains as
+//! one process.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -71,11 +72,39 @@ fn dist_without_mpi_says_how_to_build_it() {
 }
 
 #[cfg(feature = "mpi")]
+mod common;
+
+/// A small EM run of a modular conv net on stand-in digits: 240 training images in batches
+/// of 24 (ten per epoch), a record every second iteration, evaluations every sixth.
+#[cfg(feature = "mpi")]
+const IMAGE_CONFIG: &str = "task_name = \"mnist-10k\"
+seed = 5
+threads = 1
+[task]
+train_examples = 240
+test_examples = 100
+[model]
+kind = \"conv\"
+modules = 3
+k = 1
+channels = [4, 8, 8]
+[train]
+algo = \"em\"
+steps = 12
+batch_size = 24
+lr = 0.003
+log_every = 2
+eval_every = 6
+eval_train_examples = 100
+checkpoint_every = 6
+";
+
+#[cfg(feature = "mpi")]
 mod under_mpi {
     use std::path::Path;
     use std::process::Command;
 
-    use super::{expect, modula, write_config};
+    use super::{IMAGE_CONFIG, common, expect, modula, write_config};
 
     /// Largest accepted `|got - want| / (1 + |want|)` between a data-parallel run's records
     /// and one process's: the data-parallel gradient is a sum of per-rank sums, so parameters
@@ -105,11 +134,29 @@ mod under_mpi {
             .collect()
     }
 
+    /// An image run's figures that every rank count must reproduce.
+    const IMAGE_FIGURES: [&str; 8] = [
+        "train_loss",
+        "ctrl_nll",
+        "changed",
+        "train_nll",
+        "train_accuracy",
+        "test_nll",
+        "test_accuracy",
+        "step",
+    ];
+
     fn same_records(what: &str, got: &Path, want: &Path) {
+        same_figures(what, got, want, &FIGURES);
+    }
+
+    /// Every record of `got` has the figures `keys` of `want`'s within [`TOL`], and its
+    /// module usage exactly.
+    fn same_figures(what: &str, got: &Path, want: &Path, keys: &[&str]) {
         let (got, want) = (records(got), records(want));
         assert_eq!(got.len(), want.len(), "{what}: record count");
         for (g, w) in got.iter().zip(&want) {
-            for key in FIGURES {
+            for &key in keys {
                 let (gv, wv) = (g[key].as_f64(), w[key].as_f64());
                 let (Some(gv), Some(wv)) = (gv, wv) else {
                     assert_eq!(gv, wv, "{what}: {key} in {g} against {w}");
@@ -226,6 +273,45 @@ mod under_mpi {
         assert!(
             text.contains("already holds a run") && text.contains(",1],0]"),
             "the failed rank is not named:\n{text}"
+        );
+    }
+
+    /// Image EM on two ranks (each owning half of the 240 training positions, so of every
+    /// shuffled batch) against one process: every record's losses, E-step change rate and
+    /// accuracies within [`TOL`], and the module usage exactly.
+    #[test]
+    fn an_image_run_on_two_ranks_trains_as_one_process() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = common::write_mnist_10k(tmp.path());
+        let config = tmp.path().join("mnist.toml");
+        std::fs::write(&config, IMAGE_CONFIG).unwrap();
+        let dir = |name: &str| tmp.path().join(name);
+        expect(
+            modula()
+                .env("MODULA_DATA", &data)
+                .arg("train")
+                .arg("--config")
+                .arg(&config)
+                .arg("--out")
+                .arg(dir("one")),
+            true,
+        );
+        expect(
+            mpirun(2)
+                // The ranks inherit mpirun's environment (all run on this machine).
+                .env("MODULA_DATA", &data)
+                .arg("train")
+                .arg("--config")
+                .arg(&config)
+                .args(["--dist", "data", "--out"])
+                .arg(dir("two")),
+            true,
+        );
+        same_figures(
+            "image EM on two ranks",
+            &dir("two"),
+            &dir("one"),
+            &IMAGE_FIGURES,
         );
     }
 

