@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::Path;
 
-use modula_data::{Dataset, cifar};
+use modula_data::cifar;
 use serde_json::Value;
 
 mod common;
