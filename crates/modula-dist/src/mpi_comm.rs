@@ -162,7 +162,7 @@ impl MpiComm {
                 let late = poll(pending, Instant::now() + timeout);
                 if !late.is_empty() {
                     eprintln!(
-                        "modula-dist: rank 0 waited {}s for rank(s) {late:?} to reach {what}; they hung or stopped, so the job ends here",
+                        "modula-dist: rank 0 waited {}s for rank(s) {late:?} to reach {what}; they hung or stopped, so the job ends here (MPI_Abort, exit code {HUNG_EXIT})",
                         timeout.as_secs_f32()
                     );
                     self.world.abort(HUNG_EXIT);
@@ -170,7 +170,7 @@ impl MpiComm {
             });
             if let Some((i, other)) = arrived.iter().enumerate().find(|(_, w)| **w != wire) {
                 eprintln!(
-                    "modula-dist: rank {} reached {} while rank 0 reached {what}: the ranks call collectives in different orders or with different arguments; the job ends here",
+                    "modula-dist: rank {} reached {} while rank 0 reached {what}: the ranks call collectives in different orders or with different arguments; the job ends here (MPI_Abort, exit code {HUNG_EXIT})",
                     i + 1,
                     describe(*other)
                 );
@@ -201,7 +201,7 @@ impl MpiComm {
                 ];
                 if !poll(pending, Instant::now() + patience).is_empty() {
                     eprintln!(
-                        "modula-dist: rank {rank} waited {}s for rank 0 to release {what}; rank 0, or a rank it waits for, hung or stopped, so the job ends here",
+                        "modula-dist: rank {rank} waited {}s for rank 0 to release {what}; rank 0, or a rank it waits for, hung or stopped, so the job ends here (MPI_Abort, exit code {HUNG_EXIT})",
                         patience.as_secs_f32()
                     );
                     self.world.abort(HUNG_EXIT);
