@@ -96,16 +96,6 @@ pub struct ExpertCache<B: Backend> {
     gated: Gated<B>,
 }
 
-/// Rows of `src` (module order) written back into received order: `out[order[k]] = src[k]`.
-fn unpermute(src: &[f32], width: usize, order: &[u32]) -> Vec<f32> {
-    let mut out = vec![0.0; src.len()];
-    for (k, &at) in order.iter().enumerate() {
-        let at = at as usize;
-        out[at * width..(at + 1) * width].copy_from_slice(&src[k * width..(k + 1) * width]);
-    }
-    out
-}
-
 /// Downloads `ts` (each `[rows, width]`) with their widths.
 fn download_all<B: Backend, const N: usize>(
     b: &B,
@@ -388,11 +378,12 @@ impl ExpertLinear {
         ts: [&B::Tensor; N],
     ) -> Result<[B::Tensor; N], DistError> {
         let (hosts, widths) = download_all(b, &ts)?;
-        let send = unpermute(
-            &interleave(&hosts, &widths, 0..plan.recv_order.len()),
-            widths.iter().sum(),
-            &plan.recv_order,
-        );
+        // Back into received order in one copy: received row `order[k]` is local row `k`.
+        let mut local_row = vec![0usize; plan.recv_order.len()];
+        for (k, &at) in plan.recv_order.iter().enumerate() {
+            local_row[at as usize] = k;
+        }
+        let send = interleave(&hosts, &widths, local_row.into_iter());
         exchange(b, comm, &send, &plan.recv_counts, &plan.send_counts, widths)
     }
 
