@@ -15,7 +15,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use modula_benches::peer::{Peer, Subject, median, median_ratio, paired_rounds, time_round};
+use modula_benches::peer::{
+    Peer, SETTLE, Subject, median, median_ratio, paired_rounds, time_round,
+};
 use modula_benches::{bench_data, gemm_flops};
 use modula_cpu::Cpu;
 use modula_tensor::{Backend, Transpose};
@@ -145,7 +147,7 @@ fn paired(cpus: &[Cpu; 2], threads: usize, op: &str, rows: usize, peers: &mut [P
     for peer in peers.iter_mut() {
         subjects.push(Box::new(move |min| peer.time(op, rows, K, N, min)));
     }
-    let seconds = paired_rounds(&mut subjects, ROUNDS, ROUND);
+    let seconds = paired_rounds(&mut subjects, ROUNDS, ROUND, SETTLE);
     drop(subjects);
     let mut entry = Map::new();
     entry.insert("op".into(), json!(op));

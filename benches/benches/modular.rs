@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use modula_benches::floor::MemoryFloor;
-use modula_benches::peer::{Peer, Subject, median, median_ratio, paired_rounds, time_round};
+use modula_benches::peer::{
+    Peer, SETTLE, Subject, median, median_ratio, paired_rounds, time_round,
+};
 use modula_benches::{bench_data, gemm_flops};
 use modula_cpu::Cpu;
 use modula_modular::{ModularLinear, ModulePool, Routing, Selection};
@@ -87,7 +89,7 @@ fn paired_entry(
     for peer in peers.iter_mut() {
         subjects.push(Box::new(move |min| peer.time("step", rows, D, D, min)));
     }
-    let seconds = paired_rounds(&mut subjects, PAIRED_ROUNDS, PAIRED_MIN_SAMPLE);
+    let seconds = paired_rounds(&mut subjects, PAIRED_ROUNDS, PAIRED_MIN_SAMPLE, SETTLE);
     let mut ratios: Vec<f64> = seconds[1]
         .iter()
         .zip(&seconds[0])

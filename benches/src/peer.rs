@@ -28,8 +28,9 @@ pub const PEERS: [&str; 2] = ["mkl", "numpy"];
 
 /// After a peer's round its BLAS threads keep spinning for a while (Intel OpenMP's default
 /// block time is 200 ms, OpenBLAS's about 0.1 s), which would steal a core from the next
-/// subject; the peer's timing therefore ends with a pause this long.
-const SETTLE: Duration = Duration::from_millis(250);
+/// subject; [`paired_rounds`] therefore pauses this long before every subject's round, peers
+/// and modula alike, so that each starts from the same idle machine.
+pub const SETTLE: Duration = Duration::from_millis(250);
 
 /// A running peer process.
 pub struct Peer {
@@ -105,8 +106,7 @@ impl Peer {
     }
 
     /// Mean seconds per call of `op` (`nn`, `tn`, `nt` or `step`, see `gemm_peer.py`) on
-    /// `rows x k x n`, over a round of at least `min`; then the pause that lets its threads
-    /// go idle.
+    /// `rows x k x n`, over a round of at least `min`.
     ///
     /// # Panics
     /// If the peer process fails mid-run (a peer that started is expected to keep working).
@@ -119,7 +119,6 @@ impl Peer {
             .ok()
             .and_then(|a| a["seconds"].as_f64())
             .unwrap_or_else(|| panic!("peer `{}` failed on {request}", self.name));
-        std::thread::sleep(SETTLE);
         seconds
     }
 
@@ -163,18 +162,27 @@ pub fn time_round(min: Duration, step: &mut dyn FnMut()) -> f64 {
 pub type Subject<'a> = Box<dyn FnMut(Duration) -> f64 + 'a>;
 
 /// Times every subject once per round for `rounds` rounds of at least `min` each, the order
-/// rotating by one subject per round so that none always inherits another's cache state or
-/// frequency change; after one untimed warm-up round. Returns the per-round seconds, one
-/// vector per subject in the order given.
-pub fn paired_rounds(subjects: &mut [Subject<'_>], rounds: usize, min: Duration) -> Vec<Vec<f64>> {
-    for time in subjects.iter_mut() {
-        time(min / 4);
-    }
+/// rotating by one subject per round so that none always inherits another's cache state.
+/// Every timed round starts the same way, whoever it times: a pause of `settle` (the peers'
+/// threads go idle, see [`SETTLE`]), then an untimed warm-up of `min / 4` of the same subject
+/// (a training loop calls its products back to back, so warm is what it sees). Without the
+/// warm-up, whichever subject followed a pause paid the machine's wake-up: on the 2-vCPU
+/// Xeon VM, 512- and 4096-row products ran 10-25% slower in 30 ms rounds after 250 ms idle
+/// than back to back, and with the pause only after peers' rounds that subject was always
+/// modula. Returns the per-round seconds, one vector per subject in the order given.
+pub fn paired_rounds(
+    subjects: &mut [Subject<'_>],
+    rounds: usize,
+    min: Duration,
+    settle: Duration,
+) -> Vec<Vec<f64>> {
     let count = subjects.len();
     let mut seconds = vec![Vec::with_capacity(rounds); count];
     for round in 0..rounds {
         for turn in 0..count {
             let s = (round + turn) % count;
+            std::thread::sleep(settle);
+            subjects[s](min / 4);
             seconds[s].push(subjects[s](min));
         }
     }
@@ -226,9 +234,10 @@ mod tests {
                 }) as Subject<'_>
             })
             .collect();
-        let seconds = paired_rounds(&mut subjects, 2, Duration::ZERO);
+        let seconds = paired_rounds(&mut subjects, 2, Duration::ZERO, Duration::ZERO);
         assert_eq!(seconds, [vec![0.0, 0.0], vec![1.0, 1.0], vec![2.0, 2.0]]);
-        // The warm-up round, then rounds starting at subject 0 and at subject 1.
-        assert_eq!(*order.borrow(), [0, 1, 2, 0, 1, 2, 1, 2, 0]);
+        // Rounds starting at subject 0 and at subject 1, each timing preceded by a warm-up
+        // of the same subject.
+        assert_eq!(*order.borrow(), [0, 0, 1, 1, 2, 2, 1, 1, 2, 2, 0, 0]);
     }
 }
