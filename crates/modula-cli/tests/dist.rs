@@ -1,7 +1,7 @@
 //! `modula train --dist data`: without the `mpi` feature a clear error; with it, under
 //! `mpirun`, a run written by four ranks resumes on two ranks and in one process with the
-//! continuation of the uninterrupted one-process run, and an image run on two ranks trains as
-//! one process.
+//! continuation of the uninterrupted one-process run, and an image run (EM) and a toy run of
+//! the dense baseline on two ranks train as one process.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -313,6 +313,42 @@ mod under_mpi {
             &dir("one"),
             &IMAGE_FIGURES,
         );
+    }
+
+    /// The dense baseline distributes too (nothing per example, a mean loss). The guard
+    /// stops only non-finite losses: this small network's batch losses spread over more than
+    /// the default factor of ten.
+    #[test]
+    fn a_dense_toy_run_on_two_ranks_trains_as_one_process() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = tmp.path().join("dense.toml");
+        std::fs::write(
+            &config,
+            format!("{}divergence_factor = 0.0\n", super::CONFIG),
+        )
+        .unwrap();
+        let dir = |name: &str| tmp.path().join(name);
+        let args = ["--algo", "dense", "--out"];
+        expect(
+            modula()
+                .arg("train")
+                .arg("--config")
+                .arg(&config)
+                .args(args)
+                .arg(dir("one")),
+            true,
+        );
+        expect(
+            mpirun(2)
+                .arg("train")
+                .arg("--config")
+                .arg(&config)
+                .args(["--dist", "data"])
+                .args(args)
+                .arg(dir("two")),
+            true,
+        );
+        same_records("dense on two ranks", &dir("two"), &dir("one"));
     }
 
     #[test]

@@ -140,12 +140,14 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
     ///
     /// # Errors
     /// [`TrainError::Distributed`] when the algorithm or the task cannot be trained
-    /// data-parallel (EM on a task of fixed size whose batches can be sharded, so far).
+    /// data-parallel (EM or a dense baseline on a task of fixed size whose batches can be
+    /// sharded, so far: REINFORCE's baseline and noisy top-k's noise and importance loss are
+    /// batch-level quantities that a rank's share of the batch does not reproduce).
     pub fn distribute(&mut self, replicas: Box<dyn Replicas<B>>) -> Result<(), TrainError> {
         let owned = replicas.owned(self.task.table_rows());
-        if self.algo() != Algo::Em {
+        if !matches!(self.algo(), Algo::Em | Algo::Dense) {
             return Err(TrainError::Distributed(format!(
-                "train.algo = \"{}\" cannot be trained data-parallel yet; use \"em\"",
+                "train.algo = \"{}\" cannot be trained data-parallel yet; use \"em\" or \"dense\"",
                 self.algo().name()
             )));
         }
@@ -290,13 +292,17 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
             self.algorithm.gradient(s, &batch)?
         } else {
             // A rank without examples in this batch adds nothing to the sums, in the shape
-            // of the other ranks' statistics.
-            let usage = self.table().map_or_else(Vec::new, |t| {
-                t.layers().iter().map(|l| vec![0; l.modules()]).collect()
-            });
+            // of the other ranks' statistics: a usage count per module of every layer, and
+            // controller statistics where the network has controllers (not a dense one).
+            let usage = self
+                .model
+                .table_shapes()
+                .iter()
+                .map(|&(modules, _)| vec![0; modules])
+                .collect();
             Gradient {
                 stats: StepStats {
-                    controller: Some(ControllerStats::default()),
+                    controller: (self.algo() != Algo::Dense).then(ControllerStats::default),
                     usage,
                     ..StepStats::default()
                 },
@@ -411,9 +417,9 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
         self.algorithm.restore(&meta)?;
         if let Some(r) = &self.replicas {
             // The checkpoint holds every example's state, whatever number of ranks wrote
-            // it: keep this rank's block.
+            // it: keep this rank's block (an algorithm without a table keeps nothing).
             let owned = r.owned(self.task.table_rows());
-            let keys = self.table().map_or(0..0, AssignmentTable::keys);
+            let keys = self.table().map_or(owned.clone(), AssignmentTable::keys);
             if owned.end > keys.end {
                 return Err(meta.mismatch(format!(
                     "its EM table holds {} examples, fewer than the task's {}",

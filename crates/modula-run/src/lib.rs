@@ -99,8 +99,8 @@ pub enum Rank {
 /// evaluates and writes the checkpoints, which hold the whole run in the one-process format.
 ///
 /// # Errors
-/// A run error for a task or algorithm that cannot be trained data-parallel yet (only EM on
-/// the toy and image tasks can), and whatever [`train`] returns.
+/// A run error for a task or algorithm that cannot be trained data-parallel yet (only EM and
+/// the dense baselines on the toy and image tasks can), and whatever [`train`] returns.
 pub fn train_data_parallel<B: SparseBackend>(
     backend: B,
     device: DeviceInfo,
@@ -148,8 +148,8 @@ fn distributed<B: SparseBackend, J: driver::Job<B>>(
     }
 }
 
-/// Refuses a configuration `--dist data` cannot train yet (another task than the toy one, or
-/// another algorithm than EM), naming the field. The command line calls it before it takes a
+/// Refuses a configuration `--dist data` cannot train yet (a language model, or another
+/// algorithm than EM and the dense baselines), naming the field. The command line calls it before it takes a
 /// run directory, so that a refused run leaves nothing behind.
 ///
 /// # Errors
@@ -162,9 +162,9 @@ pub fn check_data_parallel(cfg: &RunConfig) -> Result<(), RunError> {
             common.task_name
         )));
     }
-    if common.algo != modula_em::Algo::Em {
+    if !matches!(common.algo, modula_em::Algo::Em | modula_em::Algo::Dense) {
         return Err(run_error(format!(
-            "train.algo = \"{}\" cannot be trained data-parallel yet; use \"em\" or train it without --dist",
+            "train.algo = \"{}\" cannot be trained data-parallel yet; use \"em\" or \"dense\", or train it without --dist",
             common.algo.name()
         )));
     }

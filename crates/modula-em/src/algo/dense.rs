@@ -3,6 +3,8 @@
 //! gradient descent on `-mean log p(y | .)`. The network is built by the task's model for
 //! [`crate::Algo::Dense`].
 
+use std::ops::Range;
+
 use modula_tensor::{Backend, BackendError};
 
 use super::{Algorithm, Gradient, StepContext, greedy_gradient};
@@ -25,5 +27,11 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Dense {
         batch: &Batch<M::Input>,
     ) -> Result<Gradient<B>, BackendError> {
         greedy_gradient(s, batch)
+    }
+
+    /// Nothing is kept per example, and its loss is a mean over examples, so a rank's share
+    /// of the batch contributes its weighted part of the global gradient.
+    fn keep_shard(&mut self, _keys: Range<usize>) -> bool {
+        true
     }
 }
