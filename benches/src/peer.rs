@@ -115,11 +115,10 @@ impl Peer {
         let answer = writeln!(self.stdin, "{request}")
             .map_err(|e| e.to_string())
             .and_then(|()| self.read_line());
-        let seconds = answer
+        answer
             .ok()
             .and_then(|a| a["seconds"].as_f64())
-            .unwrap_or_else(|| panic!("peer `{}` failed on {request}", self.name));
-        seconds
+            .unwrap_or_else(|| panic!("peer `{}` failed on {request}", self.name))
     }
 
     fn read_line(&mut self) -> Result<Value, String> {

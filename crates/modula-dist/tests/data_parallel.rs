@@ -242,7 +242,7 @@ fn data_parallel_runs_refuse_batch_level_algorithms() {
         &ToyConfig::default(),
         &MlpConfig::default(),
         &ToyTrainConfig {
-            algo: modula_em::Algo::Reinforce,
+            algo: Algo::Reinforce,
             ..ToyTrainConfig::default()
         },
         0,
