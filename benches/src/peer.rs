@@ -185,6 +185,9 @@ pub fn paired_rounds(
             seconds[s].push(subjects[s](min));
         }
     }
+    // The last subject may be a peer whose threads still spin: whatever runs next starts
+    // after the same pause.
+    std::thread::sleep(settle);
     seconds
 }
 

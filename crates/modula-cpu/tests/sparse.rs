@@ -318,8 +318,8 @@ proptest! {
 
 /// Products large enough to be split across threads, every way: CSR products by column panels
 /// and by rows, block products by row blocks and by rows within one block. The first CSR
-/// product uses each row of `B` about 19 times, so its panels are copied first
-/// (`PACK_REUSE`); the other two read `B` in place.
+/// product uses each row of `B` about 13 times (a third of its rows are empty), so its panels
+/// are copied first (`PACK_REUSE`); the other two read `B` in place.
 #[test]
 fn parallel_splits_compute_the_same_products() {
     check_slices(64, 300, 272, 0.3, true, 7);

@@ -51,6 +51,14 @@ impl Algo {
         }
     }
 
+    /// Whether a data-parallel run can train it (`Trainer::distribute`): EM (its table is
+    /// sharded by example) and the dense baselines (nothing per example). REINFORCE's
+    /// baseline and noisy top-k's importance loss are functions of the whole batch, and both
+    /// draw their noise in batch order, which a rank's share of the batch does not reproduce.
+    pub fn distributes(self) -> bool {
+        matches!(self, Algo::Em | Algo::Dense)
+    }
+
     /// The algorithm called `name` on the command line and in configurations.
     pub fn from_name(name: &str) -> Option<Algo> {
         Algo::ALL.into_iter().find(|a| a.name() == name)

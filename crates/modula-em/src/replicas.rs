@@ -58,6 +58,8 @@ pub trait Replicas<B: Backend>: std::fmt::Debug {
 }
 
 /// `stats` of a rank's share of `n` examples as sums: the rank's part of the global sums.
+/// Whether the rank has controller statistics travels too, since a rank without examples
+/// cannot tell whether the network has controllers.
 fn step_sums(stats: &StepStats, n: f64) -> Vec<f64> {
     let c = stats.controller.clone().unwrap_or_default();
     let mut v = vec![
@@ -68,6 +70,7 @@ fn step_sums(stats: &StepStats, n: f64) -> Vec<f64> {
         stats.units as f64,
         c.mean_entropy * n,
         c.batch_entropy * n,
+        f64::from(u8::from(stats.controller.is_some())),
     ];
     v.extend(stats.usage.iter().flatten().map(|&u| u as f64));
     v
@@ -90,7 +93,7 @@ pub(crate) fn global_step<B: Backend>(
     replicas.sum(&mut v)?;
     let total = v[0];
     let mean = |s: f64| if total > 0.0 { s / total } else { 0.0 };
-    let mut usage = v[7..].iter();
+    let mut usage = v[8..].iter();
     let usage = stats
         .usage
         .iter()
@@ -106,7 +109,7 @@ pub(crate) fn global_step<B: Backend>(
         ctrl_nll: mean(v[2]),
         importance: mean(v[3]),
         penalty: stats.penalty,
-        controller: stats.controller.map(|_| ControllerStats {
+        controller: (v[7] > 0.0).then(|| ControllerStats {
             mean_entropy: mean(v[5]),
             batch_entropy: mean(v[6]),
         }),

@@ -16,7 +16,7 @@ use crate::error::TrainError;
 use crate::estep::EStats;
 use crate::guard::{DivergenceGuard, Reference};
 use crate::meta::MetaReader;
-use crate::model::{ControllerStats, Model};
+use crate::model::Model;
 use crate::replicas::{Replicas, global_e_step, global_step};
 use crate::table::AssignmentTable;
 use crate::task::{EStepDue, Task};
@@ -140,12 +140,11 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
     ///
     /// # Errors
     /// [`TrainError::Distributed`] when the algorithm or the task cannot be trained
-    /// data-parallel (EM or a dense baseline on a task of fixed size whose batches can be
-    /// sharded, so far: REINFORCE's baseline and noisy top-k's noise and importance loss are
-    /// batch-level quantities that a rank's share of the batch does not reproduce).
+    /// data-parallel (an algorithm that [distributes](Algo::distributes) on a task of fixed
+    /// size whose batches can be sharded, so far).
     pub fn distribute(&mut self, replicas: Box<dyn Replicas<B>>) -> Result<(), TrainError> {
         let owned = replicas.owned(self.task.table_rows());
-        if !matches!(self.algo(), Algo::Em | Algo::Dense) {
+        if !self.algo().distributes() {
             return Err(TrainError::Distributed(format!(
                 "train.algo = \"{}\" cannot be trained data-parallel yet; use \"em\" or \"dense\"",
                 self.algo().name()
@@ -292,8 +291,8 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
             self.algorithm.gradient(s, &batch)?
         } else {
             // A rank without examples in this batch adds nothing to the sums, in the shape
-            // of the other ranks' statistics: a usage count per module of every layer, and
-            // controller statistics where the network has controllers (not a dense one).
+            // of the other ranks' statistics (a usage count per module of every layer); the
+            // ranks with examples say whether the network has controller statistics.
             let usage = self
                 .model
                 .table_shapes()
@@ -302,7 +301,6 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
                 .collect();
             Gradient {
                 stats: StepStats {
-                    controller: (self.algo() != Algo::Dense).then(ControllerStats::default),
                     usage,
                     ..StepStats::default()
                 },

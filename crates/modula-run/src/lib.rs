@@ -148,8 +148,8 @@ fn distributed<B: SparseBackend, J: driver::Job<B>>(
     }
 }
 
-/// Refuses a configuration `--dist data` cannot train yet (a language model, or another
-/// algorithm than EM and the dense baselines), naming the field. The command line calls it before it takes a
+/// Refuses a configuration `--dist data` cannot train yet (a language model, or an algorithm
+/// that does not [distribute](modula_em::Algo::distributes)), naming the field. The command line calls it before it takes a
 /// run directory, so that a refused run leaves nothing behind.
 ///
 /// # Errors
@@ -162,7 +162,7 @@ pub fn check_data_parallel(cfg: &RunConfig) -> Result<(), RunError> {
             common.task_name
         )));
     }
-    if !matches!(common.algo, modula_em::Algo::Em | modula_em::Algo::Dense) {
+    if !common.algo.distributes() {
         return Err(run_error(format!(
             "train.algo = \"{}\" cannot be trained data-parallel yet; use \"em\" or \"dense\", or train it without --dist",
             common.algo.name()

@@ -43,9 +43,9 @@ pub const PANEL: usize = 128;
 /// the panel once, and saves the cache-set conflicts of the strided panel on every later use.
 /// In place, a panel's rows lie 4 KiB apart (`m = 1024`) and crowd into a few cache sets, so
 /// they are read from L3 at every use; a scan of 1, 4 and 16 on the Emerald Rapids Xeon
-/// (`n` = 32, 256, 1024 rows, 50-99% zeros) found 4 best or level at every point, and 1.7-3.4x
-/// faster than 16 where the two differ (n = 32 at 50-80% zeros, n = 256 at 95%, n = 1024 at
-/// 99%); below about 2 uses per row the copy costs more than the conflicts.
+/// (`n` = 32, 256, 1024 rows, 50-99% zeros) found 4 best or level at every point, and 1.5-3.3x
+/// faster than 16 where the two differ (n = 32 at 50% and 80% zeros, n = 256 at 95%,
+/// n = 1024 at 99%); below about 2 uses per row the copy costs more than the conflicts.
 pub const PACK_REUSE: usize = 4;
 
 thread_local! {
