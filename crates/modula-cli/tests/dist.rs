@@ -1,7 +1,7 @@
 //! `modula train --dist data`: without the `mpi` feature a clear error; with it, under
 //! `mpirun`, a run written by four ranks resumes on two ranks and in one process with the
-//! continuation of the uninterrupted one-process run, and an image run (EM) and a toy run of
-//! the dense baseline on two ranks train as one process.
+//! continuation of the uninterrupted one-process run, and image runs (EM and the dense
+//! baseline) and a toy run of the dense baseline on two ranks train as one process.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -279,6 +279,8 @@ mod under_mpi {
     /// Image EM on two ranks (each owning half of the 240 training positions, so of every
     /// shuffled batch) against one process: every record's losses, E-step change rate and
     /// accuracies within [`TOL`], and the module usage exactly.
+    /// An image run, EM and the dense baseline (a conv net either way), on two ranks trains as
+    /// one process.
     #[test]
     fn an_image_run_on_two_ranks_trains_as_one_process() {
         let tmp = tempfile::tempdir().unwrap();
@@ -286,33 +288,36 @@ mod under_mpi {
         let config = tmp.path().join("mnist.toml");
         std::fs::write(&config, IMAGE_CONFIG).unwrap();
         let dir = |name: &str| tmp.path().join(name);
-        expect(
-            modula()
-                .env("MODULA_DATA", &data)
-                .arg("train")
-                .arg("--config")
-                .arg(&config)
-                .arg("--out")
-                .arg(dir("one")),
-            true,
-        );
-        expect(
-            mpirun(2)
-                // The ranks inherit mpirun's environment (all run on this machine).
-                .env("MODULA_DATA", &data)
-                .arg("train")
-                .arg("--config")
-                .arg(&config)
-                .args(["--dist", "data", "--out"])
-                .arg(dir("two")),
-            true,
-        );
-        same_figures(
-            "image EM on two ranks",
-            &dir("two"),
-            &dir("one"),
-            &IMAGE_FIGURES,
-        );
+        for algo in ["em", "dense"] {
+            let (one, two) = (format!("{algo}-one"), format!("{algo}-two"));
+            expect(
+                modula()
+                    .env("MODULA_DATA", &data)
+                    .arg("train")
+                    .arg("--config")
+                    .arg(&config)
+                    .args(["--algo", algo, "--out"])
+                    .arg(dir(&one)),
+                true,
+            );
+            expect(
+                mpirun(2)
+                    // The ranks inherit mpirun's environment (all run on this machine).
+                    .env("MODULA_DATA", &data)
+                    .arg("train")
+                    .arg("--config")
+                    .arg(&config)
+                    .args(["--algo", algo, "--dist", "data", "--out"])
+                    .arg(dir(&two)),
+                true,
+            );
+            same_figures(
+                &format!("image {algo} on two ranks"),
+                &dir(&two),
+                &dir(&one),
+                &IMAGE_FIGURES,
+            );
+        }
     }
 
     /// The dense baseline distributes too (nothing per example, a mean loss). The guard
