@@ -149,8 +149,9 @@ fn distributed<B: SparseBackend, J: driver::Job<B>>(
 }
 
 /// Refuses a configuration `--dist data` cannot train yet (a language model, or an algorithm
-/// that does not [distribute](modula_em::Algo::distributes)), naming the field. The command line calls it before it takes a
-/// run directory, so that a refused run leaves nothing behind.
+/// that does not [distribute](modula_em::Algo::distributes)), naming the field. The command
+/// line calls it before it takes a run directory, so that a refused run leaves nothing
+/// behind.
 ///
 /// # Errors
 /// A [`RunError`] naming `task_name` or `train.algo` and what to change.
