@@ -19,6 +19,7 @@ use modula_tensor::{
 
 use crate::fastexp;
 use crate::gemm::{self, MatMut, MatRef, Parallelism};
+use crate::team::Team;
 
 /// Elementwise work below this many elements runs on the calling thread: splitting smaller
 /// jobs costs more in synchronisation than it saves.
@@ -45,6 +46,8 @@ const PAR_CHUNK: usize = 1 << 14;
 #[derive(Clone, Debug)]
 pub struct Cpu {
     pool: Arc<rayon::ThreadPool>,
+    /// The threads that split products, beside the pool that runs everything else.
+    team: Arc<Team>,
 }
 
 impl Default for Cpu {
@@ -71,12 +74,18 @@ impl Cpu {
             .expect("failed to start the CPU backend's thread pool");
         Cpu {
             pool: Arc::new(pool),
+            team: Arc::new(Team::new(threads.max(1))),
         }
     }
 
     /// Number of worker threads.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
+    }
+
+    /// The team that splits this backend's products.
+    pub(crate) fn team(&self) -> &Team {
+        &self.team
     }
 
     /// Runs `f` inside this backend's thread pool.
@@ -272,7 +281,7 @@ impl Kernels for Cpu {
         let c = MatMut::row_major(slice_mut(c), m, n);
         if self.threads() > 1 && gemm::worth_parallel(m, k, n) {
             // The calling thread computes a part itself rather than waiting for the pool.
-            gemm::gemm(alpha, a, b, beta, c, Parallelism::Pool(&self.pool));
+            gemm::gemm(alpha, a, b, beta, c, Parallelism::Team(&self.team));
         } else {
             // Entering the pool costs a thread hand-off; small products stay on the caller.
             gemm::gemm(alpha, a, b, beta, c, Parallelism::Sequential);

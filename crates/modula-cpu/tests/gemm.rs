@@ -3,10 +3,10 @@
 
 use std::sync::OnceLock;
 
-use modula_cpu::Cpu;
 use modula_cpu::gemm::{
     KERNEL_VAR, MatMut, MatRef, PackedRhs, Parallelism, gemm, gemm_bias, gemm_packed,
 };
+use modula_cpu::{Cpu, Team};
 use modula_tensor::{Backend, Reference, Transpose};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -16,6 +16,12 @@ use rand_chacha::ChaCha8Rng;
 fn cpu(threads: usize) -> &'static Cpu {
     static POOLS: OnceLock<[Cpu; 2]> = OnceLock::new();
     &POOLS.get_or_init(|| [Cpu::with_threads(1), Cpu::with_threads(2)])[threads - 1]
+}
+
+/// A team of two threads, the caller being one of them.
+fn team() -> &'static Team {
+    static TEAM: OnceLock<Team> = OnceLock::new();
+    TEAM.get_or_init(|| Team::new(2))
 }
 
 fn random(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
@@ -178,10 +184,12 @@ proptest! {
 
 /// Runs one product whose A (or B) reads its rows through an index
 /// ([`MatRef::gathered_rows`]), used as is or transposed, against the oracle on the gathered
-/// matrix written out; the other operand is plain, as is or transposed.
+/// matrix written out; the other operand is plain, as is or transposed. With two threads the
+/// product is split on a [`Team`] or in the rayon pool, as `on_team` says.
 #[allow(clippy::too_many_arguments)]
 fn check_gathered(
     threads: usize,
+    on_team: bool,
     [m, k, n]: [usize; 3],
     gather_a: bool,
     gathered_t: bool,
@@ -229,16 +237,12 @@ fn check_gathered(
     } else {
         (other_view, gathered)
     };
-    cpu(threads).install(|| {
-        gemm(
-            alpha,
-            av,
-            bv,
-            beta,
-            MatMut::row_major(&mut got, m, n),
-            Parallelism::Rayon(threads),
-        )
-    });
+    let c_view = MatMut::row_major(&mut got, m, n);
+    if threads == 2 && on_team {
+        gemm(alpha, av, bv, beta, c_view, Parallelism::Team(team()));
+    } else {
+        cpu(threads).install(|| gemm(alpha, av, bv, beta, c_view, Parallelism::Rayon(threads)));
+    }
     let (a_op, b_op) = if gather_a {
         (gathered_op, other_op)
     } else {
@@ -247,7 +251,7 @@ fn check_gathered(
     let (want, tol) = oracle(alpha, &a_op, &b_op, beta, &c, m, k, n);
     let what = format!(
         "m={m} k={k} n={n} gathered {} (transposed: {gathered_t}), other {other_t:?}, \
-         alpha={alpha} beta={beta} threads={threads}",
+         alpha={alpha} beta={beta} threads={threads} on the team: {on_team}",
         if gather_a { "A" } else { "B" }
     );
     compare(&what, &got, &want, &tol)
@@ -269,9 +273,10 @@ proptest! {
         alpha in scalar(),
         beta in scalar(),
         threads in 1usize..=2,
+        on_team in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        check_gathered(threads, [m, k, n], gather_a, gathered_t, other_t, alpha, beta, seed)
+        check_gathered(threads, on_team, [m, k, n], gather_a, gathered_t, other_t, alpha, beta, seed)
             .map_err(TestCaseError::fail)?;
     }
 }
@@ -481,7 +486,11 @@ fn packed_rhs_reuse_matches_reference() {
                 bview
             };
             let (b_op, _) = materialise(&b, br, bc, tb);
-            for (threads, par) in [(1, Parallelism::Sequential), (2, Parallelism::Rayon(2))] {
+            for (threads, par) in [
+                (1, Parallelism::Sequential),
+                (2, Parallelism::Rayon(2)),
+                (2, Parallelism::Team(team())),
+            ] {
                 let packed = cpu(threads).install(|| PackedRhs::new(bview, par));
                 assert_eq!((packed.k(), packed.n()), (k, n));
                 for &m in &[1, 5, 12, 16, 64, 250] {

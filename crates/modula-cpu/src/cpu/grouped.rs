@@ -7,8 +7,9 @@
 //! one block alone is more than a thread's share of the rows, in which case the blocks run one
 //! at a time with each GEMM split across threads.
 
+use std::sync::{Mutex, PoisonError};
+
 use ndarray::Array2;
-use rayon::prelude::*;
 
 use modula_tensor::GroupedOp;
 
@@ -191,18 +192,19 @@ impl Job<'_> {
         // rows (a collapsed routing, or few modules) would leave the other threads idle, so
         // then each GEMM is split.
         if threads == 1 || largest * threads > total_rows {
-            cpu.install(|| {
-                for (g, c_g) in blocks.into_iter().enumerate() {
-                    self.group(g, c_g, Parallelism::Rayon(threads));
-                }
-            });
+            for (g, c_g) in blocks.into_iter().enumerate() {
+                self.group(g, c_g, Parallelism::Team(cpu.team()));
+            }
         } else {
-            cpu.install(|| {
-                blocks
-                    .into_par_iter()
-                    .enumerate()
-                    .with_max_len(1)
-                    .for_each(|(g, c_g)| self.group(g, c_g, Parallelism::Sequential));
+            // Each thread takes the next group from a shared queue when it finishes one, so
+            // groups of unequal size still share out evenly.
+            let queue = Mutex::new(blocks.into_iter().enumerate());
+            cpu.team().run(threads, &|_| {
+                loop {
+                    let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+                    let Some((g, c_g)) = next else { break };
+                    self.group(g, c_g, Parallelism::Sequential);
+                }
             });
         }
     }

@@ -22,8 +22,9 @@
 //! call [`gemm_packed`].
 //!
 //! Parallelism is explicit ([`Parallelism`]): work is split into rectangular parts of `C`
-//! that run as rayon tasks in the *current* rayon pool, so a caller that runs inside
-//! `Cpu::install` uses exactly that backend's threads.
+//! that run on the threads of a [`Team`] (the calling thread computing the first part), or
+//! as rayon tasks in the *current* rayon pool, so a caller that runs inside `Cpu::install`
+//! uses exactly that backend's threads.
 //!
 //! ```
 //! use modula_cpu::gemm::{gemm, MatMut, MatRef, Parallelism};
@@ -56,7 +57,9 @@ pub(crate) use pack::AlignedBuf;
 /// Strided, optionally gathered, views of matrices.
 mod view;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use crate::team::Team;
 
 use blocking::{Rhs, run};
 pub use kernel::KERNEL_VAR;
@@ -107,11 +110,11 @@ pub enum Parallelism<'p> {
     /// Split into at most this many rayon tasks, executed in the current rayon pool (call from
     /// inside `Cpu::install` to use that backend's threads).
     Rayon(usize),
-    /// Split into one task per thread of this pool, the calling thread computing the first
-    /// itself: for a caller outside the pool, which would otherwise hand the whole product to
-    /// the pool and sleep until a pool thread woke it again. On a VM a wake-up costs tens of
-    /// microseconds, as long as a whole product of a few rows.
-    Pool(&'p rayon::ThreadPool),
+    /// Split into one task per thread of this team, the calling thread computing the first
+    /// itself: for a caller outside any pool, which would otherwise hand the whole product to
+    /// a pool and sleep until a pool thread woke it again (see [`Team`] for why its threads
+    /// spin between products).
+    Team(&'p Team),
 }
 
 impl Parallelism<'_> {
@@ -120,15 +123,12 @@ impl Parallelism<'_> {
         match self {
             Parallelism::Sequential => 1,
             Parallelism::Rayon(n) => n.max(1),
-            Parallelism::Pool(pool) => pool.current_num_threads(),
+            Parallelism::Team(team) => team.threads(),
         }
     }
 
     /// Runs `f` on every item, split into at most [`tasks`](Self::tasks) runs of consecutive
-    /// items: the calling thread takes the first run and the pool the others. A caller outside
-    /// the pool then polls until they are done (yielding its core) rather than sleeping, for the reason given on
-    /// [`Parallelism::Pool`]; a pool thread instead waits as rayon's threads do, running
-    /// other tasks (its own spawned runs included, should no other thread take them).
+    /// items, the calling thread taking the first.
     pub(crate) fn for_each<T: Send>(self, items: Vec<T>, f: &(impl Fn(T) + Sync)) {
         let tasks = self.tasks().min(items.len());
         if tasks <= 1 {
@@ -145,45 +145,28 @@ impl Parallelism<'_> {
             }
             runs.push(run);
         }
-        let done = AtomicUsize::new(0);
         match self {
-            Parallelism::Pool(pool) => pool.in_place_scope(|scope| fork(scope, runs, f, &done)),
-            _ => rayon::in_place_scope(|scope| fork(scope, runs, f, &done)),
+            Parallelism::Team(team) => {
+                // Each task takes its run out of its own cell; no two tasks share one.
+                let runs: Vec<Mutex<Vec<T>>> = runs.into_iter().map(Mutex::new).collect();
+                team.run(runs.len(), &|i| {
+                    let run = std::mem::take(
+                        &mut *runs[i].lock().unwrap_or_else(PoisonError::into_inner),
+                    );
+                    run.into_iter().for_each(f);
+                });
+            }
+            _ => rayon::in_place_scope(|scope| {
+                let mut runs = runs.into_iter();
+                let first = runs.next().expect("at least two runs");
+                for run in runs {
+                    scope.spawn(move |_| run.into_iter().for_each(f));
+                }
+                first.into_iter().for_each(f);
+            }),
         }
     }
 }
-
-/// The body of [`Parallelism::for_each`] inside its scope: spawns every run but the first,
-/// computes the first, and (outside the pool) polls until `done` counts the others.
-fn fork<'scope, T: Send + 'scope>(
-    scope: &rayon::Scope<'scope>,
-    runs: Vec<Vec<T>>,
-    f: &'scope (impl Fn(T) + Sync),
-    done: &'scope AtomicUsize,
-) {
-    let spawned = runs.len() - 1;
-    let mut runs = runs.into_iter();
-    let first = runs.next().expect("at least two runs");
-    for run in runs {
-        scope.spawn(move |_| {
-            run.into_iter().for_each(f);
-            done.fetch_add(1, Ordering::Release);
-        });
-    }
-    first.into_iter().for_each(f);
-    if rayon::current_thread_index().is_none() {
-        // Yielding rather than spinning bare: on a busy machine the pool thread may be waiting
-        // for this very core, and a bare spin would keep it out for the whole wait.
-        let start = std::time::Instant::now();
-        while done.load(Ordering::Acquire) < spawned && start.elapsed() < SPIN_WAIT {
-            std::thread::yield_now();
-        }
-    }
-}
-
-/// How long a caller outside the pool polls for the pool's tasks before it sleeps: longer
-/// than the tasks of a product it splits usually take to finish after its own.
-const SPIN_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// `C = alpha * op(A) * op(B) + beta * C`, with `op(A)` given by `a` (`m x k`), `op(B)` by `b`
 /// (`k x n`) and `C` by `c` (`m x n`).
