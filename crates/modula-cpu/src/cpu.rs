@@ -10,7 +10,6 @@ use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use ndarray::Array2;
-use rayon::prelude::*;
 
 use modula_tensor::{
     AdamStep, BackendError, BinaryOp, GroupedKernels, GroupedOp, Kernels, ReduceOp, SgdStep, Shape,
@@ -24,8 +23,6 @@ use crate::team::Team;
 /// Elementwise work below this many elements runs on the calling thread: splitting smaller
 /// jobs costs more in synchronisation than it saves.
 const PAR_MIN_ELEMS: usize = 1 << 15;
-/// Chunk size for parallel elementwise loops.
-const PAR_CHUNK: usize = 1 << 14;
 
 /// The CPU backend.
 ///
@@ -104,14 +101,16 @@ impl Cpu {
             f(out, inputs);
             return;
         }
-        self.install(|| {
-            out.par_chunks_mut(PAR_CHUNK)
-                .enumerate()
-                .for_each(|(c, chunk)| {
-                    let start = c * PAR_CHUNK;
-                    let parts = inputs.map(|s| &s[start..start + chunk.len()]);
-                    f(chunk, parts);
-                });
+        // One contiguous part per thread, on whole cache lines, on the team whose threads
+        // are still spinning from the product before (see `Team`).
+        let per = out.len().div_ceil(self.threads()).next_multiple_of(16);
+        let parts: Vec<(usize, &mut [f32])> = out
+            .chunks_mut(per)
+            .enumerate()
+            .map(|(c, part)| (c * per, part))
+            .collect();
+        Parallelism::Team(&self.team).for_each(parts, &|(start, part): (usize, &mut [f32])| {
+            f(part, inputs.map(|s| &s[start..start + part.len()]));
         });
     }
 
@@ -122,15 +121,22 @@ impl Cpu {
     }
 
     /// Applies `f` to each `cols`-long row of `data` (with its index), on the calling thread
-    /// when the data is small or the backend has one thread, else across its pool.
+    /// when the data is small or the backend has one thread, else across its team.
     fn each_row<T: Send>(&self, data: &mut [T], cols: usize, f: impl Fn(usize, &mut [T]) + Sync) {
         if data.len() < PAR_MIN_ELEMS || self.threads() == 1 {
             data.chunks_mut(cols).enumerate().for_each(|(i, r)| f(i, r));
         } else {
-            self.install(|| {
-                data.par_chunks_mut(cols)
-                    .enumerate()
-                    .for_each(|(i, r)| f(i, r))
+            // One block of whole rows per thread, on the team, as in `zip_map`.
+            let per = (data.len() / cols).div_ceil(self.threads()) * cols;
+            let blocks: Vec<(usize, &mut [T])> = data
+                .chunks_mut(per)
+                .enumerate()
+                .map(|(b, block)| (b * per / cols, block))
+                .collect();
+            Parallelism::Team(&self.team).for_each(blocks, &|(first, block): (usize, &mut [T])| {
+                for (i, row) in block.chunks_mut(cols).enumerate() {
+                    f(first + i, row);
+                }
             });
         }
     }
