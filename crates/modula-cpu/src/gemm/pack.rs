@@ -97,9 +97,16 @@ pub(super) fn pack_b_strip(b: &MatRef<'_>, p0: usize, kc: usize, j0: usize, out:
     if b.col_stride == 1 && b.col_map.is_none() {
         // Rows of the strip are contiguous in B: plain copies (from gathered rows, if B reads
         // its rows through an index).
+        // A full strip copies a length known at compile time, which compiles to a few vector
+        // moves; a variable length calls `memmove`, whose call and dispatch cost more than
+        // the copy itself.
         for (p, row) in out.chunks_exact_mut(NR).enumerate() {
             let start = b.row_offset(p0 + p) + j0;
-            row[..w].copy_from_slice(&b.data[start..start + w]);
+            if w == NR {
+                row.copy_from_slice(&b.data[start..start + NR]);
+            } else {
+                row[..w].copy_from_slice(&b.data[start..start + w]);
+            }
         }
     } else if b.row_stride == 1 && b.row_map.is_none() {
         // A transposed B: each column of the strip is contiguous, so the strip is a transpose
@@ -145,10 +152,15 @@ pub(super) fn pack_a_strip(
     if a.row_stride == 1 && a.row_map.is_none() {
         // A transposed A: the rows of one depth are contiguous (the depths may be gathered
         // rows of the stored matrix).
+        // A full strip copies a length known at compile time, as in `pack_b_strip`.
         for (p, dst) in out.chunks_exact_mut(MR).enumerate() {
             let start = a.col_offset(p0 + p) + i0;
-            dst[..mr].copy_from_slice(&a.data[start..start + mr]);
-            dst[mr..].fill(0.0);
+            if mr == MR {
+                dst.copy_from_slice(&a.data[start..start + MR]);
+            } else {
+                dst[..mr].copy_from_slice(&a.data[start..start + mr]);
+                dst[mr..].fill(0.0);
+            }
         }
     } else if a.col_stride == 1 && a.col_map.is_none() {
         // A row-major A: the strip is a transpose, done 16 depths at a time (zero rows past
