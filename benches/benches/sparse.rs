@@ -20,8 +20,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use modula_cpu::Cpu;
+use modula_cpu::gemm::Parallelism;
 use modula_cpu::sparse::{self as kernels, Isa};
+use modula_cpu::{Cpu, Team};
 use modula_sparse::{BlockSparse, Csr, Select, SparseBackend};
 use modula_tensor::{Backend, ReduceOp, Transpose, UnaryOp};
 use serde_json::{Value, json};
@@ -194,13 +195,16 @@ fn bytes(v: &[f32]) -> Vec<u8> {
 /// several passes.
 fn read_bandwidth(cpu: &Cpu, len: usize) -> f64 {
     let data = modula_benches::bench_data(len, 3);
-    let threads = cpu.threads();
+    let team = Team::new(cpu.threads());
     let mut best = f64::MAX;
     for _ in 0..20 {
         let t = seconds(1, &mut || {
-            black_box(
-                cpu.install(|| kernels::count_kept(Isa::detect(), &data, Select::NONZERO, threads)),
-            );
+            black_box(kernels::count_kept(
+                Isa::detect(),
+                &data,
+                Select::NONZERO,
+                Parallelism::Team(&team),
+            ));
         });
         best = best.min(t);
     }

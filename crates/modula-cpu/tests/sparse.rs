@@ -3,11 +3,24 @@
 //! through `SparseBackend`.
 
 use modula_cpu::Cpu;
+use modula_cpu::Team;
+use modula_cpu::gemm::Parallelism;
 use modula_cpu::sparse::{self, Isa};
 use modula_sparse::{BlockSparse, Csr, Select, SparseBackend};
 use modula_tensor::conformance::CoreOnly;
 use modula_tensor::{Backend, Reference};
 use proptest::prelude::*;
+
+/// Every way a kernel may run: on the caller, split into rayon tasks, split on a team.
+fn splits() -> [Parallelism<'static>; 3] {
+    static TEAM: std::sync::OnceLock<Team> = std::sync::OnceLock::new();
+    let team = TEAM.get_or_init(|| Team::new(2));
+    [
+        Parallelism::Sequential,
+        Parallelism::Rayon(2),
+        Parallelism::Team(team),
+    ]
+}
 
 /// A sparse activation: `rows x cols`, each entry non-zero with probability `density`, and
 /// every third row empty when `empty_rows` (ReLU outputs have such rows).
@@ -124,28 +137,28 @@ fn check_slices(n: usize, k: usize, m: usize, density: f64, empty_rows: bool, se
     );
     let want_dx = sampled_want(&x, &dy, &w, n, k, m);
     for isa in Isa::available() {
-        for threads in [1, 2] {
-            let what = format!("{isa:?}, {threads} threads, {n}x{k}x{m}, density {density}");
-            let s = sparse::sparsify(isa, &x, n, k, Select::NONZERO, threads);
+        for par in splits() {
+            let what = format!("{isa:?}, {par:?}, {n}x{k}x{m}, density {density}");
+            let s = sparse::sparsify(isa, &x, n, k, Select::NONZERO, par);
             assert_eq!(
                 s,
                 Csr::from_dense(n, k, &x, Select::NONZERO),
                 "{what}: sparsify"
             );
             assert_eq!(
-                sparse::count_kept(isa, &x, Select::NONZERO, threads),
+                sparse::count_kept(isa, &x, Select::NONZERO, par),
                 s.nnz(),
                 "{what}: count"
             );
             let mut y = c0.clone();
-            sparse::csr_matmul(isa, &s, &w, m, Some(&bias), 0.5, &mut y, threads);
+            sparse::csr_matmul(isa, &s, &w, m, Some(&bias), 0.5, &mut y, par);
             assert_close(&y, &want_y, &format!("{what}: forward"));
             // beta = 0 ignores C, even NaN.
             let mut dw = vec![f32::NAN; k * m];
-            sparse::csr_matmul(isa, &s.transpose(), &dy, m, None, 0.0, &mut dw, threads);
+            sparse::csr_matmul(isa, &s.transpose(), &dy, m, None, 0.0, &mut dw, par);
             assert_close(&dw, &want_dw, &format!("{what}: weight gradient"));
             let mut dx = vec![0.0; n * k];
-            sparse::sampled_matmul_t(isa, &s, &dy, &w, m, &mut dx, threads);
+            sparse::sampled_matmul_t(isa, &s, &dy, &w, m, &mut dx, par);
             assert_close(&dx, &want_dx, &format!("{what}: input gradient"));
         }
     }
@@ -168,17 +181,9 @@ fn check_blocks(
     let dy = activation(n, m, 1.0, false, seed + 3);
     let c0 = activation(n, m, 1.0, false, seed + 4);
     for isa in Isa::available() {
-        for threads in [1, 2] {
-            let s = sparse::sparsify_blocks(
-                isa,
-                &x,
-                n,
-                k,
-                row_block,
-                col_block,
-                Select::NONZERO,
-                threads,
-            );
+        for par in splits() {
+            let s =
+                sparse::sparsify_blocks(isa, &x, n, k, row_block, col_block, Select::NONZERO, par);
             assert_eq!(
                 &s,
                 &BlockSparse::from_dense(n, k, &x, row_block, col_block, Select::NONZERO)
@@ -189,7 +194,7 @@ fn check_blocks(
                 } else {
                     c0.clone()
                 };
-                sparse::block_matmul(isa, &s, &w, m, bias, beta, &mut y, threads);
+                sparse::block_matmul(isa, &s, &w, m, bias, beta, &mut y, par);
                 assert_close(
                     &y,
                     &dense(&x, &w, n, k, m, bias, beta, &c0),
@@ -197,7 +202,7 @@ fn check_blocks(
                 );
             }
             let mut dw = vec![0.0; k * m];
-            sparse::block_matmul(isa, &s.transpose(), &dy, m, None, 0.0, &mut dw, threads);
+            sparse::block_matmul(isa, &s.transpose(), &dy, m, None, 0.0, &mut dw, par);
             let want = dense(
                 &transpose(&x, n, k),
                 &dy,
@@ -210,7 +215,7 @@ fn check_blocks(
             );
             assert_close(&dw, &want, "block weight gradient");
             let mut dx = vec![0.0; n * k];
-            sparse::block_sampled_matmul_t(isa, &s, &dy, &w, m, &mut dx, threads);
+            sparse::block_sampled_matmul_t(isa, &s, &dy, &w, m, &mut dx, par);
             // The gradient is kept inside every active block, also where x is zero.
             let inside: Vec<f32> = s
                 .to_dense()
@@ -337,14 +342,30 @@ fn parallel_splits_compute_the_same_products() {
 fn special_values_and_thresholds() {
     let x = [f32::NAN, 0.0, 0.25, -3.0, f32::INFINITY, 0.0];
     for isa in Isa::available() {
-        let s = sparse::sparsify(isa, &x, 2, 3, Select::NONZERO, 1);
+        let s = sparse::sparsify(isa, &x, 2, 3, Select::NONZERO, Parallelism::Sequential);
         assert_eq!(s.indices(), &[0, 2, 0, 1]);
-        let s = sparse::sparsify(isa, &x, 2, 3, Select::Magnitude(0.5), 1);
+        let s = sparse::sparsify(
+            isa,
+            &x,
+            2,
+            3,
+            Select::Magnitude(0.5),
+            Parallelism::Sequential,
+        );
         assert_eq!(s.indices(), &[0, 0, 1]);
-        let s = sparse::sparsify(isa, &x, 2, 3, Select::Relu, 1);
+        let s = sparse::sparsify(isa, &x, 2, 3, Select::Relu, Parallelism::Sequential);
         assert_eq!(s.indices(), &[0, 2, 1]);
         let mut y = [0.0f32; 2];
-        sparse::csr_matmul(isa, &s, &[1.0, 1.0, 1.0], 1, None, 0.0, &mut y, 1);
+        sparse::csr_matmul(
+            isa,
+            &s,
+            &[1.0, 1.0, 1.0],
+            1,
+            None,
+            0.0,
+            &mut y,
+            Parallelism::Sequential,
+        );
         assert!(y[0].is_nan() && y[1] == f32::INFINITY, "{y:?}");
     }
 }

@@ -1,5 +1,5 @@
 //! The CPU backend's sparse kernels: `Cpu` tensors are host slices, so every kernel of
-//! [`crate::sparse`] runs on them in place, inside the backend's own thread pool.
+//! [`crate::sparse`] runs on them in place, split across the backend's team of threads.
 
 use ndarray::Array2;
 
@@ -7,19 +7,18 @@ use modula_sparse::{BlockSparse, Csr, Select, SparseKernels};
 use modula_tensor::BackendError;
 
 use super::{Cpu, slice, slice_mut};
+use crate::gemm::Parallelism;
 use crate::sparse::{self, Isa};
 
 impl Cpu {
-    /// Runs a sparse kernel with this backend's threads: inside its pool when it has more
+    /// Runs a sparse kernel with this backend's threads: split on its team when it has more
     /// than one and the kernel has at least `min` units of `work` (multiply-adds or elements),
-    /// else on the caller with one thread (entering the pool alone costs about 10 us, more
-    /// than a small product takes).
-    fn sparse_run<R: Send>(&self, work: usize, min: usize, f: impl FnOnce(usize) -> R + Send) -> R {
-        let threads = self.threads();
-        if threads > 1 && work >= min {
-            self.install(|| f(threads))
+    /// else on the caller alone (a split costs more than a small product takes).
+    fn sparse_run<R>(&self, work: usize, min: usize, f: impl FnOnce(Parallelism<'_>) -> R) -> R {
+        if self.threads() > 1 && work >= min {
+            f(Parallelism::Team(self.team()))
         } else {
-            f(1)
+            f(Parallelism::Sequential)
         }
     }
 }

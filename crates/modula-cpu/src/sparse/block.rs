@@ -1,8 +1,6 @@
 //! The block-sparse kernels: each row block is a few dense products of its panel with the rows
 //! of the dense operand at its active columns, one per run of adjacent active blocks.
 
-use rayon::prelude::*;
-
 use modula_sparse::{BlockSparse, Csr, Select};
 
 use super::{Isa, check_product, check_sampled};
@@ -91,7 +89,7 @@ pub fn sparsify_blocks(
     row_block: usize,
     col_block: usize,
     select: Select,
-    threads: usize,
+    par: Parallelism<'_>,
 ) -> BlockSparse {
     assert_eq!(
         data.len(),
@@ -129,11 +127,17 @@ pub fn sparsify_blocks(
         (active, values)
     };
     let starts: Vec<usize> = (0..rows).step_by(row_block).collect();
-    let parts: Vec<(Vec<u32>, Vec<f32>)> = if threads > 1 && data.len() >= super::PAR_MIN_ELEMS {
-        starts.par_iter().map(|&r0| one(r0)).collect()
+    // One row block's active column blocks and values.
+    type Part = (Vec<u32>, Vec<f32>);
+    let mut parts: Vec<Part> = vec![Default::default(); starts.len()];
+    if par.tasks() > 1 && data.len() >= super::PAR_MIN_ELEMS {
+        let work: Vec<(usize, &mut Part)> = starts.into_iter().zip(&mut parts).collect();
+        par.for_each(work, &|(r0, part): (usize, &mut Part)| *part = one(r0));
     } else {
-        starts.iter().map(|&r0| one(r0)).collect()
-    };
+        for (r0, part) in starts.into_iter().zip(&mut parts) {
+            *part = one(r0);
+        }
+    }
     let mut block_ptr = vec![0u32];
     let (mut block_cols, mut values) = (Vec::new(), Vec::new());
     for (active, vals) in parts {
@@ -147,19 +151,19 @@ pub fn sparsify_blocks(
     .expect("sparsify_blocks: too large for u32 indices")
 }
 
-/// How the row blocks of a product run: spread over the pool with a sequential GEMM each
+/// How the row blocks of a product run: spread over the threads with a sequential GEMM each
 /// when there are at least as many as threads and the product is worth splitting, else one
-/// at a time with each GEMM split (or all on the caller for small products).
-fn plan(s: &BlockSparse, m: usize, threads: usize) -> (bool, Parallelism<'static>) {
-    let active = s.values().len();
+/// at a time with each block's rows split (or all on the caller for small products).
+fn plan<'p>(s: &BlockSparse, m: usize, par: Parallelism<'p>) -> (bool, Parallelism<'p>) {
+    let (active, threads) = (s.values().len(), par.tasks());
     let worth = threads > 1 && worth_parallel(active, m, 1);
     let spread = worth && s.row_blocks() >= threads;
-    let par = if worth && !spread {
-        Parallelism::Rayon(threads)
+    let split = if worth && !spread {
+        par
     } else {
         Parallelism::Sequential
     };
-    (spread, par)
+    (spread, split)
 }
 
 /// `C = S B + beta C + 1 bias^T` with a block-sparse `S` (`[n x k]`), `B` row-major `[k x m]`,
@@ -177,7 +181,7 @@ pub fn block_matmul(
     bias: Option<&[f32]>,
     beta: f32,
     c: &mut [f32],
-    threads: usize,
+    par: Parallelism<'_>,
 ) {
     let n = s.rows();
     check_product("block_matmul", s.shape(), b.len(), m, bias, c.len());
@@ -186,11 +190,11 @@ pub fn block_matmul(
     }
     isa.assert_supported();
     // Rows `lo..hi` of row block `r` (a few-row block always whole), into `c`, their rows of
-    // C; the GEMMs run on the calling thread, the CSR kernels on `threads`.
-    let one = |r: usize, lo: usize, hi: usize, c: &mut [f32], threads: usize| {
+    // C; the GEMMs run on the calling thread, the CSR kernels as `par` says.
+    let one = |r: usize, lo: usize, hi: usize, c: &mut [f32], par: Parallelism<'_>| {
         let rows = hi - lo;
         if s.row_range(r).len() <= FEW_ROWS {
-            super::csr_matmul(isa, &panel_csr(s, r), b, m, bias, beta, c, threads);
+            super::csr_matmul(isa, &panel_csr(s, r), b, m, bias, beta, c, par);
             return;
         }
         let (panel, runs) = (s.panel(r), runs(s, r));
@@ -228,15 +232,16 @@ pub fn block_matmul(
             }
         }
     };
-    for_row_blocks(s, m, m, threads, c, &one);
+    for_row_blocks(s, m, m, par, c, &one);
 }
 
-/// The work on rows `lo..hi` of row block `r`: `(r, lo, hi, their rows of the output, threads)`.
-type RowsTask<'a> = dyn Fn(usize, usize, usize, &mut [f32], usize) + Sync + 'a;
+/// The work on rows `lo..hi` of row block `r`: `(r, lo, hi, their rows of the output, how
+/// its own kernels may split)`.
+type RowsTask<'a> = dyn Fn(usize, usize, usize, &mut [f32], Parallelism<'_>) + Sync + 'a;
 
-/// Runs `one(r, lo, hi, rows, threads)` over every row block `r` of `s`, where `rows` is the
+/// Runs `one(r, lo, hi, rows, par)` over every row block `r` of `s`, where `rows` is the
 /// part of `out` (`width` values per row) that rows `lo..hi` of the block own: row blocks
-/// spread over the pool when there are enough of them and the product (`m` columns of
+/// spread over the threads when there are enough of them and the product (`m` columns of
 /// output per stored value) is worth splitting; else each row block's rows are split across
 /// the threads (the per-run GEMMs are too small for the GEMM's own split), except few-row
 /// blocks, whose CSR kernels split their work themselves.
@@ -244,30 +249,32 @@ fn for_row_blocks(
     s: &BlockSparse,
     m: usize,
     width: usize,
-    threads: usize,
+    par: Parallelism<'_>,
     out: &mut [f32],
     one: &RowsTask<'_>,
 ) {
     let chunk = s.row_block() * width;
-    let (spread, par) = plan(s, m, threads);
+    let seq = Parallelism::Sequential;
+    let (spread, split) = plan(s, m, par);
     if spread {
-        out.par_chunks_mut(chunk).enumerate().for_each(|(r, o)| {
-            let rows = s.row_range(r).len();
-            one(r, 0, rows, o, 1)
+        let blocks: Vec<(usize, &mut [f32])> = out.chunks_mut(chunk).enumerate().collect();
+        par.for_each(blocks, &|(r, o): (usize, &mut [f32])| {
+            one(r, 0, s.row_range(r).len(), o, seq)
         });
         return;
     }
     for (r, o) in out.chunks_mut(chunk).enumerate() {
         let rows = s.row_range(r).len();
-        let tasks = par.tasks().min(rows);
+        let tasks = split.tasks().min(rows);
         if tasks <= 1 || rows <= FEW_ROWS {
-            one(r, 0, rows, o, tasks);
+            one(r, 0, rows, o, if tasks <= 1 { seq } else { split });
             continue;
         }
         let per = rows.div_ceil(tasks);
-        o.par_chunks_mut(per * width)
-            .enumerate()
-            .for_each(|(i, o)| one(r, i * per, ((i + 1) * per).min(rows), o, 1));
+        let parts: Vec<(usize, &mut [f32])> = o.chunks_mut(per * width).enumerate().collect();
+        split.for_each(parts, &|(i, o): (usize, &mut [f32])| {
+            one(r, i * per, ((i + 1) * per).min(rows), o, seq)
+        });
     }
 }
 
@@ -286,7 +293,7 @@ pub fn block_sampled_matmul_t(
     w: &[f32],
     m: usize,
     out: &mut [f32],
-    threads: usize,
+    par: Parallelism<'_>,
 ) {
     let (n, k) = (s.rows(), s.cols());
     check_sampled(
@@ -301,14 +308,14 @@ pub fn block_sampled_matmul_t(
         return;
     }
     isa.assert_supported();
-    let one = |r: usize, lo: usize, hi: usize, out: &mut [f32], threads: usize| {
+    let one = |r: usize, lo: usize, hi: usize, out: &mut [f32], par: Parallelism<'_>| {
         let rows = s.row_range(r);
         if s.active(r).is_empty() {
             return;
         }
         if rows.len() <= FEW_ROWS {
             let dy_rows = &dy[rows.start * m..rows.end * m];
-            super::sampled_matmul_t(isa, &panel_csr(s, r), dy_rows, w, m, out, threads);
+            super::sampled_matmul_t(isa, &panel_csr(s, r), dy_rows, w, m, out, par);
             return;
         }
         let (first, last) = (rows.start + lo, rows.start + hi);
@@ -321,5 +328,5 @@ pub fn block_sampled_matmul_t(
             gemm(1.0, dy_rows, wt, 0.0, o, Parallelism::Sequential);
         }
     };
-    for_row_blocks(s, m, k, threads, out, &one);
+    for_row_blocks(s, m, k, par, out, &one);
 }

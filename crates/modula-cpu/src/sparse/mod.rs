@@ -17,8 +17,8 @@
 //!   the dense operand at the active columns.
 //!
 //! Every kernel takes an [`Isa`], so that tests run the portable kernels on AVX-512 machines
-//! too; `Cpu` passes [`Isa::detect`]. Parallel kernels split their work into rayon tasks of
-//! the *current* pool (call them inside `Cpu::install`).
+//! too; `Cpu` passes [`Isa::detect`]. Parallel kernels split their work as the
+//! [`Parallelism`] they are given says: `Cpu` passes its team of spinning threads.
 
 /// The AVX-512 kernels.
 #[cfg(target_arch = "x86_64")]
@@ -30,7 +30,7 @@ mod portable;
 
 use modula_sparse::{Csr, Select};
 
-use crate::gemm::AlignedBuf;
+use crate::gemm::{AlignedBuf, Parallelism};
 
 pub use block::{block_matmul, block_sampled_matmul_t, sparsify_blocks};
 
@@ -158,24 +158,27 @@ pub fn sparsify(
     rows: usize,
     cols: usize,
     select: Select,
-    threads: usize,
+    par: Parallelism<'_>,
 ) -> Csr {
-    use rayon::prelude::*;
     assert_eq!(data.len(), rows * cols, "sparsify: wrong data length");
     isa.assert_supported();
     select.validate();
     let tasks = if data.len() < PAR_MIN_ELEMS || cols == 0 {
         1
     } else {
-        threads.clamp(1, rows.max(1))
+        par.tasks().clamp(1, rows.max(1))
     };
     let per = rows.div_ceil(tasks).max(1);
     let parts: Vec<Part> = if tasks == 1 {
         vec![compress_rows(isa, data, cols, select)]
     } else {
-        data.par_chunks(per * cols)
-            .map(|chunk| compress_rows(isa, chunk, cols, select))
-            .collect()
+        let chunks: Vec<&[f32]> = data.chunks(per * cols).collect();
+        let mut parts: Vec<Part> = chunks.iter().map(|_| Part::default()).collect();
+        let work: Vec<(&[f32], &mut Part)> = chunks.into_iter().zip(&mut parts).collect();
+        par.for_each(work, &|(chunk, part): (&[f32], &mut Part)| {
+            *part = compress_rows(isa, chunk, cols, select);
+        });
+        parts
     };
     let nnz: usize = parts.iter().map(|p| p.indices.len()).sum();
     assert!(
@@ -203,6 +206,7 @@ pub fn sparsify(
 
 /// The compressed rows of one task: where each row ends (counted from the task's first
 /// entry), and the entries' columns and values.
+#[derive(Default)]
 struct Part {
     ends: Vec<u32>,
     indices: Vec<u32>,
@@ -254,8 +258,7 @@ fn compress_rows(isa: Isa, data: &[f32], cols: usize, select: Select) -> Part {
 /// # Panics
 /// If `isa` is unsupported.
 #[track_caller]
-pub fn count_kept(isa: Isa, data: &[f32], select: Select, threads: usize) -> usize {
-    use rayon::prelude::*;
+pub fn count_kept(isa: Isa, data: &[f32], select: Select, par: Parallelism<'_>) -> usize {
     isa.assert_supported();
     select.validate();
     let count = |chunk: &[f32]| match isa {
@@ -264,20 +267,22 @@ pub fn count_kept(isa: Isa, data: &[f32], select: Select, threads: usize) -> usi
         Isa::Avx512 => unsafe { avx512::count_kept(chunk, select) },
         _ => chunk.iter().filter(|&&v| select.keeps(v)).count(),
     };
-    if data.len() < PAR_MIN_ELEMS || threads <= 1 {
+    if data.len() < PAR_MIN_ELEMS || par.tasks() <= 1 {
         count(data)
     } else {
-        data.par_chunks(data.len().div_ceil(threads))
-            .map(count)
-            .sum()
+        let chunks: Vec<&[f32]> = data.chunks(data.len().div_ceil(par.tasks())).collect();
+        let mut counts = vec![0; chunks.len()];
+        let work: Vec<(&[f32], &mut usize)> = chunks.into_iter().zip(&mut counts).collect();
+        par.for_each(work, &|(chunk, n): (&[f32], &mut usize)| *n = count(chunk));
+        counts.into_iter().sum()
     }
 }
 
 /// `C = S B + beta C + 1 bias^T`, with `S` `[n x k]`, `B` row-major `[k x m]`, `C` row-major
 /// `[n x m]` and `bias` `m` values. With `beta == 0`, `C` is not read (NaN does not leak).
 ///
-/// Work is split into at most `threads` rayon tasks of the current pool: by column panels
-/// when there are enough, else by rows.
+/// Work is split into at most `par.tasks()` tasks: by column panels when there are enough,
+/// else by rows.
 ///
 /// # Panics
 /// If the lengths do not match the shapes or `isa` is unsupported.
@@ -291,7 +296,7 @@ pub fn csr_matmul(
     bias: Option<&[f32]>,
     beta: f32,
     c: &mut [f32],
-    threads: usize,
+    par: Parallelism<'_>,
 ) {
     let n = s.rows();
     check_product("csr_matmul", s.shape(), b.len(), m, bias, c.len());
@@ -345,11 +350,11 @@ pub fn csr_matmul(
             PANEL_BUFFER.set(packed);
         }
     };
-    run_grid(n, m, s.nnz().saturating_mul(m), threads, &task);
+    run_grid(n, m, s.nnz().saturating_mul(m), par, &task);
 }
 
-/// Splits `n` rows by `m` columns into at most `threads` tasks and runs `task` on each:
-/// column ranges of whole panels when there are at least as many panels as threads, else row
+/// Splits `n` rows by `m` columns into at most `par.tasks()` tasks and runs `task` on each:
+/// column ranges of whole panels when there are at least as many panels as tasks, else row
 /// ranges. Columns come first because each task then streams only its own panels of the dense
 /// operand into its core's L2, once, and reuses them for every row; a split by rows makes
 /// every task load every panel, which at high sparsity costs more than the arithmetic.
@@ -358,29 +363,29 @@ fn run_grid(
     n: usize,
     m: usize,
     macs: usize,
-    threads: usize,
+    par: Parallelism<'_>,
     task: &(dyn Fn(std::ops::Range<usize>, std::ops::Range<usize>) + Sync),
 ) {
+    let threads = par.tasks();
     if threads <= 1 || macs < PAR_MIN_MACS {
         task(0..n, 0..m);
         return;
     }
     let panels = m.div_ceil(PANEL);
-    if panels >= threads || n < 2 {
+    let parts: Vec<_> = if panels >= threads || n < 2 {
         let per = panels.div_ceil(threads.min(panels)) * PANEL;
-        rayon::scope(|sc| {
-            for start in (0..m).step_by(per) {
-                sc.spawn(move |_| task(0..n, start..(start + per).min(m)));
-            }
-        });
+        (0..m)
+            .step_by(per)
+            .map(|j| (0..n, j..(j + per).min(m)))
+            .collect()
     } else {
         let per = n.div_ceil(threads.min(n));
-        rayon::scope(|sc| {
-            for start in (0..n).step_by(per) {
-                sc.spawn(move |_| task(start..(start + per).min(n), 0..m));
-            }
-        });
-    }
+        (0..n)
+            .step_by(per)
+            .map(|i| (i..(i + per).min(n), 0..m))
+            .collect()
+    };
+    par.for_each(parts, &|(rows, cols)| task(rows, cols));
 }
 
 /// The columns `j0..j0 + width` of `B` that one panel of [`csr_matmul`] reads: row `q`'s
@@ -418,7 +423,7 @@ pub fn sampled_matmul_t(
     w: &[f32],
     m: usize,
     out: &mut [f32],
-    threads: usize,
+    par: Parallelism<'_>,
 ) {
     let (n, k) = (s.rows(), s.cols());
     check_sampled(
@@ -450,7 +455,7 @@ pub fn sampled_matmul_t(
         }
     };
     // The grid splits columns of the output, here the `k` columns of `S`.
-    run_grid(n, k, s.nnz().saturating_mul(m), threads, &task);
+    run_grid(n, k, s.nnz().saturating_mul(m), par, &task);
 }
 
 /// The operands of [`sampled_matmul_t`] as one task's kernel sees them.
@@ -478,6 +483,7 @@ mod tests {
     #[test]
     fn the_grid_covers_the_output_once() {
         for (n, m, threads) in [(1, 1000, 2), (3, 256, 4), (100, 1024, 2), (7, 64, 3)] {
+            let team = crate::Team::new(threads);
             let seen = std::sync::Mutex::new(vec![0u8; n * m]);
             let task = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
                 let mut seen = seen.lock().unwrap();
@@ -487,7 +493,7 @@ mod tests {
                     }
                 }
             };
-            run_grid(n, m, usize::MAX, threads, &task);
+            run_grid(n, m, usize::MAX, Parallelism::Team(&team), &task);
             assert!(seen.into_inner().unwrap().iter().all(|&c| c == 1));
         }
     }
