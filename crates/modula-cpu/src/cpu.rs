@@ -26,8 +26,9 @@ const PAR_MIN_ELEMS: usize = 1 << 15;
 
 /// The CPU backend.
 ///
-/// It carries its own rayon thread pool, so two backends with different thread counts can live
-/// in one process (benches compare 1 and 2 threads side by side). Tensors are row-major
+/// It carries its own team of threads ([`Team`]: the caller and `threads - 1` others that spin
+/// briefly between products), so two backends with different thread counts can live in one
+/// process (benches compare 1 and 2 threads side by side). Tensors are row-major
 /// `ndarray::Array2<f32>` in standard layout.
 ///
 /// ```
@@ -42,8 +43,7 @@ const PAR_MIN_ELEMS: usize = 1 << 15;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Cpu {
-    pool: Arc<rayon::ThreadPool>,
-    /// The threads that split products, beside the pool that runs everything else.
+    /// The threads that split products and elementwise work.
     team: Arc<Team>,
 }
 
@@ -59,35 +59,24 @@ impl Cpu {
         Self::with_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
-    /// A backend using `threads` worker threads (at least one).
+    /// A backend using `threads` threads (at least one), the calling thread among them.
     ///
     /// # Panics
     /// If the operating system refuses to start the threads.
     pub fn with_threads(threads: usize) -> Self {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .thread_name(|i| format!("modula-cpu-{i}"))
-            .build()
-            .expect("failed to start the CPU backend's thread pool");
         Cpu {
-            pool: Arc::new(pool),
             team: Arc::new(Team::new(threads.max(1))),
         }
     }
 
-    /// Number of worker threads.
+    /// Number of threads work is split across.
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.team.threads()
     }
 
     /// The team that splits this backend's products.
     pub(crate) fn team(&self) -> &Team {
         &self.team
-    }
-
-    /// Runs `f` inside this backend's thread pool.
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
     }
 
     /// Applies `f` to aligned chunks of `out` and the inputs, in parallel when large.

@@ -18,6 +18,18 @@ fn cpu(threads: usize) -> &'static Cpu {
     &POOLS.get_or_init(|| [Cpu::with_threads(1), Cpu::with_threads(2)])[threads - 1]
 }
 
+/// Rayon pools of one and two threads, for the products split into rayon tasks.
+fn pool(threads: usize) -> &'static rayon::ThreadPool {
+    static POOLS: OnceLock<[rayon::ThreadPool; 2]> = OnceLock::new();
+    let build = |n| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .expect("a pool")
+    };
+    &POOLS.get_or_init(|| [build(1), build(2)])[threads - 1]
+}
+
 /// A team of two threads, the caller being one of them.
 fn team() -> &'static Team {
     static TEAM: OnceLock<Team> = OnceLock::new();
@@ -241,7 +253,7 @@ fn check_gathered(
     if threads == 2 && on_team {
         gemm(alpha, av, bv, beta, c_view, Parallelism::Team(team()));
     } else {
-        cpu(threads).install(|| gemm(alpha, av, bv, beta, c_view, Parallelism::Rayon(threads)));
+        pool(threads).install(|| gemm(alpha, av, bv, beta, c_view, Parallelism::Rayon(threads)));
     }
     let (a_op, b_op) = if gather_a {
         (gathered_op, other_op)
@@ -303,7 +315,7 @@ fn check_bias(
     );
     let (av, bv) = (view(&a, ar, ac, ta), view(&b, br, bc, tb));
     let product = |c: MatMut<'_>| {
-        cpu(threads).install(|| gemm_bias(alpha, av, bv, &bias, c, Parallelism::Rayon(threads)))
+        pool(threads).install(|| gemm_bias(alpha, av, bv, &bias, c, Parallelism::Rayon(threads)))
     };
     let got: Vec<f32> = if uninit {
         let mut out = vec![std::mem::MaybeUninit::<f32>::uninit(); m * n];
@@ -491,7 +503,7 @@ fn packed_rhs_reuse_matches_reference() {
                 (2, Parallelism::Rayon(2)),
                 (2, Parallelism::Team(team())),
             ] {
-                let packed = cpu(threads).install(|| PackedRhs::new(bview, par));
+                let packed = pool(threads).install(|| PackedRhs::new(bview, par));
                 assert_eq!((packed.k(), packed.n()), (k, n));
                 for &m in &[1, 5, 12, 16, 64, 250] {
                     let (alpha, beta) = (rng.random_range(-2.0..2.0), rng.random_range(-1.0..1.0));
@@ -504,7 +516,7 @@ fn packed_rhs_reuse_matches_reference() {
                         .collect();
                     let c0 = random(&mut rng, m * (n + 2));
                     let mut c_store = c0.clone();
-                    cpu(threads).install(|| {
+                    pool(threads).install(|| {
                         gemm_packed(
                             alpha,
                             a_view,
@@ -555,7 +567,7 @@ fn general_strides_match_reference() {
     let (a_op, _) = materialise(&a_t, k, m, Transpose::Yes);
     for par in [Parallelism::Sequential, Parallelism::Rayon(2)] {
         let mut c = vec![f32::NAN; m * n];
-        cpu(2).install(|| {
+        pool(2).install(|| {
             gemm(
                 1.5,
                 MatRef::row_major(&a_t, k, m).t(),

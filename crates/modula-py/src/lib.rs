@@ -13,8 +13,8 @@ use std::sync::OnceLock;
 use modula_cpu::Cpu;
 use pyo3::prelude::*;
 
-/// The CPU backend every object of the process shares: one thread pool with a thread per
-/// core, started on first use (a backend per object would start a pool per layer).
+/// The CPU backend every object of the process shares: one team with a thread per core,
+/// started on first use (a backend per object would start a team per layer).
 fn cpu() -> Cpu {
     static CPU: OnceLock<Cpu> = OnceLock::new();
     CPU.get_or_init(Cpu::new).clone()

@@ -22,9 +22,9 @@
 //! call [`gemm_packed`].
 //!
 //! Parallelism is explicit ([`Parallelism`]): work is split into rectangular parts of `C`
-//! that run on the threads of a [`Team`] (the calling thread computing the first part), or
-//! as rayon tasks in the *current* rayon pool, so a caller that runs inside `Cpu::install`
-//! uses exactly that backend's threads.
+//! that run on the threads of a [`Team`] (the calling thread computing the first part), as
+//! `Cpu` does, or as rayon tasks in the *current* rayon pool (a caller's own
+//! `rayon::ThreadPool::install` picks which).
 //!
 //! ```
 //! use modula_cpu::gemm::{gemm, MatMut, MatRef, Parallelism};
@@ -108,7 +108,7 @@ pub enum Parallelism<'p> {
     /// Run on the calling thread only.
     Sequential,
     /// Split into at most this many rayon tasks, executed in the current rayon pool (call from
-    /// inside `Cpu::install` to use that backend's threads).
+    /// inside a pool's `install` to choose its threads).
     Rayon(usize),
     /// Split into one task per thread of this team, the calling thread computing the first
     /// itself: for a caller outside any pool, which would otherwise hand the whole product to
