@@ -62,7 +62,7 @@ impl Cpu {
     /// A backend using `threads` threads (at least one), the calling thread among them.
     ///
     /// # Panics
-    /// If the operating system refuses to start the threads.
+    /// If the operating system refuses to start the threads, or `threads` is 2^16 or more.
     pub fn with_threads(threads: usize) -> Self {
         Cpu {
             team: Arc::new(Team::new(threads.max(1))),
@@ -90,7 +90,8 @@ impl Cpu {
             f(out, inputs);
             return;
         }
-        // One contiguous part per thread, on whole cache lines, on the team whose threads
+        // One contiguous part per thread, each a whole number of 16-float vectors (so the
+        // kernels' vector tails stay where they would be unsplit), on the team whose threads
         // are still spinning from the product before (see `Team`).
         let per = out.len().div_ceil(self.threads()).next_multiple_of(16);
         let parts: Vec<(usize, &mut [f32])> = out
@@ -234,7 +235,7 @@ impl Kernels for Cpu {
     }
 
     fn zeros(&self, s: Shape) -> Array2<f32> {
-        // Filled across the pool: a routed layer's per-pair buffers are megabytes, and one
+        // Filled across the team: a routed layer's per-pair buffers are megabytes, and one
         // thread's memset of 16 MiB took 1.8 ms of a 78 ms modular step.
         self.rows_from(s[0], s[1], |_, row| fill_row(row, 0.0))
     }
@@ -244,7 +245,7 @@ impl Kernels for Cpu {
     }
 
     fn duplicate(&self, t: &Array2<f32>) -> Array2<f32> {
-        // Copied across the pool, like `zeros`.
+        // Copied across the team, like `zeros`.
         let (rows, cols) = t.dim();
         let src = slice(t);
         self.rows_from(rows, cols, |i, row| {
@@ -275,10 +276,11 @@ impl Kernels for Cpu {
         let (a, b) = (gemm_view(a, ta), gemm_view(b, tb));
         let c = MatMut::row_major(slice_mut(c), m, n);
         if self.threads() > 1 && gemm::worth_parallel(m, k, n) {
-            // The calling thread computes a part itself rather than waiting for the pool.
+            // The calling thread computes a part itself and the team's threads the others.
             gemm::gemm(alpha, a, b, beta, c, Parallelism::Team(&self.team));
         } else {
-            // Entering the pool costs a thread hand-off; small products stay on the caller.
+            // A split costs a hand-off to another thread and back; small products stay on the
+            // caller.
             gemm::gemm(alpha, a, b, beta, c, Parallelism::Sequential);
         }
     }

@@ -13,10 +13,11 @@
 //! task of the team's own job asking to split further) runs its tasks itself, one after another,
 //! so nesting never deadlocks.
 
+use std::any::Any;
 use std::cell::UnsafeCell;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -52,8 +53,9 @@ struct Shared {
     pending: AtomicUsize,
     /// Whether each team thread is parked (or about to park), so the caller knows whom to wake.
     parked: Vec<AtomicBool>,
-    /// Set when a team thread's task panicked; the caller re-raises it.
-    panicked: AtomicBool,
+    /// The payload of the first panic of a team thread's task in the current job; the caller
+    /// re-raises it.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
     /// Set when the team is dropped.
     stop: AtomicBool,
 }
@@ -79,23 +81,25 @@ impl Team {
             job: UnsafeCell::new(None),
             pending: AtomicUsize::new(0),
             parked: (0..helpers).map(|_| AtomicBool::new(false)).collect(),
-            panicked: AtomicBool::new(false),
+            panic: Mutex::new(None),
             stop: AtomicBool::new(false),
         });
-        let workers = (1..=helpers)
-            .map(|index| {
-                let shared = Arc::clone(&shared);
-                thread::Builder::new()
-                    .name(format!("modula-team-{index}"))
-                    .spawn(move || shared.serve(index))
-                    .expect("failed to start a thread of the CPU backend's team")
-            })
-            .collect();
-        Team {
+        // Built as a team from the first thread on, so that if a later thread fails to start,
+        // dropping the team stops and joins the ones already running.
+        let mut team = Team {
             shared,
-            workers,
+            workers: Vec::with_capacity(helpers),
             busy: Mutex::new(()),
+        };
+        for index in 1..=helpers {
+            let shared = Arc::clone(&team.shared);
+            let worker = thread::Builder::new()
+                .name(format!("modula-team-{index}"))
+                .spawn(move || shared.serve(index))
+                .expect("failed to start a thread of the CPU backend's team");
+            team.workers.push(worker);
         }
+        team
     }
 
     /// The number of ways a job can be split: the team's threads and the caller.
@@ -104,16 +108,10 @@ impl Team {
     }
 
     /// Calls `task(i)` once for every `i` in `0..tasks`, the caller taking `0` and thread `i`
-    /// of the team task `i`, and returns when all have returned. `tasks` above
-    /// [`threads`](Self::threads) is an error of the caller's, caught in debug builds; in
-    /// release builds the extra tasks run on the caller. A panic in any task is re-raised here
-    /// once every task has finished.
+    /// of the team task `i`, and returns when all have returned. Tasks beyond
+    /// [`threads`](Self::threads) run on the caller after its own. A panic in any task is
+    /// re-raised here, with its payload, once every task has finished.
     pub fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
-        debug_assert!(
-            tasks <= self.threads(),
-            "{tasks} tasks for a team of {}",
-            self.threads()
-        );
         let shared_tasks = tasks.min(self.threads());
         let _busy = match self.busy.try_lock() {
             Ok(guard) => guard,
@@ -137,7 +135,6 @@ impl Team {
         // held, so no one else reads or writes `job`.
         unsafe { *shared.job.get() = Some(job) };
         shared.pending.store(shared_tasks - 1, Ordering::Relaxed);
-        shared.panicked.store(false, Ordering::Relaxed);
         let generation = (shared.word.load(Ordering::Relaxed) >> TASK_BITS) + 1;
         // Sequentially consistent with the `parked` flags: either a thread that is about to
         // park sees this word, or this caller sees its flag and wakes it.
@@ -153,10 +150,13 @@ impl Team {
         let wait = Wait(shared);
         (0..1).chain(shared_tasks..tasks).for_each(task);
         drop(wait);
-        if shared.panicked.swap(false, Ordering::Relaxed) {
-            resume_unwind(Box::new(
-                "a task on a thread of the CPU backend's team panicked",
-            ));
+        let panic = shared
+            .panic
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(payload) = panic {
+            resume_unwind(payload);
         }
     }
 }
@@ -183,7 +183,8 @@ impl Drop for Team {
 }
 
 /// Waits, also while unwinding from a panic in the caller's own task, until the team's threads
-/// have finished the job: until then they may still read the caller's borrowed task.
+/// have finished the job: until then they may still read the caller's borrowed task. Then
+/// clears the job slot, so that no reference to the task outlives the call.
 struct Wait<'a>(&'a Shared);
 
 impl Drop for Wait<'_> {
@@ -193,6 +194,19 @@ impl Drop for Wait<'_> {
         while self.0.pending.load(Ordering::Acquire) != 0 {
             thread::yield_now();
         }
+        // SAFETY: every team thread taking part is done with the job, the others never read
+        // it, and the caller still holds `busy`.
+        unsafe { *self.0.job.get() = None };
+    }
+}
+
+/// Counts a team thread's task as finished when dropped, so that a task whose panic cannot
+/// be caught cleanly (a payload whose own drop panics) still releases the caller.
+struct Finished<'a>(&'a AtomicUsize);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -206,10 +220,11 @@ impl Shared {
                 // SAFETY: the job was written before `word` was published (acquire in
                 // `next_job`) and stays until this thread decrements `pending`.
                 let job = unsafe { (*self.job.get()).expect("a job is out") };
-                if catch_unwind(AssertUnwindSafe(|| job(index))).is_err() {
-                    self.panicked.store(true, Ordering::Relaxed);
+                let _finished = Finished(&self.pending);
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| job(index))) {
+                    let mut slot = self.panic.lock().unwrap_or_else(PoisonError::into_inner);
+                    slot.get_or_insert(payload);
                 }
-                self.pending.fetch_sub(1, Ordering::Release);
             }
         }
     }

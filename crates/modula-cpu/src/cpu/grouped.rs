@@ -7,8 +7,6 @@
 //! one block alone is more than a thread's share of the rows, in which case the blocks run one
 //! at a time with each GEMM split across threads.
 
-use std::sync::{Mutex, PoisonError};
-
 use ndarray::Array2;
 
 use modula_tensor::GroupedOp;
@@ -196,15 +194,11 @@ impl Job<'_> {
                 self.group(g, c_g, Parallelism::Team(cpu.team()));
             }
         } else {
-            // Each thread takes the next group from a shared queue when it finishes one, so
-            // groups of unequal size still share out evenly.
-            let queue = Mutex::new(blocks.into_iter().enumerate());
-            cpu.team().run(threads, &|_| {
-                loop {
-                    let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
-                    let Some((g, c_g)) = next else { break };
-                    self.group(g, c_g, Parallelism::Sequential);
-                }
+            // Each thread takes the next group from the team's shared queue when it finishes
+            // one, so groups of unequal size still share out evenly.
+            let groups: Vec<(usize, MatMut<'_>)> = blocks.into_iter().enumerate().collect();
+            Parallelism::Team(cpu.team()).for_each(groups, &|(g, c_g)| {
+                self.group(g, c_g, Parallelism::Sequential)
             });
         }
     }

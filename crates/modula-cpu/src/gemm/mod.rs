@@ -81,8 +81,10 @@ const MC: usize = 240;
 /// every `A` strip of the block sweeps (512 KiB) stays in L2.
 const NC: usize = 512;
 /// Products with fewer multiply-adds than this (about 30 us of work on one core) run on the
-/// calling thread: handing work to a pool thread and back costs about 10 us, so smaller
-/// products gain little or lose from the split (1 x 512 x 512 measured slower on two threads).
+/// calling thread: handing work to a sleeping pool thread and back cost about 10 us, so
+/// smaller products gained little or lost from the split (1 x 512 x 512 measured slower on two
+/// threads). Measured with the rayon pool; the spinning team hands work over faster, and the
+/// threshold has not been measured again since.
 const PAR_MIN_MACS: usize = 1 << 21;
 /// Packing of `B` runs in parallel from this many elements (1 MiB) on: below it the copy is
 /// shorter than the hand-off.
@@ -127,12 +129,25 @@ impl Parallelism<'_> {
         }
     }
 
-    /// Runs `f` on every item, split into at most [`tasks`](Self::tasks) runs of consecutive
-    /// items, the calling thread taking the first.
+    /// Runs `f` on every item, on at most [`tasks`](Self::tasks) threads, the calling thread
+    /// among them. On a team each thread takes the next item from a shared queue when it is
+    /// done with one (items of unequal cost, such as row blocks of a sparse product, then
+    /// share out evenly); in a rayon pool each task takes a run of consecutive items.
     pub(crate) fn for_each<T: Send>(self, items: Vec<T>, f: &(impl Fn(T) + Sync)) {
         let tasks = self.tasks().min(items.len());
         if tasks <= 1 {
             items.into_iter().for_each(f);
+            return;
+        }
+        if let Parallelism::Team(team) = self {
+            let queue = Mutex::new(items.into_iter());
+            team.run(tasks, &|_| {
+                loop {
+                    let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+                    let Some(item) = next else { break };
+                    f(item);
+                }
+            });
             return;
         }
         let per = items.len().div_ceil(tasks);
@@ -145,26 +160,14 @@ impl Parallelism<'_> {
             }
             runs.push(run);
         }
-        match self {
-            Parallelism::Team(team) => {
-                // Each task takes its run out of its own cell; no two tasks share one.
-                let runs: Vec<Mutex<Vec<T>>> = runs.into_iter().map(Mutex::new).collect();
-                team.run(runs.len(), &|i| {
-                    let run = std::mem::take(
-                        &mut *runs[i].lock().unwrap_or_else(PoisonError::into_inner),
-                    );
-                    run.into_iter().for_each(f);
-                });
+        rayon::in_place_scope(|scope| {
+            let mut runs = runs.into_iter();
+            let first = runs.next().expect("at least two runs");
+            for run in runs {
+                scope.spawn(move |_| run.into_iter().for_each(f));
             }
-            _ => rayon::in_place_scope(|scope| {
-                let mut runs = runs.into_iter();
-                let first = runs.next().expect("at least two runs");
-                for run in runs {
-                    scope.spawn(move |_| run.into_iter().for_each(f));
-                }
-                first.into_iter().for_each(f);
-            }),
-        }
+            first.into_iter().for_each(f);
+        });
     }
 }
 

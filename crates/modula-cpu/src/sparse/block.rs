@@ -127,8 +127,6 @@ pub fn sparsify_blocks(
         (active, values)
     };
     let starts: Vec<usize> = (0..rows).step_by(row_block).collect();
-    // One row block's active column blocks and values.
-    type Part = (Vec<u32>, Vec<f32>);
     let mut parts: Vec<Part> = vec![Default::default(); starts.len()];
     if par.tasks() > 1 && data.len() >= super::PAR_MIN_ELEMS {
         let work: Vec<(usize, &mut Part)> = starts.into_iter().zip(&mut parts).collect();
@@ -150,6 +148,9 @@ pub fn sparsify_blocks(
     )
     .expect("sparsify_blocks: too large for u32 indices")
 }
+
+/// One row block of a block-sparse build: its active column blocks and their values.
+type Part = (Vec<u32>, Vec<f32>);
 
 /// How the row blocks of a product run: spread over the threads with a sequential GEMM each
 /// when there are at least as many as threads and the product is worth splitting, else one

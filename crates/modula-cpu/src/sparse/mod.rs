@@ -56,7 +56,8 @@ thread_local! {
 }
 
 /// Multiply-adds below which a product runs on the calling thread (as the GEMM's threshold:
-/// about 30 us of work, against about 10 us to hand work to a pool thread and back).
+/// about 30 us of work, against about 10 us it took to hand work to a sleeping pool thread
+/// and back; not measured again on the spinning team).
 pub(crate) const PAR_MIN_MACS: usize = 1 << 20;
 
 /// Elements below which building or counting runs on the calling thread.
