@@ -135,6 +135,13 @@ impl Team {
         // held, so no one else reads or writes `job`.
         unsafe { *shared.job.get() = Some(job) };
         shared.pending.store(shared_tasks - 1, Ordering::Relaxed);
+        // A team thread's payload left by a job whose caller's own task panicked first (and
+        // so never took it) must not surface in this job.
+        shared
+            .panic
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         let generation = (shared.word.load(Ordering::Relaxed) >> TASK_BITS) + 1;
         // Sequentially consistent with the `parked` flags: either a thread that is about to
         // park sees this word, or this caller sees its flag and wakes it.

@@ -124,4 +124,21 @@ fn a_panicking_caller_waits_for_the_team_before_unwinding() {
     assert!(caught.is_err());
     assert!(finished.load(Ordering::Relaxed));
     assert_eq!(counts(&team, 2), vec![1, 1]);
+    // Both tasks panic: the caller re-raises its own, and the team thread's payload, never
+    // taken, does not surface in the next job.
+    let caught = catch_unwind(AssertUnwindSafe(|| {
+        team.run(2, &|i| {
+            if i == 1 {
+                panic!("the team thread's task fails");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            panic!("the caller's task fails");
+        });
+    }));
+    let payload = caught.expect_err("the caller's panic unwinds");
+    assert_eq!(
+        payload.downcast_ref::<&str>().copied(),
+        Some("the caller's task fails")
+    );
+    assert_eq!(counts(&team, 2), vec![1, 1]);
 }
