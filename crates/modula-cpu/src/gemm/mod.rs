@@ -22,8 +22,7 @@
 //! call [`gemm_packed`].
 //!
 //! Parallelism is explicit ([`Parallelism`]): work is split into rectangular parts of `C`
-//! that run on the threads of a [`Team`] (the calling thread computing the first part), as
-//! `Cpu` does, or as rayon tasks in the *current* rayon pool (a caller's own
+//! that run on the threads of a [`Team`] (the calling thread among them), as `Cpu` does, or as rayon tasks in the *current* rayon pool (a caller's own
 //! `rayon::ThreadPool::install` picks which).
 //!
 //! ```
@@ -112,10 +111,10 @@ pub enum Parallelism<'p> {
     /// Split into at most this many rayon tasks, executed in the current rayon pool (call from
     /// inside a pool's `install` to choose its threads).
     Rayon(usize),
-    /// Split into one task per thread of this team, the calling thread computing the first
-    /// itself: for a caller outside any pool, which would otherwise hand the whole product to
-    /// a pool and sleep until a pool thread woke it again (see [`Team`] for why its threads
-    /// spin between products).
+    /// Split across the threads of this team, the calling thread computing its share too:
+    /// for a caller outside any pool, which would otherwise hand the whole product to a pool
+    /// and sleep until a pool thread woke it again (see [`Team`] for why its threads spin
+    /// between products).
     Team(&'p Team),
 }
 
@@ -168,6 +167,21 @@ impl Parallelism<'_> {
             }
             first.into_iter().for_each(f);
         });
+    }
+
+    /// `f` of every item, in the items' order, computed as [`for_each`](Self::for_each) runs
+    /// them.
+    pub(crate) fn map<T: Send, R: Send + Default>(
+        self,
+        items: Vec<T>,
+        f: &(impl Fn(T) -> R + Sync),
+    ) -> Vec<R> {
+        let mut out: Vec<R> = std::iter::repeat_with(R::default)
+            .take(items.len())
+            .collect();
+        let work: Vec<(T, &mut R)> = items.into_iter().zip(&mut out).collect();
+        self.for_each(work, &|(item, slot): (T, &mut R)| *slot = f(item));
+        out
     }
 }
 

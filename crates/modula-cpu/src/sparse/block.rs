@@ -126,16 +126,12 @@ pub fn sparsify_blocks(
         }
         (active, values)
     };
-    let starts: Vec<usize> = (0..rows).step_by(row_block).collect();
-    let mut parts: Vec<Part> = vec![Default::default(); starts.len()];
-    if par.tasks() > 1 && data.len() >= super::PAR_MIN_ELEMS {
-        let work: Vec<(usize, &mut Part)> = starts.into_iter().zip(&mut parts).collect();
-        par.for_each(work, &|(r0, part): (usize, &mut Part)| *part = one(r0));
+    let par = if data.len() >= super::PAR_MIN_ELEMS {
+        par
     } else {
-        for (r0, part) in starts.into_iter().zip(&mut parts) {
-            *part = one(r0);
-        }
-    }
+        Parallelism::Sequential
+    };
+    let parts = par.map((0..rows).step_by(row_block).collect(), &one);
     let mut block_ptr = vec![0u32];
     let (mut block_cols, mut values) = (Vec::new(), Vec::new());
     for (active, vals) in parts {
@@ -148,9 +144,6 @@ pub fn sparsify_blocks(
     )
     .expect("sparsify_blocks: too large for u32 indices")
 }
-
-/// One row block of a block-sparse build: its active column blocks and their values.
-type Part = (Vec<u32>, Vec<f32>);
 
 /// How the row blocks of a product run: spread over the threads with a sequential GEMM each
 /// when there are at least as many as threads and the product is worth splitting, else one

@@ -173,13 +173,9 @@ pub fn sparsify(
     let parts: Vec<Part> = if tasks == 1 {
         vec![compress_rows(isa, data, cols, select)]
     } else {
-        let chunks: Vec<&[f32]> = data.chunks(per * cols).collect();
-        let mut parts: Vec<Part> = chunks.iter().map(|_| Part::default()).collect();
-        let work: Vec<(&[f32], &mut Part)> = chunks.into_iter().zip(&mut parts).collect();
-        par.for_each(work, &|(chunk, part): (&[f32], &mut Part)| {
-            *part = compress_rows(isa, chunk, cols, select);
-        });
-        parts
+        par.map(data.chunks(per * cols).collect(), &|chunk| {
+            compress_rows(isa, chunk, cols, select)
+        })
     };
     let nnz: usize = parts.iter().map(|p| p.indices.len()).sum();
     assert!(
@@ -271,11 +267,8 @@ pub fn count_kept(isa: Isa, data: &[f32], select: Select, par: Parallelism<'_>) 
     if data.len() < PAR_MIN_ELEMS || par.tasks() <= 1 {
         count(data)
     } else {
-        let chunks: Vec<&[f32]> = data.chunks(data.len().div_ceil(par.tasks())).collect();
-        let mut counts = vec![0; chunks.len()];
-        let work: Vec<(&[f32], &mut usize)> = chunks.into_iter().zip(&mut counts).collect();
-        par.for_each(work, &|(chunk, n): (&[f32], &mut usize)| *n = count(chunk));
-        counts.into_iter().sum()
+        let chunks = data.chunks(data.len().div_ceil(par.tasks())).collect();
+        par.map(chunks, &count).into_iter().sum()
     }
 }
 
