@@ -330,6 +330,10 @@ fn parallel_splits_compute_the_same_products() {
     check_slices(64, 300, 272, 0.3, true, 7);
     check_slices(1, 4096, 520, 0.8, false, 8);
     check_slices(3, 2048, 1000, 0.9, false, 9);
+    // Dense enough rows to take the copied panels in slices of `DEPTH` rows of `B` (the last
+    // one short), over three blocks of `ROW_BLOCK` rows (the last one short), on whole and
+    // partial panels.
+    check_slices(300, 200, 260, 0.5, true, 12);
     // One row block too large for the CSR kernels, split by rows across the threads; and
     // many row blocks spread over them.
     check_blocks(32, 256, 520, 32, 32, 0.03, 10);

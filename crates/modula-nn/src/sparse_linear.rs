@@ -11,13 +11,14 @@ use crate::module::{Ctx, Module};
 use crate::param::{Grads, ParamId, ParamStore};
 
 /// Densities below which the sparse products beat dense GEMM, by batch rows, measured with
-/// `cargo xtask bench sparse` on the project's 2-vCPU AVX-512 machine (random patterns,
-/// `k = m = 1024`, the sparse form's build included; docs/sparse.md): the median over three
-/// runs of the crossover, which fell at 49-55% zeros for 32 rows, 53-56% for 256 and 55-64%
-/// for 1024; a single row was faster sparse even fully dense (the dense product of one row is
-/// a GEMV bound by reading `W`). Between the listed row counts the crossover is interpolated
-/// in `log2(rows)`; outside, the nearest one holds.
-pub const CROSSOVER: [(usize, f64); 4] = [(1, 1.0), (32, 0.47), (256, 0.46), (1024, 0.41)];
+/// `cargo xtask bench sparse` on the project's 2-vCPU AVX-512 machine, an Emerald Rapids Xeon
+/// (random patterns, `k = m = 1024`, two threads, the sparse form's build included;
+/// docs/sparse.md, raw entries in docs/sparse-xeon/depth-*.jsonl): the median over three runs
+/// of the crossover, which fell at 66.0-67.8% zeros for 32 rows, 55.0-56.4% for 256 and
+/// 55.8-56.2% for 1024; a single row was faster sparse even fully dense (the dense product of
+/// one row is a GEMV bound by reading `W`). Between the listed row counts the crossover is
+/// interpolated in `log2(rows)`; outside, the nearest one holds.
+pub const CROSSOVER: [(usize, f64); 4] = [(1, 1.0), (32, 0.34), (256, 0.44), (1024, 0.44)];
 
 /// How a [`SparseLinear`] chooses between its sparse and dense products.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

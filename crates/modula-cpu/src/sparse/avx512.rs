@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use modula_sparse::Select;
 
-use super::{BPanel, PANEL, RowsPanel, Sampled, row_in};
+use super::{BPanel, Init, PANEL, RowsPanel, Sampled, next_part, row_in};
 
 /// Vectors per panel.
 const V: usize = PANEL / 16;
@@ -95,8 +95,10 @@ pub(super) unsafe fn or_kept_bits(row: &[f32], select: Select, bits: &mut [u64])
 }
 
 /// Rows `rows` x columns `j0..j0 + width` (one panel) of `C = S B + beta C + 1 bias^T`,
-/// reading `B`'s columns from `panel`: a full panel keeps eight vectors of a row of `C` in
-/// registers, a partial one goes a vector at a time.
+/// reading `B`'s columns from `panel` and only the stored entries whose column lies in
+/// `depth`: a call whose `depth` starts at 0 starts each row from `beta C + bias`, a later one
+/// adds to what the previous call left in `C`. A full panel keeps eight vectors of a row of
+/// `C` in registers, a partial one goes a vector at a time.
 ///
 /// # Safety
 /// AVX-512F must be present; `p.c` addresses the `n x m` output, whose block
@@ -108,44 +110,64 @@ pub(super) unsafe fn csr_rows(
     rows: Range<usize>,
     j0: usize,
     width: usize,
+    depth: Range<usize>,
+    cursor: &mut [u32],
     panel: &BPanel<'_>,
 ) {
-    for i in rows {
+    for (i, at) in rows.zip(cursor) {
+        let (idx, vals) = next_part(p.s, i, at, depth.end);
+        let init = Init::of(&depth);
         // SAFETY: forwarded from the caller.
         unsafe {
             if width == PANEL {
-                csr_panel(p, i, j0, panel)
+                csr_panel(p, i, j0, idx, vals, init, panel)
             } else {
-                csr_partial(p, i, j0, width, panel)
+                csr_partial(p, i, j0, width, idx, vals, init, panel)
             }
         }
     }
 }
 
-/// One full panel of row `i` of `C`, from column `j0`.
+/// One full panel of row `i` of `C`, from column `j0`, over the stored entries `idx`, `vals`.
 ///
 /// # Safety
 /// As [`csr_rows`], with `width == PANEL`.
 #[target_feature(enable = "avx512f")]
-unsafe fn csr_panel(p: &RowsPanel<'_>, i: usize, j0: usize, panel: &BPanel<'_>) {
+unsafe fn csr_panel(
+    p: &RowsPanel<'_>,
+    i: usize,
+    j0: usize,
+    idx: &[u32],
+    vals: &[f32],
+    init: Init,
+    panel: &BPanel<'_>,
+) {
     let m = p.m;
     // SAFETY: the caller guarantees the pointers: row i's columns j0..j0 + PANEL lie in C and
     // in the bias, and the panel holds PANEL columns of row q for every stored column q.
     unsafe {
         let c = p.c.0.add(i * m + j0);
         let mut acc = [_mm512_setzero_ps(); V];
-        if p.beta != 0.0 {
-            let beta = _mm512_set1_ps(p.beta);
-            for (v, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_mul_ps(beta, _mm512_loadu_ps(c.add(16 * v)));
+        match init {
+            Init::Continue => {
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(c.add(16 * v));
+                }
+            }
+            Init::Start => {
+                if p.beta != 0.0 {
+                    let beta = _mm512_set1_ps(p.beta);
+                    for (v, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_mul_ps(beta, _mm512_loadu_ps(c.add(16 * v)));
+                    }
+                }
+                if let Some(bias) = p.bias {
+                    for (v, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_add_ps(*a, _mm512_loadu_ps(bias.as_ptr().add(j0 + 16 * v)));
+                    }
+                }
             }
         }
-        if let Some(bias) = p.bias {
-            for (v, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_add_ps(*a, _mm512_loadu_ps(bias.as_ptr().add(j0 + 16 * v)));
-            }
-        }
-        let (idx, vals) = p.s.row(i);
         let b = panel.b.as_ptr();
         for (&q, &s) in idx.iter().zip(vals) {
             let row = b.add(q as usize * panel.ld);
@@ -160,14 +182,24 @@ unsafe fn csr_panel(p: &RowsPanel<'_>, i: usize, j0: usize, panel: &BPanel<'_>) 
     }
 }
 
-/// A partial panel (`width < PANEL` columns) of row `i` of `C`, one vector at a time.
+/// A partial panel (`width < PANEL` columns) of row `i` of `C`, one vector at a time, over the
+/// stored entries `idx`, `vals`.
 ///
 /// # Safety
 /// As [`csr_rows`].
+#[allow(clippy::too_many_arguments)] // csr_panel's arguments and the width.
 #[target_feature(enable = "avx512f")]
-unsafe fn csr_partial(p: &RowsPanel<'_>, i: usize, j0: usize, width: usize, panel: &BPanel<'_>) {
+unsafe fn csr_partial(
+    p: &RowsPanel<'_>,
+    i: usize,
+    j0: usize,
+    width: usize,
+    idx: &[u32],
+    vals: &[f32],
+    init: Init,
+    panel: &BPanel<'_>,
+) {
     let m = p.m;
-    let (idx, vals) = p.s.row(i);
     for v0 in (0..width).step_by(16) {
         let lanes = first((width - v0).min(16));
         let j = j0 + v0;
@@ -176,11 +208,18 @@ unsafe fn csr_partial(p: &RowsPanel<'_>, i: usize, j0: usize, width: usize, pane
         unsafe {
             let c = p.c.0.add(i * m + j);
             let mut acc = _mm512_setzero_ps();
-            if p.beta != 0.0 {
-                acc = _mm512_mul_ps(_mm512_set1_ps(p.beta), _mm512_maskz_loadu_ps(lanes, c));
-            }
-            if let Some(bias) = p.bias {
-                acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(lanes, bias.as_ptr().add(j)));
+            match init {
+                Init::Continue => acc = _mm512_maskz_loadu_ps(lanes, c),
+                Init::Start => {
+                    if p.beta != 0.0 {
+                        acc =
+                            _mm512_mul_ps(_mm512_set1_ps(p.beta), _mm512_maskz_loadu_ps(lanes, c));
+                    }
+                    if let Some(bias) = p.bias {
+                        acc =
+                            _mm512_add_ps(acc, _mm512_maskz_loadu_ps(lanes, bias.as_ptr().add(j)));
+                    }
+                }
             }
             for (&q, &s) in idx.iter().zip(vals) {
                 let row = panel.b.as_ptr().add(q as usize * panel.ld + v0);

@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use modula_sparse::Select;
 
-use super::{BPanel, PANEL, RowsPanel, Sampled, row_in};
+use super::{BPanel, Init, PANEL, RowsPanel, Sampled, next_part, row_in};
 
 /// Writes the kept entries of `row` (their columns and values) to the front of `idx` and
 /// `val` and returns how many. Branch-free: every element is written at the next free slot,
@@ -27,7 +27,9 @@ pub(super) fn compress_row(
 }
 
 /// Rows `rows` x columns `j0..j0 + width` (one panel, `width <= PANEL`) of
-/// `C = S B + beta C + 1 bias^T`, reading `B`'s columns from `panel`.
+/// `C = S B + beta C + 1 bias^T`, reading `B`'s columns from `panel` and only the stored
+/// entries whose column lies in `depth` (as the AVX-512 form: a `depth` from 0 starts from
+/// `beta C + bias`, a later one adds to `C`).
 ///
 /// # Safety
 /// `p.c` addresses the `n x m` output, which no other thread writes in this block.
@@ -36,23 +38,30 @@ pub(super) unsafe fn csr_rows(
     rows: Range<usize>,
     j0: usize,
     width: usize,
+    depth: Range<usize>,
+    cursor: &mut [u32],
     panel: &BPanel<'_>,
 ) {
     let m = p.m;
-    for i in rows {
+    for (i, at) in rows.zip(cursor) {
         // SAFETY: row i's columns j0..j0 + width lie inside C and belong to this task.
         let out = unsafe { std::slice::from_raw_parts_mut(p.c.0.add(i * m + j0), width) };
         let mut acc = [0.0f32; PANEL];
         let acc = &mut acc[..width];
-        if p.beta != 0.0 {
-            acc.iter_mut()
-                .zip(&*out)
-                .for_each(|(a, &c)| *a = p.beta * c);
+        match Init::of(&depth) {
+            Init::Continue => acc.copy_from_slice(out),
+            Init::Start => {
+                if p.beta != 0.0 {
+                    acc.iter_mut()
+                        .zip(&*out)
+                        .for_each(|(a, &c)| *a = p.beta * c);
+                }
+                if let Some(bias) = p.bias {
+                    acc.iter_mut().zip(&bias[j0..]).for_each(|(a, &b)| *a += b);
+                }
+            }
         }
-        if let Some(bias) = p.bias {
-            acc.iter_mut().zip(&bias[j0..]).for_each(|(a, &b)| *a += b);
-        }
-        let (idx, vals) = p.s.row(i);
+        let (idx, vals) = next_part(p.s, i, at, depth.end);
         for (&q, &v) in idx.iter().zip(vals) {
             let b = &panel.b[q as usize * panel.ld..][..width];
             acc.iter_mut().zip(b).for_each(|(a, &b)| *a += v * b);
