@@ -1,5 +1,6 @@
-//! [`Cpu`]: the fast CPU backend (ndarray storage, the packed GEMM of [`crate::gemm`], rayon
-//! parallelism). Its kernels see only calls that `modula_tensor::Backend`'s checks accepted.
+//! [`Cpu`]: the fast CPU backend (ndarray storage, the packed GEMM of [`crate::gemm`], work
+//! split across its [`crate::Team`] of threads). Its kernels see only calls that
+//! `modula_tensor::Backend`'s checks accepted.
 
 /// The grouped (routed) products of the modular layers, on the CPU.
 mod grouped;

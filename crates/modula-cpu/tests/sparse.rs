@@ -334,6 +334,11 @@ fn parallel_splits_compute_the_same_products() {
     // one short), over three blocks of `ROW_BLOCK` rows (the last one short), on whole and
     // partial panels.
     check_slices(300, 200, 260, 0.5, true, 12);
+    // The same split by rows (one panel): slices over row blocks of a task that starts at a
+    // row other than 0.
+    check_slices(300, 200, 100, 0.5, true, 13);
+    // No columns in S: C = beta C + bias, and the weight gradient (no rows) is empty.
+    check_slices(5, 0, 40, 0.5, false, 14);
     // One row block too large for the CSR kernels, split by rows across the threads; and
     // many row blocks spread over them.
     check_blocks(32, 256, 520, 32, 32, 0.03, 10);

@@ -114,9 +114,13 @@ pub(super) unsafe fn csr_rows(
     cursor: &mut [u32],
     panel: &BPanel<'_>,
 ) {
+    let init = Init::of(&depth);
     for (i, at) in rows.zip(cursor) {
         let (idx, vals) = next_part(p.s, i, at, depth.end);
-        let init = Init::of(&depth);
+        if idx.is_empty() && matches!(init, Init::Continue) {
+            // Nothing to add to what an earlier slice left in C.
+            continue;
+        }
         // SAFETY: forwarded from the caller.
         unsafe {
             if width == PANEL {

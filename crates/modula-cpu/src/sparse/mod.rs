@@ -9,7 +9,9 @@
 //!   `k x PANEL` floats, stays in L2 while every row of the task sweeps it). When the task's
 //!   rows use each row of `B` [`PACK_REUSE`] times or more, the panel is first copied into a
 //!   contiguous buffer: in place, its rows lie `m` floats apart, and with `m` a power of two
-//!   (1024 here) they fall into a few cache sets, which hold a fraction of the panel.
+//!   (1024 here) they fall into a few cache sets, which hold a fraction of the panel. A
+//!   copied panel of dense enough rows is walked in slices of [`DEPTH`] of its rows (which
+//!   L1 holds) over blocks of [`ROW_BLOCK`] rows of `S`.
 //! - [`sampled_matmul_t`] computes `(dY W^T)` at the stored entries only: a panel of a row of
 //!   `dY` stays in registers and each stored `(i, p)` takes its dot product with row `p` of `W`.
 //! - The block-sparse forms ([`block_matmul`], [`block_sampled_matmul_t`]) are one dense
@@ -351,8 +353,8 @@ pub fn csr_matmul(
         let indptr = s.indptr();
         let stored = (indptr[rows.end] - indptr[rows.start]) as usize;
         let pack = stored >= PACK_REUSE * k;
-        // A copied panel is taken DEPTH rows at a time, so that they stay in L1 across
-        // every row of the task, when rows have enough entries in such a slice to repay
+        // A copied panel is taken DEPTH rows at a time, so that they stay in L1 across a
+        // block of ROW_BLOCK rows, when rows have enough entries in such a slice to repay
         // reloading and storing their part of C once per slice.
         let depth = if pack && stored * DEPTH >= DEPTH_MIN_ENTRIES * rows.len() * k {
             DEPTH
@@ -385,7 +387,8 @@ pub fn csr_matmul(
             for r0 in rows.clone().step_by(ROW_BLOCK) {
                 let block = r0..(r0 + ROW_BLOCK).min(rows.end);
                 let at = &mut cursor[r0 - rows.start..block.end - rows.start];
-                for q0 in (0..k).step_by(depth) {
+                // At least one slice, so that k = 0 still writes beta C + bias.
+                for q0 in (0..k.max(1)).step_by(depth) {
                     let part = q0..(q0 + depth).min(k);
                     match isa {
                         // SAFETY: AVX-512F is present; the panel holds `k` rows of `width`

@@ -43,12 +43,18 @@ pub(super) unsafe fn csr_rows(
     panel: &BPanel<'_>,
 ) {
     let m = p.m;
+    let init = Init::of(&depth);
     for (i, at) in rows.zip(cursor) {
+        let (idx, vals) = next_part(p.s, i, at, depth.end);
+        if idx.is_empty() && matches!(init, Init::Continue) {
+            // Nothing to add to what an earlier slice left in C.
+            continue;
+        }
         // SAFETY: row i's columns j0..j0 + width lie inside C and belong to this task.
         let out = unsafe { std::slice::from_raw_parts_mut(p.c.0.add(i * m + j0), width) };
         let mut acc = [0.0f32; PANEL];
         let acc = &mut acc[..width];
-        match Init::of(&depth) {
+        match init {
             Init::Continue => acc.copy_from_slice(out),
             Init::Start => {
                 if p.beta != 0.0 {
@@ -61,7 +67,6 @@ pub(super) unsafe fn csr_rows(
                 }
             }
         }
-        let (idx, vals) = next_part(p.s, i, at, depth.end);
         for (&q, &v) in idx.iter().zip(vals) {
             let b = &panel.b[q as usize * panel.ld..][..width];
             acc.iter_mut().zip(b).for_each(|(a, &b)| *a += v * b);
