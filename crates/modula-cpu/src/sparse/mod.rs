@@ -341,6 +341,11 @@ pub fn csr_matmul(
     check_product("csr_matmul", s.shape(), b.len(), m, bias, c.len());
     isa.assert_supported();
     let out = SharedOut(c.as_mut_ptr());
+    let kernel: CsrRows = match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => avx512::csr_rows,
+        _ => portable::csr_rows,
+    };
     let task = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
         let rows_panel = RowsPanel {
             s,
@@ -390,36 +395,11 @@ pub fn csr_matmul(
                 // At least one slice, so that k = 0 still writes beta C + bias.
                 for q0 in (0..k.max(1)).step_by(depth) {
                     let part = q0..(q0 + depth).min(k);
-                    match isa {
-                        // SAFETY: AVX-512F is present; the panel holds `k` rows of `width`
-                        // columns and every stored column is below `k` (a `Csr` invariant);
-                        // this task writes only rows `rows` x columns `j0..j0 + width` of C,
-                        // which no other task writes.
-                        #[cfg(target_arch = "x86_64")]
-                        Isa::Avx512 => unsafe {
-                            avx512::csr_rows(
-                                &rows_panel,
-                                block.clone(),
-                                j0,
-                                width,
-                                part,
-                                at,
-                                &panel,
-                            )
-                        },
-                        // SAFETY: as above, for the portable kernel.
-                        _ => unsafe {
-                            portable::csr_rows(
-                                &rows_panel,
-                                block.clone(),
-                                j0,
-                                width,
-                                part,
-                                at,
-                                &panel,
-                            )
-                        },
-                    }
+                    // SAFETY: the kernel's ISA is present (checked above); the panel holds
+                    // `k` rows of `width` columns and every stored column is below `k` (a
+                    // `Csr` invariant); this task writes only rows `rows` x columns
+                    // `j0..j0 + width` of C, which no other task writes.
+                    unsafe { kernel(&rows_panel, block.clone(), j0, width, part, at, &panel) }
                 }
             }
         }
@@ -464,6 +444,18 @@ fn run_grid(
     };
     par.for_each(parts, &|(rows, cols)| task(rows, cols));
 }
+
+/// A kernel of [`csr_matmul`] (AVX-512 or portable): rows, first column, width, the slice of
+/// `B`'s rows, the rows' cursors and the panel (see `avx512::csr_rows`).
+type CsrRows = unsafe fn(
+    &RowsPanel<'_>,
+    std::ops::Range<usize>,
+    usize,
+    usize,
+    std::ops::Range<usize>,
+    &mut [u32],
+    &BPanel<'_>,
+);
 
 /// The columns `j0..j0 + width` of `B` that one panel of [`csr_matmul`] reads: row `q`'s
 /// start at `b[q * ld]`, in place (`ld = m`) or copied (`ld = width`).
