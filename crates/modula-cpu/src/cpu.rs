@@ -601,20 +601,34 @@ impl Kernels for Cpu {
         let mut dx = Array2::zeros(x.dim());
         self.for_rows(&mut dx, |n, d| {
             let img = &src[n * in_len..(n + 1) * in_len];
+            let gy = &g[n * oh * ow * c..(n + 1) * oh * ow * c];
+            // Each pixel's window is searched for all channels at once, with selects instead
+            // of branches: whether a value beats the best so far is data, and as a branch it
+            // was mispredicted so often that this backward took a fifth of a conv net's
+            // training step.
+            let (mut best, mut at) = (vec![0.0f32; c], vec![0u32; c]);
             for pix in 0..oh * ow {
                 let (oy, ox) = (pix / ow, pix % ow);
-                for ch in 0..c {
-                    let mut best = (f32::NEG_INFINITY, usize::MAX);
-                    for ky in 0..w.kernel_h {
-                        for kx in 0..w.kernel_w {
-                            let p = w.source_pixel(oy, ox, ky, kx).expect("no padding");
-                            let v = img[p * c + ch];
-                            if v > best.0 || best.1 == usize::MAX {
-                                best = (v, p);
-                            }
+                for ky in 0..w.kernel_h {
+                    for kx in 0..w.kernel_w {
+                        let p = w.source_pixel(oy, ox, ky, kx).expect("no padding");
+                        let values = &img[p * c..(p + 1) * c];
+                        if ky == 0 && kx == 0 {
+                            // The window's first input starts every channel, NaN included.
+                            best.copy_from_slice(values);
+                            at.fill(p as u32);
+                            continue;
+                        }
+                        // Strictly greater: the first maximal input keeps the gradient.
+                        for ((b, a), &v) in best.iter_mut().zip(at.iter_mut()).zip(values) {
+                            let take = v > *b;
+                            *b = if take { v } else { *b };
+                            *a = if take { p as u32 } else { *a };
                         }
                     }
-                    d[best.1 * c + ch] += g[n * oh * ow * c + pix * c + ch];
+                }
+                for (ch, (&a, &dy)) in at.iter().zip(&gy[pix * c..(pix + 1) * c]).enumerate() {
+                    d[a as usize * c + ch] += dy;
                 }
             }
         });
