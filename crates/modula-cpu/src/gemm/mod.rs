@@ -22,8 +22,9 @@
 //! call [`gemm_packed`].
 //!
 //! Parallelism is explicit ([`Parallelism`]): work is split into rectangular parts of `C`
-//! that run on the threads of a [`Team`] (the calling thread among them), as `Cpu` does, or as rayon tasks in the *current* rayon pool (a caller's own
-//! `rayon::ThreadPool::install` picks which).
+//! that run on the threads of a [`Team`] (the calling thread among them), as `Cpu` does, or
+//! as rayon tasks in the *current* rayon pool (a caller's own `rayon::ThreadPool::install`
+//! picks which).
 //!
 //! ```
 //! use modula_cpu::gemm::{gemm, MatMut, MatRef, Parallelism};
