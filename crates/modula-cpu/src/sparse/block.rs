@@ -4,7 +4,7 @@
 use modula_sparse::{BlockSparse, Csr, Select};
 
 use super::{Isa, check_product, check_sampled};
-use crate::gemm::{MatMut, MatRef, Parallelism, gemm, gemm_bias, worth_parallel};
+use crate::gemm::{MatMut, MatRef, Parallelism, gemm, gemm_bias};
 
 /// Row blocks of at most this many rows (a batch of a few examples) run the CSR kernels on
 /// their panel instead of a GEMM: the GEMM would pack the gathered rows of the dense operand,
@@ -150,7 +150,7 @@ pub fn sparsify_blocks(
 /// at a time with each block's rows split (or all on the caller for small products).
 fn plan<'p>(s: &BlockSparse, m: usize, par: Parallelism<'p>) -> (bool, Parallelism<'p>) {
     let (active, threads) = (s.values().len(), par.tasks());
-    let worth = threads > 1 && worth_parallel(active, m, 1);
+    let worth = threads > 1 && active.saturating_mul(m) >= super::PAR_MIN_MACS;
     let spread = worth && s.row_blocks() >= threads;
     let split = if worth && !spread {
         par
