@@ -1,5 +1,6 @@
-//! AVX-512 forms of the sparse kernels. Every function requires AVX-512F, which the callers in
-//! `super` check once ([`super::Isa`]) before calling any of them.
+//! AVX-512 forms of the sparse kernels. Every function requires AVX-512F (the two that count
+//! kept lanes POPCNT too), which the callers in `super` check once ([`super::Isa`]) before
+//! calling any of them.
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
@@ -32,8 +33,10 @@ fn first(len: usize) -> __mmask16 {
 /// stored as whole vectors, so `idx` and `val` need sixteen slots of slack.
 ///
 /// # Safety
-/// AVX-512F must be present, and `idx` and `val` must hold at least `row.len() + 16` slots.
-#[target_feature(enable = "avx512f")]
+/// AVX-512F and POPCNT must be present, and `idx` and `val` must hold at least `row.len() + 16`
+/// slots.
+// POPCNT counts the kept lanes in one instruction; without it the count is a dozen.
+#[target_feature(enable = "avx512f,popcnt")]
 pub(super) unsafe fn compress_row(
     row: &[f32],
     select: Select,
@@ -66,8 +69,9 @@ pub(super) unsafe fn compress_row(
 /// How many elements of `data` `select` keeps.
 ///
 /// # Safety
-/// AVX-512F must be present.
-#[target_feature(enable = "avx512f")]
+/// AVX-512F and POPCNT must be present.
+// POPCNT counts the kept lanes in one instruction; without it the count is a dozen.
+#[target_feature(enable = "avx512f,popcnt")]
 pub(super) unsafe fn count_kept(data: &[f32], select: Select) -> usize {
     let mut n = 0usize;
     for j in (0..data.len()).step_by(16) {

@@ -113,7 +113,8 @@ pub(crate) const PAR_MIN_ELEMS: usize = 1 << 16;
 /// Which instruction set a sparse kernel uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
-    /// AVX-512F (x86-64 only); only valid where [`Isa::available`] lists it.
+    /// AVX-512F with POPCNT (x86-64 only; every AVX-512 CPU has both); only valid where
+    /// [`Isa::available`] lists it.
     Avx512,
     /// Plain Rust, on every machine.
     Portable,
@@ -123,7 +124,7 @@ impl Isa {
     /// The fastest instruction set this CPU runs.
     pub fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx512f") {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("popcnt") {
             return Isa::Avx512;
         }
         Isa::Portable
