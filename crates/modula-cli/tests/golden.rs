@@ -1,7 +1,8 @@
 //! Golden files: the metrics and summaries of fixed-seed runs, recorded from the commit before
 //! the training stack was restructured (issue 15), which must not change a single result; the
 //! toy runs were recorded again when the E-step began to draw each example's candidates from
-//! its own stream (issue 23: the draws, and so every EM result, changed on purpose). The
+//! its own stream (issue 23: the draws, and so every EM result, changed on purpose), and again
+//! when it began to score one candidate at a time, each from streams of its own. The
 //! test reruns the same configurations and compares every field of every `metrics.jsonl`
 //! record and of `summary.json` bit for bit, except the wall-clock ones. The toy runs are the
 //! default configuration for seeds 0, 1 and 2; the Penn Treebank runs are 50 windows of

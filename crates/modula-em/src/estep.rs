@@ -157,21 +157,30 @@ pub fn propose<B: Backend>(
     ))
 }
 
-/// One random stream per example of an E-step, for examples with table keys `keys`: stream
-/// `key` of a generator whose seed is drawn from `rng`, the step's own stream.
+/// One random stream per example and candidate of an E-step, for examples with table keys
+/// `keys`: candidate `c`'s streams are streams `key` of a generator seeded by `c` and one
+/// draw from `rng`, the step's own stream (draw it once per E-step with [`candidate_base`]).
 ///
-/// An example's draws thus depend on the run's seed, the iteration and its key only, not on
-/// which other examples share its batch: a data-parallel rank that E-steps its share of a
-/// batch draws for each example what one process drawing for the whole batch draws.
-pub fn example_streams(rng: &mut ChaCha8Rng, keys: &[u32]) -> Vec<ChaCha8Rng> {
-    let base: u64 = rng.random();
+/// An example's draws thus depend on the run's seed, the iteration, its key and the candidate
+/// only, not on which other examples share its batch (a data-parallel rank that E-steps its
+/// share of a batch draws for each example what one process drawing for the whole batch
+/// draws), nor on the order in which candidates are scored.
+pub fn example_streams(base: u64, candidate: usize, keys: &[u32]) -> Vec<ChaCha8Rng> {
+    // seed_from_u64 spreads its argument through a PCG step, so neighbouring seeds give
+    // unrelated generators.
+    let seed = base.wrapping_add((candidate as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     keys.iter()
         .map(|&key| {
-            let mut stream = ChaCha8Rng::seed_from_u64(base);
+            let mut stream = ChaCha8Rng::seed_from_u64(seed);
             stream.set_stream(u64::from(key));
             stream
         })
         .collect()
+}
+
+/// The one draw from an E-step's stream that seeds its [`example_streams`].
+pub fn candidate_base(rng: &mut ChaCha8Rng) -> u64 {
+    rng.random()
 }
 
 /// [`propose`] with one stream per example: the controller's rows are candidates `rows / n`

@@ -198,9 +198,10 @@ pub trait Model<B: Backend> {
     /// `Search::Step` (sequence models) candidate 1 is the path a per-step search found.
     ///
     /// `keys` are the table keys of the batch's examples (its first group's). A feed-forward
-    /// network draws each example's candidates from a stream of its own, named by `rng` and
-    /// the example's key ([`crate::estep::example_streams`]), so that the draws do not depend
-    /// on which other examples share the batch, or on how a data-parallel run shards it.
+    /// network draws each candidate of each example from a stream of its own, named by one
+    /// draw from `rng`, the candidate and the example's key
+    /// ([`crate::estep::example_streams`]), so that the draws do not depend on which other
+    /// examples share the batch, or on how a data-parallel run shards it.
     ///
     /// # Errors
     /// Device failures.

@@ -133,9 +133,10 @@ fn toy(run: &ToyRun) -> Estimate {
     } else {
         0.0
     };
-    // The widest rows in flight: an E-step's candidates or the test split's evaluation, each
-    // carrying the input, every hidden layer and the controller's scores per module.
-    let rows = (f(tr.batch_size) * f(tr.samples)).max(f(t.test));
+    // The widest rows in flight: a batch (an E-step scores its candidates one batch at a
+    // time) or the test split's evaluation, each carrying the input, every hidden layer and
+    // the controller's scores per module.
+    let rows = f(tr.batch_size).max(f(t.test));
     let width =
         f(t.dim) + f(m.hidden) * f(m.layers - 1) * f(m.modules) + 2.0 * f(m.modules) * f(m.layers);
     let mut parts = common(p, f(t.train) * slots, bytes(rows, 16.0 * width));
@@ -146,7 +147,7 @@ fn toy(run: &ToyRun) -> Estimate {
     ));
     Estimate {
         parts,
-        knobs: "task.train and task.test (data), model.modules, model.hidden and model.layers (parameters), train.batch_size and train.samples (activations)",
+        knobs: "task.train and task.test (data), model.modules, model.hidden and model.layers (parameters), train.batch_size (activations)",
     }
 }
 
@@ -166,14 +167,10 @@ fn images(run: &ImageRun) -> Estimate {
         _ => 0.0,
     };
     // The rows in flight: a gradient step's batch (forward and backward, about twice the
-    // forward's floats), an E-step's candidates (forward only) or an evaluation's chunk.
+    // forward's floats; an E-step scores its candidates one batch at a time, forward only) or
+    // an evaluation's chunk.
     let per_row = f(m.floats_per_example(input, classes, tr.algo, tr.dense_match));
-    let e_rows = if tr.algo == Algo::Em {
-        f(tr.batch_size) * f(tr.samples)
-    } else {
-        0.0
-    };
-    let rows = (2.0 * f(tr.batch_size)).max(e_rows).max(f(EVAL_CHUNK));
+    let rows = (2.0 * f(tr.batch_size)).max(f(EVAL_CHUNK));
     let mut parts = common(p, f(train) * slots, bytes(rows, 4.0 * per_row));
     // Loading holds a split's file and its decoded bytes before the run's subset is copied
     // out; the run keeps its subsets' bytes, and the ReLU network's timing uploads its batches.
@@ -187,7 +184,7 @@ fn images(run: &ImageRun) -> Estimate {
     parts.push(("data", bytes(loading + kept + timing, 1.0)));
     Estimate {
         parts,
-        knobs: "model.channels, model.modules and model.hidden (parameters and activations), train.batch_size and train.samples (activations), task.train_fraction and task.train_examples (the table)",
+        knobs: "model.channels, model.modules and model.hidden (parameters and activations), train.batch_size (activations), task.train_fraction and task.train_examples (the table)",
     }
 }
 

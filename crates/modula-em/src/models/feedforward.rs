@@ -15,10 +15,10 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{Algo, EStepSettings};
-use crate::estep::{example_streams, propose_per_example};
+use crate::estep::{candidate_base, example_streams, propose_per_example};
 use crate::model::{
     Candidates, ControllerStats, Episodes, Forward, Router, Routes, Target, controller_stats,
-    stored_then_drawn, usage_counts,
+    usage_counts,
 };
 use crate::models::topk::{TopKCache, TopKGate};
 
@@ -665,29 +665,14 @@ pub fn backward<B: Backend, N: FeedForward<B>>(
     net.backward_tensors(b, params, cache.inner, &d_task, &d_ctrl, grads)
 }
 
-/// Row `s * n + i` of the result is row `i` of `batch` (candidate `s` of example `i`).
-fn replicate<B: Backend>(b: &B, input: &MlpInput<B>, copies: usize) -> MlpInput<B> {
-    let n = b.shape(&input.x)[0];
-    let rows: Vec<u32> = (0..copies).flat_map(|_| 0..n as u32).collect();
-    let target = match &input.target {
-        Target::Regression { y, variance } => Target::Regression {
-            y: b.gather_rows(y, &rows),
-            variance: *variance,
-        },
-        Target::Classes(t) => Target::Classes(rows.iter().map(|&r| t[r as usize]).collect()),
-        Target::ClassesAmong { labels, mask } => Target::ClassesAmong {
-            labels: rows.iter().map(|&r| labels[r as usize]).collect(),
-            mask: b.gather_rows(mask, &rows),
-        },
-    };
-    MlpInput {
-        x: b.gather_rows(&input.x, &rows),
-        target,
-    }
-}
-
-/// [`crate::Model::score_candidates`] of a feed-forward network: the candidates of every
-/// example are just more rows, so one routed pass scores all of them.
+/// [`crate::Model::score_candidates`] of a feed-forward network: one routed forward pass of
+/// the batch per candidate, candidate 0 along the stored selections and the others drawn
+/// from the controllers, each example's from its own stream.
+///
+/// The candidates go through one at a time rather than as one batch `samples` times taller:
+/// the same FLOPs, but a conv net's patch matrices for 10 x 128 images are hundreds of MiB,
+/// freshly allocated and page-faulted at every E-step (a fifth of the E-step's time under
+/// `perf`), while one batch's fit the allocator's reused blocks and the caches.
 ///
 /// # Errors
 /// Device failures.
@@ -706,38 +691,40 @@ pub fn score_candidates<B: Backend, N: FeedForward<B>>(
     // Task validation keeps per-step search to sequence models; a feed-forward network's
     // candidates are whole selections.
     let samples = estep.samples;
-    let rep = replicate(b, input, samples);
-    let mut streams = example_streams(rng, keys);
-    let mut route = |l: usize, out: &ControllerOutput<B>| {
-        // Candidate 0 of every example is its stored assignment; the rest are drawn from
-        // the controller given the candidate's own earlier-layer choices, each example's
-        // from its own stream.
-        Ok(stored_then_drawn(
-            &stored[l],
-            &propose_per_example(b, out, estep.uniform, &mut streams)?,
-        ))
-    };
-    let out = net.forward_tensors(
-        b,
-        params,
-        &rep.x,
-        &rep.target,
-        &mut route,
-        false,
-        false,
-        ctx,
-    )?;
-    let task = b.download(&out.task_nll)?;
-    let logp = b.download(&out.ctrl_logp)?;
-    let scores = task
-        .iter()
-        .zip(&logp)
-        .map(|(&t, &l)| -(t as f64) + l as f64)
+    let base = candidate_base(rng);
+    let mut scores = Vec::with_capacity(samples * keys.len());
+    let mut per_candidate = Vec::with_capacity(samples);
+    for candidate in 0..samples {
+        let out = if candidate == 0 {
+            let mut route = |l: usize, _: &ControllerOutput<B>| Ok(stored[l].clone());
+            let (x, t) = (&input.x, &input.target);
+            net.forward_tensors(b, params, x, t, &mut route, false, false, ctx)?
+        } else {
+            // Drawn given the candidate's own earlier-layer choices (ancestral sampling).
+            let mut streams = example_streams(base, candidate, keys);
+            let mut route = |_: usize, out: &ControllerOutput<B>| {
+                propose_per_example(b, out, estep.uniform, &mut streams)
+            };
+            let (x, t) = (&input.x, &input.target);
+            net.forward_tensors(b, params, x, t, &mut route, false, false, ctx)?
+        };
+        let task = b.download(&out.task_nll)?;
+        let logp = b.download(&out.ctrl_logp)?;
+        scores.extend(
+            task.iter()
+                .zip(&logp)
+                .map(|(&t, &l)| -(t as f64) + l as f64),
+        );
+        per_candidate.push(out.selections);
+    }
+    // Group l's selection over all candidate rows, candidate-major.
+    let selections = (0..per_candidate.first().map_or(0, Vec::len))
+        .map(|l| Selection::concat(&per_candidate.iter().map(|c| &c[l]).collect::<Vec<_>>()))
         .collect();
     Ok(Candidates {
         samples,
         scores,
-        selections: out.selections,
+        selections,
     })
 }
 
