@@ -30,6 +30,8 @@ mod block;
 /// The portable kernels (plain Rust, vectorised by the compiler where it can).
 mod portable;
 
+use std::sync::{Mutex, PoisonError};
+
 use modula_sparse::{Csr, Select};
 
 use crate::gemm::{AlignedBuf, Parallelism};
@@ -113,7 +115,7 @@ pub(crate) const PAR_MIN_ELEMS: usize = 1 << 16;
 /// Which instruction set a sparse kernel uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
-    /// AVX-512F with POPCNT (x86-64 only; every AVX-512 CPU has both); only valid where
+    /// AVX-512F with POPCNT (x86-64 only; both checked at run time); only valid where
     /// [`Isa::available`] lists it.
     Avx512,
     /// Plain Rust, on every machine.
@@ -242,8 +244,11 @@ pub fn sparsify(
         indptr.extend(part.ends.iter().map(|&e| base + e));
         indices.extend_from_slice(&part.indices);
         values.extend_from_slice(&part.values);
-        // A poisoned lock only loses the buffers for reuse.
-        if let Ok(mut free) = COMPRESS_BUFFERS.lock() {
+        // Kept for reuse up to a bound, so that one huge activation does not stay resident.
+        let mut free = COMPRESS_BUFFERS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if free.len() < COMPRESS_KEEP_PAIRS && part.indices.capacity() <= COMPRESS_KEEP_ELEMS {
             free.push((part.indices, part.values));
         }
     }
@@ -267,9 +272,17 @@ struct Part {
 /// element, and a fresh reservation that large comes from the operating system as untouched
 /// pages, whose first writes fault (about a quarter of building 256 x 1024 at 95% zeros, 30
 /// us of 115 on one thread). A task takes a pair, [`sparsify`] copies the parts out and puts
-/// the pairs back, so there are never more than one per task running at once.
-static COMPRESS_BUFFERS: std::sync::Mutex<Vec<(Vec<u32>, Vec<f32>)>> =
-    std::sync::Mutex::new(Vec::new());
+/// back at most [`COMPRESS_KEEP_PAIRS`] pairs of at most [`COMPRESS_KEEP_ELEMS`] elements.
+/// (The lock is held for one push or pop; a panic elsewhere cannot leave the list
+/// inconsistent, so a poisoned lock is taken as it is.)
+static COMPRESS_BUFFERS: Mutex<Vec<(Vec<u32>, Vec<f32>)>> = Mutex::new(Vec::new());
+
+/// Most buffer pairs [`COMPRESS_BUFFERS`] keeps: one per task of a few concurrent calls.
+const COMPRESS_KEEP_PAIRS: usize = 16;
+
+/// Largest buffer (elements) [`COMPRESS_BUFFERS`] keeps: 4 Mi elements, 32 MiB a pair, so the
+/// list holds at most 512 MiB however large an activation was once built.
+const COMPRESS_KEEP_ELEMS: usize = 1 << 22;
 
 /// Compresses whole rows of `data` (`cols` wide).
 fn compress_rows(isa: Isa, data: &[f32], cols: usize, select: Select) -> Part {
@@ -279,9 +292,8 @@ fn compress_rows(isa: Isa, data: &[f32], cols: usize, select: Select) -> Part {
     let cap = data.len() + 16;
     let (mut indices, mut values) = COMPRESS_BUFFERS
         .lock()
-        .map(|mut free| free.pop())
-        .ok()
-        .flatten()
+        .unwrap_or_else(PoisonError::into_inner)
+        .pop()
         .unwrap_or_default();
     indices.clear();
     values.clear();
@@ -293,8 +305,8 @@ fn compress_rows(isa: Isa, data: &[f32], cols: usize, select: Select) -> Part {
         let spare_i = indices.spare_capacity_mut();
         let spare_v = values.spare_capacity_mut();
         n += match isa {
-            // SAFETY: the CPU runs AVX-512F (checked by the caller's `assert_supported`), and
-            // at least `row.len() + 16` slots remain from `n` (the capacity covers all of
+            // SAFETY: the CPU runs AVX-512F and POPCNT (checked by the caller's
+            // `assert_supported`), and at least `row.len() + 16` slots remain from `n` (the capacity covers all of
             // `data` plus 16, and at most `n` elements of earlier rows were kept).
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe {
@@ -325,7 +337,7 @@ pub fn count_kept(isa: Isa, data: &[f32], select: Select, par: Parallelism<'_>) 
     isa.assert_supported();
     select.validate();
     let count = |chunk: &[f32]| match isa {
-        // SAFETY: the CPU runs AVX-512F (checked above).
+        // SAFETY: the CPU runs AVX-512F and POPCNT (checked above).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe { avx512::count_kept(chunk, select) },
         _ => chunk.iter().filter(|&&v| select.keeps(v)).count(),
@@ -592,7 +604,7 @@ mod tests {
     fn the_grid_covers_the_output_once() {
         for (n, m, threads) in [(1, 1000, 2), (3, 256, 4), (100, 1024, 2), (7, 64, 3)] {
             let team = crate::Team::new(threads);
-            let seen = std::sync::Mutex::new(vec![0u8; n * m]);
+            let seen = Mutex::new(vec![0u8; n * m]);
             let task = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| {
                 let mut seen = seen.lock().unwrap();
                 for i in rows {

@@ -3,7 +3,7 @@
 //! routing and backward, the output distribution and its loss, the [`FeedForward`] trait that
 //! a network implements, and the bodies of the [`crate::Model`] methods every such network
 //! shares (its forward over stored or chosen routes, its weighted backward, and the E-step's
-//! scoring of candidate selections as extra rows of one routed pass).
+//! scoring of candidate selections, one routed pass per candidate).
 
 use modula_modular::{Controller, ControllerOutput, Routing, Selection};
 use modula_nn::{Ctx, Grads, Linear, Module, ParamStore};
