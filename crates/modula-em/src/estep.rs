@@ -158,8 +158,8 @@ pub fn propose<B: Backend>(
 }
 
 /// One random stream per example and candidate of an E-step, for examples with table keys
-/// `keys`: candidate `c`'s streams are streams `key` of a generator seeded by `c` and one
-/// draw from `rng`, the step's own stream (draw it once per E-step with [`candidate_base`]).
+/// `keys`: candidate `c`'s streams are streams `key` of a generator seeded by `c` and by
+/// `base`, one draw from the E-step's own stream.
 ///
 /// An example's draws thus depend on the run's seed, the iteration, its key and the candidate
 /// only, not on which other examples share its batch (a data-parallel rank that E-steps its
@@ -176,11 +176,6 @@ pub fn example_streams(base: u64, candidate: usize, keys: &[u32]) -> Vec<ChaCha8
             stream
         })
         .collect()
-}
-
-/// The one draw from an E-step's stream that seeds its [`example_streams`].
-pub fn candidate_base(rng: &mut ChaCha8Rng) -> u64 {
-    rng.random()
 }
 
 /// [`propose`] with one stream per example: the controller's rows are candidates `rows / n`

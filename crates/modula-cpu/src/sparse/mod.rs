@@ -306,8 +306,9 @@ fn compress_rows(isa: Isa, data: &[f32], cols: usize, select: Select) -> Part {
         let spare_v = values.spare_capacity_mut();
         n += match isa {
             // SAFETY: the CPU runs AVX-512F and POPCNT (checked by the caller's
-            // `assert_supported`), and at least `row.len() + 16` slots remain from `n` (the capacity covers all of
-            // `data` plus 16, and at most `n` elements of earlier rows were kept).
+            // `assert_supported`), and at least `row.len() + 16` slots remain from `n` (the
+            // capacity covers all of `data` plus 16, and at most `n` elements of earlier rows
+            // were kept).
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe {
                 avx512::compress_row(row, select, &mut spare_i[n..], &mut spare_v[n..])

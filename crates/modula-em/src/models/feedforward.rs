@@ -15,7 +15,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{Algo, EStepSettings};
-use crate::estep::{candidate_base, example_streams, propose_per_example};
+use crate::estep::{example_streams, propose_per_example};
 use crate::model::{
     Candidates, ControllerStats, Episodes, Forward, Router, Routes, Target, controller_stats,
     usage_counts,
@@ -691,23 +691,19 @@ pub fn score_candidates<B: Backend, N: FeedForward<B>>(
     // Task validation keeps per-step search to sequence models; a feed-forward network's
     // candidates are whole selections.
     let samples = estep.samples;
-    let base = candidate_base(rng);
+    let base: u64 = rng.random();
     let mut scores = Vec::with_capacity(samples * keys.len());
     let mut per_candidate = Vec::with_capacity(samples);
     for candidate in 0..samples {
-        let out = if candidate == 0 {
-            let mut route = |l: usize, _: &ControllerOutput<B>| Ok(stored[l].clone());
-            let (x, t) = (&input.x, &input.target);
-            net.forward_tensors(b, params, x, t, &mut route, false, false, ctx)?
-        } else {
-            // Drawn given the candidate's own earlier-layer choices (ancestral sampling).
-            let mut streams = example_streams(base, candidate, keys);
-            let mut route = |_: usize, out: &ControllerOutput<B>| {
-                propose_per_example(b, out, estep.uniform, &mut streams)
-            };
-            let (x, t) = (&input.x, &input.target);
-            net.forward_tensors(b, params, x, t, &mut route, false, false, ctx)?
+        // Candidate 0 follows the stored selections; the others are drawn given the
+        // candidate's own earlier-layer choices (ancestral sampling).
+        let mut streams = (candidate > 0).then(|| example_streams(base, candidate, keys));
+        let mut route = |l: usize, out: &ControllerOutput<B>| match &mut streams {
+            None => Ok(stored[l].clone()),
+            Some(streams) => propose_per_example(b, out, estep.uniform, streams),
         };
+        let (x, t) = (&input.x, &input.target);
+        let out = net.forward_tensors(b, params, x, t, &mut route, false, false, ctx)?;
         let task = b.download(&out.task_nll)?;
         let logp = b.download(&out.ctrl_logp)?;
         scores.extend(
