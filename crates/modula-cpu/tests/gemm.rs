@@ -447,6 +447,9 @@ fn block_edges_match_reference() {
         (5, 800, 1100),
         (481, 17, 515),
         (241, 769, 31),
+        // B is read in place up to 720 rows per task (three row blocks) and packed past it.
+        (720, 300, 40),
+        (721, 17, 70),
     ];
     let mut seed = 0;
     for &(m, k, n) in &shapes {
