@@ -77,8 +77,8 @@ pub struct TrainArgs {
     #[arg(long, value_enum, conflicts_with = "resume")]
     pub dense_match: Option<DenseMatchArg>,
     /// Train on the ranks of an MPI job (`mpirun -np P modula train --dist data ...`): each
-    /// rank trains its share of every batch, rank 0 writes the run directory (EM and the dense
-    /// baselines on the toy and image tasks so far; needs a modula built with
+    /// rank trains its share of every batch, rank 0 writes the run directory (EM, REINFORCE
+    /// and the dense baselines on the toy and image tasks so far; needs a modula built with
     /// `--features mpi`).
     #[arg(long, value_enum, conflicts_with = "accept_config_change")]
     pub dist: Option<DistArg>,

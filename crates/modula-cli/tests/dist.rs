@@ -365,7 +365,7 @@ mod under_mpi {
                 .arg("train")
                 .arg("--config")
                 .arg(&config)
-                .args(["--algo", "reinforce", "--dist", "data", "--out"])
+                .args(["--algo", "topk", "--dist", "data", "--out"])
                 .arg(tmp.path().join("run")),
             false,
         );

@@ -52,11 +52,13 @@ impl Algo {
     }
 
     /// Whether a data-parallel run can train it (`Trainer::distribute`): EM (its table is
-    /// sharded by example) and the dense baselines (nothing per example). REINFORCE's
-    /// baseline and noisy top-k's importance loss are functions of the whole batch, and both
-    /// draw their noise in batch order, which a rank's share of the batch does not reproduce.
+    /// sharded by example), the dense baselines (nothing per example) and REINFORCE (each
+    /// example samples from a stream of its own, and the baseline follows the mean reward
+    /// summed over the ranks). Noisy top-k's importance loss is a function of the whole
+    /// batch's gates and its noise is drawn in batch order, which a rank's share of the batch
+    /// does not reproduce; uniform routing draws in batch order too.
     pub fn distributes(self) -> bool {
-        matches!(self, Algo::Em | Algo::Dense)
+        matches!(self, Algo::Em | Algo::Dense | Algo::Reinforce)
     }
 
     /// The algorithm called `name` on the command line and in configurations.

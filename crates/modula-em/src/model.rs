@@ -218,6 +218,14 @@ pub trait Model<B: Backend> {
         ctx: &mut Ctx,
     ) -> Result<Candidates, BackendError>;
 
+    /// Whether sampled selections (REINFORCE's) are drawn per example, each example's from a
+    /// stream of its own ([`crate::estep::example_streams`]), so that a data-parallel rank
+    /// draws for its share of a batch what one process draws for those examples. True for
+    /// feed-forward networks; a sequence model samples its windows in batch order.
+    fn samples_per_example(&self) -> bool {
+        false
+    }
+
     /// Moves this step's gradients of derived parameters ([`ParamStore::mark_derived`]) onto
     /// the parameters they derive from. The trainer calls it after each training step's
     /// backward pass, before clipping and the optimiser; a network without derived

@@ -146,7 +146,7 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
         let owned = replicas.owned(self.task.table_rows());
         if !self.algo().distributes() {
             return Err(TrainError::Distributed(format!(
-                "train.algo = \"{}\" cannot be trained data-parallel yet; use \"em\" or \"dense\"",
+                "train.algo = \"{}\" cannot be trained data-parallel yet; use \"em\", \"dense\" or \"reinforce\"",
                 self.algo().name()
             )));
         }
@@ -255,6 +255,7 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
                 grads: &mut self.grads,
                 rng: e_rng,
                 ctx: e_ctx,
+                replicas: self.replicas.as_deref(),
             };
             let e_batch = e_batch.as_ref().unwrap_or(&batch);
             // A rank that owns none of the batch's examples has nothing to E-step.
@@ -286,10 +287,14 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
             grads: &mut self.grads,
             rng: &mut rng,
             ctx: &mut ctx,
+            replicas: self.replicas.as_deref(),
         };
         let mut g = if batch.examples > 0 {
             self.algorithm.gradient(s, &batch)?
         } else {
+            if let Some(r) = &self.replicas {
+                self.algorithm.idle_gradient(r.as_ref())?;
+            }
             // A rank without examples in this batch adds nothing to the sums, in the shape
             // of the other ranks' statistics (a usage count per module of every layer); the
             // ranks with examples say whether the network has controller statistics.

@@ -108,6 +108,7 @@ impl State {
             grads: &mut self.grads,
             rng: &mut rng,
             ctx: &mut ctx,
+            replicas: None,
         };
         let stats = Algorithm::<Cpu, M>::e_step(&mut self.em, s, batch)
             .ok_or_else(|| Error::new(Kind::Internal, "EM ran no E-step"))??;
@@ -135,6 +136,7 @@ impl State {
             grads: &mut self.grads,
             rng: &mut rng,
             ctx: &mut ctx,
+            replicas: None,
         };
         let g = Algorithm::<Cpu, M>::gradient(&mut self.em, s, batch)?;
         let loss = g.stats.loss();

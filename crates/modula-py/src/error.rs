@@ -90,6 +90,20 @@ impl From<modula_em::ConfigError> for Error {
     }
 }
 
+impl From<modula_em::TrainError> for Error {
+    fn from(e: modula_em::TrainError) -> Self {
+        use modula_em::TrainError;
+        match e {
+            TrainError::Backend(e) => e.into(),
+            TrainError::Diverged { .. } | TrainError::LossExploded { .. } => {
+                Error::new(Kind::Diverged, e.to_string())
+            }
+            // The bindings' steps read no checkpoint and run in one process.
+            e => Error::new(Kind::Internal, e.to_string()),
+        }
+    }
+}
+
 impl From<modula_tensor::BackendError> for Error {
     fn from(e: modula_tensor::BackendError) -> Self {
         // The CPU backend reports no device failures; one would be a bug.

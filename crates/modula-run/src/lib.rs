@@ -99,8 +99,9 @@ pub enum Rank {
 /// evaluates and writes the checkpoints, which hold the whole run in the one-process format.
 ///
 /// # Errors
-/// A run error for a task or algorithm that cannot be trained data-parallel yet (only EM and
-/// the dense baselines on the toy and image tasks can), and whatever [`train`] returns.
+/// A run error for a task or algorithm that cannot be trained data-parallel yet (only EM,
+/// REINFORCE and the dense baselines on the toy and image tasks can), and whatever [`train`]
+/// returns.
 pub fn train_data_parallel<B: SparseBackend>(
     backend: B,
     device: DeviceInfo,
@@ -165,7 +166,7 @@ pub fn check_data_parallel(cfg: &RunConfig) -> Result<(), RunError> {
     }
     if !common.algo.distributes() {
         return Err(run_error(format!(
-            "train.algo = \"{}\" cannot be trained data-parallel yet; use \"em\" or \"dense\", or train it without --dist",
+            "train.algo = \"{}\" cannot be trained data-parallel yet; use \"em\", \"dense\" or \"reinforce\", or train it without --dist",
             common.algo.name()
         )));
     }

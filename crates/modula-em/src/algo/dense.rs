@@ -5,10 +5,11 @@
 
 use std::ops::Range;
 
-use modula_tensor::{Backend, BackendError};
+use modula_tensor::Backend;
 
 use super::{Algorithm, Gradient, StepContext, greedy_gradient};
 use crate::config::Algo;
+use crate::error::TrainError;
 use crate::model::Model;
 use crate::task::Batch;
 
@@ -25,7 +26,7 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Dense {
         &mut self,
         s: StepContext<'_, B, M>,
         batch: &Batch<M::Input>,
-    ) -> Result<Gradient<B>, BackendError> {
+    ) -> Result<Gradient<B>, TrainError> {
         greedy_gradient(s, batch)
     }
 

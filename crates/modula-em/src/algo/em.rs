@@ -59,7 +59,7 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Em {
         &mut self,
         s: StepContext<'_, B, M>,
         batch: &Batch<M::Input>,
-    ) -> Result<Gradient<B>, BackendError> {
+    ) -> Result<Gradient<B>, TrainError> {
         let stored = stored_selections(&self.table, batch);
         let (_, pass) = s.split();
         let (weight, mask, visited) = (self.ctrl_weight, self.ctrl_mask, &self.visited);
@@ -75,10 +75,10 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Em {
         routed_gradient(pass, batch, routes, |out| {
             let d = -weight / out.nll.len() as f32;
             if !mask {
-                return vec![d; out.log_p.len()];
+                return Ok(vec![d; out.log_p.len()]);
             }
             let first = self.table.keys().start;
-            batch
+            Ok(batch
                 .row_keys(out.log_p.len())
                 .iter()
                 .map(|&key| {
@@ -88,7 +88,7 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Em {
                         0.0
                     }
                 })
-                .collect()
+                .collect())
         })
     }
 

@@ -25,6 +25,7 @@ use crate::error::TrainError;
 use crate::estep::EStats;
 use crate::meta::MetaReader;
 use crate::model::{ControllerStats, Forward, Model, Routes};
+use crate::replicas::Replicas;
 use crate::table::AssignmentTable;
 use crate::task::Batch;
 
@@ -64,7 +65,8 @@ pub struct Gradient<B: Backend> {
 }
 
 /// Everything an algorithm's step may use: the network, the device, the parameters, the
-/// gradient buffers to fill, and the iteration's seeded randomness.
+/// gradient buffers to fill, the iteration's seeded randomness, and the other ranks of a
+/// data-parallel run.
 pub struct StepContext<'a, B: Backend, M: Model<B>> {
     /// The network.
     pub model: &'a M,
@@ -78,6 +80,10 @@ pub struct StepContext<'a, B: Backend, M: Model<B>> {
     pub rng: &'a mut ChaCha8Rng,
     /// Training context (dropout and top-k noise draw from its own stream).
     pub ctx: &'a mut Ctx,
+    /// The other ranks when this step trains a data-parallel rank's share of the batch
+    /// ([`crate::Trainer::distribute`]), for the statistics an algorithm needs over the whole
+    /// batch (REINFORCE's mean reward); none in one process.
+    pub replicas: Option<&'a dyn Replicas<B>>,
 }
 
 /// A [`StepContext`] without its random stream, which the step's router borrows.
@@ -87,6 +93,7 @@ struct Pass<'a, B: Backend, M: Model<B>> {
     params: &'a ParamStore<B>,
     grads: &'a mut Grads<B>,
     ctx: &'a mut Ctx,
+    replicas: Option<&'a dyn Replicas<B>>,
 }
 
 impl<'a, B: Backend, M: Model<B>> StepContext<'a, B, M> {
@@ -99,6 +106,7 @@ impl<'a, B: Backend, M: Model<B>> StepContext<'a, B, M> {
             grads,
             rng,
             ctx,
+            replicas,
         } = self;
         let pass = Pass {
             model,
@@ -106,6 +114,7 @@ impl<'a, B: Backend, M: Model<B>> StepContext<'a, B, M> {
             params,
             grads,
             ctx,
+            replicas,
         };
         (rng, pass)
     }
@@ -119,12 +128,23 @@ pub trait Algorithm<B: Backend, M: Model<B>>: std::fmt::Debug {
     /// Computes the gradients of the algorithm's objective on `batch` into `s.grads`.
     ///
     /// # Errors
-    /// Device failures.
+    /// Device failures, and a failed collective in a data-parallel run.
     fn gradient(
         &mut self,
         s: StepContext<'_, B, M>,
         batch: &Batch<M::Input>,
-    ) -> Result<Gradient<B>, BackendError>;
+    ) -> Result<Gradient<B>, TrainError>;
+
+    /// In a data-parallel run, for a rank that owns none of the iteration's batch: takes part,
+    /// with nothing of its own, in the collectives that [`Algorithm::gradient`] makes on the
+    /// other ranks (REINFORCE's mean reward), and updates the state they decide as they do.
+    /// Algorithms whose gradient step makes no collective have nothing to do.
+    ///
+    /// # Errors
+    /// A failed collective.
+    fn idle_gradient(&mut self, _replicas: &dyn Replicas<B>) -> Result<(), TrainError> {
+        Ok(())
+    }
 
     /// EM's assignment table (EM only).
     fn table(&self) -> Option<&AssignmentTable> {
@@ -219,8 +239,8 @@ fn routed_gradient<B: Backend, M: Model<B>>(
     s: Pass<'_, B, M>,
     batch: &Batch<M::Input>,
     routes: Routes<'_, '_, B>,
-    d_logp: impl FnOnce(&Forward<B, M::Cache>) -> Vec<f32>,
-) -> Result<Gradient<B>, BackendError> {
+    d_logp: impl FnOnce(&Forward<B, M::Cache>) -> Result<Vec<f32>, TrainError>,
+) -> Result<Gradient<B>, TrainError> {
     let (b, params) = (s.backend, s.params);
     let out = s
         .model
@@ -234,7 +254,7 @@ fn routed_gradient<B: Backend, M: Model<B>>(
         usage: out.usage.clone(),
         units: batch.units,
     };
-    let d_logp = d_logp(&out);
+    let d_logp = d_logp(&out)?;
     let scale = 1.0 / out.nll.len() as f32;
     let carry = out.carry;
     s.model
@@ -248,9 +268,9 @@ fn routed_gradient<B: Backend, M: Model<B>>(
 fn greedy_gradient<B: Backend, M: Model<B>>(
     s: StepContext<'_, B, M>,
     batch: &Batch<M::Input>,
-) -> Result<Gradient<B>, BackendError> {
+) -> Result<Gradient<B>, TrainError> {
     let (_, pass) = s.split();
     let b = pass.backend;
     let mut route = |_: usize, out: &ControllerOutput<B>| out.greedy(b);
-    routed_gradient(pass, batch, Routes::Chosen(&mut route), |_| Vec::new())
+    routed_gradient(pass, batch, Routes::Chosen(&mut route), |_| Ok(Vec::new()))
 }

@@ -3,13 +3,19 @@
 //! `-(R - baseline) log p(a | .)`, with reward `R = log p(y | ., a)` summed over an episode
 //! and a moving-average baseline.
 
-use modula_tensor::{Backend, BackendError};
+use std::ops::Range;
+
+use modula_modular::ControllerOutput;
+use modula_tensor::Backend;
+use rand::Rng;
 
 use super::{Algorithm, Gradient, StepContext, routed_gradient};
 use crate::config::Algo;
 use crate::error::TrainError;
+use crate::estep::{example_streams, propose_per_example};
 use crate::meta::MetaReader;
 use crate::model::{Episodes, Model, Routes};
+use crate::replicas::Replicas;
 use crate::task::Batch;
 
 /// Metadata key of the baseline in checkpoints.
@@ -37,6 +43,35 @@ impl Reinforce {
     }
 }
 
+impl Reinforce {
+    /// Moves the baseline towards `mean_reward`, the batch's mean reward, and returns the
+    /// baseline the batch's rewards are centred on (the one before the move). The first
+    /// batch's mean reward starts the baseline, so early updates are centred.
+    fn advance(&mut self, mean_reward: f64) -> f64 {
+        let base = *self.baseline.get_or_insert(mean_reward);
+        self.baseline = Some(self.decay * base + (1.0 - self.decay) * mean_reward);
+        base
+    }
+}
+
+/// The mean reward of the whole batch from this rank's `sum` of its `episodes` episodes'
+/// rewards: the sums over the ranks of a data-parallel run (the same bits on every rank, so
+/// every rank moves its baseline alike), or the rank's own in one process.
+///
+/// # Errors
+/// A failed collective.
+fn mean_reward<B: Backend>(
+    replicas: Option<&dyn Replicas<B>>,
+    sum: f64,
+    episodes: usize,
+) -> Result<f64, TrainError> {
+    let mut v = [sum, episodes as f64];
+    if let Some(r) = replicas {
+        r.sum(&mut v)?;
+    }
+    Ok(v[0] / v[1].max(1.0))
+}
+
 impl<B: Backend, M: Model<B>> Algorithm<B, M> for Reinforce {
     fn algo(&self) -> Algo {
         Algo::Reinforce
@@ -46,11 +81,21 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Reinforce {
         &mut self,
         s: StepContext<'_, B, M>,
         batch: &Batch<M::Input>,
-    ) -> Result<Gradient<B>, BackendError> {
+    ) -> Result<Gradient<B>, TrainError> {
+        let per_example = s.model.samples_per_example();
         let (rng, pass) = s.split();
-        let b = pass.backend;
-        let mut sample = |_: usize, c: &modula_modular::ControllerOutput<B>| c.sample(b, rng);
-        let (baseline, decay) = (&mut self.baseline, self.decay);
+        let (b, replicas) = (pass.backend, pass.replicas);
+        // A feed-forward network draws each example's selections from a stream named by its
+        // key (and one draw of the iteration's stream), ancestrally through the layers; a
+        // sequence model draws its windows' in batch order from the iteration's stream.
+        let mut streams = per_example.then(|| {
+            let keys = batch.groups.first().map_or(&[][..], |g| &g.keys[..]);
+            example_streams(rng.random(), 0, keys)
+        });
+        let mut sample = |_: usize, c: &ControllerOutput<B>| match streams.as_mut() {
+            Some(streams) => propose_per_example(b, c, 0.0, streams),
+            None => c.sample(b, rng),
+        };
         routed_gradient(pass, batch, Routes::Chosen(&mut sample), |out| {
             let rows = out.nll.len();
             let episodes = match out.episodes {
@@ -61,20 +106,32 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Reinforce {
             for (j, &l) in out.nll.iter().enumerate() {
                 reward[j % episodes] -= l as f64;
             }
-            let mean_r = reward.iter().sum::<f64>() / episodes.max(1) as f64;
-            // The first batch's mean reward starts the baseline, so early updates are centred.
-            let base = *baseline.get_or_insert(mean_r);
-            *baseline = Some(decay * base + (1.0 - decay) * mean_r);
+            let mean_r = mean_reward(replicas, reward.iter().sum::<f64>(), episodes)?;
+            let base = self.advance(mean_r);
             // Both forms weight by 1 / rows; they are kept apart because they round
             // differently and the recorded results (tests/golden) follow each.
             let scale = 1.0 / rows as f32;
-            (0..out.log_p.len())
+            Ok((0..out.log_p.len())
                 .map(|j| match out.episodes {
                     Episodes::Rows => (-(reward[j] - base) / rows as f64) as f32,
                     Episodes::Streams(_) => (-(reward[j % episodes] - base) * scale as f64) as f32,
                 })
-                .collect()
+                .collect())
         })
+    }
+
+    /// A rank without examples adds no reward to the batch's mean, and moves its baseline to
+    /// the same value as the others.
+    fn idle_gradient(&mut self, replicas: &dyn Replicas<B>) -> Result<(), TrainError> {
+        self.advance(mean_reward(Some(replicas), 0.0, 0)?);
+        Ok(())
+    }
+
+    /// Nothing is kept per example; the baseline follows the whole batch's mean reward, and a
+    /// rank's loss is a mean over its examples, so a rank's share of the batch contributes its
+    /// weighted part of the global gradient.
+    fn keep_shard(&mut self, _keys: Range<usize>) -> bool {
+        true
     }
 
     fn save(&self, ck: &mut modula_nn::Checkpoint) {

@@ -3,10 +3,11 @@
 //! loss trains modules and gate together. The gated network itself is built by the task's
 //! model for [`crate::Algo::Topk`].
 
-use modula_tensor::{Backend, BackendError};
+use modula_tensor::Backend;
 
 use super::{Algorithm, Gradient, StepContext, greedy_gradient};
 use crate::config::Algo;
+use crate::error::TrainError;
 use crate::model::Model;
 use crate::task::Batch;
 
@@ -23,7 +24,7 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for TopK {
         &mut self,
         s: StepContext<'_, B, M>,
         batch: &Batch<M::Input>,
-    ) -> Result<Gradient<B>, BackendError> {
+    ) -> Result<Gradient<B>, TrainError> {
         greedy_gradient(s, batch)
     }
 }

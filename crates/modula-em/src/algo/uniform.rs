@@ -4,11 +4,12 @@
 //! random shares of the data, so each learns the same average map.
 
 use modula_modular::{ControllerOutput, Selection};
-use modula_tensor::{Backend, BackendError};
+use modula_tensor::Backend;
 use rand::seq::index;
 
 use super::{Algorithm, Gradient, StepContext, routed_gradient};
 use crate::config::Algo;
+use crate::error::TrainError;
 use crate::model::{Model, Routes};
 use crate::task::Batch;
 
@@ -25,7 +26,7 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Uniform {
         &mut self,
         s: StepContext<'_, B, M>,
         batch: &Batch<M::Input>,
-    ) -> Result<Gradient<B>, BackendError> {
+    ) -> Result<Gradient<B>, TrainError> {
         let (rng, pass) = s.split();
         let b = pass.backend;
         let mut route = |_: usize, out: &ControllerOutput<B>| {
@@ -36,6 +37,6 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Uniform {
                 .collect();
             Ok(Selection::new(out.k, picks))
         };
-        routed_gradient(pass, batch, Routes::Chosen(&mut route), |_| Vec::new())
+        routed_gradient(pass, batch, Routes::Chosen(&mut route), |_| Ok(Vec::new()))
     }
 }

@@ -778,6 +778,10 @@ macro_rules! feed_forward_model {
                     self, b, params, input, stored, keys, estep, rng, ctx,
                 )
             }
+
+            fn samples_per_example(&self) -> bool {
+                true
+            }
         }
     };
 }
