@@ -147,6 +147,7 @@ fn m_step_once<M: Model<Cpu>>(
         grads: &mut grads,
         rng,
         ctx: &mut Ctx::train(0),
+        replicas: None,
     };
     let stats = Algorithm::<Cpu, M>::gradient(em, s, batch)
         .expect("M-step")
