@@ -1,7 +1,7 @@
 //! Data-parallel training of the toy task (`Trainer::distribute`), by EM, by the dense
-//! baseline and by REINFORCE, against the one-process trainer with the same global batches: in one process
-//! (`LocalComm`), and with the `mpi` feature under `mpirun -np 2` and `-np 4`; and checkpoints
-//! that move between rank counts.
+//! baseline and by REINFORCE, against the one-process trainer with the same global batches:
+//! in one process (`LocalComm`), and with the `mpi` feature under `mpirun -np 2` and `-np 4`;
+//! and checkpoints that move between rank counts.
 //!
 //! Every rank trains the one-process reference itself (the run is small), then the same run
 //! data-parallel, and compares every iteration's global statistics, the final parameters and

@@ -56,7 +56,8 @@ impl Algo {
     /// example samples from a stream of its own, and the baseline follows the mean reward
     /// summed over the ranks). Noisy top-k's importance loss is a function of the whole
     /// batch's gates and its noise is drawn in batch order, which a rank's share of the batch
-    /// does not reproduce; uniform routing draws in batch order too.
+    /// does not reproduce; uniform routing draws in batch order too. (The algorithms'
+    /// `Algorithm::keep_shard` says the same, and `Trainer::distribute` checks both.)
     pub fn distributes(self) -> bool {
         matches!(self, Algo::Em | Algo::Dense | Algo::Reinforce)
     }

@@ -151,6 +151,15 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
             )));
         }
         self.task.shard(owned.clone())?;
+        // A rank's share of a batch samples what one process samples for those examples only
+        // when each example draws from its own stream.
+        if self.algo() == Algo::Reinforce && !self.model.samples_per_example() {
+            return Err(TrainError::Distributed(
+                "train.algo = \"reinforce\" samples this task's batches in batch order, which a \
+                 rank's share of a batch cannot reproduce; train it without --dist"
+                    .into(),
+            ));
+        }
         if !self.algorithm.keep_shard(owned) {
             return Err(TrainError::Distributed(format!(
                 "the {} algorithm keeps no shardable state",

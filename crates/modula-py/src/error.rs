@@ -95,6 +95,8 @@ impl From<modula_em::TrainError> for Error {
         use modula_em::TrainError;
         match e {
             TrainError::Backend(e) => e.into(),
+            // The bindings check the loss themselves, so a gradient step does not return these
+            // today; a future one that did would still be a divergence.
             TrainError::Diverged { .. } | TrainError::LossExploded { .. } => {
                 Error::new(Kind::Diverged, e.to_string())
             }

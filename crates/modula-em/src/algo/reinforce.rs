@@ -41,9 +41,7 @@ impl Reinforce {
     pub fn baseline(&self) -> Option<f64> {
         self.baseline
     }
-}
 
-impl Reinforce {
     /// Moves the baseline towards `mean_reward`, the batch's mean reward, and returns the
     /// baseline the batch's rewards are centred on (the one before the move). The first
     /// batch's mean reward starts the baseline, so early updates are centred.
@@ -56,7 +54,8 @@ impl Reinforce {
 
 /// The mean reward of the whole batch from this rank's `sum` of its `episodes` episodes'
 /// rewards: the sums over the ranks of a data-parallel run (the same bits on every rank, so
-/// every rank moves its baseline alike), or the rank's own in one process.
+/// every rank moves its baseline alike), or the rank's own in one process; `None` for a
+/// batch without episodes, which leaves the baseline where it is.
 ///
 /// # Errors
 /// A failed collective.
@@ -64,12 +63,12 @@ fn mean_reward<B: Backend>(
     replicas: Option<&dyn Replicas<B>>,
     sum: f64,
     episodes: usize,
-) -> Result<f64, TrainError> {
+) -> Result<Option<f64>, TrainError> {
     let mut v = [sum, episodes as f64];
     if let Some(r) = replicas {
         r.sum(&mut v)?;
     }
-    Ok(v[0] / v[1].max(1.0))
+    Ok((v[1] > 0.0).then(|| v[0] / v[1]))
 }
 
 impl<B: Backend, M: Model<B>> Algorithm<B, M> for Reinforce {
@@ -106,8 +105,9 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Reinforce {
             for (j, &l) in out.nll.iter().enumerate() {
                 reward[j % episodes] -= l as f64;
             }
+            // A batch has at least one episode here (this rank's own).
             let mean_r = mean_reward(replicas, reward.iter().sum::<f64>(), episodes)?;
-            let base = self.advance(mean_r);
+            let base = self.advance(mean_r.unwrap_or(0.0));
             // Both forms weight by 1 / rows; they are kept apart because they round
             // differently and the recorded results (tests/golden) follow each.
             let scale = 1.0 / rows as f32;
@@ -123,7 +123,9 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Reinforce {
     /// A rank without examples adds no reward to the batch's mean, and moves its baseline to
     /// the same value as the others.
     fn idle_gradient(&mut self, replicas: &dyn Replicas<B>) -> Result<(), TrainError> {
-        self.advance(mean_reward(Some(replicas), 0.0, 0)?);
+        if let Some(mean_r) = mean_reward(Some(replicas), 0.0, 0)? {
+            self.advance(mean_r);
+        }
         Ok(())
     }
 
