@@ -5,6 +5,7 @@ pub mod config;
 mod error;
 pub mod estep;
 pub mod ewc;
+mod global;
 mod guard;
 mod meta;
 pub mod model;

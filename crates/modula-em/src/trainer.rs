@@ -14,10 +14,11 @@ use crate::algo::{self, Algorithm, Gradient, StepContext, StepStats};
 use crate::config::{Algo, TrainSettings};
 use crate::error::TrainError;
 use crate::estep::EStats;
+use crate::global::{global_e_step, global_step};
 use crate::guard::{DivergenceGuard, Reference};
 use crate::meta::MetaReader;
 use crate::model::Model;
-use crate::replicas::{Replicas, global_e_step, global_step};
+use crate::replicas::Replicas;
 use crate::table::AssignmentTable;
 use crate::task::{EStepDue, Task};
 
