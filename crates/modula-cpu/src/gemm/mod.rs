@@ -80,12 +80,12 @@ const MC: usize = 240;
 /// Columns handled per pass over one packed `A` block: the `KC x NC` slab of packed `B` that
 /// every `A` strip of the block sweeps (512 KiB) stays in L2.
 const NC: usize = 512;
-/// Products with fewer multiply-adds than this (about 30 us of work on one core) run on the
-/// calling thread: handing work to a sleeping pool thread and back cost about 10 us, so
-/// smaller products gained little or lost from the split (1 x 512 x 512 measured slower on two
-/// threads). Measured with the rayon pool; the spinning team hands work over faster, and the
-/// threshold has not been measured again since.
-const PAR_MIN_MACS: usize = 1 << 21;
+/// Products with fewer multiply-adds than this run on the calling thread. The threshold was
+/// 2^21 when products were handed to a rayon pool, whose sleeping threads took about 10 us to
+/// wake; the spinning team hands a part over in a microsecond or two, and on the 2-core Xeon
+/// one row times a 512 x 512 matrix (2^18 multiply-adds) ran 1.3-1.7x faster on two threads
+/// than on one with this threshold (two paired runs of each build), against 0.9-1.3x before.
+const PAR_MIN_MACS: usize = 1 << 18;
 /// Packing of `B` runs in parallel from this many elements (1 MiB) on: below it the copy is
 /// shorter than the hand-off.
 const PAR_MIN_PACK: usize = 1 << 18;
