@@ -152,18 +152,10 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
             )));
         }
         self.task.shard(owned.clone())?;
-        // A rank's share of a batch samples what one process samples for those examples only
-        // when each example draws from its own stream.
-        if self.algo() == Algo::Reinforce && !self.model.samples_per_example() {
-            return Err(TrainError::Distributed(
-                "train.algo = \"reinforce\" samples this task's batches in batch order, which a \
-                 rank's share of a batch cannot reproduce; train it without --dist"
-                    .into(),
-            ));
-        }
-        if !self.algorithm.keep_shard(owned) {
+        if !self.algorithm.keep_shard(&self.model, owned) {
             return Err(TrainError::Distributed(format!(
-                "the {} algorithm keeps no shardable state",
+                "train.algo = \"{}\" cannot be trained data-parallel with this task's model (its \
+                 state or its random draws are not per example); train it without --dist",
                 self.algo().name()
             )));
         }
@@ -439,7 +431,7 @@ impl<B: Backend, T: Task<B>> Trainer<B, T> {
                     keys.end, owned.end
                 )));
             }
-            self.algorithm.keep_shard(owned);
+            self.algorithm.keep_shard(&self.model, owned);
         }
         self.task.restore(b, ck)?;
         self.optimizer.restore(adam_t, moments);

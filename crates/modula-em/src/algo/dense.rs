@@ -32,7 +32,7 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Dense {
 
     /// Nothing is kept per example, and its loss is a mean over examples, so a rank's share
     /// of the batch contributes its weighted part of the global gradient.
-    fn keep_shard(&mut self, _keys: Range<usize>) -> bool {
+    fn keep_shard(&mut self, _model: &M, _keys: Range<usize>) -> bool {
         true
     }
 }

@@ -137,7 +137,7 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Em {
         }))
     }
 
-    fn keep_shard(&mut self, keys: Range<usize>) -> bool {
+    fn keep_shard(&mut self, _model: &M, keys: Range<usize>) -> bool {
         let rows = keys.start - self.table.keys().start..keys.end - self.table.keys().start;
         self.table = self.table.shard(keys);
         self.visited = self.visited[rows].to_vec();

@@ -181,8 +181,8 @@ pub trait Algorithm<B: Backend, M: Model<B>>: std::fmt::Debug {
 
     /// Keeps only the per-example state of the keys `keys` (a data-parallel rank's block of
     /// examples: EM's table and its record of visited keys) and returns true; an algorithm
-    /// that cannot be trained data-parallel keeps everything and returns false.
-    fn keep_shard(&mut self, _keys: Range<usize>) -> bool {
+    /// that cannot be trained data-parallel with `model` keeps everything and returns false.
+    fn keep_shard(&mut self, _model: &M, _keys: Range<usize>) -> bool {
         false
     }
 

@@ -131,9 +131,10 @@ impl<B: Backend, M: Model<B>> Algorithm<B, M> for Reinforce {
 
     /// Nothing is kept per example; the baseline follows the whole batch's mean reward, and a
     /// rank's loss is a mean over its examples, so a rank's share of the batch contributes its
-    /// weighted part of the global gradient.
-    fn keep_shard(&mut self, _keys: Range<usize>) -> bool {
-        true
+    /// weighted part of the global gradient. A model that samples in batch order would draw
+    /// on a rank what one process does not, so it cannot be sharded.
+    fn keep_shard(&mut self, model: &M, _keys: Range<usize>) -> bool {
+        model.samples_per_example()
     }
 
     fn save(&self, ck: &mut modula_nn::Checkpoint) {
